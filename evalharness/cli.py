@@ -98,16 +98,134 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
 
 
 @app.command()
-def quickstart(n_prompts: int = 80, max_new_tokens: int = 48, seed: int = 0,
-               results_dir: Annotated[Optional[Path], typer.Option()] = None) -> None:
-    """The main job: the bundled SmolLM2 on movie-review prompts (sentiment, toxicity, KL, length)."""
+def quickstart(
+    algorithms: Annotated[str, typer.Option(help="comma list, or 'all' for every algorithm")] = "dpo,simpo",
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    seed: int = 0,
+) -> None:
+    """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot."""
+    from .compare import print_comparison
     from .quickstart import quickstart as run
-    from .report import print_scores
     _quiet_libraries()
-    res = run(n_prompts=n_prompts, max_new_tokens=max_new_tokens, seed=seed,
-              results_dir=str(results_dir) if results_dir else None, log=_err)
-    print_scores(res.scores, title=f"quickstart: SmolLM2-135M-Instruct on {n_prompts} movie-review prompts")
-    typer.echo(f"results written to {res.run_dir}")
+    res = run(algorithms=algorithms, seed=seed, results_dir=str(results_dir) if results_dir else None, log=_err)
+    print_comparison(res.table, res.verdict, title="quickstart: SmolLM2-135M-Instruct, sentiment control, held-out prompts")
+    for p in res.plots:
+        typer.echo(f"frontier plot: {p}")
+    typer.echo(f"results written to {res.path}")
+
+
+@app.command("train")
+def train_(
+    spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
+    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto")] = None,
+    base: Annotated[Optional[str], typer.Option(help="the SFT model: bundled alias, local directory or HF id")] = None,
+    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]")] = None,
+    hp: Annotated[Optional[list[str]], typer.Option(help="hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="reference model (default: the base)")] = None,
+    lr: float = 5e-6, epochs: float = 1.0, max_steps: Optional[int] = None, batch_size: int = 8, grad_accum: int = 1,
+    schedule: Annotated[str, typer.Option(help="cosine | linear | constant (after warmup)")] = "cosine",
+    warmup_ratio: float = 0.1, save_every: Annotated[int, typer.Option(help="steps; 0 = final only")] = 0,
+    max_length: int = 512, max_prompt_length: int = 256, seed: int = 0,
+    dtype: Annotated[str, typer.Option(help="float32, or bfloat16 (mixed precision)")] = "float32",
+    lora: Annotated[bool, typer.Option(help="train a LoRA adapter instead of all weights")] = False,
+    lora_r: int = 16, lora_alpha: int = 32,
+    run_name: Optional[str] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="default: RESULTS/train/RUN_NAME")] = None,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+) -> None:
+    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped."""
+    _quiet_libraries()
+    if results_dir:
+        import os
+        os.environ["EVALHARNESS_RESULTS"] = str(results_dir)
+    if spec is not None:
+        if algorithm or base or data:
+            raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
+        from .compare import print_comparison
+        from .train.sweep import load_train_spec, run_sweep
+        sweep, runs = load_train_spec(spec)
+        _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
+        res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)
+        if res.table:
+            print_comparison(res.table, res.verdict, title=f"{sweep.name}: held-out evaluation")
+        for p in res.plots:
+            typer.echo(f"frontier plot: {p}")
+        typer.echo(f"results written to {res.path}")
+        return
+    if not (algorithm and base and data):
+        raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
+    from .train.trainer import TrainConfig, train
+    hparams = {}
+    for item in hp or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EvalHarnessError(f"--hp takes KEY=VALUE, got '{item}'")
+        hparams[key.strip()] = _scalar(value.strip())
+    res = train(TrainConfig(algorithm=algorithm, base=base, data=data, hparams=hparams, reference=reference,
+                            learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                            grad_accum=grad_accum, schedule=schedule, warmup_ratio=warmup_ratio, save_every=save_every,
+                            max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
+                            lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, run_name=run_name,
+                            output_dir=str(output_dir) if output_dir else None), log=_err)
+    for c in res.checkpoints:
+        typer.echo(str(c))
+    _err(("already trained: " if res.skipped else "checkpoints in ") + str(res.output_dir))
+
+
+def _scalar(text: str) -> object:
+    """A --hp value as YAML reads it: 0.1 -> float, true -> bool, log -> str."""
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+@app.command()
+def pairs(
+    model: Annotated[str, typer.Option(help="policy to sample from (the SFT model for on-policy data)")],
+    prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
+    out: Annotated[Path, typer.Option(help="output pairs JSONL (a .meta.json sidecar records how)")],
+    judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL]")] = "sentiment",
+    k: Annotated[int, typer.Option(help="samples per prompt")] = 4,
+    max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+    min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
+    dtype: str = "float32",
+) -> None:
+    """Build on-policy preference pairs: sample k responses, score them, keep best vs worst (scores kept)."""
+    from .train.onpolicy import PairsConfig, pairs_file
+    _quiet_libraries()
+    path = pairs_file(PairsConfig(model=model, prompts=str(prompts), judge=judge, k=k, temperature=temperature,
+                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype),
+                      out, log=_err)
+    _err(f"wrote {path}")
+
+
+plot_app = typer.Typer(no_args_is_help=True, help="Plots from finished eval runs.")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("frontier")
+def plot_frontier(
+    runs: Annotated[list[str], typer.Argument(help="eval run ids or folders (checkpoints and the SFT model)")],
+    out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("frontier"),
+    reward_metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the one reward present)")] = None,
+) -> None:
+    """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plot import frontier, frontier_table
+    paths, points = frontier(runs, out, reward_metric=reward_metric)
+    t = Table()
+    rows = frontier_table(points)
+    for col in rows[0]:
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*(str(v) for v in r.values()))
+    Console(stderr=True).print(t)
+    for p in paths:
+        typer.echo(str(p))
 
 
 @app.command("run")

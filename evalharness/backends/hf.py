@@ -80,7 +80,7 @@ class HFBackend:
     def _decode(self, prompts: list[list[int]], params: SamplingParams,
                 seeds: list[int]) -> list[tuple[list[int], list[float], str, list[list[tuple[int, float]]]]]:
         B = len(prompts)
-        ids, attn, pos = self._left_pad(prompts)
+        ids, attn, pos = left_pad(prompts, self.pad_id)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
         tokens: list[list[int]] = [[] for _ in range(B)]
@@ -115,16 +115,6 @@ class HFBackend:
                              past_key_values=out.past_key_values, use_cache=True)
         return list(zip(tokens, lps, finish, tops))
 
-    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Input ids, attention mask and position ids (counting real tokens only) of left-padded rows."""
-        L = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), L), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(seqs), L), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, L - len(s):] = torch.tensor(s)
-            attn[i, L - len(s):] = 1
-        return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
-
     def _stopped(self, toks: list[int], stop: tuple[str, ...]) -> bool:
         text = self.tokenizer.decode(toks[-64:], skip_special_tokens=True)
         return any(s in text for s in stop)
@@ -141,13 +131,9 @@ class HFBackend:
         return [out[i] for i in range(len(requests))]
 
     def _score(self, reqs: list[ScoreRequest]) -> list[SeqLogprobs]:
-        # Left padding aligns every response to the right edge, so only the last R+1 positions'
-        # logits are needed (R = longest response): memory is B*R*V, not B*L*V.
-        R = max(1, max(len(r.response_ids) for r in reqs))
-        ids, attn, pos = self._left_pad([list(r.prompt_ids) + list(r.response_ids) for r in reqs])
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits
-        logp = torch.log_softmax(logits[:, -R - 1:-1].float(), -1)
-        tok_lp = logp.gather(2, ids[:, -R:, None])[..., 0]
+        tok_lp, _ = response_logprobs(self.model, [list(r.prompt_ids) for r in reqs],
+                                      [list(r.response_ids) for r in reqs], self.pad_id)
+        R = tok_lp.shape[1]
         results = []
         for i, r in enumerate(reqs):
             n = len(r.response_ids)
@@ -155,6 +141,39 @@ class HFBackend:
             results.append(SeqLogprobs(r.id, float(vals.double().sum()), n,
                                        vals.tolist() if r.return_token_logprobs else None))
         return results
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and position ids (counting real tokens only) of left-padded rows."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+        attn[i, L - len(s):] = 1
+    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(model: Any, prompts: list[list[int]], responses: list[list[int]],
+                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of each response given its prompt, shape (B, R), and the mask of real tokens.
+
+    Left padding aligns every response to the right edge, so only the last R+1 positions' logits are
+    computed (R = longest response): memory is B*R*V, not B*L*V. The same function scores for
+    evaluation (under inference mode) and for training (with gradients), so both use one convention:
+    response tokens only, prompt and padding masked. Padded entries of the result are 0.
+    """
+    R = max(1, max(len(r) for r in responses))
+    device = next(model.parameters()).device
+    ids, attn, pos = (t.to(device) for t in left_pad([p + r for p, r in zip(prompts, responses)], pad_id))
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1].float()
+    target = ids[:, -R:]
+    # cross_entropy = logsumexp - gather, fused: ~10% faster forward+backward than spelling it out
+    tok_lp = -torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                reduction="none").view(target.shape)
+    lengths = torch.tensor([len(r) for r in responses], device=device)
+    mask = torch.arange(R, device=device)[None, :] >= (R - lengths)[:, None]
+    return tok_lp.masked_fill(~mask, 0.0), mask
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, gens: list[torch.Generator]) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .. import benchdata
 from ..backends.base import Backend
 from ..errors import InputError
 from ..backends.openai import ChatRequest, ChatResult
-from ..records import Generation, GenRequest, SamplingParams
+from ..records import GenRequest, SamplingParams
 from ..store import RunStore
 
 

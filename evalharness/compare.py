@@ -1,0 +1,131 @@
+"""Comparison tables across eval runs: each checkpoint against the SFT model on the same prompts.
+
+The difference to SFT is paired by prompt (both models answered the same held-out prompts), so its CI
+is the t-interval of per-prompt differences, tighter and more honest than comparing two marginal CIs.
+A checkpoint "beats SFT" only if that paired CI excludes 0 and its mean clears SFT's own 95% CI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EvalHarnessError
+from .records import Score
+from .stats import mean_ci
+from .store import find_run, read_jsonl
+
+
+def _per_prompt(run_dir: Path, model: str, judge_id: str) -> dict[str, float]:
+    """Per-prompt mean of a judge's ok verdicts (samples of one prompt are averaged first)."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for v in read_jsonl(run_dir / "verdicts.jsonl"):
+        if v["model"] == model and v["judge_id"] == judge_id and v["status"] == "ok":
+            by[v["item_id"]].append(v["value"])
+    return {k: float(np.mean(v)) for k, v in by.items()}
+
+
+def paired_delta(a: tuple[Path, str], b: tuple[Path, str], judge_id: str) -> dict[str, Any]:
+    """mean(a - b) over prompts both answered, with SE and 95% CI; ``a``/``b`` are (run folder, model)."""
+    pa, pb = _per_prompt(*a, judge_id), _per_prompt(*b, judge_id)
+    common = sorted(set(pa) & set(pb))
+    if len(common) < 2:
+        return {"delta": None, "n_prompts": len(common)}
+    m, se, lo, hi = mean_ci([pa[k] - pb[k] for k in common])
+    return {"delta": m, "stderr": se, "ci_low": lo, "ci_high": hi, "n_prompts": len(common)}
+
+
+def _checkpoint_info(model: str) -> dict[str, Any]:
+    path = Path(model) / "evalharness_manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def comparison_table(runs: list[str | Path], *, base: str, reward_metric: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Rows (SFT first, then checkpoints by algorithm, run and step) and the verdict on the best checkpoint."""
+    entries = []
+    for run in runs:
+        path = find_run(str(run))
+        summary_path = path / "summary.json"
+        if not summary_path.is_file():
+            raise EvalHarnessError(f"eval run {path.name} has no summary (unfinished); run it again to resume")
+        scores = [Score.from_dict(s) for s in json.loads(summary_path.read_text())["scores"]]
+        for model in dict.fromkeys(s.model for s in scores):
+            got = {s.metric: s for s in scores if s.model == model}
+            if reward_metric not in got:
+                raise EvalHarnessError(f"run {path.name} has no '{reward_metric}' score for {model}")
+            entries.append((path, model, got))
+    base_entry = next((e for e in entries if e[1] == base), None)
+    rows = []
+    for path, model, got in entries:
+        info = _checkpoint_info(model)
+        r, kl, length = got[reward_metric], got.get("kl"), got.get("length")
+        row: dict[str, Any] = {
+            "model": model, "run": path.name, "algorithm": info.get("algorithm", "sft" if model == base else "?"),
+            "run_name": info.get("run_name"), "step": info.get("step"), "hparams": info.get("hparams", {}),
+            "reward": r.value, "reward_ci": [r.ci_low, r.ci_high], "n": r.n, "n_skipped": r.n_skipped,
+            "reward_judge": f"{r.judge_id} {r.judge_version}",
+            "kl": kl.value if kl else None, "kl_ci": [kl.ci_low, kl.ci_high] if kl else None,
+            "length": length.value if length else None}
+        if base_entry is not None and model != base:
+            row["delta"] = paired_delta((path, model), (base_entry[0], base), r.judge_id)
+        rows.append(row)
+    order = {"sft": 0}
+    rows.sort(key=lambda x: (order.get(x["algorithm"], 1), x["run_name"] or "", x["step"] or 0))
+    trained = [x for x in rows if x["model"] != base and x["reward"] is not None]
+    verdict = None
+    if base_entry is not None and trained:
+        sft = next(x for x in rows if x["model"] == base)
+        best = max(trained, key=lambda x: x["reward"])
+        d = best.get("delta", {})
+        half = (sft["reward_ci"][1] - sft["reward_ci"][0]) / 2 if sft["reward_ci"][0] is not None else None
+        beats = bool(d.get("delta") is not None and d["ci_low"] > 0 and half is not None
+                     and best["reward"] - sft["reward"] > half)
+        verdict = {"best_model": best["model"], "best_run": best["run_name"], "best_step": best["step"],
+                   "best_reward": best["reward"], "sft_reward": sft["reward"], "sft_ci_halfwidth": half,
+                   "paired_delta": d, "beats_sft": beats, "metric": reward_metric}
+    return rows, verdict
+
+
+def print_comparison(rows: list[dict[str, Any]], verdict: dict[str, Any] | None, title: str = "") -> None:
+    """A rich table like the SimPO paper's main table: one row per model, reward and KL with 95% CIs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plot import display_name
+
+    def ci(v: float | None, lohi: list[float | None] | None, digits: int = 3) -> str:
+        if v is None:
+            return "—"
+        if not lohi or lohi[0] is None or lohi[0] != lohi[0]:
+            return f"{v:.{digits}f}"
+        return f"{v:.{digits}f} [{lohi[0]:.{digits}f}, {lohi[1]:.{digits}f}]"
+
+    metric = verdict["metric"] if verdict else "reward"
+    t = Table(title=title or None)
+    for col in ("method", "setting", "step", f"{metric} (95% CI)", "Δ vs SFT (paired 95% CI)", "KL nats (95% CI)", "length"):
+        t.add_column(col, justify="left" if col in ("method", "setting") else "right")
+    best = verdict["best_model"] if verdict else None
+    for x in rows:
+        d = x.get("delta") or {}
+        delta = ci(d.get("delta"), [d.get("ci_low"), d.get("ci_high")]) if d.get("delta") is not None else "—"
+        setting = " ".join(f"{k}={v}" for k, v in x["hparams"].items() if k not in ("length_normalized",))
+        name = "SFT" if x["algorithm"] == "sft" else display_name(x["algorithm"])
+        t.add_row(("* " if x["model"] == best else "") + name, setting, str(x["step"] or "—"),
+                  ci(x["reward"], x["reward_ci"]), delta, ci(x["kl"], x["kl_ci"]),
+                  f"{x['length']:.1f}" if x["length"] is not None else "—")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # a log file or pipe: keep each row on one line
+    console.print(t)
+    if verdict:
+        d = verdict["paired_delta"]
+        word = "beats" if verdict["beats_sft"] else "does NOT clearly beat"
+        console.print(f"best checkpoint (*): {verdict['best_run']} step {verdict['best_step']}: {metric} "
+                      f"{verdict['best_reward']:.3f} vs SFT {verdict['sft_reward']:.3f} "
+                      f"(SFT 95% CI ±{verdict['sft_ci_halfwidth']:.3f}); paired Δ {d.get('delta', float('nan')):+.3f} "
+                      f"[{d.get('ci_low', float('nan')):+.3f}, {d.get('ci_high', float('nan')):+.3f}] over "
+                      f"{d.get('n_prompts')} prompts: {word} SFT")

@@ -1,0 +1,410 @@
+"""The reward-vs-KL frontier: one point per checkpoint, read from finished eval runs.
+
+x is the sequence-level KL to the reference (k1, nats), y a classifier reward, both with their 95% CIs:
+the DPO paper's Fig. 2 (left) and the ODPO paper's sentiment-control plots. DESIGN: a plot names its
+reward classifier and transform, and never mixes scores whose keys (judge, version, reference, task) differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EvalHarnessError
+from .records import Score
+from .store import find_run
+
+KL_METRIC = "kl"
+NOT_REWARDS = ("kl", "kl_k3", "length")  # metrics an eval run writes beside the judges' rewards
+CHECKPOINT_MANIFEST = "evalharness_manifest.json"
+SFT = "sft"
+UNKNOWN = "unknown"
+# Config fields that change what a number means: other prompts, decoding or response length (a sequence-sum
+# KL grows with length) make points from two runs incomparable even under one judge.
+COMPARABLE_CONFIG = ("prompts_hash", "temperature", "top_p", "max_new_tokens")
+_KEY_FIELDS = ("task", "task_version", "judge_id", "judge_version", "reference_model")
+
+# Fixed colours per algorithm (names as in train/algorithms.py), so one keeps its colour from plot to plot;
+# black is the SFT reference, grey a checkpoint that does not say what trained it.
+_ALGORITHMS = {"dpo": ("DPO", "#1f77b4"), "ipo": ("IPO", "#ff7f0e"), "odpo": ("ODPO", "#2ca02c"),
+               "simpo": ("SimPO", "#d62728"), "rdpo": ("R-DPO", "#9467bd"), "kto": ("KTO", "#8c564b"),
+               "orpo": ("ORPO", "#e377c2"), "cpo": ("CPO", "#bcbd22"), "ppo": ("PPO", "#17becf"),
+               "cdpo": ("cDPO", "#393b79"), "hinge": ("hinge", "#637939")}
+_EXTRA = ("#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
+_JUDGE_NAMES = {"vader": "VADER"}
+
+
+@dataclass
+class FrontierPoint:
+    """One checkpoint on the frontier; ``*_lo``/``*_hi`` are the 95% CI (NaN where the run had none)."""
+
+    label: str
+    algorithm: str
+    run_name: str | None
+    step: int | None
+    hparams: dict[str, Any]
+    reward: float
+    reward_lo: float
+    reward_hi: float
+    kl: float
+    kl_lo: float
+    kl_hi: float
+    model: str
+    run_id: str = ""
+
+
+def _norm(algorithm: str) -> str:
+    return algorithm.lower().replace("-", "").replace("_", "")
+
+
+def _load_run(run: str | Path, results_dir: Path | None) -> tuple[str, dict[str, Any], list[Score]]:
+    path = find_run(str(run), results_dir)
+    manifest = json.loads((path / "manifest.json").read_text())
+    run_id = manifest.get("run_id", path.name)
+    if manifest.get("kind") != "eval":
+        raise EvalHarnessError(f"run '{run_id}' ({path}) is a '{manifest.get('kind')}' run; the frontier needs "
+                               "eval runs (`evalharness eval` with the kl judge)")
+    summary = path / "summary.json"
+    if not summary.is_file():
+        raise EvalHarnessError(f"run '{run_id}' has no summary.json (status: {manifest.get('status')}); "
+                               "run the same command again to finish it")
+    scores = [Score.from_dict(d) for d in json.loads(summary.read_text()).get("scores", [])]
+    return run_id, manifest, scores
+
+
+def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wanted: str | None) -> str:
+    present = sorted({s.metric for _, _, scores in runs for s in scores})
+    rewards = [m for m in present if m not in NOT_REWARDS]
+    if wanted is not None:
+        if wanted in NOT_REWARDS:
+            raise EvalHarnessError(f"'{wanted}' is not a reward; reward metrics present: {', '.join(rewards) or 'none'}")
+        if wanted not in present:
+            raise EvalHarnessError(f"no '{wanted}' scores in these runs; reward metrics present: "
+                                   f"{', '.join(rewards) or 'none'}")
+        return wanted
+    if not rewards:
+        raise EvalHarnessError("these runs have no reward metric (only " + ", ".join(present or ["no scores"]) + ")")
+    if len(rewards) > 1:
+        raise EvalHarnessError(f"several reward metrics in these runs: {', '.join(rewards)}; pick one with reward_metric")
+    return rewards[0]
+
+
+def _check_one_key(what: str, used: list[tuple[str, Score]]) -> tuple[str, ...] | None:
+    """DESIGN: never put scores with different keys on one axis. Names the differing fields and runs."""
+    keys: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for run_id, s in used:
+        if run_id not in keys[s.key]:
+            keys[s.key].append(run_id)
+    if len(keys) > 1:
+        ks = list(keys)
+        diff = [f for i, f in enumerate(_KEY_FIELDS) if len({k[i] for k in ks}) > 1]
+        detail = "; ".join(", ".join(f"{f}={k[_KEY_FIELDS.index(f)]!r}" for f in diff) + f" (runs {', '.join(runs)})"
+                           for k, runs in keys.items())
+        raise EvalHarnessError(f"{what} scores differ in {', '.join(diff)} and cannot share one plot: {detail}")
+    return next(iter(keys), None)
+
+
+def _check_comparable_configs(runs: list[tuple[str, dict[str, Any], list[Score]]]) -> None:
+    for name in COMPARABLE_CONFIG:
+        values = {run_id: (m.get("config") or {}).get(name) for run_id, m, _ in runs}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            raise EvalHarnessError(f"runs differ in {name} ({', '.join(f'{r}: {v}' for r, v in values.items())}); "
+                                   "their rewards and KLs are not comparable on one plot")
+
+
+def _checkpoint_manifest(spec: str, info: dict[str, Any]) -> dict[str, Any] | None:
+    for cand in dict.fromkeys(c for c in (info.get("path"), spec) if c):
+        path = Path(cand).expanduser() / CHECKPOINT_MANIFEST
+        if path.is_file():
+            try:
+                return dict(json.loads(path.read_text()))
+            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                raise EvalHarnessError(f"{path}: not a checkpoint manifest ({e})") from e
+    return None
+
+
+def _identity(spec: str, info: dict[str, Any],
+              is_reference: bool) -> tuple[str, str | None, int | None, dict[str, Any], str]:
+    """(algorithm, run_name, step, hparams, label) from the checkpoint's own manifest (nanoGPT: self-describing).
+
+    A model without one is the SFT point only if it is the KL reference: a checkpoint whose folder moved
+    must not be drawn as the reference star."""
+    ckpt = _checkpoint_manifest(spec, info)
+    if ckpt is None:
+        return (SFT, None, None, {}, f"SFT ({spec})") if is_reference else (UNKNOWN, None, None, {}, spec)
+    algorithm = str(ckpt.get("algorithm") or UNKNOWN).lower()
+    run_name, step, hparams = ckpt.get("run_name"), ckpt.get("step"), dict(ckpt.get("hparams") or {})
+    step = int(step) if step is not None else None
+    if _norm(algorithm) == SFT:
+        return SFT, run_name, step, hparams, f"SFT ({spec})"
+    label = (run_name or f"{algorithm} {_hparams_str(hparams)}".strip()) + (f" step {step}" if step is not None else "")
+    return algorithm, run_name, step, hparams, label
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _ci(x: float | None) -> float:
+    return float(x) if x is not None else math.nan
+
+
+def _same(a: FrontierPoint, b: FrontierPoint) -> bool:
+    fields_ = ("reward", "reward_lo", "reward_hi", "kl", "kl_lo", "kl_hi")
+    return all(getattr(a, f) == getattr(b, f) or (math.isnan(getattr(a, f)) and math.isnan(getattr(b, f)))
+               for f in fields_)
+
+
+def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
+                    results_dir: Path | None = None) -> tuple[list[FrontierPoint], dict[str, Any]]:
+    """One point per model with both a reward and a KL score, across eval runs (ids or folders).
+
+    ``meta`` names the reward metric, both judges (id, version), the reference, the task, and the models
+    left out (``skipped``: count, ``skipped_models``: why). Refuses runs whose keys or decoding differ.
+    """
+    if not runs:
+        raise EvalHarnessError("no runs given")
+    loaded = [_load_run(r, results_dir) for r in runs]
+    metric = _pick_reward_metric(loaded, reward_metric)
+    _check_comparable_configs(loaded)
+    points: dict[str, FrontierPoint] = {}
+    revisions: dict[str, str | None] = {}
+    used_reward: list[tuple[str, Score]] = []
+    used_kl: list[tuple[str, Score]] = []
+    skipped: list[str] = []
+    higher_is_better = True
+    for run_id, manifest, scores in loaded:
+        infos = {m.get("spec"): m for m in manifest.get("models", [])}
+        by_model: dict[str, dict[str, Score]] = defaultdict(dict)
+        for s in scores:
+            by_model[s.model][s.metric] = s
+        for spec, ms in by_model.items():
+            rw, kl = ms.get(metric), ms.get(KL_METRIC)
+            missing = [name for name, s in ((metric, rw), (KL_METRIC, kl)) if s is None or not _finite(s.value)]
+            if missing:
+                skipped.append(f"{spec} (run {run_id}): no {' or '.join(missing)} value")
+                continue
+            assert rw is not None and kl is not None and rw.value is not None and kl.value is not None
+            info = infos.get(spec, {})
+            ref = kl.reference_model
+            ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
+            is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
+            algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
+            p = FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value), _ci(rw.ci_low),
+                              _ci(rw.ci_high), float(kl.value), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id)
+            if spec in points:
+                if not _same(points[spec], p):
+                    raise EvalHarnessError(
+                        f"model '{spec}' is in runs {points[spec].run_id} and {run_id} with different scores "
+                        f"(revisions {revisions[spec]} and {info.get('revision')}); plot one of them")
+                continue
+            points[spec], revisions[spec] = p, info.get("revision")
+            used_reward.append((run_id, rw))
+            used_kl.append((run_id, kl))
+            higher_is_better = rw.extra.get("higher_is_better", higher_is_better)
+    rkey = _check_one_key(f"reward '{metric}'", used_reward)
+    kkey = _check_one_key("KL", used_kl)
+    meta: dict[str, Any] = {
+        "runs": [r for r, _, _ in loaded], "reward_metric": metric, "higher_is_better": bool(higher_is_better),
+        "task": rkey[0] if rkey else None,
+        "reward_judge_id": rkey[2] if rkey else None, "reward_judge_version": rkey[3] if rkey else None,
+        "kl_judge_id": kkey[2] if kkey else None, "kl_judge_version": kkey[3] if kkey else None,
+        "reference_model": kkey[4] if kkey else None,
+        "skipped": len(skipped), "skipped_models": skipped}
+    return list(points.values()), meta
+
+
+def pareto_front(points: list[FrontierPoint], *, higher_is_better: bool = True) -> list[FrontierPoint]:
+    """Points no other point beats: none has KL <= and reward >= (<= if lower is better), one strictly.
+
+    Sorted by KL. Exact ties are all kept: neither of two equal points dominates the other.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+
+    def dominates(a: FrontierPoint, b: FrontierPoint) -> bool:
+        ra, rb = sign * a.reward, sign * b.reward
+        return a.kl <= b.kl and ra >= rb and (a.kl < b.kl or ra > rb)
+
+    front = [p for p in points if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda p: (p.kl, -sign * p.reward))
+
+
+def _transform(judge_version: str) -> str:
+    """The reward's meaning from a judge version; package pins and weight hashes are provenance, not meaning."""
+    parts = []
+    for part in (p.strip() for p in judge_version.split(";")):
+        if not part or "==" in part or part.startswith("weights="):
+            continue
+        if part.startswith("reward="):
+            part = part.removeprefix("reward=")
+        elif part.startswith("labels="):  # HFClassifierJudge: labels={"POSITIVE": 1.0}:<hash>
+            try:
+                weights = json.loads(part.removeprefix("labels=").rsplit(":", 1)[0])
+                part = " + ".join(f"p({lab})" if w == 1 else f"{w:g}·p({lab})" for lab, w in weights.items())
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        parts.append(part)
+    return ", ".join(parts)
+
+
+def reward_axis_label(metric: str, judge_id: str, judge_version: str, higher_is_better: bool = True) -> str:
+    """E.g. 'sentiment reward: VADER (compound+1)/2' (DESIGN: rewards name their classifier and transform)."""
+    name = judge_id.removeprefix("hf-classifier:")
+    name = _JUDGE_NAMES.get(name, name)
+    transform = _transform(judge_version)
+    what = f"{metric} reward" if higher_is_better else f"{metric} (lower is better)"
+    return f"{what}: {name}" + (f" {transform}" if transform else "")
+
+
+def kl_axis_label(kl_judge_version: str, reference: str | None) -> str:
+    """E.g. 'KL to reference smollm2 (nats, sequence-level k1)', from the KL judge version."""
+    parts = kl_judge_version.split(";")
+    level = {"sequence-sum": "sequence-level", "token-mean": "token-mean"}.get(parts[0], parts[0])
+    estimator = parts[-1] if parts[-1] in ("k1", "k3") else ""
+    unit = "nats" if "nats" in parts else "units unknown"
+    return f"KL to reference {reference or '?'} ({unit}, {level} {estimator})".replace(" )", ")")
+
+
+def _colours(algorithms: list[str]) -> dict[str, str]:
+    extra = sorted(a for a in algorithms if _norm(a) not in _ALGORITHMS and a not in (SFT, UNKNOWN))
+    out = {a: _ALGORITHMS[_norm(a)][1] for a in algorithms if _norm(a) in _ALGORITHMS}
+    out.update({a: _EXTRA[i % len(_EXTRA)] for i, a in enumerate(extra)})
+    out.update({SFT: "black", UNKNOWN: "#7f7f7f"})
+    return out
+
+
+def display_name(algorithm: str) -> str:
+    """How an algorithm is written in plots and tables (DPO, SimPO, R-DPO, ...)."""
+    return _display(algorithm)
+
+
+def _display(algorithm: str) -> str:
+    if algorithm == UNKNOWN:
+        return "unknown (no checkpoint manifest)"
+    return _ALGORITHMS.get(_norm(algorithm), (algorithm, ""))[0]
+
+
+def _order(algorithm: str) -> tuple[int, int, str]:
+    n = _norm(algorithm)
+    if algorithm == SFT:
+        return (0, 0, "")
+    if n in _ALGORITHMS:
+        return (1, list(_ALGORITHMS).index(n), "")
+    return (3 if algorithm == UNKNOWN else 2, 0, algorithm)
+
+
+def _err(value: float, lo: float, hi: float) -> tuple[float, float]:
+    """Asymmetric error-bar lengths; a missing CI draws no bar (never a fake zero-width interval in data)."""
+    return (max(0.0, value - lo) if math.isfinite(lo) else 0.0, max(0.0, hi - value) if math.isfinite(hi) else 0.0)
+
+
+def _plot_paths(out: Path | str) -> tuple[Path, Path]:
+    out = Path(out)
+    # Only a plot suffix is replaced: 'frontier-beta0.1' must not become 'frontier-beta0.png'.
+    stem = out.with_suffix("") if out.suffix.lower() in (".png", ".svg") else out
+    return stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
+
+
+def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path | str) -> list[Path]:
+    """Draw the frontier to ``out``.png and ``out``.svg (written atomically); returns both paths."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not points:
+        raise EvalHarnessError("no points to plot")
+    png, svg = _plot_paths(out)
+    hib = bool(meta.get("higher_is_better", True))
+    algorithms = sorted({p.algorithm for p in points}, key=_order)
+    colours = _colours(algorithms)
+    # An Agg canvas on a bare Figure: headless, and it leaves pyplot's global backend alone (notebooks, GUIs).
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig = Figure(figsize=(7.5, 5.2), dpi=150, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for algo in algorithms:
+            pts = [p for p in points if p.algorithm == algo]
+            xerr = list(zip(*(_err(p.kl, p.kl_lo, p.kl_hi) for p in pts)))
+            yerr = list(zip(*(_err(p.reward, p.reward_lo, p.reward_hi) for p in pts)))
+            if algo == SFT:
+                for p in pts:
+                    ax.errorbar([p.kl], [p.reward], xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
+                                yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)], fmt="*",
+                                color="black", markersize=15, elinewidth=0.8, capsize=2, zorder=5, label=p.label)
+                continue
+            c = colours[algo]
+            ax.errorbar([p.kl for p in pts], [p.reward for p in pts], xerr=xerr, yerr=yerr, fmt="o", color=c,
+                        markersize=5, elinewidth=0.7, capsize=2, alpha=0.85, zorder=3,
+                        label=f"{_display(algo)} ({len(pts)})")
+            front = pareto_front(pts, higher_is_better=hib)
+            if len(front) > 1:  # best reward reachable within a KL budget: a step up at each front point
+                ax.plot([p.kl for p in front], [p.reward for p in front], drawstyle="steps-post", color=c,
+                        linewidth=1.4, alpha=0.9, zorder=2)
+        ax.set_xlabel(kl_axis_label(meta.get("kl_judge_version") or "", meta.get("reference_model")))
+        ax.set_ylabel(reward_axis_label(meta.get("reward_metric") or "reward", meta.get("reward_judge_id") or "?",
+                                        meta.get("reward_judge_version") or "", hib))
+        ax.set_title(f"Reward vs KL frontier — task: {meta.get('task')}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        # Provenance footnote; supxlabel (unlike fig.text) gets room from the constrained layout.
+        runs = list(meta.get("runs", []))
+        shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+        fig.supxlabel(f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
+                      f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
+                      fontsize=5, color="#555555", x=0.005, ha="left")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        tmps: list[str] = []
+        try:
+            for path, fmt in ((png, "png"), (svg, "svg")):
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+                tmps.append(tmp)
+                with os.fdopen(fd, "wb") as f:
+                    fig.savefig(f, format=fmt)
+            for tmp, path in zip(tmps, (png, svg)):
+                os.replace(tmp, path)
+        finally:
+            for tmp in tmps:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    return [png, svg]
+
+
+def frontier(runs: list[str | Path], out: Path | str, *, reward_metric: str | None = None,
+             results_dir: Path | None = None) -> tuple[list[Path], list[FrontierPoint]]:
+    """Read the runs and plot them; refuses when no model has both a reward and a KL."""
+    points, meta = frontier_points(runs, reward_metric=reward_metric, results_dir=results_dir)
+    if not points:
+        why = "; ".join(meta["skipped_models"]) or "the runs have no model scores"
+        raise EvalHarnessError(f"nothing to plot from {', '.join(meta['runs'])}: {why}")
+    return plot_frontier(points, meta, out), points
+
+
+def _hparams_str(hparams: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
+
+
+def _with_ci(value: float, lo: float, hi: float) -> str:
+    ci = f" [{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{value:.4f}{ci}"
+
+
+def frontier_table(points: list[FrontierPoint], *, higher_is_better: bool = True) -> list[dict[str, Any]]:
+    """Rows for printing, by algorithm then KL; ``on_front``: on its algorithm's front (as drawn),
+    ``on_overall_front``: on the front of all points together."""
+    by_algo: dict[str, list[FrontierPoint]] = defaultdict(list)
+    for p in points:
+        by_algo[p.algorithm].append(p)
+    fronts = {id(q) for pts in by_algo.values() for q in pareto_front(pts, higher_is_better=higher_is_better)}
+    overall = {id(q) for q in pareto_front(points, higher_is_better=higher_is_better)}
+    rows = []
+    for p in sorted(points, key=lambda p: (_order(p.algorithm), p.kl)):
+        rows.append({"label": p.label, "algorithm": p.algorithm, "step": p.step, "hparams": _hparams_str(p.hparams),
+                     "reward": _with_ci(p.reward, p.reward_lo, p.reward_hi), "kl": _with_ci(p.kl, p.kl_lo, p.kl_hi),
+                     "on_front": id(p) in fronts, "on_overall_front": id(p) in overall})
+    return rows

@@ -1,0 +1,1 @@
+"""Preference-optimization training. Submodules are imported directly; nothing heavy is imported here."""
