@@ -44,7 +44,10 @@ test-vllm: $(STAMP) vllm-venv
 	$(BIN)/python -m pytest -q -rs tests/test_vllm.py
 
 perf: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[perf]"   # TRL, only for the training benchmark
 	$(BIN)/python benchmarks/perf/hf_generate_throughput.py
+	$(BIN)/python benchmarks/perf/judge_client_throughput.py
+	$(BIN)/python benchmarks/perf/dpo_train_step.py
 
 clean-venv:
 	rm -rf $(VENV)

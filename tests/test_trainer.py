@@ -221,3 +221,14 @@ def test_two_processes_data_parallel_match_one_process(base, pairs, tmp_path):
     assert len(got) == 2 and got[0] == got[1]  # both ranks log the same reduced metrics
     assert got[0] == pytest.approx([m["loss"] for m in one.metrics], abs=1e-5)
     assert (tmp_path / "two" / "checkpoint-3" / "model.safetensors").is_file()  # written once, by rank 0
+
+
+def test_a_failed_run_is_recorded_as_failed(base, pairs, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(base, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception):
+        train(cfg(broken, pairs, tmp_path / "f"))
+    man = json.loads((tmp_path / "f" / "train_manifest.json").read_text())
+    assert man["status"] == "failed" and man["error"] and not list((tmp_path / "f").glob("checkpoint-*"))

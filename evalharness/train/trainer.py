@@ -220,111 +220,119 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
             "data": {"source": cfg.data, "hash": ident["data_hash"], "n_examples": len(data)},
             "started_at": provenance.now(), **provenance.environment(), "checkpoints": []})
     accel.wait_for_everyone()
-    torch.manual_seed(cfg.seed)
+    try:
+        torch.manual_seed(cfg.seed)
 
-    from ..models import load_fresh
-    model, tok = load_fresh(base, dtype="float32")
-    _disable_dropout(model)
-    examples = _examples(tok, data, cfg, spec.unpaired)
-    device = accel.device
-    model.to(device)
+        from ..models import load_fresh
+        model, tok = load_fresh(base, dtype="float32")
+        _disable_dropout(model)
+        examples = _examples(tok, data, cfg, spec.unpaired)
+        device = accel.device
+        model.to(device)
 
-    ref_logps = None
-    if spec.needs_reference:
-        ref_model = model if reference is base else _disable_dropout(load_fresh(reference, dtype="float32")[0]).to(device)
-        ref_logps = _reference_logps(ref_model, examples, spec.unpaired, tok.pad_token_id, cfg, accel, log)
-        del ref_model
+        ref_logps = None
+        if spec.needs_reference:
+            ref_model = model if reference is base else _disable_dropout(load_fresh(reference, dtype="float32")[0]).to(device)
+            ref_logps = _reference_logps(ref_model, examples, spec.unpaired, tok.pad_token_id, cfg, accel, log)
+            del ref_model
 
-    if cfg.lora:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as e:
-            from ..errors import MissingExtraError
-            raise MissingExtraError("peft", "train") from e
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
         if cfg.lora:
-            model.enable_input_require_grads()
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adamw(params, cfg)
-    P = accel.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * P
-    steps_per_epoch = math.ceil(len(examples) / global_batch)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
-    model, opt = accel.prepare(model, opt)
+            try:
+                from peft import LoraConfig, get_peft_model
+            except ImportError as e:
+                from ..errors import MissingExtraError
+                raise MissingExtraError("peft", "train") from e
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                     target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if cfg.lora:
+                model.enable_input_require_grads()
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = _adamw(params, cfg)
+        P = accel.num_processes
+        global_batch = cfg.batch_size * cfg.grad_accum * P
+        steps_per_epoch = math.ceil(len(examples) / global_batch)
+        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+        model, opt = accel.prepare(model, opt)
 
-    # The index stream: one seeded permutation per epoch, concatenated, cut into equal global batches.
-    g = torch.Generator().manual_seed(cfg.seed)
-    stream: list[int] = []
-    while len(stream) < total * global_batch:
-        stream += torch.randperm(len(examples), generator=g).tolist()
+        # The index stream: one seeded permutation per epoch, concatenated, cut into equal global batches.
+        g = torch.Generator().manual_seed(cfg.seed)
+        stream: list[int] = []
+        while len(stream) < total * global_batch:
+            stream += torch.randperm(len(examples), generator=g).tolist()
 
-    log(f"{run_name}: {cfg.algorithm} on {len(examples)} examples, {total} steps of {global_batch}"
-        f" ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {out}")
-    checkpoints: list[Path] = []
-    history: list[dict[str, Any]] = []
-    since_save: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
-    for step in range(total):
-        t0 = time.perf_counter()
-        idx = stream[step * global_batch:(step + 1) * global_batch]
-        parts: list[dict[str, Any]] = []
-        for micro in range(cfg.grad_accum):
-            lo = (micro * P + accel.process_index) * cfg.batch_size
-            batch_idx = idx[lo:lo + cfg.batch_size]
-            sync = micro == cfg.grad_accum - 1
-            ctx = accel.no_sync(model) if not sync and P > 1 else _null()
-            with ctx:
-                loss, metrics = _loss(model, [examples[i] for i in batch_idx], batch_idx, ref_logps, cfg,
-                                      spec.unpaired, tok.pad_token_id, accel)
-                accel.backward(loss / cfg.grad_accum)
-            parts.append(metrics)
-        grad_norm = accel.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-        lr = sched.get_last_lr()[0]  # the rate this step used
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        row = _reduce(parts, accel)
-        dt = time.perf_counter() - t0
-        row.update(step=step + 1, epoch=(step + 1) / steps_per_epoch, lr=lr,
-                   grad_norm=float(grad_norm) if grad_norm is not None else None, step_time_s=dt,
-                   samples_per_s=global_batch / dt, elapsed_s=time.perf_counter() - t_start)
-        history.append(row)
-        since_save.append(row)
-        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            extra = (f" margin {row['rewards/margins']:.3f} acc {row['rewards/accuracies']:.2f}"
-                     if row.get("rewards/margins") is not None else f" kl {row['kl']:.3f}")
-            log(f"{run_name} step {step + 1}/{total}: loss {row['loss']:.4f}{extra} ({dt:.1f}s)")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            accel.wait_for_everyone()
-            if main:
-                ck = out / f"checkpoint-{step + 1}"
-                _save_checkpoint(accel.unwrap_model(model), tok, ck, {
-                    "kind": "checkpoint", "run_name": run_name, "algorithm": cfg.algorithm, "hparams": hparams,
-                    "paper": spec.paper, "step": step + 1, "epoch": row["epoch"], "total_steps": total,
-                    "samples_seen": (step + 1) * global_batch, "base_model": _base_spec(base),
-                    "base_revision": base.revision, "reference_model": _base_spec(reference) if spec.needs_reference else None,
-                    "lora": cfg.lora, "data": {"source": cfg.data, "hash": ident["data_hash"], "n_examples": len(data)},
-                    "train_config": cfg.identity(), "metrics": row, "metrics_since_last_checkpoint": _mean_rows(since_save),
-                    "created_at": provenance.now(), **provenance.environment()})
-                checkpoints.append(ck)
-                man = json.loads((out / TRAIN_MANIFEST).read_text())
-                man["checkpoints"] = [c.name for c in checkpoints]
-                write_json_atomic(out / TRAIN_MANIFEST, man)
-            since_save = []
-    if main:
-        man = json.loads((out / TRAIN_MANIFEST).read_text())
-        man.update(status="finished", finished_at=provenance.now(), train_time_s=time.perf_counter() - t_start,
-                   final_metrics=history[-1])
-        write_json_atomic(out / TRAIN_MANIFEST, man)
-    accel.wait_for_everyone()
-    return TrainResult(out, checkpoints, history)
+        log(f"{run_name}: {cfg.algorithm} on {len(examples)} examples, {total} steps of {global_batch}"
+            f" ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {out}")
+        checkpoints: list[Path] = []
+        history: list[dict[str, Any]] = []
+        since_save: list[dict[str, Any]] = []
+        t_start = time.perf_counter()
+        for step in range(total):
+            t0 = time.perf_counter()
+            idx = stream[step * global_batch:(step + 1) * global_batch]
+            parts: list[dict[str, Any]] = []
+            for micro in range(cfg.grad_accum):
+                lo = (micro * P + accel.process_index) * cfg.batch_size
+                batch_idx = idx[lo:lo + cfg.batch_size]
+                sync = micro == cfg.grad_accum - 1
+                ctx = accel.no_sync(model) if not sync and P > 1 else _null()
+                with ctx:
+                    loss, metrics = _loss(model, [examples[i] for i in batch_idx], batch_idx, ref_logps, cfg,
+                                          spec.unpaired, tok.pad_token_id, accel)
+                    accel.backward(loss / cfg.grad_accum)
+                parts.append(metrics)
+            grad_norm = accel.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+            lr = sched.get_last_lr()[0]  # the rate this step used
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            row = _reduce(parts, accel)
+            dt = time.perf_counter() - t0
+            row.update(step=step + 1, epoch=(step + 1) / steps_per_epoch, lr=lr,
+                       grad_norm=float(grad_norm) if grad_norm is not None else None, step_time_s=dt,
+                       samples_per_s=global_batch / dt, elapsed_s=time.perf_counter() - t_start)
+            history.append(row)
+            since_save.append(row)
+            if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                extra = (f" margin {row['rewards/margins']:.3f} acc {row['rewards/accuracies']:.2f}"
+                         if row.get("rewards/margins") is not None else f" kl {row['kl']:.3f}")
+                log(f"{run_name} step {step + 1}/{total}: loss {row['loss']:.4f}{extra} ({dt:.1f}s)")
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+                accel.wait_for_everyone()
+                if main:
+                    ck = out / f"checkpoint-{step + 1}"
+                    _save_checkpoint(accel.unwrap_model(model), tok, ck, {
+                        "kind": "checkpoint", "run_name": run_name, "algorithm": cfg.algorithm, "hparams": hparams,
+                        "paper": spec.paper, "step": step + 1, "epoch": row["epoch"], "total_steps": total,
+                        "samples_seen": (step + 1) * global_batch, "base_model": _base_spec(base),
+                        "base_revision": base.revision, "reference_model": _base_spec(reference) if spec.needs_reference else None,
+                        "lora": cfg.lora, "data": {"source": cfg.data, "hash": ident["data_hash"], "n_examples": len(data)},
+                        "train_config": cfg.identity(), "metrics": row, "metrics_since_last_checkpoint": _mean_rows(since_save),
+                        "created_at": provenance.now(), **provenance.environment()})
+                    checkpoints.append(ck)
+                    man = json.loads((out / TRAIN_MANIFEST).read_text())
+                    man["checkpoints"] = [c.name for c in checkpoints]
+                    write_json_atomic(out / TRAIN_MANIFEST, man)
+                since_save = []
+        if main:
+            man = json.loads((out / TRAIN_MANIFEST).read_text())
+            man.update(status="finished", finished_at=provenance.now(), train_time_s=time.perf_counter() - t_start,
+                       final_metrics=history[-1])
+            write_json_atomic(out / TRAIN_MANIFEST, man)
+        accel.wait_for_everyone()
+        return TrainResult(out, checkpoints, history)
+    except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
+        if main and (out / TRAIN_MANIFEST).is_file():
+            man = json.loads((out / TRAIN_MANIFEST).read_text())
+            man.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                       error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
+            write_json_atomic(out / TRAIN_MANIFEST, man)
+        raise
 
 
 def _disable_dropout(model: Any) -> Any:
