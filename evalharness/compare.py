@@ -66,6 +66,8 @@ def comparison_table(runs: list[str | Path], *, base: str, reward_metric: str) -
         row: dict[str, Any] = {
             "model": model, "run": path.name, "algorithm": info.get("algorithm", "sft" if model == base else "?"),
             "run_name": info.get("run_name"), "step": info.get("step"), "hparams": info.get("hparams", {}),
+            # what the run asked for (defaults left out), for the table's "setting" column
+            "setting": (info.get("train_config") or {}).get("hparams", info.get("hparams", {})),
             "reward": r.value, "reward_ci": [r.ci_low, r.ci_high], "n": r.n, "n_skipped": r.n_skipped,
             "reward_judge": f"{r.judge_id} {r.judge_version}",
             "kl": kl.value if kl else None, "kl_ci": [kl.ci_low, kl.ci_high] if kl else None,
@@ -73,8 +75,9 @@ def comparison_table(runs: list[str | Path], *, base: str, reward_metric: str) -
         if base_entry is not None and model != base:
             row["delta"] = paired_delta((path, model), (base_entry[0], base), r.judge_id)
         rows.append(row)
-    order = {"sft": 0}
-    rows.sort(key=lambda x: (order.get(x["algorithm"], 1), x["run_name"] or "", x["step"] or 0))
+    from .train.algorithms import ALGORITHMS
+    order = {"sft": -1, **{a: i for i, a in enumerate(ALGORITHMS)}}
+    rows.sort(key=lambda x: (order.get(x["algorithm"], len(order)), x["run_name"] or "", x["step"] or 0))
     trained = [x for x in rows if x["model"] != base and x["reward"] is not None]
     verdict = None
     if base_entry is not None and trained:
@@ -112,7 +115,7 @@ def print_comparison(rows: list[dict[str, Any]], verdict: dict[str, Any] | None,
     for x in rows:
         d = x.get("delta") or {}
         delta = ci(d.get("delta"), [d.get("ci_low"), d.get("ci_high")]) if d.get("delta") is not None else "—"
-        setting = " ".join(f"{k}={v}" for k, v in x["hparams"].items() if k not in ("length_normalized",))
+        setting = " ".join(f"{k}={v}" for k, v in x.get("setting", x["hparams"]).items())
         name = "SFT" if x["algorithm"] == "sft" else display_name(x["algorithm"])
         t.add_row(("* " if x["model"] == best else "") + name, setting, str(x["step"] or "—"),
                   ci(x["reward"], x["reward_ci"]), delta, ci(x["kl"], x["kl_ci"]),
