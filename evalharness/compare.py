@@ -131,4 +131,4 @@ def print_comparison(rows: list[dict[str, Any]], verdict: dict[str, Any] | None,
                       f"{verdict['best_reward']:.3f} vs SFT {verdict['sft_reward']:.3f} "
                       f"(SFT 95% CI ±{verdict['sft_ci_halfwidth']:.3f}); paired Δ {d.get('delta', float('nan')):+.3f} "
                       f"[{d.get('ci_low', float('nan')):+.3f}, {d.get('ci_high', float('nan')):+.3f}] over "
-                      f"{d.get('n_prompts')} prompts: {word} SFT")
+                      f"{d.get('n_prompts')} prompts: {word} SFT", soft_wrap=True)
