@@ -209,16 +209,16 @@ def test_two_processes_data_parallel_match_one_process(base, pairs, tmp_path):
         pytest.skip("torchrun not found next to the interpreter")
     script = tmp_path / "run.py"
     script.write_text(
-        "import json, sys\nfrom evalharness.train.trainer import TrainConfig, train\n"
+        "import json, os, sys\nfrom evalharness.train.trainer import TrainConfig, train\n"
         f"r = train(TrainConfig(algorithm='dpo', base={str(base)!r}, data={str(pairs)!r}, learning_rate=5e-3, max_steps=3,"
         " batch_size=int(sys.argv[1]), warmup_ratio=0.0, output_dir=sys.argv[2]))\n"
-        "print('LOSSES', json.dumps([m['loss'] for m in r.metrics]))\n")
+        "open(sys.argv[2] + '.rank' + os.environ['RANK'], 'w').write(json.dumps([m['loss'] for m in r.metrics]))\n")
     two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), "2", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     one = train(cfg(base, pairs, tmp_path / "one", batch_size=4, max_steps=3))
-    got = [json.loads(line.split(" ", 1)[1]) for line in two.stdout.splitlines() if line.startswith("LOSSES")]
-    assert len(got) == 2 and got[0] == got[1]  # both ranks log the same reduced metrics
+    got = [json.loads((tmp_path / f"two.rank{r}").read_text()) for r in (0, 1)]
+    assert got[0] == got[1]  # both ranks log the same reduced metrics
     assert got[0] == pytest.approx([m["loss"] for m in one.metrics], abs=1e-5)
     assert (tmp_path / "two" / "checkpoint-3" / "model.safetensors").is_file()  # written once, by rank 0
 
