@@ -29,7 +29,7 @@ from ..errors import EvalHarnessError, InputError
 from ..models import ModelRef, resolve
 from ..paths import atomic_dir, results_root
 from ..prompts import PromptItem, render
-from ..store import write_json_atomic
+from ..store import read_jsonl, write_json_atomic
 from .algorithms import get_spec, make_config
 from .data import PreferencePair, UnpairedExample, data_hash, load_preferences, load_unpaired
 
@@ -281,7 +281,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
                 ctx = accel.no_sync(model) if not sync and P > 1 else _null()
                 with ctx:
                     loss, metrics = _loss(model, [examples[i] for i in batch_idx], batch_idx, ref_logps, cfg,
-                                          spec.unpaired, tok.pad_token_id, accel)
+                                          hparams, spec.unpaired, tok.pad_token_id, accel)
                     accel.backward(loss / cfg.grad_accum)
                 parts.append(metrics)
             grad_norm = accel.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
@@ -379,7 +379,7 @@ def _finished(out: Path, ident: dict[str, Any]) -> TrainResult | None:
     if man.get("identity") != json.loads(json.dumps(ident)):
         raise EvalHarnessError(f"{out} holds a finished run with a different configuration; "
                                "give another --run-name or --output-dir")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_jsonl(out / "metrics.jsonl")
     return TrainResult(out, [out / c for c in man["checkpoints"]], metrics, skipped=True)
 
 
@@ -410,8 +410,8 @@ def _reference_logps(model: Any, examples: list[_Example], unpaired: bool, pad_i
     return out
 
 
-def _loss(model: Any, batch: list[_Example], batch_idx: list[int], ref: Any, cfg: TrainConfig, unpaired: bool,
-          pad_id: int, accel: Any) -> tuple[Any, dict[str, float]]:
+def _loss(model: Any, batch: list[_Example], batch_idx: list[int], ref: Any, cfg: TrainConfig, hp: dict[str, Any],
+          unpaired: bool, pad_id: int, accel: Any) -> tuple[Any, dict[str, float]]:
     import torch
 
     from .losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
@@ -426,7 +426,6 @@ def _loss(model: Any, batch: list[_Example], batch_idx: list[int], ref: Any, cfg
                 kl_lp, _ = response_logprobs(model, [e.prompt_ids for e in batch], [e.kl_ids for e in batch], pad_id)  # type: ignore[misc]
         else:
             logps, lengths = _seq_logps(model, batch, unpaired, pad_id)
-    hp = asdict(make_config(cfg.algorithm, **cfg.hparams))
     if unpaired:
         r = ref[batch_idx].to(dev)
         kl = (kl_lp.sum(-1).float() - r[:, 1]).mean().detach()
