@@ -56,7 +56,8 @@ def eval_(
     judges: Annotated[str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")] = "sentiment,toxicity,kl",
     max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
     n: Annotated[int, typer.Option(help="samples per prompt")] = 1, seed: int = 0,
-    backend: str = "hf", batch_size: int = 16,
+    backend: Annotated[str, typer.Option(help="hf, vllm or fake (KL scores responses: not an openai endpoint)")] = "hf",
+    batch_size: Annotated[Optional[int], typer.Option(help="default: sized from a memory budget")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, or auto (bf16 where the hardware has it)")] = "float32",
     run_id: Annotated[Optional[str], typer.Option(help="name of the run folder (default: hash of the config)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
@@ -80,21 +81,18 @@ def eval_(
 
 @app.command()
 def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
+         results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
          json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Print a finished run's summary."""
-    from .records import Score
+    """Print a finished run's scores (runs written before schema 2 too)."""
     from .report import print_scores
-    from .store import find_run
-    path = find_run(run)
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        status = json.loads((path / "manifest.json").read_text()).get("status")
-        raise EvalHarnessError(f"run {path.name} has no summary yet (status: {status}); run it again to resume")
-    summary = json.loads(summary_path.read_text())
+    from .store import RunStore, find_run
+    store = RunStore(find_run(run, results_dir))
+    scores = store.scores()
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo((store.path / "summary.json").read_text())
     else:
-        print_scores([Score.from_dict(s) for s in summary["scores"]], title=f"{summary['task']} — run {path.name}")
+        summary = json.loads((store.path / "summary.json").read_text())
+        print_scores(scores, title=f"{summary.get('task', '')} — run {store.run_id}")
 
 
 @app.command()
@@ -232,16 +230,16 @@ def plot_frontier(
 def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
          results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
          json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False) -> None:
-    """Run a checkpoint through the benchmarks of a spec (AlpacaEval 2, Arena-Hard, MT-Bench)."""
+    """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run."""
     from .report import print_scores
     from .runner import run_spec
     _quiet_libraries()
-    path, scores = run_spec(spec, results_dir=results_dir, progress=not json_out, log=_err)
+    res = run_spec(spec, results_dir=results_dir, progress=not json_out, log=_err)
     if json_out:
-        typer.echo((path / "summary.json").read_text())
+        typer.echo((res.path / "summary.json").read_text())
     else:
-        print_scores(scores, title=f"{spec.name} — run {path.name}")
-        _err(f"results: {path}")
+        print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
+        _err(f"results: {res.path}")
 
 
 metrics_app = typer.Typer(no_args_is_help=True, help="Recompute official metrics from the official tools' files.")

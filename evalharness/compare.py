@@ -17,21 +17,21 @@ import numpy as np
 from .errors import EvalHarnessError
 from .records import Score
 from .stats import mean_ci
-from .store import find_run, read_jsonl
+from .store import RunStore, find_run
 
 
-def _per_prompt(run_dir: Path, model: str, judge_id: str) -> dict[str, float]:
-    """Per-prompt mean of a judge's ok verdicts (samples of one prompt are averaged first)."""
+def _per_prompt(store: RunStore, model: str, task: str) -> dict[str, float]:
+    """Per-prompt mean of a task's ok verdicts (samples of one prompt are averaged first)."""
     by: dict[str, list[float]] = defaultdict(list)
-    for v in read_jsonl(run_dir / "verdicts.jsonl"):
-        if v["model"] == model and v["judge_id"] == judge_id and v["status"] == "ok":
-            by[v["item_id"]].append(v["value"])
+    for v in store.verdicts(task, model):
+        if v.status == "ok":
+            by[v.item_id].append(float(v.value))  # type: ignore[arg-type]
     return {k: float(np.mean(v)) for k, v in by.items()}
 
 
-def paired_delta(a: tuple[Path, str], b: tuple[Path, str], judge_id: str) -> dict[str, Any]:
-    """mean(a - b) over prompts both answered, with SE and 95% CI; ``a``/``b`` are (run folder, model)."""
-    pa, pb = _per_prompt(*a, judge_id), _per_prompt(*b, judge_id)
+def paired_delta(a: tuple[RunStore, str], b: tuple[RunStore, str], task: str) -> dict[str, Any]:
+    """mean(a - b) over prompts both answered, with SE and 95% CI; ``a``/``b`` are (run, model)."""
+    pa, pb = _per_prompt(*a, task), _per_prompt(*b, task)
     common = sorted(set(pa) & set(pb))
     if len(common) < 2:
         return {"delta": None, "n_prompts": len(common)}
@@ -39,41 +39,45 @@ def paired_delta(a: tuple[Path, str], b: tuple[Path, str], judge_id: str) -> dic
     return {"delta": m, "stderr": se, "ci_low": lo, "ci_high": hi, "n_prompts": len(common)}
 
 
-def _checkpoint_info(model: str) -> dict[str, Any]:
-    path = Path(model) / "evalharness_manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _checkpoint_info(entry: dict[str, Any]) -> dict[str, Any]:
+    for cand in dict.fromkeys(c for c in (entry.get("path"), entry.get("spec")) if c):
+        path = Path(cand) / "evalharness_manifest.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+    return {}
 
 
 def comparison_table(runs: list[str | Path], *, base: str, reward_metric: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Rows (SFT first, then checkpoints by algorithm, run and step) and the verdict on the best checkpoint."""
     entries = []
     for run in runs:
-        path = find_run(str(run))
-        summary_path = path / "summary.json"
-        if not summary_path.is_file():
-            raise EvalHarnessError(f"eval run {path.name} has no summary (unfinished); run it again to resume")
-        scores = [Score.from_dict(s) for s in json.loads(summary_path.read_text())["scores"]]
+        store = RunStore(find_run(str(run)))
+        scores = store.scores()
+        infos = {m.get("name") or m.get("spec"): m for m in store.manifest().get("models", [])}
         for model in dict.fromkeys(s.model for s in scores):
-            got = {s.metric: s for s in scores if s.model == model}
-            if reward_metric not in got:
-                raise EvalHarnessError(f"run {path.name} has no '{reward_metric}' score for {model}")
-            entries.append((path, model, got))
+            mine = [s for s in scores if s.model == model]
+            reward = next((s for s in mine if s.metric == reward_metric), None)
+            if reward is None:
+                raise EvalHarnessError(f"run {store.run_id} has no '{reward_metric}' score for {model}")
+            got = {s.metric: s for s in mine if s.task == reward.task or s.metric not in ("length",)}
+            got[reward_metric] = reward
+            entries.append((store, model, got, infos.get(model, {"spec": model})))
     base_entry = next((e for e in entries if e[1] == base), None)
     rows = []
-    for path, model, got in entries:
-        info = _checkpoint_info(model)
+    for store, model, got, entry in entries:
+        info = _checkpoint_info(entry)
         r, kl, length = got[reward_metric], got.get("kl"), got.get("length")
         row: dict[str, Any] = {
-            "model": model, "run": path.name, "algorithm": info.get("algorithm", "sft" if model == base else "?"),
+            "model": model, "run": store.run_id, "algorithm": info.get("algorithm", "sft" if model == base else "?"),
             "run_name": info.get("run_name"), "step": info.get("step"), "hparams": info.get("hparams", {}),
             # what the run asked for (defaults left out), for the table's "setting" column
             "setting": (info.get("train_config") or {}).get("hparams", info.get("hparams", {})),
             "reward": r.value, "reward_ci": [r.ci_low, r.ci_high], "n": r.n, "n_skipped": r.n_skipped,
-            "reward_judge": f"{r.judge_id} {r.judge_version}",
+            "reward_judge": f"{r.judge_id} {r.extra.get('judge_desc', r.judge_version)}",
             "kl": kl.value if kl else None, "kl_ci": [kl.ci_low, kl.ci_high] if kl else None,
             "length": length.value if length else None}
         if base_entry is not None and model != base:
-            row["delta"] = paired_delta((path, model), (base_entry[0], base), r.judge_id)
+            row["delta"] = paired_delta((store, model), (base_entry[0], base), r.task)
         rows.append(row)
     from .train.algorithms import ALGORITHMS
     order = {"sft": -1, **{a: i for i, a in enumerate(ALGORITHMS)}}

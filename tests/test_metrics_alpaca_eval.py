@@ -100,7 +100,8 @@ def test_scores_carry_keys_and_counts(benchdata: Path) -> None:
     wr = scores["win_rate"]
     assert wr.value == pytest.approx(15.733506736409938, abs=1e-6) and wr.stderr == pytest.approx(1.120315865445773)
     assert (wr.n, wr.n_skipped, wr.extra["n_wins"], wr.extra["n_draws"]) == (805, 0, 115, 2)
-    assert wr.key == ("alpaca_eval", "2", ae.ANNOTATOR, ae.JUDGE_MODEL, "gpt4_1106_preview")
+    assert (wr.task, wr.task_version, wr.judge_id, wr.judge_version, wr.baseline) == \
+        ("alpaca_eval", "2", ae.ANNOTATOR, ae.JUDGE_MODEL, "gpt4_1106_preview")
 
 
 # ------------------------------------------------------------------ parse failures and input errors

@@ -501,7 +501,7 @@ def to_scores(metrics: Mapping[str, Any], model: str) -> list[Score]:
     """
     keys = dict(task="alpaca_eval", task_version="2", model=model,
                 judge_id=metrics.get("annotator", ANNOTATOR), judge_version=JUDGE_MODEL,
-                reference_model=metrics.get("reference_model", BASELINE))
+                baseline=metrics.get("reference_model", BASELINE))
     n, skipped = metrics["n_total"], metrics.get("n_skipped", 0)
     counts = {k: metrics[k] for k in ("n_wins", "n_wins_base", "n_draws", "avg_length")}
     scores = [Score(metric="win_rate", value=metrics["win_rate"], n=n, n_skipped=skipped,

@@ -338,20 +338,48 @@ def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, boo
         verdicts = load_judgments(path, baseline=baseline, reparse=reparse)
         battles = battles_from_verdicts(verdicts, weight=weight)
         judge = judge or next((v.judge_id for v in verdicts if v.judge_id), None)
-        counts = {}
-        for v in verdicts:
-            n, bad = counts.get(v.meta["model"]) or (0, 0)
-            counts[v.meta["model"]] = (n + 1, bad + (v.status != "ok"))
+        counts = verdict_counts(verdicts)
     else:
         battles = load_battles(path)
         counts = _game_counts(battles, baseline, weight)
     if battles.empty:
         raise InputError("no parsed game to score", path=str(path))
-    features, ridge = None, 0.0
+    metadata = None
     if style_control:
         if answers is None:
             raise InputError("style control needs the model answers' style metadata", field="answers")
-        features = style_features(battles, load_answer_metadata(answers), style_variant)
+        metadata = load_answer_metadata(answers)
+    return score_battles(battles, counts, baseline=baseline, bootstrap_rounds=bootstrap_rounds, seed=seed,
+                         bootstrap_unit=bootstrap_unit, style_metadata=metadata, style_variant=style_variant,
+                         ci_level=ci_level, judge=judge, bench=bench)
+
+
+def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, int] | None]:
+    """model -> (games, games without a parsed verdict): unparsed and failed games both count as unparsed,
+    as the official judgment file has them."""
+    counts: dict[str, tuple[int, int] | None] = {}
+    for v in verdicts:
+        n, bad = counts.get(v.meta["model"]) or (0, 0)
+        counts[v.meta["model"]] = (n + 1, bad + (v.status != "ok"))
+    return counts
+
+
+def score_battles(battles: pd.DataFrame, counts: Mapping[str, tuple[int, int] | None], *,
+                  baseline: str = DEFAULT_BASELINE, bootstrap_rounds: int = 100, seed: int = OFFICIAL_SEED,
+                  bootstrap_unit: Literal["battle", "question"] = "battle",
+                  style_metadata: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+                  style_variant: Literal["v0.1", "v2"] = "v0.1", ci_level: float = 0.95, judge: str | None = None,
+                  bench: str = "arena-hard-v0.1") -> dict[str, Any]:
+    """The one Arena-Hard metric computation, for official files and for our own runs' verdicts alike.
+
+    Per model: ``score`` = 100 * win_rate(BT Elo) vs the baseline and its percentile bootstrap CI
+    (Elo percentiles mapped through win_rate, as show_result.py does), Elo, battle and game counts
+    (``counts``: model -> (games, unparsed games) or None where the battles cannot tell).
+    ``style_metadata`` (model -> question -> official style metadata) turns on style control.
+    """
+    features, ridge = None, 0.0
+    if style_metadata is not None:
+        features = style_features(battles, style_metadata, style_variant)
         ridge = 1.0 if style_variant == "v0.1" else 0.0
     elo, coefs = fit_bt(battles, baseline=baseline, features=features, ridge=ridge)
     boot = bootstrap_elo(battles, baseline=baseline, rounds=bootstrap_rounds, seed=seed, unit=bootstrap_unit,
@@ -374,17 +402,17 @@ def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, boo
             "n_unparsed": sum(c[1] for c in totals) if known else None,
             "bootstrap": {"rounds": bootstrap_rounds, "seed": seed, "unit": bootstrap_unit, "ci_level": ci_level},
             "style_control": ({"variant": style_variant, "coefficients": dict(zip(STYLE_FEATURES, map(float, coefs)))}
-                              if style_control else None)}
+                              if style_metadata is not None else None)}
 
 
 def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
-    """One Score per judged model (value in percent, reference_model = the baseline)."""
+    """One Score per judged model (value in percent, with its baseline)."""
     sc = metrics.get("style_control")
     return [Score(task="arena_hard", metric="score_style_controlled" if sc else "score", model=m,
                   value=r["score"], n=r["n_games"] if r["n_games"] is not None else r["n_battles"],
                   n_skipped=r["n_unparsed"] or 0, ci_low=r["ci_low"], ci_high=r["ci_high"],
                   ci_level=metrics["bootstrap"]["ci_level"], task_version=metrics["bench"],
-                  judge_id=metrics.get("judge") or "", reference_model=metrics["baseline"],
+                  judge_id=metrics.get("judge") or "", baseline=metrics["baseline"],
                   extra={"elo": r["elo"], "n_battles": r["n_battles"], "bootstrap": metrics["bootstrap"],
                          **({"style_control": sc} if sc else {})})
             for m, r in metrics["models"].items()]
