@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -72,40 +72,38 @@ def pair_items(a: Mapping[Hashable, float], b: Mapping[Hashable, float]) -> tupl
     return common, len(a) - len(common), len(b) - len(common)
 
 
-def _t_result(diffs: Sequence[float], value_a: float, value_b: float, n_only_a: int, n_only_b: int,
-              method: str, level: float) -> PairedResult:
-    d = np.asarray(diffs, dtype=float)
-    if d.size == 0:
+def _t_result(xa: Sequence[float], xb: Sequence[float], n_only_a: int, n_only_b: int, method: str,
+              level: float) -> PairedResult:
+    """Paired t over aligned units (xa[i], xb[i])."""
+    ya, yb = np.asarray(xa, dtype=float), np.asarray(xb, dtype=float)
+    if ya.size == 0:
         raise ValueError("no paired item: the two models share no scored item")
+    d = ya - yb
     delta, se, lo, hi = stats.mean_ci(d, level)
     sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
     return PairedResult(delta=delta, ci_low=lo, ci_high=hi, p_value=stats.t_p_value(delta, se, d.size - 1),
                         n_paired=int(d.size), n_only_a=n_only_a, n_only_b=n_only_b, se=se,
                         mde=stats.mde_paired_t(sd, int(d.size), alpha=ALPHA, power=POWER), method=method,
-                        mde_method="noncentral t", value_a=value_a, value_b=value_b, level=level)
+                        mde_method="noncentral t", value_a=float(ya.mean()), value_b=float(yb.mean()), level=level)
 
 
 def paired_t(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, level: float = LEVEL,
              method: str = "paired t") -> PairedResult:
     """Paired t test of mean(a - b) over the items both have (item id -> score per model)."""
     common, only_a, only_b = pair_items(a, b)
-    xa, xb = np.array([a[k] for k in common], float), np.array([b[k] for k in common], float)
-    return _t_result(xa - xb, float(xa.mean()) if common else math.nan,
-                     float(xb.mean()) if common else math.nan, only_a, only_b, method, level)
+    return _t_result([a[k] for k in common], [b[k] for k in common], only_a, only_b, method, level)
 
 
 def clustered_paired_t(a: Mapping[Hashable, float], b: Mapping[Hashable, float],
                        cluster: Callable[[Hashable], Hashable], *, level: float = LEVEL,
                        method: str = "clustered paired t") -> PairedResult:
-    """Paired t test over clusters: items are paired first, each cluster's mean paired difference is
-    one unit (``cluster`` maps an item id to its cluster), t over clusters. ``n_paired`` counts
-    clusters, ``n_only_*`` items."""
+    """Paired t test over clusters: items are paired first, then each model's mean over a cluster's
+    paired items is one unit (``cluster`` maps an item id to its cluster), t over clusters.
+    ``n_paired`` counts clusters, ``n_only_*`` items."""
     common, only_a, only_b = pair_items(a, b)
     keys = [cluster(k) for k in common]
-    d = stats.cluster_means([a[k] - b[k] for k in common], keys)
-    ma, mb = stats.cluster_means([a[k] for k in common], keys), stats.cluster_means([b[k] for k in common], keys)
-    return _t_result(list(d.values()), float(np.mean(list(ma.values()))) if common else math.nan,
-                     float(np.mean(list(mb.values()))) if common else math.nan, only_a, only_b, method, level)
+    ma, mb = (stats.cluster_means([m[k] for k in common], keys) for m in (a, b))
+    return _t_result(list(ma.values()), list(mb.values()), only_a, only_b, method, level)
 
 
 def sample_means_paired(a: Mapping[Hashable, Sequence[float]], b: Mapping[Hashable, Sequence[float]], *,
@@ -128,10 +126,8 @@ def mcnemar_paired(a: Mapping[Hashable, float], b: Mapping[Hashable, float], *, 
     """
     common, only_a, only_b = pair_items(a, b)
     xa, xb = np.array([a[k] for k in common], float), np.array([b[k] for k in common], float)
-    base = _t_result(scale * (xa - xb), scale * float(xa.mean()) if common else math.nan,
-                     scale * float(xb.mean()) if common else math.nan, only_a, only_b, "exact McNemar", level)
-    p = stats.mcnemar_exact(int((xa > xb).sum()), int((xa < xb).sum()))
-    return PairedResult(**{**asdict(base), "p_value": p})
+    result = _t_result(scale * xa, scale * xb, only_a, only_b, "exact McNemar", level)
+    return replace(result, p_value=stats.mcnemar_exact(int((xa > xb).sum()), int((xa < xb).sum())))
 
 
 # ---------------------------------------------------------------- bootstraps of refit metrics
@@ -200,18 +196,36 @@ def alpaca_lc_paired_bootstrap(a: Sequence[Mapping[str, Any]], b: Sequence[Mappi
     lists must hold the same instructions in the same (eval-set) order; an unparsed judgment is a
     row like any other there, as in the official LC. The point delta is the two official LCs.
     """
-    _check_same_baseline(a, b)
-    if [r["instruction"] for r in a] != [r["instruction"] for r in b]:
-        raise ValueError("LC pairing needs both annotation lists over the same instructions in the same "
-                         "(eval-set) order: the GLM looks instruction difficulty up by row")
-    n = len(a)
+    return alpaca_lc_against(b, {"a": a}, support, rounds=rounds, level=level, seed=seed)["a"]
+
+
+def alpaca_lc_against(reference: Sequence[Mapping[str, Any]], models: Mapping[str, Sequence[Mapping[str, Any]]],
+                      support: ae.LCSupport, *, rounds: int = LC_ROUNDS, level: float = LEVEL,
+                      seed: int = 0) -> dict[str, PairedResult]:
+    """:func:`alpaca_lc_paired_bootstrap` of each model against one reference (delta = model -
+    reference), all on the same draws, the reference's bootstrap refits done once for all."""
+    order = [r["instruction"] for r in reference]
+    for name, rows in models.items():
+        _check_same_baseline(rows, reference)
+        if [r["instruction"] for r in rows] != order:
+            raise ValueError(f"LC pairing needs {name!r} and the reference over the same instructions in the "
+                             "same (eval-set) order: the GLM looks instruction difficulty up by row")
+    n = len(order)
     if n < 2:
         raise ValueError("LC needs at least two instructions")
     draws = np.random.default_rng(seed).integers(0, n, size=(rounds, n))
-    series = [np.array([ae.lc_winrate_resampled(rows, support, d) for d in draws]) for rows in (a, b)]
-    point = [ae.length_controlled_winrate(rows, support)["length_controlled_winrate"] for rows in (a, b)]
-    return _bootstrap_result(point[0], point[1], series[0], series[1], n, 0, 0,
-                             "paired bootstrap over instructions, GLM refit", level, rounds, seed)
+
+    def run(rows: Sequence[Mapping[str, Any]]) -> tuple[float, np.ndarray]:
+        return (ae.length_controlled_winrate(rows, support)["length_controlled_winrate"],
+                np.array([ae.lc_winrate_resampled(rows, support, d) for d in draws]))
+
+    ref_point, ref_series = run(reference)
+    out = {}
+    for name, rows in models.items():
+        point, series = run(rows)
+        out[name] = _bootstrap_result(point, ref_point, series, ref_series, n, 0, 0,
+                                      "paired bootstrap over instructions, GLM refit", level, rounds, seed)
+    return out
 
 
 # ---------------------------------------------------------------- Arena-Hard

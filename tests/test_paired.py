@@ -72,7 +72,8 @@ def test_mcnemar_paired_by_hand() -> None:
     # discordant: 7 for a (the tie over a loss counts), 1 for b -> p = 2 * (1 + 8) / 2^8
     assert r.p_value == pytest.approx(18 / 256) == pytest.approx(st.binomtest(7, 8).pvalue)
     d = 100 * (np.array(list(a.values())) - np.array(list(b.values())))
-    assert r.delta == pytest.approx(d.mean()) == pytest.approx(55.0) and r.se == pytest.approx(d.std(ddof=1) / math.sqrt(10))
+    assert r.delta == pytest.approx(d.mean()) == pytest.approx(55.0)
+    assert r.se == pytest.approx(d.std(ddof=1) / math.sqrt(10))
     assert (r.value_a, r.value_b, r.method) == (75.0, 20.0, "exact McNemar")
 
 
@@ -253,8 +254,10 @@ def test_lc_paired_bootstrap_shares_draws_and_refits(support_dir: Path) -> None:
     low, high = ae.lc_winrate_bootstrap_ci(a, support, rounds=4, seed=5)
     assert (vs_base.ci_low, vs_base.ci_high) == pytest.approx((low - 50, high - 50))
     assert vs_base.value_b == 50.0
-    # a model against itself: identical draws and fits give exactly 0
-    same = paired.alpaca_lc_paired_bootstrap(a, a, support, rounds=3, seed=5)
+    # several models against one reference: the same results, and the reference against itself is exactly 0
+    many = paired.alpaca_lc_against(b, {"a": a, "b": b}, support, rounds=4, seed=5)
+    assert many["a"] == r
+    same = many["b"]
     assert (same.delta, same.ci_low, same.ci_high, same.p_value, same.se) == (0.0, 0.0, 0.0, 1.0, 0.0)
     # swapping the models negates the delta and mirrors the CI; the seed reproduces
     swapped = paired.alpaca_lc_paired_bootstrap(b, a, support, rounds=4, seed=5)
@@ -270,7 +273,7 @@ def _official(benchdata: Path, model: str) -> dict[str, dict[str, Any]]:
 
 def test_alpaca_paired_difference_on_official_annotations(benchdata: Path) -> None:
     a_name, b_name = "claude-2.1", "gpt-3.5-turbo-1106"
-    a, b = ae.load_annotations(annotations_path(benchdata, a_name)), ae.load_annotations(annotations_path(benchdata, b_name))
+    a, b = (ae.load_annotations(annotations_path(benchdata, m)) for m in (a_name, b_name))
     r = paired.alpaca_winrate_paired(a, b)
     # by hand from the JSON files: per-instruction preference - 1 in percent, paired by instruction
     ra, rb = _official(benchdata, a_name), _official(benchdata, b_name)
@@ -291,7 +294,7 @@ def test_alpaca_paired_difference_on_official_annotations(benchdata: Path) -> No
     assert r.se < math.hypot(board.loc[a_name, "standard_error"], board.loc[b_name, "standard_error"])
     # discrete win rate: exact McNemar on the discordant instructions, counted by hand
     disc = lambda p: 0.5 if p == 1.5 else float(round(p) - 1)  # noqa: E731
-    da, db = np.array([disc(ra[k]["preference"]) for k in shared]), np.array([disc(rb[k]["preference"]) for k in shared])
+    da, db = (np.array([disc(r[k]["preference"]) for k in shared]) for r in (ra, rb))
     m = paired.alpaca_discrete_paired(a, b)
     n_a, n_b = int((da > db).sum()), int((da < db).sum())
     assert m.p_value == pytest.approx(st.binomtest(n_a, n_a + n_b).pvalue)
