@@ -37,7 +37,8 @@ class PairedResult:
     ``delta`` = metric(a) - metric(b) over the paired units; ``ci_low``/``ci_high`` its CI at
     ``level``; ``p_value`` two-sided for H0 delta = 0; ``se`` the SE of delta (the bootstrap SD for
     a bootstrap); ``mde`` the minimum detectable effect at 80% power, alpha 0.05 (``mde_method``
-    says how). ``n_paired`` counts the units of the test (instructions, prompts, questions);
+    says how). A bootstrap's ``p_value`` is the z test on its SE, and ``p_percentile`` the
+    percentile-inversion p, which cannot go below 2 / (rounds + 1). ``n_paired`` counts the units of the test (instructions, prompts, questions);
     ``n_only_a``/``n_only_b`` count the scored items of one model that the other lacks (for
     clustered metrics these are items, e.g. MT-Bench question-turns). ``value_a``/``value_b`` are the
     two models' metric on the paired units.
@@ -59,6 +60,7 @@ class PairedResult:
     level: float = LEVEL
     rounds: int | None = None
     seed: int | None = None
+    p_percentile: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON: NaN (undefined with too few items) becomes None."""
@@ -137,10 +139,14 @@ def _bootstrap_result(point_a: float, point_b: float, series_a: np.ndarray, seri
     deltas = np.asarray(series_a, float) - np.asarray(series_b, float)
     lo, hi = (float(x) for x in np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2]))
     se = float(deltas.std(ddof=1)) if deltas.size > 1 else math.nan
-    return PairedResult(delta=point_a - point_b, ci_low=lo, ci_high=hi, p_value=stats.bootstrap_p_value(deltas),
+    delta = point_a - point_b
+    # p from the bootstrap SE (a z test), not the share of rounds past 0: that share floors at
+    # 2 / (B + 1), and Holm over a table's tests multiplies the smallest p by their number.
+    return PairedResult(delta=delta, ci_low=lo, ci_high=hi, p_value=stats.t_p_value(delta, se, math.inf),
                         n_paired=n_paired, n_only_a=n_only_a, n_only_b=n_only_b, se=se,
                         mde=stats.mde_normal(se, alpha=ALPHA, power=POWER), mde_method="normal, bootstrap SE",
-                        method=method, value_a=point_a, value_b=point_b, level=level, rounds=rounds, seed=seed)
+                        method=method, value_a=point_a, value_b=point_b, level=level, rounds=rounds, seed=seed,
+                        p_percentile=stats.bootstrap_p_value(deltas))
 
 
 # ---------------------------------------------------------------- AlpacaEval 2
@@ -247,6 +253,9 @@ def arena_hard_paired_bootstrap(battles: pd.DataFrame, a: str, b: str, *, baseli
     ``battles``. ``n_paired`` counts questions, ``n_only_*`` questions one model lacks.
     """
     qa, qb = _questions(battles, a), _questions(battles, b)
+    if baseline in (a, b):  # the anchor plays every question of the other model; it lacks none
+        qa = qb if a == baseline else qa
+        qb = qa if b == baseline else qb
     if not qa or not qb:
         raise ValueError(f"no battle for {a if not qa else b!r}")
     keep = (battles.model_a.isin({a, b, baseline}) & battles.model_b.isin({a, b, baseline})

@@ -62,8 +62,9 @@ def cluster_mean_ci(values: Sequence[float], clusters: Sequence[Hashable],
     return (*mean_ci(list(means.values()), level), len(means))
 
 
-def t_p_value(mean: float, se: float, df: int) -> float:
-    """Two-sided p-value of H0: mean = 0 for a t statistic mean / se with ``df`` degrees of freedom.
+def t_p_value(mean: float, se: float, df: float) -> float:
+    """Two-sided p-value of H0: mean = 0 for a t statistic mean / se with ``df`` degrees of freedom
+    (``math.inf``: the normal, a z test).
 
     A zero SE (all differences equal) gives 1 for a zero mean and 0 otherwise, where t is 0/0 or
     infinite; an undefined SE (one item) gives NaN.
@@ -72,7 +73,8 @@ def t_p_value(mean: float, se: float, df: int) -> float:
         return math.nan
     if se == 0:
         return 1.0 if mean == 0 else 0.0
-    return float(2 * _st.t.sf(abs(mean / se), df))
+    z = abs(mean / se)
+    return float(2 * (_st.norm.sf(z) if math.isinf(df) else _st.t.sf(z, df)))
 
 
 def mcnemar_exact(n_a_only: int, n_b_only: int) -> float:
@@ -158,8 +160,8 @@ def bootstrap_p_value(deltas: Sequence[float] | np.ndarray) -> float:
     """Two-sided bootstrap p-value of H0: delta = 0, by inverting the percentile interval.
 
     p = min(1, 2 min(1 + #{delta* <= 0}, 1 + #{delta* >= 0}) / (B + 1)): the smallest level whose
-    percentile CI excludes 0, with the +1 that keeps a finite bootstrap from reporting p = 0 (so
-    p >= 2 / (B + 1): use enough rounds for the number of tests corrected over).
+    percentile CI excludes 0, with the +1 that keeps a finite bootstrap from reporting p = 0. So
+    p >= 2 / (B + 1), too coarse for Holm over many tests unless B is large.
     """
     d = np.asarray(deltas, dtype=float)
     d = d[~np.isnan(d)]

@@ -160,7 +160,8 @@ def test_arena_hard_bootstrap_equals_closed_form_on_the_same_question_draws() ->
         deltas.append(_closed_form_score(battles, "x", counts) - _closed_form_score(battles, "y", counts))
     assert (r.ci_low, r.ci_high) == pytest.approx(tuple(np.quantile(deltas, [0.025, 0.975])), abs=1e-5)
     assert r.se == pytest.approx(np.std(deltas, ddof=1), abs=1e-5)
-    assert r.p_value == pytest.approx(paired.stats.bootstrap_p_value(deltas))
+    assert r.p_percentile == pytest.approx(paired.stats.bootstrap_p_value(deltas))
+    assert r.p_value == pytest.approx(2 * st.norm.sf(abs(r.delta) / np.std(deltas, ddof=1)), rel=1e-4)
     assert (r.n_paired, r.n_only_a, r.n_only_b, r.rounds, r.seed) == (40, 0, 0, 60, 7)
     assert r.mde == pytest.approx(2.801585218 * r.se, rel=1e-6)
 
@@ -170,14 +171,16 @@ def test_arena_hard_self_shift_seed_and_unpaired_questions() -> None:
     battles = _battles(outcomes)
     same = paired.arena_hard_paired_bootstrap(battles, "x", "x", baseline="base", rounds=30)
     assert (same.delta, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
-    # known shift: a copy of x with 5 decisive wins turned into decisive losses loses 5 * 3 battles of 3 * ...
+    # known shift: a copy of x with 5 decisive game-1 wins turned into decisive losses: 15 of its battles flip
     wins = [i for i, (g1, _) in enumerate(outcomes["x"]) if g1 == 1.0][:5]
     worse = [((0.0 if i in wins else g1), g2) for i, (g1, g2) in enumerate(outcomes["x"])]
     shifted = _battles({"x": outcomes["x"], "x_worse": worse})
     r = paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=3)
     n_battles = len(shifted[shifted.model_b == "x"])  # the flip keeps the battle count (3 rows each way)
     assert r.delta == pytest.approx(100 * 5 * 3 / n_battles, abs=1e-6)
-    assert r.ci_low > 0 and r.p_value == pytest.approx(2 / 41)  # every round favours x
+    assert r.ci_low > 0 and r.p_percentile == pytest.approx(2 / 41)  # every round favours x
+    assert r.p_value == pytest.approx(2 * st.norm.sf(r.delta / r.se))
+    assert r.p_value < r.p_percentile  # the z test on the bootstrap SE has no 2 / (B + 1) floor
     again = paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=3)
     assert again == r
     assert paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=4) != r
@@ -187,6 +190,10 @@ def test_arena_hard_self_shift_seed_and_unpaired_questions() -> None:
     assert (p.n_paired, p.n_only_a, p.n_only_b) == (36, 4, 0)
     kept = partial[~partial.question_id.isin(["q0", "q1", "q2", "q3"])].reset_index(drop=True)
     assert p.value_a == pytest.approx(_closed_form_score(kept, "x"), abs=1e-6)
+    # against the baseline itself (score 50 by construction), which lacks no question
+    vs = paired.arena_hard_paired_bootstrap(partial.reset_index(drop=True), "y", "base", baseline="base", rounds=20)
+    assert (vs.value_b, vs.n_paired, vs.n_only_a, vs.n_only_b) == (50.0, 36, 0, 0)
+    assert vs.delta == pytest.approx(_closed_form_score(kept, "y") - 50, abs=1e-6)
 
 
 def test_arena_hard_warm_start_gives_the_same_numbers() -> None:
@@ -201,7 +208,8 @@ def test_arena_hard_official_battles(benchdata: Path) -> None:
     r = paired.arena_hard_paired_bootstrap(battles, "gpt-4-0613", "gpt-3.5-turbo-0125", rounds=200)
     assert (r.value_a, r.value_b) == (pytest.approx(37.90, abs=0.005), pytest.approx(23.34, abs=0.005))  # official
     assert r.delta == pytest.approx(r.value_a - r.value_b) and r.ci_low < r.delta < r.ci_high
-    assert r.ci_low > 0 and r.p_value == pytest.approx(2 / 201) and r.n_paired == 500
+    assert r.ci_low > 0 and r.p_percentile == pytest.approx(2 / 201) and r.n_paired == 500
+    assert r.p_value == pytest.approx(2 * st.norm.sf(r.delta / r.se)) and r.p_value < 1e-9
     # pairing: the same question draws make the difference tighter than two independent model CIs
     boot = ah.bootstrap_elo(battles, rounds=200, unit="question")
     marginal = [np.std(100 * ah.win_rate(boot[m]), ddof=1) for m in ("gpt-4-0613", "gpt-3.5-turbo-0125")]
@@ -262,7 +270,7 @@ def test_lc_paired_bootstrap_shares_draws_and_refits(support_dir: Path) -> None:
     # swapping the models negates the delta and mirrors the CI; the seed reproduces
     swapped = paired.alpaca_lc_paired_bootstrap(b, a, support, rounds=4, seed=5)
     assert (swapped.delta, swapped.ci_low, swapped.ci_high) == pytest.approx((-r.delta, -r.ci_high, -r.ci_low))
-    assert swapped.p_value == r.p_value
+    assert (swapped.p_value, swapped.p_percentile) == (pytest.approx(r.p_value), r.p_percentile)
     with pytest.raises(ValueError, match="in the same"):
         paired.alpaca_lc_paired_bootstrap(a, b[::-1], support, rounds=2)
 

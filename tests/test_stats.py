@@ -40,6 +40,7 @@ def test_t_p_value_matches_scipy_and_edge_cases() -> None:
     d = np.array([2.0, 1.0, 0.0, 3.0])
     se = d.std(ddof=1) / 2
     assert stats.t_p_value(d.mean(), se, 3) == pytest.approx(st.ttest_1samp(d, 0).pvalue, rel=1e-12)
+    assert stats.t_p_value(1.96, 1.0, math.inf) == pytest.approx(0.05, abs=1e-4)  # z test
     assert stats.t_p_value(0.0, 0.0, 5) == 1.0 and stats.t_p_value(0.3, 0.0, 5) == 0.0
     assert math.isnan(stats.t_p_value(1.0, math.nan, 0))
 
