@@ -1,4 +1,4 @@
-"""Paired differences between two models over the items both answered (DESIGN.md, Statistics).
+"""Paired differences between two models over the items both answered.
 
 Checkpoints of one base answer the same prompts and their per-item scores are correlated, so a
 difference is computed item by item and then aggregated: a t interval for means (clustered where
@@ -26,8 +26,8 @@ from .metrics import arena_hard as ah
 from .records import Verdict
 
 LEVEL, ALPHA, POWER = 0.95, 0.05, 0.8  # 95% CIs; MDE at 80% power, two-sided alpha 0.05
-ARENA_ROUNDS = 1000  # issue 9: a comparison defaults to 1000 rounds
-LC_ROUNDS = 200  # each LC round refits two GLMs with their CV (about 0.2 s a round on one core)
+ARENA_ROUNDS = 1000  # a comparison defaults to 1000 rounds (the official leaderboard CI uses 100)
+LC_ROUNDS = 200  # each round refits each model's GLM with its CV: about 0.1 s a model on one core
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,10 @@ class PairedResult:
     ``level``; ``p_value`` two-sided for H0 delta = 0; ``se`` the SE of delta (the bootstrap SD for
     a bootstrap); ``mde`` the minimum detectable effect at 80% power, alpha 0.05 (``mde_method``
     says how). A bootstrap's ``p_value`` is the z test on its SE, and ``p_percentile`` the
-    percentile-inversion p, which cannot go below 2 / (rounds + 1). ``n_paired`` counts the units of the test (instructions, prompts, questions);
-    ``n_only_a``/``n_only_b`` count the scored items of one model that the other lacks (for
-    clustered metrics these are items, e.g. MT-Bench question-turns). ``value_a``/``value_b`` are the
-    two models' metric on the paired units.
+    percentile-inversion p, which cannot go below 2 / (rounds + 1). ``n_paired`` counts the units
+    of the test (instructions, prompts, questions); ``n_only_a``/``n_only_b`` count the scored items
+    of one model that the other lacks (for clustered metrics these are items, e.g. MT-Bench
+    question-turns). ``value_a``/``value_b`` are the two models' metric on the paired units.
     """
 
     delta: float

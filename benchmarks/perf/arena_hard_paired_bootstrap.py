@@ -239,7 +239,8 @@ def main() -> None:
           f"full-data Elo vs official max |diff| {part1['full_fit_max_elo_difference_vs_official']:.2e}; "
           f"warm vs cold CI max |diff| {part1['warm_vs_cold_max_ci_difference']:.2e}")
     r = part1["ours_paired"]
-    print(f"  {MODEL_A} - {MODEL_B}: {r['delta']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] p {r['p_value']:.4f}")
+    print(f"  {MODEL_A} - {MODEL_B}: {r['delta']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+          f"p {r['p_value']:.2g} (percentile p {r['p_percentile']:.2g})")
 
     part2 = compare_set(synthetic_data(np.random.default_rng(0)), args.rounds, args.lc_rounds)
     s = part2["seconds"]
