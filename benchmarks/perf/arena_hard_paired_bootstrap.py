@@ -39,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from evalharness import paired, stats
 from evalharness.metrics import alpaca_eval as ae
 from evalharness.metrics import arena_hard as ah
+from evalharness.testing.lc_support import write_synthetic_lc_support
 
 GOAL_SPEEDUP = 1.0
 REPO = Path(__file__).resolve().parents[2]
@@ -137,20 +138,10 @@ def per_round(battles: pd.DataFrame, rounds: int, official_rounds: int) -> dict[
 
 
 # ---------------------------------------------------------------- part 2: a 10-model comparison set
-def synthetic_lc_support(n: int, rng: np.random.Generator) -> ae.LCSupport:
-    """df_gamed.csv shaped like the HF dataset's (the real one is a download; tests build it the same way)."""
-    difficulty = rng.normal(0, 1, n)
-    frames = []
-    for model, shift in (("gpt4_1106_preview_verbose", -1.0), ("gpt4_1106_preview_concise", 1.0)):
-        std_delta_len = rng.normal(shift, 1, n)
-        p = 1 / (1 + np.exp(1.5 * np.tanh(std_delta_len) - 0.8 * difficulty - 0.2))
-        frames.append(pd.DataFrame({"model": model, "index": np.arange(n),
-                                    "preference": np.clip(p + rng.normal(0, 0.1, n), 0, 1),
-                                    "std_delta_len": std_delta_len, "instruction_difficulty": difficulty,
-                                    "not_gamed_baseline": False}))
+def lc_support(n: int) -> ae.LCSupport:
+    """The synthetic LC side files the tests use (the real ones are a download)."""
     with tempfile.TemporaryDirectory() as d:
-        pd.concat(frames).to_csv(Path(d) / "df_gamed.csv", index=False)
-        return ae.load_lc_support(d)
+        return ae.load_lc_support(write_synthetic_lc_support(d, n=n))
 
 
 def synthetic_data(rng: np.random.Generator) -> dict[str, Any]:
@@ -179,7 +170,7 @@ def synthetic_data(rng: np.random.Generator) -> dict[str, Any]:
                 rows += [(f"q{q}", ah.DEFAULT_BASELINE, name, labels[z[q, g]])] * (3 if decisive[z[q, g]] else 1)
     arena = pd.DataFrame(rows, columns=["question_id", "model_a", "model_b", "winner"])
     return {"names": names, "alpaca": alpaca, "mt": mt, "arena": arena,
-            "lc_support": synthetic_lc_support(n_ae, rng)}
+            "lc_support": lc_support(n_ae)}
 
 
 def compare_set(data: dict[str, Any], arena_rounds: int, lc_rounds: int) -> dict[str, Any]:
