@@ -322,7 +322,6 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
 
     if not points:
         raise EvalHarnessError("no points to plot")
-    png, svg = _plot_paths(out)
     hib = bool(meta.get("higher_is_better", True))
     algorithms = sorted({p.algorithm for p in points}, key=_order)
     colours = _colours(algorithms)
@@ -361,20 +360,26 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
         fig.supxlabel(f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
                       f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
                       fontsize=5, color="#555555", x=0.005, ha="left")
-        png.parent.mkdir(parents=True, exist_ok=True)
-        tmps: list[str] = []
-        try:
-            for path, fmt in ((png, "png"), (svg, "svg")):
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-                tmps.append(tmp)
-                with os.fdopen(fd, "wb") as f:
-                    fig.savefig(f, format=fmt)
-            for tmp, path in zip(tmps, (png, svg)):
-                os.replace(tmp, path)
-        finally:
-            for tmp in tmps:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: Path | str) -> list[Path]:
+    """``out``.png and ``out``.svg, each written to a temporary sibling and renamed: never half-written."""
+    png, svg = _plot_paths(out)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmps: list[str] = []
+    try:
+        for path, fmt in ((png, "png"), (svg, "svg")):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format=fmt)
+        for tmp, path in zip(tmps, (png, svg)):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return [png, svg]
 
 

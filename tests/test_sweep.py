@@ -105,12 +105,14 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_model):
     spec, runs = load_train_spec(_spec(tmp_path, tiny_model))
     res = run_sweep(spec, runs, results_dir=tmp_path / "results", progress=False)
     assert [len(t.checkpoints) for _, t in res.runs] == [2, 2, 2]
-    # base + 6 checkpoints, each its own eval run on the held-out prompts
-    assert len(res.eval_runs) == 7 and all((p / "summary.json").is_file() for p in res.eval_runs.values())
-    sft = next(r for r in res.table if r["algorithm"] == "sft")
-    assert sft["kl"] == 0.0  # the base against itself
-    ck = [r for r in res.table if r["algorithm"] != "sft"]
-    assert {r["algorithm"] for r in ck} == {"dpo", "simpo"} and all(r["delta"]["n_prompts"] == 4 for r in ck)
+    # base + 6 checkpoints, all in one evaluation run on the held-out prompts
+    [run_dir] = set(res.eval_runs.values())
+    assert len(res.eval_runs) == 7 and (run_dir / "summary.json").is_file()
+    rows = {(r["model"], r["metric"]): r for r in res.table}
+    assert rows[("sft", "kl")]["value"] == 0.0  # the base against itself
+    ck = [r for r in res.table if r["metric"] == "sentiment" and r["model"] != "sft"]
+    assert {r["algorithm"] for r in ck} == {"dpo", "simpo"} and all(r["n_paired"] == 4 for r in ck)
+    assert all(r["p_holm"] >= r["p_value"] for r in ck)
     assert res.verdict is not None and res.verdict["metric"] == "sentiment"
     assert [p.suffix for p in res.plots] == [".png", ".svg"] and all(p.stat().st_size > 0 for p in res.plots)
     sweep = json.loads((res.path / "sweep.json").read_text())
@@ -124,7 +126,7 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_model):
     assert all(t.skipped for _, t in again.runs) and again.eval_runs == res.eval_runs
     assert again.table == res.table
 
-    runs_dirs = [str(p) for p in res.eval_runs.values()]
+    runs_dirs = [str(run_dir)]
     p = subprocess.run([sys.executable, "-m", "evalharness.cli", "plot", "frontier", *runs_dirs, "--out",
                         str(tmp_path / "f"), "--reward-metric", "sentiment"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

@@ -14,7 +14,7 @@ import numpy as np
 from ..prompts import PromptItem, file_hash, load_prompts
 from ..records import GenRecord, GenRequest, Score, Verdict
 from ..stats import mean_ci
-from .base import Pending, Session, Task
+from .base import ModelRecords, Pending, Session, Task
 
 
 class PromptSetTask(Task):
@@ -83,3 +83,20 @@ class PromptSetTask(Task):
             if g is not None:
                 out[req.id].append(g.n_tokens)
         return out
+
+
+def per_prompt(records: ModelRecords, value: Any = lambda v: v.value) -> dict[str, list[float]]:
+    """prompt id -> the values of its ok samples (``value`` reads a verdict)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for v in records.verdicts():
+        if v.status == "ok":
+            x = value(v)
+            if x is not None:
+                out[v.item_id].append(float(x))
+    return out
+
+
+def paired_samples(a: ModelRecords, b: ModelRecords, value: Any = lambda v: v.value) -> Any:
+    """Per-prompt difference of sample means, paired t over prompts (evalharness.paired)."""
+    from ..paired import sample_means_paired
+    return sample_means_paired(per_prompt(a, value), per_prompt(b, value))

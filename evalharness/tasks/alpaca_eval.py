@@ -22,7 +22,7 @@ from ..errors import EvalHarnessError, InputError
 from ..metrics import alpaca_eval as ae
 from ..records import GenRequest, Score, Verdict
 from ..store import write_json_atomic
-from .base import Pending, Session, Task, file_name
+from .base import ModelRecords, Pending, Session, Task, file_name
 
 TASK = "alpaca_eval"
 
@@ -165,6 +165,35 @@ class AlpacaEvalTask(Task):
             scores.insert(2, replace(win, metric="length_controlled_winrate", value=None, stderr=None,
                                      extra={**counts, "unavailable": lc_reason}))
         return scores
+
+
+def annotations_of(records: ModelRecords) -> list[dict[str, Any]]:
+    """A model's official-format annotations in a run folder (runs before schema 2 kept one model's at the top)."""
+    for path in (records.folder / TASK / file_name(records.model) / "annotations.json",
+                 records.folder / TASK / "annotations.json"):
+        if path.is_file():
+            return list(json.loads(path.read_text(encoding="utf-8")))
+    raise EvalHarnessError(f"run {records.folder.name} has no AlpacaEval annotations for {records.model}")
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None = None, seed: int = 0,
+           **_: Any) -> Any:
+    """Win rate: per-instruction preference difference (paired t); discrete win rate: exact McNemar; LC:
+    paired bootstrap over instructions with the GLM refit each round; avg_length: per-instruction lengths."""
+    from .. import paired as pr
+    ra, rb = annotations_of(a), annotations_of(b)
+    if metric == "win_rate":
+        return pr.alpaca_winrate_paired(ra, rb)
+    if metric == "discrete_win_rate":
+        return pr.alpaca_discrete_paired(ra, rb)
+    if metric == "avg_length":
+        return pr.paired_t({r["instruction"]: float(len(r["output_2"])) for r in ra},
+                           {r["instruction"]: float(len(r["output_2"])) for r in rb}, method="paired t over lengths")
+    if metric == "length_controlled_winrate":
+        cfg = Config(**{k: v for k, v in a.config.items() if k in Config.__dataclass_fields__})
+        support = ae.load_lc_support(_lc_support_dir(cfg))
+        return pr.alpaca_lc_paired_bootstrap(ra, rb, support, rounds=rounds or pr.LC_ROUNDS, seed=seed)
+    raise ValueError(f"no paired test for alpaca_eval {metric}")
 
 
 TASK_CLASS = AlpacaEvalTask

@@ -25,7 +25,7 @@ from ..metrics import arena_hard as ah
 from ..metrics import iter_jsonl
 from ..records import GenRequest, Score, Verdict, content_hash
 from ..store import write_jsonl_atomic
-from .base import Pending, Session, Task, data_file, file_name
+from .base import ModelRecords, Pending, Session, Task, data_file, file_name
 
 TASK = "arena_hard"
 BENCHES = {"v0.1": "arena-hard-v0.1", "v2.0": "arena-hard-v2.0"}
@@ -194,6 +194,25 @@ class ArenaHardTask(Task):
                              f"{s.n} games, {s.n_skipped} skipped")
                 scores.append(s)
         return scores
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int = 1000, seed: int = ah.OFFICIAL_SEED,
+           **_: Any) -> Any:
+    """Paired cluster bootstrap over questions (both games of a question together, the same draws for both
+    models), Bradley-Terry refit each round, against the baseline both were judged against."""
+    from ..paired import arena_hard_paired_bootstrap
+    if metric != "score":
+        raise ValueError(f"no paired test for arena_hard {metric} (style control needs the answers' metadata)")
+    va, vb = a.verdicts(), b.verdicts()
+    bases = {v.meta.get("baseline") for v in va + vb if v.status == "ok"}
+    if len(bases) != 1:
+        raise ValueError(f"the two models were judged against different baselines {sorted(map(str, bases))}")
+    for side, vs in (("a", va), ("b", vb)):  # one name may be in both runs: tell them apart in one battle table
+        for v in vs:
+            v.meta = {**v.meta, "model": f"{side}:{v.meta['model']}"}
+    battles = ah.battles_from_verdicts([*va, *vb])
+    return arena_hard_paired_bootstrap(battles, f"a:{a.model}", f"b:{b.model}", baseline=bases.pop(),
+                                       rounds=rounds, seed=seed)
 
 
 TASK_CLASS = ArenaHardTask

@@ -233,6 +233,27 @@ def known_tasks() -> list[str]:
 
 
 @dataclass
+class ModelRecords:
+    """One model's records of one task in one finished run: what a task's ``paired`` reads.
+
+    A task module's ``paired(metric, a, b, *, rounds, seed) -> PairedResult`` compares two models
+    item by item from these (``evalharness.paired``); ``compare``, ``regress`` and ``history`` call it.
+    """
+
+    store: Any  # evalharness.store.RunStore
+    model: str
+    task: str
+    config: dict[str, Any] = field(default_factory=dict)  # the task's config as the run recorded it
+
+    def verdicts(self) -> list[Verdict]:
+        return list(self.store.verdicts(self.task, self.model))
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.store.path)
+
+
+@dataclass
 class TaskSpec:
     """A task as a run asks for it: the name scores carry, its module, its config, its decoding."""
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from ..kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
 from ..records import Generation, Score, Verdict
-from .base import Pending, Session
-from ._prompted import PromptSetTask
+from .base import ModelRecords, Pending, Session
+from ._prompted import PromptSetTask, paired_samples
 
 
 @dataclass
@@ -61,6 +61,11 @@ class KLTask(PromptSetTask):
             s.extra["judge_desc"] = f"{KL_JUDGE_VERSION};{estimator}"  # readable, for axis labels
             out.append(s)
         return out
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
+    """Per-prompt difference of the sample means of k1 (``kl``) or k3 (``kl_k3``)."""
+    return paired_samples(a, b, (lambda v: v.meta.get("k3")) if metric == "kl_k3" else (lambda v: v.value))
 
 
 TASK_CLASS = KLTask

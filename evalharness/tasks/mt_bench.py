@@ -24,7 +24,7 @@ from ..judges.local import choice_probabilities
 from ..metrics import iter_jsonl
 from ..records import GenRequest, Score, Verdict, content_hash
 from ..store import write_jsonl_atomic
-from .base import Pending, Session, Task, data_file, file_name
+from .base import ModelRecords, Pending, Session, Task, data_file, file_name
 
 TASK = "mt_bench"
 DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py: a category outside temperature_config
@@ -166,6 +166,13 @@ class MTBenchTask(Task):
         self.env.log(f"{TASK} {session.name}: score {r['score']} (turn 1 {r['turn1']}, turn 2 {r['turn2']}); "
                      f"{r['n']} graded, {n_turns - r['n']} skipped ({n_error} failed calls)")
         return scores
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
+    """Per-question difference of the mean over both turns (the question is the cluster), or of one turn."""
+    from ..paired import mt_bench_paired, mt_bench_scores
+    turn = {"score": None, "turn1": 1, "turn2": 2}[metric]
+    return mt_bench_paired(mt_bench_scores(a.verdicts(), a.model), mt_bench_scores(b.verdicts(), b.model), turn=turn)
 
 
 TASK_CLASS = MTBenchTask

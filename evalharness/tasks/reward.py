@@ -12,8 +12,8 @@ from typing import Any
 
 from ..judges import get_judge
 from ..records import Generation, Score, Verdict
-from .base import Pending, Session
-from ._prompted import PromptSetTask
+from .base import ModelRecords, Pending, Session
+from ._prompted import PromptSetTask, paired_samples
 
 
 @dataclass
@@ -36,7 +36,8 @@ class RewardTask(PromptSetTask):
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
         gens = [Generation(p.item_id, p.sample_index, p.payload.text) for p in pending]
         version = self.judge_version(self.classifier.judge_version)
-        return [replace(v, key=p.key, judge_version=version) for p, v in zip(pending, self.classifier.judge(gens))]
+        return [replace(v, key=p.key, judge_version=version, meta={**v.meta, "n_tokens": p.payload.n_tokens})
+                for p, v in zip(pending, self.classifier.judge(gens))]
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         c = self.classifier
@@ -47,6 +48,13 @@ class RewardTask(PromptSetTask):
         length = self.clustered(session, "length", self.lengths(session), 0, judge_id="tokens",
                                 judge_version="response tokens incl. EOS", higher_is_better=None)
         return [reward, length]
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
+    """The reward: per-prompt difference of sample means; ``length``: the same over response tokens."""
+    if metric == "length":
+        return paired_samples(a, b, lambda v: v.meta.get("n_tokens"))
+    return paired_samples(a, b)
 
 
 TASK_CLASS = RewardTask

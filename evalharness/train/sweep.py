@@ -32,7 +32,7 @@ import pydantic
 from ..errors import EvalHarnessError, InputError
 from ..paths import results_root
 from ..spec import JudgeSpec, _line_of, _Strict, load_yaml_model, parse_tasks, spec_path
-from ..store import write_json_atomic
+from ..store import RunStore, write_json_atomic
 from .algorithms import ALGORITHMS, make_config
 from .trainer import TrainConfig, TrainResult
 
@@ -95,9 +95,10 @@ class SweepResult:
     path: Path
     runs: list[tuple[PlannedRun, TrainResult]]
     eval_runs: dict[str, Path]  # model name -> the evaluation run folder (one run for all)
-    table: list[dict[str, Any]]
+    table: list[dict[str, Any]]  # compare.records of the comparison: one record per (model, metric)
     verdict: dict[str, Any] | None
     plots: list[Path]
+    comparison: Any = None  # the compare.Table itself (rendered by the CLI)
 
 
 def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
@@ -207,7 +208,7 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
                    log: Callable[[str], None] = lambda _: None) -> None:
     """The base (named ``sft``) and every checkpoint through the eval tasks in one run (the reference
     loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
-    from ..compare import comparison_table
+    from ..compare import best_checkpoint, build_table, records, run_entries
     from ..evaluate import judge_tasks
     from ..plot import frontier
     from ..runner import ModelSpec, RunPlan, apply_task_generation, run
@@ -235,7 +236,9 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     metric = ev.reward or _reward_metric(res.scores)
     if metric is None:
         return
-    result.table, result.verdict = comparison_table([res.path], base="sft", reward_metric=metric)
+    shown = [metric] + [m for m in ("kl", "length") if any(s.metric == m for s in res.scores)]
+    result.comparison = build_table(run_entries(RunStore(res.path)), against="sft", metrics=shown)
+    result.table, result.verdict = records(result.comparison), best_checkpoint(result.comparison, metric)
     if any(s.metric == "kl" for s in res.scores):
         result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
     write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
