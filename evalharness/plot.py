@@ -74,8 +74,9 @@ def _load_run(run: str | Path, results_dir: Path | None) -> tuple[str, dict[str,
 
 
 def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wanted: str | None) -> str:
-    present = sorted({s.metric for _, _, scores in runs for s in scores})
-    rewards = [m for m in present if m not in NOT_REWARDS]
+    present = sorted({s.metric for _, _, scores in runs for s in scores}
+                     | {f"{s.task}/{s.metric}" for _, _, scores in runs for s in scores})
+    rewards = [m for m in present if "/" not in m and m not in NOT_REWARDS]
     if wanted is not None:
         if wanted in NOT_REWARDS:
             raise EvalHarnessError(f"'{wanted}' is not a reward; reward metrics present: {', '.join(rewards) or 'none'}")
@@ -179,8 +180,9 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
     for run_id, manifest, scores in loaded:
         infos = {m.get("name") or m.get("spec"): m for m in manifest.get("models", [])}
         by_model: dict[str, dict[str, Score]] = defaultdict(dict)
-        for s in scores:
-            by_model[s.model][s.metric] = s
+        for s in scores:  # a metric by name, or task/metric where two tasks share a metric name (score)
+            by_model[s.model].setdefault(s.metric, s)
+            by_model[s.model][f"{s.task}/{s.metric}"] = s
         for spec, ms in by_model.items():
             rw, kl = ms.get(metric), ms.get(KL_METRIC)
             missing = [name for name, s in ((metric, rw), (KL_METRIC, kl)) if s is None or not _finite(s.value)]

@@ -176,3 +176,34 @@ def test_runs_written_before_schema_2_still_read(tmp_path: Path) -> None:
     for key, s in old_scores.items():
         assert new_scores[key].value == pytest.approx(s.value, rel=1e-12, abs=1e-12), key
         assert (new_scores[key].n, new_scores[key].n_skipped) == (s.n, s.n_skipped)
+
+
+def test_head_to_head_against_another_models_stored_answers(tmp_path: Path) -> None:
+    """AlpacaEval and Arena-Hard judged against model a's answers from an earlier run, not a third model's."""
+    results = tmp_path / "results"
+    with FakeOpenAI(responder) as server:
+        first = run_spec(spec_file(tmp_path, server.url), results_dir=results, progress=False)
+        a_outputs = json.loads((first.path / "alpaca_eval" / "a" / "model_outputs.json").read_text())
+        spec = tmp_path / "h2h.yaml"
+        spec.write_text(f"""\
+name: h2h
+models: [b]
+backend: fake
+generation: {{max_new_tokens: 32}}
+judge: {{type: openai, model: judge-x, base_url: "{server.url}", cache: false}}
+tasks:
+  alpaca_eval: {{eval_set: {DEMO}/alpaca_eval/eval_set.json, baseline: "run:{first.path}/a"}}
+  arena_hard: {{data_dir: {DEMO}/arena_hard, questions: {DEMO}/arena_hard/questions.jsonl,
+               baseline: "run:{first.path}/a", bootstrap_rounds: 10}}
+""")
+        before = len(server.received)
+        res = run_spec(spec, results_dir=results, progress=False)
+        bodies = server.received[before:]
+    s = by_key(res.scores)
+    assert s[("b", "alpaca_eval", "win_rate")].baseline == "a" and s[("b", "arena_hard", "score")].baseline == "a"
+    shown = [request_text(b) for b in bodies]
+    assert all(any(o["output"] in t for t in shown) for o in a_outputs)  # a's own answers were the baseline
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(spec.read_text().replace(f"run:{first.path}/a", f"run:{first.path}/nobody"))
+    with pytest.raises(Exception, match="no answers of 'nobody'"):
+        run_spec(bad, results_dir=results, progress=False)

@@ -22,7 +22,7 @@ from ..errors import EvalHarnessError, InputError
 from ..metrics import alpaca_eval as ae
 from ..records import GenRequest, Score, Verdict
 from ..store import write_json_atomic
-from .base import ModelRecords, Pending, Session, Task, file_name
+from .base import ModelRecords, Pending, Session, Task, file_name, stored_answers
 
 TASK = "alpaca_eval"
 
@@ -34,7 +34,9 @@ class Config:
     data_dir: str | None = None  # benchdata-style folder (../shared/benchdata); None: download and cache
     limit: int | None = None  # the first N instructions (demos, tests); None: all 805
     eval_set: str | None = None  # a custom eval set (JSON/JSONL with instruction); scores get their own version
-    baseline: str = ae.BASELINE  # a registered baseline (benchdata 'alpaca_eval/outputs/<name>') or a JSON path
+    # a registered baseline (benchdata 'alpaca_eval/outputs/<name>'), a JSON path, or run:RUN/MODEL: another
+    # model's answers stored by an earlier run (head-to-head: DPO judged directly against SimPO)
+    baseline: str = ae.BASELINE
     model_outputs: str | None = None  # judge these official-format outputs instead of generating
     lc_support_dir: str | None = None  # df_gamed.csv (+ instruction_difficulty.csv); None: fetch them
     lc_bootstrap_rounds: int = 0  # > 0: percentile CI of the LC win rate (not part of the official tool)
@@ -216,7 +218,8 @@ def load_items(cfg: Config) -> tuple[list[dict[str, Any]], set[str]]:
     """The first ``limit`` eval-set items (instruction, dataset, baseline output, baseline generator) in
     eval-set order, and the full eval set's instructions. The baseline must cover the eval set exactly."""
     eval_set = _records(Path(cfg.eval_set) if cfg.eval_set else benchdata.fetch("alpaca_eval/eval_set", local_dir=cfg.data_dir))
-    path = (Path(cfg.baseline) if cfg.baseline.endswith((".json", ".jsonl"))
+    stored = stored_answers(cfg.baseline, f"{TASK}/{{model}}/model_outputs.json")
+    path = (stored[0] if stored else Path(cfg.baseline) if cfg.baseline.endswith((".json", ".jsonl"))
             else benchdata.fetch(f"alpaca_eval/outputs/{cfg.baseline}", local_dir=cfg.data_dir))
     baseline = ae.check_against_eval_set(_records(path), eval_set, path=str(path))
     if cfg.limit is not None and cfg.limit < 1:

@@ -25,7 +25,7 @@ from ..metrics import arena_hard as ah
 from ..metrics import iter_jsonl
 from ..records import GenRequest, Score, Verdict, content_hash
 from ..store import write_jsonl_atomic
-from .base import ModelRecords, Pending, Session, Task, data_file, file_name
+from .base import ModelRecords, Pending, Session, Task, data_file, file_name, stored_answers
 
 TASK = "arena_hard"
 BENCHES = {"v0.1": "arena-hard-v0.1", "v2.0": "arena-hard-v2.0"}
@@ -48,7 +48,9 @@ class Config:
     questions: str | None = None  # a custom question file (uid, prompt[, category]); None: the version's
     limit: int | None = None  # the first N questions (after the category filter)
     categories: tuple[str, ...] | None = None  # None: the official default (v0.1 all, v2.0 hard_prompt)
-    baseline: str | None = None  # None: per category from the judge settings (gpt-4-0314; v2.0 o3-mini / gemini)
+    # None: per category from the judge settings (gpt-4-0314; v2.0 o3-mini / gemini); or run:RUN/MODEL,
+    # another model's answers stored by an earlier run (head-to-head)
+    baseline: str | None = None
     judge_config: str | None = None  # None: the version's official config (JUDGE_FILES)
     judge_settings: str | None = None  # JUDGE_SETTINGS JSON, for a config without system_prompt
     judge_max_tokens: int | None = None  # None: the config's (4096 v0.1, 16000 v2.0)
@@ -71,8 +73,13 @@ class ArenaHardTask(Task):
         self.questions, complete = _questions(cfg, bench)
         self.judge_cfgs = {c: _judge_config(cfg, c) for c in dict.fromkeys(q["category"] for q in self.questions)}
         self.baselines = {c: cfg.baseline or jc.baseline or ah.DEFAULT_BASELINE for c, jc in self.judge_cfgs.items()}
-        self.base_answers = {b: _answers(_data_file(cfg, f"{bench}/model_answer/{b}.jsonl", f"answers/{b}"),
-                                         self.questions, b) for b in set(self.baselines.values())}
+        stored = stored_answers(cfg.baseline or "", f"{TASK}/{bench}/model_answer/{{model}}.jsonl")
+        if stored:  # head-to-head: another model's answers from an earlier run, named by that model
+            self.baselines = {c: stored[1] for c in self.baselines}
+            self.base_answers = {stored[1]: _answers(stored[0], self.questions, stored[1])}
+        else:
+            self.base_answers = {b: _answers(_data_file(cfg, f"{bench}/model_answer/{b}.jsonl", f"answers/{b}"),
+                                             self.questions, b) for b in set(self.baselines.values())}
         # A custom or partial question set is another benchmark: its scores never share the official column.
         self.task_version = bench if complete else f"{bench}/subset:{content_hash([q['uid'] for q in self.questions], [q['prompt'] for q in self.questions], length=8)}"
         self._requests = {q["uid"]: GenRequest(id=q["uid"], messages=[{"role": "user", "content": q["prompt"]}],

@@ -212,6 +212,25 @@ def file_name(name: str) -> str:
     return re.sub(r"[^\w.@+=-]", "_", name).lstrip(".") or "_"
 
 
+STORED_PREFIX = "run:"
+
+
+def stored_answers(baseline: str, relative: str) -> tuple[Path, str] | None:
+    """Head-to-head judging: ``run:RUN/MODEL`` names another model's stored answers (the official-format
+    file ``relative`` inside that finished run, with ``{model}`` filled in) as a benchmark's baseline.
+    Returns (file, model name), or None for an ordinary baseline."""
+    if not baseline.startswith(STORED_PREFIX):
+        return None
+    from ..store import find_run
+    run, sep, model = baseline[len(STORED_PREFIX):].rpartition("/")
+    if not sep or not run or not model:
+        raise InputError(f"a stored baseline is run:RUN/MODEL, got {baseline!r}", field="baseline")
+    path = find_run(run) / relative.format(model=file_name(model))
+    if not path.is_file():
+        raise InputError(f"run {run} has no answers of {model!r} for this benchmark", path=str(path), field="baseline")
+    return path, model
+
+
 def task_class(module: str) -> type[Task]:
     """The Task class of ``evalharness.tasks.<module>``: adding a task means adding one module."""
     try:
