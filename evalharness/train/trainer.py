@@ -289,10 +289,12 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
     torch.manual_seed(cfg.seed)
     model, tok = _load_policy(plan, resume)
     examples = _examples(tok, plan.data, cfg, spec.unpaired)
-    model, opt, params, sharded = _prepare(model, cfg, accel, log)
     steps_per_epoch = math.ceil(len(examples) / global_batch)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(getattr(opt, "optimizer", opt), _lr_lambda(cfg, total))
+    model, opt, sched, params, sharded = _prepare(model, cfg, accel, total, log)
+    from accelerate.utils import DistributedType
+    deepspeed = accel.distributed_type == DistributedType.DEEPSPEED
+    strategy = "deepspeed" if deepspeed else "fsdp2" if sharded else "ddp" if P > 1 else "single"
 
     ref_logps = None
     if spec.needs_reference:
@@ -324,8 +326,7 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
         stream += torch.randperm(len(examples), generator=g).tolist()
 
     log(f"{plan.run_name}: {cfg.algorithm} on {len(examples)} examples, {total} steps of {global_batch}"
-        f" ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}"
-        f"{', FSDP2' if sharded else ''}) -> {out}")
+        f" ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}, {strategy}) -> {out}")
     checkpoints = _checkpoints(out) if resume is not None else []
     since_save: list[dict[str, Any]] = []
     t_start = time.perf_counter() - elapsed0
@@ -342,7 +343,7 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
             with ctx:
                 loss, metrics = _loss(model, [examples[i] for i in batch_idx], batch_idx, ref_logps, cfg,
                                       plan.hparams, spec.unpaired, tok.pad_token_id, accel)
-                accel.backward(loss / cfg.grad_accum)
+                accel.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by its own count
             parts.append(metrics)
         grad_norm = _full(accel.clip_grad_norm_(params, cfg.max_grad_norm)) if cfg.max_grad_norm > 0 else None
         lr = sched.get_last_lr()[0]  # the rate this step used
@@ -372,7 +373,7 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
                 "samples_seen": (step + 1) * global_batch, "base_model": _base_spec(plan.base),
                 "base_revision": plan.base.revision,
                 "reference_model": _base_spec(plan.reference) if spec.needs_reference else None,
-                "lora": cfg.lora, "data": plan.data_info(), "train_config": cfg.identity(), "metrics": row,
+                "lora": cfg.lora, "parallel": {"processes": P, "strategy": strategy}, "data": plan.data_info(), "train_config": cfg.identity(), "metrics": row,
                 "metrics_since_last_checkpoint": _mean_rows(since_save),
                 "created_at": provenance.now(), **provenance.environment()},
                 {"step": step + 1, "samples_seen": (step + 1) * global_batch, "global_batch": global_batch,
@@ -420,9 +421,12 @@ def _load_policy(plan: _Plan, resume: Path | None) -> tuple[Any, Any]:
     return model, tok
 
 
-def _prepare(model: Any, cfg: TrainConfig, accel: Any, log: Callable[[str], None]) -> tuple[Any, Any, list[Any], bool]:
-    """(model, optimizer, trainable params, sharded?) ready to train: FSDP2 of our own when ``cfg.fsdp`` under
-    torchrun; else accelerate's wrapping (DDP, or its FSDP2 / DeepSpeed plugin under ``accelerate launch``)."""
+def _prepare(model: Any, cfg: TrainConfig, accel: Any, total: int,
+             log: Callable[[str], None]) -> tuple[Any, Any, Any, list[Any], bool]:
+    """(model, optimizer, scheduler, trainable params, sharded?) ready to train: FSDP2 of our own when ``cfg.fsdp``
+    under torchrun; else accelerate's wrapping (DDP, or its FSDP2 / DeepSpeed plugin under ``accelerate launch``).
+    The scheduler drives the plain torch optimizer, whose param groups every wrapper shares."""
+    import torch
     from accelerate.utils import DistributedType
     managed = accel.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if cfg.fsdp and not managed and accel.num_processes == 1:
@@ -430,12 +434,20 @@ def _prepare(model: Any, cfg: TrainConfig, accel: Any, log: Callable[[str], None
     if cfg.fsdp and not managed and accel.num_processes > 1:
         model = _fully_shard(model.to(accel.device), accel)
         params = [p for p in model.parameters() if p.requires_grad]
-        return model, _adamw(params, cfg, fused=False), params, True
+        opt = _adamw(params, cfg, fused=False)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total)), params, True
+    if accel.distributed_type == DistributedType.DEEPSPEED:
+        # No dataloader goes through accelerate, so DeepSpeed learns the batch geometry and clipping from us.
+        ds = accel.state.deepspeed_plugin.deepspeed_config
+        ds.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+                  gradient_clipping=cfg.max_grad_norm,
+                  train_batch_size=cfg.batch_size * cfg.grad_accum * accel.num_processes)
     model.to(accel.device)
     opt = _adamw([p for p in model.parameters() if p.requires_grad], cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     model, opt = accel.prepare(model, opt)
     params = [p for p in model.parameters() if p.requires_grad]  # accelerate's FSDP2 swaps parameters for DTensors
-    return model, opt, params, _is_fsdp(model)
+    return model, opt, sched, params, _is_fsdp(model)
 
 
 def _fully_shard(model: Any, accel: Any) -> Any:
@@ -697,8 +709,9 @@ def _reference_logps(model: Any, examples: list[_Example], unpaired: bool, pad_i
     is collective."""
     import torch
     P, rank = accel.num_processes, accel.process_index
-    log(f"reference log-probs for {len(examples)} examples" + (f", split over {P} processes" if P > 1 else ""))
     mine = list(range(rank, len(examples), P)) or [0]
+    log(f"reference log-probs for {len(examples)} examples" +
+        (f": {len(mine)} on process {rank} of {P}" if P > 1 else ""))
     mine += mine[-1:] * (math.ceil(len(examples) / P) - len(mine))
     order = sorted(mine, key=lambda i: -len(examples[i].prompt_ids) - len(examples[i].chosen_ids))
     local = torch.zeros(len(order), 2, dtype=torch.float32)
