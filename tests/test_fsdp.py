@@ -5,41 +5,22 @@ across the processes; a killed sharded run resumes (optimizer state broadcast fr
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from trainkit import SCRIPT, assert_rows_match, assert_same_weights, child_env, torchrun, weights, write_pairs
 
-from evalharness.train.trainer import KILL_ENV, TrainConfig, train
+from evalharness.train.trainer import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
-CHAT = [{"role": "user", "content": "write a short review about the movie"}]
-TIMING = ("step_time_s", "samples_per_s", "elapsed_s")
 OPTS = dict(algorithm="dpo", learning_rate=5e-3, max_steps=6, save_every=2, warmup_ratio=0.2)
 TOL = 1e-5  # the sums of a sharded step run in another order (reduce-scatter vs one process): float error only
-
-SCRIPT = """
-import json, os, sys
-from evalharness.train.trainer import TrainConfig, train
-rank = os.environ["RANK"]
-log = lambda m: open(sys.argv[2] + ".log" + rank, "a").write(m + "\\n")
-r = train(TrainConfig(**json.loads(sys.argv[1])), log=log)
-open(sys.argv[2] + ".rank" + rank, "w").write(json.dumps(r.metrics))
-"""
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    good = ["the movie was great and i loved it", "really fun story and good music", "the cast was very good"]
-    bad = ["the movie was terrible and dull", "i hated the plot", "bad acting and a dull story"]
-    rows = [{"id": f"p{i}", "prompt": CHAT, "chosen": good[i % 3], "rejected": bad[(i + 1) % 3]} for i in range(12)]
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -54,49 +35,26 @@ def one_process(base, pairs, tmp_path_factory):
     return train(TrainConfig(**OPTS, base=str(base), data=str(pairs), batch_size=4, output_dir=str(out)))
 
 
-@pytest.fixture(scope="module")
-def torchrun() -> str:
-    path = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if path is None:
-        pytest.skip("torchrun not found next to the interpreter")
-    return path
-
-
-def launch(torchrun: str, base: Path, pairs: Path, out: Path, kill: str | None = None) -> subprocess.CompletedProcess:
+def launch(base: Path, pairs: Path, out: Path, kill: str | None = None) -> subprocess.CompletedProcess:
     """Two processes, two examples each per step (global batch 4, as the one-process run), FSDP2 on."""
     script = out.parent / "run.py"
     script.write_text(SCRIPT)
     opts = {**OPTS, "base": str(base), "data": str(pairs), "batch_size": 2, "output_dir": str(out), "fsdp": True}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    if kill:
-        env[KILL_ENV] = kill
-    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), json.dumps(opts), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    return load_file(str(folder / "model.safetensors"))
+    return subprocess.run([torchrun(), "--standalone", "--nproc_per_node", "2", str(script), json.dumps(opts),
+                           str(out)], env=child_env(kill), capture_output=True, text=True, timeout=300)
 
 
 def assert_matches(out: Path, want) -> None:
     for rank in (0, 1):
-        got = json.loads(Path(f"{out}.rank{rank}").read_text())
-        assert [r["step"] for r in got] == list(range(1, 7))
-        for a, b in zip(got, want.metrics):
-            for k in a:
-                if k not in TIMING and a[k] is not None:
-                    assert a[k] == pytest.approx(b[k], abs=TOL, rel=TOL), (rank, a["step"], k)
+        assert_rows_match(json.loads(Path(f"{out}.rank{rank}").read_text()), want.metrics, TOL, f"rank {rank}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 7))
-    w, w0 = weights(out / "checkpoint-6"), weights(want.output_dir / "checkpoint-6")
-    assert w.keys() == w0.keys()
-    assert max(float((w[k] - w0[k]).abs().max()) for k in w) <= TOL
+    assert_rows_match(rows, want.metrics, TOL, "metrics.jsonl")
+    assert_same_weights(out / "checkpoint-6", want.output_dir / "checkpoint-6", TOL)
 
 
-def test_fsdp2_two_processes_reproduce_one_process(torchrun, base, pairs, tmp_path, one_process):
+def test_fsdp2_two_processes_reproduce_one_process(base, pairs, tmp_path, one_process):
     out = tmp_path / "fsdp"
-    res = launch(torchrun, base, pairs, out)
+    res = launch(base, pairs, out)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_matches(out, one_process)
     # the sharded path really ran: FSDP2 named in the log and the checkpoint manifest
@@ -124,12 +82,12 @@ def test_fsdp2_two_processes_reproduce_one_process(torchrun, base, pairs, tmp_pa
     assert ref.shape == (12, 2) and torch.allclose(ref, ref0, atol=TOL)
 
 
-def test_fsdp2_killed_run_resumes(torchrun, base, pairs, tmp_path, one_process):
+def test_fsdp2_killed_run_resumes(base, pairs, tmp_path, one_process):
     out = tmp_path / "fsdp"
-    killed = launch(torchrun, base, pairs, out, kill="after_optimizer:4:0")
+    killed = launch(base, pairs, out, kill="after_optimizer:4:0")
     assert killed.returncode != 0 and "exitcode: -9" in killed.stderr, killed.stderr[-3000:]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
-    again = launch(torchrun, base, pairs, out)
+    again = launch(base, pairs, out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming after step 2 from checkpoint-2" in Path(f"{out}.log1").read_text()
     assert_matches(out, one_process)

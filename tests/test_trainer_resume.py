@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,34 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from trainkit import SCRIPT, assert_rows_match, assert_same_weights, child_env, torchrun, weights, write_pairs
 
-from evalharness.train.trainer import KILL_ENV, TrainConfig, TrainResult, train
+from evalharness.errors import EvalHarnessError
+from evalharness.train.trainer import TrainConfig, TrainResult, train
 
-REPO = Path(__file__).resolve().parents[1]
-
-CHAT = [{"role": "user", "content": "write a short review about the movie"}]
-TIMING = ("step_time_s", "samples_per_s", "elapsed_s")  # wall-clock fields: the only ones allowed to differ
 OPTS = dict(algorithm="dpo", learning_rate=5e-3, max_steps=6, save_every=2, batch_size=4, warmup_ratio=0.2)
-
-SCRIPT = """
-import json, os, sys
-from evalharness.train.trainer import TrainConfig, train
-r = train(TrainConfig(**json.loads(sys.argv[1])))
-rank = os.environ.get("RANK")
-if rank is not None:
-    open(sys.argv[2] + ".rank" + rank, "w").write(json.dumps(r.metrics))
-"""
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    good = ["the movie was great and i loved it", "really fun story and good music", "the cast was very good"]
-    bad = ["the movie was terrible and dull", "i hated the plot", "bad acting and a dull story"]
-    rows = [{"id": f"p{i}", "prompt": CHAT, "chosen": good[i % 3], "rejected": bad[(i + 1) % 3]} for i in range(12)]
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +38,6 @@ def options(base: Path, pairs: Path, out: Path, **kw) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(base, pairs, tmp_path_factory):
     return train(TrainConfig(**options(base, pairs, tmp_path_factory.mktemp("full") / "run")))
-
-
-def child_env(kill: str | None) -> dict[str, str]:
-    """The environment of a child trainer: this checkout first on its path (a script's own folder would otherwise
-    come first, and the editable install's copy be imported), and the kill point, if any."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    if kill:
-        env[KILL_ENV] = kill
-    return env
 
 
 def killed_run(opts: dict, kill: str | None = None, *, until_lines: int | None = None) -> subprocess.CompletedProcess:
@@ -86,25 +59,13 @@ def killed_run(opts: dict, kill: str | None = None, *, until_lines: int | None =
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_same_run(got, want, tol: float = 1e-6) -> None:
+def assert_same_run(got: TrainResult, want: TrainResult, tol: float = 1e-6) -> None:
     """Equal final weights and equal logged metrics, step for step, with no step missing or repeated."""
     out = got.output_dir
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 7))
-    assert [r["step"] for r in got.metrics] == list(range(1, 7))
-    for a, b in zip(rows, want.metrics):
-        assert set(a) == set(b)
-        for k in a:
-            if k not in TIMING and a[k] is not None:
-                assert a[k] == pytest.approx(b[k], abs=tol, rel=tol), (a["step"], k)
-    w, w0 = weights(out / "checkpoint-6"), weights(want.output_dir / "checkpoint-6")
-    assert w.keys() == w0.keys()
-    assert max(float((w[k] - w0[k]).abs().max()) for k in w) <= tol
+    assert_rows_match(rows, want.metrics, tol, "metrics.jsonl")
+    assert_rows_match(got.metrics, want.metrics, tol, "TrainResult.metrics")
+    assert_same_weights(out / "checkpoint-6", want.output_dir / "checkpoint-6", tol)
     man = json.loads((out / "train_manifest.json").read_text())
     assert man["status"] == "finished" and man["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert [c.name for c in got.checkpoints] == man["checkpoints"]
@@ -184,7 +145,6 @@ def test_a_changed_launch_is_refused_not_mixed(base, pairs, tmp_path):
     assert state["step"] == 2 and state["samples_seen"] == 8 and state["global_batch"] == 4
     state["global_batch"] = 8  # as if written by two processes
     (out / "checkpoint-2" / "training_state" / "state.json").write_text(json.dumps(state))
-    from evalharness.errors import EvalHarnessError
     with pytest.raises(EvalHarnessError, match="same number of processes"):
         train(TrainConfig(**opts))
     assert (out / "checkpoint-2").is_dir()  # nothing deleted
@@ -194,15 +154,12 @@ def test_two_processes_killed_resume_to_the_same_run(base, pairs, tmp_path, unin
     """torchrun, 2 processes (gloo): rank 0 SIGKILLs itself between step 4's update and its checkpoint; torchrun
     ends rank 1; the same command again resumes both ranks from checkpoint-2. Compared with the uninterrupted
     one-process run of the same global batch (2 x 2 = 4): DDP's all-reduce changes the sums' order, so to 1e-5."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun not found next to the interpreter")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     out = tmp_path / "run"
 
     def launch(kill: str | None) -> subprocess.CompletedProcess:
-        return subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script),
+        return subprocess.run([torchrun(), "--standalone", "--nproc_per_node", "2", str(script),
                                json.dumps(options(base, pairs, out, batch_size=2)), str(out)],
                               env=child_env(kill), capture_output=True, text=True, timeout=300)
 
@@ -213,11 +170,7 @@ def test_two_processes_killed_resume_to_the_same_run(base, pairs, tmp_path, unin
     assert again.returncode == 0, again.stderr[-3000:]
     for rank in (0, 1):
         got = json.loads((tmp_path / f"run.rank{rank}").read_text())
-        assert [r["step"] for r in got] == list(range(1, 7))
-        for a, b in zip(got, uninterrupted.metrics):
-            for k in a:
-                if k not in TIMING and a[k] is not None:
-                    assert a[k] == pytest.approx(b[k], abs=1e-5, rel=1e-5), (rank, a["step"], k)
+        assert_rows_match(got, uninterrupted.metrics, 1e-5, f"rank {rank}")
     man = json.loads((out / "train_manifest.json").read_text())
     assert [r["from"] for r in man["resumed"]] == ["checkpoint-2"]
     assert_same_run(TrainResult(out, [out / c for c in man["checkpoints"]], got), uninterrupted, tol=1e-5)

@@ -1,16 +1,21 @@
 """One trainer for every offline preference algorithm: full fine-tuning or LoRA, on CPU or GPUs.
 
-- Reference log-probs are computed once, before training, by the base model itself (or the given
-  reference), so no reference model is in memory while training.
+- Reference log-probs are computed once per run, before the first step, by the base model itself (or the given
+  reference), split across processes; they are kept in the run folder, so no reference model is in memory while
+  training and a resumed run never recomputes them.
 - Only response positions get logits (left padding puts every response at the right edge), so the
   LM head runs on B*R positions instead of B*L: the same scoring function as evaluation.
 - Chosen and rejected run in one forward pass (concatenated batch).
 - Data order is a seeded permutation per epoch; LoRA initialisation is seeded too.
-- ``accelerate launch`` runs it data-parallel on several GPUs: each process takes its slice of every
-  step's examples; gradients are all-reduced by DDP; only the main process writes.
+- ``accelerate launch`` or ``torchrun`` runs it data-parallel: each process takes its slice of every step's
+  examples; gradients are all-reduced by DDP, or reduce-scattered by FSDP2 (``fsdp: true`` under torchrun, or
+  accelerate's FSDP2 / DeepSpeed ZeRO-3 plugins); only the main process writes.
+- A killed run resumes: each checkpoint also holds ``training_state/`` (optimizer, scheduler, per-process RNG,
+  data position), written inside the same atomic folder, so a resumed run continues exactly.
 
-Each checkpoint is a loadable model folder (``save_pretrained``; an adapter folder for LoRA) with an
-``evalharness_manifest.json``: algorithm, every hyperparameter, data hash, base model, step, metrics.
+Each checkpoint is a loadable model folder (``save_pretrained``, gathered to full tensors from sharded state; an
+adapter folder for LoRA) with an ``evalharness_manifest.json``: algorithm, every hyperparameter, data hash, base
+model, step, metrics.
 """
 
 from __future__ import annotations
