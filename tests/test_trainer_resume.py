@@ -174,3 +174,23 @@ def test_two_processes_killed_resume_to_the_same_run(base, pairs, tmp_path, unin
     man = json.loads((out / "train_manifest.json").read_text())
     assert [r["from"] for r in man["resumed"]] == ["checkpoint-2"]
     assert_same_run(TrainResult(out, [out / c for c in man["checkpoints"]], got), uninterrupted, tol=1e-5)
+
+
+def test_lora_kto_run_resumes_to_the_same_adapter(base, pairs, tmp_path):
+    """The other resume paths: a LoRA adapter restored onto the base (not a full model folder), and KTO's unpaired
+    examples with their precomputed KL-mismatch reference log-probs."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+    opts = lambda out: options(base, pairs, out, algorithm="kto", lora=True, lora_r=4, lora_alpha=8,  # noqa: E731
+                               learning_rate=2e-2)
+    want = train(TrainConfig(**opts(tmp_path / "full")))
+    killed_run(opts(tmp_path / "run"), "after_optimizer:5")
+    got = train(TrainConfig(**opts(tmp_path / "run")))
+    man = json.loads((tmp_path / "run" / "train_manifest.json").read_text())
+    assert [r["from"] for r in man["resumed"]] == ["checkpoint-4"]
+    assert_rows_match(got.metrics, want.metrics, 1e-6)
+    a = load_file(str(tmp_path / "run" / "checkpoint-6" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "full" / "checkpoint-6" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert max(float((a[k] - load_file(str(tmp_path / "full" / "checkpoint-2" / "adapter_model.safetensors"))[k])
+                     .abs().max()) for k in a) > 1e-4  # the adapter really moved after the resumed checkpoint

@@ -287,32 +287,18 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
 
 def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] | None, global_batch: int,
            log: Callable[[str], None]) -> TrainResult:
+    """Set up (model, sharding, reference log-probs, resumed state), then step and checkpoint until the end."""
     import torch
 
-    cfg, spec, out = plan.cfg, plan.spec, plan.out
-    main, P = accel.is_main_process, accel.num_processes
+    cfg, out, P = plan.cfg, plan.out, accel.num_processes
     torch.manual_seed(cfg.seed)
     model, tok = _load_policy(plan, resume)
-    examples = _examples(tok, plan.data, cfg, spec.unpaired)
+    examples = _examples(tok, plan.data, cfg, plan.spec.unpaired)
     steps_per_epoch = math.ceil(len(examples) / global_batch)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     model, opt, sched, params, sharded = _prepare(model, cfg, accel, total, log)
-    from accelerate.utils import DistributedType
-    deepspeed = accel.distributed_type == DistributedType.DEEPSPEED
-    strategy = "deepspeed" if deepspeed else "fsdp2" if sharded else "ddp" if P > 1 else "single"
-
-    ref_logps = None
-    if spec.needs_reference:
-        if resume is not None:  # computed once per run, by the untrained reference: never again from trained weights
-            ref_logps = torch.load(out / REFERENCE_LOGPS, weights_only=True)
-        else:
-            own = plan.reference is plan.base
-            ref_model = accel.unwrap_model(model) if own else \
-                _disable_dropout(load_fresh(plan.reference, dtype="float32")[0]).to(accel.device)
-            ref_logps = _reference_logps(ref_model, examples, spec.unpaired, tok.pad_token_id, cfg, accel, log)
-            del ref_model
-            if main:
-                _save_tensor(ref_logps, out / REFERENCE_LOGPS)
+    run = _Session(plan, accel, model, tok, opt, sched, params, examples, sharded)
+    run.ref_logps = _reference_table(run, resume, log)
 
     start, history, elapsed0 = 0, [], 0.0
     if resume is not None:
@@ -331,72 +317,161 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
         stream += torch.randperm(len(examples), generator=g).tolist()
 
     log(f"{plan.run_name}: {cfg.algorithm} on {len(examples)} examples, {total} steps of {global_batch}"
-        f" ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}, {strategy}) -> {out}")
+        f" ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}, {run.strategy})"
+        f" -> {out}")
     checkpoints = _checkpoints(out) if resume is not None else []
     since_save: list[dict[str, Any]] = []
     t_start = time.perf_counter() - elapsed0
-    for step in range(start, total):
+    for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
-        idx = stream[step * global_batch:(step + 1) * global_batch]
-        parts: list[dict[str, Any]] = []
-        for micro in range(cfg.grad_accum):
-            lo = (micro * P + accel.process_index) * cfg.batch_size
-            batch_idx = idx[lo:lo + cfg.batch_size]
-            sync = micro == cfg.grad_accum - 1
-            # FSDP reduce-scatters every micro-batch (correct, and its shards are small); DDP defers to the last
-            ctx = accel.no_sync(model) if not sync and P > 1 and not sharded else _null()
-            with ctx:
-                loss, metrics = _loss(model, [examples[i] for i in batch_idx], batch_idx, ref_logps, cfg,
-                                      plan.hparams, spec.unpaired, tok.pad_token_id, accel)
-                accel.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by its own count
-            parts.append(metrics)
-        grad_norm = _full(accel.clip_grad_norm_(params, cfg.max_grad_norm)) if cfg.max_grad_norm > 0 else None
-        lr = sched.get_last_lr()[0]  # the rate this step used
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        _fault("after_optimizer", step + 1, accel.process_index)
-        row = _reduce(parts, accel)
+        row = run.step(stream[(step - 1) * global_batch:step * global_batch])
+        _fault("after_optimizer", step, accel.process_index)
         dt = time.perf_counter() - t0
-        row.update(step=step + 1, epoch=(step + 1) / steps_per_epoch, lr=lr,
-                   grad_norm=float(grad_norm) if grad_norm is not None else None, step_time_s=dt,
-                   samples_per_s=global_batch / dt, elapsed_s=time.perf_counter() - t_start)
+        row.update(step=step, epoch=step / steps_per_epoch, step_time_s=dt, samples_per_s=global_batch / dt,
+                   elapsed_s=time.perf_counter() - t_start)
         history.append(row)
         since_save.append(row)
-        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+        if accel.is_main_process and (step % cfg.log_every == 0 or step == total):
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             extra = (f" margin {row['rewards/margins']:.3f} acc {row['rewards/accuracies']:.2f}"
                      if row.get("rewards/margins") is not None else f" kl {row['kl']:.3f}")
-            log(f"{plan.run_name} step {step + 1}/{total}: loss {row['loss']:.4f}{extra} ({dt:.1f}s)")
-        _fault("before_checkpoint", step + 1, accel.process_index)
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            ck = out / f"checkpoint-{step + 1}"
-            _write_checkpoint(plan, ck, model, tok, opt, sched, accel, sharded, {
-                "kind": "checkpoint", "run_name": plan.run_name, "algorithm": cfg.algorithm, "hparams": plan.hparams,
-                "paper": spec.paper, "step": step + 1, "epoch": row["epoch"], "total_steps": total,
-                "samples_seen": (step + 1) * global_batch, "base_model": _base_spec(plan.base),
-                "base_revision": plan.base.revision,
-                "reference_model": _base_spec(plan.reference) if spec.needs_reference else None,
-                "lora": cfg.lora, "parallel": {"processes": P, "strategy": strategy}, "data": plan.data_info(), "train_config": cfg.identity(), "metrics": row,
-                "metrics_since_last_checkpoint": _mean_rows(since_save),
-                "created_at": provenance.now(), **provenance.environment()},
-                {"step": step + 1, "samples_seen": (step + 1) * global_batch, "global_batch": global_batch,
-                 "num_processes": P, "elapsed_s": row["elapsed_s"], "total_steps": total})
-            if main:
+            log(f"{plan.run_name} step {step}/{total}: loss {row['loss']:.4f}{extra} ({dt:.1f}s)")
+        _fault("before_checkpoint", step, accel.process_index)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == total:
+            ck = out / f"checkpoint-{step}"
+            run.save(ck, {**run.checkpoint_manifest(step, total, global_batch, row),
+                          "metrics_since_last_checkpoint": _mean_rows(since_save)},
+                     {"step": step, "samples_seen": step * global_batch, "global_batch": global_batch,
+                      "num_processes": P, "elapsed_s": row["elapsed_s"], "total_steps": total})
+            if accel.is_main_process:
                 checkpoints.append(ck)
-                _fault("after_checkpoint", step + 1, 0)
+                _fault("after_checkpoint", step, 0)
                 man = json.loads((out / TRAIN_MANIFEST).read_text())
                 man["checkpoints"] = [c.name for c in checkpoints]
                 write_json_atomic(out / TRAIN_MANIFEST, man)
             since_save = []
-    if main:
+    if accel.is_main_process:
         man = json.loads((out / TRAIN_MANIFEST).read_text())
         man.update(status="finished", finished_at=provenance.now(), train_time_s=time.perf_counter() - t_start,
                    final_metrics=history[-1])
         write_json_atomic(out / TRAIN_MANIFEST, man)
     accel.wait_for_everyone()
     return TrainResult(out, checkpoints, history)
+
+
+@dataclass
+class _Session:
+    """One process's live training state, which every step and every checkpoint uses."""
+
+    plan: _Plan
+    accel: Any
+    model: Any  # as prepared: DDP-wrapped, FSDP2-sharded, a DeepSpeed engine, or plain
+    tok: Any
+    opt: Any
+    sched: Any
+    params: list[Any]  # the trainable parameters of the prepared model
+    examples: list[_Example]
+    sharded: bool
+    ref_logps: Any = None
+
+    @property
+    def deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+        return bool(self.accel.distributed_type == DistributedType.DEEPSPEED)
+
+    @property
+    def strategy(self) -> str:
+        return ("deepspeed" if self.deepspeed else "fsdp2" if self.sharded
+                else "ddp" if self.accel.num_processes > 1 else "single")
+
+    def step(self, idx: list[int]) -> dict[str, Any]:
+        """One optimizer step on a global batch of example indices (this process takes its slice of each
+        micro-batch); the metrics reduced over micro-batches and processes, with the lr and grad norm."""
+        cfg, accel, P = self.plan.cfg, self.accel, self.accel.num_processes
+        parts: list[dict[str, Any]] = []
+        for micro in range(cfg.grad_accum):
+            lo = (micro * P + accel.process_index) * cfg.batch_size
+            batch_idx = idx[lo:lo + cfg.batch_size]
+            sync = micro == cfg.grad_accum - 1
+            # FSDP reduce-scatters every micro-batch (correct, and its shards are small); DDP defers to the last
+            ctx = accel.no_sync(self.model) if not sync and P > 1 and not self.sharded else _null()
+            with ctx:
+                loss, metrics = _loss(self.model, [self.examples[i] for i in batch_idx], batch_idx, self.ref_logps,
+                                      cfg, self.plan.hparams, self.plan.spec.unpaired, self.tok.pad_token_id, accel)
+                accel.backward(loss if self.deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by its count
+            parts.append(metrics)
+        grad_norm = _full(accel.clip_grad_norm_(self.params, cfg.max_grad_norm)) if cfg.max_grad_norm > 0 else None
+        lr = self.sched.get_last_lr()[0]  # the rate this step used
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {**_reduce(parts, accel), "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None}
+
+    def checkpoint_manifest(self, step: int, total: int, global_batch: int, row: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint folder says about itself (``evalharness_manifest.json``)."""
+        plan, cfg = self.plan, self.plan.cfg
+        return {"kind": "checkpoint", "run_name": plan.run_name, "algorithm": cfg.algorithm, "hparams": plan.hparams,
+                "paper": plan.spec.paper, "step": step, "epoch": row["epoch"], "total_steps": total,
+                "samples_seen": step * global_batch, "base_model": _base_spec(plan.base),
+                "base_revision": plan.base.revision,
+                "reference_model": _base_spec(plan.reference) if plan.spec.needs_reference else None,
+                "lora": cfg.lora, "parallel": {"processes": self.accel.num_processes, "strategy": self.strategy},
+                "data": plan.data_info(), "train_config": cfg.identity(), "metrics": row,
+                "created_at": provenance.now(), **provenance.environment()}
+
+    def save(self, ck: Path, manifest: dict[str, Any], state: dict[str, Any]) -> None:
+        """Every process takes part (sharded state is gathered to rank 0); rank 0 writes the folder atomically."""
+        import torch
+        accel = self.accel
+        unwrapped = accel.unwrap_model(self.model)
+        full = None
+        if self.deepspeed:
+            full = accel.get_state_dict(self.model)  # ZeRO-3 partitions gathered (zero3_save_16bit_model)
+        elif self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            full = get_model_state_dict(unwrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        optim = _optimizer_state(unwrapped, self.opt, accel) if self.plan.cfg.save_optimizer else None
+        rng = _rng_state()
+        if accel.num_processes > 1:
+            import torch.distributed as dist
+            ranks: list[Any] = [None] * accel.num_processes
+            dist.all_gather_object(ranks, rng)
+        else:
+            ranks = [rng]
+        accel.wait_for_everyone()
+        if not accel.is_main_process:
+            return
+
+        def training_state(folder: Path) -> None:
+            st = folder / STATE_DIR
+            st.mkdir()
+            _fault("in_checkpoint", state["step"], 0)
+            if optim is not None:
+                torch.save(optim, st / "optimizer.pt")
+            torch.save({"scheduler": self.sched.state_dict(), "rng": ranks}, st / "trainer_state.pt")
+            write_json_atomic(st / "state.json", {**state, "optimizer": optim is not None})  # written last
+
+        _save_checkpoint(unwrapped, self.tok, ck, manifest, state_dict=full, extra=training_state)
+
+
+def _reference_table(run: _Session, resume: Path | None, log: Callable[[str], None]) -> Any:
+    """The run's reference log-probs: read back on resume (computed once, by the untrained reference, never again
+    from trained weights); else computed now, by the policy itself before its first step or by the given
+    reference, and kept in the run folder. None when the algorithm has no reference."""
+    import torch
+    plan, accel = run.plan, run.accel
+    if not plan.spec.needs_reference:
+        return None
+    if resume is not None:
+        return torch.load(plan.out / REFERENCE_LOGPS, weights_only=True)
+    own = plan.reference is plan.base
+    ref_model = accel.unwrap_model(run.model) if own else \
+        _disable_dropout(load_fresh(plan.reference, dtype="float32")[0]).to(accel.device)
+    table = _reference_logps(ref_model, run.examples, plan.spec.unpaired, run.tok.pad_token_id, plan.cfg, accel, log)
+    if accel.is_main_process:
+        _save_tensor(table, plan.out / REFERENCE_LOGPS)
+    return table
 
 
 def _load_policy(plan: _Plan, resume: Path | None) -> tuple[Any, Any]:
@@ -478,42 +553,6 @@ def _is_fsdp(model: Any) -> bool:
 def _full(value: Any) -> Any:
     """A DTensor's full value (a sharded model's grad norm), else the value."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
-
-
-def _write_checkpoint(plan: _Plan, ck: Path, model: Any, tok: Any, opt: Any, sched: Any, accel: Any, sharded: bool,
-                      manifest: dict[str, Any], state: dict[str, Any]) -> None:
-    """Every process takes part (sharded state is gathered to rank 0); rank 0 writes the folder atomically."""
-    import torch
-    from accelerate.utils import DistributedType
-    unwrapped = accel.unwrap_model(model)
-    full = None
-    if accel.distributed_type == DistributedType.DEEPSPEED:
-        full = accel.get_state_dict(model)  # ZeRO-3 partitions gathered (stage3_gather_16bit_weights_on_model_save)
-    elif sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        full = get_model_state_dict(unwrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    optim = _optimizer_state(unwrapped, opt, accel) if plan.cfg.save_optimizer else None
-    rng = _rng_state()
-    if accel.num_processes > 1:
-        import torch.distributed as dist
-        ranks: list[Any] = [None] * accel.num_processes
-        dist.all_gather_object(ranks, rng)
-    else:
-        ranks = [rng]
-    accel.wait_for_everyone()
-    if not accel.is_main_process:
-        return
-
-    def training_state(folder: Path) -> None:
-        st = folder / STATE_DIR
-        st.mkdir()
-        _fault("in_checkpoint", state["step"], 0)
-        if optim is not None:
-            torch.save(optim, st / "optimizer.pt")
-        torch.save({"scheduler": sched.state_dict(), "rng": ranks}, st / "trainer_state.pt")
-        write_json_atomic(st / "state.json", {**state, "optimizer": optim is not None})  # written last: complete
-
-    _save_checkpoint(unwrapped, tok, ck, manifest, state_dict=full, extra=training_state)
 
 
 def _optimizer_state(model: Any, opt: Any, accel: Any) -> dict[str, Any] | None:
