@@ -10,23 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainkit import SCRIPT, assert_rows_match, assert_same_weights, child_env, torchrun, weights, write_pairs
+from trainkit import (SCRIPT, assert_rows_match, assert_same_weights, base, child_env, pairs,  # noqa: F401
+                      torchrun, weights)
 
 from evalharness.train.trainer import TrainConfig, train
 
 OPTS = dict(algorithm="dpo", learning_rate=5e-3, max_steps=6, save_every=2, warmup_ratio=0.2)
 TOL = 1e-5  # the sums of a sharded step run in another order (reduce-scatter vs one process): float error only
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from tiny import build_model
-    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from trainkit import base  # noqa: F401  (module fixture)
 
 from evalharness.errors import EvalHarnessError, InputError
 from evalharness.train.algorithms import ALGORITHMS, make_config
@@ -179,12 +179,6 @@ def test_kto_is_finite_at_extremes(case, dtype):
     same = kto_loss(logps=torch.full((B,), -1e4), ref_logps=torch.full((B,), -1e4),
                     desirable=torch.tensor([True, False, True, False]), kl=0.0, beta=0.1)
     assert same.tolist() == [0.5] * B
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from tiny import build_model
-    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
 
 
 def test_training_on_all_tied_odpo_pairs_is_finite_and_changes_nothing(base, tmp_path):

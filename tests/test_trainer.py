@@ -12,20 +12,10 @@ import torch
 from evalharness.errors import EvalHarnessError, InputError
 from evalharness.train.algorithms import ALGORITHMS
 from evalharness.train.trainer import TrainConfig, train
+from trainkit import base, pairs  # noqa: F401  (module fixtures)
 
 CHAT = [{"role": "user", "content": "write a short review about the movie"}]
 
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    from trainkit import write_pairs
-    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from tiny import build_model
-    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
 
 
 def cfg(base: Path, data: Path, out: Path, **kw) -> TrainConfig:

@@ -12,23 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from trainkit import SCRIPT, assert_rows_match, assert_same_weights, child_env, torchrun, weights, write_pairs
+from trainkit import (SCRIPT, assert_rows_match, assert_same_weights, base, child_env, pairs,  # noqa: F401
+                      torchrun, weights)
 
 from evalharness.errors import EvalHarnessError
 from evalharness.train.trainer import TrainConfig, TrainResult, train
 
 OPTS = dict(algorithm="dpo", learning_rate=5e-3, max_steps=6, save_every=2, batch_size=4, warmup_ratio=0.2)
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from tiny import build_model
-    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
 
 
 def options(base: Path, pairs: Path, out: Path, **kw) -> dict:

@@ -31,6 +31,19 @@ if rank is not None:
 """
 
 
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The preference data file of a test module (import this fixture into the module)."""
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base model of a test module."""
+    from tiny import build_model
+    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
+
+
 def write_pairs(path: Path) -> Path:
     """12 movie-review pairs with scores (ODPO needs them; the other algorithms ignore them)."""
     good = ["the movie was great and i loved it", "really fun story and good music", "the cast was very good"]

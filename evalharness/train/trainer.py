@@ -190,7 +190,8 @@ def _save_checkpoint(model: Any, tok: Any, path: Path, manifest: dict[str, Any],
     """A loadable model folder, written to a temporary sibling and renamed: never half-written. ``state_dict`` is
     the full state gathered from a sharded model; ``extra`` writes more files into the folder before the rename."""
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
+        extra_kw = {"state_dict": state_dict} if state_dict is not None else {}
+        model.save_pretrained(tmp, safe_serialization=True, **extra_kw)
         tok.save_pretrained(tmp)
         if extra is not None:
             extra(tmp)
