@@ -170,6 +170,27 @@ class HFBackend:
         return results
 
 
+@torch.inference_mode()
+def choice_logprobs(model: Any, prompt: list[int], choices: list[list[int]], pad_id: int) -> list[float]:
+    """Summed log-prob of each continuation in ``choices`` after one shared ``prompt``: the prompt runs once,
+    its KV cache is repeated for the choices, which run in one batch (a label-space judge scores 2-10
+    short labels after a long judge prompt: 5-10x less work than scoring each as its own sequence)."""
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), -1)
+    longest = max(len(c) for c in choices)
+    if longest == 1:
+        return [float(first[c[0]]) for c in choices]
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(choices))
+    rest = [c[:-1] + [pad_id] * (longest - len(c)) for c in choices]  # right-padded: pads follow real tokens
+    mask = torch.tensor([[1] * len(prompt) + [1] * (len(c) - 1) + [0] * (longest - len(c)) for c in choices])
+    pos = torch.arange(len(prompt), len(prompt) + longest - 1)[None, :].expand(len(choices), -1)
+    logits = model(input_ids=torch.tensor(rest), attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=False).logits.float()
+    logp = torch.log_softmax(logits, -1)
+    return [float(first[c[0]] + sum(logp[i, t - 1, c[t]] for t in range(1, len(c)))) for i, c in enumerate(choices)]
+
+
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input ids, attention mask and position ids (counting real tokens only) of left-padded rows."""
     L = max(len(s) for s in seqs)
