@@ -18,7 +18,7 @@ import json
 import math
 import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,18 @@ def build_table(entries: list[Entry], *, against: str | None = None, metrics: li
     return table
 
 
+def score_ci(s: Score) -> tuple[float | None, float | None]:
+    """A score's 95% CI; from its SE (a t interval, n - 1 df) where only that is stored (the official
+    AlpacaEval win rate reports a standard error, no interval)."""
+    if s.ci_low is not None and s.ci_high is not None:
+        return s.ci_low, s.ci_high
+    if s.value is None or s.stderr is None or math.isnan(s.stderr) or s.n < 2:
+        return None, None
+    from scipy.stats import t
+    half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
+    return s.value - half, s.value + half
+
+
 def _first(by_key: dict[Any, list[tuple[int, Score]]], n: int) -> int:
     return list(by_key.values())[n][0][0]
 
@@ -303,8 +315,9 @@ def cell_text(table: Table, i: int, j: int) -> tuple[str, str]:
         return "—", ""
     d = _digits(table.columns[j])
     s = cell.score
-    value = _num(s.value, d) + (f" [{_num(s.ci_low, d)}, {_num(s.ci_high, d)}]" if s.ci_low is not None
-                                and s.ci_high is not None and not math.isnan(s.ci_low) else "")
+    lo, hi = score_ci(s)
+    value = _num(s.value, d) + (f" [{_num(lo, d)}, {_num(hi, d)}]" if lo is not None and hi is not None
+                                and not math.isnan(lo) else "")
     if cell.paired is None:
         return value, (f"({cell.error})" if cell.error else "")
     r = cell.paired
@@ -330,9 +343,10 @@ def records(table: Table) -> list[dict[str, Any]]:
     out = []
     for (i, j), cell in sorted(table.cells.items()):
         e, col, s = table.rows[i], table.columns[j], cell.score
+        lo, hi = score_ci(s)
         rec: dict[str, Any] = {"model": e.label, "run": e.store.run_id, "algorithm": e.algorithm, "step": e.step,
                                "task": col.task, "metric": col.metric, "column": col.label, "value": s.value,
-                               "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n, "n_skipped": s.n_skipped}
+                               "ci_low": lo, "ci_high": hi, "n": s.n, "n_skipped": s.n_skipped}
         if table.against is not None and i != table.against:
             r = cell.paired
             rec.update({"delta": r.delta if r else None, "delta_ci_low": r.ci_low if r else None,
@@ -450,6 +464,9 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
             margins: dict[str, float] | None = None, rounds: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
     clears -margin), or INCONCLUSIVE (with the MDE). The change is oriented so that + is better."""
+    if baseline.label == candidate.label:  # one model against itself, or one name in two runs: tell the rows apart
+        baseline = replace(baseline, label=f"baseline:{baseline.label}")
+        candidate = replace(candidate, label=f"candidate:{candidate.label}")
     table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed)
     margins = margins or {}
     known = {f"{c.task}/{c.metric}" for c in table.columns} | {c.metric for c in table.columns}
@@ -485,7 +502,8 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
             rec["verdict"] = "PASS"
         else:
             rec["verdict"] = "INCONCLUSIVE"
-    return rows
+    # NaN (undefined with too few items) is not JSON: None
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
 
 
 # ---------------------------------------------------------------- history
