@@ -418,6 +418,8 @@ def test_no_winners_curse_copy_and_noise_checkpoints_do_not_beat_sft(tmp_path: P
                                 metrics=["sentiment/sentiment"])
     copy_cell = table.cells[(1, 0)]
     assert copy_cell.paired.delta == 0.0 and copy_cell.paired.n_paired == len(words)  # same weights, same samples
+    noise = [table.cells[(i, 0)].paired for i in range(2, 6)]
+    assert all(r.delta != 0.0 for r in noise)  # the noise changes the samples: k real tests to correct for
     v = compare.best_checkpoint(table, "sentiment")
     assert v is not None and v["k_checkpoints"] == 5 and v["beats_sft"] is False
     # The correction is over the 5 checkpoints: the chosen one's p is Holm-adjusted, never below its raw p.
