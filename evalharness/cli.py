@@ -257,7 +257,8 @@ def compare(
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex, csv or json")] = "table",
     metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC or METRIC (default: headline)")] = None,
     allow_mixed: Annotated[bool, typer.Option(help="show incomparable scores in separate labelled columns")] = False,
-    rounds: Annotated[int, typer.Option(help="bootstrap rounds of refit metrics (Arena-Hard, AlpacaEval LC)")] = 1000,
+    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds of refit metrics (default: Arena-Hard 1000, "
+                                                       "AlpacaEval LC 200)")] = None,
     seed: int = 0,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
@@ -276,7 +277,7 @@ def regress(
     margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
-    rounds: int = 1000,
+    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).

@@ -176,8 +176,9 @@ def _task_config(entry: Entry, task: str) -> dict[str, Any]:
     return dict((tasks.get(task) or {}).get("config") or {})
 
 
-def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int = 1000, seed: int = 0) -> Any:
-    """The paired difference a - b on one column, by the task's own ``paired`` function."""
+def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None, seed: int = 0) -> Any:
+    """The paired difference a - b on one column, by the task's own ``paired`` function. ``rounds`` None
+    leaves each bootstrap at its task's default (Arena-Hard 1000, AlpacaEval LC 200: a GLM refit per round)."""
     sa = next(s for s in a.scores if s.task == column.task and s.metric == column.metric)
     module, task_a = _module(a, sa)
     sb = next(s for s in b.scores if s.task == column.task and s.metric == column.metric)
@@ -186,7 +187,8 @@ def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int = 1000, seed:
     if fn is None:
         raise EvalHarnessError(f"task {column.task} has no paired comparison")
     return fn(column.metric, ModelRecords(a.store, a.model, task_a, _task_config(a, task_a)),
-              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), rounds=rounds, seed=seed)
+              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), seed=seed,
+              **({} if rounds is None else {"rounds": rounds}))
 
 
 def _label(task: str, metric: str) -> str:
@@ -196,11 +198,13 @@ def _label(task: str, metric: str) -> str:
 
 
 def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
-                allow_mixed: bool = False, rounds: int = 1000, seed: int = 0) -> Table:
+                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0) -> Table:
     """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
     with ``against`` (a row's label or model), paired differences and Holm over the table's tests."""
     if not entries:
         raise EvalHarnessError("nothing to compare")
+    if rounds is not None and rounds < 2:
+        raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
     wanted = None if metrics is None else {tuple(m.split("/", 1)) if "/" in m else (None, m) for m in metrics}
     groups: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
     for i, e in enumerate(entries):
@@ -461,7 +465,8 @@ def verdict_line(v: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- regression gate
 def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = None,
-            margins: dict[str, float] | None = None, rounds: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+            margins: dict[str, float] | None = None, rounds: int | None = None,
+            seed: int = 0) -> list[dict[str, Any]]:
     """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
     clears -margin), or INCONCLUSIVE (with the MDE). The change is oriented so that + is better."""
     if baseline.label == candidate.label:  # one model against itself, or one name in two runs: tell the rows apart
