@@ -498,6 +498,9 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
                "_change_ci": (lo, hi), "method": r.method}
         rows.append(rec)
         drops.append(rec)
+    if not rows:  # a gate that checks nothing must not pass
+        raise EvalHarnessError("no metric to gate: no shared score has a direction (higher or lower is better); "
+                               "name them with --metrics")
     for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
         rec["p_holm"] = p
         lo, _ = rec.pop("_change_ci")

@@ -56,7 +56,7 @@ def rows_of(out: str) -> dict[tuple[str, str, str], dict[str, Any]]:
 # ---------------------------------------------------------------- runs built through the store API
 def sentiment_run(root: Path, run_id: str, values: dict[str, dict[str, list[float]]], *,
                   task_version: str = "1;prompts=constructed", finished_at: str = "2026-01-01T00:00:00Z",
-                  models: list[dict[str, Any]] | None = None) -> Path:
+                  models: list[dict[str, Any]] | None = None, higher_is_better: bool | None = True) -> Path:
     """A finished sentiment run: per model, prompt id -> per-sample rewards, as verdicts and clustered scores
     (the mean over prompts of the per-prompt mean, t interval over prompts, as the task computes them)."""
     manifest = {"run_id": run_id, "kind": "eval", "schema_version": 2,
@@ -73,7 +73,7 @@ def sentiment_run(root: Path, run_id: str, values: dict[str, dict[str, list[floa
         keys = dict(task="sentiment", model=model, task_version=task_version, judge_id="vader", judge_version="v",
                     decoding={"temperature": 1.0})
         scores.append(Score(metric="sentiment", value=m, n=sum(map(len, per_prompt.values())), stderr=se,
-                            ci_low=lo, ci_high=hi, higher_is_better=True, **keys))
+                            ci_low=lo, ci_high=hi, higher_is_better=higher_is_better, **keys))
     store.finish(scores, {"run_id": run_id, "scores": [s.to_dict() for s in scores]}, finished_at)
     return store.path
 
@@ -145,10 +145,11 @@ def test_alpaca_eval_official_annotations_paired_by_hand(tmp_path: Path, benchda
     assert REGRESS_FIELDS <= set(gate) and gate["verdict"] == "FAIL"
     assert gate["delta"] == pytest.approx(delta, abs=1e-9) and gate["n_paired"] == 805
     assert gate["p_holm"] == pytest.approx(t_p(d) / 2, rel=1e-6)  # one-sided, one metric
-    # ... and the other way round it passes (the lower CI bound of the gain is above 0).
-    p = cli("regress", "--baseline", "gpt-3.5-turbo-1106", "--candidate", "claude-2.1", "--metrics", "win_rate",
-            "--results-dir", res)
-    assert p.returncode == 0 and p.stdout.startswith("PASS"), p.stdout + p.stderr
+    # ... and the other way round it passes (the lower CI bound of the gain is above 0). Without --metrics the
+    # gate checks every headline metric with a direction: an imported win rate is higher-is-better.
+    p = cli("regress", "--baseline", "gpt-3.5-turbo-1106", "--candidate", "claude-2.1", "--json", "--results-dir", res)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [(r["metric"], r["verdict"]) for r in json.loads(p.stdout)] == [("win_rate", "PASS")]
 
 
 # ---------------------------------------------------------------- (b) official MT-Bench judgments
@@ -272,7 +273,10 @@ def test_regress_verdicts_and_exit_codes(tmp_path: Path) -> None:
             f"sentiment/sentiment={-noisy['delta_ci_low'] + 0.01}", "--strict", *args)
     assert p.returncode == 0 and json.loads(p.stdout)[0]["verdict"] == "PASS"
 
+    sentiment_run(root, "undirected", {"m": base}, higher_is_better=None)
     for bad, says in ((("--baseline", "nope", "--candidate", "base:m"), "'nope'"),
+                      (("--baseline", "undirected:m", "--candidate", "undirected:m"), "no metric to gate"),
+                      (("--baseline", "base:m", "--candidate", "drop:m", "--rounds", "1"), "--rounds"),
                       (("--baseline", "base:m", "--candidate", "drop:m", "--margin", "sentiment/sentiment=lots"),
                        "--margin"),
                       (("--baseline", "base:m", "--candidate", "drop:m", "--margin", "sentiment/nothing=0.1"),
