@@ -554,9 +554,14 @@ def history(model: str | None, *, task: str | None = None, metric: str | None = 
 
 def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = True, rounds: int = 200) -> None:
     """Mark each point that is a significant drop from the previous one (``drop``, ``drop_p``, ``paired``):
-    paired over shared items where both runs' records are there, else a z test on the two SEs."""
+    paired over shared items where both runs' records are there, else a z test on the two SEs.
+
+    The previous point is the one before in the same training run (``run_name``); a run's first checkpoint
+    is tested against the base (the latest point without a run name): two sweeps' checkpoints are two
+    trends, never one.
+    """
     sign = -1.0 if higher_is_better is False else 1.0
-    for prev, cur in zip(points, points[1:]):
+    for prev, cur in _steps(points):
         p, paired = math.nan, False
         try:
             a = run_entries(RunStore(Path(cur["path"])), [cur["model"]])[0]
@@ -575,28 +580,54 @@ def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = 
                     "paired": paired, "delta_prev": delta})
 
 
+def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(previous, current) pairs along each training run's trend, the base in front (see ``mark_drops``)."""
+    last: dict[str | None, dict[str, Any]] = {}
+    out = []
+    for cur in points:
+        run = cur.get("run_name")
+        prev = last.get(run) or last.get(None)
+        if prev is not None:
+            out.append((prev, cur))
+        last[run] = cur
+    return out
+
+
+def _trends(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
+    """One line per training run, each starting at the base's last point; the base alone when no run."""
+    base = [p for p in points if p.get("run_name") is None]
+    runs = list(dict.fromkeys(p["run_name"] for p in points if p.get("run_name") is not None))
+    if not runs:
+        return {None: base}
+    return {r: base[-1:] + [p for p in points if p.get("run_name") == r] for r in runs}
+
+
 def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -> list[Path]:
-    """A trend line with its 95% CI band; significant drops from the previous point marked in red."""
+    """A trend line per training run with its 95% CI band; significant drops from the previous point in red."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from .plot import save_figure
-    xs = [p["step"] if p["step"] is not None else k for k, p in enumerate(points)]
+    stepped = any(p["step"] is not None for p in points)  # then a point without a step is the base, at 0
+    xs = [p["step"] if p["step"] is not None else 0 if stepped else k for k, p in enumerate(points)]
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         fig = Figure(figsize=(7.5, 4.5), dpi=150, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        ys = [p["value"] for p in points]
-        lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in points]
-        hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in points]
-        ax.fill_between(xs, lo, hi, alpha=0.2, color="#1f77b4", label="95% CI")
-        ax.plot(xs, ys, "o-", color="#1f77b4", label=title)
+        x_of = {id(p): x for x, p in zip(xs, points)}
+        for k, (run, pts) in enumerate(_trends(points).items()):
+            color = f"C{k}"
+            lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in pts]
+            hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in pts]
+            xr = [x_of[id(p)] for p in pts]
+            ax.fill_between(xr, lo, hi, alpha=0.2, color=color, label="95% CI" if k == 0 else None)
+            ax.plot(xr, [p["value"] for p in pts], "o-", color=color, label=run or title)
         drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
         if drops:
             ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
                        label="significant drop from the previous point")
-        ax.set_xlabel("training step" if all(p["step"] is not None for p in points) else "run (oldest first)")
+        ax.set_xlabel("training step" if stepped else "run (oldest first)")
         ax.set_ylabel(title)
         ax.legend(loc="best", fontsize=8)
         return save_figure(fig, out)

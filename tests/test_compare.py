@@ -323,29 +323,36 @@ def test_items_of_one_model_only_are_counted(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- history
 def test_history_marks_a_constructed_drop_and_plots(tmp_path: Path) -> None:
-    """Three checkpoints of one training run on the same prompts; the third drops by 0.1: marked, paired."""
+    """The base, three checkpoints of one training run on the same prompts (the third drops by 0.1: marked,
+    paired) and the first checkpoint of another run, tested against the base, not against the other run."""
     root = tmp_path / "results"
     base = base_values(prompts=30)
-    for step, values in ((100, base), (200, shifted(base, 0.01, noise=0.02)), (300, shifted(base, -0.1))):
-        ck = tmp_path / "ckpts" / f"checkpoint-{step}"
+    sentiment_run(root, "sft", {"my-sft": base}, finished_at="2026-01-01T00:00:00Z")
+    for run, step, values in (("dpo-beta0.1", 100, base), ("dpo-beta0.1", 200, shifted(base, 0.01, noise=0.02)),
+                              ("dpo-beta0.1", 300, shifted(base, -0.1)), ("simpo-x", 100, shifted(base, -0.1))):
+        ck = tmp_path / "ckpts" / run / f"checkpoint-{step}"
         ck.mkdir(parents=True)
         (ck / "evalharness_manifest.json").write_text(json.dumps(
-            {"algorithm": "dpo", "step": step, "run_name": "dpo-beta0.1", "base_model": "my-sft"}))
-        name = f"dpo-beta0.1@{step}"
-        sentiment_run(root, f"ck{step}", {name: values}, finished_at=f"2026-01-0{step // 100}T00:00:00Z",
+            {"algorithm": run.split("-")[0], "step": step, "run_name": run, "base_model": "my-sft"}))
+        name = f"{run}@{step}"
+        sentiment_run(root, f"{run}-ck{step}", {name: values}, finished_at=f"2026-01-0{step // 100 + 1}T00:00:00Z",
                       models=[{"name": name, "spec": str(ck), "path": str(ck)}])
     plot = tmp_path / "trend"
     p = cli("history", "--model", "my-sft", "--task", "sentiment", "--metric", "sentiment", "--plot", plot,
             "--json", "--results-dir", root)
     assert p.returncode == 0, p.stderr
     points = json.loads(p.stdout)
-    assert [x["step"] for x in points] == [100, 200, 300] and {x["algorithm"] for x in points} == {"dpo"}
-    assert [x["drop"] for x in points[1:]] == [False, True] and all(x["paired"] for x in points[1:])
+    assert [(x["model"], x["step"]) for x in points] == [("my-sft", None), ("dpo-beta0.1@100", 100),
+                                                          ("dpo-beta0.1@200", 200), ("dpo-beta0.1@300", 300),
+                                                          ("simpo-x@100", 100)]
+    assert [x["drop"] for x in points[1:]] == [False, False, True, True] and all(x["paired"] for x in points[1:])
+    assert points[1]["delta_prev"] == 0.0 and points[4]["delta_prev"] == pytest.approx(-0.1, abs=1e-12)  # vs sft
+    points = points[1:]
     assert points[2]["delta_prev"] == pytest.approx(-0.1 - np.mean([np.mean(v) for v in shifted(base, 0.01, noise=0.02).values()])
                                                     + np.mean([np.mean(v) for v in base.values()]), abs=1e-9)
     assert (tmp_path / "trend.png").stat().st_size > 0 and (tmp_path / "trend.svg").read_text().startswith("<?xml")
     text = cli("history", "--model", "my-sft", "--results-dir", root).stdout
-    assert text.splitlines()[0] == "sentiment/sentiment" and text.count("DROP") == 1 and "(paired)" in text
+    assert text.splitlines()[0] == "sentiment/sentiment" and text.count("DROP") == 2 and "(paired)" in text
     p = cli("history", "--model", "nobody", "--results-dir", root)
     assert p.returncode == 2 and p.stderr.startswith("error:")
 
