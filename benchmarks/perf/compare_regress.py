@@ -167,8 +167,8 @@ def main() -> None:
         "regress_9_candidates_s": {"wr_mt_arena": regress_s, "lc_2_rounds": regress_lc0, "lc_measured": regress_lc_s,
                                    "lc_at_default_rounds_extrapolated": regress_lc_200,
                                    "total_at_defaults_extrapolated": regress_s + regress_lc_200},
-        "regress_verdicts": [{r["metric"] if r["task"] != "alpaca_eval" else r["task"]: r["verdict"] for r in v}
-                             for v in verdicts],
+        "regress_verdicts": {f"ckpt-{k}": {f"{r['task']}/{r['metric']}": r["verdict"] for r in v}
+                             for k, v in enumerate(verdicts, 1)},
         "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }
