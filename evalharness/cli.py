@@ -308,10 +308,11 @@ def regress(
             if "delta" not in r:
                 typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
                 continue
-            extra = f" (MDE {r['mde']:.3g})" if r["verdict"] == "INCONCLUSIVE" else ""
-            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {r['delta']:+.4g} "
-                       f"[{r['delta_ci_low']:+.4g}, {r['delta_ci_high']:+.4g}], p(drop) Holm {r['p_holm']:.3g}, "
-                       f"n={r['n_paired']}{extra}")
+            g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
+            extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
+            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
+                       f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
+                       f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}")
     verdicts = {r["verdict"] for r in rows}
     raise typer.Exit(1 if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts) else 0)
 

@@ -273,6 +273,14 @@ def test_regress_verdicts_and_exit_codes(tmp_path: Path) -> None:
             f"sentiment/sentiment={-noisy['delta_ci_low'] + 0.01}", "--strict", *args)
     assert p.returncode == 0 and json.loads(p.stdout)[0]["verdict"] == "PASS"
 
+    # One shared prompt: no SE, no p-value: INCONCLUSIVE, printed and dumped without a number made up.
+    sentiment_run(root, "one", {"m": {"p0": [0.5, 0.6]}})
+    sentiment_run(root, "one-later", {"m": {"p0": [0.4, 0.5]}})
+    p = cli("regress", "--baseline", "one:m", "--candidate", "one-later:m", "--results-dir", root)
+    assert p.returncode == 0 and p.stdout.startswith("INCONCLUSIVE") and "n=1" in p.stdout, p.stdout + p.stderr
+    [one] = json.loads(cli("regress", "--baseline", "one:m", "--candidate", "one-later:m", *args).stdout)
+    assert one["p_holm"] is None and one["delta"] == pytest.approx(-0.1) and one["n_paired"] == 1
+
     sentiment_run(root, "undirected", {"m": base}, higher_is_better=None)
     for bad, says in ((("--baseline", "nope", "--candidate", "base:m"), "'nope'"),
                       (("--baseline", "undirected:m", "--candidate", "undirected:m"), "no metric to gate"),
