@@ -261,7 +261,8 @@ def compare(
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex, csv or json")] = "table",
     metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC or METRIC (default: headline)")] = None,
     allow_mixed: Annotated[bool, typer.Option(help="show incomparable scores in separate labelled columns")] = False,
-    rounds: Annotated[int, typer.Option(help="bootstrap rounds of refit metrics (Arena-Hard, AlpacaEval LC)")] = 1000,
+    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds of refit metrics (default: Arena-Hard 1000, "
+                                                       "AlpacaEval LC 200)")] = None,
     seed: int = 0,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
@@ -280,7 +281,7 @@ def regress(
     margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
-    rounds: int = 1000,
+    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).
@@ -311,10 +312,11 @@ def regress(
             if "delta" not in r:
                 typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
                 continue
-            extra = f" (MDE {r['mde']:.3g})" if r["verdict"] == "INCONCLUSIVE" else ""
-            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {r['delta']:+.4g} "
-                       f"[{r['delta_ci_low']:+.4g}, {r['delta_ci_high']:+.4g}], p(drop) Holm {r['p_holm']:.3g}, "
-                       f"n={r['n_paired']}{extra}")
+            g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
+            extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
+            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
+                       f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
+                       f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}")
     verdicts = {r["verdict"] for r in rows}
     raise typer.Exit(1 if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts) else 0)
 
