@@ -185,6 +185,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
 
     _check(cfg)
     spec = get_spec(cfg.algorithm)
+    if spec.online:  # PPO samples its own responses from prompts: its loop is in ppo.py, on this file's helpers
+        from .ppo import train_ppo
+        return train_ppo(cfg, log)
     algo_cfg = make_config(cfg.algorithm, **cfg.hparams)
     hparams = asdict(algo_cfg)
     data = load_unpaired(cfg.data) if spec.unpaired else load_preferences(cfg.data)
