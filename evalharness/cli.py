@@ -117,9 +117,10 @@ def quickstart(
 @app.command("train")
 def train_(
     spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
-    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto")] = None,
+    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto ppo")] = None,
     base: Annotated[Optional[str], typer.Option(help="the SFT model: bundled alias, local directory or HF id")] = None,
-    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]; "
+                                                     "prompts JSONL for PPO")] = None,
     hp: Annotated[Optional[list[str]], typer.Option(help="hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1")] = None,
     reference: Annotated[Optional[str], typer.Option(help="reference model (default: the base)")] = None,
     lr: float = 5e-6, epochs: float = 1.0, max_steps: Optional[int] = None, batch_size: int = 8, grad_accum: int = 1,

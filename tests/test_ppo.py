@@ -259,3 +259,54 @@ def test_two_processes_data_parallel_match_one_process(base, prompts, tmp_path):
     for g, w in zip(got[0], want):
         assert g == pytest.approx(w, rel=1e-4, abs=1e-5)
     assert (tmp_path / "two" / "checkpoint-2" / "model.safetensors").is_file()
+
+
+def test_cli_trains_ppo_and_a_sweep_mixes_it_with_offline_algorithms(base, prompts, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "evalharness.cli", "train", "--algorithm", "ppo", "--base", str(base), "--data",
+           str(prompts), "--hp", "reward=sentiment", "--hp", "kl_coef=0.1", "--hp", "response_length=6",
+           "--max-steps", "1", "--batch-size", "4", "--output-dir", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ck = Path(p.stdout.strip().splitlines()[-1])
+    man = json.loads((ck / "evalharness_manifest.json").read_text())
+    assert ck == out / "checkpoint-1" and man["hparams"]["kl_coef"] == 0.1 and man["reward"]["spec"] == "sentiment"
+    p = subprocess.run(cmd[:-2] + ["--output-dir", str(tmp_path / "bad"), "--hp", "kl_estimator=k9"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "kl_estimator" in p.stderr and not (tmp_path / "bad").exists()
+
+    from evalharness.train.sweep import load_train_spec, run_sweep
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps({"id": f"h{i}", "prompt": s}) + "\n"
+                                                 for i, s in enumerate(STARTS[:4])))
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(f"""\
+name: mixed
+base: {base}
+data:
+  on_policy: {{prompts: {prompts}, judge: sentiment, k: 2, max_new_tokens: 6}}
+train: {{learning_rate: 1.0e-2, max_steps: 1, batch_size: 4, warmup_ratio: 0.0}}
+algorithms:
+  dpo: {{beta: 0.1}}
+  ppo: {{kl_coef: [0.05, 0.5], response_length: 6, temperature: 1.0}}
+eval: {{prompts: ./held.jsonl, judges: [sentiment, kl], max_new_tokens: 6}}
+""")
+    spec, runs = load_train_spec(spec_path)
+    assert [r.name for r in runs] == ["dpo-beta0.1-s0", "ppo-kl_coef0.05-response_length6-temperature1.0-s0",
+                                      "ppo-kl_coef0.5-response_length6-temperature1.0-s0"]
+    res = run_sweep(spec, runs, results_dir=tmp_path / "results", progress=False)
+    data = {r.name: json.loads((t.output_dir / "train_manifest.json").read_text())["data"] for r, t in res.runs}
+    assert data["dpo-beta0.1-s0"]["source"].endswith("pairs.jsonl")
+    assert all(d["source"] == str(prompts) and d["kind"] == "prompts" for n, d in data.items() if n.startswith("ppo"))
+    assert sorted(r["algorithm"] for r in res.table) == ["dpo", "ppo", "ppo", "sft"] and res.plots
+
+    only = tmp_path / "only.yaml"  # a PPO-only sweep needs prompts, not pairs
+    only.write_text(spec_path.read_text().replace("  dpo: {beta: 0.1}\n", "").replace(
+        f"  on_policy: {{prompts: {prompts}, judge: sentiment, k: 2, max_new_tokens: 6}}", "  path: ./pairs.jsonl"))
+    from evalharness.errors import InputError
+    with pytest.raises(InputError, match="data.prompts") as e:
+        load_train_spec(only)
+    assert e.value.field == "data"
+    only.write_text(only.read_text().replace("path: ./pairs.jsonl", f"prompts: {prompts}"))
+    assert [r.name for r in load_train_spec(only)[1]] == [r.name for r in runs[1:]]
