@@ -379,6 +379,7 @@ def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list
         model.train()
         if P > 1:
             rows = gather_object(rows)
+        t_rollout = time.perf_counter() - t0
         buf = _buffer(rows)
         mask, ok = buf["mask"], buf["ok"]
         n_ok = int(ok.sum())
@@ -453,6 +454,7 @@ def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list
                "loss/value_avg": float(s[1]), "val/clipfrac_avg": float(s[3]), "val/ratio": float(s[5]),
                "val/num_eos_tokens": sum(r.eos for r in rows), "val/response_length": float(mask.sum() / n_ok),
                "failed_judgments": len(rows) - n_ok, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
+               "rollout_time_s": t_rollout,
                "eps": G / dt, "elapsed_s": time.perf_counter() - t_start}
         if hp.adaptive_kl:
             kl_coef = update_kl_coef(kl_coef, float(seq_kl), target=hp.target_kl, horizon=hp.horizon, n_episodes=G)
@@ -463,7 +465,7 @@ def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list
                 f.write(json.dumps(row) + "\n")
             log(f"{run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}"
                 f" (coef {row['objective/kl_coef']:.4f}) pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}"
-                f" ({dt:.1f}s)")
+                f" ({dt:.1f}s, rollouts {t_rollout:.1f}s)")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
             accel.wait_for_everyone()
             if main:
