@@ -183,6 +183,15 @@ def test_adaptive_controller_moves_toward_the_target(base, prompts, tmp_path):
     assert any(m["objective/kl"] > 0.06 for m in res.metrics[1:-1]) and coefs[-1] > coefs[1], coefs
 
 
+def test_missing_eos_penalty_lowers_exactly_the_truncated_responses(base, prompts, tmp_path):
+    # the same seed samples the same responses; step 1 is scored before any update
+    plain = train(cfg(base, prompts, tmp_path / "a", max_steps=1, hp={"response_length": 3}))
+    fined = train(cfg(base, prompts, tmp_path / "b", max_steps=1, hp={"response_length": 3, "missing_eos_penalty": 1.0}))
+    a, b = plain.metrics[0], fined.metrics[0]
+    assert a["val/num_eos_tokens"] == b["val/num_eos_tokens"] < 8  # most of 3-token random responses lack EOS
+    assert b["objective/scores"] == pytest.approx(a["objective/scores"] - (8 - a["val/num_eos_tokens"]) / 8)
+
+
 def test_finished_run_is_skipped_and_a_changed_config_refused(base, prompts, tmp_path):
     first = train(cfg(base, prompts, tmp_path / "r", max_steps=1))
     again = train(cfg(base, prompts, tmp_path / "r", max_steps=1))

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,38 +33,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dpo_train_step  # the same tiny model builder and memory probe (this folder is on sys.path when run)
+
 CONTENDERS = ("ours", "trl")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _build(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Policy folder, reward-model folder (the same weights with a one-logit head) and the prompts file."""
+    """The DPO benchmark's tiny random Llama as policy, the same weights with a one-logit head as reward model,
+    and the prompts file."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from evalharness.data.movie_reviews import movie_review_prompts
-    from evalharness.models import resolve
-    src = resolve("smollm2").path
-    tok = AutoTokenizer.from_pretrained(src)
-    cfg = AutoConfig.from_pretrained(src)
-    cfg.update(dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                    num_key_value_heads=args.heads, head_dim=args.hidden // args.heads,
-                    intermediate_size=args.intermediate, tie_word_embeddings=True, dtype="float32"))
-    torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.save_pretrained(workdir / "policy")
-    tok.save_pretrained(workdir / "policy")
-    rm = AutoModelForSequenceClassification.from_pretrained(workdir / "policy", num_labels=1, dtype=torch.float32)
+    args.pairs = 1  # the DPO builder also writes a pairs file; PPO reads prompts
+    built = dpo_train_step._build(workdir, args)
+    tok = AutoTokenizer.from_pretrained(built["dir"])
+    rm = AutoModelForSequenceClassification.from_pretrained(built["dir"], num_labels=1, dtype=torch.float32)
     rm.config.pad_token_id = tok.pad_token_id
     rm.save_pretrained(workdir / "reward")
     tok.save_pretrained(workdir / "reward")
     prompts = workdir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in movie_review_prompts(args.prompts)))
-    return {"policy": str(workdir / "policy"), "reward": str(workdir / "reward"), "prompts": str(prompts),
-            "params": sum(p.numel() for p in model.parameters()), "vocab_size": cfg.vocab_size}
+    return {**built, "policy": built["dir"], "reward": str(workdir / "reward"), "prompts": str(prompts)}
 
 
 def _worker_ours(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -137,7 +126,7 @@ def _worker(args: argparse.Namespace) -> None:
     hf_logging.disable_progress_bar()
     out: dict[str, Any] = {"contender": args.worker, "loadavg_1m_start": os.getloadavg()[0]}
     (_worker_ours if args.worker == "ours" else _worker_trl)(args, out)
-    out.update(peak_rss_mb=_peak_rss_mb(), loadavg_1m_end=os.getloadavg()[0])
+    out.update(peak_rss_mb=dpo_train_step._peak_rss_mb(), loadavg_1m_end=os.getloadavg()[0])
     Path(args.worker_out).write_text(json.dumps(out, indent=2) + "\n")
 
 
