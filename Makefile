@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-fast test-vllm vllm-venv demo perf clean-venv
+.PHONY: install quickstart test test-fast test-long test-vllm vllm-venv demo perf clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The whole loop offline: DPO + SimPO, then SFT and every checkpoint through sentiment, KL and the three
+# LLM-judged benchmarks with the bundled model as a demo judge, in one run (README: measured time).
 demo: $(STAMP)
-	$(BIN)/evalharness run benchmarks/demo.yaml
+	$(BIN)/evalharness train benchmarks/demo_pipeline.yaml
+
+# Long end-to-end runs that CI does not run (README: their measured figures).
+test-long: $(STAMP)
+	$(BIN)/evalharness train benchmarks/demo_pipeline.yaml --results-dir /tmp/evalharness-test-long
+	$(BIN)/evalharness run benchmarks/demo.yaml --results-dir /tmp/evalharness-test-long
+	$(BIN)/evalharness quickstart --algorithms all --results-dir /tmp/evalharness-test-long
 
 # vLLM (CPU build) pins its own torch/transformers: it gets its own venv. It ships a torchvision that
 # breaks on a CPU torch, hence the uninstall. tests/test_vllm.py uses it when present.

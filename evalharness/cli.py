@@ -56,7 +56,8 @@ def eval_(
     judges: Annotated[str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")] = "sentiment,toxicity,kl",
     max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
     n: Annotated[int, typer.Option(help="samples per prompt")] = 1, seed: int = 0,
-    backend: str = "hf", batch_size: int = 16,
+    backend: Annotated[str, typer.Option(help="hf, vllm or fake (KL scores responses: not an openai endpoint)")] = "hf",
+    batch_size: Annotated[Optional[int], typer.Option(help="default: sized from a memory budget")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, or auto (bf16 where the hardware has it)")] = "float32",
     run_id: Annotated[Optional[str], typer.Option(help="name of the run folder (default: hash of the config)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
@@ -80,21 +81,18 @@ def eval_(
 
 @app.command()
 def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
+         results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
          json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Print a finished run's summary."""
-    from .records import Score
+    """Print a finished run's scores (runs written before schema 2 too)."""
     from .report import print_scores
-    from .store import find_run
-    path = find_run(run)
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        status = json.loads((path / "manifest.json").read_text()).get("status")
-        raise EvalHarnessError(f"run {path.name} has no summary yet (status: {status}); run it again to resume")
-    summary = json.loads(summary_path.read_text())
+    from .store import RunStore, find_run
+    store = RunStore(find_run(run, results_dir))
+    scores = store.scores()
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo((store.path / "summary.json").read_text())
     else:
-        print_scores([Score.from_dict(s) for s in summary["scores"]], title=f"{summary['task']} — run {path.name}")
+        summary = json.loads((store.path / "summary.json").read_text())
+        print_scores(scores, title=f"{summary.get('task', '')} — run {store.run_id}")
 
 
 @app.command()
@@ -104,14 +102,23 @@ def quickstart(
     seed: int = 0,
 ) -> None:
     """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot."""
-    from .compare import print_comparison
     from .quickstart import quickstart as run
     _quiet_libraries()
     res = run(algorithms=algorithms, seed=seed, results_dir=str(results_dir) if results_dir else None, log=_err)
-    print_comparison(res.table, res.verdict, title="quickstart: SmolLM2-135M-Instruct, sentiment control, held-out prompts")
-    for p in res.plots:
+    typer.echo("quickstart: SmolLM2-135M-Instruct, sentiment control, held-out prompts")
+    _print_sweep(res)
+
+
+
+def _print_sweep(res: object) -> None:
+    from .compare import render, verdict_line
+    if getattr(res, "comparison", None) is not None:
+        typer.echo(render(res.comparison))  # type: ignore[attr-defined]
+    if getattr(res, "verdict", None):
+        typer.echo(verdict_line(res.verdict))  # type: ignore[attr-defined]
+    for p in getattr(res, "plots", []):
         typer.echo(f"frontier plot: {p}")
-    typer.echo(f"results written to {res.path}")
+    typer.echo(f"results written to {res.path}")  # type: ignore[attr-defined]
 
 
 @app.command("train")
@@ -142,16 +149,12 @@ def train_(
     if spec is not None:
         if algorithm or base or data:
             raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
-        from .compare import print_comparison
         from .train.sweep import load_train_spec, run_sweep
         sweep, runs = load_train_spec(spec)
         _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
         res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)
-        if res.table:
-            print_comparison(res.table, res.verdict, title=f"{sweep.name}: held-out evaluation")
-        for p in res.plots:
-            typer.echo(f"frontier plot: {p}")
-        typer.echo(f"results written to {res.path}")
+        typer.echo(f"{sweep.name}: evaluation")
+        _print_sweep(res)
         return
     if not (algorithm and base and data):
         raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
@@ -233,16 +236,126 @@ def plot_frontier(
 def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
          results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
          json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False) -> None:
-    """Run a checkpoint through the benchmarks of a spec (AlpacaEval 2, Arena-Hard, MT-Bench)."""
+    """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run."""
     from .report import print_scores
     from .runner import run_spec
     _quiet_libraries()
-    path, scores = run_spec(spec, results_dir=results_dir, progress=not json_out, log=_err)
+    res = run_spec(spec, results_dir=results_dir, progress=not json_out, log=_err)
     if json_out:
-        typer.echo((path / "summary.json").read_text())
+        typer.echo((res.path / "summary.json").read_text())
     else:
-        print_scores(scores, title=f"{spec.name} — run {path.name}")
-        _err(f"results: {path}")
+        print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
+        _err(f"results: {res.path}")
+
+
+_RUNS = Annotated[list[str], typer.Argument(help="runs (id or folder: all their models), RUN:MODEL, or MODEL")]
+
+
+@app.command()
+def compare(
+    refs: _RUNS,
+    against: Annotated[Optional[str], typer.Option(help="the reference row: paired differences to it")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex, csv or json")] = "table",
+    metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC or METRIC (default: headline)")] = None,
+    allow_mixed: Annotated[bool, typer.Option(help="show incomparable scores in separate labelled columns")] = False,
+    rounds: Annotated[int, typer.Option(help="bootstrap rounds of refit metrics (Arena-Hard, AlpacaEval LC)")] = 1000,
+    seed: int = 0,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+) -> None:
+    """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
+    from .compare import build_table, render, resolve
+    table = build_table(resolve(refs, results_dir), against=against, allow_mixed=allow_mixed, rounds=rounds, seed=seed,
+                        metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
+    typer.echo(render(table, fmt), nl=False)
+
+
+@app.command()
+def regress(
+    baseline: Annotated[str, typer.Option(help="RUN:MODEL, MODEL, or a run with one model")],
+    candidate: Annotated[str, typer.Option(help="RUN:MODEL, MODEL, or a run with one model")],
+    metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC (default: all with a direction)")] = None,
+    margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
+    strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    rounds: int = 1000,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+) -> None:
+    """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).
+    Exit 0 when nothing fails, 1 when something does (or, with --strict, is inconclusive), 2 on bad input."""
+    from .compare import regress as gate
+    from .compare import resolve
+    pair = []
+    for what, ref in (("baseline", baseline), ("candidate", candidate)):
+        rows = resolve([ref], results_dir)
+        if len(rows) != 1:
+            raise EvalHarnessError(f"--{what} {ref!r} names {len(rows)} models; use RUN:MODEL")
+        pair.append(rows[0])
+    margins = {}
+    for item in margin or []:
+        key, sep, value = item.partition("=")
+        try:
+            margins[key.strip()] = float(value)
+        except ValueError:
+            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'") from None
+        if not sep:
+            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'")
+    rows = gate(pair[0], pair[1], metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+                margins=margins, rounds=rounds)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            if "delta" not in r:
+                typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
+                continue
+            extra = f" (MDE {r['mde']:.3g})" if r["verdict"] == "INCONCLUSIVE" else ""
+            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {r['delta']:+.4g} "
+                       f"[{r['delta_ci_low']:+.4g}, {r['delta_ci_high']:+.4g}], p(drop) Holm {r['p_holm']:.3g}, "
+                       f"n={r['n_paired']}{extra}")
+    verdicts = {r["verdict"] for r in rows}
+    raise typer.Exit(1 if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts) else 0)
+
+
+@app.command()
+def history(
+    model: Annotated[Optional[str], typer.Option(help="a model name; its lineage: it and checkpoints trained from it")] = None,
+    task: Optional[str] = None,
+    metric: Optional[str] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per task/metric")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+) -> None:
+    """Every indexed score of a lineage over training step and time; drops from the previous point tested."""
+    from .compare import history as query
+    from .compare import mark_drops, plot_history
+    points = query(model, task=task, metric=metric, results_dir=results_dir)
+    if not points:
+        raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for p in points:
+        series.setdefault((p["task"], p["metric"]), []).append(p)
+    for (t, m), pts in series.items():
+        hib = next((s.higher_is_better for s in _scores_of(pts[-1]) if s.task == t and s.metric == m), True)
+        mark_drops(pts, higher_is_better=hib)
+        if plot is not None:
+            out = plot if len(series) == 1 else plot.with_name(f"{plot.name}-{t}-{m}")
+            for f in plot_history(pts, out, title=f"{t}/{m}"):
+                _err(f"trend plot: {f}")
+    if json_out:
+        typer.echo(json.dumps(points, indent=2, default=str))
+        return
+    for (t, m), pts in series.items():
+        typer.echo(f"{t}/{m}")
+        for p in pts:
+            ci = f" [{p['ci_low']:.4g}, {p['ci_high']:.4g}]" if p["ci_low"] is not None else ""
+            mark = f"  DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
+            typer.echo(f"  {p['model']:32s} step {str(p['step'] if p['step'] is not None else '—'):>5s}  "
+                       f"{p['value'] if p['value'] is None else format(p['value'], '.4g'):>8}{ci}  {p['run']}{mark}")
+
+
+def _scores_of(point: dict) -> list:
+    from .store import RunStore
+    return RunStore(Path(point["path"])).scores()
 
 
 metrics_app = typer.Typer(no_args_is_help=True, help="Recompute official metrics from the official tools' files.")

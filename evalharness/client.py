@@ -75,7 +75,8 @@ def cache_key(provider: str, base_url: str, model_revision: str, request: ChatRe
     """SHA-256 over everything that changes a response: endpoint, model and revision, messages, decoding
     parameters, sample index, judge template version. Not the id, api key or concurrency."""
     fields = dataclasses.asdict(request)
-    del fields["id"]
+    for name in ("id", "choices", "choice_prefix"):  # label-space fields are for local judges: never sent
+        del fields[name]
     fields["stop"] = list(request.stop)
     for name in ("temperature", "top_p"):
         fields[name] = float(fields[name])  # 0 and 0.0 are the same decoding

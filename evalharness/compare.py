@@ -1,134 +1,576 @@
-"""Comparison tables across eval runs: each checkpoint against the SFT model on the same prompts.
+"""Comparison tables, paired differences and regression gates across runs and checkpoints.
 
-The difference to SFT is paired by prompt (both models answered the same held-out prompts), so its CI
-is the t-interval of per-prompt differences, tighter and more honest than comparing two marginal CIs.
-A checkpoint "beats SFT" only if that paired CI excludes 0 and its mean clears SFT's own 95% CI.
+Rows are models (a run's models, or one model of a run); columns are (task, metric) pairs whose
+scores are comparable (``store.comparable``: task version, judge, baseline, decoding agree). With a
+reference row (``against``), each cell gets the paired difference to it, computed item by item by
+the task's own ``paired`` function (``evalharness.paired``: paired t over prompts or questions, exact
+McNemar, paired bootstraps with the same draws for both models), a p-value and a Holm-adjusted
+p-value over every test in the table, and the minimum detectable effect beside what is not
+significant. Two marginal CIs are never compared.
 """
 
 from __future__ import annotations
 
+import csv
+import importlib
+import io
 import json
+import math
+import sqlite3
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .errors import EvalHarnessError, InputError
+from .paths import results_root
+from .records import KEY_FIELDS, Score
+from .stats import holm
+from .store import RunStore, comparable, find_run
+from .tasks.base import ModelRecords
 
-from .errors import EvalHarnessError
-from .records import Score
-from .stats import mean_ci
-from .store import find_run, read_jsonl
-
-
-def _per_prompt(run_dir: Path, model: str, judge_id: str) -> dict[str, float]:
-    """Per-prompt mean of a judge's ok verdicts (samples of one prompt are averaged first)."""
-    by: dict[str, list[float]] = defaultdict(list)
-    for v in read_jsonl(run_dir / "verdicts.jsonl"):
-        if v["model"] == model and v["judge_id"] == judge_id and v["status"] == "ok":
-            by[v["item_id"]].append(v["value"])
-    return {k: float(np.mean(v)) for k, v in by.items()}
-
-
-def paired_delta(a: tuple[Path, str], b: tuple[Path, str], judge_id: str) -> dict[str, Any]:
-    """mean(a - b) over prompts both answered, with SE and 95% CI; ``a``/``b`` are (run folder, model)."""
-    pa, pb = _per_prompt(*a, judge_id), _per_prompt(*b, judge_id)
-    common = sorted(set(pa) & set(pb))
-    if len(common) < 2:
-        return {"delta": None, "n_prompts": len(common)}
-    m, se, lo, hi = mean_ci([pa[k] - pb[k] for k in common])
-    return {"delta": m, "stderr": se, "ci_low": lo, "ci_high": hi, "n_prompts": len(common)}
+ALPHA = 0.05
+# Shown unless asked for (--metrics): secondary numbers of a task, there in `show` and --format json.
+SECONDARY = {"kl_k3", "discrete_win_rate", "turn1", "turn2", "avg_length"}
+LABELS = {("alpaca_eval", "length_controlled_winrate"): "AlpacaEval 2 LC %", ("alpaca_eval", "win_rate"): "AlpacaEval 2 WR %",
+          ("arena_hard", "score"): "Arena-Hard %", ("arena_hard", "score_style_controlled"): "Arena-Hard SC %",
+          ("mt_bench", "score"): "MT-Bench", ("kl", "kl"): "KL (nats)", ("kl", "kl_k3"): "KL k3 (nats)"}
+# Schema-1 eval runs named the task after the prompt file; their metrics name the task module.
+_V1_MODULES = {"sentiment": "sentiment", "toxicity": "toxicity", "kl": "kl", "kl_k3": "kl", "length": "sentiment"}
 
 
-def _checkpoint_info(model: str) -> dict[str, Any]:
-    path = Path(model) / "evalharness_manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+@dataclass
+class Entry:
+    """A row: one model of one finished run, with what its checkpoint manifest says about it."""
+
+    store: RunStore
+    model: str
+    scores: list[Score]
+    info: dict[str, Any]  # the checkpoint's evalharness_manifest.json ({} for a base or hub model)
+    label: str = ""
+
+    @property
+    def algorithm(self) -> str:
+        return str(self.info.get("algorithm") or ("sft" if self.model == "sft" else "—"))
+
+    @property
+    def step(self) -> int | None:
+        return self.info.get("step")
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        return dict((self.info.get("train_config") or {}).get("hparams") or self.info.get("hparams") or {})
 
 
-def comparison_table(runs: list[str | Path], *, base: str, reward_metric: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Rows (SFT first, then checkpoints by algorithm, run and step) and the verdict on the best checkpoint."""
-    entries = []
-    for run in runs:
-        path = find_run(str(run))
-        summary_path = path / "summary.json"
-        if not summary_path.is_file():
-            raise EvalHarnessError(f"eval run {path.name} has no summary (unfinished); run it again to resume")
-        scores = [Score.from_dict(s) for s in json.loads(summary_path.read_text())["scores"]]
-        for model in dict.fromkeys(s.model for s in scores):
-            got = {s.metric: s for s in scores if s.model == model}
-            if reward_metric not in got:
-                raise EvalHarnessError(f"run {path.name} has no '{reward_metric}' score for {model}")
-            entries.append((path, model, got))
-    base_entry = next((e for e in entries if e[1] == base), None)
-    rows = []
-    for path, model, got in entries:
-        info = _checkpoint_info(model)
-        r, kl, length = got[reward_metric], got.get("kl"), got.get("length")
-        row: dict[str, Any] = {
-            "model": model, "run": path.name, "algorithm": info.get("algorithm", "sft" if model == base else "?"),
-            "run_name": info.get("run_name"), "step": info.get("step"), "hparams": info.get("hparams", {}),
-            # what the run asked for (defaults left out), for the table's "setting" column
-            "setting": (info.get("train_config") or {}).get("hparams", info.get("hparams", {})),
-            "reward": r.value, "reward_ci": [r.ci_low, r.ci_high], "n": r.n, "n_skipped": r.n_skipped,
-            "reward_judge": f"{r.judge_id} {r.judge_version}",
-            "kl": kl.value if kl else None, "kl_ci": [kl.ci_low, kl.ci_high] if kl else None,
-            "length": length.value if length else None}
-        if base_entry is not None and model != base:
-            row["delta"] = paired_delta((path, model), (base_entry[0], base), r.judge_id)
-        rows.append(row)
-    from .train.algorithms import ALGORITHMS
-    order = {"sft": -1, **{a: i for i, a in enumerate(ALGORITHMS)}}
-    rows.sort(key=lambda x: (order.get(x["algorithm"], len(order)), x["run_name"] or "", x["step"] or 0))
-    trained = [x for x in rows if x["model"] != base and x["reward"] is not None]
-    verdict = None
-    if base_entry is not None and trained:
-        sft = next(x for x in rows if x["model"] == base)
-        best = max(trained, key=lambda x: x["reward"])
-        d = best.get("delta", {})
-        half = (sft["reward_ci"][1] - sft["reward_ci"][0]) / 2 if sft["reward_ci"][0] is not None else None
-        beats = bool(d.get("delta") is not None and d["ci_low"] > 0 and half is not None
-                     and best["reward"] - sft["reward"] > half)
-        verdict = {"best_model": best["model"], "best_run": best["run_name"], "best_step": best["step"],
-                   "best_reward": best["reward"], "sft_reward": sft["reward"], "sft_ci_halfwidth": half,
-                   "paired_delta": d, "beats_sft": beats, "metric": reward_metric}
-    return rows, verdict
+@dataclass
+class Column:
+    task: str
+    metric: str
+    key: tuple[Any, ...]
+    label: str
+    higher_is_better: bool | None
 
 
-def print_comparison(rows: list[dict[str, Any]], verdict: dict[str, Any] | None, title: str = "") -> None:
-    """A rich table like the SimPO paper's main table: one row per model, reward and KL with 95% CIs."""
+@dataclass
+class Cell:
+    score: Score
+    paired: Any = None  # evalharness.paired.PairedResult, delta = this row - the reference row
+    p_holm: float | None = None
+    error: str | None = None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm is not None and self.p_holm < ALPHA
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: list[Entry]
+    cells: dict[tuple[int, int], Cell]
+    against: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- rows
+def _checkpoint_info(entry: dict[str, Any]) -> dict[str, Any]:
+    for cand in dict.fromkeys(c for c in (entry.get("path"), entry.get("spec")) if c):
+        path = Path(cand) / "evalharness_manifest.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+    return {}
+
+
+def run_entries(store: RunStore, models: list[str] | None = None) -> list[Entry]:
+    """The rows of one finished run (all its models, or those named)."""
+    scores = store.scores()
+    infos = {m.get("name") or m.get("spec"): m for m in store.manifest().get("models", [])}
+    names = list(dict.fromkeys(s.model for s in scores))
+    if models is not None:
+        missing = [m for m in models if m not in names]
+        if missing:
+            raise EvalHarnessError(f"run {store.run_id} has no scores for {missing[0]!r}; its models: {', '.join(names)}")
+        names = models
+    return [Entry(store, m, [s for s in scores if s.model == m], _checkpoint_info(infos.get(m, {"spec": m})), m)
+            for m in names]
+
+
+def resolve(refs: list[str], results_dir: str | Path | None = None) -> list[Entry]:
+    """``RUN`` (every model of a run: id or folder), ``RUN:MODEL``, or ``MODEL`` (its newest finished run
+    in the results index). A model in several rows is labelled ``RUN:MODEL``."""
+    root = Path(results_dir) if results_dir else results_root()
+    out: list[Entry] = []
+    for ref in refs:
+        run, sep, model = ref.rpartition(":")
+        try:
+            store = RunStore(find_run(ref, root))
+            out += run_entries(store)
+            continue
+        except EvalHarnessError:
+            pass
+        if sep and run:
+            try:
+                out += run_entries(RunStore(find_run(run, root)), [model])
+                continue
+            except EvalHarnessError:
+                pass
+        found = _latest_run_of(ref, root)
+        if found is None:
+            raise EvalHarnessError(f"'{ref}' is neither a run (id or folder under {root}) nor a model with a "
+                                   "finished run in the results index")
+        out += run_entries(RunStore(found), [ref])
+    counts = defaultdict(int)
+    for e in out:
+        counts[e.model] += 1
+    for e in out:
+        e.label = f"{e.store.run_id}:{e.model}" if counts[e.model] > 1 else e.model
+    return out
+
+
+def _latest_run_of(model: str, root: Path) -> Path | None:
+    index = root / "index.sqlite"
+    if not index.is_file():
+        return None
+    with sqlite3.connect(index) as db:
+        row = db.execute("SELECT r.path FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE s.model = ? AND "
+                         "r.status = 'complete' ORDER BY r.finished_at DESC LIMIT 1", (model,)).fetchone()
+    return Path(row[0]) if row and (Path(row[0]) / "manifest.json").is_file() else None
+
+
+# ---------------------------------------------------------------- columns and paired cells
+def _module(entry: Entry, score: Score) -> tuple[Any, str]:
+    """The task module of a score, and the task name its verdicts carry."""
+    tasks = entry.store.manifest().get("tasks") or {}
+    if score.task in tasks:
+        return importlib.import_module(tasks[score.task]["module"]), score.task
+    if score.task in ("alpaca_eval", "arena_hard", "mt_bench"):
+        return importlib.import_module(f"evalharness.tasks.{score.task}"), score.task
+    module = _V1_MODULES.get(score.metric)
+    if module is None:
+        raise EvalHarnessError(f"no task module known for {score.task}/{score.metric} in run {entry.store.run_id}")
+    return importlib.import_module(f"evalharness.tasks.{module}"), "sentiment" if score.metric == "length" else module
+
+
+def _task_config(entry: Entry, task: str) -> dict[str, Any]:
+    tasks = (entry.store.manifest().get("config") or {}).get("tasks") or {}
+    return dict((tasks.get(task) or {}).get("config") or {})
+
+
+def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int = 1000, seed: int = 0) -> Any:
+    """The paired difference a - b on one column, by the task's own ``paired`` function."""
+    sa = next(s for s in a.scores if s.task == column.task and s.metric == column.metric)
+    module, task_a = _module(a, sa)
+    sb = next(s for s in b.scores if s.task == column.task and s.metric == column.metric)
+    _, task_b = _module(b, sb)
+    fn = getattr(module, "paired", None)
+    if fn is None:
+        raise EvalHarnessError(f"task {column.task} has no paired comparison")
+    return fn(column.metric, ModelRecords(a.store, a.model, task_a, _task_config(a, task_a)),
+              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), rounds=rounds, seed=seed)
+
+
+def _label(task: str, metric: str) -> str:
+    if (task, metric) in LABELS:
+        return LABELS[(task, metric)]
+    return metric if metric == task or metric == "length" else f"{task} {metric}"
+
+
+def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
+                allow_mixed: bool = False, rounds: int = 1000, seed: int = 0) -> Table:
+    """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
+    with ``against`` (a row's label or model), paired differences and Holm over the table's tests."""
+    if not entries:
+        raise EvalHarnessError("nothing to compare")
+    wanted = None if metrics is None else {tuple(m.split("/", 1)) if "/" in m else (None, m) for m in metrics}
+    groups: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
+    for i, e in enumerate(entries):
+        for s in e.scores:
+            if wanted is not None:
+                if (s.task, s.metric) not in wanted and (None, s.metric) not in wanted:
+                    continue
+            elif s.metric in SECONDARY:
+                continue
+            groups[(s.task, s.metric)].append((i, s))
+    if wanted is not None:
+        present = {(t, m) for t, m in groups} | {(None, m) for _, m in groups}
+        missing = [m for m in metrics or [] if (tuple(m.split("/", 1)) if "/" in m else (None, m)) not in present]
+        if missing:
+            raise InputError(f"no scores for {', '.join(missing)}", field="metrics")
+    if wanted is None:  # one length column is enough (every reward task reports its samples' length)
+        lengths = [k for k in groups if k[1] == "length"]
+        for k in lengths[1:]:
+            del groups[k]
+    columns: list[Column] = []
+    cells: dict[tuple[int, int], Cell] = {}
+    for (task, metric), items in groups.items():
+        by_key: dict[tuple[Any, ...], list[tuple[int, Score]]] = defaultdict(list)
+        for i, s in items:
+            by_key[s.key].append((i, s))
+        if len(by_key) > 1 and not allow_mixed:
+            (_, a), (_, b) = next(iter(by_key.values()))[0], list(by_key.values())[1][0]
+            raise EvalHarnessError(f"{task}/{metric}: scores of {entries[_first(by_key, 0)].label} and "
+                                   f"{entries[_first(by_key, 1)].label} are not comparable ({comparable(a, b)[1]}); "
+                                   "pass --allow-mixed to show them in separate, labelled columns")
+        keys = list(by_key)
+        for key, members in by_key.items():
+            label = _label(task, metric)
+            if len(keys) > 1:
+                diff = [f for j, f in enumerate(KEY_FIELDS) if len({k[j] for k in keys}) > 1]
+                label += " [" + ", ".join(f"{f}={_short(members[0][1], f)}" for f in diff) + "]"
+            columns.append(Column(task, metric, key, label, members[0][1].higher_is_better))
+            for i, s in members:
+                cells[(i, len(columns) - 1)] = Cell(s)
+    table = Table(columns, entries, cells)
+    if against is not None:
+        matches = [i for i, e in enumerate(entries) if against in (e.label, e.model)]
+        if len(matches) != 1:
+            raise EvalHarnessError(f"--against {against!r} names {len(matches)} rows; rows: "
+                                   f"{', '.join(e.label for e in entries)}")
+        table.against = ref = matches[0]
+        tested: list[Cell] = []
+        for j, col in enumerate(columns):
+            if (ref, j) not in cells:
+                continue
+            for i in range(len(entries)):
+                if i == ref or (i, j) not in cells:
+                    continue
+                cell = cells[(i, j)]
+                try:
+                    cell.paired = paired_cell(col, entries[i], entries[ref], rounds=rounds, seed=seed)
+                    tested.append(cell)
+                except (ValueError, EvalHarnessError, OSError) as e:
+                    cell.error = str(e)
+        for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
+            cell.p_holm = None if p is None or math.isnan(p) else p
+        table.notes.append(f"Δ: paired difference to {entries[ref].label} over shared items; * Holm-adjusted "
+                           f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
+                           "with 80% power")
+    return table
+
+
+def _first(by_key: dict[Any, list[tuple[int, Score]]], n: int) -> int:
+    return list(by_key.values())[n][0][0]
+
+
+def _short(score: Score, field_: str) -> str:
+    value = getattr(score, field_)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+# ---------------------------------------------------------------- rendering
+def _digits(col: Column) -> int:
+    if col.metric in ("length", "avg_length") or col.task == "kl":
+        return 1
+    if col.task in ("alpaca_eval", "arena_hard"):
+        return 1
+    if col.task == "mt_bench":
+        return 2
+    return 3
+
+
+def _num(x: float | None, d: int, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{d}f}" if sign else f"{x:.{d}f}"
+
+
+def cell_text(table: Table, i: int, j: int) -> tuple[str, str]:
+    """(value [CI], Δ [CI] p) of one cell."""
+    cell = table.cells.get((i, j))
+    if cell is None:
+        return "—", ""
+    d = _digits(table.columns[j])
+    s = cell.score
+    value = _num(s.value, d) + (f" [{_num(s.ci_low, d)}, {_num(s.ci_high, d)}]" if s.ci_low is not None
+                                and s.ci_high is not None and not math.isnan(s.ci_low) else "")
+    if cell.paired is None:
+        return value, (f"({cell.error})" if cell.error else "")
+    r = cell.paired
+    delta = f"{_num(r.delta, d, True)} [{_num(r.ci_low, d, True)}, {_num(r.ci_high, d, True)}] p={_p(r.p_value)}"
+    delta += "*" if cell.significant else f" (MDE {_num(r.mde, d)})"
+    if r.n_only_a or r.n_only_b:
+        delta += f" n={r.n_paired}, unpaired {r.n_only_a}+{r.n_only_b}"
+    return value, delta
+
+
+def _p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "—"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _head(e: Entry) -> list[str]:
+    return [e.label, e.algorithm, " ".join(f"{k}={v}" for k, v in e.setting.items()), "" if e.step is None else str(e.step)]
+
+
+def records(table: Table) -> list[dict[str, Any]]:
+    """One JSON record per (row, column): the ``--format json`` and ``csv`` content."""
+    out = []
+    for (i, j), cell in sorted(table.cells.items()):
+        e, col, s = table.rows[i], table.columns[j], cell.score
+        rec: dict[str, Any] = {"model": e.label, "run": e.store.run_id, "algorithm": e.algorithm, "step": e.step,
+                               "task": col.task, "metric": col.metric, "column": col.label, "value": s.value,
+                               "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n, "n_skipped": s.n_skipped}
+        if table.against is not None and i != table.against:
+            r = cell.paired
+            rec.update({"delta": r.delta if r else None, "delta_ci_low": r.ci_low if r else None,
+                        "delta_ci_high": r.ci_high if r else None, "p_value": r.p_value if r else None,
+                        "p_holm": cell.p_holm, "n_paired": r.n_paired if r else None, "mde": r.mde if r else None,
+                        "n_only_model": r.n_only_a if r else None, "n_only_against": r.n_only_b if r else None,
+                        "method": r.method if r else None, "error": cell.error})
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
+    return out
+
+
+def render(table: Table, fmt: str = "table") -> str:
+    """The SimPO-paper layout: a row per model, a column per (task, metric), value [95% CI] and Δ."""
+    if fmt == "json":
+        return json.dumps({"rows": records(table), "against": None if table.against is None else
+                           table.rows[table.against].label, "notes": table.notes}, indent=2)
+    if fmt == "csv":
+        recs = records(table)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in recs for k in r)))
+        writer.writeheader()
+        writer.writerows(recs)
+        return buf.getvalue()
+    head = ["model", "algorithm", "setting", "step"]
+    cols: list[str] = []
+    for c in table.columns:
+        arrow = {True: " ↑", False: " ↓"}.get(c.higher_is_better, "")
+        cols.append(c.label + arrow)
+        if table.against is not None:
+            cols.append(f"Δ {c.label}")
+    body = []
+    for i, e in enumerate(table.rows):
+        row = _head(e)
+        for j in range(len(table.columns)):
+            value, delta = cell_text(table, i, j)
+            row.append(value)
+            if table.against is not None:
+                row.append("(reference)" if i == table.against else delta)
+        body.append(row)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines + [""] + [f"_{n}_" for n in table.notes]) + "\n"
+    if fmt == "latex":
+        esc = lambda t: (t.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
+                         .replace("_", r"\_").replace("#", r"\#").replace("Δ", r"$\Delta$").replace("↑", r"$\uparrow$")
+                         .replace("↓", r"$\downarrow$").replace("—", "--"))
+        lines = [r"\begin{tabular}{" + "l" * len(head) + "r" * len(cols) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in head + cols) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(x) for x in r) + r" \\" for r in body]
+        lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {n}" for n in table.notes]
+        return "\n".join(lines) + "\n"
+    if fmt != "table":
+        raise InputError(f"unknown format '{fmt}'; table, markdown, latex, csv or json", field="format")
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Table as RichTable
+    t = RichTable(show_lines=False)
+    for h in head + cols:
+        t.add_column(h, justify="left" if h in head else "right", overflow="fold")
+    for r in body:
+        t.add_row(*r)
+    console = Console(record=True, width=max(160, 18 * len(head + cols)))
+    with console.capture() as cap:
+        console.print(t)
+        for n in table.notes:
+            console.print(n, soft_wrap=True)
+    return cap.get()
 
-    from .plot import display_name
 
-    def ci(v: float | None, lohi: list[float | None] | None, digits: int = 3) -> str:
-        if v is None:
-            return "—"
-        if not lohi or lohi[0] is None or lohi[0] != lohi[0]:
-            return f"{v:.{digits}f}"
-        return f"{v:.{digits}f} [{lohi[0]:.{digits}f}, {lohi[1]:.{digits}f}]"
+# ---------------------------------------------------------------- the best checkpoint, without a winner's curse
+def best_checkpoint(table: Table, metric: str, *, base: str = "sft") -> dict[str, Any] | None:
+    """The best trained row on ``metric`` against ``base``, corrected for having picked it among k.
 
-    metric = verdict["metric"] if verdict else "reward"
-    t = Table(title=title or None)
-    for col in ("method", "setting", "step", f"{metric} (95% CI)", "Δ vs SFT (paired 95% CI)", "KL nats (95% CI)", "length"):
-        t.add_column(col, justify="left" if col in ("method", "setting") else "right")
-    best = verdict["best_model"] if verdict else None
-    for x in rows:
-        d = x.get("delta") or {}
-        delta = ci(d.get("delta"), [d.get("ci_low"), d.get("ci_high")]) if d.get("delta") is not None else "—"
-        setting = " ".join(f"{k}={v}" for k, v in x.get("setting", x["hparams"]).items())
-        name = "SFT" if x["algorithm"] == "sft" else display_name(x["algorithm"])
-        t.add_row(("* " if x["model"] == best else "") + name, setting, str(x["step"] or "—"),
-                  ci(x["reward"], x["reward_ci"]), delta, ci(x["kl"], x["kl_ci"]),
-                  f"{x['length']:.1f}" if x["length"] is not None else "—")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=140)  # a log file or pipe: keep each row on one line
-    console.print(t)
-    if verdict:
-        d = verdict["paired_delta"]
-        word = "beats" if verdict["beats_sft"] else "does NOT clearly beat"
-        console.print(f"best checkpoint (*): {verdict['best_run']} step {verdict['best_step']}: {metric} "
-                      f"{verdict['best_reward']:.3f} vs SFT {verdict['sft_reward']:.3f} "
-                      f"(SFT 95% CI ±{verdict['sft_ci_halfwidth']:.3f}); paired Δ {d.get('delta', float('nan')):+.3f} "
-                      f"[{d.get('ci_low', float('nan')):+.3f}, {d.get('ci_high', float('nan')):+.3f}] over "
-                      f"{d.get('n_prompts')} prompts: {word} SFT", soft_wrap=True)
+    The best of k checkpoints is chosen on the same prompts its difference is measured on, so its
+    uncorrected test is biased toward "better". Its claim stands only if its paired p-value,
+    Holm-adjusted over the k checkpoints' tests (the table's own Holm is over every column), is below
+    0.05, and its mean clears the base's own 95% CI half-width.
+    """
+    j = next((j for j, c in enumerate(table.columns) if c.metric == metric), None)
+    if j is None or table.against is None:
+        return None
+    sign = -1.0 if table.columns[j].higher_is_better is False else 1.0
+    trained = [(i, table.cells[(i, j)]) for i in range(len(table.rows))
+               if i != table.against and (i, j) in table.cells and table.cells[(i, j)].paired is not None]
+    if not trained:
+        return None
+    ps = holm([c.paired.p_value for _, c in trained])
+    i, best = max(trained, key=lambda t: sign * (t[1].score.value if t[1].score.value is not None else -math.inf))
+    p_adj = ps[[t[0] for t in trained].index(i)]
+    ref = table.cells[(table.against, j)].score
+    half = (ref.ci_high - ref.ci_low) / 2 if ref.ci_low is not None and ref.ci_high is not None else math.nan
+    r = best.paired
+    beats = bool(sign * r.delta > 0 and p_adj is not None and p_adj < ALPHA and sign * r.delta > half)
+    e = table.rows[i]
+    return {"best_model": e.label, "best_run": e.info.get("run_name"), "best_step": e.step, "metric": metric,
+            "best_reward": best.score.value, "sft_reward": ref.value, "sft_ci_halfwidth": half,
+            "paired_delta": {"delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value,
+                             "n_prompts": r.n_paired},
+            "p_holm_over_checkpoints": p_adj, "k_checkpoints": len(trained), "beats_sft": beats,
+            "selection": f"best of {len(trained)} checkpoints on the evaluation prompts; its paired p-value "
+                         f"Holm-adjusted over the {len(trained)} checkpoint tests"}
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    d = v["paired_delta"]
+    word = "beats" if v["beats_sft"] else "does NOT clearly beat"
+    return (f"best checkpoint: {v['best_model']}: {v['metric']} {v['best_reward']:.3f} vs SFT {v['sft_reward']:.3f} "
+            f"(SFT 95% CI ±{v['sft_ci_halfwidth']:.3f}); paired Δ {d['delta']:+.3f} [{d['ci_low']:+.3f}, "
+            f"{d['ci_high']:+.3f}] over {d['n_prompts']} prompts, p = {_p(d['p_value'])}, Holm over "
+            f"{v['k_checkpoints']} checkpoints p = {_p(v['p_holm_over_checkpoints'])}: {word} SFT")
+
+
+# ---------------------------------------------------------------- regression gate
+def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = None,
+            margins: dict[str, float] | None = None, rounds: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
+    clears -margin), or INCONCLUSIVE (with the MDE). The change is oriented so that + is better."""
+    table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed)
+    margins = margins or {}
+    known = {f"{c.task}/{c.metric}" for c in table.columns} | {c.metric for c in table.columns}
+    for k in margins:
+        if k not in known:
+            raise InputError(f"--margin {k}: no such metric; metrics: {', '.join(sorted(known))}", field="margin")
+    rows, drops = [], []
+    for j, col in enumerate(table.columns):
+        if col.higher_is_better is None and metrics is None:
+            continue  # no direction (length): reported by compare, not gated
+        cell = table.cells.get((1, j))
+        if cell is None or cell.paired is None:
+            rows.append({"task": col.task, "metric": col.metric, "verdict": "INCONCLUSIVE",
+                         "reason": (cell.error if cell else "no score for the candidate") or "not paired"})
+            continue
+        r = cell.paired
+        sign = -1.0 if col.higher_is_better is False else 1.0
+        change, lo, hi = sign * r.delta, *sorted((sign * r.ci_low, sign * r.ci_high))
+        p_drop = r.p_value / 2 if change < 0 else 1 - r.p_value / 2  # one-sided: H0 "no drop"
+        rec = {"task": col.task, "metric": col.metric, "higher_is_better": col.higher_is_better, "delta": r.delta,
+               "delta_ci_low": r.ci_low, "delta_ci_high": r.ci_high, "p_value": r.p_value, "p_drop": p_drop,
+               "n_paired": r.n_paired, "mde": r.mde, "margin": margins.get(f"{col.task}/{col.metric}",
+                                                                          margins.get(col.metric, 0.0)),
+               "_change_ci": (lo, hi), "method": r.method}
+        rows.append(rec)
+        drops.append(rec)
+    for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
+        rec["p_holm"] = p
+        lo, _ = rec.pop("_change_ci")
+        if p is not None and p < ALPHA:
+            rec["verdict"] = "FAIL"
+        elif lo >= -rec["margin"]:
+            rec["verdict"] = "PASS"
+        else:
+            rec["verdict"] = "INCONCLUSIVE"
+    return rows
+
+
+# ---------------------------------------------------------------- history
+def history(model: str | None, *, task: str | None = None, metric: str | None = None,
+            results_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every indexed score of a lineage, oldest first: ``model`` itself across runs, and the checkpoints
+    trained from it (their manifests name it as base), with step and finish time."""
+    root = Path(results_dir) if results_dir else results_root()
+    index = root / "index.sqlite"
+    if not index.is_file():
+        raise EvalHarnessError(f"no results index at {index}: no finished run yet")
+    sql = ("SELECT s.run_id, s.task, s.metric, s.model, s.value, s.ci_low, s.ci_high, s.n, s.n_skipped, "
+           "s.finished_at, r.path, r.manifest FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE r.status = "
+           "'complete'")
+    args: list[Any] = []
+    if task:
+        sql += " AND s.task = ?"
+        args.append(task)
+    if metric:
+        sql += " AND s.metric = ?"
+        args.append(metric)
+    with sqlite3.connect(index) as db:
+        rows = db.execute(sql, args).fetchall()
+    out = []
+    for run_id, t, m, name, value, lo, hi, n, skipped, finished, path, manifest in rows:
+        entries = {e.get("name") or e.get("spec"): e for e in json.loads(manifest).get("models", [])}
+        info = _checkpoint_info(entries.get(name, {"spec": name}))
+        base = str(info.get("base_model") or "")
+        spec = str((entries.get(name) or {}).get("spec") or "")
+        if model is not None and model not in (name, spec, base, Path(base).name if base else ""):
+            continue
+        out.append({"run": run_id, "path": path, "task": t, "metric": m, "model": name, "step": info.get("step"),
+                    "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
+                    "run_name": info.get("run_name"), "value": value, "ci_low": lo, "ci_high": hi, "n": n,
+                    "n_skipped": skipped, "finished_at": finished})
+    out.sort(key=lambda r: (r["task"], r["metric"], r["run_name"] or "", r["step"] if r["step"] is not None else -1,
+                            r["finished_at"] or ""))
+    return out
+
+
+def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = True, rounds: int = 200) -> None:
+    """Mark each point that is a significant drop from the previous one (``drop``, ``drop_p``, ``paired``):
+    paired over shared items where both runs' records are there, else a z test on the two SEs."""
+    sign = -1.0 if higher_is_better is False else 1.0
+    for prev, cur in zip(points, points[1:]):
+        p, paired = math.nan, False
+        try:
+            a = run_entries(RunStore(Path(cur["path"])), [cur["model"]])[0]
+            b = run_entries(RunStore(Path(prev["path"])), [prev["model"]])[0]
+            col = Column(cur["task"], cur["metric"], (), "", higher_is_better)
+            r = paired_cell(col, a, b, rounds=rounds)
+            p, delta, paired = r.p_value, r.delta, True
+        except (EvalHarnessError, ValueError, OSError, StopIteration, KeyError):
+            delta = (cur["value"] or 0) - (prev["value"] or 0)
+            ses = [(x["ci_high"] - x["ci_low"]) / (2 * 1.96) for x in (prev, cur)
+                   if x["ci_low"] is not None and x["ci_high"] is not None]
+            if len(ses) == 2 and math.hypot(*ses) > 0:
+                from scipy.stats import norm
+                p = float(2 * norm.sf(abs(delta) / math.hypot(*ses)))
+        cur.update({"drop": bool(sign * delta < 0 and p == p and p < ALPHA), "drop_p": None if p != p else p,
+                    "paired": paired, "delta_prev": delta})
+
+
+def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -> list[Path]:
+    """A trend line with its 95% CI band; significant drops from the previous point marked in red."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .plot import save_figure
+    xs = [p["step"] if p["step"] is not None else k for k, p in enumerate(points)]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig = Figure(figsize=(7.5, 4.5), dpi=150, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ys = [p["value"] for p in points]
+        lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in points]
+        hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in points]
+        ax.fill_between(xs, lo, hi, alpha=0.2, color="#1f77b4", label="95% CI")
+        ax.plot(xs, ys, "o-", color="#1f77b4", label=title)
+        drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
+        if drops:
+            ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
+                       label="significant drop from the previous point")
+        ax.set_xlabel("training step" if all(p["step"] is not None for p in points) else "run (oldest first)")
+        ax.set_ylabel(title)
+        ax.legend(loc="best", fontsize=8)
+        return save_figure(fig, out)

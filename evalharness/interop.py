@@ -13,7 +13,7 @@ from typing import Any
 from . import provenance
 from .errors import InputError
 from .records import SCHEMA_VERSION, Score
-from .store import RunStore
+from .store import RunStore, write_json_atomic
 
 BENCHES = ("alpaca-eval", "arena-hard", "mt-bench")
 
@@ -47,8 +47,44 @@ def import_run(bench: str, path: str | Path, metrics: dict[str, Any], scores: li
     manifest = {"run_id": run_id, "kind": "import", "schema_version": SCHEMA_VERSION, "started_at": provenance.now(),
                 "config": {"bench": bench, "source": str(Path(path).resolve()), "sha256": digest},
                 **provenance.environment(), "models": [{"spec": s.model, "revision": None} for s in scores]}
+    task = bench.replace("-", "_")
+    manifest["tasks"] = {task: {"module": f"evalharness.tasks.{task}", "version": "imported"}}
     store = RunStore.open(run_id, manifest, Path(results_dir) if results_dir else None)
-    summary = {"run_id": run_id, "path": str(store.path), "task": bench, "metrics": metrics,
-               "scores": [s.to_dict() for s in scores]}
-    store.finish(scores, summary, provenance.now())
+    with store.recording_failure():
+        _store_records(store, bench, Path(path), metrics, scores)
+        summary = {"run_id": run_id, "path": str(store.path), "task": bench, "metrics": metrics,
+                   "scores": [s.to_dict() for s in scores]}
+        store.finish(scores, summary, provenance.now())
     return store.path
+
+
+def _store_records(store: RunStore, bench: str, path: Path, metrics: dict[str, Any], scores: list[Score]) -> None:
+    """The per-item records of an imported file, so `compare` and `regress` can pair imported models item by
+    item: AlpacaEval's annotations in the official layout, Arena-Hard's and MT-Bench's judgments as verdicts.
+    (A battles file holds no per-game judgments: its scores import, its pairs cannot.)"""
+    if store.verdicts() or (store.path / "alpaca_eval").exists():
+        return  # an import is idempotent
+    if bench == "alpaca-eval":
+        from .metrics import alpaca_eval as m
+        from .tasks.base import file_name
+        rows = m.load_annotations(path)
+        model = metrics["model"]
+        mine = [r for r in rows if r.get("generator_2", model) == model] or rows
+        write_json_atomic(store.path / "alpaca_eval" / file_name(model) / "annotations.json", mine)
+    elif bench == "mt-bench":
+        from .metrics import mt_bench as t
+        verdicts = t.load_judgments(path)
+        for v in verdicts:
+            v.task, v.model, v.key = "mt_bench", v.meta["model"], f"{v.meta['question_id']}:t{v.meta['turn']}"
+        store.add_verdicts(verdicts)
+    elif bench == "arena-hard" and (path.is_dir() or a_judgment_file(path)):
+        from .metrics import arena_hard as a
+        verdicts = a.load_judgments(path, baseline=metrics["baseline"])
+        for v in verdicts:
+            v.task, v.model, v.key = "arena_hard", v.meta["model"], f"{v.item_id}:g{v.meta['game']}"
+        store.add_verdicts(verdicts)
+
+
+def a_judgment_file(path: Path) -> bool:
+    from .metrics.arena_hard import _is_judgment_file
+    return _is_judgment_file(path)

@@ -36,7 +36,7 @@ def kl_verdicts(policy: Backend, reference: Backend, generations: list[Generatio
     reqs = [ScoreRequest(f"{g.id}#{g.sample_index}", list(g.prompt_ids or []), list(g.token_ids or []))
             for g in generations]
     lp_pol = policy.logprobs(reqs)
-    lp_ref = reference.logprobs(reqs) if reference is not policy else lp_pol
+    lp_ref = reference.logprobs(reqs)  # measured even when reference is policy: 0 is a result, not a short-cut
     out = []
     for g, p, r in zip(generations, lp_pol, lp_ref):
         if not (math.isfinite(p.logprob) and math.isfinite(r.logprob)):

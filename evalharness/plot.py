@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EvalHarnessError
-from .records import Score
-from .store import find_run
+from .records import KEY_FIELDS, Score
+from .store import RunStore, find_run
 
 KL_METRIC = "kl"
 NOT_REWARDS = ("kl", "kl_k3", "length")  # metrics an eval run writes beside the judges' rewards
@@ -28,7 +28,7 @@ UNKNOWN = "unknown"
 # Config fields that change what a number means: other prompts, decoding or response length (a sequence-sum
 # KL grows with length) make points from two runs incomparable even under one judge.
 COMPARABLE_CONFIG = ("prompts_hash", "temperature", "top_p", "max_new_tokens")
-_KEY_FIELDS = ("task", "task_version", "judge_id", "judge_version", "reference_model")
+_KEY_FIELDS = KEY_FIELDS
 
 # Fixed colours per algorithm (names as in train/algorithms.py), so one keeps its colour from plot to plot;
 # black is the SFT reference, grey a checkpoint that does not say what trained it.
@@ -67,20 +67,16 @@ def _load_run(run: str | Path, results_dir: Path | None) -> tuple[str, dict[str,
     path = find_run(str(run), results_dir)
     manifest = json.loads((path / "manifest.json").read_text())
     run_id = manifest.get("run_id", path.name)
-    if manifest.get("kind") != "eval":
+    if manifest.get("kind") not in ("eval", "run"):
         raise EvalHarnessError(f"run '{run_id}' ({path}) is a '{manifest.get('kind')}' run; the frontier needs "
-                               "eval runs (`evalharness eval` with the kl judge)")
-    summary = path / "summary.json"
-    if not summary.is_file():
-        raise EvalHarnessError(f"run '{run_id}' has no summary.json (status: {manifest.get('status')}); "
-                               "run the same command again to finish it")
-    scores = [Score.from_dict(d) for d in json.loads(summary.read_text()).get("scores", [])]
-    return run_id, manifest, scores
+                               "evaluation runs with a kl task (`evalharness eval` or `evalharness run`)")
+    return run_id, manifest, RunStore(path).scores()
 
 
 def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wanted: str | None) -> str:
-    present = sorted({s.metric for _, _, scores in runs for s in scores})
-    rewards = [m for m in present if m not in NOT_REWARDS]
+    present = sorted({s.metric for _, _, scores in runs for s in scores}
+                     | {f"{s.task}/{s.metric}" for _, _, scores in runs for s in scores})
+    rewards = [m for m in present if "/" not in m and m not in NOT_REWARDS]
     if wanted is not None:
         if wanted in NOT_REWARDS:
             raise EvalHarnessError(f"'{wanted}' is not a reward; reward metrics present: {', '.join(rewards) or 'none'}")
@@ -111,6 +107,8 @@ def _check_one_key(what: str, used: list[tuple[str, Score]]) -> tuple[str, ...] 
 
 
 def _check_comparable_configs(runs: list[tuple[str, dict[str, Any], list[Score]]]) -> None:
+    """Schema-1 scores carried no decoding and no prompt-set version: compare those runs' configs instead."""
+    runs = [r for r in runs if r[1].get("schema_version", 1) < 2]
     for name in COMPARABLE_CONFIG:
         values = {run_id: (m.get("config") or {}).get(name) for run_id, m, _ in runs}
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
@@ -180,10 +178,11 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
     skipped: list[str] = []
     higher_is_better = True
     for run_id, manifest, scores in loaded:
-        infos = {m.get("spec"): m for m in manifest.get("models", [])}
+        infos = {m.get("name") or m.get("spec"): m for m in manifest.get("models", [])}
         by_model: dict[str, dict[str, Score]] = defaultdict(dict)
-        for s in scores:
-            by_model[s.model][s.metric] = s
+        for s in scores:  # a metric by name, or task/metric where two tasks share a metric name (score)
+            by_model[s.model].setdefault(s.metric, s)
+            by_model[s.model][f"{s.task}/{s.metric}"] = s
         for spec, ms in by_model.items():
             rw, kl = ms.get(metric), ms.get(KL_METRIC)
             missing = [name for name, s in ((metric, rw), (KL_METRIC, kl)) if s is None or not _finite(s.value)]
@@ -192,7 +191,7 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
                 continue
             assert rw is not None and kl is not None and rw.value is not None and kl.value is not None
             info = infos.get(spec, {})
-            ref = kl.reference_model
+            ref = kl.baseline
             ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
             is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
             algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
@@ -207,17 +206,23 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
             points[spec], revisions[spec] = p, info.get("revision")
             used_reward.append((run_id, rw))
             used_kl.append((run_id, kl))
-            higher_is_better = rw.extra.get("higher_is_better", higher_is_better)
+            higher_is_better = rw.higher_is_better if rw.higher_is_better is not None else higher_is_better
     rkey = _check_one_key(f"reward '{metric}'", used_reward)
     kkey = _check_one_key("KL", used_kl)
     meta: dict[str, Any] = {
         "runs": [r for r, _, _ in loaded], "reward_metric": metric, "higher_is_better": bool(higher_is_better),
         "task": rkey[0] if rkey else None,
-        "reward_judge_id": rkey[2] if rkey else None, "reward_judge_version": rkey[3] if rkey else None,
-        "kl_judge_id": kkey[2] if kkey else None, "kl_judge_version": kkey[3] if kkey else None,
-        "reference_model": kkey[4] if kkey else None,
+        "reward_judge_id": rkey[3] if rkey else None,
+        "reward_judge_version": _desc(used_reward[0][1]) if used_reward else None,
+        "kl_judge_id": kkey[3] if kkey else None, "kl_judge_version": _desc(used_kl[0][1]) if used_kl else None,
+        "reference_model": kkey[5] if kkey else None,
         "skipped": len(skipped), "skipped_models": skipped}
     return list(points.values()), meta
+
+
+def _desc(score: Score) -> str:
+    """A judge's readable description (package, transform); schema-1 scores kept it in judge_version."""
+    return str(score.extra.get("judge_desc") or score.judge_version)
 
 
 def pareto_front(points: list[FrontierPoint], *, higher_is_better: bool = True) -> list[FrontierPoint]:
@@ -319,7 +324,6 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
 
     if not points:
         raise EvalHarnessError("no points to plot")
-    png, svg = _plot_paths(out)
     hib = bool(meta.get("higher_is_better", True))
     algorithms = sorted({p.algorithm for p in points}, key=_order)
     colours = _colours(algorithms)
@@ -358,20 +362,26 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
         fig.supxlabel(f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
                       f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
                       fontsize=5, color="#555555", x=0.005, ha="left")
-        png.parent.mkdir(parents=True, exist_ok=True)
-        tmps: list[str] = []
-        try:
-            for path, fmt in ((png, "png"), (svg, "svg")):
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-                tmps.append(tmp)
-                with os.fdopen(fd, "wb") as f:
-                    fig.savefig(f, format=fmt)
-            for tmp, path in zip(tmps, (png, svg)):
-                os.replace(tmp, path)
-        finally:
-            for tmp in tmps:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: Path | str) -> list[Path]:
+    """``out``.png and ``out``.svg, each written to a temporary sibling and renamed: never half-written."""
+    png, svg = _plot_paths(out)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmps: list[str] = []
+    try:
+        for path, fmt in ((png, "png"), (svg, "svg")):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format=fmt)
+        for tmp, path in zip(tmps, (png, svg)):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return [png, svg]
 
 

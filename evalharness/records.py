@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-SCHEMA_VERSION = 1
+# 2: one generation and one verdict row shape for every task (task, model, item, sample index);
+# Score.baseline and Score.decoding. Version-1 rows are upgraded on read (store.RunStore).
+SCHEMA_VERSION = 2
 
 Status = Literal["ok", "unparsed", "error"]
 T = TypeVar("T")
@@ -97,8 +99,37 @@ class SeqLogprobs(Record):
 
 
 @dataclass
+class GenRecord(Record):
+    """One stored generation, the same row shape for every task.
+
+    ``key`` is a hash of everything that determines the sample (model, rendered prompt, decoding,
+    request id, sample index), so two tasks that ask for the same sample share one row, and a
+    resumed run skips keys already present. ``status`` 'error' (an endpoint that failed after its
+    retries) is kept as a record, never judged, and generated again on the next run.
+    """
+
+    key: str
+    model: str
+    item_id: str
+    sample_index: int
+    text: str
+    status: Literal["ok", "error"] = "ok"
+    token_ids: list[int] | None = None
+    prompt_ids: list[int] | None = None
+    n_tokens: int = 0
+    finish_reason: str = "stop"
+    error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    model_id: str = ""
+
+
+@dataclass
 class Verdict(Record):
-    """One judgment. ``value`` is None unless ``status == 'ok'``: never a sentinel number."""
+    """One judgment. ``value`` is None unless ``status == 'ok'``: never a sentinel number.
+
+    Keyed by (task, model, key); ``key`` defaults to ``item_id#sample_index`` and a task may make it
+    finer (e.g. a hash of what the judge was shown, so a changed answer is judged anew).
+    """
 
     item_id: str
     judge_id: str
@@ -110,6 +141,9 @@ class Verdict(Record):
     sample_index: int = 0
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
+    model: str = ""
+    key: str = ""
 
     def __post_init__(self) -> None:
         if self.status == "ok":
@@ -117,11 +151,22 @@ class Verdict(Record):
                 raise ValueError(f"verdict {self.item_id}: status ok needs a numeric value")
         elif self.value is not None:
             raise ValueError(f"verdict {self.item_id}: status {self.status} must not carry a value")
+        if not self.key:
+            self.key = f"{self.item_id}#{self.sample_index}"
+
+
+KEY_FIELDS = ("task", "task_version", "metric", "judge_id", "judge_version", "baseline", "decoding")
 
 
 @dataclass
 class Score(Record):
-    """One metric of one model on one task, with its uncertainty and the keys that make it comparable."""
+    """One metric of one model on one task, with its uncertainty and the keys that make it comparable.
+
+    The comparability key (DESIGN): task and task version; ``judge_id``, who judged (classifier
+    package, judge model, the reference model for KL); ``judge_version``, a hash of template, parser
+    and judge decoding; ``baseline``, the model compared against where there is one; ``decoding``,
+    the policy's decoding. ``store.comparable`` decides whether two scores may share a column.
+    """
 
     task: str
     metric: str
@@ -136,10 +181,38 @@ class Score(Record):
     task_version: str = "1"
     judge_id: str = ""
     judge_version: str = ""
-    reference_model: str | None = None
+    baseline: str | None = None
+    decoding: dict[str, Any] | None = None
+    higher_is_better: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        # Schema 1 called the baseline reference_model and kept the direction in extra.
+        data = dict(data)
+        if "baseline" not in data and "reference_model" in data:
+            data["baseline"] = data.pop("reference_model")
+        if data.get("higher_is_better") is None and isinstance(data.get("extra"), dict):
+            data["higher_is_better"] = data["extra"].get("higher_is_better")
+        return super().from_dict(data)  # type: ignore[misc, no-any-return]
+
     @property
-    def key(self) -> tuple[str, str, str, str, str | None]:
-        """What must match for two scores to share a table column (DESIGN: comparable numbers)."""
-        return (self.task, self.task_version, self.judge_id, self.judge_version, self.reference_model)
+    def key(self) -> tuple[Any, ...]:
+        """What must match for two scores to share a table column (see ``store.comparable``)."""
+        return tuple(_hashable(getattr(self, f)) for f in KEY_FIELDS)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def content_hash(*parts: Any, length: int = 16) -> str:
+    """A short stable hash of JSON-serialisable parts: record keys, judge versions, run ids."""
+    import hashlib
+    import json
+    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -1,12 +1,18 @@
 """Run specs: plain YAML data, validated strictly (unknown keys are errors that name file, line, field).
 
-    name: alpaca-eval2
-    model: ./checkpoints/simpo        # the policy (any model ref)
-    backend: hf                       # hf | openai (backend_options: base_url, api_key_env) | fake
+    name: dpo-vs-simpo
+    models: [smollm2-135m-instruct, {name: dpo-24, ref: results/train/quickstart-sentiment/dpo-beta0.1-s0/checkpoint-24}]
+    # or  from_sweep: results/train/quickstart-sentiment   (its base, named sft, and every checkpoint)
+    # or  model: ./checkpoints/simpo  (one model; model_name: names it)
+    backend: hf                       # hf | vllm | openai (backend_options: base_url, api_key_env) | fake
+    reference: smollm2-135m-instruct  # for kl
     generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
     judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
     tasks:
+      sentiment: {prompts: ./sentiment/prompts_heldout.jsonl, generation: {max_new_tokens: 40, temperature: 1.0}}
+      kl: {prompts: ./sentiment/prompts_heldout.jsonl}
       alpaca_eval: {limit: null}      # keys are the task module's Config fields
+      helpfulness: {task: reward, judge: "hf:./my-reward-model", prompts: ./p.jsonl}   # task: picks the module
 
 Task paths written ``./x`` or ``../x`` are relative to the spec file.
 """
@@ -15,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -26,9 +31,6 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import InputError
 
-TASKS = ("alpaca_eval", "arena_hard", "mt_bench")
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,10 +39,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class GenerationSpec(_Strict):
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = pydantic.Field(1024, ge=1)
+    temperature: float = pydantic.Field(0.0, ge=0)
+    top_p: float = pydantic.Field(1.0, gt=0, le=1)
     seed: int = 0
+    n: int = pydantic.Field(1, ge=1)  # samples per prompt (classifier rewards, KL)
 
 
 class JudgeSpec(_Strict):
@@ -52,22 +55,31 @@ class JudgeSpec(_Strict):
     max_retries: int = 6
     timeout_s: float = 120.0
     prices: dict[str, tuple[float, float]] | None = None  # model -> USD per 1M (prompt, completion) tokens
+    cache: bool = True  # the response cache ($EVALHARNESS_CACHE/responses); failures are never cached
     demo: bool = False  # label every score as coming from a demo judge
     dtype: str = "float32"  # local judges
 
 
+class ModelEntry(_Strict):
+    name: str
+    ref: str
+
+
 class RunSpec(_Strict):
     name: str
-    model: str
-    model_name: str | None = None  # how the policy is named in tables and official-format files
-    backend: Literal["hf", "openai", "fake"] = "hf"
+    models: list[str | ModelEntry] | None = None
+    from_sweep: str | None = None  # a training sweep's folder (or its name under RESULTS/train)
+    model: str | None = None  # one model (the earlier spec form)
+    model_name: str | None = None  # how that one model is named in tables and official-format files
+    reference: str | None = None  # the SFT model, for kl
+    backend: Literal["hf", "vllm", "openai", "fake"] = "hf"
     backend_options: dict[str, Any] = {}
     generation: GenerationSpec = GenerationSpec()
     judge: JudgeSpec | None = None
-    tasks: dict[str, dict[str, Any]]
+    tasks: dict[str, dict[str, Any] | None]
 
     def identity(self) -> str:
-        """Hash of everything that changes a number (the run id suffix)."""
+        """Hash of the spec as written (the run id is a hash of what it resolves to; see runner.run)."""
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -122,30 +134,59 @@ def spec_path(spec_file: Path, value: str) -> str:
     return str((spec_file.parent / value).resolve()) if value.startswith(("./", "../")) else value
 
 
-def load_spec(path: str | Path) -> tuple[RunSpec, dict[str, Any]]:
-    """The validated spec and each task's Config object."""
+def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
+    """The validated spec and its tasks (``TaskSpec``s with each task module's Config object)."""
     path = Path(path)
     spec, lines = load_yaml_model(path, RunSpec)
+    where = lambda *loc: {"path": str(path), "line": _line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
-        raise InputError("an openai judge needs base_url", path=str(path), line=_line_of(lines, ("judge",)),
-                         field="judge.base_url")
-    configs = {}
-    for name, options in spec.tasks.items():
-        options = {k: spec_path(path, v) if isinstance(v, str) else v for k, v in (options or {}).items()}
-        where = dict(path=str(path), line=_line_of(lines, ("tasks", name)))
-        if name not in TASKS:
-            raise InputError(f"unknown task; known: {', '.join(TASKS)}", field=f"tasks.{name}", **where)
-        cls = importlib.import_module(f"evalharness.tasks.{name}").Config
+        raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
+    given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
+    if len(given) != 1:
+        raise InputError("give exactly one of models, from_sweep or model", **where(given[1] if len(given) > 1 else "name"))
+    for key in ("model", "reference", "from_sweep"):
+        if getattr(spec, key):
+            setattr(spec, key, spec_path(path, getattr(spec, key)))
+    if spec.models:
+        spec.models = [spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
+                       for m in spec.models]
+    return spec, parse_tasks(spec.tasks, path, lines, ("tasks",))
+
+
+def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict[tuple[Any, ...], int],
+                at: tuple[Any, ...]) -> list[Any]:
+    """``tasks:`` of a run spec or a sweep's ``eval:``: name -> options (the module's Config fields, plus
+    ``task:`` to pick the module when the name is not one, and ``generation:`` to override decoding)."""
+    from .tasks.base import GenerationSettings, TaskSpec, known_tasks, task_class
+    if not tasks:
+        raise InputError("list at least one task", path=str(path), line=_line_of(lines, at), field=".".join(at))
+    out = []
+    for name, options in tasks.items():
+        options = dict(options or {})
+        loc = at + (name,)
+        where = lambda *k: {"path": str(path), "line": _line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
+        module = options.pop("task", name)
+        if module not in known_tasks():
+            raise InputError(f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ())))
+        generation = None
+        if "generation" in options:
+            try:
+                g = GenerationSpec.model_validate(options.pop("generation") or {})
+            except pydantic.ValidationError as e:
+                err = e.errors()[0]
+                raise InputError(err["msg"], **where("generation", *err["loc"])) from e
+            generation = g.model_dump(exclude_unset=True)
+        cls = task_class(module).Config
         fields = {f.name for f in dataclasses.fields(cls)}
-        for key in options or {}:
+        options = {k: spec_path(path, v) if isinstance(v, str) else v for k, v in options.items()}
+        for key in options:
             if key not in fields:
-                raise InputError(f"unknown key; {name} takes: {', '.join(sorted(fields))}", path=str(path),
-                                 line=_line_of(lines, ("tasks", name, key)), field=f"tasks.{name}.{key}")
+                raise InputError(f"unknown key; {module} takes: {', '.join(sorted(fields | {'task', 'generation'}))}",
+                                 **where(key))
         try:
-            configs[name] = pydantic.TypeAdapter(cls).validate_python(options or {})
+            config = pydantic.TypeAdapter(cls).validate_python(options)
         except pydantic.ValidationError as e:
             err = e.errors()[0]
-            key = err["loc"][0] if err["loc"] else None
-            raise InputError(err["msg"], path=str(path), line=_line_of(lines, ("tasks", name) + ((key,) if key else ())),
-                             field=f"tasks.{name}" + (f".{key}" if key else "")) from e
-    return spec, configs
+            raise InputError(err["msg"], **where(*err["loc"][:1])) from e
+        out.append(TaskSpec(name, module, config, extra={"generation_overrides": generation}))
+    return out

@@ -23,7 +23,7 @@ from typing import Any
 from . import provenance
 from .errors import EvalHarnessError
 from .paths import results_root
-from .records import Score
+from .records import KEY_FIELDS, SCHEMA_VERSION, GenRecord, Score, Verdict
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -68,10 +68,16 @@ def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
 
 
 class RunStore:
-    """A run folder. ``open`` creates it or resumes it when the config matches."""
+    """A run folder. ``open`` creates it or resumes it when the config matches.
+
+    It takes and gives typed records (``GenRecord``, ``Verdict``); rows are read from disk once and
+    kept in memory as they are appended, so the run loop asks it freely.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._lock: Any = None
 
     @property
     def run_id(self) -> str:
@@ -79,19 +85,40 @@ class RunStore:
 
     @classmethod
     def open(cls, run_id: str, manifest: dict[str, Any], root: Path | None = None) -> RunStore:
+        check_name(run_id, "run id")
         store = cls((root or results_root()) / run_id)
+        store.path.mkdir(parents=True, exist_ok=True)
+        store._acquire()
         mpath = store.path / "manifest.json"
         if mpath.is_file():
             old = json.loads(mpath.read_text())
-            if old.get("config") != manifest.get("config"):
+            # The stored config went through JSON (tuples became lists): compare it so.
+            if old.get("config") != json.loads(json.dumps(manifest.get("config"), default=str)):
+                store._release()
                 raise EvalHarnessError(f"run '{run_id}' already exists in {store.path} with another config; "
                                        "pick another --run-id")
             manifest = {**manifest, "started_at": old.get("started_at"), "resumed": old.get("resumed", 0) + 1}
             for name in ("generations", "verdicts"):
                 read_jsonl(store.path / f"{name}.jsonl", repair=True)
-        store.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(mpath, {**manifest, "status": "running"})
+        write_json_atomic(mpath, {**manifest, "status": "running", "pid": os.getpid()})
         return store
+
+    def _acquire(self) -> None:
+        """One writer per run folder: jobs launched side by side (a SLURM array) may share a results root,
+        but two processes appending to one run would interleave records."""
+        import fcntl
+        self._lock = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise EvalHarnessError(f"run '{self.run_id}' is being written by another process ({self.path})") from None
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.path / "manifest.json").read_text())
@@ -108,6 +135,7 @@ class RunStore:
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             self.update_manifest(status=status, error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
+            self._release()
             raise
 
     def append(self, name: str, rows: list[dict[str, Any]]) -> None:
@@ -117,15 +145,95 @@ class RunStore:
             f.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
+        if name in self._rows:
+            self._rows[name] += [json.loads(json.dumps(r, default=str)) for r in rows]
 
     def read(self, name: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.path / f"{name}.jsonl")
+        if name not in self._rows:
+            self._rows[name] = read_jsonl(self.path / f"{name}.jsonl")
+        return self._rows[name]
+
+    # -- typed records ------------------------------------------------------------------------
+    def add_generations(self, records: list[GenRecord]) -> None:
+        self.append("generations", [r.to_dict() for r in records])
+
+    def generations(self, model: str | None = None) -> list[GenRecord]:
+        """Stored generations (of ``model``), in file order; rows of schema 1 have no key and are not returned."""
+        return [GenRecord.from_dict(r) for r in self.read("generations")
+                if "key" in r and "item_id" in r and (model is None or r.get("model") == model)]
+
+    def add_verdicts(self, verdicts: list[Verdict]) -> None:
+        self.append("verdicts", [v.to_dict() for v in verdicts])
+
+    def verdicts(self, task: str | None = None, model: str | None = None) -> list[Verdict]:
+        """Stored verdicts, upgraded from schema 1 where needed; a later row for one key replaces an earlier one
+        (a failed judgment retried on resume)."""
+        manifest = self.manifest() if (self.path / "manifest.json").is_file() else {}
+        latest: dict[tuple[str, str, str], Verdict] = {}
+        for row in self.read("verdicts"):
+            v = _verdict_from_row(row, manifest)
+            if (task is None or v.task == task) and (model is None or v.model == model):
+                latest[(v.task, v.model, v.key)] = v
+        return list(latest.values())
 
     def finish(self, scores: list[Score], summary: dict[str, Any], finished_at: str) -> None:
         write_jsonl_atomic(self.path / "scores.jsonl", (s.to_dict() for s in scores))
         write_json_atomic(self.path / "summary.json", summary)
         self.update_manifest(status="complete", finished_at=finished_at)
         index_run(self.path.parent, self.manifest(), scores)
+        self._release()
+
+    def scores(self) -> list[Score]:
+        """The finished run's scores (``summary.json``; also readable for runs of schema 1)."""
+        path = self.path / "summary.json"
+        if not path.is_file():
+            status = self.manifest().get("status") if (self.path / "manifest.json").is_file() else "unknown"
+            raise EvalHarnessError(f"run {self.run_id} has no summary yet (status: {status}); "
+                                   "run the same command again to resume it")
+        return [Score.from_dict(s) for s in json.loads(path.read_text()).get("scores", [])]
+
+
+# Schema-1 eval runs named no task on their verdicts; their judge ids name it.
+_V1_EVAL_TASKS = {"vader": "sentiment", "alt-profanity-check": "toxicity", "kl": "kl"}
+
+
+def _verdict_from_row(row: dict[str, Any], manifest: dict[str, Any]) -> Verdict:
+    """A Verdict from a stored row; schema-1 rows (``evaluate.py``'s and the benchmark tasks' ad-hoc dicts)
+    are mapped onto the one shape, so runs written before schema 2 stay readable by compare and plots."""
+    if "task" in row and "model" in row and "item_id" in row:
+        return Verdict.from_dict(row)
+    row = dict(row)
+    models = manifest.get("models") or [{}]
+    config = manifest.get("config") or {}
+    if "task" not in row:  # an `eval` run
+        judge = str(row.get("judge_id", ""))
+        row["task"] = _V1_EVAL_TASKS.get(judge, "reward" if judge.startswith("hf-classifier:") else judge)
+    row.setdefault("model", config.get("model_name") or config.get("model") or models[0].get("spec", ""))
+    if "item_id" not in row:  # MT-Bench rows: question and turn
+        row["item_id"] = f"{row.get('question_id')}:{row.get('turn')}"
+    if row.get("judge_version") is None:
+        row["judge_version"] = str(row.get("judge_prompt", ""))
+    row.setdefault("judge_id", "")
+    value = row.get("value") if row.get("status") == "ok" else None
+    return Verdict.from_dict({**row, "value": value, "key": row.get("key", "")})
+
+
+def comparable(a: Score, b: Score) -> tuple[bool, str]:
+    """Whether two scores may share a table column, and if not, why (DESIGN: the comparability key).
+
+    They must agree on task, task version, metric, judge id, judge version, baseline and the policy's
+    decoding; the reason names every field that differs, with both values.
+    """
+    diffs = [f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in KEY_FIELDS if a.key[KEY_FIELDS.index(f)] != b.key[KEY_FIELDS.index(f)]]
+    return (not diffs, "; ".join(diffs))
+
+
+def check_name(name: str, what: str) -> str:
+    """A run id or model name that becomes a path component: never ``..``, a separator or absolute."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~") or "\x00" in name:
+        raise EvalHarnessError(f"{what} '{name}' cannot be a folder name inside the results root "
+                               "(no '/', '..', absolute paths or empty names)")
+    return name
 
 
 def find_run(run: str, root: Path | None = None) -> Path:
@@ -148,9 +256,16 @@ CREATE TABLE IF NOT EXISTS scores (run_id TEXT, task TEXT, task_version TEXT, me
 
 
 def index_run(root: Path, manifest: dict[str, Any], scores: list[Score]) -> None:
-    """Upsert a finished run and its scores into ``root/index.sqlite``."""
-    with sqlite3.connect(root / "index.sqlite", timeout=30) as db:
+    """Upsert a finished run and its scores into ``root/index.sqlite`` in one transaction.
+
+    Many evaluation jobs may finish at once on one results root (a SLURM array on a shared
+    filesystem): SQLite serialises writers, ``BEGIN IMMEDIATE`` takes the write lock before reading,
+    and a busy database is waited for (timeout), so no run is lost.
+    """
+    db = sqlite3.connect(root / "index.sqlite", timeout=120, isolation_level=None)
+    try:
         db.executescript(_SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
         rid = manifest["run_id"]
         git = manifest.get("git") or {}
         db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
@@ -158,8 +273,15 @@ def index_run(root: Path, manifest: dict[str, Any], scores: list[Score]) -> None
                     manifest.get("finished_at"), git.get("commit"), int(bool(git.get("dirty"))),
                     json.dumps(manifest, default=str)))
         db.execute("DELETE FROM scores WHERE run_id = ?", (rid,))
-        revisions = {m["spec"]: m["revision"] for m in manifest.get("models", [])}
+        revisions = {m.get("name") or m.get("spec"): m.get("revision") for m in manifest.get("models", [])}
         db.executemany("INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
             (rid, s.task, s.task_version, s.metric, s.model, revisions.get(s.model), s.value, s.stderr,
-             s.ci_low, s.ci_high, s.n, s.n_skipped, s.judge_id, s.judge_version, s.reference_model,
+             s.ci_low, s.ci_high, s.n, s.n_skipped, s.judge_id, s.judge_version, s.baseline,
              manifest.get("finished_at")) for s in scores])
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    finally:
+        db.close()

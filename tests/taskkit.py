@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark-task tests: a recording fake policy and a task context."""
+"""Shared pieces of the task tests: a recording fake policy, and one task through the real run loop."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from evalharness.backends.fake import FakeBackend
-from evalharness.records import GenRequest, Generation
+from evalharness.records import GenRequest, Generation, Score
+from evalharness.runner import ModelSpec, RunPlan, run
 from evalharness.store import RunStore
-from evalharness.tasks.base import GenerationSettings, TaskContext
+from evalharness.tasks.base import GenerationSettings, TaskSpec
 
 POLICY = "fake-policy"
 
@@ -16,8 +17,8 @@ POLICY = "fake-policy"
 class RecordingBackend(FakeBackend):
     """The fake policy, remembering every request it was asked to complete."""
 
-    def __init__(self) -> None:
-        super().__init__(POLICY)
+    def __init__(self, name: str = POLICY) -> None:
+        super().__init__(name)
         self.requests: list[GenRequest] = []
 
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
@@ -25,7 +26,12 @@ class RecordingBackend(FakeBackend):
         return super().generate(requests)
 
 
-def make_context(tmp_path: Path, policy: Any, judge: Any, judge_name: str, **generation: Any) -> TaskContext:
-    store = RunStore.open("run", {"run_id": "run", "config": {"test": True}}, root=tmp_path)
-    return TaskContext(policy=policy, policy_name=POLICY, judge=judge, judge_name=judge_name, store=store,
-                       generation=GenerationSettings(**generation), progress=False)
+def run_task(tmp_path: Path, module: str, cfg: Any, policy: Any, judge: Any, judge_name: str = "judge",
+             **generation: Any) -> tuple[list[Score], RunStore]:
+    """``cfg`` of task ``module`` over one model (``policy``, named POLICY) with ``judge``, through
+    ``evalharness.runner.run`` into ``tmp_path/results``; the same arguments resume the same run."""
+    plan = RunPlan(name="t", models=[ModelSpec(POLICY, POLICY)], tasks=[TaskSpec(module, module, cfg)], backend="fake",
+                   backends={POLICY: policy}, chat_judge=(judge, judge_name) if judge is not None else None,
+                   generation=GenerationSettings(**generation), results_dir=tmp_path / "results", progress=False)
+    res = run(plan)
+    return res.scores, RunStore(res.path)

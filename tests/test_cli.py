@@ -31,11 +31,15 @@ def test_eval_json_then_show(tmp_path):
     metrics = {(s["model"], s["metric"]) for s in summary["scores"]}
     assert {("a", "sentiment"), ("b", "toxicity"), ("a", "kl"), ("b", "kl_k3"), ("a", "length")} <= metrics
     kl_a = next(s for s in summary["scores"] if s["model"] == "a" and s["metric"] == "kl")
-    assert kl_a["value"] == 0.0 and kl_a["n"] == 6 and kl_a["reference_model"] == "a"
+    assert kl_a["value"] == 0.0 and kl_a["n"] == 6 and kl_a["baseline"] == "a" and kl_a["judge_id"] == "kl:a"
     shown = _run("show", summary["run_id"], "--json", cwd=tmp_path)
     assert shown.returncode == 0 and json.loads(shown.stdout) == summary
     table = _run("show", summary["run_id"], cwd=tmp_path)
     assert "sentiment" in table.stdout and "95% CI" in table.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shown = _run("show", summary["run_id"], "--results-dir", str(tmp_path / "results"), "--json", cwd=elsewhere)
+    assert shown.returncode == 0 and json.loads(shown.stdout) == summary
 
 
 def test_generate_writes_jsonl(tmp_path, tiny_model):

@@ -14,9 +14,13 @@ from evalharness.records import GenRequest, SamplingParams, ScoreRequest
 from tiny import build_model
 
 
-def test_identical_models_give_zero(tiny_model):
+def test_identical_models_give_zero(tiny_model, tmp_path):
+    import shutil
+    copy = tmp_path / "reference"
+    shutil.copytree(tiny_model, copy)
     pol = HFBackend(str(tiny_model))
-    ref = HFBackend(str(tiny_model))  # the same checkpoint loaded as a separate reference
+    ref = HFBackend(str(copy))  # the same weights, loaded separately: 0 is measured, not a short-cut
+    assert ref.model is not pol.model and ref.model_id != pol.model_id
     gens = pol.generate([GenRequest("x", messages=[{"role": "user", "content": "the movie"}],
                                     params=SamplingParams(1.0, 1.0, 10, (), 8, 0))])
     vs = kl_verdicts(pol, ref, gens)

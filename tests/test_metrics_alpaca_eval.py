@@ -19,6 +19,7 @@ import sklearn
 
 from evalharness.errors import EvalHarnessError, InputError
 from evalharness.metrics import alpaca_eval as ae
+from evalharness.testing.lc_support import write_synthetic_lc_support
 
 MODELS = ["FuseChat-Llama-3.1-8B-Instruct", "NullModel", "OpenHermes-2.5-Mistral-7B", "alpaca-7b",
           "claude-2.1", "gpt-3.5-turbo-1106", "gpt4_1106_preview"]
@@ -59,20 +60,7 @@ def official_lc_inputs(official: types.SimpleNamespace, support_dir: Path) -> An
 @pytest.fixture(scope="module")
 def support_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic df_gamed.csv / instruction_difficulty.csv shaped like the HF dataset's (no network here)."""
-    rng, n = np.random.default_rng(0), 805
-    difficulty = rng.normal(0, 1, n)
-    frames = []
-    for model, shift in [("gpt4_1106_preview_verbose", -1.0), ("gpt4_1106_preview_concise", 1.0)]:
-        std_delta_len = rng.normal(shift, 1, n)
-        p = 1 / (1 + np.exp(1.5 * np.tanh(std_delta_len) - 0.8 * difficulty - 0.2))
-        frames.append(pd.DataFrame({"model": model, "index": np.arange(n),
-                                    "preference": np.clip(p + rng.normal(0, 0.1, n), 0, 1),
-                                    "std_delta_len": std_delta_len, "instruction_difficulty": difficulty,
-                                    "not_gamed_baseline": False}))
-    path = tmp_path_factory.mktemp("lc_support")
-    pd.concat(frames).to_csv(path / "df_gamed.csv", index=False)
-    pd.Series(difficulty, name="instruction_difficulty").to_csv(path / "instruction_difficulty.csv")
-    return path
+    return write_synthetic_lc_support(tmp_path_factory.mktemp("lc_support"))
 
 
 # ------------------------------------------------------------------ official leaderboard
@@ -100,7 +88,8 @@ def test_scores_carry_keys_and_counts(benchdata: Path) -> None:
     wr = scores["win_rate"]
     assert wr.value == pytest.approx(15.733506736409938, abs=1e-6) and wr.stderr == pytest.approx(1.120315865445773)
     assert (wr.n, wr.n_skipped, wr.extra["n_wins"], wr.extra["n_draws"]) == (805, 0, 115, 2)
-    assert wr.key == ("alpaca_eval", "2", ae.ANNOTATOR, ae.JUDGE_MODEL, "gpt4_1106_preview")
+    assert (wr.task, wr.task_version, wr.judge_id, wr.judge_version, wr.baseline) == \
+        ("alpaca_eval", "2", ae.ANNOTATOR, ae.JUDGE_MODEL, "gpt4_1106_preview")
 
 
 # ------------------------------------------------------------------ parse failures and input errors

@@ -58,7 +58,7 @@ def test_official_scores_reproduced_from_battles(battles_path: Path, benchdata: 
     json.dumps(m, allow_nan=False)  # what `evalharness metrics arena-hard FILE --json` prints
     assert "23.34  (21.21, 24.70)  games 1000  unparsed 0" in ah.format_report(m)
     scores = ah.to_scores(m)
-    assert all(isinstance(s, Score) and s.reference_model == "gpt-4-0314" for s in scores)
+    assert all(isinstance(s, Score) and s.baseline == "gpt-4-0314" for s in scores)
     assert {s.model: round(s.value, 2) for s in scores} == {"gpt-3.5-turbo-0125": 23.34, "gpt-4-0613": 37.90}
 
 

@@ -35,9 +35,9 @@ def model_scores(spec: str, reward: float | None, kl: float | None, *, task: str
     def s(metric: str, value: float | None, half: float, judge: tuple[str, str], ref: str | None = None,
           hib: bool = True) -> Score:
         if value is None:
-            return Score(task, metric, spec, None, 0, 64, judge_id=judge[0], judge_version=judge[1], reference_model=ref)
+            return Score(task, metric, spec, None, 0, 64, judge_id=judge[0], judge_version=judge[1], baseline=ref)
         return Score(task, metric, spec, value, 64, 0, half / 2, value - half, value + half * 1.5, judge_id=judge[0],
-                     judge_version=judge[1], reference_model=ref, extra={"n_prompts": 64, "higher_is_better": hib})
+                     judge_version=judge[1], baseline=ref, extra={"n_prompts": 64, "higher_is_better": hib})
     out = [s("sentiment", reward, 0.03, VADER)]
     if toxicity:
         out.append(s("toxicity", 0.1, 0.01, ("alt-profanity-check", "alt-profanity-check==1.5;p(offensive)"), hib=False))

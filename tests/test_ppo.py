@@ -308,7 +308,8 @@ eval: {{prompts: ./held.jsonl, judges: [sentiment, kl], max_new_tokens: 6}}
     data = {r.name: json.loads((t.output_dir / "train_manifest.json").read_text())["data"] for r, t in res.runs}
     assert data["dpo-beta0.1-s0"]["source"].endswith("pairs.jsonl")
     assert all(d["source"] == str(prompts) and d["kind"] == "prompts" for n, d in data.items() if n.startswith("ppo"))
-    assert sorted(r["algorithm"] for r in res.table) == ["dpo", "ppo", "ppo", "sft"] and res.plots
+    rows = [r for r in res.table if r["metric"] == "sentiment"]
+    assert sorted(r["algorithm"] for r in rows) == ["dpo", "ppo", "ppo", "sft"] and res.plots
 
     only = tmp_path / "only.yaml"  # a PPO-only sweep needs prompts, not pairs
     only.write_text(spec_path.read_text().replace("  dpo: {beta: 0.1}\n", "").replace(

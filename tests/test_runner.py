@@ -23,7 +23,7 @@ name: fake-run
 model: policy-x
 backend: fake
 generation: {{max_new_tokens: 32}}
-judge: {{type: openai, model: judge-x, base_url: "{url}", max_retries: 1, concurrency: 4}}
+judge: {{type: openai, model: judge-x, base_url: "{url}", max_retries: 1, concurrency: 4, cache: false}}
 tasks:
   mt_bench:
     questions: {demo}/mt_bench/questions.jsonl

@@ -30,9 +30,10 @@ def _load(tmp_path, text):
 
 
 def test_valid_spec(tmp_path):
-    _, (spec, configs) = _load(tmp_path, GOOD)
+    _, (spec, tasks) = _load(tmp_path, GOOD)
     assert spec.generation.max_new_tokens == 64 and spec.judge.api_key_env == "OPENAI_API_KEY"
-    assert configs["mt_bench"].limit == 4
+    [mt] = tasks
+    assert (mt.name, mt.module, mt.config.limit) == ("mt_bench", "mt_bench", 4)
     assert spec.identity() != load_spec(tmp_path / "spec.yaml")[0].model_copy(update={"model": "x"}).identity()
 
 
@@ -47,6 +48,43 @@ def test_valid_spec(tmp_path):
 def test_errors_name_line_and_field(tmp_path, old, new, line, field):
     p = tmp_path / "spec.yaml"
     p.write_text(GOOD.replace(old, new))
+    with pytest.raises(InputError) as e:
+        load_spec(p)
+    assert (e.value.path, e.value.line, e.value.field) == (str(p), line, field), str(e.value)
+
+
+MANY = """\
+name: many
+models: [smollm2-135m-instruct, {name: dpo, ref: ./ckpt}]
+reference: smollm2-135m-instruct
+generation: {max_new_tokens: 64, n: 2}
+tasks:
+  sentiment: {prompts: ./p.jsonl, generation: {temperature: 1.0, max_new_tokens: 40}}
+  kl: {prompts: ./p.jsonl}
+  helpful: {task: reward, judge: toxicity, prompts: ./p.jsonl}
+"""
+
+
+def test_many_models_tasks_and_overrides(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "x"}\n')
+    _, (spec, tasks) = _load(tmp_path, MANY)
+    assert spec.models[0] == "smollm2-135m-instruct" and spec.models[1].ref == str(tmp_path / "ckpt")
+    by = {t.name: t for t in tasks}
+    assert [t.module for t in tasks] == ["sentiment", "kl", "reward"] and by["helpful"].config.judge == "toxicity"
+    assert by["sentiment"].config.prompts == str(tmp_path / "p.jsonl")
+    assert by["sentiment"].extra["generation_overrides"] == {"temperature": 1.0, "max_new_tokens": 40}
+
+
+@pytest.mark.parametrize("old,new,line,field", [
+    ("models: [smollm2-135m-instruct, {name: dpo, ref: ./ckpt}]\n", "", 1, "name"),  # no model at all
+    ("{task: reward, judge", "{task: rewardz, judge", 8, "tasks.helpful.task"),
+    ("temperature: 1.0, max", "temperatur: 1.0, max", 6, "tasks.sentiment.generation.temperatur"),
+    ("n: 2}", "n: 0}", 4, "generation.n"),
+    ("{prompts: ./p.jsonl}", "{prompt: ./p.jsonl}", 7, "tasks.kl.prompt"),
+])
+def test_many_model_spec_errors(tmp_path, old, new, line, field):
+    p = tmp_path / "spec.yaml"
+    p.write_text(MANY.replace(old, new))
     with pytest.raises(InputError) as e:
         load_spec(p)
     assert (e.value.path, e.value.line, e.value.field) == (str(p), line, field), str(e.value)

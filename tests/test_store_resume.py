@@ -11,7 +11,7 @@ from evalharness.backends import fake
 from evalharness.errors import EvalHarnessError
 from evalharness.evaluate import EvalConfig, run_eval
 from evalharness.prompts import write_prompts
-from evalharness.store import read_jsonl
+from evalharness.store import RunStore, read_jsonl
 
 
 class Killed(BaseException):
@@ -57,7 +57,7 @@ def test_killed_run_resumes_without_redoing(tmp_path, monkeypatch):
     res = run_eval(cfg)
     assert calls == [3, 1, 3, 3, 3, 1]  # only the 4 unfinished prompts of model a, then 10 for b
     gens = read_jsonl(run_dir / "generations.jsonl")
-    assert len(gens) == 2 * 10 * 2 and len({(g["model"], g["id"], g["sample_index"]) for g in gens}) == 40
+    assert len(gens) == 2 * 10 * 2 and len({(g["model"], g["item_id"], g["sample_index"]) for g in gens}) == 40
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["resumed"] == 1
     # a finished run re-run does no generation at all and gives the same scores
@@ -72,8 +72,8 @@ def test_scores_count_failures_and_index(tmp_path, monkeypatch):
     monkeypatch.setattr(SentimentJudge, "_score_batch",
                         lambda self, texts: [1 / 0 if "boring" in t else v for t, v in zip(texts, real(self, texts))])
     res = run_eval(_cfg(tmp_path, judges=["sentiment", "kl"]))
-    verdicts = read_jsonl(res.run_dir / "verdicts.jsonl")
-    failed = [v for v in verdicts if v["judge_id"] == "vader" and v["model"] == "a" and v["status"] == "error"]
+    verdicts = RunStore(res.run_dir).verdicts("sentiment", "a")
+    failed = [v for v in verdicts if v.status == "error"]
     s = {(x.model, x.metric): x for x in res.scores}
     assert failed and s[("a", "sentiment")].n_skipped == len(failed) and s[("a", "sentiment")].n == 20 - len(failed)
     assert s[("a", "kl")].value == 0.0 and s[("b", "kl")].value != 0.0  # fake 'a' is its own reference
@@ -99,14 +99,25 @@ def test_bad_input_writes_nothing(tmp_path):
 
 
 def test_kl_uses_its_own_temperature_one_stream(tmp_path):
-    res = run_eval(_cfg(tmp_path, temperature=0.0, judges=["kl"], n=1))
-    streams = {(g["model"], g["stream"]) for g in read_jsonl(res.run_dir / "generations.jsonl")}
-    assert streams == {("a", "eval"), ("a", "kl"), ("b", "eval"), ("b", "kl")}
-    kl_rows = [v for v in read_jsonl(res.run_dir / "verdicts.jsonl") if v["judge_id"] == "kl"]
-    assert len(kl_rows) == 20
+    res = run_eval(_cfg(tmp_path, temperature=0.0, judges=["sentiment", "kl"], n=1))
+    gens = RunStore(res.run_dir).generations()
+    streams = {(g.model, g.params["temperature"]) for g in gens}
+    assert streams == {("a", 0.0), ("a", 1.0), ("b", 0.0), ("b", 1.0)} and len(gens) == 40
+    store = RunStore(res.run_dir)
+    kl = store.verdicts("kl")
+    t1 = {g.key for g in gens if g.params["temperature"] == 1.0}
+    assert len(kl) == 20 and {v.key for v in kl} == t1  # KL judged the temperature-1 samples only
+    assert {v.key for v in store.verdicts("sentiment")} == {g.key for g in gens} - t1
+
+
+def test_reward_and_kl_share_samples_at_temperature_one(tmp_path):
+    res = run_eval(_cfg(tmp_path, temperature=1.0, judges=["sentiment", "kl"], n=2))
+    store = RunStore(res.run_dir)
+    assert len(store.generations()) == 2 * 10 * 2  # one sample set per model, judged by both tasks
+    assert {v.key for v in store.verdicts("kl")} == {v.key for v in store.verdicts("sentiment")}
 
 
 def test_eval_refuses_endpoint_backends_before_writing(tmp_path):
-    with pytest.raises(EvalHarnessError, match="needs the hf backend"):
+    with pytest.raises(EvalHarnessError, match="cannot"):
         run_eval(_cfg(tmp_path, backend="openai"))
     assert not (tmp_path / "res").exists()

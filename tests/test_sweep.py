@@ -36,6 +36,43 @@ eval: {{prompts: ./heldout.jsonl, judges: [sentiment, kl], max_new_tokens: 8}}
     return spec
 
 
+def test_sweep_eval_ends_in_an_llm_judged_benchmark(tmp_path, tiny_model):
+    """eval: takes a run spec's tasks and judge: the base and every checkpoint in one run, through sentiment,
+    KL and MT-Bench (a judge over real HTTP), the reference loaded once."""
+    from evalharness.store import RunStore
+    from evalharness.testing import FakeOpenAI
+    demo = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data" / "mt_bench"
+    with FakeOpenAI(default_text="Rating: [[4]]") as server:
+        spec_path = _spec(tmp_path, tiny_model)
+        text = spec_path.read_text().replace("eval: {prompts: ./heldout.jsonl, judges: [sentiment, kl], max_new_tokens: 8}", f"""\
+eval:
+  max_new_tokens: 8
+  judge: {{type: openai, model: judge-x, base_url: "{server.url}", cache: false, max_retries: 0}}
+  checkpoints: final
+  tasks:
+    sentiment: {{prompts: ./heldout.jsonl}}
+    kl: {{prompts: ./heldout.jsonl}}
+    mt_bench: {{questions: {demo}/questions.jsonl, judge_prompts: {demo}/judge_prompts.jsonl,
+               reference_answers: {demo}/reference_answer/demo-reference.jsonl, limit: 2}}""")
+        spec_path.write_text(text)
+        spec, runs = load_train_spec(spec_path)
+        res = run_sweep(spec, runs, results_dir=tmp_path / "results", progress=False)
+        assert server.requests == 4 * 2 * 2  # sft + 3 final checkpoints, 2 questions x 2 turns
+    [run_dir] = set(res.eval_runs.values())  # one evaluation run for every model
+    scores = RunStore(run_dir).scores()
+    models = {"sft", "dpo-beta0.1-s0@2", "dpo-beta0.5-s0@2", "simpo-gamma0.5-s0@2"}
+    assert {s.model for s in scores if s.task == "mt_bench" and s.metric == "score" and s.value == 4.0} == models
+    assert {s.model for s in scores if s.metric == "kl"} == models
+    assert res.verdict is not None and res.verdict["metric"] == "sentiment"
+
+
+def test_demo_pipeline_spec_is_valid():
+    spec, runs = load_train_spec(Path(__file__).resolve().parents[1] / "benchmarks" / "demo_pipeline.yaml")
+    assert [r.name for r in runs] == ["dpo-beta0.1-s0", "simpo-beta2.0-gamma1.0-s0"]
+    assert set(spec.eval.tasks) == {"sentiment", "kl", "alpaca_eval", "arena_hard", "mt_bench"}
+    assert spec.eval.judge.type == "local" and spec.eval.judge.demo
+
+
 def test_spec_expands_into_named_runs(tmp_path, tiny_model):
     spec, runs = load_train_spec(_spec(tmp_path, tiny_model))
     assert [r.name for r in runs] == ["dpo-beta0.1-s0", "dpo-beta0.5-s0", "simpo-gamma0.5-s0"]
@@ -68,12 +105,14 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_model):
     spec, runs = load_train_spec(_spec(tmp_path, tiny_model))
     res = run_sweep(spec, runs, results_dir=tmp_path / "results", progress=False)
     assert [len(t.checkpoints) for _, t in res.runs] == [2, 2, 2]
-    # base + 6 checkpoints, each its own eval run on the held-out prompts
-    assert len(res.eval_runs) == 7 and all((p / "summary.json").is_file() for p in res.eval_runs.values())
-    sft = next(r for r in res.table if r["algorithm"] == "sft")
-    assert sft["kl"] == 0.0  # the base against itself
-    ck = [r for r in res.table if r["algorithm"] != "sft"]
-    assert {r["algorithm"] for r in ck} == {"dpo", "simpo"} and all(r["delta"]["n_prompts"] == 4 for r in ck)
+    # base + 6 checkpoints, all in one evaluation run on the held-out prompts
+    [run_dir] = set(res.eval_runs.values())
+    assert len(res.eval_runs) == 7 and (run_dir / "summary.json").is_file()
+    rows = {(r["model"], r["metric"]): r for r in res.table}
+    assert rows[("sft", "kl")]["value"] == 0.0  # the base against itself
+    ck = [r for r in res.table if r["metric"] == "sentiment" and r["model"] != "sft"]
+    assert {r["algorithm"] for r in ck} == {"dpo", "simpo"} and all(r["n_paired"] == 4 for r in ck)
+    assert all(r["p_holm"] >= r["p_value"] for r in ck)
     assert res.verdict is not None and res.verdict["metric"] == "sentiment"
     assert [p.suffix for p in res.plots] == [".png", ".svg"] and all(p.stat().st_size > 0 for p in res.plots)
     sweep = json.loads((res.path / "sweep.json").read_text())
@@ -87,7 +126,7 @@ def test_sweep_end_to_end_then_resume(tmp_path, tiny_model):
     assert all(t.skipped for _, t in again.runs) and again.eval_runs == res.eval_runs
     assert again.table == res.table
 
-    runs_dirs = [str(p) for p in res.eval_runs.values()]
+    runs_dirs = [str(run_dir)]
     p = subprocess.run([sys.executable, "-m", "evalharness.cli", "plot", "frontier", *runs_dirs, "--out",
                         str(tmp_path / "f"), "--reward-metric", "sentiment"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

@@ -1,4 +1,5 @@
-"""AlpacaEval 2 task end to end (fake policy, fake OpenAI judge over HTTP, local tiny judge) and bd.fetch."""
+"""AlpacaEval 2 task end to end through the run loop (fake policy, fake OpenAI judge over HTTP, local tiny
+judge) and bd.fetch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import http.server
 import json
 import math
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,18 +18,19 @@ import pandas as pd
 import pytest
 
 from evalharness import benchdata as bd
-from evalharness.backends import get_backend
 from evalharness.client import ClientConfig, JudgeClient
 from evalharness.errors import EvalHarnessError, InputError
 from evalharness.metrics import alpaca_eval as ae
+from evalharness.records import Score
 from evalharness.store import RunStore
 from evalharness.tasks import alpaca_eval as task
-from evalharness.tasks.base import GenerationSettings, TaskContext
 from evalharness.testing import FakeOpenAI, Fault, Reply
 from evalharness.testing.fake_openai import request_text
+from taskkit import POLICY, RecordingBackend, run_task
 
 N = 12
 P_MODEL = (0.8, 0.5, 0.1)  # P(the judge prefers the model's output) for item i, by i % 3
+TASK = "alpaca_eval"
 
 
 @pytest.fixture(autouse=True)
@@ -35,25 +38,15 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "user-cache"))
 
 
-class CountingPolicy:
-    """The fake backend, counting the prompts it is asked to answer."""
-
-    def __init__(self) -> None:
-        self.inner, self.generated = get_backend("fake", "m"), 0
-        self.model_id, self.tokenizer = self.inner.model_id, self.inner.tokenizer
-
-    def generate(self, requests: list[Any]) -> list[Any]:
-        self.generated += len(requests)
-        return self.inner.generate(requests)
-
-    def logprobs(self, requests: list[Any]) -> list[Any]:
-        return self.inner.logprobs(requests)
+def run(tmp_path: Path, cfg: task.Config, policy: Any, judge: Any,
+        judge_name: str = "judge@fake") -> tuple[list[Score], RunStore]:
+    return run_task(tmp_path, TASK, cfg, policy, judge, judge_name, max_new_tokens=64)
 
 
-def context(store: Path, policy: Any, judge: Any, judge_name: str) -> TaskContext:
-    store.mkdir(parents=True, exist_ok=True)
-    return TaskContext(policy=policy, policy_name="m", judge=judge, judge_name=judge_name, store=RunStore(store),
-                       generation=GenerationSettings(max_new_tokens=64), progress=False)
+def client(server: FakeOpenAI) -> JudgeClient:
+    """No response cache: a resume that asked the judge again must show as judge calls."""
+    return JudgeClient(ClientConfig(base_url=server.url, model="judge", cache=False, max_retries=1,
+                                    backoff_base_s=0.01, backoff_max_s=0.02, timeout_s=5))
 
 
 def support_dir(path: Path) -> Path:
@@ -88,17 +81,20 @@ def judge_responder(items: list[dict[str, Any]]):
 
 
 def test_end_to_end_with_fake_judge_faults_and_resume(benchdata: Path, tmp_path: Path) -> None:
-    cfg = task.Config(data_dir=str(benchdata), limit=N, lc_support_dir=str(tmp_path / "no-lc"))
+    # The LC support folder is part of the config (so of the run id): absent on the first run, filled in
+    # before the resume, which then finds the same run folder and adds the LC columns.
+    lc_dir = tmp_path / "lc"
+    cfg = task.Config(data_dir=str(benchdata), limit=N, lc_support_dir=str(lc_dir))
     items, _ = task.load_items(cfg)
     assert {ae.is_swapped(it["instruction"]) for it in items} == {True, False}  # both orders exercised
-    policy = CountingPolicy()
+    policy = RecordingBackend()
     with FakeOpenAI(judge_responder(items)) as server:
         server.on(items[3]["instruction"], Fault.http(500))  # beyond max_retries: error
         server.on(items[7]["instruction"], Fault.malformed())  # also retried, also an error
-        client = JudgeClient(ClientConfig(base_url=server.url, model="judge", cache_dir=tmp_path / "cache",
-                                          max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02, timeout_s=5))
-        scores = task.run(cfg, context(tmp_path / "run", policy, client, "judge@fake"))
-        assert policy.generated == N and server.requests == (N - 2) + 2 * 2  # two failing items, two attempts each
+        judge = client(server)
+        scores, store = run(tmp_path, cfg, policy, judge)
+        judge.close()
+        assert len(policy.requests) == N and server.requests == (N - 2) + 2 * 2  # two failing items, two attempts each
         by_metric = {s.metric: s for s in scores}
         win = by_metric["win_rate"]
         parsed = [i for i in range(N) if i not in (3, 7, 10)]
@@ -106,41 +102,57 @@ def test_end_to_end_with_fake_judge_faults_and_resume(benchdata: Path, tmp_path:
         assert (win.n, win.n_skipped, win.extra["n_error"], win.extra["n_unparsed"]) == (9, 3, 2, 1)
         counts = [sum(i % 3 == k for i in parsed) for k in range(3)]
         assert [win.extra[k] for k in ("n_wins", "n_draws", "n_wins_base")] == counts == [3, 2, 4]
-        assert (win.task_version, win.judge_id, win.judge_version) == (f"2/first{N}", f"{ae.ANNOTATOR}@judge@fake",
-                                                                   "judge@fake")  # not the official judge model
+        verdicts = {v.item_id: v for v in store.verdicts(TASK, POLICY)}
+        # judge_id: who judged (the run's judge name); judge_version: a hash of template, parser, judge
+        # decoding and protocol, the same on every verdict and on the score.
+        assert (win.task, win.model, win.task_version, win.judge_id) == (TASK, POLICY, f"2/first{N}", "judge@fake")
+        assert re.fullmatch("[0-9a-f]{12}", win.judge_version)
+        assert {v.judge_version for v in verdicts.values()} == {win.judge_version}
+        assert (win.baseline, win.higher_is_better) == (items[0]["generator"], True)
+        assert win.decoding == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "n": 1}
         lc = by_metric["length_controlled_winrate"]
         assert lc.value is None and "df_gamed.csv" in lc.extra["unavailable"]
 
-        verdicts = {r["item_id"]: r for r in RunStore(tmp_path / "run").read("verdicts")}
+        assert len(verdicts) == N and {v.model for v in verdicts.values()} == {POLICY}
         for it in items:
             v = verdicts[task._key(it["instruction"])]
-            assert v["order"] == ("BA" if ae.is_swapped(it["instruction"]) else "AB")
-        assert [verdicts[task._key(items[i]["instruction"])]["status"] for i in (3, 7, 10)] == \
+            assert v.order == ("BA" if ae.is_swapped(it["instruction"]) else "AB")
+        assert [verdicts[task._key(items[i]["instruction"])].status for i in (3, 7, 10)] == \
             ["error", "error", "unparsed"]
+        assert all(verdicts[task._key(items[i]["instruction"])].value is None for i in (3, 7, 10))
         first = [r for r in server.received if items[0]["baseline"] in request_text(r)][0]
         assert (first["temperature"], first["max_tokens"], first["logprobs"], first["top_logprobs"]) == (1, 1, True, 5)
 
-        # Resume: the server has recovered. No new generations; only the two failed judgments are asked again.
+        # Resume (no response cache, so a broken resume would show as judge calls): the server has
+        # recovered. No new generations; only the two failed judgments are asked again.
         server.reset()
-        policy.generated = 0
-        cfg_lc = task.Config(data_dir=str(benchdata), limit=N, lc_support_dir=str(support_dir(tmp_path / "lc")))
-        scores = task.run(cfg_lc, context(tmp_path / "run", policy, client, "judge@fake"))
-        assert policy.generated == 0 and server.requests == 2
+        n_generated = len(policy.requests)
+        support_dir(lc_dir)
+        judge = client(server)
+        scores, resumed = run(tmp_path, cfg, policy, judge)
+        assert resumed.path == store.path  # the same run folder
+        assert len(policy.requests) == n_generated and server.requests == 2
+        assert judge.usage["cache_hits"] == 0 and judge.usage["items"] == 2
         win = scores[0]
-        assert (win.n, win.n_skipped) == (11, 1)
+        assert (win.n, win.n_skipped, win.extra["n_error"]) == (11, 1, 0)
         assert win.value == pytest.approx(100 * np.mean([P_MODEL[i % 3] for i in range(N) if i != 10]))
-        client.close()
+        judge.close()
 
     # The official-format files reproduce the same numbers through the file-based entry point.
-    folder = tmp_path / "run" / "alpaca_eval"
+    folder = store.path / TASK / POLICY
     metrics = ae.metrics_from_annotations_file(folder / "annotations.json", model_outputs=folder / "model_outputs.json",
-                                               lc_support_dir=tmp_path / "lc")
+                                               lc_support_dir=lc_dir)
     by_metric = {s.metric: s for s in scores}
+    assert by_metric["length_controlled_winrate"].value is not None
     assert metrics["win_rate"] == pytest.approx(win.value) and metrics["standard_error"] == pytest.approx(win.stderr)
     assert metrics["discrete_win_rate"] == pytest.approx(by_metric["discrete_win_rate"].value)
     assert metrics["length_controlled_winrate"] == pytest.approx(by_metric["length_controlled_winrate"].value)
     assert metrics["avg_length"] == by_metric["avg_length"].value
     assert (metrics["n_total"], metrics["n_skipped"], metrics["n_draws"]) == (11, 1, 3)
+    outputs = json.loads((folder / "model_outputs.json").read_text())
+    gens = {g.item_id: g for g in store.generations(POLICY)}
+    assert [o["output"] for o in outputs] == [gens[task._key(it["instruction"])].text for it in items]
+    assert {o["generator"] for o in outputs} == {POLICY}
 
 
 def test_imported_outputs_must_match_the_eval_set(benchdata: Path, tmp_path: Path) -> None:
@@ -151,16 +163,19 @@ def test_imported_outputs_must_match_the_eval_set(benchdata: Path, tmp_path: Pat
     good.write_text(json.dumps(outputs + [{"instruction": sorted(full - {i["instruction"] for i in items})[0],
                                             "output": "beyond the limit"}]))
     assert task.imported_outputs(good, items, full) == ["x", "x", "x"]
-    no_judge = context(tmp_path / "gen-only", get_backend("fake", "m"), None, "none")
-    assert task.run(task.Config(data_dir=str(benchdata), limit=3, model_outputs=str(good)), no_judge) == []
-    written = json.loads((tmp_path / "gen-only" / "alpaca_eval" / "model_outputs.json").read_text())
+    policy = RecordingBackend()
+    scores, store = run(tmp_path / "gen-only", task.Config(data_dir=str(benchdata), limit=3, model_outputs=str(good)),
+                        policy, None)
+    assert scores == [] and policy.requests == []  # no judge: outputs written, nothing generated or scored
+    written = json.loads((store.path / TASK / POLICY / "model_outputs.json").read_text())
     assert [(r["instruction"], r["output"], r["generator"]) for r in written] == \
-        [(it["instruction"], "x", "m") for it in items]
+        [(it["instruction"], "x", POLICY) for it in items]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(outputs[:2] + [{"instruction": "Not an AlpacaEval instruction", "output": "y"}]))
     with pytest.raises(InputError, match="not in the eval set"):
-        task.run(task.Config(data_dir=str(benchdata), limit=3, model_outputs=str(bad)),
-                 context(tmp_path / "run", get_backend("fake", "m"), None, "none"))
+        run(tmp_path / "run", task.Config(data_dir=str(benchdata), limit=3, model_outputs=str(bad)),
+            RecordingBackend(), None)
+    assert not (tmp_path / "run" / "results").exists()  # checked before anything is written
 
 
 def test_identical_outputs_are_ties_without_a_judge_call(benchdata: Path, tmp_path: Path) -> None:
@@ -168,38 +183,57 @@ def test_identical_outputs_are_ties_without_a_judge_call(benchdata: Path, tmp_pa
         model_id = "none"
 
         def complete(self, requests: list[Any], progress: bool = False) -> list[Any]:
-            raise AssertionError("the judge must not be asked about identical outputs")
+            if requests:  # an empty batch asks nothing
+                raise AssertionError("the judge must not be asked about identical outputs")
+            return []
 
     cfg = task.Config(data_dir=str(benchdata), limit=3, lc_support_dir=str(tmp_path / "no-lc"))
     items, _ = task.load_items(cfg)
     same = tmp_path / "same.json"
     same.write_text(json.dumps([{"instruction": it["instruction"], "output": it["baseline"]} for it in items]))
     cfg.model_outputs = str(same)
-    win = task.run(cfg, context(tmp_path / "run", get_backend("fake", "m"), NoCalls(), "none"))[0]
+    scores, store = run(tmp_path, cfg, RecordingBackend(), NoCalls(), "none")
+    win = scores[0]
     assert (win.value, win.n, win.extra["n_draws"], win.n_skipped) == (50.0, 3, 3, 0)
+    verdicts = store.verdicts(TASK, POLICY)
+    assert [(v.status, v.value, v.meta) for v in verdicts] == [("ok", 1.5, {"identical_outputs": True})] * 3
 
 
 @pytest.mark.parametrize("vocab", ["tiny", "with m/M"])
 def test_local_judge_runs_offline(vocab: str, benchdata: Path, tiny_model: Path, tmp_path: Path) -> None:
-    """The tiny test model has no 'm'/'M' tokens (every verdict unparsed, counted); one whose vocabulary has
-    them gives parsed verdicts whose value is the official parser's, unswapped."""
+    """The local judge answers in the label space: it scores 'm' and 'M' after the prompt, so every verdict
+    is parsed, and its value is the official parser's reading of those two log-probs, unswapped."""
     from tiny import build_model
 
     from evalharness.judges.local import LocalChatJudge
 
-    # Seeded init: with this 10-token vocabulary, m and M land among the top 5 alternatives.
+    # The tiny test model's vocabulary has no 'm'/'M' (both <unk>): the judge refuses it. One whose vocabulary
+    # has them gives log-probs that differ, so preferences that differ.
     model = tiny_model if vocab == "tiny" else build_model(tmp_path / "judge", words=["m", "M", "the", "a", "best"])
     cfg = task.Config(data_dir=str(benchdata), limit=4, lc_support_dir=str(tmp_path / "no-lc"))
-    scores = task.run(cfg, context(tmp_path / "run", get_backend("fake", "m"), LocalChatJudge(str(model)), "local"))
+    judge = LocalChatJudge(str(model))
+    if vocab == "tiny":  # every label an <unk>: verdicts that mean nothing are refused, not recorded
+        with pytest.raises(EvalHarnessError, match="cannot tell the labels"):
+            run(tmp_path, cfg, RecordingBackend(), judge, "local")
+        return
+    scores, store = run(tmp_path, cfg, RecordingBackend(), judge, "local")
     win = scores[0]
-    rows = RunStore(tmp_path / "run").read("verdicts")
-    assert len(rows) == 4 and win.n + win.n_skipped == 4 and win.extra["n_error"] == 0
-    assert win.n_skipped == win.extra["n_unparsed"] == sum(r["status"] == "unparsed" for r in rows)
-    assert win.n == (0 if vocab == "tiny" else 4)
-    for r in rows:
-        top = r["raw"]["logprobs"]["content"][0]["top_logprobs"]
-        assert len(top) == 5
-        assert r["value"] == ae.unswap_preference(ae.preference_from_top_logprobs(top), r["order"] == "BA")
+    verdicts = store.verdicts(TASK, POLICY)
+    assert len(verdicts) == 4 and judge.usage["items"] == 4
+    assert (win.n, win.n_skipped, win.extra["n_error"], win.extra["n_unparsed"]) == (4, 0, 0, 0)
+    by_item = {v.item_id: v for v in verdicts}
+    values = []
+    for it in task.load_items(cfg)[0]:
+        v = by_item[task._key(it["instruction"])]
+        assert v.status == "ok" and v.order == ("BA" if ae.is_swapped(it["instruction"]) else "AB")
+        top = v.raw["logprobs"]["content"][0]["top_logprobs"]
+        assert sorted(t["token"] for t in top) == ["M", "m"]  # exactly the two labels, scored
+        # The official parser on the stored raw completion, mapped back to (baseline, model) order.
+        assert v.value == pytest.approx(ae.unswap_preference(ae.preference_from_completion(v.raw), v.order == "BA"))
+        values.append(v.value)
+    assert len(set(values)) == 4 and all(1 <= x <= 2 for x in values)
+    # The win rate is the mean preference for the model's output, from these verdicts.
+    assert win.value == pytest.approx(100 * np.mean([x - 1 for x in values]))
 
 
 # ------------------------------------------------------------------ benchdata.fetch

@@ -17,12 +17,17 @@ def register(name: str, module: str, cls: str) -> None:
     _REGISTRY[name] = (module, cls)
 
 
-def get_backend(name: str, model: Any, **options: Any) -> Backend:
-    """Instantiate backend ``name`` for ``model`` (a spec string or ModelRef)."""
+def backend_class(name: str) -> type:
+    """The class registered as ``name`` (imported on first use)."""
     if name not in _REGISTRY:
         raise EvalHarnessError(f"unknown backend '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     module, cls = _REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)(model, **options)
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
-__all__ = ["Backend", "get_backend", "register"]
+def get_backend(name: str, model: Any, **options: Any) -> Backend:
+    """Instantiate backend ``name`` for ``model`` (a spec string or ModelRef)."""
+    return backend_class(name)(model, **options)  # type: ignore[no-any-return]
+
+
+__all__ = ["Backend", "backend_class", "get_backend", "register"]

@@ -18,6 +18,7 @@ from .openai import ChatRequest
 class OpenAIBackend:
     name = "openai"
     tokenizer: Any = None
+    scores_responses = False  # chat endpoints return no log-probs of a given response
 
     def __init__(self, model: str, *, base_url: str, api_key_env: str | None = None, concurrency: int = 8,
                  max_retries: int = 6, timeout_s: float = 120.0, cache: bool = True, progress: bool = False,

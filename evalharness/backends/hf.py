@@ -28,8 +28,9 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: str | ModelRef, *, dtype: str = "float32", batch_size: int = 16,
-                 score_batch_size: int = 8, progress: bool = False) -> None:
+    def __init__(self, model: str | ModelRef, *, dtype: str = "float32", batch_size: int | str = "auto",
+                 score_batch_size: int | str = "auto", progress: bool = False,
+                 memory_budget_gb: float = 2.0) -> None:
         self.ref = resolve(model) if isinstance(model, str) else model
         dtype = resolve_dtype(dtype)
         self.model, self.tokenizer = load(self.ref, dtype=dtype)
@@ -52,6 +53,30 @@ class HFBackend:
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
         self.eos_ids = {int(e) for e in eos if e is not None}
+        self.memory_budget = memory_budget_gb * 2**30
+
+    # Batches are sized for throughput, bounded by memory: CPU decoding of a small model is bound by
+    # reading the weights once per step, so tokens/s grows with the batch until the KV cache (or the
+    # B x R x V logits of scoring) outgrows the budget.
+    MAX_BATCH = 64
+
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        width = 2 if self.dtype == "bfloat16" else 4
+        return 2 * c.num_hidden_layers * heads * head_dim * width
+
+    def _gen_batch(self, length: int) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        return max(1, min(self.MAX_BATCH, int(self.memory_budget // (self._kv_bytes_per_token() * max(1, length)))))
+
+    def _score_batch(self, response_len: int) -> int:
+        if self.score_batch_size != "auto":
+            return int(self.score_batch_size)
+        per_row = (response_len + 1) * self.model.config.vocab_size * 4 * 3  # logits, log-softmax, grad-free copy
+        return max(1, min(self.MAX_BATCH, int(self.memory_budget // per_row)))
 
     def render(self, item: PromptItem) -> list[int]:
         return render(self.tokenizer, item)
@@ -74,7 +99,8 @@ class HFBackend:
         batches = []
         for params, group in jobs.items():
             group.sort(key=lambda j: -len(j[2]))  # similar lengths together: less padding
-            batches += [(params, group[i:i + self.batch_size]) for i in range(0, len(group), self.batch_size)]
+            size = self._gen_batch(len(group[0][2]) + params.max_new_tokens)
+            batches += [(params, group[i:i + size]) for i in range(0, len(group), size)]
         for params, batch in _progress(batches, self.progress, "generate"):
             seeds = [sample_seed(params.seed, requests[ri].id, si) for ri, si, _ in batch]
             for (ri, si, ids), (toks, lps, finish, tops) in zip(batch, self._decode([j[2] for j in batch], params, seeds)):
@@ -136,7 +162,8 @@ class HFBackend:
     def logprobs(self, requests: list[ScoreRequest]) -> list[SeqLogprobs]:
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].prompt_ids) + len(requests[i].response_ids)))
         out: dict[int, SeqLogprobs] = {}
-        chunks = [order[i:i + self.score_batch_size] for i in range(0, len(order), self.score_batch_size)]
+        size = self._score_batch(max((len(r.response_ids) for r in requests), default=1)) if requests else 1
+        chunks = [order[i:i + size] for i in range(0, len(order), size)]
         for chunk in _progress(chunks, self.progress, "score"):
             for i, res in zip(chunk, self._score([requests[i] for i in chunk])):
                 out[i] = res

@@ -39,6 +39,11 @@ class ChatRequest:
     top_logprobs: int | None = None
     sample_index: int = 0
     template_version: str = ""
+    # The benchmark's label space, for judges that answer by comparing label log-probabilities (a small
+    # local judge): the assistant turn starts with ``choice_prefix`` and continues with one of ``choices``.
+    # An endpoint never sees these (they are not in its request body, nor in its cache key).
+    choices: tuple[str, ...] = ()
+    choice_prefix: str = ""
 
 
 @dataclass
@@ -62,6 +67,7 @@ class ChatResult:
     cached: bool = False
     attempts: int = 0
     key: str = ""
+    choice_logprobs: dict[str, float] | None = None  # label -> log-prob, from a label-space judge
 
 
 class ProviderError(Exception):

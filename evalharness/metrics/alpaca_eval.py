@@ -234,6 +234,19 @@ def _preferences(values: Sequence[float | None]) -> np.ndarray:
     return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
+def item_wins(preferences: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item win p - 1 and discrete win (round(p) - 1, an exact tie 0.5); NaN where unparsed.
+
+    The scores that win_rate and discrete_win_rate average (legacy 0 read as the tie 1.5).
+    """
+    raw = _preferences(preferences)
+    p = np.where(raw == 0, 1.5, raw)
+    if np.any(~np.isnan(p) & ((p < 1) | (p > 2))):
+        raise ValueError("preferences must lie in [1, 2] (or be 0 for a legacy tie, None if unparsed)")
+    win = p - 1
+    return win, np.where(win == 0.5, 0.5, np.round(p) - 1)
+
+
 def winrate_metrics(preferences: Sequence[float | None]) -> dict[str, Any]:
     """Leaderboard win-rate columns from 1..2 preferences (helpers.BaseScoringRule.describe_head2head).
 
@@ -241,13 +254,9 @@ def winrate_metrics(preferences: Sequence[float | None]) -> dict[str, Any]:
     win > 0.5, n_wins_base win < 0.5, n_draws p == 1.5 (or legacy 0). discrete_win_rate (ZeroOneScoringRule)
     scores round(p) - 1 with exact ties as 0.5. Unparsed preferences go to n_skipped; undefined values are None.
     """
-    raw = _preferences(preferences)
-    p = np.where(raw == 0, 1.5, raw)
-    parsed = ~np.isnan(p)
-    if np.any(parsed & ((p < 1) | (p > 2))):
-        raise ValueError("preferences must lie in [1, 2] (or be 0 for a legacy tie, None if unparsed)")
-    win = p[parsed] - 1
-    discrete = np.where(win == 0.5, 0.5, np.round(p[parsed]) - 1)
+    all_win, all_discrete = item_wins(preferences)
+    parsed = ~np.isnan(all_win)
+    win, discrete = all_win[parsed], all_discrete[parsed]
     n = int(win.size)
     return {
         "win_rate": float(win.mean() * 100) if n else None,
@@ -421,15 +430,20 @@ def lc_winrate_bootstrap_ci(annotations: Sequence[Mapping[str, Any]], support: L
     """
     if _is_baseline(annotations):
         return 50.0, 50.0
+    return stats.bootstrap_ci(np.arange(len(annotations)), lambda pos: lc_winrate_resampled(annotations, support, pos),
+                              rounds=rounds, level=level, seed=seed)
+
+
+def lc_winrate_resampled(annotations: Sequence[Mapping[str, Any]], support: LCSupport, positions: np.ndarray) -> float:
+    """One bootstrap round's LC win rate (percent): the rows at ``positions`` (repeats allowed) and
+    the gamed rows of the same instructions, the whole fit rerun (CV choice of C included)."""
+    if _is_baseline(annotations):
+        return 50.0
     by_index: dict[int, list[int]] = {}
     for row, index in enumerate(support.gamed_index.tolist()):
         by_index.setdefault(index, []).append(row)
-
-    def lc(positions: np.ndarray) -> float:
-        gamed = np.array([r for g in positions for r in by_index.get(int(g), [])], int)
-        return float(_lc_fit(annotations, support, positions, gamed)[1].mean() * 100)
-
-    return stats.bootstrap_ci(np.arange(len(annotations)), lc, rounds=rounds, level=level, seed=seed)
+    gamed = np.array([r for g in positions for r in by_index.get(int(g), [])], int)
+    return float(_lc_fit(annotations, support, positions, gamed)[1].mean() * 100)
 
 
 # ---------------------------------------------------------------- entry points
@@ -501,7 +515,7 @@ def to_scores(metrics: Mapping[str, Any], model: str) -> list[Score]:
     """
     keys = dict(task="alpaca_eval", task_version="2", model=model,
                 judge_id=metrics.get("annotator", ANNOTATOR), judge_version=JUDGE_MODEL,
-                reference_model=metrics.get("reference_model", BASELINE))
+                baseline=metrics.get("reference_model", BASELINE))
     n, skipped = metrics["n_total"], metrics.get("n_skipped", 0)
     counts = {k: metrics[k] for k in ("n_wins", "n_wins_base", "n_draws", "avg_length")}
     scores = [Score(metric="win_rate", value=metrics["win_rate"], n=n, n_skipped=skipped,

@@ -130,13 +130,18 @@ def load_battles(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["question_id", "model_a", "model_b", "winner"])
 
 
-def _newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float) -> np.ndarray:
-    """argmin sum_i w_i [log(1+e^z_i) - y_i z_i] + ridge/2 |theta|^2, z = X theta (soft labels y)."""
+def _newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float,
+            theta0: np.ndarray | None = None) -> np.ndarray:
+    """argmin sum_i w_i [log(1+e^z_i) - y_i z_i] + ridge/2 |theta|^2, z = X theta (soft labels y).
+
+    ``theta0`` starts the iteration there (a warm start); the loss is strictly convex, so the optimum
+    reached is the same one to the solver's precision (Elo ratings agree to about 1e-6).
+    """
     def loss(t: np.ndarray) -> float:
         z = X @ t
         return float(np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * ridge * t @ t)
 
-    theta = np.zeros(X.shape[1])
+    theta = np.zeros(X.shape[1]) if theta0 is None else np.array(theta0, dtype=float)
     current = loss(theta)
     for _ in range(100):
         p = expit(X @ theta)
@@ -171,12 +176,14 @@ def _encode(battles: pd.DataFrame, baseline: str) -> _Encoded:
 
 
 def _fit(enc: _Encoded, baseline: str, counts: np.ndarray, features: np.ndarray | None,
-         ridge: float) -> tuple[np.ndarray, np.ndarray]:
+         ridge: float, theta0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Elo ratings (baseline = INIT_RATING) and feature coefficients, as compute_mle_elo / fit_bt.
 
     compute_mle_elo duplicates every battle (a win is two A wins, a tie one A win + one B win) with
     columns +/-ln(BASE): that is a soft-label logistic loss with weight 2 per battle. ``ridge`` is
     sklearn's 1/C (fit_bt uses the default C=1 on the style matrix; compute_mle_elo uses none).
+    Also returns the raw solution, which ``theta0`` accepts back as a warm start (ignored when the
+    set of models present changed, so the shapes differ).
     """
     p, n = len(enc.models), len(enc.y)
     X = np.zeros((n, p))
@@ -186,13 +193,15 @@ def _fit(enc: _Encoded, baseline: str, counts: np.ndarray, features: np.ndarray 
     base = enc.models.index(baseline)
     free = present & (np.arange(p) != base) if ridge == 0 else present  # unpenalised BT: anchor by omission
     design = X[:, free] if features is None else np.hstack([X[:, free], features])
-    theta = _newton(design, enc.y, 2.0 * counts, ridge)
+    if theta0 is not None and theta0.shape != (design.shape[1],):
+        theta0 = None
+    theta = _newton(design, enc.y, 2.0 * counts, ridge, theta0)
     beta = np.full(p, np.nan)
     beta[free] = theta[: int(free.sum())]
     if ridge == 0:
         beta[base] = 0.0
     elo = SCALE * beta + INIT_RATING
-    return elo + (INIT_RATING - elo[base]), theta[int(free.sum()):]
+    return elo + (INIT_RATING - elo[base]), theta[int(free.sum()):], theta
 
 
 def fit_bt(battles: pd.DataFrame, *, baseline: str = DEFAULT_BASELINE, features: np.ndarray | None = None,
@@ -203,7 +212,7 @@ def fit_bt(battles: pd.DataFrame, *, baseline: str = DEFAULT_BASELINE, features:
     rows (ties as half a win each way), exactly the model of show_result.compute_mle_elo.
     """
     enc = _encode(battles, baseline)
-    elo, coefs = _fit(enc, baseline, np.ones(len(battles)), features, ridge)
+    elo, coefs, _ = _fit(enc, baseline, np.ones(len(battles)), features, ridge)
     return dict(zip(enc.models, map(float, elo))), coefs
 
 
@@ -214,24 +223,29 @@ def win_rate(elo: float | np.ndarray, baseline_elo: float = INIT_RATING) -> Any:
 
 def bootstrap_elo(battles: pd.DataFrame, *, baseline: str = DEFAULT_BASELINE, rounds: int = 100,
                   seed: int = OFFICIAL_SEED, unit: Literal["battle", "question"] = "battle",
-                  features: np.ndarray | None = None, ridge: float = 0.0) -> pd.DataFrame:
+                  features: np.ndarray | None = None, ridge: float = 0.0,
+                  warm_start: bool = False) -> pd.DataFrame:
     """Elo ratings refitted on ``rounds`` resamples (rows: rounds, columns: models).
 
     ``unit="battle"`` draws battle rows with replacement exactly as ``battles.sample(frac=1.0,
     replace=True)`` under ``np.random.seed(seed)`` (legacy RandomState, same index stream), so the
     official seed 42 reproduces the official draws on the same battle table. ``unit="question"``
     draws questions and keeps all their battles (clusters the two games and the x3 repeats).
+    ``warm_start`` starts each round's Newton fit at the previous round's solution: fewer steps, the
+    same (strictly convex) optimum to the solver's tolerance.
     """
     enc = _encode(battles, baseline)
     rng = np.random.RandomState(seed)
     qcodes, quniq = pd.factorize(battles.question_id)
-    out = []
+    out, theta = [], None
     for _ in range(rounds):
         if unit == "battle":
             counts = np.bincount(rng.randint(0, len(battles), size=len(battles)), minlength=len(battles))
         else:
             counts = np.bincount(rng.randint(0, len(quniq), size=len(quniq)), minlength=len(quniq))[qcodes]
-        out.append(_fit(enc, baseline, counts.astype(float), features, ridge)[0])
+        elo, _, solution = _fit(enc, baseline, counts.astype(float), features, ridge, theta)
+        theta = solution if warm_start else None
+        out.append(elo)
     return pd.DataFrame(out, columns=enc.models)
 
 
@@ -338,20 +352,48 @@ def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, boo
         verdicts = load_judgments(path, baseline=baseline, reparse=reparse)
         battles = battles_from_verdicts(verdicts, weight=weight)
         judge = judge or next((v.judge_id for v in verdicts if v.judge_id), None)
-        counts = {}
-        for v in verdicts:
-            n, bad = counts.get(v.meta["model"]) or (0, 0)
-            counts[v.meta["model"]] = (n + 1, bad + (v.status != "ok"))
+        counts = verdict_counts(verdicts)
     else:
         battles = load_battles(path)
         counts = _game_counts(battles, baseline, weight)
     if battles.empty:
         raise InputError("no parsed game to score", path=str(path))
-    features, ridge = None, 0.0
+    metadata = None
     if style_control:
         if answers is None:
             raise InputError("style control needs the model answers' style metadata", field="answers")
-        features = style_features(battles, load_answer_metadata(answers), style_variant)
+        metadata = load_answer_metadata(answers)
+    return score_battles(battles, counts, baseline=baseline, bootstrap_rounds=bootstrap_rounds, seed=seed,
+                         bootstrap_unit=bootstrap_unit, style_metadata=metadata, style_variant=style_variant,
+                         ci_level=ci_level, judge=judge, bench=bench)
+
+
+def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, int] | None]:
+    """model -> (games, games without a parsed verdict): unparsed and failed games both count as unparsed,
+    as the official judgment file has them."""
+    counts: dict[str, tuple[int, int] | None] = {}
+    for v in verdicts:
+        n, bad = counts.get(v.meta["model"]) or (0, 0)
+        counts[v.meta["model"]] = (n + 1, bad + (v.status != "ok"))
+    return counts
+
+
+def score_battles(battles: pd.DataFrame, counts: Mapping[str, tuple[int, int] | None], *,
+                  baseline: str = DEFAULT_BASELINE, bootstrap_rounds: int = 100, seed: int = OFFICIAL_SEED,
+                  bootstrap_unit: Literal["battle", "question"] = "battle",
+                  style_metadata: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+                  style_variant: Literal["v0.1", "v2"] = "v0.1", ci_level: float = 0.95, judge: str | None = None,
+                  bench: str = "arena-hard-v0.1") -> dict[str, Any]:
+    """The one Arena-Hard metric computation, for official files and for our own runs' verdicts alike.
+
+    Per model: ``score`` = 100 * win_rate(BT Elo) vs the baseline and its percentile bootstrap CI
+    (Elo percentiles mapped through win_rate, as show_result.py does), Elo, battle and game counts
+    (``counts``: model -> (games, unparsed games) or None where the battles cannot tell).
+    ``style_metadata`` (model -> question -> official style metadata) turns on style control.
+    """
+    features, ridge = None, 0.0
+    if style_metadata is not None:
+        features = style_features(battles, style_metadata, style_variant)
         ridge = 1.0 if style_variant == "v0.1" else 0.0
     elo, coefs = fit_bt(battles, baseline=baseline, features=features, ridge=ridge)
     boot = bootstrap_elo(battles, baseline=baseline, rounds=bootstrap_rounds, seed=seed, unit=bootstrap_unit,
@@ -374,17 +416,17 @@ def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, boo
             "n_unparsed": sum(c[1] for c in totals) if known else None,
             "bootstrap": {"rounds": bootstrap_rounds, "seed": seed, "unit": bootstrap_unit, "ci_level": ci_level},
             "style_control": ({"variant": style_variant, "coefficients": dict(zip(STYLE_FEATURES, map(float, coefs)))}
-                              if style_control else None)}
+                              if style_metadata is not None else None)}
 
 
 def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
-    """One Score per judged model (value in percent, reference_model = the baseline)."""
+    """One Score per judged model (value in percent, with its baseline)."""
     sc = metrics.get("style_control")
     return [Score(task="arena_hard", metric="score_style_controlled" if sc else "score", model=m,
                   value=r["score"], n=r["n_games"] if r["n_games"] is not None else r["n_battles"],
                   n_skipped=r["n_unparsed"] or 0, ci_low=r["ci_low"], ci_high=r["ci_high"],
                   ci_level=metrics["bootstrap"]["ci_level"], task_version=metrics["bench"],
-                  judge_id=metrics.get("judge") or "", reference_model=metrics["baseline"],
+                  judge_id=metrics.get("judge") or "", baseline=metrics["baseline"],
                   extra={"elo": r["elo"], "n_battles": r["n_battles"], "bootstrap": metrics["bootstrap"],
                          **({"style_control": sc} if sc else {})})
             for m, r in metrics["models"].items()]

@@ -22,7 +22,7 @@ from ..errors import EvalHarnessError, InputError
 from ..metrics import alpaca_eval as ae
 from ..records import GenRequest, Score, Verdict
 from ..store import write_json_atomic
-from .base import TaskContext
+from .base import ModelRecords, Pending, Session, Task, file_name, stored_answers
 
 TASK = "alpaca_eval"
 
@@ -34,7 +34,9 @@ class Config:
     data_dir: str | None = None  # benchdata-style folder (../shared/benchdata); None: download and cache
     limit: int | None = None  # the first N instructions (demos, tests); None: all 805
     eval_set: str | None = None  # a custom eval set (JSON/JSONL with instruction); scores get their own version
-    baseline: str = ae.BASELINE  # a registered baseline (benchdata 'alpaca_eval/outputs/<name>') or a JSON path
+    # a registered baseline (benchdata 'alpaca_eval/outputs/<name>'), a JSON path, or run:RUN/MODEL: another
+    # model's answers stored by an earlier run (head-to-head: DPO judged directly against SimPO)
+    baseline: str = ae.BASELINE
     model_outputs: str | None = None  # judge these official-format outputs instead of generating
     lc_support_dir: str | None = None  # df_gamed.csv (+ instruction_difficulty.csv); None: fetch them
     lc_bootstrap_rounds: int = 0  # > 0: percentile CI of the LC win rate (not part of the official tool)
@@ -46,45 +48,157 @@ class Config:
     task_version: str = "2"
 
 
-def run(cfg: Config, ctx: TaskContext) -> list[Score]:
-    """Generate what is missing, judge what is missing, write the official files, score."""
-    items, full_set = load_items(cfg)
-    outputs = (imported_outputs(Path(cfg.model_outputs), items, full_set) if cfg.model_outputs is not None
-               else _generate(ctx, items))
-    folder = ctx.store.path / TASK
-    write_json_atomic(folder / "model_outputs.json",
-                      [{"dataset": it["dataset"], "instruction": it["instruction"], "output": out,
-                        "generator": ctx.policy_name} for it, out in zip(items, outputs)])
-    if ctx.judge is None:
-        ctx.log(f"{TASK}: no judge: outputs written to {folder / 'model_outputs.json'}, nothing scored")
-        return []
-    verdicts = _judge(cfg, ctx, items, outputs)
-    annotations = [{"instruction": it["instruction"], "dataset": it["dataset"],
-                    "output_1": it["baseline"], "generator_1": it["generator"],
-                    "output_2": out, "generator_2": ctx.policy_name, "annotator": ae.ANNOTATOR,
-                    "preference": v.value, "raw_completion": v.raw}
-                   for it, out, v in zip(items, outputs, verdicts)]
-    write_json_atomic(folder / "annotations.json", annotations)
+class AlpacaEvalTask(Task):
+    Config = Config
+    VERSION = "2"
+    needs_judge = True
 
-    metrics = {**ae.metrics_from_annotations(annotations, model_outputs=outputs),
-               "reference_model": items[0]["generator"], "annotator": ae.ANNOTATOR}
-    lc_reason = _add_lc(cfg, metrics, annotations)
-    counts = {"n_unparsed": sum(v.status == "unparsed" for v in verdicts),
-              "n_error": sum(v.status == "error" for v in verdicts)}
-    # A subset is another benchmark: its scores must not share a table column with full runs.
-    version = cfg.task_version if len(items) == len(full_set) else f"{cfg.task_version}/first{len(items)}"
-    if cfg.eval_set:  # never in one column with the official eval set
-        version += "/custom:" + hashlib.sha256(Path(cfg.eval_set).read_bytes()).hexdigest()[:8]
-    # The annotator protocol is the official one; the model behind it is whatever judge the run has.
-    judge_id = ae.ANNOTATOR if ctx.judge_name == ae.JUDGE_MODEL else f"{ae.ANNOTATOR}@{ctx.judge_name}"
-    scores = [replace(s, task_version=version, judge_id=judge_id, judge_version=ctx.judge_name, extra={**s.extra, **counts})
-              for s in ae.to_scores(metrics, ctx.policy_name)]
-    if lc_reason is not None:
-        ctx.log(f"{TASK}: {lc_reason}")
-        win = scores[0]
-        scores.insert(2, replace(win, metric="length_controlled_winrate", value=None, stderr=None,
-                                 extra={**counts, "unavailable": lc_reason}))
-    return scores
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.items, full_set = load_items(cfg)
+        self.imported = (imported_outputs(Path(cfg.model_outputs), self.items, full_set)
+                         if cfg.model_outputs is not None else None)
+        self.template = template_version(cfg)
+        # A subset is another benchmark: its scores must not share a table column with full runs.
+        version = cfg.task_version if len(self.items) == len(full_set) else f"{cfg.task_version}/first{len(self.items)}"
+        if cfg.eval_set:  # never in one column with the official eval set
+            version += "/custom:" + hashlib.sha256(Path(cfg.eval_set).read_bytes()).hexdigest()[:8]
+        self.task_version = version
+        self._requests = [GenRequest(id=_key(it["instruction"]), params=self.generation.params(),
+                                     messages=[{"role": "user", "content": it["instruction"]}]) for it in self.items]
+
+    def requests(self, session: Session) -> list[GenRequest]:
+        return [] if self.imported is not None else self._requests
+
+    def outputs(self, session: Session) -> list[str | None]:
+        """The policy's answer to each item, in eval-set order (None: its generation failed)."""
+        if self.imported is not None:
+            return list(self.imported)
+        return [(g.text if (g := session.answer(r)) is not None else None) for r in self._requests]
+
+    def judgments(self, session: Session) -> list[Pending]:
+        if self.env.judge is None:
+            return []
+        cfg, out = self.cfg, []
+        for it, output in zip(self.items, self.outputs(session)):
+            if output is None:
+                continue
+            ins, swapped = it["instruction"], ae.is_swapped(it["instruction"], cfg.swap_seed)
+            shown = (output, it["baseline"]) if swapped else (it["baseline"], output)
+            messages = ae.render_judge_prompt(ins, *shown, config_dir=cfg.judge_config_dir)
+            digest = hashlib.sha256(json.dumps([self.env.judge_name, messages, cfg.judge_temperature,
+                                                cfg.judge_max_tokens, cfg.judge_top_logprobs]).encode()).hexdigest()[:12]
+            key = f"{_key(ins)}/{digest}"  # a changed output, template or judge is judged anew
+            request = None if output == it["baseline"] else ChatRequest(
+                id=key, messages=messages, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens,
+                logprobs=True, top_logprobs=cfg.judge_top_logprobs, template_version=self.template,
+                choices=("m", "M"))
+            out.append(Pending(key, _key(ins), (ins, request)))
+        return out
+
+    def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
+        version = self._judge_version()
+        done: dict[str, Verdict] = {}
+        for p in pending:
+            ins, request = p.payload
+            if request is None:  # the official records a tie without asking the judge
+                done[p.key] = Verdict(p.item_id, self.env.judge_name, version, "ok", 1.5, key=p.key,
+                                      order="BA" if ae.is_swapped(ins, self.cfg.swap_seed) else "AB",
+                                      meta={"identical_outputs": True})
+        asked = [Pending(p.key, p.item_id, p.payload[1]) for p in pending if p.key not in done]
+        instruction = {p.key: p.payload[0] for p in pending}
+
+        def parse(p: Pending, result: ChatResult) -> Verdict:
+            ins = instruction[p.key]
+            v = ae.verdict_from_completion(p.item_id, ins, raw_completion(result), seed=self.cfg.swap_seed)
+            return replace(v, judge_id=self.env.judge_name, judge_version=version, key=p.key)
+
+        for p, v in zip(asked, self.chat_verdicts(asked, parse)):
+            if v.status == "error":
+                v.order = "BA" if ae.is_swapped(instruction[p.key], self.cfg.swap_seed) else "AB"
+                v.judge_version = version  # as on every other verdict of this judge (DESIGN: one meaning)
+            done[p.key] = v
+        return [done[p.key] for p in pending]
+
+    def _judge_version(self) -> str:
+        cfg = self.cfg
+        return self.judge_version(self.template, cfg.judge_temperature, cfg.judge_max_tokens, cfg.judge_top_logprobs,
+                                  cfg.swap_seed)
+
+    def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
+        """Official-format annotations and outputs for this model, then the official metric functions on them."""
+        by_key = {v.key: v for v in verdicts}
+        keys = {p.item_id: p.key for p in self.judgments(session)}
+        outputs = self.outputs(session)
+        folder = self.env.out_dir / TASK / file_name(session.name)
+        write_json_atomic(folder / "model_outputs.json",
+                          [{"dataset": it["dataset"], "instruction": it["instruction"], "output": out or "",
+                            "generator": session.name} for it, out in zip(self.items, outputs)])
+        if self.env.judge is None:
+            self.env.log(f"{TASK}: no judge: outputs written to {folder / 'model_outputs.json'}, nothing scored")
+            return []
+        annotations, judged = [], []
+        for it, out in zip(self.items, outputs):
+            v = by_key.get(keys.get(_key(it["instruction"]), ""))
+            judged.append(v)
+            annotations.append({"instruction": it["instruction"], "dataset": it["dataset"],
+                                "output_1": it["baseline"], "generator_1": it["generator"],
+                                "output_2": out or "", "generator_2": session.name, "annotator": ae.ANNOTATOR,
+                                "preference": v.value if v is not None else None,
+                                "raw_completion": v.raw if v is not None else None})
+        write_json_atomic(folder / "annotations.json", annotations)
+        metrics = {**ae.metrics_from_annotations(annotations, model_outputs=[o or "" for o in outputs]),
+                   "reference_model": self.items[0]["generator"], "annotator": ae.ANNOTATOR}
+        lc_reason = _add_lc(self.cfg, metrics, annotations)
+        counts = {"n_unparsed": sum(v is not None and v.status == "unparsed" for v in judged),
+                  "n_error": sum(v is not None and v.status == "error" for v in judged),
+                  "n_not_generated": sum(o is None for o in outputs)}
+        keys_ = dict(task=self.name, task_version=self.task_version, judge_id=self.env.judge_name,
+                     judge_version=self._judge_version(), baseline=self.items[0]["generator"],
+                     decoding=self.generation.decoding(n=1), higher_is_better=True)
+        scores = [replace(s, **keys_, extra={**s.extra, **counts})
+                  for s in ae.to_scores(metrics, session.name)]
+        for s in scores:
+            if s.metric == "avg_length":
+                s.higher_is_better = None
+        if lc_reason is not None:
+            self.env.log(f"{TASK}: {lc_reason}")
+            win = scores[0]
+            scores.insert(2, replace(win, metric="length_controlled_winrate", value=None, stderr=None,
+                                     extra={**counts, "unavailable": lc_reason}))
+        return scores
+
+
+def annotations_of(records: ModelRecords) -> list[dict[str, Any]]:
+    """A model's official-format annotations in a run folder (runs before schema 2 kept one model's at the top)."""
+    for path in (records.folder / TASK / file_name(records.model) / "annotations.json",
+                 records.folder / TASK / "annotations.json"):
+        if path.is_file():
+            return list(json.loads(path.read_text(encoding="utf-8")))
+    raise EvalHarnessError(f"run {records.folder.name} has no AlpacaEval annotations for {records.model}")
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None = None, seed: int = 0,
+           **_: Any) -> Any:
+    """Win rate: per-instruction preference difference (paired t); discrete win rate: exact McNemar; LC:
+    paired bootstrap over instructions with the GLM refit each round; avg_length: per-instruction lengths."""
+    from .. import paired as pr
+    ra, rb = annotations_of(a), annotations_of(b)
+    if metric == "win_rate":
+        return pr.alpaca_winrate_paired(ra, rb)
+    if metric == "discrete_win_rate":
+        return pr.alpaca_discrete_paired(ra, rb)
+    if metric == "avg_length":
+        return pr.paired_t({r["instruction"]: float(len(r["output_2"])) for r in ra},
+                           {r["instruction"]: float(len(r["output_2"])) for r in rb}, method="paired t over lengths")
+    if metric == "length_controlled_winrate":
+        cfg = Config(**{k: v for k, v in a.config.items() if k in Config.__dataclass_fields__})
+        support = ae.load_lc_support(_lc_support_dir(cfg))
+        return pr.alpaca_lc_paired_bootstrap(ra, rb, support, rounds=rounds or pr.LC_ROUNDS, seed=seed)
+    raise ValueError(f"no paired test for alpaca_eval {metric}")
+
+
+TASK_CLASS = AlpacaEvalTask
 
 
 # ------------------------------------------------------------------ data
@@ -104,7 +218,8 @@ def load_items(cfg: Config) -> tuple[list[dict[str, Any]], set[str]]:
     """The first ``limit`` eval-set items (instruction, dataset, baseline output, baseline generator) in
     eval-set order, and the full eval set's instructions. The baseline must cover the eval set exactly."""
     eval_set = _records(Path(cfg.eval_set) if cfg.eval_set else benchdata.fetch("alpaca_eval/eval_set", local_dir=cfg.data_dir))
-    path = (Path(cfg.baseline) if cfg.baseline.endswith((".json", ".jsonl"))
+    stored = stored_answers(cfg.baseline, f"{TASK}/{{model}}/model_outputs.json")
+    path = (stored[0] if stored else Path(cfg.baseline) if cfg.baseline.endswith((".json", ".jsonl"))
             else benchdata.fetch(f"alpaca_eval/outputs/{cfg.baseline}", local_dir=cfg.data_dir))
     baseline = ae.check_against_eval_set(_records(path), eval_set, path=str(path))
     if cfg.limit is not None and cfg.limit < 1:
@@ -131,14 +246,6 @@ def _key(instruction: str) -> str:
     return hashlib.sha256(instruction.encode()).hexdigest()[:16]
 
 
-def _generate(ctx: TaskContext, items: list[dict[str, Any]]) -> list[str]:
-    requests = {_key(it["instruction"]): GenRequest(id=_key(it["instruction"]), params=ctx.generation.params(),
-                                                    messages=[{"role": "user", "content": it["instruction"]}])
-                for it in items}
-    rows = ctx.generate_missing(TASK, requests)
-    return [rows[k]["text"] for k in requests]
-
-
 # ------------------------------------------------------------------ judging
 def template_version(cfg: Config) -> str:
     """Hash of the judge template as rendered (placeholders kept), so a changed template changes cache keys."""
@@ -148,9 +255,13 @@ def template_version(cfg: Config) -> str:
 
 def raw_completion(result: ChatResult) -> dict[str, Any]:
     """A ChatResult as the official ``raw_completion`` (an OpenAI choice), which ae.preference_from_completion
-    parses; the sampled token is left out when the judge does not report it (local judges)."""
+    parses; the sampled token is left out when the judge does not report it (local judges). A label-space
+    judge's log-probs of ``m`` and ``M`` become the first token's alternatives."""
     content = None
-    if result.top_logprobs is not None:
+    if result.choice_logprobs is not None:
+        alts = sorted(result.choice_logprobs.items(), key=lambda kv: -kv[1])
+        content = [{"top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}]
+    elif result.top_logprobs is not None:
         sampled = result.token_logprobs or [None] * len(result.top_logprobs)
         content = [{**({"token": s[0], "logprob": s[1]} if s else {}),
                     "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}
@@ -158,45 +269,6 @@ def raw_completion(result: ChatResult) -> dict[str, Any]:
     return {"finish_reason": result.finish_reason, "index": 0,
             "message": {"role": "assistant", "content": result.text},
             "logprobs": None if content is None else {"content": content}}
-
-
-def _judge(cfg: Config, ctx: TaskContext, items: list[dict[str, Any]], outputs: list[str]) -> list[Verdict]:
-    """One Verdict per item, preference in (baseline, model) order; failures stay failures (n_skipped)."""
-    version = template_version(cfg)
-    verdicts: dict[int, Verdict] = {}
-    requests: dict[str, ChatRequest] = {}
-    about: dict[str, tuple[int, str]] = {}  # request key -> (item index, instruction)
-    for i, (it, out) in enumerate(zip(items, outputs)):
-        ins, swapped = it["instruction"], ae.is_swapped(it["instruction"], cfg.swap_seed)
-        order = "BA" if swapped else "AB"
-        if out == it["baseline"]:  # the official records a tie without asking the judge
-            verdicts[i] = Verdict(_key(ins), ae.ANNOTATOR, ctx.judge_name, "ok", 1.5, order=order,
-                                  meta={"identical_outputs": True})
-            continue
-        shown = (out, it["baseline"]) if swapped else (it["baseline"], out)
-        messages = ae.render_judge_prompt(ins, *shown, config_dir=cfg.judge_config_dir)
-        digest = hashlib.sha256(json.dumps([ctx.judge_name, messages, cfg.judge_temperature, cfg.judge_max_tokens,
-                                            cfg.judge_top_logprobs]).encode()).hexdigest()[:12]
-        key = f"{_key(ins)}/{digest}"  # a changed output, template or judge is judged anew
-        requests[key] = ChatRequest(id=key, messages=messages, temperature=cfg.judge_temperature,
-                                    max_tokens=cfg.judge_max_tokens, logprobs=True,
-                                    top_logprobs=cfg.judge_top_logprobs, template_version=version)
-        about[key] = (i, ins)
-
-    def to_row(key: str, result: ChatResult) -> dict[str, Any]:
-        i, ins = about[key]
-        if result.status != "ok":
-            verdict = Verdict(_key(ins), ae.ANNOTATOR, ctx.judge_name, "error",
-                              order="BA" if ae.is_swapped(ins, cfg.swap_seed) else "AB", error=result.error)
-        else:
-            verdict = replace(ae.verdict_from_completion(_key(ins), ins, raw_completion(result), seed=cfg.swap_seed),
-                              judge_version=ctx.judge_name)
-        return {**verdict.to_dict(), "template_version": version}
-
-    if requests:
-        for key, row in ctx.judge_missing(TASK, requests, to_row).items():
-            verdicts[about[key][0]] = Verdict.from_dict(row)
-    return [verdicts[i] for i in range(len(items))]
 
 
 # ------------------------------------------------------------------ length control

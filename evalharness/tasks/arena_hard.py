@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 
 from ..backends.openai import ChatRequest, ChatResult
 from ..errors import InputError
 from ..metrics import arena_hard as ah
-from ..records import GenRequest, Score, Verdict
-from ..store import write_jsonl_atomic
 from ..metrics import iter_jsonl
-from .base import TaskContext, data_file
+from ..records import GenRequest, Score, Verdict, content_hash
+from ..store import write_jsonl_atomic
+from .base import ModelRecords, Pending, Session, Task, data_file, file_name, stored_answers
 
 TASK = "arena_hard"
 BENCHES = {"v0.1": "arena-hard-v0.1", "v2.0": "arena-hard-v2.0"}
@@ -51,7 +48,9 @@ class Config:
     questions: str | None = None  # a custom question file (uid, prompt[, category]); None: the version's
     limit: int | None = None  # the first N questions (after the category filter)
     categories: tuple[str, ...] | None = None  # None: the official default (v0.1 all, v2.0 hard_prompt)
-    baseline: str | None = None  # None: per category from the judge settings (gpt-4-0314; v2.0 o3-mini / gemini)
+    # None: per category from the judge settings (gpt-4-0314; v2.0 o3-mini / gemini); or run:RUN/MODEL,
+    # another model's answers stored by an earlier run (head-to-head)
+    baseline: str | None = None
     judge_config: str | None = None  # None: the version's official config (JUDGE_FILES)
     judge_settings: str | None = None  # JUDGE_SETTINGS JSON, for a config without system_prompt
     judge_max_tokens: int | None = None  # None: the config's (4096 v0.1, 16000 v2.0)
@@ -63,115 +62,171 @@ class Config:
     seed: int = ah.OFFICIAL_SEED  # bootstrap seed
 
 
-def run(cfg: Config, ctx: TaskContext) -> list[Score]:
-    """Generate missing answers, judge missing games, and score the policy per category."""
-    bench = BENCHES[cfg.version]
-    questions = _questions(cfg, bench)
-    judge_cfgs = {c: _judge_config(cfg, c) for c in dict.fromkeys(q["category"] for q in questions)}
-    baselines = {c: cfg.baseline or jc.baseline or ah.DEFAULT_BASELINE for c, jc in judge_cfgs.items()}
-    base_answers = {b: _answers(_data_file(cfg, f"{bench}/model_answer/{b}.jsonl", f"answers/{b}"), questions, b)
-                    for b in set(baselines.values())}
+class ArenaHardTask(Task):
+    Config = Config
+    VERSION = "1"
+    needs_judge = True
 
-    gens = ctx.generate_missing(TASK, {f"{bench}:{q['uid']}": GenRequest(
-        id=q["uid"], messages=[{"role": "user", "content": q["prompt"]}], params=ctx.generation.params())
-        for q in questions})
-    answers = {q["uid"]: gens[f"{bench}:{q['uid']}"]["text"] for q in questions}
-    out = ctx.store.path / TASK / bench
-    count = _token_counter(cfg.style_tokenizer) if cfg.style_control else None
-    _write_answers(out / "model_answer", ctx.policy_name, questions, answers, count)
-    if ctx.judge is None:
-        return []
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.bench = bench = BENCHES[cfg.version]
+        self.questions, complete = _questions(cfg, bench)
+        self.judge_cfgs = {c: _judge_config(cfg, c) for c in dict.fromkeys(q["category"] for q in self.questions)}
+        self.baselines = {c: cfg.baseline or jc.baseline or ah.DEFAULT_BASELINE for c, jc in self.judge_cfgs.items()}
+        stored = stored_answers(cfg.baseline or "", f"{TASK}/{bench}/model_answer/{{model}}.jsonl")
+        if stored:  # head-to-head: another model's answers from an earlier run, named by that model
+            self.baselines = {c: stored[1] for c in self.baselines}
+            self.base_answers = {stored[1]: _answers(stored[0], self.questions, stored[1])}
+        else:
+            self.base_answers = {b: _answers(_data_file(cfg, f"{bench}/model_answer/{b}.jsonl", f"answers/{b}"),
+                                             self.questions, b) for b in set(self.baselines.values())}
+        # A custom or partial question set is another benchmark: its scores never share the official column.
+        self.task_version = bench if complete else f"{bench}/subset:{content_hash([q['uid'] for q in self.questions], [q['prompt'] for q in self.questions], length=8)}"
+        self._requests = {q["uid"]: GenRequest(id=q["uid"], messages=[{"role": "user", "content": q["prompt"]}],
+                                               params=self.generation.params()) for q in self.questions}
+        self.count = _token_counter(cfg.style_tokenizer) if cfg.style_control else None
 
-    requests: dict[str, ChatRequest] = {}
-    info: dict[str, dict[str, Any]] = {}
-    for q in questions:
-        jc, base, version = judge_cfgs[q["category"]], baselines[q["category"]], _version(judge_cfgs[q["category"]])
-        pair = (base_answers[base][q["uid"]], answers[q["uid"]])
-        for game, (a, b) in ((1, pair), (2, pair[::-1])):  # game 1: baseline is A; game 2: the policy is A
-            key = f"{bench}:{q['uid']}:{base}:g{game}"
-            requests[key] = ChatRequest(id=key, messages=ah.render_judge_messages(q["prompt"], a, b, jc),
-                                        temperature=jc.temperature or 0.0,
-                                        max_tokens=cfg.judge_max_tokens or jc.max_tokens or 4096,
-                                        template_version=version)
-            info[key] = {"item_id": q["uid"], "category": q["category"], "model": ctx.policy_name, "baseline": base,
-                         "game": game, "order": "AB" if game == 1 else "BA", "judge_id": ctx.judge_name,
-                         "judge_version": version, "patterns": jc.regex_patterns}
-    rows = ctx.judge_missing(TASK, requests, lambda key, res: _verdict_row(res, info[key]))
-    _write_judgments(out / "model_judgment" / _safe(ctx.judge_name) / f"{_safe(ctx.policy_name)}.jsonl",
-                     questions, rows, requests, info)
+    def requests(self, session: Session) -> list[GenRequest]:
+        return list(self._requests.values())
 
-    metadata: dict[str, dict[str, dict[str, Any]]] = {}  # model -> question -> style metadata, from the texts
-    if count is not None:
-        for model, texts in [(ctx.policy_name, answers), *base_answers.items()]:
-            metadata[model] = {q["uid"]: ah.style_metadata(texts[q["uid"]], count) for q in questions}
-        for b, texts in base_answers.items():
-            _write_answers(out / "model_answer", b, questions, texts, count)
-    scores = []
-    for category, base in baselines.items():
-        mine = [r for r in rows.values() if r["category"] == category]
-        label = bench if category == bench else f"{bench}/{category}"
-        metrics = _metrics(mine, base, label, cfg, ctx.judge_name, metadata)
-        for s in ah.to_scores(metrics):
-            s.judge_version = _version(judge_cfgs[category])
-            s.extra |= {"category": category, **{k: metrics["counts"][k] for k in ("n_unparsed", "n_error")}}
-            ctx.log(f"{TASK} {label}: {s.metric} {s.value} ({s.ci_low}, {s.ci_high}) vs {base}; "
-                    f"{s.n} games, {s.n_skipped} skipped")
-            scores.append(s)
-    return scores
+    def answers(self, session: Session) -> dict[str, str | None]:
+        return {uid: (g.text if (g := session.answer(r)) is not None else None) for uid, r in self._requests.items()}
+
+    def judgments(self, session: Session) -> list[Pending]:
+        if self.env.judge is None:
+            return []
+        out = []
+        for q, answer in zip(self.questions, self.answers(session).values()):
+            if answer is None:
+                continue
+            jc, base = self.judge_cfgs[q["category"]], self.baselines[q["category"]]
+            pair = (self.base_answers[base][q["uid"]], answer)
+            for game, (a, b) in ((1, pair), (2, pair[::-1])):  # game 1: baseline is A; game 2: the policy is A
+                key = f"{self.bench}:{q['uid']}:{base}:g{game}"
+                request = ChatRequest(id=key, messages=ah.render_judge_messages(q["prompt"], a, b, jc),
+                                      temperature=jc.temperature or 0.0,
+                                      max_tokens=self.cfg.judge_max_tokens or jc.max_tokens or 4096,
+                                      template_version=_version(jc), choices=LABEL_CHOICES,
+                                      choice_prefix=LABEL_PREFIX)
+                info = {"category": q["category"], "baseline": base, "game": game, "patterns": jc.regex_patterns}
+                out.append(Pending(key, q["uid"], (request, info)))
+        return out
+
+    def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
+        asked = [Pending(p.key, p.item_id, p.payload[0]) for p in pending]
+        info = {p.key: p.payload[1] for p in pending}
+
+        def parse(p: Pending, res: ChatResult) -> Verdict:
+            i = info[p.key]
+            label = ah.parse_verdict(res.text or "", i["patterns"])
+            value, decisive = None, False
+            if label is not None:  # _LABELS: canonical label -> (assistant A's score, decisive)
+                score_a, decisive = ah._LABELS[label]
+                value = score_a if i["game"] == 2 else 1.0 - score_a  # the policy's score: 1 win, 0.5 tie, 0 loss
+            return Verdict(p.item_id, self.env.judge_name, self._judge_version(i["category"]),
+                           "ok" if label else "unparsed", value, raw=res.text, order=self._order(i), key=p.key,
+                           meta={**self._meta(session, i), "label": label, "decisive": decisive,
+                                 **({"choice_logprobs": res.choice_logprobs} if res.choice_logprobs else {})})
+
+        verdicts = self.chat_verdicts(asked, parse)
+        for p, v in zip(pending, verdicts):
+            if v.status == "error":
+                v.order, v.judge_version = self._order(info[p.key]), self._judge_version(info[p.key]["category"])
+                v.meta = {**self._meta(session, info[p.key]), "label": None, "decisive": False}
+        return verdicts
+
+    @staticmethod
+    def _order(info: dict[str, Any]) -> str:
+        return "AB" if info["game"] == 1 else "BA"
+
+    @staticmethod
+    def _meta(session: Session, info: dict[str, Any]) -> dict[str, Any]:
+        return {"model": session.name, "baseline": info["baseline"], "game": info["game"], "category": info["category"]}
+
+    def _judge_version(self, category: str) -> str:
+        jc = self.judge_cfgs[category]
+        return self.judge_version(_version(jc), jc.temperature, self.cfg.judge_max_tokens or jc.max_tokens)
+
+    def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
+        """Official-format answer and judgment files, then per category the one metric function on the battles."""
+        cfg = self.cfg
+        current = {p.key for p in self.judgments(session)}
+        verdicts = [v for v in verdicts if v.key in current]
+        answers = {uid: text or "" for uid, text in self.answers(session).items()}
+        out = self.env.out_dir / TASK / self.bench
+        _write_answers(out / "model_answer", session.name, self.questions, answers, self.count)
+        if self.env.judge is None:
+            return []
+        _write_judgments(out / "model_judgment" / file_name(self.env.judge_name) / f"{file_name(session.name)}.jsonl",
+                         self.questions, verdicts)
+        metadata: dict[str, dict[str, dict[str, Any]]] | None = None
+        if self.count is not None:
+            metadata = {m: {q["uid"]: ah.style_metadata(texts[q["uid"]], self.count) for q in self.questions}
+                        for m, texts in [(session.name, answers), *self.base_answers.items()]}
+            for b, texts in self.base_answers.items():
+                _write_answers(out / "model_answer", b, self.questions, texts, self.count)
+        scores = []
+        ci_level = cfg.ci_level or DEFAULT_CI_LEVEL[cfg.version]
+        variant: Literal["v0.1", "v2"] = "v0.1" if cfg.version == "v0.1" else "v2"
+        n_questions = {c: sum(q["category"] == c for q in self.questions) for c in self.baselines}
+        for category, base in self.baselines.items():
+            mine = [v for v in verdicts if v.meta["category"] == category]
+            label = self.bench if category == self.bench else f"{self.bench}/{category}"
+            counts = ah.verdict_counts(mine) or {session.name: (0, 0)}
+            missing = 2 * n_questions[category] - counts[session.name][0]  # type: ignore[index]
+            battles = ah.battles_from_verdicts(mine)
+            if battles.empty:
+                metrics = {"bench": label, "baseline": base, "judge": self.env.judge_name,
+                           "bootstrap": {"rounds": cfg.bootstrap_rounds, "seed": cfg.seed, "unit": cfg.bootstrap_unit,
+                                         "ci_level": ci_level}, "style_control": None,
+                           "models": {session.name: {"score": None, "ci_low": None, "ci_high": None, "elo": None,
+                                                     "n_battles": 0, "n_games": counts[session.name][0],  # type: ignore[index]
+                                                     "n_unparsed": counts[session.name][1]}}}  # type: ignore[index]
+            else:
+                metrics = ah.score_battles(battles, counts, baseline=base, bootstrap_rounds=cfg.bootstrap_rounds,
+                                           seed=cfg.seed, bootstrap_unit=cfg.bootstrap_unit, style_metadata=metadata,
+                                           style_variant=variant, ci_level=ci_level, judge=self.env.judge_name,
+                                           bench=label)
+                if metrics["style_control"] is not None:
+                    metrics["style_control"]["tokenizer"] = cfg.style_tokenizer
+            for s in ah.to_scores(metrics):
+                s.task, s.task_version = self.name, self.task_version if category == self.bench else \
+                    f"{self.task_version}/{category}"
+                s.judge_id, s.judge_version = self.env.judge_name, self._judge_version(category)
+                s.decoding, s.higher_is_better = self.generation.decoding(n=1), True
+                s.n_skipped += missing  # games never judged because the answer failed to generate
+                s.extra |= {"category": category, "n_unparsed": sum(v.status == "unparsed" for v in mine),
+                            "n_error": sum(v.status == "error" for v in mine), "n_not_generated": missing}
+                self.env.log(f"{TASK} {label} {session.name}: {s.metric} {s.value} ({s.ci_low}, {s.ci_high}) vs {base}; "
+                             f"{s.n} games, {s.n_skipped} skipped")
+                scores.append(s)
+        return scores
 
 
-def _metrics(rows: list[dict[str, Any]], baseline: str, bench: str, cfg: Config, judge: str,
-             metadata: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The dict ``metrics.arena_hard.metrics_from_file`` returns, computed from stored verdict rows."""
-    verdicts = [Verdict(item_id=r["item_id"], judge_id=r["judge_id"], judge_version=r["judge_version"],
-                        status=r["status"], value=r["value"], raw=r["raw"], order=r["order"], error=r.get("error"),
-                        meta={k: r[k] for k in ("model", "baseline", "game", "label", "decisive")})
-                for r in rows]
-    model = verdicts[0].meta["model"]
-    counts = {"n_games": len(rows), "n_unparsed": sum(r["status"] == "unparsed" for r in rows),
-              "n_error": sum(r["status"] == "error" for r in rows)}
-    skipped = counts["n_unparsed"] + counts["n_error"]  # the official file counts both as unparsed
-    battles = ah.battles_from_verdicts(verdicts)
-    ci_level = cfg.ci_level or DEFAULT_CI_LEVEL[cfg.version]
-    variant: Literal["v0.1", "v2"] = "v0.1" if cfg.version == "v0.1" else "v2"
-    entry: dict[str, Any] = {"score": None, "ci_low": None, "ci_high": None, "elo": None, "elo_ci": [None, None],
-                             "n_battles": len(battles), "n_games": len(rows), "n_unparsed": skipped}
-    coefs = np.zeros(0)
-    if not battles.empty:
-        features, ridge = None, 0.0
-        if cfg.style_control:  # same covariates and penalty as metrics_from_file(style_control=True)
-            features = ah.style_features(battles, metadata, variant)
-            ridge = 1.0 if variant == "v0.1" else 0.0
-        elo, coefs = ah.fit_bt(battles, baseline=baseline, features=features, ridge=ridge)
-        boot = ah.bootstrap_elo(battles, baseline=baseline, rounds=cfg.bootstrap_rounds, seed=cfg.seed,
-                                unit=cfg.bootstrap_unit, features=features, ridge=ridge)
-        pct = lambda e: None if e is None else 100 * float(ah.win_rate(e))  # noqa: E731
-        lo, hi = ((float(x) for x in np.nanpercentile(boot[model], [50 * (1 - ci_level), 50 * (1 + ci_level)]))
-                  if cfg.bootstrap_rounds else (None, None))
-        entry |= {"score": pct(elo[model]), "ci_low": pct(lo), "ci_high": pct(hi), "elo": elo[model],
-                  "elo_ci": [lo, hi]}
-    return {"task": TASK, "bench": bench, "baseline": baseline, "judge": judge, "models": {model: entry},
-            "n_games": len(rows), "n_unparsed": skipped, "counts": counts,
-            "bootstrap": {"rounds": cfg.bootstrap_rounds, "seed": cfg.seed, "unit": cfg.bootstrap_unit,
-                          "ci_level": ci_level},
-            "style_control": ({"variant": variant, "tokenizer": cfg.style_tokenizer,
-                               "coefficients": dict(zip(ah.STYLE_FEATURES, map(float, coefs)))}
-                              if cfg.style_control else None)}
+def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int = 1000, seed: int = ah.OFFICIAL_SEED,
+           **_: Any) -> Any:
+    """Paired cluster bootstrap over questions (both games of a question together, the same draws for both
+    models), Bradley-Terry refit each round, against the baseline both were judged against."""
+    from ..paired import arena_hard_paired_bootstrap
+    if metric != "score":
+        raise ValueError(f"no paired test for arena_hard {metric} (style control needs the answers' metadata)")
+    va, vb = a.verdicts(), b.verdicts()
+    bases = {v.meta.get("baseline") for v in va + vb if v.status == "ok"}
+    if len(bases) != 1:
+        raise ValueError(f"the two models were judged against different baselines {sorted(map(str, bases))}")
+    for side, vs in (("a", va), ("b", vb)):  # one name may be in both runs: tell them apart in one battle table
+        for v in vs:
+            v.meta = {**v.meta, "model": f"{side}:{v.meta['model']}"}
+    battles = ah.battles_from_verdicts([*va, *vb])
+    return arena_hard_paired_bootstrap(battles, f"a:{a.model}", f"b:{b.model}", baseline=bases.pop(),
+                                       rounds=rounds, seed=seed)
 
 
-def _verdict_row(res: ChatResult, info: dict[str, Any]) -> dict[str, Any]:
-    """A verdict row: status ok | unparsed | error, the judge's raw text kept for re-parsing."""
-    meta = {k: v for k, v in info.items() if k != "patterns"}
-    if res.status != "ok":
-        return {**meta, "status": "error", "label": None, "decisive": False, "value": None, "raw": None,
-                "error": res.error, "tstamp": time.time()}
-    label = ah.parse_verdict(res.text or "", info["patterns"])
-    value, decisive = None, False
-    if label is not None:  # _LABELS: canonical label -> (assistant A's score, decisive)
-        score_a, decisive = ah._LABELS[label]
-        value = score_a if info["game"] == 2 else 1.0 - score_a  # the policy's score: 1 win, 0.5 tie, 0 loss
-    return {**meta, "status": "ok" if label else "unparsed", "label": label, "decisive": decisive, "value": value,
-            "raw": res.text, "error": None, "tstamp": time.time()}
+TASK_CLASS = ArenaHardTask
+# The label space of a local label-logprob judge: the judge config's verdict labels, after the
+# official prompt's closing instruction ("My final verdict is: [[A>B]]").
+LABEL_PREFIX = "My final verdict is: [["
+LABEL_CHOICES = ("A>>B]]", "A>B]]", "A=B]]", "B>A]]", "B>>A]]")
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -192,7 +247,8 @@ def _questions(cfg: Config, bench: str) -> list[dict[str, Any]]:
         if unknown:
             raise InputError(f"no questions in categories {sorted(unknown)}", path=str(path), field="categories")
         questions = [q for q in questions if q["category"] in wanted]
-    return questions[:cfg.limit] if cfg.limit is not None else questions
+    complete = cfg.questions is None and cfg.categories is None and (cfg.limit is None or cfg.limit >= len(questions))
+    return (questions[:cfg.limit] if cfg.limit is not None else questions), complete
 
 
 def _judge_config(cfg: Config, category: str) -> ah.JudgeConfig:
@@ -226,27 +282,26 @@ def _write_answers(folder: Path, model: str, questions: list[dict[str, Any]], te
                    count: Callable[[str], int] | None) -> None:
     """``model_answer/<model>.jsonl`` as gen_answer.py writes it (metadata only when style is measured)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(folder / f"{_safe(model)}.jsonl", (
+    write_jsonl_atomic(folder / f"{file_name(model)}.jsonl", (
         {"uid": q["uid"], "model": model, "messages": [{"role": "user", "content": q["prompt"]},
                                                        {"role": "assistant", "content": {"answer": texts[q["uid"]]}}],
          **({"metadata": ah.style_metadata(texts[q["uid"]], count)} if count else {})} for q in questions))
 
 
-def _write_judgments(path: Path, questions: list[dict[str, Any]], rows: dict[str, dict[str, Any]],
-                     requests: dict[str, ChatRequest], info: dict[str, dict[str, Any]]) -> None:
+def _write_judgments(path: Path, questions: list[dict[str, Any]], verdicts: list[Verdict]) -> None:
     """``model_judgment/<judge>/<model>.jsonl`` as v2 gen_judgment.py writes it: a failed game is null."""
-    by_question: dict[str, list[str]] = {}
-    for key in sorted(requests, key=lambda k: info[k]["game"]):
-        by_question.setdefault(info[key]["item_id"], []).append(key)
+    by_question: dict[str, list[Verdict]] = {}
+    for v in sorted(verdicts, key=lambda v: v.meta["game"]):
+        by_question.setdefault(v.item_id, []).append(v)
     out = []
     for q in questions:
-        keys = by_question[q["uid"]]
-        games = [None if rows[k]["status"] == "error" else
-                 {"score": rows[k]["label"], "judgment": {"answer": rows[k]["raw"]}, "prompt": requests[k].messages}
-                 for k in keys]
-        first = info[keys[0]]
-        out.append({"uid": q["uid"], "category": q["category"], "judge": first["judge_id"], "model": first["model"],
-                    "baseline": first["baseline"], "games": games})
+        games = by_question.get(q["uid"])
+        if not games:
+            continue
+        out.append({"uid": q["uid"], "category": q["category"], "judge": games[0].judge_id,
+                    "model": games[0].meta["model"], "baseline": games[0].meta["baseline"],
+                    "games": [None if v.status == "error" else {"score": v.meta.get("label"),
+                                                                 "judgment": {"answer": v.raw}} for v in games]})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(path, out)
 
@@ -267,6 +322,4 @@ def _token_counter(name: str) -> Callable[[str], int]:
     return lambda text: len(encoding.encode(text, disallowed_special=()))
 
 
-def _safe(name: str) -> str:
-    """A file name from a model or judge name (``org/model``, ``local:/path``)."""
-    return re.sub(r"[^\w.@+=-]", "_", name)
+

@@ -1,24 +1,34 @@
-"""What every benchmark task gets: a policy backend, a chat judge, the run's store, settings.
+"""The task protocol, and what a task gets from the one run loop (``evalharness.runner``).
 
-A task module (alpaca_eval.py, arena_hard.py, mt_bench.py) defines a ``Config`` dataclass and
-``run(cfg, ctx) -> list[Score]``. It reads top to bottom: load data, generate answers for what is
-missing, judge what is missing, compute metrics from the stored records. Records are appended to
-the run's store as they are produced, so a killed run resumes where it stopped.
+Every evaluation is a task: classifier rewards, KL to the reference, AlpacaEval 2, Arena-Hard,
+MT-Bench. A task module (``tasks/<name>.py``) reads top to bottom:
+
+1. ``Config``: a dataclass; every field changes a number.
+2. ``setup``: load and check the items (before anything is written).
+3. ``requests(session)``: what the policy must generate. The loop calls it again after each round
+   of generation, so a task can ask for turn 2 once turn 1 is answered (MT-Bench).
+4. ``judgments(session)`` and ``judge(session, pending)``: what must be judged, and how: a classifier,
+   the reference model's log-probs, or a chat judge (template + backend call + parser).
+5. ``aggregate(session, verdicts)``: Scores, computed by the same metric function the official-file
+   importers use.
+6. ``VERSION``: changes whenever a number could change.
+
+The loop owns generate-missing, judge-missing, records and resume; a task never touches the store.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .. import benchdata
 from ..backends.base import Backend
-from ..errors import InputError
 from ..backends.openai import ChatRequest, ChatResult
-from ..records import GenRequest, SamplingParams
-from ..store import RunStore
+from ..errors import EvalHarnessError, InputError
+from ..records import GenRecord, GenRequest, SamplingParams, Score, Verdict, content_hash
 
 
 def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
@@ -34,83 +44,240 @@ def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
 
 
 class ChatJudge(Protocol):
-    """``JudgeClient`` (any OpenAI-compatible endpoint) or ``LocalChatJudge`` (in-process model)."""
+    """``JudgeClient`` (any OpenAI-compatible endpoint) or ``LocalChatJudge`` (in-process model).
+
+    ``protocol`` says how verdicts are produced: ``generate`` (free text, parsed) or ``label-logprobs``
+    (a local judge scoring the allowed labels); it is part of every judge version.
+    """
 
     model_id: str
+    protocol: str
 
     def complete(self, requests: list[ChatRequest], progress: bool = False) -> list[ChatResult]: ...
 
 
 @dataclass
 class GenerationSettings:
-    """Decoding for the policy's answers (a task may override temperature per item, e.g. MT-Bench)."""
+    """Decoding for the policy's answers (a task may fix or override it, e.g. KL or MT-Bench's temperatures)."""
 
     max_new_tokens: int = 1024
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    n: int = 1  # samples per prompt (classifier rewards and KL; benchmarks answer once)
 
     def params(self, **overrides: Any) -> SamplingParams:
         base = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
                 "seed": self.seed}
         return SamplingParams(**{**base, **overrides})
 
+    def decoding(self, **overrides: Any) -> dict[str, Any]:
+        """The part of the comparability key that describes the policy's decoding (the seed is not: two
+        seeds sample one distribution)."""
+        d = {**asdict(self), **overrides}
+        return {k: d[k] for k in ("temperature", "top_p", "max_new_tokens", "n")}
+
 
 @dataclass
-class TaskContext:
-    policy: Backend
-    policy_name: str  # the name scores and official-format files carry
-    judge: ChatJudge | None  # None: generate only
-    judge_name: str  # e.g. "gpt-4-1106-preview@https://api.openai.com/v1" or "local:smollm2 (demo)"
-    store: RunStore
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
+class Pending:
+    """One judgment to make: its verdict key, the item and sample it is about, and what the judge needs."""
+
+    key: str
+    item_id: str
+    payload: Any
+    sample_index: int = 0
+
+
+class Session:
+    """One model during a run: its name, its generations, and its backend, loaded only when needed.
+
+    Generation keys are computable without loading the model (the model's revision, the backend and
+    its number-changing options, the request, the decoding and the sample index), so a finished run
+    resumes without loading any model.
+    """
+
+    def __init__(self, name: str, identity: dict[str, Any], load: Callable[[], Backend],
+                 records: list[GenRecord]) -> None:
+        self.name, self.identity, self._load = name, identity, load
+        self._backend: Backend | None = None
+        self.answers: dict[str, GenRecord] = {}
+        for r in records:  # later rows win: a failed sample retried on resume
+            self.answers[r.key] = r
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._load()
+        return self._backend
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def release(self) -> None:
+        self._backend = None
+
+    def key(self, req: GenRequest, sample_index: int = 0) -> str:
+        content = req.prompt_ids if req.prompt_ids is not None else (req.messages if req.messages is not None
+                                                                    else req.prompt)
+        return content_hash(self.identity, content, req.params.to_dict(), req.id, sample_index)
+
+    def answer(self, req: GenRequest, sample_index: int = 0) -> GenRecord | None:
+        """The stored sample for a request, or None while it is missing or failed."""
+        r = self.answers.get(self.key(req, sample_index))
+        return r if r is not None and r.status == "ok" else None
+
+    def samples(self, req: GenRequest) -> list[GenRecord | None]:
+        return [self.answer(req, si) for si in range(req.params.n)]
+
+
+@dataclass
+class RunEnv:
+    """What every task of a run shares: decoding, the chat judge, the KL reference, output folder, logging."""
+
+    generation: GenerationSettings
+    out_dir: Path  # the run folder; tasks write official-format files under out_dir/<task>/
+    judge: ChatJudge | None = None
+    judge_name: str = ""  # e.g. "gpt-4-1106-preview" or "local:smollm2-135m-instruct@... (demo judge)"
+    reference: Callable[[], Backend] | None = None  # the KL reference, loaded once per run on first use
+    reference_name: str | None = None
     progress: bool = True
     log: Callable[[str], None] = lambda _: None
 
-    # -- resumable records ------------------------------------------------------------------
-    def stored(self, kind: str, task: str) -> dict[str, dict[str, Any]]:
-        """Rows of ``kind`` ('generations' | 'verdicts') for ``task``, by their 'key' field."""
-        return {r["key"]: r for r in self.store.read(kind) if r.get("task") == task}
-
-    def save(self, kind: str, task: str, rows: list[dict[str, Any]]) -> None:
-        """Append rows (each must carry a unique 'key') tagged with the task."""
-        self.store.append(kind, [{**r, "task": task} for r in rows])
-
-    def generate_missing(self, task: str, requests: dict[str, GenRequest], chunk: int = 32) -> dict[str, dict[str, Any]]:
-        """Generate (n=1) for keys not yet stored (or stored as failed), saving after every chunk.
-
-        A row whose ``status`` is 'error' (an endpoint that failed after its retries) is kept as a
-        record but generated again on the next run; tasks count it as a failure, never judge it.
-        """
-        done = {k: v for k, v in self.stored("generations", task).items() if v.get("status") != "error"}
-        todo = [(k, r) for k, r in requests.items() if k not in done]
-        if todo:
-            self.log(f"{task}: generating {len(todo)} answers with {self.policy_name}")
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            gens = self.policy.generate([r for _, r in part])
-            rows = [{"key": k, "id": r.id, "model": self.policy_name, "text": g.text,
-                     "status": "error" if g.finish_reason == "error" else "ok", "error": g.error,
-                     "n_tokens": len(g.token_ids or []), "finish_reason": g.finish_reason, "params": r.params.to_dict()}
-                    for (k, r), g in zip(part, gens)]
-            self.save("generations", task, rows)
-            done.update({row["key"]: {**row, "task": task} for row in rows})
-        return done
-
-    def judge_missing(self, task: str, requests: dict[str, ChatRequest],
-                      to_row: Callable[[str, ChatResult], dict[str, Any]], chunk: int = 64) -> dict[str, dict[str, Any]]:
-        """Judge keys with no stored verdict or only a failed one (failures are retried, never kept as
-        results); ``to_row`` turns a result into a verdict row (status ok | unparsed | error, raw kept)."""
+    def need_judge(self, task: str) -> ChatJudge:
         if self.judge is None:
-            raise RuntimeError(f"{task}: no judge configured")
-        done = {k: v for k, v in self.stored("verdicts", task).items() if v.get("status") != "error"}
-        todo = [(k, r) for k, r in requests.items() if k not in done]
-        if todo:
-            self.log(f"{task}: {len(todo)} judgments by {self.judge_name}")
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            results = self.judge.complete([r for _, r in part], progress=self.progress)
-            rows = [{"key": k, **to_row(k, res)} for (k, _), res in zip(part, results)]
-            self.save("verdicts", task, rows)
-            done.update({row["key"]: {**row, "task": task} for row in rows})
-        return {k: done[k] for k in requests}
+            raise EvalHarnessError(f"task '{task}' needs a judge: add a judge: section to the spec")
+        return self.judge
+
+
+class Task:
+    """Base class of every task; see the module docstring for the protocol."""
+
+    Config: ClassVar[type]
+    VERSION: ClassVar[str] = "1"
+    needs_judge: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
+
+    def __init__(self, name: str, cfg: Any, env: RunEnv, generation: GenerationSettings | None = None) -> None:
+        self.name, self.cfg, self.env = name, cfg, env
+        self.generation = generation or env.generation
+
+    def setup(self) -> None:
+        """Load and validate items; raise InputError before anything is written."""
+
+    def identity(self) -> dict[str, Any]:
+        """What goes into the run id: the config, the decoding and the version."""
+        cfg = asdict(self.cfg) if hasattr(self.cfg, "__dataclass_fields__") else dict(self.cfg)
+        return {"module": type(self).__module__, "version": self.VERSION, "config": cfg,
+                "generation": asdict(self.generation)}
+
+    def requests(self, session: Session) -> list[GenRequest]:
+        return []
+
+    def judgments(self, session: Session) -> list[Pending]:
+        return []
+
+    def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
+        raise NotImplementedError
+
+    def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
+        raise NotImplementedError
+
+    # -- shared by the chat-judged tasks ------------------------------------------------------
+    def chat_verdicts(self, pending: list[Pending], parse: Callable[[Pending, ChatResult], Verdict]) -> list[Verdict]:
+        """Judge ``pending`` (payload: a ChatRequest) with the run's chat judge; a failed call is an error
+        verdict (retried on the next run, never a score), anything else goes through the task's parser."""
+        if not pending:
+            return []
+        judge = self.env.need_judge(self.name)
+        results = judge.complete([p.payload for p in pending], progress=self.env.progress)
+        out = []
+        for p, res in zip(pending, results):
+            if res.status != "ok":
+                out.append(Verdict(p.item_id, self.env.judge_name, "", "error", sample_index=p.sample_index,
+                                   error=res.error, key=p.key))
+            else:
+                out.append(parse(p, res))
+        return out
+
+    def judge_version(self, *parts: Any) -> str:
+        """DESIGN: one meaning everywhere: a hash of template, parser, judge decoding and judge protocol."""
+        protocol = getattr(self.env.judge, "protocol", "generate") if self.needs_judge else ""
+        return content_hash(type(self).__module__, self.VERSION, protocol, *parts, length=12)
+
+
+def file_name(name: str) -> str:
+    """A file name from a model or judge name (``org/model``, ``local:/path``, ``../x``): never a path."""
+    import re
+    return re.sub(r"[^\w.@+=-]", "_", name).lstrip(".") or "_"
+
+
+STORED_PREFIX = "run:"
+
+
+def stored_answers(baseline: str, relative: str) -> tuple[Path, str] | None:
+    """Head-to-head judging: ``run:RUN/MODEL`` names another model's stored answers (the official-format
+    file ``relative`` inside that finished run, with ``{model}`` filled in) as a benchmark's baseline.
+    Returns (file, model name), or None for an ordinary baseline."""
+    if not baseline.startswith(STORED_PREFIX):
+        return None
+    from ..store import find_run
+    run, sep, model = baseline[len(STORED_PREFIX):].rpartition("/")
+    if not sep or not run or not model:
+        raise InputError(f"a stored baseline is run:RUN/MODEL, got {baseline!r}", field="baseline")
+    path = find_run(run) / relative.format(model=file_name(model))
+    if not path.is_file():
+        raise InputError(f"run {run} has no answers of {model!r} for this benchmark", path=str(path), field="baseline")
+    return path, model
+
+
+def task_class(module: str) -> type[Task]:
+    """The Task class of ``evalharness.tasks.<module>``: adding a task means adding one module."""
+    try:
+        mod = importlib.import_module(f"evalharness.tasks.{module}")
+    except ModuleNotFoundError as e:
+        if e.name == f"evalharness.tasks.{module}":
+            raise InputError(f"unknown task '{module}'; known: {', '.join(known_tasks())}") from None
+        raise
+    cls = getattr(mod, "TASK_CLASS", None)
+    if cls is None:
+        raise InputError(f"evalharness.tasks.{module} is not a task module (no TASK_CLASS)")
+    return cls  # type: ignore[no-any-return]
+
+
+def known_tasks() -> list[str]:
+    import pkgutil
+    from .. import tasks
+    return sorted(m.name for m in pkgutil.iter_modules(tasks.__path__) if m.name != "base" and not m.name.startswith("_"))
+
+
+@dataclass
+class ModelRecords:
+    """One model's records of one task in one finished run: what a task's ``paired`` reads.
+
+    A task module's ``paired(metric, a, b, *, rounds, seed) -> PairedResult`` compares two models
+    item by item from these (``evalharness.paired``); ``compare``, ``regress`` and ``history`` call it.
+    """
+
+    store: Any  # evalharness.store.RunStore
+    model: str
+    task: str
+    config: dict[str, Any] = field(default_factory=dict)  # the task's config as the run recorded it
+
+    def verdicts(self) -> list[Verdict]:
+        return list(self.store.verdicts(self.task, self.model))
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.store.path)
+
+
+@dataclass
+class TaskSpec:
+    """A task as a run asks for it: the name scores carry, its module, its config, its decoding."""
+
+    name: str
+    module: str
+    config: Any
+    generation: GenerationSettings | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,6 @@ and coding and multi-turn for turn 2; the rating is the last ``[[N]]``. Scoring 
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Any
 from ..backends.openai import ChatRequest, ChatResult
 from ..errors import InputError
 from ..metrics import mt_bench as mt
-from ..records import GenRequest, Score, Verdict
-from ..store import write_jsonl_atomic
+from ..judges.local import choice_probabilities
 from ..metrics import iter_jsonl
-from .base import TaskContext, data_file
+from ..records import GenRequest, Score, Verdict, content_hash
+from ..store import write_jsonl_atomic
+from .base import ModelRecords, Pending, Session, Task, data_file, file_name
 
 TASK = "mt_bench"
 DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py: a category outside temperature_config
@@ -45,81 +45,145 @@ class Config:
     judge_max_tokens: int = 2048  # common.run_judge_single
 
 
-def run(cfg: Config, ctx: TaskContext) -> list[Score]:
-    """Generate missing turns, judge missing turns, and return overall, turn-1 and turn-2 means."""
-    questions = _questions(cfg)
-    prompts = mt.load_judge_prompts(cfg.judge_prompts or _data_file(cfg, "judge_prompts.jsonl", "judge_prompts"))
-    ref_path = (Path(cfg.reference_answers) if cfg.reference_answers
-                else _data_file(cfg, "reference_answer/gpt-4.jsonl", "reference/gpt-4"))
-    refs, ref_model = _references(ref_path)
-    missing = [q["question_id"] for q in questions
-               if q["category"] in mt.NEED_REF_CATS and q["question_id"] not in refs]
-    if missing:  # checked before generating: reference-guided grading cannot run without them
-        raise InputError(f"no reference answer for questions {missing}", path=str(ref_path))
+class MTBenchTask(Task):
+    Config = Config
+    VERSION = "1"
+    needs_judge = True
 
-    answers: dict[int, list[str]] = {q["question_id"]: [] for q in questions}
-    for turn in (1, 2):
-        requests = {}
-        for q in questions:
-            if len(q["turns"]) < turn:
-                continue
-            history: list[dict[str, str]] = []
-            for question_turn, answer in zip(q["turns"], answers[q["question_id"]]):  # the model's own turns
-                history += [{"role": "user", "content": question_turn}, {"role": "assistant", "content": answer}]
-            key = f"{q['question_id']}:t{turn}"
-            requests[key] = GenRequest(id=key, messages=[*history, {"role": "user", "content": q["turns"][turn - 1]}],
-                                       params=ctx.generation.params(temperature=_temperature(q)))
-        gens = ctx.generate_missing(TASK, requests)
-        for q in questions:
-            if f"{q['question_id']}:t{turn}" in requests:
-                answers[q["question_id"]].append(gens[f"{q['question_id']}:t{turn}"]["text"])
-    out = ctx.store.path / TASK
-    _write_answers(out / "model_answer" / f"{_safe(ctx.policy_name)}.jsonl", ctx.policy_name, answers)
-    if ctx.judge is None:
-        return []
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.questions, complete = _questions(cfg)
+        self._judged: dict[str, list[Verdict]] = {}  # model -> its verdicts, for the one judgment file
+        self.prompts = mt.load_judge_prompts(cfg.judge_prompts or _data_file(cfg, "judge_prompts.jsonl", "judge_prompts"))
+        ref_path = (Path(cfg.reference_answers) if cfg.reference_answers
+                    else _data_file(cfg, "reference_answer/gpt-4.jsonl", "reference/gpt-4"))
+        self.refs, self.ref_model = _references(ref_path)
+        missing = [q["question_id"] for q in self.questions
+                   if q["category"] in mt.NEED_REF_CATS and q["question_id"] not in self.refs]
+        if missing:  # checked before generating: reference-guided grading cannot run without them
+            raise InputError(f"no reference answer for questions {missing}", path=str(ref_path))
+        # A custom or partial question set is another benchmark: never in one column with the official 80.
+        ids = [q["question_id"] for q in self.questions]
+        self.task_version = self.VERSION if complete else \
+            f"{self.VERSION}/subset:{content_hash(ids, [q['turns'] for q in self.questions], length=8)}"
 
-    chats: dict[str, ChatRequest] = {}
-    info: dict[str, dict[str, Any]] = {}
-    for q in questions:
-        qid = q["question_id"]
-        for turn in range(1, len(answers[qid]) + 1):
-            key = f"{qid}:t{turn}"
-            reference = refs.get(qid) if q["category"] in mt.NEED_REF_CATS else None
-            chats[key] = ChatRequest(id=key, temperature=0.0, max_tokens=cfg.judge_max_tokens,
-                                     messages=mt.render_judge_messages(q, answers[qid], turn, prompts, reference),
-                                     template_version=mt.select_judge_prompt(q["category"], turn, prompts)["name"])
-            info[key] = {"question_id": qid, "category": q["category"], "turn": turn, "model": ctx.policy_name,
-                         "judge_id": ctx.judge_name, "judge_prompt": chats[key].template_version}
-    rows = ctx.judge_missing(TASK, chats, lambda key, res: _verdict_row(res, info[key]))
-    _write_judgments(out / "model_judgment" / f"{_safe(ctx.judge_name)}_single.jsonl", rows, chats)
+    def _turn_request(self, q: dict[str, Any], answers: list[str], turn: int) -> GenRequest:
+        history: list[dict[str, str]] = []
+        for question_turn, answer in zip(q["turns"], answers):  # the model's own earlier turns
+            history += [{"role": "user", "content": question_turn}, {"role": "assistant", "content": answer}]
+        return GenRequest(id=f"{q['question_id']}:t{turn}",
+                          messages=[*history, {"role": "user", "content": q["turns"][turn - 1]}],
+                          params=self.generation.params(temperature=_temperature(q)))
 
-    verdicts = [Verdict(item_id=f"{r['question_id']}:{r['turn']}", judge_id=r["judge_id"],
-                        judge_version=r["judge_prompt"], status=r["status"], value=r["value"], raw=r["raw"],
-                        error=r.get("error"),
-                        meta={"model": r["model"], "question_id": str(r["question_id"]), "turn": r["turn"]})
-                for r in rows.values()]
-    metrics = {"task": TASK, "judge": ctx.judge_name, "reparsed": False,  # the dict metrics_from_file returns
-               "judge_prompts": sorted({r["judge_prompt"] for r in rows.values()}),
-               "models": mt.aggregate(verdicts, model=ctx.policy_name)}
-    n_error = sum(r["status"] == "error" for r in rows.values())
-    scores = mt.to_scores(metrics)
-    for s in scores:
-        s.reference_model = ref_model  # other reference answers change math, reasoning and coding grades
-        if s.metric == "score":
-            s.extra |= {"n_unparsed": s.n_skipped - n_error, "n_error": n_error}
-    r = metrics["models"][ctx.policy_name]
-    ctx.log(f"{TASK}: score {r['score']} (turn 1 {r['turn1']}, turn 2 {r['turn2']}); {r['n']} graded, "
-            f"{r['n_unparsed']} skipped ({n_error} failed calls)")
-    return scores
+    def answers(self, session: Session) -> dict[int, list[str]]:
+        """Each question's answered turns, in order: turn 2 is asked once turn 1 is answered."""
+        out: dict[int, list[str]] = {}
+        for q in self.questions:
+            turns: list[str] = []
+            for turn in range(1, len(q["turns"]) + 1):
+                g = session.answer(self._turn_request(q, turns, turn))
+                if g is None:
+                    break
+                turns.append(g.text)
+            out[q["question_id"]] = turns
+        return out
+
+    def requests(self, session: Session) -> list[GenRequest]:
+        answers = self.answers(session)
+        return [self._turn_request(q, answers[q["question_id"]], len(answers[q["question_id"]]) + 1)
+                for q in self.questions if len(answers[q["question_id"]]) < len(q["turns"])] + \
+               [self._turn_request(q, answers[q["question_id"]][:t - 1], t) for q in self.questions
+                for t in range(1, len(answers[q["question_id"]]) + 1)]
+
+    def judgments(self, session: Session) -> list[Pending]:
+        if self.env.judge is None:
+            return []
+        out = []
+        answers = self.answers(session)
+        for q in self.questions:
+            qid = q["question_id"]
+            for turn in range(1, len(answers[qid]) + 1):
+                reference = self.refs.get(qid) if q["category"] in mt.NEED_REF_CATS else None
+                prompt = mt.select_judge_prompt(q["category"], turn, self.prompts)["name"]
+                request = ChatRequest(id=f"{qid}:t{turn}", temperature=0.0, max_tokens=self.cfg.judge_max_tokens,
+                                      messages=mt.render_judge_messages(q, answers[qid], turn, self.prompts, reference),
+                                      template_version=prompt, choices=RATING_CHOICES, choice_prefix=RATING_PREFIX)
+                out.append(Pending(f"{qid}:t{turn}", f"{qid}:{turn}", (request, {
+                    "question_id": qid, "category": q["category"], "turn": turn, "judge_prompt": prompt})))
+        return out
+
+    def _judge_version(self) -> str:
+        return self.judge_version(sorted((k, v.get("system_prompt"), v.get("prompt_template"))
+                                         for k, v in self.prompts.items()), self.cfg.judge_max_tokens, self.ref_model)
+
+    def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
+        info = {p.key: p.payload[1] for p in pending}
+        version = self._judge_version()
+
+        def parse(p: Pending, res: ChatResult) -> Verdict:
+            meta = {**info[p.key], "model": session.name}
+            if res.choice_logprobs:  # G-Eval: the expected rating under the judge's distribution over 1-10
+                probs = choice_probabilities(res.choice_logprobs)
+                rating: float | None = sum(p_ * (RATING_CHOICES.index(c) + 1) for c, p_ in probs.items())
+                meta["rating_probabilities"] = probs
+            else:
+                rating = mt.parse_rating(res.text or "")
+            return Verdict(p.item_id, self.env.judge_name, version, "unparsed" if rating is None else "ok", rating,
+                           raw=res.text, key=p.key, meta=meta)
+
+        verdicts = self.chat_verdicts([Pending(p.key, p.item_id, p.payload[0]) for p in pending], parse)
+        for p, v in zip(pending, verdicts):
+            if v.status == "error":
+                v.judge_version, v.meta = version, {**info[p.key], "model": session.name}
+        return verdicts
+
+    def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
+        """Official-format files, then ``metrics.mt_bench.aggregate`` (the official-file path's function)."""
+        current = {p.key for p in self.judgments(session)}
+        verdicts = [v for v in verdicts if v.key in current]
+        out = self.env.out_dir / TASK
+        _write_answers(out / "model_answer" / f"{file_name(session.name)}.jsonl", session.name, self.answers(session))
+        if self.env.judge is None:
+            return []
+        # One file per judge holding every model's judgments, as FastChat's gen_judgment.py writes it.
+        self._judged[session.name] = verdicts
+        _write_judgments(out / "model_judgment" / f"{file_name(self.env.judge_name)}_single.jsonl",
+                         [v for vs in self._judged.values() for v in vs])
+        metrics = {"task": TASK, "judge": self.env.judge_name, "reparsed": False,
+                   "judge_prompts": sorted({str(v.meta["judge_prompt"]) for v in verdicts}),
+                   "models": mt.aggregate(verdicts, model=session.name) or {session.name: _empty()}}
+        n_error = sum(v.status == "error" for v in verdicts)
+        n_turns = sum(len(q["turns"]) for q in self.questions)
+        scores = mt.to_scores(metrics)
+        for s in scores:
+            s.task, s.task_version, s.judge_version = self.name, self.task_version, self._judge_version()
+            s.baseline = self.ref_model  # other reference answers change math, reasoning and coding grades
+            s.decoding, s.higher_is_better = self.generation.decoding(n=1), True
+            if s.metric == "score":
+                s.n_skipped = n_turns - s.n  # unparsed, failed calls and turns never generated
+                s.extra |= {"n_unparsed": sum(v.status == "unparsed" for v in verdicts), "n_error": n_error}
+        r = metrics["models"][session.name]
+        self.env.log(f"{TASK} {session.name}: score {r['score']} (turn 1 {r['turn1']}, turn 2 {r['turn2']}); "
+                     f"{r['n']} graded, {n_turns - r['n']} skipped ({n_error} failed calls)")
+        return scores
 
 
-def _verdict_row(res: ChatResult, info: dict[str, Any]) -> dict[str, Any]:
-    """A verdict row: status ok | unparsed | error, the judge's raw text kept for re-parsing."""
-    if res.status != "ok":
-        return {**info, "status": "error", "value": None, "raw": None, "error": res.error, "tstamp": time.time()}
-    rating = mt.parse_rating(res.text or "")
-    return {**info, "status": "unparsed" if rating is None else "ok", "value": rating, "raw": res.text,
-            "error": None, "tstamp": time.time()}
+def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
+    """Per-question difference of the mean over both turns (the question is the cluster), or of one turn."""
+    from ..paired import mt_bench_paired, mt_bench_scores
+    turn = {"score": None, "turn1": 1, "turn2": 2}[metric]
+    return mt_bench_paired(mt_bench_scores(a.verdicts(), a.model), mt_bench_scores(b.verdicts(), b.model), turn=turn)
+
+
+TASK_CLASS = MTBenchTask
+# The label space of a local label-logprob judge: the official "[[rating]]" on the 1-10 scale.
+RATING_PREFIX = "Rating: [["
+RATING_CHOICES = tuple(f"{i}]]" for i in range(1, 11))
+
+
+def _empty() -> dict[str, Any]:
+    return {"score": None, "turn1": None, "turn2": None, "n": 0, "n_turn1": 0, "n_turn2": 0, "n_unparsed": 0,
+            "stderr": None, "ci_low": None, "ci_high": None}
 
 
 def _temperature(question: dict[str, Any]) -> float:
@@ -147,7 +211,9 @@ def _questions(cfg: Config) -> list[dict[str, Any]]:
         questions = [q for q in questions if q["question_id"] in cfg.question_ids]
     if not questions:
         raise InputError("no question left after the categories / question_ids filters", path=str(path))
-    return questions[:cfg.limit] if cfg.limit is not None else questions
+    complete = (cfg.questions is None and cfg.categories is None and cfg.question_ids is None
+                and (cfg.limit is None or cfg.limit >= len(questions)))
+    return (questions[:cfg.limit] if cfg.limit is not None else questions), complete
 
 
 def _references(path: Path) -> tuple[dict[int, list[str]], str]:
@@ -170,17 +236,11 @@ def _write_answers(path: Path, model: str, answers: dict[int, list[str]]) -> Non
                                "choices": [{"index": 0, "turns": turns}]} for qid, turns in answers.items()))
 
 
-def _write_judgments(path: Path, rows: dict[str, dict[str, Any]], chats: dict[str, ChatRequest]) -> None:
+def _write_judgments(path: Path, verdicts: list[Verdict]) -> None:
     """``model_judgment/<judge>_single.jsonl`` as gen_judgment.py writes it (-1: no rating; $ERROR$: failed call)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, ({"question_id": r["question_id"], "model": r["model"],
-                               "judge": [r["judge_id"], r["judge_prompt"]],
-                               "user_prompt": chats[k].messages[-1]["content"],
-                               "judgment": API_ERROR_OUTPUT if r["status"] == "error" else r["raw"],
-                               "score": r["value"] if r["status"] == "ok" else mt.UNPARSED_SCORE,
-                               "turn": r["turn"], "tstamp": r["tstamp"]} for k, r in rows.items()))
-
-
-def _safe(name: str) -> str:
-    """A file name from a model or judge name (``org/model``, ``local:/path``)."""
-    return re.sub(r"[^\w.@+=-]", "_", name)
+    write_jsonl_atomic(path, ({"question_id": v.meta["question_id"], "model": v.meta["model"],
+                               "judge": [v.judge_id, v.meta["judge_prompt"]],
+                               "judgment": API_ERROR_OUTPUT if v.status == "error" else v.raw,
+                               "score": v.value if v.status == "ok" else mt.UNPARSED_SCORE,
+                               "turn": v.meta["turn"], "tstamp": time.time()} for v in verdicts))

@@ -38,7 +38,7 @@ class PairsConfig:
     seed: int = 0
     min_gap: float = 0.0  # best - worst must exceed this, else the prompt is a tie and dropped
     dtype: str = "float32"
-    batch_size: int = 16
+    batch_size: int | str = "auto"  # "auto": sized from a memory budget (evalharness.backends.hf)
 
 
 def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None) -> tuple[list[PreferencePair], dict[str, Any]]:
@@ -101,7 +101,8 @@ def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = 
     from ..prompts import file_hash
     path = Path(path)
     meta = path.with_name(path.name + ".meta.json")
-    ident = {**asdict(cfg), "prompts_hash": file_hash(cfg.prompts), "model_revision": resolve(cfg.model).revision}
+    ident = {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"},  # batching changes no sample
+             "prompts_hash": file_hash(cfg.prompts), "model_revision": resolve(cfg.model).revision}
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("identity") == ident:
         log(f"on-policy pairs already built: {path}")
         return path

@@ -32,8 +32,8 @@ import pydantic
 
 from ..errors import EvalHarnessError, InputError
 from ..paths import results_root
-from ..spec import _line_of, _Strict, load_yaml_model, spec_path
-from ..store import write_json_atomic
+from ..spec import JudgeSpec, _line_of, _Strict, load_yaml_model, parse_tasks, spec_path
+from ..store import RunStore, write_json_atomic
 from .algorithms import ALGORITHMS, get_spec, make_config
 from .trainer import TrainConfig, TrainResult
 
@@ -60,9 +60,11 @@ class DataSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    prompts: str
+    prompts: str | None = None  # with judges: the held-out prompts
     judges: list[str] | None = None  # default: the judge that built the on-policy pairs (else sentiment), and kl
-    reward: str | None = None  # the metric on the frontier's y axis (default: the first non-KL judge)
+    tasks: dict[str, dict[str, Any] | None] | None = None  # any tasks, as a run spec's tasks: (instead of judges)
+    judge: JudgeSpec | None = None  # the chat judge of LLM-judged tasks
+    reward: str | None = None  # the metric on the frontier's y axis (default: the first reward)
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
@@ -70,7 +72,7 @@ class EvalSpec(_Strict):
     seed: int = 0
     checkpoints: str = "all"  # all | final
     dtype: str = "float32"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: sized from a memory budget
 
 
 class TrainSpec(_Strict):
@@ -94,10 +96,11 @@ class PlannedRun:
 class SweepResult:
     path: Path
     runs: list[tuple[PlannedRun, TrainResult]]
-    eval_runs: dict[str, Path]  # model spec -> eval run folder
-    table: list[dict[str, Any]]
+    eval_runs: dict[str, Path]  # model name -> the evaluation run folder (one run for all)
+    table: list[dict[str, Any]]  # compare.records of the comparison: one record per (model, metric)
     verdict: dict[str, Any] | None
     plots: list[Path]
+    comparison: Any = None  # the compare.Table itself (rendered by the CLI)
 
 
 def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
@@ -119,7 +122,17 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
     if d.on_policy:
         d.on_policy.prompts = spec_path(path, d.on_policy.prompts)
     if spec.eval:
-        spec.eval.prompts = spec_path(path, spec.eval.prompts)
+        ev = spec.eval
+        if (ev.prompts is None) == (ev.tasks is None):
+            raise InputError("give eval.prompts (with judges) or eval.tasks, not both", **where("eval"))
+        if ev.prompts:
+            ev.prompts = spec_path(path, ev.prompts)
+        if ev.tasks:
+            parse_tasks(ev.tasks, path, lines, ("eval", "tasks"))  # every error named before anything trains
+            ev.tasks = {name: {k: spec_path(path, v) if isinstance(v, str) else v for k, v in (o or {}).items()}
+                        for name, o in ev.tasks.items()}
+        if ev.judge and ev.judge.type == "local":
+            ev.judge.model = spec_path(path, ev.judge.model)
     spec.base = spec_path(path, spec.base)
     return spec, expand(spec, where)
 
@@ -205,39 +218,45 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
 
 def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress: bool = True,
                    log: Callable[[str], None] = lambda _: None) -> None:
-    """Each checkpoint and the base, on the held-out prompts: one eval run each (resumable), then compare."""
-    from ..compare import comparison_table
-    from ..evaluate import EvalConfig, run_eval
-    from ..models import evict, resolve
+    """The base (named ``sft``) and every checkpoint through the eval tasks in one run (the reference
+    loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
+    from ..compare import best_checkpoint, build_table, records, run_entries
+    from ..evaluate import judge_tasks
     from ..plot import frontier
+    from ..runner import ModelSpec, RunPlan, apply_task_generation, run
+    from ..tasks.base import GenerationSettings
     ev = spec.eval
     assert ev is not None
     if ev.checkpoints not in ("all", "final"):
         raise EvalHarnessError(f"eval.checkpoints is all or final, not '{ev.checkpoints}'")
-    judges = ev.judges or [spec.data.on_policy.judge if spec.data.on_policy else "sentiment", "kl"]
-    models = [spec.base]
-    for _, t in result.runs:
+    if ev.tasks:
+        tasks = parse_tasks(ev.tasks, Path("."), {}, ("eval", "tasks"))
+    else:
+        judges = ev.judges or [spec.data.on_policy.judge if spec.data.on_policy else "sentiment", "kl"]
+        tasks = judge_tasks(judges, str(ev.prompts))
+    models = [ModelSpec("sft", spec.base)]
+    for planned, t in result.runs:
         cks = t.checkpoints if ev.checkpoints == "all" else t.checkpoints[-1:]
-        models += [str(c.resolve()) for c in cks]
-    for m in models:
-        cfg = EvalConfig(models=[m], prompts=ev.prompts, judges=list(judges), reference=spec.base,
-                         max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, n=ev.n,
-                         seed=ev.seed, dtype=ev.dtype, batch_size=ev.batch_size, task=Path(ev.prompts).stem,
-                         results_dir=str(root), progress=progress)
-        result.eval_runs[m] = run_eval(cfg, log=log).run_dir
-        if m != spec.base:
-            evict(resolve(m))  # checkpoints are evaluated one after another: keep one in memory
-    reward = ev.reward or next((j for j in judges if j != "kl"), None)
-    if reward is None:
+        models += [ModelSpec(f"{planned.name}@{c.name.rsplit('-', 1)[-1]}", str(c.resolve())) for c in cks]
+    generation = GenerationSettings(ev.max_new_tokens, ev.temperature, ev.top_p, ev.seed, ev.n)
+    apply_task_generation(tasks, generation)
+    options: dict[str, Any] = {"dtype": ev.dtype, **({"batch_size": ev.batch_size} if ev.batch_size else {})}
+    res = run(RunPlan(name=f"{spec.name}-eval", models=models, tasks=tasks, backend_options=options,
+                      generation=generation, reference=spec.base, judge=ev.judge, results_dir=root, progress=progress,
+                      meta={"sweep": str(result.path)}), log=log)
+    result.eval_runs = {m.name: res.path for m in models}
+    metric = ev.reward or _reward_metric(res.scores)
+    if metric is None:
         return
-    metric = _metric_of(reward)
-    runs = list(result.eval_runs.values())
-    result.table, result.verdict = comparison_table(runs, base=spec.base, reward_metric=metric)
-    if "kl" in judges:
-        result.plots, _ = frontier(runs, result.path / "frontier", reward_metric=metric)
+    shown = [metric] + [m for m in ("kl", "length") if any(s.metric == m for s in res.scores)]
+    result.comparison = build_table(run_entries(RunStore(res.path)), against="sft", metrics=shown)
+    result.table, result.verdict = records(result.comparison), best_checkpoint(result.comparison, metric)
+    if any(s.metric == "kl" for s in res.scores):
+        result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
     write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
 
 
-def _metric_of(judge: str) -> str:
-    from ..judges import get_judge
-    return str(get_judge(judge).metric)
+def _reward_metric(scores: list[Any]) -> str | None:
+    """The frontier's default y axis: the first classifier reward of the run (higher or lower is better)."""
+    return next((s.metric for s in scores if s.task not in ("kl",) and s.metric not in ("length", "kl", "kl_k3")
+                 and s.extra.get("judge_desc") is not None), None)

@@ -1,0 +1,60 @@
+"""A classifier reward on sampled continuations: ``judge`` is sentiment, toxicity or hf:MODEL[:LABEL].
+
+The DPO and ODPO papers' controlled-generation rewards: the policy continues each prompt (``n``
+samples at the run's decoding), a classifier scores each sample, and the score is the mean over
+prompts of the per-prompt mean. The response length in tokens (EOS included) is reported beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..judges import get_judge
+from ..records import Generation, Score, Verdict
+from .base import ModelRecords, Pending, Session
+from ._prompted import PromptSetTask, paired_samples
+
+
+@dataclass
+class Config:
+    prompts: str  # JSONL with id and prompt or messages
+    judge: str = "sentiment"  # sentiment | toxicity | hf:MODEL[:LABEL]
+
+
+class RewardTask(PromptSetTask):
+    Config = Config
+    VERSION = "1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.classifier: Any = get_judge(self.cfg.judge)
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "judge": [self.classifier.judge_id, self.classifier.judge_version]}
+
+    def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
+        gens = [Generation(p.item_id, p.sample_index, p.payload.text) for p in pending]
+        version = self.judge_version(self.classifier.judge_version)
+        return [replace(v, key=p.key, judge_version=version, meta={**v.meta, "n_tokens": p.payload.n_tokens})
+                for p, v in zip(pending, self.classifier.judge(gens))]
+
+    def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
+        c = self.classifier
+        values, skipped = self.by_prompt(session, verdicts)
+        reward = self.clustered(session, c.metric, values, skipped, judge_id=c.judge_id,
+                                judge_version=self.judge_version(c.judge_version), higher_is_better=c.higher_is_better)
+        reward.extra["judge_desc"] = c.judge_version  # readable: package version and transform (plot axis labels)
+        length = self.clustered(session, "length", self.lengths(session), 0, judge_id="tokens",
+                                judge_version="response tokens incl. EOS", higher_is_better=None)
+        return [reward, length]
+
+
+def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
+    """The reward: per-prompt difference of sample means; ``length``: the same over response tokens."""
+    if metric == "length":
+        return paired_samples(a, b, lambda v: v.meta.get("n_tokens"))
+    return paired_samples(a, b)
+
+
+TASK_CLASS = RewardTask

@@ -1,0 +1,20 @@
+"""Sentiment reward (VADER, (compound + 1) / 2): the DPO paper's controlled-sentiment task. See ``reward``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .reward import RewardTask, paired  # noqa: F401  (the reward task's paired comparison)
+
+
+@dataclass
+class Config:
+    prompts: str  # JSONL with id and prompt or messages
+    judge: str = "sentiment"
+
+
+class SentimentTask(RewardTask):
+    Config = Config
+
+
+TASK_CLASS = SentimentTask

@@ -1,0 +1,20 @@
+"""Toxicity (alt-profanity-check's P(offensive); lower is better): the ODPO paper's toxicity control. See ``reward``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .reward import RewardTask, paired  # noqa: F401  (the reward task's paired comparison)
+
+
+@dataclass
+class Config:
+    prompts: str  # JSONL with id and prompt or messages
+    judge: str = "toxicity"
+
+
+class ToxicityTask(RewardTask):
+    Config = Config
+
+
+TASK_CLASS = ToxicityTask
