@@ -36,6 +36,7 @@ class HFBackend:
         self.model, self.tokenizer = load(self.ref, dtype=dtype)
         self.model_id = f"{self.ref.spec}@{self.ref.revision}"
         self.dtype, self.batch_size, self.score_batch_size, self.progress = dtype, batch_size, score_batch_size, progress
+        self.memory_budget = memory_budget_gb * 2**30
         self._set_stop_ids()
 
     @classmethod
@@ -44,6 +45,7 @@ class HFBackend:
         self = cls.__new__(cls)
         self.ref, self.model, self.tokenizer, self.model_id = None, model, tokenizer, model_id  # type: ignore[assignment]
         self.dtype, self.batch_size, self.score_batch_size, self.progress = "float32", batch_size, batch_size, False
+        self.memory_budget = 2.0 * 2**30
         self._set_stop_ids()
         return self
 
@@ -53,7 +55,6 @@ class HFBackend:
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
         self.eos_ids = {int(e) for e in eos if e is not None}
-        self.memory_budget = memory_budget_gb * 2**30
 
     # Batches are sized for throughput, bounded by memory: CPU decoding of a small model is bound by
     # reading the weights once per step, so tokens/s grows with the batch until the KV cache (or the
