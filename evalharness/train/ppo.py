@@ -229,7 +229,7 @@ def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: 
     with torch.no_grad(), _autocast(cfg, accel):
         for s in range(0, len(P), bs):
             p, r = P[s:s + bs], Rs[s:s + bs]
-            lp, mask = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
+            lp, _ = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
             if ref_model is None:  # LoRA: the reference is the base, i.e. the policy with its adapter disabled
                 with policy.disable_adapter():
                     ref_lp, _ = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
@@ -271,7 +271,6 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
     run with the same identity is skipped, an unfinished one restarts."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
 
     from ..judges import get_judge
     _check(cfg)
@@ -307,8 +306,7 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
             "started_at": provenance.now(), **provenance.environment(), "checkpoints": []})
     accel.wait_for_everyone()
     try:
-        return _train(cfg, hp, hparams, items, judge, reward, base, reference, run_name, out, data_info, accel, log,
-                      gather_object)
+        return _train(cfg, hp, hparams, items, judge, reward, base, reference, run_name, out, data_info, accel, log)
     except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
         if main and (out / TRAIN_MANIFEST).is_file():
             man = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -320,8 +318,9 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
 
 def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list[Any], judge: Any,
            reward: dict[str, Any], base: Any, reference: Any, run_name: str, out: Path, data_info: dict[str, Any],
-           accel: Any, log: Callable[[str], None], gather_object: Callable[[Any], Any]) -> TrainResult:
+           accel: Any, log: Callable[[str], None]) -> TrainResult:
     import torch
+    from accelerate.utils import gather_object
 
     from ..models import load_fresh
     main, P, rank, dev = accel.is_main_process, accel.num_processes, accel.process_index, accel.device
