@@ -43,13 +43,13 @@ from ..paths import results_root
 from ..prompts import file_hash, load_prompts, render
 from ..store import write_json_atomic
 from .algorithms import PPOConfig, get_spec, make_config
-from .trainer import (MANIFEST, TRAIN_MANIFEST, TrainConfig, TrainResult, _adamw, _autocast, _base_spec, _check,
+from .trainer import (TRAIN_MANIFEST, TrainConfig, TrainResult, _adamw, _autocast, _base_spec, _check,
                       _disable_dropout, _finished, _lr_lambda, _mean_rows, _null, _save_checkpoint, default_run_name)
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["PPOConfig", "gae", "whiten", "policy_loss", "value_loss", "update_kl_coef", "train_ppo", "MANIFEST"]
+__all__ = ["PPOConfig", "gae", "whiten", "policy_loss", "value_loss", "kl_penalty", "update_kl_coef", "train_ppo"]
 
 
 # -- the PPO functions ------------------------------------------------------------------------------------------
