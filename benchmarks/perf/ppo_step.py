@@ -175,24 +175,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ppo-step-") as tmp:
         scratch = Path(tmp)
         built = _build(scratch, args)
-        results = {name: _run(name, args, built, scratch) for name in CONTENDERS}
+        results = {"ours": _run("ours", args, built, scratch)}
+        try:
+            results["trl"] = _run("trl", args, built, scratch)
+        except SystemExit as e:  # say exactly why TRL could not run, and still report ours
+            results["trl"] = {"error": str(e)}
     for r in results.values():
-        timed = r["step_times_s"][args.warmup_steps:]
-        r["median_step_s"] = statistics.median(timed)
-        r["episodes_per_s"] = args.batch_size / r["median_step_s"]
+        if "step_times_s" in r:
+            r["median_step_s"] = statistics.median(r["step_times_s"][args.warmup_steps:])
+            r["episodes_per_s"] = args.batch_size / r["median_step_s"]
     ours, trl = results["ours"], results["trl"]
     summary = {"speed_ratio": ours["episodes_per_s"] / trl["episodes_per_s"],
-               "peak_rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"]}
+               "peak_rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"]} if "error" not in trl else {}
     report = {"settings": {k: v for k, v in vars(args).items() if not k.startswith("worker")}, "model": built,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "results": results, **summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"ours: {ours['episodes_per_s']:.2f} episodes/s, peak RSS {ours['peak_rss_mb']:.0f} MiB")
+    if "error" in trl:
+        print(f"TRL's PPOTrainer could not run: {trl['error']}")
+        return
     print(f"TRL {trl.get('trl_version')} PPOTrainer: {trl['episodes_per_s']:.2f} episodes/s, "
           f"peak RSS {trl['peak_rss_mb']:.0f} MiB")
     print(f"speed {summary['speed_ratio']:.2f}x (goal >= 1.0x), peak memory {summary['peak_rss_ratio']:.2f}x "
           f"(goal <= 1x); written to {args.out}")
-    busy = max(r["loadavg_1m_end"] for r in results.values())
+    busy = max(r["loadavg_1m_end"] for r in results.values() if "loadavg_1m_end" in r)
     if busy > args.threads + 0.5:
         print(f"warning: load average {busy:.1f} on {os.cpu_count()} CPUs: other jobs shared the cores")
 
