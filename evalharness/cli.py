@@ -137,11 +137,14 @@ def train_(
     dtype: Annotated[str, typer.Option(help="float32, or bfloat16 (mixed precision)")] = "float32",
     lora: Annotated[bool, typer.Option(help="train a LoRA adapter instead of all weights")] = False,
     lora_r: int = 16, lora_alpha: int = 32,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")] = False,
+    save_optimizer: Annotated[bool, typer.Option(help="checkpoints hold the optimizer state: exact resume, ~3x disk")] = True,
+    fsdp: Annotated[bool, typer.Option(help="FSDP2-shard the model over torchrun's processes")] = False,
     run_name: Optional[str] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="default: RESULTS/train/RUN_NAME")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
-    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped."""
+    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
     _quiet_libraries()
     if results_dir:
         import os
@@ -169,7 +172,8 @@ def train_(
                             learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                             grad_accum=grad_accum, schedule=schedule, warmup_ratio=warmup_ratio, save_every=save_every,
                             max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
-                            lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, run_name=run_name,
+                            lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing,
+                            save_optimizer=save_optimizer, fsdp=fsdp, run_name=run_name,
                             output_dir=str(output_dir) if output_dir else None), log=_err)
     for c in res.checkpoints:
         typer.echo(str(c))
