@@ -124,9 +124,10 @@ def _print_sweep(res: object) -> None:
 @app.command("train")
 def train_(
     spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
-    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto")] = None,
+    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto ppo")] = None,
     base: Annotated[Optional[str], typer.Option(help="the SFT model: bundled alias, local directory or HF id")] = None,
-    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]; "
+                                                     "prompts JSONL for PPO")] = None,
     hp: Annotated[Optional[list[str]], typer.Option(help="hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1")] = None,
     reference: Annotated[Optional[str], typer.Option(help="reference model (default: the base)")] = None,
     lr: float = 5e-6, epochs: float = 1.0, max_steps: Optional[int] = None, batch_size: int = 8, grad_accum: int = 1,
@@ -198,13 +199,20 @@ def pairs(
     max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",
+    rank: Annotated[str, typer.Option(help="score (--judge), or a chat judge: rating | pairwise")] = "score",
+    judge_model: Annotated[Optional[str], typer.Option(help="chat judge: endpoint model, or local model path")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option(help="chat judge endpoint (OpenAI-compatible)")] = None,
+    judge_api_key_env: Annotated[Optional[str], typer.Option(help="NAME of the variable holding its key")] = None,
+    judge_type: Annotated[str, typer.Option(help="openai (an endpoint) or local (an in-process model)")] = "openai",
 ) -> None:
     """Build on-policy preference pairs: sample k responses, score them, keep best vs worst (scores kept)."""
     from .train.onpolicy import PairsConfig, pairs_file
     _quiet_libraries()
+    chat = None if judge_model is None else {"type": judge_type, "model": judge_model, "base_url": judge_base_url,
+                                             "api_key_env": judge_api_key_env}
     path = pairs_file(PairsConfig(model=model, prompts=str(prompts), judge=judge, k=k, temperature=temperature,
-                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype),
-                      out, log=_err)
+                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype,
+                                  rank=rank, chat_judge=chat), out, log=_err)
     _err(f"wrote {path}")
 
 

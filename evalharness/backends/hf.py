@@ -36,12 +36,25 @@ class HFBackend:
         self.model, self.tokenizer = load(self.ref, dtype=dtype)
         self.model_id = f"{self.ref.spec}@{self.ref.revision}"
         self.dtype, self.batch_size, self.score_batch_size, self.progress = dtype, batch_size, score_batch_size, progress
+        self.memory_budget = memory_budget_gb * 2**30
+        self._set_stop_ids()
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, model_id: str, *, batch_size: int = 16) -> HFBackend:
+        """A backend over a model already in memory, e.g. a trainer's policy sampling its rollouts (PPO)."""
+        self = cls.__new__(cls)
+        self.ref, self.model, self.tokenizer, self.model_id = None, model, tokenizer, model_id  # type: ignore[assignment]
+        self.dtype, self.batch_size, self.score_batch_size, self.progress = "float32", batch_size, batch_size, False
+        self.memory_budget = 2.0 * 2**30
+        self._set_stop_ids()
+        return self
+
+    def _set_stop_ids(self) -> None:
         self.pad_id = int(self.tokenizer.pad_token_id)
         eos = {self.tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
         self.eos_ids = {int(e) for e in eos if e is not None}
-        self.memory_budget = memory_budget_gb * 2**30
 
     # Batches are sized for throughput, bounded by memory: CPU decoding of a small model is bound by
     # reading the weights once per step, so tokens/s grows with the batch until the KV cache (or the
@@ -203,18 +216,22 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def response_logprobs(model: Any, prompts: list[list[int]], responses: list[list[int]],
-                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of each response given its prompt, shape (B, R), and the mask of real tokens.
 
     Left padding aligns every response to the right edge, so only the last R+1 positions' logits are
     computed (R = longest response): memory is B*R*V, not B*L*V. The same function scores for
     evaluation (under inference mode) and for training (with gradients), so both use one convention:
-    response tokens only, prompt and padding masked. Padded entries of the result are 0.
+    response tokens only, prompt and padding masked. Padded entries of the result are 0. With a
+    ``temperature``, log-probs are of logits / temperature: the distribution a sample at that temperature
+    came from (what PPO's ratios and KL penalty need).
     """
     R = max(1, max(len(r) for r in responses))
     device = next(model.parameters()).device
     ids, attn, pos = (t.to(device) for t in left_pad([p + r for p, r in zip(prompts, responses)], pad_id))
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     target = ids[:, -R:]
     # cross_entropy = logsumexp - gather, fused: ~10% faster forward+backward than spelling it out
     tok_lp = -torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),

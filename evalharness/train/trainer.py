@@ -253,6 +253,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
     complete checkpoint (weights, optimizer, scheduler, RNG, data position), or starts again if it has none."""
     import torch
 
+    if get_spec(cfg.algorithm).online:  # PPO samples its own responses from prompts: ppo.py, on this file's helpers
+        from .ppo import train_ppo
+        return train_ppo(cfg, log)
     plan = _plan(cfg)
     out = plan.out
     done = _finished(out, plan.ident)
