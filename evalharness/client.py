@@ -74,8 +74,9 @@ class ClientConfig:
 def cache_key(provider: str, base_url: str, model_revision: str, request: ChatRequest) -> str:
     """SHA-256 over everything that changes a response: endpoint, model and revision, messages, decoding
     parameters, sample index, judge template version. Not the id, api key or concurrency."""
-    fields = dataclasses.asdict(request)
-    del fields["id"]
+    # A shallow field dict: JSON serialises it exactly as dataclasses.asdict's deep copy would (the key
+    # of every cached response is unchanged), without copying each prompt for every request.
+    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name != "id"}
     fields["stop"] = list(request.stop)
     for name in ("temperature", "top_p"):
         fields[name] = float(fields[name])  # 0 and 0.0 are the same decoding
