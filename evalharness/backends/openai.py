@@ -132,29 +132,37 @@ class OpenAIChatProvider:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """Send one request; return an ok ``ChatResult`` or raise ``ProviderError``."""
-        import aiohttp
-
-        try:
-            async with self._session.post(self._url, data=json.dumps(request_params(request)), proxy=self._proxy,
-                                          proxy_auth=self._proxy_auth) as response:
-                status, raw = response.status, await response.read()
-                retry_after = response.headers.get("retry-after")
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise ProviderError("request timed out", retryable=True) from None
-        except aiohttp.ClientError as exc:  # refused, reset, disconnected mid-body, bad chunking, ...
-            raise ProviderError(self._redact(f"connection error: {type(exc).__name__}: {exc}"), retryable=True) from None
-        if status >= 400:
-            body = raw.decode("utf-8", errors="replace")
-            raise ProviderError(self._redact(f"Error code: {status} - {_error_message(body)}"),
-                                retryable=status in RETRYABLE_STATUS, status_code=status, retry_after=retry_after)
-        try:
-            completion = json.loads(raw)
-        except ValueError as exc:  # not JSON, or cut off
-            raise ProviderError(self._redact(f"malformed response body: {exc}: {raw[:200]!r}"), retryable=True) from None
+        completion = await post_json(self._session, self._url, request_params(request), redact=self._redact,
+                                     proxy=self._proxy, proxy_auth=self._proxy_auth)
         return parse_completion(request.id, completion)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+
+async def post_json(session: Any, url: str, payload: dict[str, Any], *, redact: Any = None, proxy: Any = None,
+                    proxy_auth: Any = None) -> Any:
+    """POST ``payload`` as JSON on an aiohttp session; the decoded JSON reply, or ``ProviderError`` saying
+    whether a retry could help (timeouts, connection failures, 408/429/5xx and unreadable bodies can)."""
+    import aiohttp
+
+    hide = redact or (lambda text: text)
+    try:
+        async with session.post(url, data=json.dumps(payload), proxy=proxy, proxy_auth=proxy_auth) as response:
+            status, raw = response.status, await response.read()
+            retry_after = response.headers.get("retry-after")
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise ProviderError("request timed out", retryable=True) from None
+    except aiohttp.ClientError as exc:  # refused, reset, disconnected mid-body, bad chunking, ...
+        raise ProviderError(hide(f"connection error: {type(exc).__name__}: {exc}"), retryable=True) from None
+    if status >= 400:
+        body = raw.decode("utf-8", errors="replace")
+        raise ProviderError(hide(f"Error code: {status} - {_error_message(body)}"),
+                            retryable=status in RETRYABLE_STATUS, status_code=status, retry_after=retry_after)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # not JSON, or cut off
+        raise ProviderError(hide(f"malformed response body: {exc}: {raw[:200]!r}"), retryable=True) from None
 
 
 def _error_message(body: str) -> str:
