@@ -2,7 +2,7 @@
 
     name: alpaca-eval2
     model: ./checkpoints/simpo        # the policy (any model ref)
-    backend: hf                       # hf | openai (backend_options: base_url, api_key_env) | fake
+    backend: hf                       # hf | vllm | openai (backend_options: base_url, api_key_env) | fake
     generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
     judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
     tasks:
@@ -60,7 +60,7 @@ class RunSpec(_Strict):
     name: str
     model: str
     model_name: str | None = None  # how the policy is named in tables and official-format files
-    backend: Literal["hf", "openai", "fake"] = "hf"
+    backend: Literal["hf", "vllm", "openai", "fake"] = "hf"
     backend_options: dict[str, Any] = {}
     generation: GenerationSpec = GenerationSpec()
     judge: JudgeSpec | None = None
