@@ -82,14 +82,20 @@ def timed_run(server: FakeOpenAIProcess, requests: list[ChatRequest], concurrenc
     server.reset()
     client = JudgeClient(ClientConfig(base_url=server.url, model="fake-judge", concurrency=concurrency,
                                       cache_dir=cache_dir, timeout_s=30.0))
-    started = time.perf_counter()
+    load = os.getloadavg()[0]
+    server_cpu = server.cpu_s
+    started, cpu = time.perf_counter(), time.process_time()
     results = client.complete(requests)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     client.close()
+    # CPU per request tells what bounds a run on a machine shared with other work: the client's own
+    # (this process) against the server's, and the load average says how contended the cores were.
     return {"name": name, "concurrency": concurrency, "wall_s": round(wall, 3),
             "requests_per_s": round(len(requests) / wall, 1), "ok": sum(r.status == "ok" for r in results),
             "server_requests": server.requests, "server_max_in_flight": server.max_in_flight,
-            "usage": client.usage}
+            "client_cpu_ms_per_request": round(1000 * cpu / len(requests), 3),
+            "server_cpu_ms_per_request": round(1000 * (server.cpu_s - server_cpu) / len(requests), 3),
+            "load_avg_1m_at_start": round(load, 2), "usage": client.usage}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.n} judgment requests, {args.latency_ms:g} ms server latency each, "
           f"fake OpenAI server in its own process on 127.0.0.1")
     print(f"{'run':<18}{'wall s':>9}{'req/s':>9}{'server reqs':>13}{'max in flight':>15}{'cache hits':>12}"
-          f"{'speed-up':>10}{'ideal':>8}{'of ideal':>10}")
+          f"{'client ms cpu/req':>19}{'load':>6}{'speed-up':>10}{'ideal':>8}{'of ideal':>10}")
     for run in runs:
         tail = (f"{run['speedup']:>9.1f}x{run['ideal_speedup']:>7.1f}x{run['of_ideal']:>10.2f}"
                 if "speedup" in run else "")
         print(f"{run['name']:<18}{run['wall_s']:>9.2f}{run['requests_per_s']:>9.1f}{run['server_requests']:>13}"
-              f"{run['server_max_in_flight']:>15}{run['usage']['cache_hits']:>12}{tail}")
+              f"{run['server_max_in_flight']:>15}{run['usage']['cache_hits']:>12}"
+              f"{run['client_cpu_ms_per_request']:>19.2f}{run['load_avg_1m_at_start']:>6.1f}{tail}")
     met = goal["of_ideal"] >= GOAL_OF_IDEAL
     print(f"concurrency {goal['concurrency']} vs 1: {goal['speedup']:.1f}x = {goal['of_ideal']:.2f} of the "
           f"latency-only ideal {goal['ideal_speedup']:.1f}x (goal >= {GOAL_OF_IDEAL:g}: {'met' if met else 'NOT met'})")
