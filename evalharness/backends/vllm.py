@@ -42,6 +42,7 @@ from ..errors import EvalHarnessError
 from ..models import ModelRef, resolve, resolve_dtype
 from ..prompts import PromptItem, render
 from ..records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
+from .base import request_prompt_ids
 from .hf import sample_seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,11 +154,7 @@ class VLLMBackend:
         return render(self.tokenizer, item)
 
     def _prompt_ids(self, req: GenRequest) -> list[int]:
-        if req.prompt_ids is not None:
-            return list(req.prompt_ids)
-        item = PromptItem(req.id, messages=tuple((m["role"], m["content"]) for m in req.messages)
-                          if req.messages else None, prompt=req.prompt)
-        return self.render(item)
+        return request_prompt_ids(self.tokenizer, req)
 
     def sampling(self, params: SamplingParams, seed: int | None) -> dict[str, Any]:
         """vLLM sampling parameters (the same names in ``SamplingParams`` and the completions JSON).
