@@ -15,6 +15,7 @@ import torch
 from ..models import ModelRef, load, resolve, resolve_dtype
 from ..prompts import PromptItem, render
 from ..records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
+from .base import request_prompt_ids
 
 
 def sample_seed(seed: int, request_id: str, sample_index: int) -> int:
@@ -83,11 +84,7 @@ class HFBackend:
         return render(self.tokenizer, item)
 
     def _prompt_ids(self, req: GenRequest) -> list[int]:
-        if req.prompt_ids is not None:
-            return list(req.prompt_ids)
-        item = PromptItem(req.id, messages=tuple((m["role"], m["content"]) for m in req.messages)
-                          if req.messages else None, prompt=req.prompt)
-        return self.render(item)
+        return request_prompt_ids(self.tokenizer, req)
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
