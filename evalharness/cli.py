@@ -199,6 +199,7 @@ def pairs(
     max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",
+    backend: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
     rank: Annotated[str, typer.Option(help="score (--judge), or a chat judge: rating | pairwise")] = "score",
     judge_model: Annotated[Optional[str], typer.Option(help="chat judge: endpoint model, or local model path")] = None,
     judge_base_url: Annotated[Optional[str], typer.Option(help="chat judge endpoint (OpenAI-compatible)")] = None,
@@ -211,7 +212,7 @@ def pairs(
     chat = None if judge_model is None else {"type": judge_type, "model": judge_model, "base_url": judge_base_url,
                                              "api_key_env": judge_api_key_env}
     path = pairs_file(PairsConfig(model=model, prompts=str(prompts), judge=judge, k=k, temperature=temperature,
-                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype,
+                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype, backend=backend,
                                   rank=rank, chat_judge=chat), out, log=_err)
     _err(f"wrote {path}")
 

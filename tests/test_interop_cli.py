@@ -41,3 +41,9 @@ def test_mt_bench_and_alpaca_eval_cli(benchdata, tmp_path):
 def test_missing_file_fails_cleanly(tmp_path):
     r = _cli("metrics", "mt-bench", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert r.returncode == 2 and "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_official_alpaca_eval_package_imports():
+    """Users run the official alpaca_eval CLI beside ours, in the same venv (it needs pkg_resources)."""
+    import importlib
+    assert importlib.import_module("alpaca_eval.main").evaluate is not None

@@ -16,7 +16,7 @@ from evalharness.train.algorithms import ALGORITHMS, make_config
 from evalharness.train.data import load_preferences, load_unpaired
 from evalharness.train.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
 
-PAIRED = [a for a in ALGORITHMS if a != "kto"]
+PAIRED = [a for a in ALGORITHMS if a != "kto" and not ALGORITHMS[a].online]  # PPO: tests/test_ppo.py
 B = 4
 
 

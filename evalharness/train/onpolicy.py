@@ -42,6 +42,7 @@ class PairsConfig:
     min_gap: float = 0.0  # best - worst must exceed this, else the prompt is a tie and dropped
     dtype: str = "float32"
     batch_size: int | str = "auto"  # "auto": sized from a memory budget (evalharness.backends.hf)
+    backend: str = "hf"  # or vllm (samples rendered to the same token ids)
     # How samples are ranked: "score" (the text judge above), or a chat judge (chat_judge: JudgeSpec fields):
     # "rating" (MT-Bench-style single-answer 1-10 rating of each sample) or "pairwise" (every two samples judged
     # in both orders; a sample's score is its share of the points, a tie counting half).
@@ -61,7 +62,8 @@ def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None
     items = load_prompts(cfg.prompts)
     judge = get_judge(cfg.judge) if cfg.rank == "score" else None
     ref = resolve(cfg.model) if isinstance(cfg.model, str) else cfg.model
-    backend = get_backend("hf", ref, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    options: dict[str, Any] = {"dtype": cfg.dtype, **({"batch_size": cfg.batch_size} if cfg.backend == "hf" else {})}
+    backend = get_backend(cfg.backend, ref, **options)
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, (), cfg.k, cfg.seed)
     log(f"sampling {cfg.k} responses for each of {len(items)} prompts from {ref.spec}")
     gens = backend.generate([GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items])
