@@ -184,3 +184,14 @@ def test_lora_kto_run_resumes_to_the_same_adapter(base, pairs, tmp_path):
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     assert max(float((a[k] - load_file(str(tmp_path / "full" / "checkpoint-2" / "adapter_model.safetensors"))[k])
                      .abs().max()) for k in a) > 1e-4  # the adapter really moved after the resumed checkpoint
+
+
+def test_only_the_newest_checkpoint_keeps_optimizer_state(tmp_path, base, pairs):
+    """A run holds one optimizer state (the resume point's), not one per checkpoint; every checkpoint stays listed."""
+    from evalharness.train.trainer import STATE_DIR, TrainConfig, _checkpoints, train
+    res = train(TrainConfig(algorithm="dpo", base=str(base), data=str(pairs), max_steps=3, batch_size=2,
+                            save_every=1, learning_rate=1e-3, output_dir=str(tmp_path / "run")))
+    cks = _checkpoints(tmp_path / "run")
+    assert [c.name for c in cks] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"] == [c.name for c in res.checkpoints]
+    assert [(c / STATE_DIR / "optimizer.pt").is_file() for c in cks] == [False, False, True]
+    assert [json.loads((c / STATE_DIR / "state.json").read_text())["optimizer"] for c in cks] == [False, False, True]

@@ -457,6 +457,18 @@ class _Session:
             write_json_atomic(st / "state.json", {**state, "optimizer": optim is not None})  # written last
 
         _save_checkpoint(unwrapped, self.tok, ck, manifest, state_dict=full, extra=training_state)
+        _drop_older_optimizer_states(ck.parent)
+
+
+def _drop_older_optimizer_states(out: Path) -> None:
+    """A resume starts from the newest checkpoint only: older ones keep their weights, scheduler and RNG state
+    but not the optimizer state (2x the weights), so a run holds one copy of it, not one per checkpoint."""
+    for older in _checkpoints(out)[:-1]:
+        opt = older / STATE_DIR / "optimizer.pt"
+        if opt.is_file():
+            state = json.loads((older / STATE_DIR / "state.json").read_text())
+            write_json_atomic(older / STATE_DIR / "state.json", {**state, "optimizer": False})
+            opt.unlink()
 
 
 def _reference_table(run: _Session, resume: Path | None, log: Callable[[str], None]) -> Any:
