@@ -158,6 +158,8 @@ class JudgeClient:
         if config.cache:
             folder = Path(config.cache_dir) if config.cache_dir is not None else paths.cache_dir("responses")
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if config.cache_dir is None:
+                folder.chmod(0o700)  # our own folder (cache_dir made it with the umask's mode): user only
             self._cache = ResponseCache(folder / "chat.sqlite")
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)

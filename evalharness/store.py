@@ -29,21 +29,31 @@ from .records import KEY_FIELDS, SCHEMA_VERSION, GenRecord, Score, Verdict
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not leave temp files behind
+            os.unlink(tmp)
+        raise
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
@@ -135,8 +145,8 @@ class RunStore:
             yield self
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self.update_manifest(status=status, error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
-            with contextlib.suppress(Exception):  # the index is a view: a full disk must not hide the first error
+            with contextlib.suppress(Exception):  # a full disk must not hide the first error behind a second
+                self.update_manifest(status=status, error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
                 index_run(self.path.parent, self.manifest(), None)
             self._release()
             raise

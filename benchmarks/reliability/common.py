@@ -59,6 +59,7 @@ def corrupt_files(root: Path) -> list[str]:
             data = path.read_bytes()
             if data and not data.endswith(b"\n"):
                 bad.append(f"{path}: torn last line")
+                data = data[: data.rfind(b"\n") + 1]
             for i, line in enumerate(data.splitlines(), 1):
                 try:
                     json.loads(line)
