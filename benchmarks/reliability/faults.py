@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from common import cli, run_to_end
+from common import DEMO, cli, run_to_end
 from kill9 import judge_responder
 
 from evalharness.client import ClientConfig, JudgeClient
@@ -73,7 +73,7 @@ backend: fake
 generation: {{max_new_tokens: 24}}
 judge: {{type: openai, model: judge-x, base_url: "{url}"{judge_extra}}}
 tasks:
-  alpaca_eval: {{eval_set: {eval_set}, baseline: {baseline}}}
+  alpaca_eval: {{eval_set: {eval_set}, baseline: {baseline}, lc_support_dir: {DEMO}/alpaca_eval}}
 """)
     return path
 

@@ -5,7 +5,6 @@ lost), every JSON/JSONL file parses, and (judged runs) how many judge requests t
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import signal
@@ -17,18 +16,11 @@ from typing import Any, Callable
 
 from common import DEMO, cli, corrupt_files, popen, run_to_end
 
-from evalharness.testing import FakeOpenAI, Reply
-from evalharness.testing.fake_openai import request_text
+from evalharness.testing import FakeOpenAI
+from evalharness.testing.fake_openai import benchmark_judge
 
 
-def judge_responder(body: dict[str, Any]) -> Any:
-    """Every benchmark in its own format: AlpacaEval's m/M log-probs, Arena-Hard's [[label]], MT-Bench's rating."""
-    text = request_text(body)
-    if '"model_identifier": "M"' in text:
-        return Reply("m", top_logprobs=[[("m", math.log(0.7)), ("M", math.log(0.3))]])
-    if "Assistant A" in text:
-        return "Close call. My final verdict is [[B>A]]."
-    return "Rating: [[6]]"
+judge_responder = benchmark_judge
 
 
 def write_prompts(path: Path, n: int) -> Path:

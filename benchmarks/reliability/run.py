@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="kill -9 trials per fast stage (eval, run)")
     parser.add_argument("--slow-trials", type=int, default=6, help="kill -9 trials of pair building (tiny hf model)")
-    parser.add_argument("--examples", type=int, default=40, help="hypothesis examples per parser")
+    parser.add_argument("--examples", type=int, default=100, help="hypothesis examples per parser")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None,
                         choices=["kill9", "faults", "hostile", "diskfull", "security"])

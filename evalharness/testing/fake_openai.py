@@ -18,6 +18,7 @@ a sticky ``on`` rule, the ``responder`` callable, else ``Reply(default_text)``.
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import struct
@@ -245,6 +246,17 @@ class FakeOpenAI:
         error = {"error": {"message": f"injected fault: HTTP {fault.status}", "type": "fake_fault",
                            "param": None, "code": str(fault.status)}}
         return fault.status, headers, json.dumps(error).encode()
+
+
+def benchmark_judge(body: dict[str, Any]) -> Item:
+    """A responder answering every benchmark in its own format: AlpacaEval's m/M log-probs (0.7/0.3),
+    Arena-Hard's last [[label]] (B>A), MT-Bench's [[rating]] (6)."""
+    text = request_text(body)
+    if '"model_identifier": "M"' in text:
+        return Reply("m", top_logprobs=[[("m", math.log(0.7)), ("M", math.log(0.3))]])
+    if "Assistant A" in text:
+        return "Close call. My final verdict is [[B>A]]."
+    return "Rating: [[6]]"
 
 
 def _synth_logprobs(text: str) -> list[TokenAlternatives]:
