@@ -182,7 +182,12 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
                              f"'{plan.backend}' backend cannot; use hf or vllm", field="backend")
         if task.needs_judge and judge is None:
             log(f"{ts.name}: no judge: answers are generated and written, nothing is scored")
-        task.setup()
+        try:
+            task.setup()
+        except InputError as e:  # a file the spec names: say which spec and field named it
+            if not plan.source or e.path == plan.source:
+                raise
+            raise InputError(str(e), path=plan.source, field=f"tasks.{ts.name}") from None
         tasks.append(task)
     if not tasks:
         raise InputError("a run needs at least one task", field="tasks")
