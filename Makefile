@@ -56,6 +56,7 @@ perf: $(STAMP)
 	$(BIN)/python benchmarks/perf/hf_generate_throughput.py
 	$(BIN)/python benchmarks/perf/judge_client_throughput.py
 	$(BIN)/python benchmarks/perf/dpo_train_step.py
+	if [ -x .venv-vllm/bin/python ]; then $(BIN)/python benchmarks/perf/vllm_generate_throughput.py; fi
 
 # kill -9 at random moments, judge faults, hostile inputs, disk full, canary key (README: Reliability).
 # A few minutes; not part of `make test`. Disk full needs root (it mounts a small tmpfs).

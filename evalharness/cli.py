@@ -126,9 +126,10 @@ def _print_sweep(res: object) -> None:
 @app.command("train")
 def train_(
     spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
-    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto")] = None,
+    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto ppo")] = None,
     base: Annotated[Optional[str], typer.Option(help="the SFT model: bundled alias, local directory or HF id")] = None,
-    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]; "
+                                                     "prompts JSONL for PPO")] = None,
     hp: Annotated[Optional[list[str]], typer.Option(help="hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1")] = None,
     reference: Annotated[Optional[str], typer.Option(help="reference model (default: the base)")] = None,
     lr: float = 5e-6, epochs: float = 1.0, max_steps: Optional[int] = None, batch_size: int = 8, grad_accum: int = 1,
@@ -138,11 +139,14 @@ def train_(
     dtype: Annotated[str, typer.Option(help="float32, or bfloat16 (mixed precision)")] = "float32",
     lora: Annotated[bool, typer.Option(help="train a LoRA adapter instead of all weights")] = False,
     lora_r: int = 16, lora_alpha: int = 32,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")] = False,
+    save_optimizer: Annotated[bool, typer.Option(help="checkpoints hold the optimizer state: exact resume, ~3x disk")] = True,
+    fsdp: Annotated[bool, typer.Option(help="FSDP2-shard the model over torchrun's processes")] = False,
     run_name: Optional[str] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="default: RESULTS/train/RUN_NAME")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
-    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped."""
+    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
     _quiet_libraries()
     if results_dir:
         import os
@@ -170,7 +174,8 @@ def train_(
                             learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                             grad_accum=grad_accum, schedule=schedule, warmup_ratio=warmup_ratio, save_every=save_every,
                             max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
-                            lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, run_name=run_name,
+                            lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing,
+                            save_optimizer=save_optimizer, fsdp=fsdp, run_name=run_name,
                             output_dir=str(output_dir) if output_dir else None), log=_err)
     for c in res.checkpoints:
         typer.echo(str(c))
@@ -196,13 +201,20 @@ def pairs(
     max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",
+    rank: Annotated[str, typer.Option(help="score (--judge), or a chat judge: rating | pairwise")] = "score",
+    judge_model: Annotated[Optional[str], typer.Option(help="chat judge: endpoint model, or local model path")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option(help="chat judge endpoint (OpenAI-compatible)")] = None,
+    judge_api_key_env: Annotated[Optional[str], typer.Option(help="NAME of the variable holding its key")] = None,
+    judge_type: Annotated[str, typer.Option(help="openai (an endpoint) or local (an in-process model)")] = "openai",
 ) -> None:
     """Build on-policy preference pairs: sample k responses, score them, keep best vs worst (scores kept)."""
     from .train.onpolicy import PairsConfig, pairs_file
     _quiet_libraries()
+    chat = None if judge_model is None else {"type": judge_type, "model": judge_model, "base_url": judge_base_url,
+                                             "api_key_env": judge_api_key_env}
     path = pairs_file(PairsConfig(model=model, prompts=str(prompts), judge=judge, k=k, temperature=temperature,
-                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype),
-                      out, log=_err)
+                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype,
+                                  rank=rank, chat_judge=chat), out, log=_err)
     _err(f"wrote {path}")
 
 
@@ -259,7 +271,8 @@ def compare(
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex, csv or json")] = "table",
     metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC or METRIC (default: headline)")] = None,
     allow_mixed: Annotated[bool, typer.Option(help="show incomparable scores in separate labelled columns")] = False,
-    rounds: Annotated[int, typer.Option(help="bootstrap rounds of refit metrics (Arena-Hard, AlpacaEval LC)")] = 1000,
+    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds of refit metrics (default: Arena-Hard 1000, "
+                                                       "AlpacaEval LC 200)")] = None,
     seed: int = 0,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
@@ -278,7 +291,7 @@ def regress(
     margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
-    rounds: int = 1000,
+    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).
@@ -309,10 +322,11 @@ def regress(
             if "delta" not in r:
                 typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
                 continue
-            extra = f" (MDE {r['mde']:.3g})" if r["verdict"] == "INCONCLUSIVE" else ""
-            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {r['delta']:+.4g} "
-                       f"[{r['delta_ci_low']:+.4g}, {r['delta_ci_high']:+.4g}], p(drop) Holm {r['p_holm']:.3g}, "
-                       f"n={r['n_paired']}{extra}")
+            g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
+            extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
+            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
+                       f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
+                       f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}")
     verdicts = {r["verdict"] for r in rows}
     raise typer.Exit(1 if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts) else 0)
 

@@ -26,18 +26,19 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from evalharness import paths
 from evalharness.backends.openai import ChatRequest, ChatResult, OpenAIChatProvider, ProviderError
 
 __all__ = ["ChatRequest", "ChatResult", "ClientConfig", "JudgeClient", "ResponseCache",
-           "cache_key", "parse_retry_after"]
+           "cache_key", "parse_retry_after", "run_sync"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A server asking for a longer pause than this is treated as asking for this long: a run should
 # degrade to slow, not to stalled for an hour on one header.
@@ -72,12 +73,25 @@ class ClientConfig:
             raise ValueError("ClientConfig: concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
 
 
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion from synchronous code, also when called inside a running event
+    loop (a notebook, an async caller): then on a fresh loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def cache_key(provider: str, base_url: str, model_revision: str, request: ChatRequest) -> str:
     """SHA-256 over everything that changes a response: endpoint, model and revision, messages, decoding
     parameters, sample index, judge template version. Not the id, api key or concurrency."""
-    fields = dataclasses.asdict(request)
-    for name in ("id", "choices", "choice_prefix"):  # label-space fields are for local judges: never sent
-        del fields[name]
+    # A shallow field dict: JSON serialises it exactly as dataclasses.asdict's deep copy would (the key
+    # of every cached response is unchanged), without copying each prompt for every request. The
+    # label-space fields are for local judges: an endpoint never sees them.
+    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)
+              if f.name not in ("id", "choices", "choice_prefix")}
     fields["stop"] = list(request.stop)
     for name in ("temperature", "top_p"):
         fields[name] = float(fields[name])  # 0 and 0.0 are the same decoding
@@ -186,12 +200,7 @@ class JudgeClient:
 
     def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[ChatResult]:
         """Blocking ``acomplete``; safe to call from inside a running event loop (it then uses a thread)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.acomplete(requests, progress))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.acomplete(requests, progress)).result()
+        return run_sync(self.acomplete(requests, progress))
 
     async def acomplete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[ChatResult]:
         """One result per request, in order. Identical requests (same key) are sent once."""

@@ -18,7 +18,7 @@ import json
 import math
 import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +176,9 @@ def _task_config(entry: Entry, task: str) -> dict[str, Any]:
     return dict((tasks.get(task) or {}).get("config") or {})
 
 
-def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int = 1000, seed: int = 0) -> Any:
-    """The paired difference a - b on one column, by the task's own ``paired`` function."""
+def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None, seed: int = 0) -> Any:
+    """The paired difference a - b on one column, by the task's own ``paired`` function. ``rounds`` None
+    leaves each bootstrap at its task's default (Arena-Hard 1000, AlpacaEval LC 200: a GLM refit per round)."""
     sa = next(s for s in a.scores if s.task == column.task and s.metric == column.metric)
     module, task_a = _module(a, sa)
     sb = next(s for s in b.scores if s.task == column.task and s.metric == column.metric)
@@ -186,7 +187,8 @@ def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int = 1000, seed:
     if fn is None:
         raise EvalHarnessError(f"task {column.task} has no paired comparison")
     return fn(column.metric, ModelRecords(a.store, a.model, task_a, _task_config(a, task_a)),
-              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), rounds=rounds, seed=seed)
+              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), seed=seed,
+              **({} if rounds is None else {"rounds": rounds}))
 
 
 def _label(task: str, metric: str) -> str:
@@ -196,11 +198,13 @@ def _label(task: str, metric: str) -> str:
 
 
 def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
-                allow_mixed: bool = False, rounds: int = 1000, seed: int = 0) -> Table:
+                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0) -> Table:
     """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
     with ``against`` (a row's label or model), paired differences and Holm over the table's tests."""
     if not entries:
         raise EvalHarnessError("nothing to compare")
+    if rounds is not None and rounds < 2:
+        raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
     wanted = None if metrics is None else {tuple(m.split("/", 1)) if "/" in m else (None, m) for m in metrics}
     groups: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
     for i, e in enumerate(entries):
@@ -268,6 +272,18 @@ def build_table(entries: list[Entry], *, against: str | None = None, metrics: li
     return table
 
 
+def score_ci(s: Score) -> tuple[float | None, float | None]:
+    """A score's 95% CI; from its SE (a t interval, n - 1 df) where only that is stored (the official
+    AlpacaEval win rate reports a standard error, no interval)."""
+    if s.ci_low is not None and s.ci_high is not None:
+        return s.ci_low, s.ci_high
+    if s.value is None or s.stderr is None or math.isnan(s.stderr) or s.n < 2:
+        return None, None
+    from scipy.stats import t
+    half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
+    return s.value - half, s.value + half
+
+
 def _first(by_key: dict[Any, list[tuple[int, Score]]], n: int) -> int:
     return list(by_key.values())[n][0][0]
 
@@ -303,8 +319,9 @@ def cell_text(table: Table, i: int, j: int) -> tuple[str, str]:
         return "—", ""
     d = _digits(table.columns[j])
     s = cell.score
-    value = _num(s.value, d) + (f" [{_num(s.ci_low, d)}, {_num(s.ci_high, d)}]" if s.ci_low is not None
-                                and s.ci_high is not None and not math.isnan(s.ci_low) else "")
+    lo, hi = score_ci(s)
+    value = _num(s.value, d) + (f" [{_num(lo, d)}, {_num(hi, d)}]" if lo is not None and hi is not None
+                                and not math.isnan(lo) else "")
     if cell.paired is None:
         return value, (f"({cell.error})" if cell.error else "")
     r = cell.paired
@@ -330,9 +347,10 @@ def records(table: Table) -> list[dict[str, Any]]:
     out = []
     for (i, j), cell in sorted(table.cells.items()):
         e, col, s = table.rows[i], table.columns[j], cell.score
+        lo, hi = score_ci(s)
         rec: dict[str, Any] = {"model": e.label, "run": e.store.run_id, "algorithm": e.algorithm, "step": e.step,
                                "task": col.task, "metric": col.metric, "column": col.label, "value": s.value,
-                               "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n, "n_skipped": s.n_skipped}
+                               "ci_low": lo, "ci_high": hi, "n": s.n, "n_skipped": s.n_skipped}
         if table.against is not None and i != table.against:
             r = cell.paired
             rec.update({"delta": r.delta if r else None, "delta_ci_low": r.ci_low if r else None,
@@ -447,9 +465,13 @@ def verdict_line(v: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- regression gate
 def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = None,
-            margins: dict[str, float] | None = None, rounds: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+            margins: dict[str, float] | None = None, rounds: int | None = None,
+            seed: int = 0) -> list[dict[str, Any]]:
     """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
     clears -margin), or INCONCLUSIVE (with the MDE). The change is oriented so that + is better."""
+    if baseline.label == candidate.label:  # one model against itself, or one name in two runs: tell the rows apart
+        baseline = replace(baseline, label=f"baseline:{baseline.label}")
+        candidate = replace(candidate, label=f"candidate:{candidate.label}")
     table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed)
     margins = margins or {}
     known = {f"{c.task}/{c.metric}" for c in table.columns} | {c.metric for c in table.columns}
@@ -476,6 +498,9 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
                "_change_ci": (lo, hi), "method": r.method}
         rows.append(rec)
         drops.append(rec)
+    if not rows:  # a gate that checks nothing must not pass
+        raise EvalHarnessError("no metric to gate: no shared score has a direction (higher or lower is better); "
+                               "name them with --metrics")
     for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
         rec["p_holm"] = p
         lo, _ = rec.pop("_change_ci")
@@ -485,7 +510,8 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
             rec["verdict"] = "PASS"
         else:
             rec["verdict"] = "INCONCLUSIVE"
-    return rows
+    # NaN (undefined with too few items) is not JSON: None
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
 
 
 # ---------------------------------------------------------------- history
@@ -528,9 +554,14 @@ def history(model: str | None, *, task: str | None = None, metric: str | None = 
 
 def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = True, rounds: int = 200) -> None:
     """Mark each point that is a significant drop from the previous one (``drop``, ``drop_p``, ``paired``):
-    paired over shared items where both runs' records are there, else a z test on the two SEs."""
+    paired over shared items where both runs' records are there, else a z test on the two SEs.
+
+    The previous point is the one before in the same training run (``run_name``); a run's first checkpoint
+    is tested against the base (the latest point without a run name): two sweeps' checkpoints are two
+    trends, never one.
+    """
     sign = -1.0 if higher_is_better is False else 1.0
-    for prev, cur in zip(points, points[1:]):
+    for prev, cur in _steps(points):
         p, paired = math.nan, False
         try:
             a = run_entries(RunStore(Path(cur["path"])), [cur["model"]])[0]
@@ -549,28 +580,54 @@ def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = 
                     "paired": paired, "delta_prev": delta})
 
 
+def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(previous, current) pairs along each training run's trend, the base in front (see ``mark_drops``)."""
+    last: dict[str | None, dict[str, Any]] = {}
+    out = []
+    for cur in points:
+        run = cur.get("run_name")
+        prev = last.get(run) or last.get(None)
+        if prev is not None:
+            out.append((prev, cur))
+        last[run] = cur
+    return out
+
+
+def _trends(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
+    """One line per training run, each starting at the base's last point; the base alone when no run."""
+    base = [p for p in points if p.get("run_name") is None]
+    runs = list(dict.fromkeys(p["run_name"] for p in points if p.get("run_name") is not None))
+    if not runs:
+        return {None: base}
+    return {r: base[-1:] + [p for p in points if p.get("run_name") == r] for r in runs}
+
+
 def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -> list[Path]:
-    """A trend line with its 95% CI band; significant drops from the previous point marked in red."""
+    """A trend line per training run with its 95% CI band; significant drops from the previous point in red."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from .plot import save_figure
-    xs = [p["step"] if p["step"] is not None else k for k, p in enumerate(points)]
+    stepped = any(p["step"] is not None for p in points)  # then a point without a step is the base, at 0
+    xs = [p["step"] if p["step"] is not None else 0 if stepped else k for k, p in enumerate(points)]
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         fig = Figure(figsize=(7.5, 4.5), dpi=150, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        ys = [p["value"] for p in points]
-        lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in points]
-        hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in points]
-        ax.fill_between(xs, lo, hi, alpha=0.2, color="#1f77b4", label="95% CI")
-        ax.plot(xs, ys, "o-", color="#1f77b4", label=title)
+        x_of = {id(p): x for x, p in zip(xs, points)}
+        for k, (run, pts) in enumerate(_trends(points).items()):
+            color = f"C{k}"
+            lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in pts]
+            hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in pts]
+            xr = [x_of[id(p)] for p in pts]
+            ax.fill_between(xr, lo, hi, alpha=0.2, color=color, label="95% CI" if k == 0 else None)
+            ax.plot(xr, [p["value"] for p in pts], "o-", color=color, label=run or title)
         drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
         if drops:
             ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
                        label="significant drop from the previous point")
-        ax.set_xlabel("training step" if all(p["step"] is not None for p in points) else "run (oldest first)")
+        ax.set_xlabel("training step" if stepped else "run (oldest first)")
         ax.set_ylabel(title)
         ax.legend(loc="best", fontsize=8)
         return save_figure(fig, out)

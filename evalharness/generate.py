@@ -32,8 +32,10 @@ def generate_file(cfg: GenerateConfig) -> Path:
     items = load_prompts(cfg.prompts)
     if cfg.n < 1 or cfg.max_new_tokens < 1:
         raise EvalHarnessError("need n >= 1 and max_new_tokens >= 1")
-    ref = resolve(cfg.model) if cfg.backend == "hf" else cfg.model
-    opts = {"dtype": cfg.dtype, "batch_size": cfg.batch_size, "progress": True} if cfg.backend == "hf" else {}
+    ref = resolve(cfg.model) if cfg.backend in ("hf", "vllm") else cfg.model
+    opts: dict[str, object] = {"dtype": cfg.dtype, "progress": True} if cfg.backend in ("hf", "vllm") else {}
+    if cfg.backend == "hf":
+        opts["batch_size"] = cfg.batch_size
     b = get_backend(cfg.backend, ref, **opts)
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, (), cfg.n, cfg.seed)
     ids = {it.id: render(b.tokenizer, it) for it in items}

@@ -19,8 +19,17 @@ BENCHES = ("alpaca-eval", "arena-hard", "mt-bench")
 
 
 def compute(bench: str, path: str | Path, **options: Any) -> tuple[dict[str, Any], list[Score]]:
-    """Metrics dict (JSON-ready) and Score records for one official results file."""
-    path = Path(path)
+    """Metrics dict (JSON-ready) and Score records for one official results file, each score with its
+    direction as the benchmark's task gives it (win rates and scores higher-is-better, a length none),
+    so `regress` gates imported models too."""
+    metrics, scores = _compute(bench, Path(path), **options)
+    for s in scores:
+        if s.higher_is_better is None and s.metric != "avg_length":
+            s.higher_is_better = True
+    return metrics, scores
+
+
+def _compute(bench: str, path: Path, **options: Any) -> tuple[dict[str, Any], list[Score]]:
     if not path.exists():
         raise InputError("file not found", path=str(path))
     opts = {k: v for k, v in options.items() if v is not None}

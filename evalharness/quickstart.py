@@ -31,7 +31,11 @@ QUICK_ALGORITHMS: dict[str, dict[str, Any]] = {
     "dpo": {"beta": 0.1}, "cdpo": {"beta": 0.1, "label_smoothing": 0.1}, "hinge": {"beta": 0.1},
     "ipo": {"beta": 0.1}, "odpo": {"beta": 0.1, "alpha": 1.0, "offset_fn": "identity"},
     "simpo": {"beta": 2.0, "gamma": 1.0}, "rdpo": {"beta": 0.1, "alpha": 0.01}, "orpo": {"lam": 0.1},
-    "cpo": {"beta": 0.1}, "kto": {"beta": 0.1}}
+    "cpo": {"beta": 0.1}, "kto": {"beta": 0.1},
+    # PPO at three KL coefficients (the DPO paper's PPO points), on the pairs' training prompts with their judge;
+    # rollouts at temperature 1 like the evaluation's samples; 2 PPO epochs per batch and bf16 to keep it short.
+    "ppo": {"reward": "sentiment", "kl_coef": [0.02, 0.05, 0.2], "response_length": 40, "temperature": 1.0,
+            "num_ppo_epochs": 2, "learning_rate": 3.0e-5, "dtype": "bfloat16"}}
 
 
 def quickstart_spec(root: Path, algorithms: str = "dpo,simpo", seed: int = 0) -> TrainSpec:

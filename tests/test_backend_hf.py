@@ -123,3 +123,15 @@ def test_lora_adapter_directory_loads_on_its_base(tiny_model, tmp_path):
     lora = HFBackend(ref).logprobs(req)[0].logprob
     plain = HFBackend(str(tiny_model)).logprobs(req)[0].logprob
     assert lora != pytest.approx(plain, abs=1e-6)  # the adapter's weights are applied
+
+
+def test_choice_logprobs_equal_scoring_each_choice_alone(tiny_model):
+    """The shared-prompt label scorer (local judges) gives what scoring each continuation alone gives."""
+    from evalharness.backends.hf import choice_logprobs
+    from evalharness.records import ScoreRequest
+    b = HFBackend(str(tiny_model))
+    prompt = b.tokenizer("the movie was great and the plot", add_special_tokens=False)["input_ids"]
+    choices = [b.tokenizer(c, add_special_tokens=False)["input_ids"]
+               for c in ("good", "bad very bad", "not really fun", "a")]
+    alone = [r.logprob for r in b.logprobs([ScoreRequest(str(i), prompt, c) for i, c in enumerate(choices)])]
+    assert choice_logprobs(b.model, prompt, choices, b.pad_id) == pytest.approx(alone, abs=1e-4)

@@ -50,11 +50,13 @@ def test_quickstart_dpo_and_simpo_beat_sft(tmp_path):
     comparison = json.loads((sweep / "comparison.json").read_text())
     v = comparison["verdict"]
     assert v["beats_sft"] and v["paired_delta"]["ci_low"] > 0 and v["best_reward"] - v["sft_reward"] > v["sft_ci_halfwidth"]
-    algos = {r["algorithm"] for r in comparison["table"]}
-    assert algos == {"sft", "dpo", "simpo"}
-    sft = next(r for r in comparison["table"] if r["algorithm"] == "sft")
-    assert sft["kl"] == 0.0 and sft["n"] == 64
-    assert all(r["kl"] > 0 for r in comparison["table"] if r["algorithm"] != "sft")
+    assert v["k_checkpoints"] == 8 and v["p_holm_over_checkpoints"] < 0.05  # no winner's curse: corrected for 8
+    assert "best of 8 checkpoints" in v["selection"] and "Holm" in p.stdout
+    table = comparison["table"]
+    assert {r["algorithm"] for r in table} == {"sft", "dpo", "simpo"}
+    at = {(r["model"], r["metric"]): r for r in table}
+    assert at[("sft", "kl")]["value"] == 0.0 and at[("sft", "sentiment")]["n"] == 64
+    assert all(r["value"] > 0 for r in table if r["metric"] == "kl" and r["model"] != "sft")
 
 
 def test_bundled_scoring_matches_generation():

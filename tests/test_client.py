@@ -244,3 +244,30 @@ def test_fake_server_lists_models(server: FakeOpenAI) -> None:
 
     models = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0).models.list()
     assert [m.id for m in models.data] == ["fake-model"]
+
+
+def test_unreachable_endpoint_is_retried_then_reported(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = JudgeClient(ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", model="judge-1", cache_dir=tmp_path,
+                                      backoff_base_s=0.01, backoff_max_s=0.02, max_retries=2))
+    [result] = client.complete([ask(1)])
+    assert result.status == "error" and result.attempts == 3 and "connection error" in (result.error or "")
+    assert client.usage["retries"] == 2 and client.usage["failures"] == 1
+
+
+def test_server_in_its_own_process_answers_counts_and_stops(tmp_path: Path) -> None:
+    from evalharness.testing import FakeOpenAIProcess
+
+    with FakeOpenAIProcess(echo, latency_s=0.02) as server:
+        client = JudgeClient(ClientConfig(base_url=server.url, model="judge-1", cache_dir=tmp_path, concurrency=4))
+        results = client.complete([ask(i) for i in range(12)])
+        assert [r.text for r in results] == [f"echo: question {i}" for i in range(12)]
+        assert server.requests == 12 and server.max_in_flight == 4 and server.cpu_s > 0
+        server.reset()
+        assert server.requests == 0
+        proc = server._proc
+    assert not proc.is_alive()

@@ -16,7 +16,7 @@ from evalharness.train.losses import implicit_rewards, kto_loss, kto_rewards, pr
 ROWS = [(-10.0, -12.0, -11.0, -11.5, 5, 6, 0.9, 0.4),  # h = 1 - (-0.5) = 1.5
         (-25.0, -20.0, -24.0, -22.0, 10, 8, 2.0, 1.0),  # h = -1 - 2 = -3
         (-7.5, -9.0, -8.0, -8.5, 3, 4, 1.5, 0.5)]  # h = 0.5 - (-0.5) = 1
-PAIRED = [a for a in ALGORITHMS if a != "kto"]
+PAIRED = [a for a in ALGORITHMS if a != "kto" and not get_spec(a).online]
 
 
 def logsig(x: float) -> float:
@@ -237,7 +237,8 @@ def test_errors_name_the_problem(call, words):
 
 
 def test_registry_and_configs():
-    assert list(ALGORITHMS) == ["dpo", "cdpo", "hinge", "ipo", "odpo", "simpo", "rdpo", "orpo", "cpo", "kto"]
+    assert list(ALGORITHMS) == ["dpo", "cdpo", "hinge", "ipo", "odpo", "simpo", "rdpo", "orpo", "cpo", "kto", "ppo"]
+    assert [a for a in ALGORITHMS if get_spec(a).online] == ["ppo"]
     assert get_spec("odpo").needs_scores and get_spec("kto").unpaired and not get_spec("simpo").needs_reference
     cfg = make_config("simpo", beta=3)
     assert (cfg.beta, cfg.gamma) == (3.0, 1.0) and isinstance(cfg.beta, float)

@@ -179,4 +179,6 @@ def test_benchmark_spec_matches_the_quickstart(tmp_path):
     assert spec.data.on_policy.model_dump(exclude={"prompts"}) == quick.data.on_policy.model_dump(exclude={"prompts"})
     assert spec.eval.model_dump(exclude={"prompts"}) == quick.eval.model_dump(exclude={"prompts"})
     every = expand(quickstart_spec(tmp_path, "all"))
-    assert [r.config.algorithm for r in every] == ["dpo", "cdpo", "hinge", "ipo", "odpo", "simpo", "rdpo", "orpo", "cpo", "kto"]
+    assert [r.config.algorithm for r in every] == ["dpo", "cdpo", "hinge", "ipo", "odpo", "simpo", "rdpo", "orpo", "cpo",
+                                                   "kto", "ppo", "ppo", "ppo"]
+    assert [r.config.hparams["kl_coef"] for r in every[-3:]] == [0.02, 0.05, 0.2]

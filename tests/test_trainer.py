@@ -10,29 +10,12 @@ import pytest
 import torch
 
 from evalharness.errors import EvalHarnessError, InputError
-from evalharness.train.algorithms import ALGORITHMS
+from evalharness.train.algorithms import ALGORITHMS, get_spec
 from evalharness.train.trainer import TrainConfig, train
+from trainkit import base, pairs  # noqa: F401  (module fixtures)
 
 CHAT = [{"role": "user", "content": "write a short review about the movie"}]
 
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    rows = []
-    good = ["the movie was great and i loved it", "really fun story and good music", "the cast was very good"]
-    bad = ["the movie was terrible and dull", "i hated the plot", "bad acting and a dull story"]
-    for i in range(12):
-        rows.append({"id": f"p{i}", "prompt": CHAT, "chosen": good[i % 3], "rejected": bad[(i + 1) % 3],
-                     "score_chosen": 0.9 - 0.01 * i, "score_rejected": 0.2})
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from tiny import build_model
-    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
 
 
 def cfg(base: Path, data: Path, out: Path, **kw) -> TrainConfig:
@@ -138,7 +121,7 @@ def test_unfinished_run_restarts(base, pairs, tmp_path):
     assert not res.skipped and not (out / "checkpoint-1").exists() and (out / "checkpoint-2").is_dir()
 
 
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if not get_spec(a).online])  # ppo: tests/test_ppo.py
 def test_every_algorithm_trains(base, pairs, tmp_path, algorithm):
     res = train(cfg(base, pairs, tmp_path / algorithm, algorithm=algorithm, max_steps=3))
     losses = [m["loss"] for m in res.metrics]
@@ -213,8 +196,9 @@ def test_two_processes_data_parallel_match_one_process(base, pairs, tmp_path):
         f"r = train(TrainConfig(algorithm='dpo', base={str(base)!r}, data={str(pairs)!r}, learning_rate=5e-3, max_steps=3,"
         " batch_size=int(sys.argv[1]), warmup_ratio=0.0, output_dir=sys.argv[2]))\n"
         "open(sys.argv[2] + '.rank' + os.environ['RANK'], 'w').write(json.dumps([m['loss'] for m in r.metrics]))\n")
+    from trainkit import child_env  # this checkout's code, not the editable install's
     two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), "2", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=300)
+                         env=child_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     one = train(cfg(base, pairs, tmp_path / "one", batch_size=4, max_steps=3))
     got = [json.loads((tmp_path / f"two.rank{r}").read_text()) for r in (0, 1)]

@@ -1,4 +1,4 @@
-"""Backends by name, imported lazily (lm-evaluation-harness style): ``hf``, ``fake``, ``openai``."""
+"""Backends by name, imported lazily (lm-evaluation-harness style): ``hf``, ``vllm``, ``fake``, ``openai``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from .base import Backend
 
 _REGISTRY = {"hf": ("evalharness.backends.hf", "HFBackend"),
              "fake": ("evalharness.backends.fake", "FakeBackend"),
-             "openai": ("evalharness.backends.endpoint", "OpenAIBackend")}
+             "openai": ("evalharness.backends.endpoint", "OpenAIBackend"),
+             "vllm": ("evalharness.backends.vllm", "VLLMBackend")}
 
 
 def register(name: str, module: str, cls: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from ..prompts import PromptItem, render
 from ..records import Generation, GenRequest, ScoreRequest, SeqLogprobs
 
 
@@ -26,3 +27,13 @@ class Backend(Protocol):
     def logprobs(self, requests: list[ScoreRequest]) -> list[SeqLogprobs]:
         """Summed log-probability (nats) of each response given its prompt, in input order."""
         ...
+
+
+def request_prompt_ids(tokenizer: Any, req: GenRequest) -> list[int]:
+    """A local backend's prompt: the harness-rendered ``prompt_ids`` as given, else the messages or text
+    rendered once with the checkpoint's template (``evalharness.prompts.render``)."""
+    if req.prompt_ids is not None:
+        return list(req.prompt_ids)
+    item = PromptItem(req.id, messages=tuple((m["role"], m["content"]) for m in req.messages)
+                      if req.messages else None, prompt=req.prompt)
+    return render(tokenizer, item)

@@ -15,6 +15,7 @@ import torch
 from ..models import ModelRef, load, resolve, resolve_dtype
 from ..prompts import PromptItem, render
 from ..records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
+from .base import request_prompt_ids
 
 
 def sample_seed(seed: int, request_id: str, sample_index: int) -> int:
@@ -36,12 +37,25 @@ class HFBackend:
         self.model, self.tokenizer = load(self.ref, dtype=dtype)
         self.model_id = f"{self.ref.spec}@{self.ref.revision}"
         self.dtype, self.batch_size, self.score_batch_size, self.progress = dtype, batch_size, score_batch_size, progress
+        self.memory_budget = memory_budget_gb * 2**30
+        self._set_stop_ids()
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, model_id: str, *, batch_size: int = 16) -> HFBackend:
+        """A backend over a model already in memory, e.g. a trainer's policy sampling its rollouts (PPO)."""
+        self = cls.__new__(cls)
+        self.ref, self.model, self.tokenizer, self.model_id = None, model, tokenizer, model_id  # type: ignore[assignment]
+        self.dtype, self.batch_size, self.score_batch_size, self.progress = "float32", batch_size, batch_size, False
+        self.memory_budget = 2.0 * 2**30
+        self._set_stop_ids()
+        return self
+
+    def _set_stop_ids(self) -> None:
         self.pad_id = int(self.tokenizer.pad_token_id)
         eos = {self.tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
         self.eos_ids = {int(e) for e in eos if e is not None}
-        self.memory_budget = memory_budget_gb * 2**30
 
     # Batches are sized for throughput, bounded by memory: CPU decoding of a small model is bound by
     # reading the weights once per step, so tokens/s grows with the batch until the KV cache (or the
@@ -70,11 +84,7 @@ class HFBackend:
         return render(self.tokenizer, item)
 
     def _prompt_ids(self, req: GenRequest) -> list[int]:
-        if req.prompt_ids is not None:
-            return list(req.prompt_ids)
-        item = PromptItem(req.id, messages=tuple((m["role"], m["content"]) for m in req.messages)
-                          if req.messages else None, prompt=req.prompt)
-        return self.render(item)
+        return request_prompt_ids(self.tokenizer, req)
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
@@ -170,6 +180,27 @@ class HFBackend:
         return results
 
 
+@torch.inference_mode()
+def choice_logprobs(model: Any, prompt: list[int], choices: list[list[int]], pad_id: int) -> list[float]:
+    """Summed log-prob of each continuation in ``choices`` after one shared ``prompt``: the prompt runs once,
+    its KV cache is repeated for the choices, which run in one batch (a label-space judge scores 2-10
+    short labels after a long judge prompt: 5-10x less work than scoring each as its own sequence)."""
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), -1)
+    longest = max(len(c) for c in choices)
+    if longest == 1:
+        return [float(first[c[0]]) for c in choices]
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(choices))
+    rest = [c[:-1] + [pad_id] * (longest - len(c)) for c in choices]  # right-padded: pads follow real tokens
+    mask = torch.tensor([[1] * len(prompt) + [1] * (len(c) - 1) + [0] * (longest - len(c)) for c in choices])
+    pos = torch.arange(len(prompt), len(prompt) + longest - 1)[None, :].expand(len(choices), -1)
+    logits = model(input_ids=torch.tensor(rest), attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=False).logits.float()
+    logp = torch.log_softmax(logits, -1)
+    return [float(first[c[0]] + sum(logp[i, t - 1, c[t]] for t in range(1, len(c)))) for i, c in enumerate(choices)]
+
+
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input ids, attention mask and position ids (counting real tokens only) of left-padded rows."""
     L = max(len(s) for s in seqs)
@@ -182,18 +213,22 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def response_logprobs(model: Any, prompts: list[list[int]], responses: list[list[int]],
-                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of each response given its prompt, shape (B, R), and the mask of real tokens.
 
     Left padding aligns every response to the right edge, so only the last R+1 positions' logits are
     computed (R = longest response): memory is B*R*V, not B*L*V. The same function scores for
     evaluation (under inference mode) and for training (with gradients), so both use one convention:
-    response tokens only, prompt and padding masked. Padded entries of the result are 0.
+    response tokens only, prompt and padding masked. Padded entries of the result are 0. With a
+    ``temperature``, log-probs are of logits / temperature: the distribution a sample at that temperature
+    came from (what PPO's ratios and KL penalty need).
     """
     R = max(1, max(len(r) for r in responses))
     device = next(model.parameters()).device
     ids, attn, pos = (t.to(device) for t in left_pad([p + r for p, r in zip(prompts, responses)], pad_id))
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     target = ids[:, -R:]
     # cross_entropy = logsumexp - gather, fused: ~10% faster forward+backward than spelling it out
     tok_lp = -torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),

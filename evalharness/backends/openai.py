@@ -1,13 +1,19 @@
 """Thin provider for OpenAI-compatible chat endpoints: one chat-completions request in, one result out.
 
 It owns no retries, cache or concurrency: those live in one place, ``evalharness.client.JudgeClient``
-(inspect_ai's thin provider + thick wrapper). Its job is translation: a ``ChatRequest`` into one SDK
-call, the reply into a ``ChatResult``, and every failure into a ``ProviderError`` that says whether
-trying again could help.
+(inspect_ai's thin provider + thick wrapper). Its job is translation: a ``ChatRequest`` into one HTTP
+POST of the chat-completions JSON, the reply into a ``ChatResult``, and every failure into a
+``ProviderError`` that says whether trying again could help.
+
+The POST goes out on aiohttp, not through the ``openai`` SDK: the SDK's parameter transform, request
+building, pydantic reply models and httpx's pure-Python HTTP/1.1 stack cost ~2.4 ms of CPU per request
+here, aiohttp's C parser and a plain dict ~0.4 ms, and at 32 requests in flight that CPU is what bounds
+a judging job (benchmarks/perf/judge_client_throughput.py). The wire format is the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -96,44 +102,84 @@ def read_api_key(api_key_env: str | None) -> str | None:
 
 
 class OpenAIChatProvider:
-    """Chat completions through the official ``openai`` SDK against any ``base_url``."""
+    """Chat completions over HTTP (aiohttp) against any OpenAI-compatible ``base_url``.
+
+    Make it inside the event loop that will use it (aiohttp sessions are bound to their loop), and
+    ``aclose`` it there. One session pools keep-alive connections for all requests in flight.
+    """
 
     name = "openai-chat"
 
     def __init__(self, base_url: str, *, api_key_env: str | None = None, timeout_s: float = 60.0) -> None:
-        from openai import AsyncOpenAI
+        import aiohttp
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
 
         key = read_api_key(api_key_env)
         self._secret = key
-        # No key: send a placeholder rather than None, which would make the SDK fall back to
-        # $OPENAI_API_KEY and hand a real secret to whatever local server base_url points at.
-        # max_retries=0: retries belong to the wrapper, which counts and paces them.
-        self._client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout_s, max_retries=0)
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        # No key: send a placeholder, as the SDK-based provider did, rather than nothing or an ambient
+        # $OPENAI_API_KEY that would hand a real secret to whatever local server base_url points at.
+        headers = {"Authorization": f"Bearer {key or 'EMPTY'}", "Accept": "application/json",
+                   "Content-Type": "application/json", "User-Agent": "evalharness"}
+        # HTTP(S)_PROXY / NO_PROXY apply, as they did through the SDK (httpx honours them). Looked up
+        # once here: aiohttp's trust_env would look up the proxy and ~/.netrc in a thread per request.
+        try:
+            self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(self._url))
+        except LookupError:
+            self._proxy, self._proxy_auth = None, None
+        # limit=0: no connection cap of aiohttp's own (its default is 100); JudgeClient bounds concurrency.
+        self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0),
+                                              timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def aclose(self) -> None:
         """Close the pooled HTTP connections."""
-        await self._client.close()
+        await self._session.close()
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """Send one request; return an ok ``ChatResult`` or raise ``ProviderError``."""
-        import openai
-
-        try:
-            completion = await self._client.chat.completions.create(**request_params(request))
-        except openai.APIStatusError as exc:
-            raise ProviderError(self._redact(exc.message),  # "Error code: 429 - {body}"
-                                retryable=exc.status_code in RETRYABLE_STATUS, status_code=exc.status_code,
-                                retry_after=exc.response.headers.get("retry-after")) from None
-        except openai.APITimeoutError:
-            raise ProviderError("request timed out", retryable=True) from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError(self._redact(f"connection error: {exc.__cause__ or exc}"), retryable=True) from None
-        except (openai.APIResponseValidationError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-            raise ProviderError(self._redact(f"malformed response body: {exc}"), retryable=True) from None
+        completion = await post_json(self._session, self._url, request_params(request), redact=self._redact,
+                                     proxy=self._proxy, proxy_auth=self._proxy_auth)
         return parse_completion(request.id, completion)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+
+async def post_json(session: Any, url: str, payload: dict[str, Any], *, redact: Any = None, proxy: Any = None,
+                    proxy_auth: Any = None) -> Any:
+    """POST ``payload`` as JSON on an aiohttp session; the decoded JSON reply, or ``ProviderError`` saying
+    whether a retry could help (timeouts, connection failures, 408/429/5xx and unreadable bodies can)."""
+    import aiohttp
+
+    hide = redact or (lambda text: text)
+    try:
+        async with session.post(url, data=json.dumps(payload), proxy=proxy, proxy_auth=proxy_auth) as response:
+            status, raw = response.status, await response.read()
+            retry_after = response.headers.get("retry-after")
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise ProviderError("request timed out", retryable=True) from None
+    except aiohttp.ClientError as exc:  # refused, reset, disconnected mid-body, bad chunking, ...
+        raise ProviderError(hide(f"connection error: {type(exc).__name__}: {exc}"), retryable=True) from None
+    if status >= 400:
+        body = raw.decode("utf-8", errors="replace")
+        raise ProviderError(hide(f"Error code: {status} - {_error_message(body)}"),
+                            retryable=status in RETRYABLE_STATUS, status_code=status, retry_after=retry_after)
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # not JSON, or cut off
+        raise ProviderError(hide(f"malformed response body: {exc}: {raw[:200]!r}"), retryable=True) from None
+
+
+def _error_message(body: str) -> str:
+    """The ``error.message`` of an OpenAI-style error body, else the body itself (cut to 500 characters)."""
+    try:
+        error = json.loads(body).get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+    except (ValueError, AttributeError):
+        pass
+    return body[:500]
 
 
 def request_params(request: ChatRequest) -> dict[str, Any]:
@@ -155,30 +201,26 @@ def request_params(request: ChatRequest) -> dict[str, Any]:
 
 
 def parse_completion(request_id: str, completion: Any) -> ChatResult:
-    """A ``ChatResult`` from an SDK ``ChatCompletion``; a body without choices is a malformed response."""
-    choices = getattr(completion, "choices", None)
-    if isinstance(completion, str) or not choices:
-        shown = completion if isinstance(completion, str) else json.dumps(_dump(completion))[:200]
-        raise ProviderError(f"malformed response body (no choices): {shown[:200]}", retryable=True)
-    choices = sorted(choices, key=lambda c: getattr(c, "index", 0))
-    texts = [c.message.content or "" for c in choices]
-    first = choices[0]
-    top: list[TokenAlternatives] | None = None
-    sampled: TokenAlternatives | None = None
-    content = first.logprobs.content if first.logprobs is not None else None
-    if content is not None:
-        sampled = [(t.token, float(t.logprob)) for t in content]
-        top = [[(a.token, float(a.logprob)) for a in (t.top_logprobs or [])] for t in content]
-    usage: dict[str, int] = {}
-    if getattr(completion, "usage", None) is not None:
-        usage = {"prompt_tokens": int(completion.usage.prompt_tokens or 0),
-                 "completion_tokens": int(completion.usage.completion_tokens or 0)}
-    return ChatResult(id=request_id, status="ok", text=texts[0], texts=texts, finish_reason=first.finish_reason,
-                      top_logprobs=top, token_logprobs=sampled, usage=usage)
-
-
-def _dump(obj: Any) -> Any:
+    """A ``ChatResult`` from a chat.completion JSON body; a body without choices is a malformed response."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not choices or not isinstance(choices, list):
+        raise ProviderError(f"malformed response body (no choices): {json.dumps(completion)[:200]}", retryable=True)
     try:
-        return obj.model_dump()
-    except Exception:  # noqa: BLE001 - only for an error message
-        return repr(obj)
+        choices = sorted(choices, key=lambda c: c.get("index") or 0)
+        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+        first = choices[0]
+        top: list[TokenAlternatives] | None = None
+        sampled: TokenAlternatives | None = None
+        content = (first.get("logprobs") or {}).get("content")
+        if content is not None:
+            sampled = [(t["token"], float(t["logprob"])) for t in content]
+            top = [[(a["token"], float(a["logprob"])) for a in (t.get("top_logprobs") or [])] for t in content]
+        usage: dict[str, int] = {}
+        if completion.get("usage"):
+            usage = {"prompt_tokens": int(completion["usage"].get("prompt_tokens") or 0),
+                     "completion_tokens": int(completion["usage"].get("completion_tokens") or 0)}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a field of the wrong shape
+        raise ProviderError(f"malformed response body ({type(exc).__name__}: {exc}): {json.dumps(completion)[:200]}",
+                            retryable=True) from None
+    return ChatResult(id=request_id, status="ok", text=texts[0], texts=texts, finish_reason=first.get("finish_reason"),
+                      top_logprobs=top, token_logprobs=sampled, usage=usage)

@@ -20,7 +20,7 @@ from ..backends.openai import ChatRequest, ChatResult
 from ..errors import EvalHarnessError
 from ..models import resolve
 from ..prompts import PromptItem
-from ..records import GenRequest, SamplingParams, ScoreRequest
+from ..records import GenRequest, SamplingParams
 
 
 class LocalChatJudge:
@@ -69,11 +69,10 @@ class LocalChatJudge:
         return out
 
     def _score_labels(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        if not requests:
-            return []
+        from ..backends.hf import choice_logprobs
         b = self.backend
         tok = b.tokenizer
-        scores: list[ScoreRequest] = []
+        out = []
         for r in requests:
             item = PromptItem(r.id, messages=tuple((m["role"], m["content"]) for m in r.messages))
             prompt = b.render(item) + (tok(r.choice_prefix, add_special_tokens=False)["input_ids"]
@@ -82,15 +81,10 @@ class LocalChatJudge:
             if len(set(ids.values())) < len(ids):  # e.g. every label an <unk>: its verdicts would mean nothing
                 raise EvalHarnessError(f"local judge {self.model_id}: its tokenizer cannot tell the labels "
                                        f"{list(r.choices)} apart; use a judge whose vocabulary has them")
-            for c in r.choices:
-                scores.append(ScoreRequest(f"{r.id}\x00{c}", prompt, list(ids[c])))
-        lps = iter(b.logprobs(scores))
-        out = []
-        for r in requests:
-            got = {c: next(lps).logprob for c in r.choices}
+            got = dict(zip(r.choices, choice_logprobs(b.model, prompt, [list(ids[c]) for c in r.choices], b.pad_id)))
             best = max(got, key=lambda c: got[c])
             out.append(ChatResult(r.id, "ok", r.choice_prefix + best, [r.choice_prefix + best], "stop",
-                                  choice_logprobs=got, usage={"prompt_tokens": len(scores[0].prompt_ids)}))
+                                  choice_logprobs=got, usage={"prompt_tokens": len(prompt)}))
         return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import re
 import socket
 import struct
@@ -257,6 +258,101 @@ def benchmark_judge(body: dict[str, Any]) -> Item:
     if "Assistant A" in text:
         return "Close call. My final verdict is [[B>A]]."
     return "Rating: [[6]]"
+
+
+class FakeOpenAIProcess:
+    """``FakeOpenAI`` served from a child process, for throughput benchmarks of a client.
+
+    In-process, the server's handler threads take the GIL from the client under test, so a benchmark
+    would time both together; a real endpoint is another process (usually another machine). Scripting
+    (``enqueue``/``on``) stays in-process only: here the child answers with ``responder`` or
+    ``default_text``, and ``reset``/``requests``/``max_in_flight`` go over a pipe. ``responder`` must
+    be picklable (a module-level function): the child is spawned, not forked.
+    """
+
+    def __init__(self, responder: Responder | None = None, *, default_text: str = "ok",
+                 latency_s: float = 0.0) -> None:
+        self._args = (responder, default_text, latency_s)
+        self._proc: Any = None
+        self._conn: Any = None
+        self._url = ""
+
+    def start(self) -> FakeOpenAIProcess:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_child, args=(child, *self._args), name="fake-openai", daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(60):
+            self.close()
+            raise RuntimeError("the fake OpenAI server process did not start within 60 s")
+        self._url = self._conn.recv()
+        return self
+
+    def _call(self, command: str) -> Any:
+        self._conn.send(command)
+        return self._conn.recv()
+
+    def reset(self) -> None:
+        """Zero the child's counters."""
+        self._call("reset")
+
+    @property
+    def requests(self) -> int:
+        return int(self._call("stats")["requests"])
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (all its threads), to tell whether it kept up."""
+        return float(self._call("stats")["cpu_s"])
+
+    @property
+    def max_in_flight(self) -> int:
+        return int(self._call("stats")["max_in_flight"])
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def close(self) -> None:
+        """Stop the child (asked first, then terminated) and wait for it."""
+        if self._proc is None:
+            return
+        try:
+            self._conn.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        self._conn.close()
+        self._proc = None
+
+    def __enter__(self) -> FakeOpenAIProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve_child(conn: Any, responder: Responder | None, default_text: str, latency_s: float) -> None:
+    with FakeOpenAI(responder, default_text=default_text, latency_s=latency_s) as server:
+        conn.send(server.url)
+        while True:
+            try:
+                command = conn.recv()
+            except EOFError:  # the parent died: stop serving
+                return
+            if command == "stop":
+                return
+            if command == "reset":
+                server.reset()
+                conn.send(None)
+            elif command == "stats":
+                with server._lock:
+                    conn.send({"requests": server.requests, "max_in_flight": server.max_in_flight,
+                               "cpu_s": time.process_time()})
 
 
 def _synth_logprobs(text: str) -> list[TokenAlternatives]:

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import EvalHarnessError
 
 OFFSET_FNS = ("log", "identity")
+KL_ESTIMATORS = ("k1", "k3")
 
 
 class _Config:
@@ -173,6 +174,77 @@ class KTOConfig(_Config):
         self._nonnegative("desirable_weight", "undesirable_weight")
 
 
+@dataclass
+class PPOConfig(_Config):
+    """PPO for language models (Schulman et al. 2017, Eq. 7; Ziegler et al. 2019; Ouyang et al. 2022): the clipped
+    surrogate and clipped value loss over rollouts sampled from the policy, reward = judge score - kl_coef * KL.
+
+    Defaults are TRL's last ``PPOConfig`` (trl.experimental.ppo, TRL 1.12, the last release that has it) unless a
+    field says otherwise; the loop and the losses are in ``evalharness/train/ppo.py``.
+    """
+
+    _name = "ppo"
+    # The reward judge, any text judge spec (sentiment, toxicity, hf:MODEL[:LABEL]): its score on the response
+    # text is added at the last response token. A lower-is-better judge (toxicity) gives 1 - p, so rewards stay
+    # in [0, 1] like sentiment's. No TRL equivalent (TRL's reward_model_path is a model).
+    reward: str = "sentiment"
+    # KL-penalty coefficient beta of the per-token reward r_t = -beta * kl_t. TRL PPOConfig.kl_coef = 0.05.
+    kl_coef: float = 0.05
+    # kl_t estimator: k1 = log pi - log pi_ref, or k3 = (r - 1) - log r with r = pi_ref / pi (Schulman's "Approximating
+    # KL Divergence"). TRL PPOConfig.kl_estimator = "k1".
+    kl_estimator: str = "k1"
+    # The adaptive KL controller of Ziegler et al. 2019 (Sec. 2.2): kl_coef *= 1 + clip(KL / target_kl - 1, -0.2, 0.2)
+    # * n / horizon after each rollout batch of n episodes. TRL <= 0.11 PPOConfig.adap_kl_ctrl (default True there);
+    # off here, as in TRL's current trainer, which has only the fixed coefficient.
+    adaptive_kl: bool = False
+    # Target sequence KL (nats) of the adaptive controller. TRL <= 0.11 PPOConfig.target = 6.
+    target_kl: float = 6.0
+    # Horizon (episodes) of the adaptive controller. TRL <= 0.11 PPOConfig.horizon = 10000.
+    horizon: float = 10000.0
+    # epsilon of the clipped surrogate, ratio clipped to [1 - eps, 1 + eps]. TRL PPOConfig.cliprange = 0.2.
+    cliprange: float = 0.2
+    # epsilon_v of the clipped value loss, V clipped to V_old +- eps_v. TRL PPOConfig.cliprange_value = 0.2.
+    cliprange_value: float = 0.2
+    # Weight of the value loss in pg_loss + vf_coef * vf_loss. TRL PPOConfig.vf_coef = 0.1.
+    vf_coef: float = 0.1
+    # Discount gamma of GAE. TRL PPOConfig.gamma = 1.
+    gamma: float = 1.0
+    # GAE lambda. TRL PPOConfig.lam = 0.95.
+    lam: float = 0.95
+    # Passes (PPO epochs) over each rollout batch, each in freshly shuffled minibatches. TRL num_ppo_epochs = 4.
+    num_ppo_epochs: int = 4
+    # Minibatches (optimizer steps) per PPO epoch; rollout batch = batch_size * grad_accum * num_mini_batches per
+    # process, as in TRL (local_batch_size). TRL OnPolicyConfig.num_mini_batches = 1.
+    num_mini_batches: int = 1
+    # Whiten the per-token rewards (scale only) before GAE. TRL PPOConfig.whiten_rewards = False.
+    whiten_rewards: bool = False
+    # Subtracted from the judge score of a response that hit response_length without EOS; 0 = off (TRL's None).
+    # TRL OnPolicyConfig.missing_eos_penalty = None.
+    missing_eos_penalty: float = 0.0
+    # Maximum new tokens per rollout response. TRL OnPolicyConfig.response_length = 53.
+    response_length: int = 53
+    # Sampling temperature of the rollouts; every log-prob (policy, old, reference) is taken from logits / temperature.
+    # TRL OnPolicyConfig.temperature = 0.7.
+    temperature: float = 0.7
+
+    def _check(self) -> None:
+        self._nonnegative("kl_coef", "cliprange", "cliprange_value", "vf_coef", "missing_eos_penalty")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            self._fail("kl_estimator", f"must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                self._fail(name, f"must be in [0, 1], got {getattr(self, name)}")
+        for name in ("target_kl", "horizon", "temperature"):
+            if getattr(self, name) <= 0:
+                self._fail(name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("num_ppo_epochs", "num_mini_batches", "response_length"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                self._fail(name, f"must be an integer >= 1, got {v!r}")
+        if not isinstance(self.reward, str) or not self.reward or self.reward == "kl":
+            self._fail("reward", f"must name a text judge (sentiment, toxicity, hf:MODEL[:LABEL]), got {self.reward!r}")
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """What an algorithm needs from the data and the models, so a trainer can check before it computes."""
@@ -184,6 +256,7 @@ class AlgorithmSpec:
     unpaired: bool  # single examples labelled desirable/undesirable, not pairs (use kto_loss)
     needs_lengths: bool  # response token counts (ipo needs them only with length_normalized=True)
     paper: str
+    online: bool = False  # trains on prompts, sampling its own responses (PPO): evalharness/train/ppo.py
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
@@ -197,6 +270,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
     AlgorithmSpec("orpo", ORPOConfig, False, False, False, True, "Hong et al. 2024, arXiv:2403.07691, Eq. 6-7"),
     AlgorithmSpec("cpo", CPOConfig, False, False, False, True, "Xu et al. 2024, arXiv:2401.08417, Eq. 6-8"),
     AlgorithmSpec("kto", KTOConfig, True, False, True, False, "Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 8"),
+    AlgorithmSpec("ppo", PPOConfig, True, False, False, False,
+                  "Schulman et al. 2017, arXiv:1707.06347, Eq. 7; Ziegler et al. 2019, arXiv:1909.08593", online=True),
 ]}
 
 

@@ -116,6 +116,8 @@ def _response(row: dict[str, Any], field: str, where: dict[str, Any]) -> tuple[s
     msgs = _messages(v, where, field)
     if msgs[-1][0] != "assistant":
         raise InputError("a conversation must end with the assistant's response", field=field, **where)
+    if not msgs[-1][1].strip():
+        raise InputError("empty response (the assistant's last turn)", field=field, **where)
     return msgs[-1][1], msgs[:-1] or None
 
 

@@ -55,6 +55,9 @@ def _prepare(algorithm: str, hparams: dict[str, Any], args: dict[str, Any], *, f
         raise EvalHarnessError("kto is unpaired (one response per example, labelled desirable or undesirable): "
                                "use kto_loss(logps=..., ref_logps=..., desirable=..., kl=..., beta=...)")
     spec = get_spec(algorithm)
+    if spec.online:
+        raise EvalHarnessError(f"{algorithm} trains on its own rollouts, not pairs: use evalharness.train.ppo "
+                               "(policy_loss, value_loss, gae, whiten)")
     cfg = make_config(algorithm, **hparams)
     need = list(_REFERENCE) if spec.needs_reference else []
     if for_loss:

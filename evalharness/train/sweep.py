@@ -5,6 +5,7 @@
     data:
       on_policy: {prompts: ./prompts_train.jsonl, judge: sentiment, k: 4, max_new_tokens: 40}
       # or: path: ./pairs.jsonl   (JSONL or hf:NAME[:SPLIT])
+      # online algorithms (ppo) train on prompts: data.prompts, else the on_policy prompts
     train: {learning_rate: 1.0e-5, epochs: 2, batch_size: 8, save_every: 10}   # TrainConfig defaults
     algorithms:
       dpo: {beta: [0.1, 0.5]}          # hyperparameters (lists are grid axes) or TrainConfig fields
@@ -33,7 +34,7 @@ from ..errors import EvalHarnessError, InputError
 from ..paths import results_root
 from ..spec import JudgeSpec, _line_of, _Strict, load_yaml_model, parse_tasks, spec_path
 from ..store import RunStore, write_json_atomic
-from .algorithms import ALGORITHMS, make_config
+from .algorithms import ALGORITHMS, get_spec, make_config
 from .trainer import TrainConfig, TrainResult
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "base", "data", "hparams",
@@ -55,6 +56,7 @@ class OnPolicySpec(_Strict):
 class DataSpec(_Strict):
     path: str | None = None
     on_policy: OnPolicySpec | None = None
+    prompts: str | None = None  # for online algorithms (ppo); default: on_policy.prompts
 
 
 class EvalSpec(_Strict):
@@ -107,10 +109,16 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
     spec, lines = load_yaml_model(path, TrainSpec)
     where = lambda *loc: {"path": str(path), "line": _line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     d = spec.data
-    if (d.path is None) == (d.on_policy is None):
+    online = [a for a in spec.algorithms if a in ALGORITHMS and get_spec(a).online]
+    if d.path is not None and d.on_policy is not None or (
+            len(online) < len(spec.algorithms) and d.path is None and d.on_policy is None):
         raise InputError("give exactly one of data.path or data.on_policy", **where("data"))
+    if online and d.prompts is None and d.on_policy is None:
+        raise InputError(f"{', '.join(online)} train on prompts: give data.prompts (or data.on_policy)", **where("data"))
     if d.path:
         d.path = spec_path(path, d.path)
+    if d.prompts:
+        d.prompts = spec_path(path, d.prompts)
     if d.on_policy:
         d.on_policy.prompts = spec_path(path, d.on_policy.prompts)
     if spec.eval:
@@ -181,22 +189,26 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
     root = Path(results_dir) if results_dir else results_root()
     sweep_dir = root / "train" / spec.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if spec.data.on_policy:
+    offline = any(not get_spec(r.config.algorithm).online for r in runs)
+    prompts = spec.data.prompts or (spec.data.on_policy.prompts if spec.data.on_policy else None)
+    data = None
+    if spec.data.on_policy and offline:
         op = spec.data.on_policy
         data = str(pairs_file(PairsConfig(model=op.model or spec.base, prompts=op.prompts, judge=op.judge, k=op.k,
                                           temperature=op.temperature, top_p=op.top_p, max_new_tokens=op.max_new_tokens,
                                           seed=op.seed, min_gap=op.min_gap), sweep_dir / "pairs.jsonl", log=log))
-    else:
+    elif spec.data.path:
         data = str(spec.data.path)
     done: list[tuple[PlannedRun, TrainResult]] = []
     for run in runs:
-        cfg = dataclasses.replace(run.config, data=data, output_dir=str(sweep_dir / run.name))
+        source = prompts if get_spec(run.config.algorithm).online else data
+        cfg = dataclasses.replace(run.config, data=str(source), output_dir=str(sweep_dir / run.name))
         done.append((run, train(cfg, log=log)))
     result = SweepResult(sweep_dir, done, {}, [], None, [])
     if spec.eval:
         evaluate_sweep(spec, result, root, progress=progress, log=log)
     write_json_atomic(sweep_dir / "sweep.json", {
-        "name": spec.name, "spec": spec.model_dump(), "data": data,
+        "name": spec.name, "spec": spec.model_dump(), "data": data, "prompts": prompts,
         "runs": [{"name": r.name, "grid": r.grid, "output_dir": str(t.output_dir),
                   "checkpoints": [str(c) for c in t.checkpoints]} for r, t in done],
         "eval_runs": {k: str(v) for k, v in result.eval_runs.items()}, "table": result.table,

@@ -1,0 +1,492 @@
+"""PPO for language models, the online RLHF baseline (TRL's PPOTrainer, "The N implementation details of RLHF
+with PPO", Huang et al. 2024), on the trainer's machinery: manifests, checkpoints, LoRA, bf16, data parallelism.
+
+One training step is one rollout batch:
+
+1. **Rollouts.** Each process samples responses for its slice of the step's prompts from the current policy at
+   ``temperature`` (seeded per sample, so a sample does not depend on how prompts are split across processes).
+   The reward judge scores each response text; a response without EOS loses ``missing_eos_penalty``. A failed
+   judgment never becomes a score: its row stays in the batch with an empty mask and is counted.
+2. **Old log-probs, reference log-probs, values**, from no-grad forwards; every log-prob from logits / temperature.
+   The processes then share their rollouts, so each one holds the whole batch: advantages are whitened over the
+   global batch and minibatches are the same whatever the number of processes.
+3. **Per-token reward** r_t = -kl_coef * kl_t (k1 or k3), plus the judge's score at the last response token;
+   GAE with V = 0 after the last token; returns R = A + V_old; advantages whitened.
+4. **num_ppo_epochs** passes over freshly shuffled minibatches, one optimizer step each; the loss
+   policy_loss + vf_coef * value_loss is a masked mean over the minibatch's response tokens, so gradient
+   accumulation and data parallelism give the gradient of one big minibatch.
+5. The adaptive KL controller (if on) moves kl_coef toward ``target_kl``.
+
+Tensors are ``[batch, tokens]`` with responses right-aligned (left padding, as everywhere in evalharness), so every
+row's last response token is the last column; the public functions only assume each row's mask is contiguous.
+
+Resident while training: the actor (policy, from SFT), the critic (the SFT body with a zeroed scalar head), the
+reference (a frozen SFT copy; with LoRA none: the actor with its adapter disabled) and the judge. Checkpoints are
+the actor only, loadable model folders (adapter folders for LoRA) with ``evalharness_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import provenance
+from ..errors import EvalHarnessError
+from ..models import resolve
+from ..paths import results_root
+from ..prompts import file_hash, load_prompts, render
+from ..store import write_json_atomic
+from .algorithms import PPOConfig, get_spec, make_config
+from .trainer import (TRAIN_MANIFEST, TrainConfig, TrainResult, _adamw, _autocast, _base_spec, _check,
+                      _disable_dropout, _finished, _lr_lambda, _mean_rows, _null, _save_checkpoint, default_run_name)
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["PPOConfig", "gae", "whiten", "policy_loss", "value_loss", "kl_penalty", "update_kl_coef", "train_ppo"]
+
+
+# -- the PPO functions ------------------------------------------------------------------------------------------
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is 1 (the batch's response tokens)."""
+    import torch
+    m = mask.bool()
+    return torch.where(m, x, torch.zeros_like(x)).sum() / m.sum()
+
+
+def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries, with the unbiased variance (TRL's masked_whiten);
+    ``shift_mean=False`` keeps the mean (whitening rewards rescales them without recentring). 0 outside the mask."""
+    import torch
+    m = mask.bool()
+    n = m.sum()
+    if int(n) < 2:
+        raise EvalHarnessError(f"whiten needs at least 2 masked entries, got {int(n)}")
+    mean = masked_mean(x, m)
+    var = torch.where(m, (x - mean) ** 2, torch.zeros_like(x)).sum() / (n - 1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(m, out, torch.zeros_like(out))
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, Eq. 16): delta_t = r_t + gamma V_{t+1} - V_t with
+    V = 0 after the last response token, A_t = delta_t + gamma lam A_{t+1}; returns R = A + V. 0 outside the mask."""
+    import torch
+    m = mask.to(values.dtype)
+    v, r = values * m, rewards * m
+    T = r.shape[1]
+    last = torch.zeros_like(v[:, 0])
+    out = []
+    for t in reversed(range(T)):
+        nxt = v[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        last = (r[:, t] + gamma * nxt - v[:, t] + gamma * lam * last) * m[:, t]
+        out.append(last)
+    adv = torch.stack(out[::-1], dim=1)
+    return adv, (adv + v) * m
+
+
+def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
+                cliprange: float) -> tuple[Tensor, Tensor]:
+    """The clipped surrogate (Schulman et al. 2017, Eq. 7, as a loss): masked mean of
+    max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), rho = exp(log pi - log pi_old); and the fraction of tokens clipped."""
+    import torch
+    m = mask.bool()
+    ratio = torch.exp(torch.where(m, logprobs - old_logprobs, torch.zeros_like(logprobs)))
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    return masked_mean(torch.max(pg1, pg2), m), masked_mean((pg2 > pg1).to(logprobs.dtype), m).detach()
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *, cliprange_value: float) -> Tensor:
+    """The clipped value loss (TRL, OpenAI's lm-human-preferences): 0.5 * masked mean of
+    max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2)."""
+    return _value_loss(values, old_values, returns, mask, cliprange_value)[0]
+
+
+def _value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                cliprange_value: float) -> tuple[Tensor, Tensor]:
+    """value_loss and the fraction of tokens where the clipped term is the larger (TRL's val/clipfrac)."""
+    import torch
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.max(l1, l2), mask), masked_mean((l2 > l1).to(values.dtype), mask).detach()
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str) -> Tensor:
+    """Per-token KL estimate (Schulman, "Approximating KL Divergence"): k1 = log pi - log pi_ref, or
+    k3 = (r - 1) - log r with r = pi_ref / pi (non-negative, lower variance). 0 outside the mask."""
+    import torch
+    logr = torch.where(mask.bool(), ref_logprobs - logprobs, torch.zeros_like(logprobs))
+    return -logr if estimator == "k1" else torch.expm1(logr) - logr
+
+
+def update_kl_coef(kl_coef: float, kl: float, *, target: float, horizon: float, n_episodes: int) -> float:
+    """The adaptive KL controller of Ziegler et al. 2019 (Sec. 2.2; TRL <= 0.11 AdaptiveKLController):
+    kl_coef * (1 + clip(KL / target - 1, -0.2, 0.2) * n_episodes / horizon), KL the batch's mean sequence KL."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n_episodes / horizon)
+
+
+# -- models -----------------------------------------------------------------------------------------------------
+
+def _critic_class() -> type:
+    import torch
+
+    class Critic(torch.nn.Module):
+        """V(s_t) at every response position: the SFT body (no LM head) and a scalar head initialised to zero,
+        so V = 0 before the first update (the issue's "head zeroed"; TRL initialises a value head from a reward model)."""
+
+        def __init__(self, body: Any, hidden: int) -> None:
+            super().__init__()
+            self.body = body
+            self.head = torch.nn.Linear(hidden, 1)
+            torch.nn.init.zeros_(self.head.weight)
+            torch.nn.init.zeros_(self.head.bias)
+
+        def forward(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Tensor:
+            from ..backends.hf import left_pad
+            R = max(1, max(len(r) for r in responses))
+            dev = self.head.weight.device
+            ids, attn, pos = (t.to(dev) for t in left_pad([p + r for p, r in zip(prompts, responses)], pad_id))
+            h = self.body(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -R - 1:-1]
+            return self.head(h).squeeze(-1).float()  # position t-1's state is the one that chooses token t
+
+    return Critic
+
+
+def _wrapper_class() -> type:
+    import torch
+
+    class PolicyAndValue(torch.nn.Module):
+        """Actor and critic as one module: one DDP wrapper, one optimizer, one gradient clip (TRL's PolicyAndValueWrapper)."""
+
+        def __init__(self, policy: Any, critic: Any) -> None:
+            super().__init__()
+            self.policy, self.critic = policy, critic
+
+        def forward(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                    temperature: float) -> tuple[Tensor, Tensor]:
+            from ..backends.hf import response_logprobs
+            lp, _ = response_logprobs(self.policy, prompts, responses, pad_id, temperature)
+            return lp, self.critic(prompts, responses, pad_id)
+
+    return PolicyAndValue
+
+
+def _lora(model: Any, cfg: TrainConfig, task_type: str | None) -> Any:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        from ..errors import MissingExtraError
+        raise MissingExtraError("peft", "train") from e
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_target_modules), task_type=task_type))
+
+
+# -- rollouts ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Rollout:
+    """One sampled response and what the update needs, per response token (EOS included when produced)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    eos: bool
+    score: float | None  # the judge's reward (missing-EOS penalty applied); None: the judgment failed
+    logprobs: list[float]
+    ref_logprobs: list[float]
+    values: list[float]
+
+
+def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: list[tuple[str, list[int]]],
+              hp: PPOConfig, seed: int, cfg: TrainConfig, accel: Any) -> list[_Rollout]:
+    """Sample, judge and score this process's prompts under the current policy (no gradients)."""
+    import torch
+
+    from ..backends.hf import HFBackend, response_logprobs
+    from ..records import GenRequest, SamplingParams
+    if not prompts:
+        return []
+    policy, critic = model.policy, model.critic
+    backend = HFBackend.from_loaded(policy, tok, "ppo-policy", batch_size=len(prompts))
+    params = SamplingParams(temperature=hp.temperature, top_p=1.0, max_new_tokens=hp.response_length, seed=seed)
+    with _autocast(cfg, accel):
+        gens = backend.generate([GenRequest(key, prompt_ids=ids, params=params) for key, ids in prompts])
+    verdicts = judge.judge(gens)
+    P = [ids for _, ids in prompts]
+    Rs = [list(g.token_ids or []) for g in gens]
+    out: list[_Rollout] = []
+    bs = cfg.batch_size
+    with torch.no_grad(), _autocast(cfg, accel):
+        for s in range(0, len(P), bs):
+            p, r = P[s:s + bs], Rs[s:s + bs]
+            lp, _ = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
+            if ref_model is None:  # LoRA: the reference is the base, i.e. the policy with its adapter disabled
+                with policy.disable_adapter():
+                    ref_lp, _ = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
+            else:
+                ref_lp, _ = response_logprobs(ref_model, p, r, tok.pad_token_id, hp.temperature)
+            v = critic(p, r, tok.pad_token_id)
+            for i in range(len(p)):
+                n, g, verdict = len(r[i]), gens[s + i], verdicts[s + i]
+                score = None
+                if verdict.status == "ok" and verdict.value is not None:
+                    score = float(verdict.value) if judge.higher_is_better else 1.0 - float(verdict.value)
+                    if g.finish_reason != "stop":
+                        score -= hp.missing_eos_penalty
+                cut = lambda t: t[i, t.shape[1] - n:].float().tolist()  # noqa: E731 (right-aligned)
+                out.append(_Rollout(p[i], r[i], g.finish_reason == "stop", score, cut(lp), cut(ref_lp), cut(v)))
+    return out
+
+
+def _buffer(rows: list[_Rollout]) -> dict[str, Any]:
+    """The batch as right-aligned [N, R] tensors; a row whose judgment failed gets an all-zero mask."""
+    import torch
+    N, R = len(rows), max(len(r.response_ids) for r in rows)
+    t = {k: torch.zeros(N, R) for k in ("logprobs", "ref_logprobs", "values")}
+    mask = torch.zeros(N, R, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        n = len(r.response_ids)
+        for k in t:
+            t[k][i, R - n:] = torch.tensor(getattr(r, k))
+        mask[i, R - n:] = r.score is not None
+    ok = torch.tensor([r.score is not None for r in rows])
+    scores = torch.tensor([r.score if r.score is not None else 0.0 for r in rows])
+    return {**t, "mask": mask, "ok": ok, "scores": scores}
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+
+def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> TrainResult:
+    """Train a policy with PPO on ``cfg.data`` (a prompts JSONL) against the judge ``hparams['reward']``; a finished
+    run with the same identity is skipped, an unfinished one restarts."""
+    import torch
+    from accelerate import Accelerator
+
+    from ..judges import get_judge
+    _check(cfg)
+    spec = get_spec(cfg.algorithm)
+    hp: PPOConfig = make_config(cfg.algorithm, **cfg.hparams)
+    hparams = asdict(hp)
+    items = load_prompts(cfg.data)
+    judge = get_judge(hp.reward)
+    base = resolve(cfg.base)
+    reference = resolve(cfg.reference) if cfg.reference else base
+    run_name = cfg.run_name or default_run_name(cfg)
+    out = Path(cfg.output_dir) if cfg.output_dir else results_root() / "train" / run_name
+    reward = {"spec": hp.reward, "id": judge.judge_id, "version": judge.judge_version,
+              "direction": "score" if judge.higher_is_better else "1 - score"}
+    data_info = {"source": cfg.data, "hash": file_hash(cfg.data), "n_examples": len(items), "kind": "prompts"}
+    ident = {**cfg.identity(), "hparams": hparams, "data_hash": data_info["hash"], "base_revision": base.revision,
+             "reference_revision": reference.revision, "reward": reward}
+    done = _finished(out, ident)
+    if done is not None:
+        log(f"{run_name}: already trained ({out})")
+        return done
+
+    accel = Accelerator(cpu=not torch.cuda.is_available())
+    main = accel.is_main_process
+    if main:
+        if out.exists():
+            shutil.rmtree(out)  # an unfinished run restarts from step 0
+        out.mkdir(parents=True)
+        write_json_atomic(out / TRAIN_MANIFEST, {
+            "run_name": run_name, "status": "running", "identity": ident, "algorithm": cfg.algorithm,
+            "hparams": hparams, "paper": spec.paper, "reward": reward, "base_model": _base_spec(base),
+            "base": base.to_dict(), "reference": reference.to_dict(), "data": data_info,
+            "started_at": provenance.now(), **provenance.environment(), "checkpoints": []})
+    accel.wait_for_everyone()
+    try:
+        return _train(cfg, hp, hparams, items, judge, reward, base, reference, run_name, out, data_info, accel, log)
+    except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
+        if main and (out / TRAIN_MANIFEST).is_file():
+            man = json.loads((out / TRAIN_MANIFEST).read_text())
+            man.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                       error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
+            write_json_atomic(out / TRAIN_MANIFEST, man)
+        raise
+
+
+def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list[Any], judge: Any,
+           reward: dict[str, Any], base: Any, reference: Any, run_name: str, out: Path, data_info: dict[str, Any],
+           accel: Any, log: Callable[[str], None]) -> TrainResult:
+    import torch
+    from accelerate.utils import gather_object
+
+    from ..models import load_fresh
+    main, P, rank, dev = accel.is_main_process, accel.num_processes, accel.process_index, accel.device
+    torch.manual_seed(cfg.seed)
+    policy, tok = load_fresh(base, dtype="float32")
+    lm = _disable_dropout(load_fresh(base, dtype="float32")[0])
+    body = getattr(lm, lm.base_model_prefix)  # the SFT body; its LM head is dropped
+    ref_model = None
+    if not (cfg.lora and reference is base):
+        ref_model = _disable_dropout(load_fresh(reference, dtype="float32")[0]).to(dev).eval()
+        ref_model.requires_grad_(False)
+    _disable_dropout(policy)
+    if cfg.lora:
+        policy, body = _lora(policy, cfg, "CAUSAL_LM"), _lora(body, cfg, None)
+    critic = _critic_class()(body, lm.config.hidden_size)
+    del lm
+    if cfg.gradient_checkpointing:
+        for m in (policy, body):
+            m.gradient_checkpointing_enable()
+            if cfg.lora:
+                m.enable_input_require_grads()
+    model = _wrapper_class()(policy, critic).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _adamw(params, cfg)
+
+    local = cfg.batch_size * cfg.grad_accum * hp.num_mini_batches  # TRL's local_batch_size
+    G = local * P  # episodes per step
+    steps_per_epoch = math.ceil(len(items) / G)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))  # one value per rollout batch, as TRL
+    wrapped, opt = accel.prepare(model, opt)
+    prompt_len = max(1, min(cfg.max_prompt_length, cfg.max_length - hp.response_length))
+    rendered = [render(tok, it)[-prompt_len:] for it in items]
+    g_data, g_mb = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1)
+    stream: list[int] = []
+    while len(stream) < total * G:
+        stream += torch.randperm(len(items), generator=g_data).tolist()
+
+    log(f"{run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
+        f"{hp.num_mini_batches} minibatches each, reward {reward['id']} ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, "
+        f"{P} process{'es' if P > 1 else ''}) -> {out}")
+    kl_coef = hp.kl_coef
+    checkpoints: list[Path] = []
+    history: list[dict[str, Any]] = []
+    since_save: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for step in range(total):
+        t0 = time.perf_counter()
+        idx = stream[step * G:(step + 1) * G]
+        # the request key is the position in the step's batch: unique even if a prompt repeats, and the same
+        # whichever process samples it
+        mine = [(f"{j}:{items[i].id}", rendered[i]) for j, i in enumerate(idx)][rank * local:(rank + 1) * local]
+        model.eval()
+        rows = _rollouts(model, ref_model, tok, judge, mine, hp, cfg.seed * 1_000_003 + step, cfg, accel)
+        model.train()
+        if P > 1:
+            rows = gather_object(rows)
+        t_rollout = time.perf_counter() - t0
+        buf = _buffer(rows)
+        mask, ok = buf["mask"], buf["ok"]
+        n_ok = int(ok.sum())
+        if n_ok == 0:
+            raise EvalHarnessError(f"step {step + 1}: every judgment of the batch failed ({len(rows)} responses)")
+        with torch.no_grad():
+            kl = kl_penalty(buf["logprobs"], buf["ref_logprobs"], mask, hp.kl_estimator)
+            non_score = -kl_coef * kl
+            rewards = non_score.clone()
+            rewards[:, -1] += buf["scores"] * ok  # right-aligned: the last column is every row's last token
+            if hp.whiten_rewards:
+                rewards = whiten(rewards, mask, shift_mean=False)
+            adv, returns = gae(rewards, buf["values"], mask, gamma=hp.gamma, lam=hp.lam)
+            adv = whiten(adv, mask) if int(mask.sum()) >= 2 else adv
+        stats = torch.zeros(7, dtype=torch.float64)  # token-weighted sums: pg, vf, pg clip, vf clip, approxkl, ratio; n
+        grad_norm = None
+        M = local // hp.num_mini_batches * P  # global minibatch
+        for _ in range(hp.num_ppo_epochs):
+            perm = torch.randperm(len(rows), generator=g_mb)
+            for mb in range(hp.num_mini_batches):
+                mb_idx = perm[mb * M:(mb + 1) * M]
+                n_mb = int(mask[mb_idx].sum())
+                if n_mb == 0:
+                    continue  # every judgment of the minibatch failed: nothing to learn from (the same on all ranks)
+                for micro in range(cfg.grad_accum):
+                    lo = (micro * P + rank) * cfg.batch_size
+                    rr = mb_idx[lo:lo + cfg.batch_size]
+                    sync = micro == cfg.grad_accum - 1
+                    with (accel.no_sync(wrapped) if not sync and P > 1 else _null()):
+                        with _autocast(cfg, accel):
+                            new_lp, new_v = wrapped([rows[i].prompt_ids for i in rr], [rows[i].response_ids for i in rr],
+                                                    tok.pad_token_id, hp.temperature)
+                        R = new_lp.shape[1]  # this micro-batch's longest response: the buffer's last R columns
+                        m = mask[rr, -R:].to(dev)
+                        old_lp, old_v = buf["logprobs"][rr, -R:].to(dev), buf["values"][rr, -R:].to(dev)
+                        a, ret = adv[rr, -R:].to(dev), returns[rr, -R:].to(dev)
+                        n = int(m.sum())
+                        if n:
+                            pg, pg_clip = policy_loss(new_lp, old_lp, a, m, cliprange=hp.cliprange)
+                            vf, vf_clip = _value_loss(new_v, old_v, ret, m, hp.cliprange_value)
+                            # sum over this micro-batch's tokens / the minibatch's tokens, times P against DDP's mean
+                            loss = (pg + hp.vf_coef * vf) * (n / n_mb * P)
+                            with torch.no_grad():
+                                diff = torch.where(m, new_lp - old_lp, torch.zeros_like(new_lp))
+                                approxkl = 0.5 * masked_mean(diff ** 2, m)
+                                ratio = masked_mean(torch.exp(diff), m)
+                                stats += torch.tensor([float(x) * n for x in (pg, vf, pg_clip, vf_clip, approxkl, ratio)]
+                                                      + [n], dtype=torch.float64)
+                        else:  # every row failed: still a backward, so DDP's gradient all-reduce lines up
+                            loss = new_lp.sum() * 0.0 + new_v.sum() * 0.0
+                        accel.backward(loss)
+                gn = accel.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                grad_norm = float(gn) if gn is not None else None
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        if P > 1:
+            stats = accel.reduce(stats.to(dev), reduction="sum").cpu()
+        s = stats[:6] / max(1.0, float(stats[6]))
+        okf = ok.float()
+        seq_kl = (kl.sum(1) * okf).sum() / n_ok
+        seq_ns = (non_score.sum(1) * okf).sum() / n_ok
+        score = (buf["scores"] * okf).sum() / n_ok
+        dt = time.perf_counter() - t0
+        row = {"step": step + 1, "episode": (step + 1) * G, "epoch": (step + 1) / steps_per_epoch,
+               "loss": float(s[0] + hp.vf_coef * s[1]),
+               "objective/kl": float(seq_kl), "objective/entropy": float((-buf["logprobs"] * mask).sum() / n_ok),
+               "objective/non_score_reward": float(seq_ns), "objective/rlhf_reward": float(seq_ns + score),
+               "objective/scores": float(score), "objective/kl_coef": kl_coef,
+               "policy/approxkl_avg": float(s[4]), "policy/clipfrac_avg": float(s[2]), "loss/policy_avg": float(s[0]),
+               "loss/value_avg": float(s[1]), "val/clipfrac_avg": float(s[3]), "val/ratio": float(s[5]),
+               "val/num_eos_tokens": sum(r.eos for r in rows), "val/response_length": float(mask.sum() / n_ok),
+               "failed_judgments": len(rows) - n_ok, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
+               "rollout_time_s": t_rollout,
+               "eps": G / dt, "elapsed_s": time.perf_counter() - t_start}
+        if hp.adaptive_kl:
+            kl_coef = update_kl_coef(kl_coef, float(seq_kl), target=hp.target_kl, horizon=hp.horizon, n_episodes=G)
+        history.append(row)
+        since_save.append(row)
+        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            log(f"{run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}"
+                f" (coef {row['objective/kl_coef']:.4f}) pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}"
+                f" ({dt:.1f}s, rollouts {t_rollout:.1f}s)")
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+            accel.wait_for_everyone()
+            if main:
+                ck = out / f"checkpoint-{step + 1}"
+                _save_checkpoint(accel.unwrap_model(wrapped).policy, tok, ck, {
+                    "kind": "checkpoint", "run_name": run_name, "algorithm": cfg.algorithm, "hparams": hparams,
+                    "paper": get_spec(cfg.algorithm).paper, "reward": reward, "kl_coef": kl_coef, "step": step + 1,
+                    "epoch": row["epoch"], "total_steps": total, "samples_seen": (step + 1) * G,
+                    "base_model": _base_spec(base), "base_revision": base.revision,
+                    "reference_model": _base_spec(reference), "lora": cfg.lora, "data": data_info,
+                    "train_config": cfg.identity(), "metrics": row,
+                    "metrics_since_last_checkpoint": _mean_rows(since_save),
+                    "created_at": provenance.now(), **provenance.environment()})
+                checkpoints.append(ck)
+                man = json.loads((out / TRAIN_MANIFEST).read_text())
+                man["checkpoints"] = [c.name for c in checkpoints]
+                write_json_atomic(out / TRAIN_MANIFEST, man)
+            since_save = []
+    if main:
+        man = json.loads((out / TRAIN_MANIFEST).read_text())
+        man.update(status="finished", finished_at=provenance.now(), train_time_s=time.perf_counter() - t_start,
+                   final_metrics=history[-1], final_kl_coef=kl_coef)
+        write_json_atomic(out / TRAIN_MANIFEST, man)
+    accel.wait_for_everyone()
+    return TrainResult(out, checkpoints, history)
