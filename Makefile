@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-fast test-long test-vllm vllm-venv demo perf clean-venv
+.PHONY: install quickstart test test-fast test-long test-vllm vllm-venv demo perf reliability clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -57,6 +57,11 @@ perf: $(STAMP)
 	$(BIN)/python benchmarks/perf/judge_client_throughput.py
 	$(BIN)/python benchmarks/perf/dpo_train_step.py
 	if [ -x .venv-vllm/bin/python ]; then $(BIN)/python benchmarks/perf/vllm_generate_throughput.py; fi
+
+# kill -9 at random moments, judge faults, hostile inputs, disk full, canary key (README: Reliability).
+# A few minutes; not part of `make test`. Disk full needs root (it mounts a small tmpfs).
+reliability: $(STAMP)
+	$(BIN)/python benchmarks/reliability/run.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -435,6 +437,17 @@ def main() -> None:
         app()
     except EvalHarnessError as e:
         _err(f"error: {e}")
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _err(f"error: no space left on the device of {e.filename or 'the results folder'}; records written so far "
+             "are kept: free space and run the same command again to resume")
+        sys.exit(2)
+    except sqlite3.OperationalError as e:
+        if "full" not in str(e):
+            raise
+        _err(f"error: the results index or a cache: {e}; free space and run the same command again to resume")
         sys.exit(2)
     except KeyboardInterrupt:
         _err("interrupted; run the same command again to resume")

@@ -21,6 +21,7 @@ import email.utils
 import hashlib
 import json
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -120,6 +121,9 @@ class ResponseCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        # Cached judge responses may quote private prompts: readable by the user only (sqlite gives its
+        # -wal and -shm files the database file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -167,7 +171,9 @@ class JudgeClient:
         self._cache: ResponseCache | None = None
         if config.cache:
             folder = Path(config.cache_dir) if config.cache_dir is not None else paths.cache_dir("responses")
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if config.cache_dir is None:
+                folder.chmod(0o700)  # our own folder (cache_dir made it with the umask's mode): user only
             self._cache = ResponseCache(folder / "chat.sqlite")
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)

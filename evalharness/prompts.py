@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, parse_json
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,11 @@ def load_prompts(path: str | Path) -> list[PromptItem]:
         raise InputError("prompt file not found", path=str(path))
     items: list[PromptItem] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path=str(path), line=lineno) from e
+            row = parse_json(line, path=path, line=lineno)
             items.append(_parse_row(row, str(path), lineno, seen))
     if not items:
         raise InputError("prompt set is empty", path=str(path))

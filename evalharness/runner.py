@@ -182,7 +182,12 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
                              f"'{plan.backend}' backend cannot; use hf or vllm", field="backend")
         if task.needs_judge and judge is None:
             log(f"{ts.name}: no judge: answers are generated and written, nothing is scored")
-        task.setup()
+        try:
+            task.setup()
+        except InputError as e:  # a file the spec names: say which spec and field named it
+            if not plan.source or e.path == plan.source:
+                raise
+            raise InputError(str(e), path=plan.source, field=f"tasks.{ts.name}") from None
         tasks.append(task)
     if not tasks:
         raise InputError("a run needs at least one task", field="tasks")
@@ -286,6 +291,7 @@ def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Ca
         if not todo:
             continue
         log(f"{session.name}: {task.name}: {len(todo)} judgments")
+        errors: list[str] = []
         for i in range(0, len(todo), JUDGE_CHUNK):
             chunk = todo[i:i + JUDGE_CHUNK]
             verdicts = task.judge(session, chunk)
@@ -294,6 +300,10 @@ def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Ca
             for p, v in zip(chunk, verdicts):
                 v.task, v.model, v.key = task.name, session.name, p.key
             store.add_verdicts(verdicts)
+            errors += [v.error or v.status for v in verdicts if v.status == "error"]
+        if errors:  # say it once, plainly: an endpoint down for the whole run fails every judgment
+            log(f"{session.name}: {task.name}: {len(errors)} of {len(todo)} judgments failed (e.g. {errors[0]}); "
+                "they are counted as skipped, not scored, and retried when the same command runs again")
 
 
 class _NoBar:

@@ -29,7 +29,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from .errors import InputError
+from .errors import InputError, read_utf8
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -109,10 +109,12 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
     path = Path(path)
     if not path.is_file():
         raise InputError("spec file not found", path=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise InputError("malformed YAML: nested too deeply", path=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise InputError(f"malformed YAML: {getattr(e, 'problem', e)}", path=str(path),

@@ -29,21 +29,31 @@ from .records import KEY_FIELDS, SCHEMA_VERSION, GenRecord, Score, Verdict
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not leave temp files behind
+            os.unlink(tmp)
+        raise
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
@@ -101,6 +111,7 @@ class RunStore:
             for name in ("generations", "verdicts"):
                 read_jsonl(store.path / f"{name}.jsonl", repair=True)
         write_json_atomic(mpath, {**manifest, "status": "running", "pid": os.getpid()})
+        index_run(store.path.parent, store.manifest(), None)  # listed as running; stale if its writer dies
         return store
 
     def _acquire(self) -> None:
@@ -134,7 +145,9 @@ class RunStore:
             yield self
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self.update_manifest(status=status, error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
+            with contextlib.suppress(Exception):  # a full disk must not hide the first error behind a second
+                self.update_manifest(status=status, error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
+                index_run(self.path.parent, self.manifest(), None)
             self._release()
             raise
 
@@ -187,9 +200,11 @@ class RunStore:
         """The finished run's scores (``summary.json``; also readable for runs of schema 1)."""
         path = self.path / "summary.json"
         if not path.is_file():
-            status = self.manifest().get("status") if (self.path / "manifest.json").is_file() else "unknown"
+            status = run_state(self.path) if (self.path / "manifest.json").is_file() else "unknown"
+            hint = {"running": "it is being written by a live process",
+                    "stale": "its process is gone (killed); run the same command again to resume it"}
             raise EvalHarnessError(f"run {self.run_id} has no summary yet (status: {status}); "
-                                   "run the same command again to resume it")
+                                   + hint.get(status, "run the same command again to resume it"))
         return [Score.from_dict(s) for s in json.loads(path.read_text()).get("scores", [])]
 
 
@@ -236,6 +251,51 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+def run_state(path: Path, manifest: dict[str, Any] | None = None) -> str:
+    """The manifest's status, except that a 'running' run whose writer is gone (SIGKILL, power loss) is
+    'stale': its ``.lock`` flock is free (the kernel drops it with the process) or its ``pid`` is dead."""
+    import fcntl
+    if manifest is None:
+        manifest = json.loads((path / "manifest.json").read_text())
+    status = str(manifest.get("status", "unknown"))
+    if status != "running":
+        return status
+    pid = manifest.get("pid")
+    if isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "stale"
+        except PermissionError:
+            pass  # alive, another user's
+    try:
+        with open(path / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: nobody holds it; closing releases it
+    except BlockingIOError:
+        return "running"
+    except OSError:
+        return status
+    return "stale"
+
+
+def indexed_runs(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every run of the index with its live state (``run_state``: 'running' or 'stale' for unfinished ones)."""
+    index = (root or results_root()) / "index.sqlite"
+    if not index.is_file():
+        return []
+    with contextlib.closing(sqlite3.connect(index)) as db:
+        rows = db.execute("SELECT run_id, path, kind, status, started_at, finished_at FROM runs "
+                          "ORDER BY started_at").fetchall()
+    out = []
+    for run_id, path, kind, status, started, finished in rows:
+        folder = Path(path)
+        if (folder / "manifest.json").is_file():
+            status = run_state(folder)
+        out.append({"run_id": run_id, "path": path, "kind": kind, "status": status, "started_at": started,
+                    "finished_at": finished})
+    return out
+
+
 def find_run(run: str, root: Path | None = None) -> Path:
     """A run folder from a path or a run id under the results root."""
     p = Path(run)
@@ -255,8 +315,9 @@ CREATE TABLE IF NOT EXISTS scores (run_id TEXT, task TEXT, task_version TEXT, me
 """
 
 
-def index_run(root: Path, manifest: dict[str, Any], scores: list[Score]) -> None:
-    """Upsert a finished run and its scores into ``root/index.sqlite`` in one transaction.
+def index_run(root: Path, manifest: dict[str, Any], scores: list[Score] | None) -> None:
+    """Upsert a run and its scores into ``root/index.sqlite`` in one transaction (``scores`` None: a run that
+    starts, listed with its status and no scores yet).
 
     Many evaluation jobs may finish at once on one results root (a SLURM array on a shared
     filesystem): SQLite serialises writers, ``BEGIN IMMEDIATE`` takes the write lock before reading,
@@ -272,6 +333,9 @@ def index_run(root: Path, manifest: dict[str, Any], scores: list[Score]) -> None
                    (rid, str(root / rid), manifest.get("kind"), manifest.get("status"), manifest.get("started_at"),
                     manifest.get("finished_at"), git.get("commit"), int(bool(git.get("dirty"))),
                     json.dumps(manifest, default=str)))
+        if scores is None:
+            db.execute("COMMIT")
+            return
         db.execute("DELETE FROM scores WHERE run_id = ?", (rid,))
         revisions = {m.get("name") or m.get("spec"): m.get("revision") for m in manifest.get("models", [])}
         db.executemany("INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [

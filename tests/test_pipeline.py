@@ -5,7 +5,6 @@ runs written before schema 2 still read."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from evalharness.prompts import write_prompts
 from evalharness.records import Score
 from evalharness.runner import run_spec
 from evalharness.store import RunStore, comparable
-from evalharness.testing import FakeOpenAI, Fault, Reply
-from evalharness.testing.fake_openai import request_text
+from evalharness.testing import FakeOpenAI, Fault
+from evalharness.testing.fake_openai import benchmark_judge, request_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "benchmarks" / "demo_data"
@@ -34,15 +33,7 @@ class Killed(BaseException):
     """Stands in for SIGKILL (pytest reserves KeyboardInterrupt for itself)."""
 
 
-def responder(body: dict[str, Any]) -> Any:
-    """A judge answering every benchmark in its own format: AlpacaEval's m/M log-probs, Arena-Hard's
-    last [[label]], MT-Bench's [[rating]]."""
-    text = request_text(body)
-    if '"model_identifier": "M"' in text:
-        return Reply("m", top_logprobs=[[("m", math.log(0.7)), ("M", math.log(0.3))]])
-    if "Assistant A" in text:
-        return "Close call. My final verdict is [[B>A]]."
-    return "Rating: [[6]]"
+responder = benchmark_judge  # AlpacaEval m/M log-probs, Arena-Hard [[B>A]], MT-Bench [[6]]
 
 
 def spec_file(tmp_path: Path, url: str) -> Path:

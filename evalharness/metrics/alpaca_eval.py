@@ -14,7 +14,6 @@ Preferences use the official 1..2 scale: 1 = baseline (output_1) wins, 2 = model
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import random
 import re
@@ -32,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from evalharness import stats
-from evalharness.errors import EvalHarnessError, InputError
+from evalharness.errors import EvalHarnessError, InputError, parse_json, read_utf8
 from evalharness.records import Score, Verdict
 
 ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
@@ -54,15 +53,12 @@ _SKLEARN_L1 = ({"l1_ratio": 1.0} if tuple(map(int, re.findall(r"\d+", sklearn.__
 
 # ---------------------------------------------------------------- loading and checking input
 def _decode(text: str, path: Path, line: int | None) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e.msg}", path=str(path), line=line or e.lineno) from None
+    return parse_json(text, path=path, line=line, what="invalid JSON")
 
 
 def _read_json_records(path: Path) -> list[tuple[int | None, Any]]:
     """(line, record) pairs of a JSON array (line None) or a JSONL file (1-based lines)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         return [(n, _decode(s, path, n)) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
     data = _decode(text, path, None)

@@ -72,6 +72,8 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
             # The TSV transcription has no judge column; FastChat names files <judge>_single.jsonl.
             judge = row.get("judge") or [file.name.split("_single")[0] if "_single" in file.name else "",
                                          row.get("judge_prompt", "")]
+            if not isinstance(judge, (list, tuple)) or len(judge) < 2:
+                raise InputError("judge must be [judge model, prompt name]", field="judge", **where)
             if reparse:
                 if not isinstance(row.get("judgment"), str):
                     raise InputError("reparse needs the judgment text", field="judgment", **where)
@@ -84,7 +86,7 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
                 rating = None if rating == UNPARSED_SCORE else rating
             try:
                 turn = int(row["turn"])
-            except ValueError:
+            except (TypeError, ValueError):
                 raise InputError("turn must be 1 or 2", field="turn", **where) from None
             verdicts.append(Verdict(item_id=f"{row['question_id']}:{turn}", judge_id=str(judge[0]),
                                     judge_version=str(judge[1]), status="ok" if rating is not None else "unparsed",

@@ -18,8 +18,11 @@ a sticky ``on`` rule, the ``responder`` callable, else ``Reply(default_text)``.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import re
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -48,9 +51,10 @@ class Reply:
 
 @dataclass
 class Fault:
-    """A failure to inject: an HTTP error status, a malformed body, a body without choices, or a stall."""
+    """A failure to inject: an HTTP error status, a malformed body, a body without choices, a stall, a
+    connection reset (TCP RST, no response) or a truncated response (fewer body bytes than Content-Length)."""
 
-    kind: Literal["http", "malformed", "no_choices", "delay"]
+    kind: Literal["http", "malformed", "no_choices", "delay", "reset", "truncated"]
     status: int = 500
     retry_after: str | None = None
     delay_s: float = 0.0
@@ -69,6 +73,16 @@ class Fault:
     def no_choices(cls) -> Fault:
         """HTTP 200 with valid JSON that lacks ``choices``."""
         return cls("no_choices", status=200)
+
+    @classmethod
+    def connection_reset(cls) -> Fault:
+        """Close the connection with a TCP RST instead of answering."""
+        return cls("reset", status=0)
+
+    @classmethod
+    def truncated(cls) -> Fault:
+        """HTTP 200 whose body stops half way (the connection closes before Content-Length bytes came)."""
+        return cls("truncated", status=200)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -96,7 +110,8 @@ class FakeOpenAI:
     """OpenAI-compatible chat server on 127.0.0.1:0 with scripted replies, faults and request stats."""
 
     def __init__(self, responder: Responder | None = None, *, default_text: str = "ok",
-                 latency_s: float = 0.0, models: tuple[str, ...] = ("fake-model",)) -> None:
+                 latency_s: float = 0.0, models: tuple[str, ...] = ("fake-model",), port: int = 0) -> None:
+        self.port = port  # 0: a free one; a fixed one brings an endpoint "back" at the same URL
         self.responder, self.default_text, self.latency_s, self.models = responder, default_text, latency_s, models
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -110,8 +125,9 @@ class FakeOpenAI:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> FakeOpenAI:
         """Bind a free port and serve in a daemon thread."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler, bind_and_activate=False)
         server.daemon_threads, server.block_on_close = True, False
+        server.allow_reuse_address = True
         server.request_queue_size = 256  # a burst of concurrent connects must not overflow the backlog
         server.server_bind()
         server.server_activate()
@@ -220,6 +236,8 @@ class FakeOpenAI:
         if fault.kind == "delay":
             self._sleep(fault.delay_s)
             return 200, {}, json.dumps(completion_body(Reply(self.default_text), body)).encode()
+        if fault.kind in ("reset", "truncated"):
+            return 200, {_CUT: fault.kind}, json.dumps(completion_body(Reply(self.default_text), body)).encode()
         if fault.kind == "malformed":
             return 200, {}, b'{"id": "chatcmpl-broken", "choices": [{"message": '
         if fault.kind == "no_choices":
@@ -229,6 +247,17 @@ class FakeOpenAI:
         error = {"error": {"message": f"injected fault: HTTP {fault.status}", "type": "fake_fault",
                            "param": None, "code": str(fault.status)}}
         return fault.status, headers, json.dumps(error).encode()
+
+
+def benchmark_judge(body: dict[str, Any]) -> Item:
+    """A responder answering every benchmark in its own format: AlpacaEval's m/M log-probs (0.7/0.3),
+    Arena-Hard's last [[label]] (B>A), MT-Bench's [[rating]] (6)."""
+    text = request_text(body)
+    if '"model_identifier": "M"' in text:
+        return Reply("m", top_logprobs=[[("m", math.log(0.7)), ("M", math.log(0.3))]])
+    if "Assistant A" in text:
+        return "Close call. My final verdict is [[B>A]]."
+    return "Rating: [[6]]"
 
 
 class FakeOpenAIProcess:
@@ -357,6 +386,9 @@ def completion_body(reply: Reply, request: dict[str, Any]) -> dict[str, Any]:
             "model": request.get("model", ""), "choices": choices, "usage": usage}
 
 
+_CUT = "x-fake-cut"  # internal marker header: the handler resets or truncates instead of answering
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints do: clients reuse pooled connections
     disable_nagle_algorithm = True  # headers and body go out as two writes; Nagle would hold the second
@@ -369,6 +401,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        cut = (headers or {}).get(_CUT)
+        if cut is not None:
+            self._cut(cut, payload)
+            return
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -379,6 +415,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (its timeout fired during an injected stall)
+
+    def _cut(self, how: str, payload: bytes) -> None:
+        self.close_connection = True
+        try:
+            if how == "truncated":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.flush()
+            # SO_LINGER 0: closing sends RST (a reset), or cuts the half-sent body short.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if self.path.rstrip("/").endswith("/models"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MissingExtraError
+from ..errors import InputError, MissingExtraError, parse_json
 from ..prompts import PromptItem
 
 _ROLES = {"system", "user", "assistant"}
@@ -86,13 +86,10 @@ def _rows(source: str | Path, split: str) -> tuple[str, Iterator[tuple[int | Non
         raise InputError("preference data file not found", path=src)
 
     def lines() -> Iterator[tuple[int | None, Any]]:
-        with path.open(encoding="utf-8") as f:
+        with path.open("rb") as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    try:
-                        yield lineno, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path=src, line=lineno) from None
+                    yield lineno, parse_json(line, path=src, line=lineno)
     return src, lines()
 
 
