@@ -4,7 +4,7 @@ Decoding a small model on a CPU reads every weight once per step, whatever the b
 about weight_bytes / bandwidth seconds, so the bound is tokens/s <= batch x bandwidth / weight_bytes
 (compute is far from the limit at these batch sizes). This script measures, in one process:
 
-  * bandwidth: a skinny fp32 matmul (1 x d by d x 4d, 64 MiB of weights) timed as bytes read / s;
+  * bandwidth: a skinny fp32 matmul (1 x d by d x 8d, 512 MiB of weights) timed as bytes read / s;
   * the loop (``evalharness eval``'s path: runner -> sentiment + kl tasks -> hf backend) on the
     quickstart's 64 held-out prompts, 40 new tokens at temperature 1, batch 16 and the default
     (memory-budget sized) batch, with tokens/s and the fraction of the bound each reaches;
@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 
-def bandwidth_gbs(repeats: int = 50) -> float:
-    """Bytes of weights read per second by a 1-row fp32 matmul (the shape of a decode step)."""
-    d = 2048
-    w = torch.randn(d, 4 * d)
+def bandwidth_gbs(repeats: int = 10) -> float:
+    """Bytes of weights read per second by a 1-row fp32 matmul (the shape of a decode step), on 512 MiB of
+    weights (the model's size, far past any cache, as in decoding)."""
+    d = 4096
+    w = torch.randn(d, 8 * d)
     x = torch.randn(1, d)
     for _ in range(5):
         x @ w
