@@ -25,7 +25,7 @@ quickstart: $(STAMP)
 	$(BIN)/evalharness quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

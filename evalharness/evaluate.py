@@ -8,7 +8,7 @@ input (prompt file, model names, judge names) is checked before the run folder i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,6 @@ class EvalConfig:
     run_id: str | None = None
     results_dir: str | None = None
     progress: bool = True
-
-    def identity(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("batch_size", "chunk_size", "run_id", "results_dir", "progress"):
-            d.pop(k)
-        return d
 
 
 @dataclass

@@ -25,7 +25,7 @@ def scores_table(scores: list[Score], title: str = "") -> Any:
                     ("n", {"justify": "right"}), ("skipped", {"justify": "right"}), ("judge", {})):
         t.add_column(col, **kw)
     for s in scores:
-        arrow = {True: " ↑", False: " ↓"}.get(s.extra.get("higher_is_better"), "")
+        arrow = {True: " ↑", False: " ↓"}.get(s.higher_is_better, "")
         ci = f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]" if s.ci_low is not None else "—"
         digits = 1 if s.metric == "length" else 4
         t.add_row(*([s.task] if many_tasks else []), s.model, s.metric + arrow, _fmt(s.value, digits), _fmt(s.stderr, digits), ci if digits == 4 else

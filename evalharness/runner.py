@@ -163,15 +163,8 @@ def _plan_models(plan: RunPlan, models: _Models) -> tuple[list[ModelSpec], str |
     return plan.models, plan.reference, plan.reference
 
 
-def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
-    """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
-    models = _Models(plan)
-    model_list, ref_spec, ref_name = _plan_models(plan, models)
-    judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
-    root = Path(plan.results_dir) if plan.results_dir else None
-    env = RunEnv(generation=plan.generation, out_dir=Path("."), judge=judge, judge_name=judge_name,
-                 reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
-                 progress=plan.progress, log=log)
+def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable[[str], None]) -> list[Task]:
+    """Every task of the plan, its items loaded and checked: a bad input fails here, before anything is written."""
     tasks: list[Task] = []
     for ts in plan.tasks:
         task = task_class(ts.module)(ts.name, ts.config, env, ts.generation)
@@ -180,7 +173,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         if task.needs_reference and not getattr(backend_class(plan.backend), "scores_responses", True):
             raise InputError(f"task '{ts.name}' scores the policy's responses (log-probs), which the "
                              f"'{plan.backend}' backend cannot; use hf or vllm", field="backend")
-        if task.needs_judge and judge is None:
+        if task.needs_judge and env.judge is None:
             log(f"{ts.name}: no judge: answers are generated and written, nothing is scored")
         try:
             task.setup()
@@ -194,7 +187,19 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise InputError("two tasks have the same name", field="tasks")
+    return tasks
 
+
+def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
+    """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
+    models = _Models(plan)
+    model_list, ref_spec, ref_name = _plan_models(plan, models)
+    judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+    root = Path(plan.results_dir) if plan.results_dir else None
+    env = RunEnv(generation=plan.generation, out_dir=Path("."), judge=judge, judge_name=judge_name,
+                 reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
+                 progress=plan.progress, log=log)
+    tasks = _setup_tasks(plan, env, ref_spec, log)
     identity = {"models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
                 "reference": models.identity(ref_spec) if ref_spec else None,
                 "judge": {"name": judge_name, "protocol": getattr(judge, "protocol", None)} if judge else None,
@@ -231,7 +236,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
             usage = getattr(judge, "usage", None)
             if usage is not None:
                 store.update_manifest(judge_usage=usage)
-            summary = {"run_id": run_id, "path": str(store.path), "task": ",".join(names),
+            summary = {"run_id": run_id, "path": str(store.path), "task": ",".join(t.name for t in tasks),
                        "models": [m.name for m in model_list], "judge": judge_name, "judge_usage": usage,
                        "scores": [s.to_dict() for s in scores]}
             store.finish(scores, summary, provenance.now())
