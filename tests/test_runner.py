@@ -81,11 +81,14 @@ def test_bad_spec_fails_cleanly(tmp_path):
 @pytest.mark.slow
 def test_offline_demo_spec(tmp_path):
     from evalharness.runner import run_spec
-    path, scores = run_spec(REPO / "benchmarks" / "demo.yaml", results_dir=tmp_path, progress=False)
+    res = run_spec(REPO / "benchmarks" / "demo.yaml", results_dir=tmp_path, progress=False)
+    path, scores = res.path, res.scores
     by = {(s.task, s.metric): s for s in scores}
     assert {"alpaca_eval", "arena_hard", "mt_bench"} == {s.task for s in scores}
     assert all("(demo judge)" in s.judge_version or "(demo judge)" in s.judge_id for s in scores)
     win = by[("alpaca_eval", "win_rate")]
-    assert win.n + win.n_skipped == 8 and win.task_version.startswith("2/custom:")
-    assert by[("arena_hard", "score")].n == 12 and by[("mt_bench", "score")].n + by[("mt_bench", "score")].n_skipped == 8
-    assert (path / "alpaca_eval" / "annotations.json").is_file()
+    # The demo judge answers in each benchmark's label space: every judgment parses.
+    assert (win.n, win.n_skipped) == (8, 0) and win.task_version.startswith("2/custom:")
+    assert (by[("arena_hard", "score")].n, by[("arena_hard", "score")].n_skipped) == (12, 0)
+    assert (by[("mt_bench", "score")].n, by[("mt_bench", "score")].n_skipped) == (8, 0)
+    assert (path / "alpaca_eval" / "smollm2-135m-instruct" / "annotations.json").is_file()
