@@ -136,6 +136,7 @@ def hf_base(bundled):
 @pytest.fixture(scope="module")
 def adapter(bundled, tmp_path_factory):
     """A LoRA adapter on the bundled model with random, non-zero weights: it changes the outputs."""
+    _need_vllm()  # every test that uses it serves it with vLLM
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
