@@ -101,6 +101,7 @@ class SweepResult:
     verdict: dict[str, Any] | None
     plots: list[Path]
     comparison: Any = None  # the compare.Table itself (rendered by the CLI)
+    report: Path | None = None  # report.html beside the frontier plot (evalharness.html_report)
 
 
 def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
@@ -253,6 +254,8 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     result.table, result.verdict = records(result.comparison), best_checkpoint(result.comparison, metric)
     if any(s.metric == "kl" for s in res.scores):
         result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
+    from ..html_report import write_report
+    result.report = write_report([str(res.path)], result.path / "report.html", against="sft", results_dir=root)
     write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
 
 
