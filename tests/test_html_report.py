@@ -148,7 +148,8 @@ def test_embedded_json_round_trips_and_holds_compares_numbers(built: dict[str, A
     assert sum(it["failed"] for it in items) == failed and sum(it["unparsed"] for it in items) == unparsed
     titles = [f["title"] for f in data["figures"]]
     assert "Reward vs KL frontier" in titles and "Length vs score: alpaca_eval" in titles
-    assert all(f["uri"].startswith("data:image/svg+xml;base64,") for f in data["figures"])
+    assert all(f["uri"].startswith("data:image/svg+xml;base64," if f["title"] == "Reward vs KL frontier" else
+                                   "data:image/png;base64,") for f in data["figures"])
     prov = data["provenance"][0]
     assert prov["run"] == built["run"].name and prov["judge"]["name"] == "judge-x"
     assert {t: v["version"] for t, v in prov["tasks"].items()}["alpaca_eval"] == "2"
@@ -329,3 +330,26 @@ def test_report_data_defaults_to_the_against_row_and_the_best_row(built: dict[st
     assert data["default_a"] == 0
     assert data["best"] is None or data["default_b"] == data["best"]["row"]
     assert data["default_b"] != data["default_a"]
+
+
+# ---------------------------------------------------------------- the sweep (and so the quickstart) writes one
+def test_sweep_writes_the_report_beside_the_frontier(tmp_path: Path, tiny_model: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from test_sweep import _spec
+
+    from evalharness.cli import _print_sweep
+    from evalharness.train.sweep import load_train_spec, run_sweep
+    path = _spec(tmp_path, tiny_model)
+    path.write_text(path.read_text().replace("  dpo: {beta: [0.1, 0.5]}\n  simpo: {gamma: 0.5}\n", "  dpo: {beta: 0.1}\n"))
+    spec, runs = load_train_spec(path)
+    res = run_sweep(spec, runs, results_dir=tmp_path / "results", progress=False)
+    assert res.report == res.path / "report.html" and res.plots[0].parent == res.path
+    data = _blob(res.report.read_text(encoding="utf-8"))
+    assert [m["label"] for m in data["models"]] == ["sft", "dpo-beta0.1-s0@1", "dpo-beta0.1-s0@2"]
+    assert data["against"] == 0 and data["best"]["best_model"] == res.verdict["best_model"]
+    shown = {(r["model"], r["metric"]): r for r in data["table"]["records"]}
+    assert all(shown[(r["model"], r["metric"])] == r for r in res.table)  # the sweep's own comparison numbers
+    titles = [f["title"] for f in data["figures"]]
+    assert "Reward vs KL frontier" in titles and any(t.startswith("Trend over checkpoints: sentiment") for t in titles)
+    _print_sweep(res)
+    assert f"report: {res.report}" in capsys.readouterr().out.splitlines()
