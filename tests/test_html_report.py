@@ -58,27 +58,13 @@ def judge(body: dict[str, Any]) -> Any:
 
 
 def _spec(tmp: Path, url: str) -> Path:
-    prompts = write_prompts([{"id": "q0", "prompt": f"{XSS} The film was"}] +
-                            [{"id": f"q{i}", "prompt": f"The film number {i} was"} for i in range(1, 5)],
-                            tmp / "prompts.jsonl")
-    spec = tmp / "spec.yaml"
-    spec.write_text(f"""\
-name: three
-models: [a, b, {{name: c, ref: c}}]
-reference: a
-backend: fake
-generation: {{max_new_tokens: 32, n: 2, temperature: 1.0}}
-judge: {{type: openai, model: judge-x, base_url: "{url}", max_retries: 0, concurrency: 4, cache: false}}
-tasks:
-  sentiment: {{prompts: {prompts}}}
-  kl: {{prompts: {prompts}}}
-  alpaca_eval: {{eval_set: {DEMO}/alpaca_eval/eval_set.json, baseline: {DEMO}/alpaca_eval/baseline.json,
-                 lc_support_dir: {DEMO}/alpaca_eval}}
-  arena_hard: {{data_dir: {DEMO}/arena_hard, questions: {DEMO}/arena_hard/questions.jsonl, baseline: demo-baseline,
-               bootstrap_rounds: 10}}
-  mt_bench: {{questions: {DEMO}/mt_bench/questions.jsonl, judge_prompts: {DEMO}/mt_bench/judge_prompts.jsonl,
-             reference_answers: {DEMO}/mt_bench/reference_answer/demo-reference.jsonl}}
-""")
+    """test_pipeline's spec (three models, every task, judge over HTTP) with two samples per prompt and the
+    payload in prompt q0."""
+    from test_pipeline import spec_file
+    spec = spec_file(tmp, url)
+    spec.write_text(spec.read_text().replace("n: 1}", "n: 2}"))
+    write_prompts([{"id": "q0", "prompt": f"{XSS} The film was"}] +
+                  [{"id": f"q{i}", "prompt": f"The film number {i} was"} for i in range(1, 5)], tmp / "prompts.jsonl")
     return spec
 
 
