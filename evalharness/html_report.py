@@ -151,10 +151,9 @@ def task_items(entry: Entry, name: str, module: str, task: Task | None,
         category = v.meta.get("category")
         if category:
             prompts.setdefault(unit, {"text": [], "category": ""})["category"] = str(category)
-    if module == "alpaca_eval" and task is not None:  # the eval set's dataset is AlpacaEval's category
-        for it, req in zip(getattr(task, "items", []), getattr(task, "_requests", [])):
-            if req.id in prompts:
-                prompts[req.id]["category"] = str(it.get("dataset") or "")
+    for unit, (category, baseline) in _item_extras(module, task).items():
+        if unit in prompts:
+            prompts[unit].update({"baseline": baseline, **({"category": category} if category else {})})
     values = per_prompt(ModelRecords(store, model, name))
     merged: dict[str, list[float]] = defaultdict(list)
     for item_id, xs in values.items():
@@ -166,6 +165,21 @@ def task_items(entry: Entry, name: str, module: str, task: Task | None,
         it["failed"] = sum(j["status"] == "error" for j in it["judgments"])
         it["unparsed"] = sum(j["status"] == "unparsed" for j in it["judgments"])
     return dict(items)
+
+
+def _item_extras(module: str, task: Task | None) -> dict[str, tuple[str | None, str]]:
+    """unit -> (category, the baseline's answer the judge compared against) for the pairwise benchmarks:
+    AlpacaEval's eval-set dataset and baseline output, Arena-Hard's baseline answer of the question."""
+    out: dict[str, tuple[str | None, str]] = {}
+    if module == "alpaca_eval" and task is not None:
+        for it, req in zip(getattr(task, "items", []), getattr(task, "_requests", [])):
+            out[req.id] = (str(it.get("dataset") or "") or None, str(it["baseline"]))
+    elif module == "arena_hard" and task is not None:
+        for q in getattr(task, "questions", []):
+            answers = task.base_answers.get(task.baselines[q["category"]], {})  # type: ignore[attr-defined]
+            if q["uid"] in answers:
+                out[q["uid"]] = (None, str(answers[q["uid"]]))
+    return out
 
 
 def _answer(g: GenRecord, request_id: str, sample: int) -> dict[str, Any]:

@@ -240,7 +240,13 @@ def test_click_a_prompt_shows_both_answers_and_the_judge_text(browser: Any, buil
     uid = next(v.item_id for v in sorted(store.verdicts("arena_hard", "a"), key=lambda v: v.item_id))
     questions = {json.loads(line)["uid"]: json.loads(line)["prompt"]
                  for line in (DEMO / "arena_hard" / "questions.jsonl").read_text().splitlines() if line.strip()}
-    assert prompt == questions[uid].strip() or questions[uid].strip().startswith(prompt[:40])
+    assert prompt == questions[uid]
+    baseline = json.loads((DEMO / "arena_hard" / "arena-hard-v0.1" / "model_answer" / "demo-baseline.jsonl")
+                          .read_text().splitlines()[0])
+    assert baseline["uid"] == uid
+    shown = detail.find_element(By.CSS_SELECTOR, "details.baseline")
+    shown.find_element(By.TAG_NAME, "summary").click()
+    assert shown.find_element(By.CSS_SELECTOR, "pre.answer").text == baseline["messages"][1]["content"]["answer"].strip()
     first.click()  # a second click closes it
     assert not browser.find_elements(By.CSS_SELECTOR, "#viewer-rows tr.detail-row")
 
@@ -312,10 +318,12 @@ def test_hostile_outputs_show_as_text_and_nothing_runs(browser: Any, built: dict
 
 
 def test_report_data_defaults_to_the_against_row_and_the_best_row(built: dict[str, Any]) -> None:
+    from evalharness.compare import best_checkpoint
     data = report_data([str(built["run"])], against="a", results_dir=built["results"])
-    assert data["default_a"] == 0
-    assert data["best"] is None or data["default_b"] == data["best"]["row"]
-    assert data["default_b"] != data["default_a"]
+    table = build_table(resolve([str(built["run"])], built["results"]), against="a")
+    best = best_checkpoint(table, "sentiment")  # the table's first column with a direction
+    assert best is not None and data["best"]["best_model"] == best["best_model"] in ("b", "c")
+    assert data["default_a"] == 0 and data["default_b"] == ["a", "b", "c"].index(best["best_model"])
 
 
 # ---------------------------------------------------------------- the sweep (and so the quickstart) writes one

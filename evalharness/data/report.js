@@ -275,6 +275,10 @@
     const detail = el("div.detail", [el("h3", "Item " + r.unit + (r.prompt.category ? " (" + r.prompt.category + ")" : ""))]);
     r.prompt.text.forEach((p, i) => detail.appendChild(el("pre.prompt-text", (r.prompt.text.length > 1 ? "Turn " + (i + 1) + ": " : "") + p)));
     if (!r.prompt.text.length) detail.appendChild(el("p.missing", "Prompt text not available (task data moved)."));
+    if (r.prompt.baseline !== undefined) {
+      detail.appendChild(el("details.baseline", [el("summary", "The baseline's answer (what the judge compared against)"),
+        el("pre.answer", r.prompt.baseline)]));
+    }
     detail.appendChild(el("p.diff", "score A " + fmt(r.a && r.a.score) + ", score B " + fmt(r.b && r.b.score) +
       ", Δ (B − A) " + (r.diff === null ? "—" : fmt(r.diff)) + (r.flipped ? " — flipped" : "")));
     detail.appendChild(el("div.sides", [side("A", DATA.models[Number(sel.a.value)], r.a),
