@@ -16,7 +16,8 @@
 Each run is named ``<algorithm>-<key><value>...-s<seed>`` from the keys its grid lists. Running the
 spec again skips finished runs and finished evaluations. Every checkpoint (and the base model) is
 evaluated on the held-out prompts through the same ``eval`` pipeline as any model: reward from the
-judge, KL to the base. The sweep writes a comparison table and the reward/KL frontier plot.
+judge, KL to the base. The sweep writes a comparison table, the reward/KL frontier plot and report.html
+(``evalharness.html_report``) beside it.
 """
 
 from __future__ import annotations
