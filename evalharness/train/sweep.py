@@ -224,6 +224,7 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
     from ..compare import best_checkpoint, build_table, records, run_entries
     from ..evaluate import judge_tasks
+    from ..html_report import write_report
     from ..plot import frontier
     from ..runner import ModelSpec, RunPlan, apply_task_generation, run
     from ..tasks.base import GenerationSettings
@@ -255,7 +256,6 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     result.table, result.verdict = records(result.comparison), best_checkpoint(result.comparison, metric)
     if any(s.metric == "kl" for s in res.scores):
         result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
-    from ..html_report import write_report
     result.report = write_report([str(res.path)], result.path / "report.html", against="sft", results_dir=root)
     write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
 
