@@ -90,7 +90,8 @@ class PreferenceAccuracyTask(Task):
     needs_reference = True
 
     def setup(self) -> None:
-        if self.cfg.beta is not None and not (isinstance(self.cfg.beta, (int, float)) and self.cfg.beta > 0):
+        beta = self.cfg.beta
+        if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0):
             raise InputError(f"must be a number > 0, got {self.cfg.beta!r}", field="beta")
         self.pairs: list[PreferencePair] = load_preferences(self.cfg.pairs, split=self.cfg.split)
         self.pairs_hash = data_hash(self.pairs)
@@ -205,7 +206,9 @@ class PreferenceAccuracyTask(Task):
                              judge_version=self.judge_version("contingency", c), baseline=self.env.reference_name,
                              higher_is_better=None, extra=extra_t, **common))
         margins = np.array(list(table.values("reward_margin").values()))
-        keys_m = dict(judge_version=self.judge_version("margin", own["definition"]), baseline=self.env.reference_name,
+        # One column across algorithms, like reward_acc_own: each row in its own reward's units (its extra says
+        # which); the paired difference refuses two different definitions or betas.
+        keys_m = dict(judge_version=self.judge_version("margin", "own"), baseline=self.env.reference_name,
                       higher_is_better=None)
         if margins.size:
             m, se, lo, hi = mean_ci(margins)
