@@ -110,7 +110,7 @@ def test_counts_equal_a_hand_computation(tiny_model: Path, tiny_ref_model: Path,
         margins.append(r)
         if r != 0 and avg != 0:
             cells[("w" if r > 0 else "l") + ("w" if avg > 0 else "l")] += 1
-    assert sum(cells.values()) == 5  # the tie is left out
+    assert sum(cells.values()) == 5 and all(cells.values())  # the tie is left out; every cell is exercised
     for c in pa.CELLS:
         assert scores[("dpo", f"contingency_{c}")].value == cells[c]
     agree = scores[("dpo", "reward_loglik_agreement")]
@@ -240,6 +240,15 @@ def test_run_spec_over_two_checkpoints_and_compare(tiny_model: Path, tiny_ref_mo
     cells = [int(scores[("dpo", f"contingency_{c}")].value) for c in pa.CELLS]
     assert "| " + " | ".join(map(str, cells)) + " |" in next(line for line in r.stdout.splitlines()
                                                             if line.startswith("| dpo |"))
+    # two checkpoints paired pair by pair: accuracies under any reward; margins only in one reward's units
+    from evalharness.compare import build_table, resolve
+    table = build_table(resolve([str(run_dir)], tmp_path / "res"), against="dpo")
+    col = {c.metric: j for j, c in enumerate(table.columns)}
+    simpo = next(i for i, e in enumerate(table.rows) if e.model == "simpo")
+    own = table.cells[(simpo, col["reward_acc_own"])].paired
+    assert own.delta == pytest.approx(scores[("simpo", "reward_acc_own")].value - scores[("dpo", "reward_acc_own")].value)
+    assert own.n_paired == 6 and own.method == "exact McNemar"
+    assert "different reward units" in table.cells[(simpo, col["reward_margin"])].error
 
 
 def test_missing_field_names_file_line_and_field(tiny_ref_model: Path, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ Nothing is generated. Each pair's chosen and rejected responses are scored under
 reference (``reference:``, the SFT model): summed response log-probs and token counts, the prompt rendered once by
 the harness (``prompts.render``) and each response tokenized as the trainer does (``prompts.render_response``:
 the text's tokens, then EOS). One verdict per pair keeps those six numbers, so every metric below, and the paired
-difference between two models, is computed from the store.
+difference between two models, is computed from the store. These are the trainer's ids (``trainer._encode``), except
+that the trainer cuts prompts beyond ``max_prompt_length`` (from the left) and responses beyond ``max_length``;
+here nothing is cut, so every checkpoint is scored on the same whole responses.
 
 Three reward definitions, each ``implicit_rewards`` of ``train/losses.py`` (what the trainer logs):
 
