@@ -263,3 +263,31 @@ def test_missing_field_names_file_line_and_field(tiny_ref_model: Path, tmp_path:
     r = _cli("run", str(spec), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
     assert r.returncode == 2 and "bad.jsonl:2 field 'rejected': missing" in r.stderr
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
+
+
+def test_a_sweeps_eval_scores_every_checkpoint_under_its_own_reward(tiny_ref_model: Path, tmp_path: Path) -> None:
+    from trainkit import write_pairs as training_pairs
+    training_pairs(tmp_path / "train.jsonl")
+    write_pairs(tmp_path / "heldout.jsonl")
+    (tmp_path / "sweep.yaml").write_text(
+        f"name: pa-sweep\nbase: {tiny_ref_model}\ndata: {{path: ./train.jsonl}}\n"
+        "train: {learning_rate: 5.0e-3, max_steps: 2, batch_size: 4, save_every: 1}\n"
+        "algorithms:\n  dpo: {beta: 0.1}\n  orpo: {lam: 0.5}\nseeds: [0]\n"
+        "eval:\n  tasks:\n    prefacc: {task: preference_accuracy, pairs: ./heldout.jsonl}\n")
+    r = _cli("train", str(tmp_path / "sweep.yaml"), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(p for p in (tmp_path / "res").iterdir() if p.name.startswith("pa-sweep-eval-"))
+    own = {s.model: s.extra for s in RunStore(run_dir).scores() if s.metric == "reward_acc_own"}
+    assert own == {f"dpo-beta0.1-s0@{k}": {"algorithm": "dpo", "definition": "dpo", "beta": 0.1, "ties": "count half",
+                                           "n_ties": 1, "ci": "Wilson score"} for k in (1, 2)} | \
+        {f"orpo-lam0.5-s0@{k}": {"algorithm": "orpo", "definition": "simpo", "beta": 0.5, "ties": "count half",
+                                 "n_ties": 1, "ci": "Wilson score"} for k in (1, 2)}
+    agreement = {s.model: s.value for s in RunStore(run_dir).scores() if s.metric == "reward_loglik_agreement"}
+    assert agreement["orpo-lam0.5-s0@2"] == 1.0  # ORPO's reward is lam x the average log-likelihood
+
+
+def test_wilson_interval() -> None:
+    from evalharness.stats import wilson_ci
+    lo, hi = wilson_ci(8, 10)  # by hand: centre (0.8 + z^2/20) / (1 + z^2/10), z = 1.95996
+    assert (lo, hi) == (pytest.approx(0.49016, abs=1e-5), pytest.approx(0.94331, abs=1e-5))
+    assert wilson_ci(0, 5)[0] == 0.0 and wilson_ci(5, 5)[1] == 1.0 and math.isnan(wilson_ci(0, 0)[0])
