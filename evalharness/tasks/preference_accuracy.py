@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EvalHarnessError, InputError
+from ..errors import EvalHarnessError, InputError, parse_json
 from ..kl import check_same_tokenizer
 from ..prompts import render, render_response
 from ..records import Score, ScoreRequest, Verdict, content_hash
@@ -152,7 +152,7 @@ class PreferenceAccuracyTask(Task):
         path = Path(model_ref.path) / MANIFEST if model_ref is not None else None
         own = None
         if path is not None and path.is_file():
-            manifest = json.loads(path.read_text())
+            manifest = parse_json(path.read_bytes(), path=path, what="malformed checkpoint manifest")
             own = own_from_manifest(manifest, str(path), self.cfg.beta)
             if own["definition"] in REFERENCE_BASED:
                 trained = manifest.get("reference_model")
