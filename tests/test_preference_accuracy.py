@@ -291,3 +291,27 @@ def test_wilson_interval() -> None:
     lo, hi = wilson_ci(8, 10)  # by hand: centre (0.8 + z^2/20) / (1 + z^2/10), z = 1.95996
     assert (lo, hi) == (pytest.approx(0.49016, abs=1e-5), pytest.approx(0.94331, abs=1e-5))
     assert wilson_ci(0, 5)[0] == 0.0 and wilson_ci(5, 5)[1] == 1.0 and math.isnan(wilson_ci(0, 0)[0])
+
+
+@pytest.mark.slow
+def test_bundled_model_sft_and_a_dpo_checkpoint(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct (its chat template, its EOS <|im_end|>) as SFT and reference, and a DPO checkpoint
+    trained from it for one step: the SFT row ties everywhere, and the stored log-probs are a plain forward's."""
+    from evalharness.models import resolve
+    from evalharness.train.trainer import TrainConfig, train
+    from trainkit import write_pairs as training_pairs
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(training_pairs(tmp_path / "all.jsonl").read_text().splitlines(True)[:4]))
+    ck = train(TrainConfig(algorithm="dpo", base="smollm2-135m-instruct", data=str(data), hparams={"beta": 0.1},
+                           max_steps=1, batch_size=2, learning_rate=5e-5, output_dir=str(tmp_path / "dpo"))).checkpoints[-1]
+    pairs = write_pairs(tmp_path / "heldout.jsonl")
+    scores, store = run_task(tmp_path, [("sft", Path("smollm2-135m-instruct")), ("dpo", ck)],
+                             Path("smollm2-135m-instruct"), pairs)
+    assert scores[("sft", "reward_acc_dpo")].value == 0.5 and scores[("sft", "reward_acc_dpo")].extra["n_ties"] == 6
+    assert scores[("dpo", "reward_acc_own")].value == scores[("dpo", "reward_acc_dpo")].value
+    assert scores[("dpo", "reward_acc_own")].extra == {"algorithm": "dpo", "definition": "dpo", "beta": 0.1,
+                                                       "ties": "count half", "n_ties": 1, "ci": "Wilson score"}
+    hand = hand_logprobs(Path(resolve("smollm2-135m-instruct").path), pairs)
+    for v in store.verdicts("prefacc", "sft"):
+        assert v.meta["logp_chosen"] == pytest.approx(hand[v.item_id][0], abs=2e-3)
+        assert (v.meta["n_chosen"], v.meta["n_rejected"]) == hand[v.item_id][2:]
