@@ -31,7 +31,8 @@ from .tasks.base import ModelRecords
 
 ALPHA = 0.05
 # Shown unless asked for (--metrics): secondary numbers of a task, there in `show` and --format json.
-SECONDARY = {"kl_k3", "discrete_win_rate", "turn1", "turn2", "avg_length"}
+SECONDARY = {"kl_k3", "discrete_win_rate", "turn1", "turn2", "avg_length",
+             *(f"contingency_{c}" for c in ("ww", "wl", "lw", "ll")), *(f"reward_margin_q{q}" for q in (10, 25, 50, 75, 90))}
 LABELS = {("alpaca_eval", "length_controlled_winrate"): "AlpacaEval 2 LC %", ("alpaca_eval", "win_rate"): "AlpacaEval 2 WR %",
           ("arena_hard", "score"): "Arena-Hard %", ("arena_hard", "score_style_controlled"): "Arena-Hard SC %",
           ("mt_bench", "score"): "MT-Bench", ("kl", "kl"): "KL (nats)", ("kl", "kl_k3"): "KL k3 (nats)"}
@@ -297,6 +298,8 @@ def _short(score: Score, field_: str) -> str:
 
 # ---------------------------------------------------------------- rendering
 def _digits(col: Column) -> int:
+    if col.metric.startswith("contingency_"):  # counts of pairs (preference_accuracy)
+        return 0
     if col.metric in ("length", "avg_length") or col.task == "kl":
         return 1
     if col.task in ("alpaca_eval", "arena_hard"):

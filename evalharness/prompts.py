@@ -112,5 +112,12 @@ def render(tokenizer: Any, item: PromptItem) -> list[int]:
     return [int(t) for t in tokenizer(item.prompt)["input_ids"]]
 
 
+def render_response(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a fixed response after its rendered prompt, as the trainer scores it: the text's own
+    tokens (no special tokens added), then EOS. Tokenized apart from the prompt, so the prompt ids are
+    exactly ``render``'s; the one definition shared by training and preference-accuracy evaluation."""
+    return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]] + [int(tokenizer.eos_token_id)]
+
+
 def prompt_hash(ids: list[int]) -> str:
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]

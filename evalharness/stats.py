@@ -27,6 +27,19 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return m, se, m - h, m + h
 
 
+def wilson_ci(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (Wilson 1927): unlike the normal interval it stays inside
+    [0, 1] and keeps a width at 0 or n successes. ``successes`` may be fractional (a tie counted as half:
+    the half-counts have at most a Bernoulli's variance, so the interval is, if anything, conservative)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = float(_st.norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float],
                  *, rounds: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic`` over resampled rows (axis 0)."""

@@ -35,7 +35,7 @@ from .. import provenance
 from ..errors import EvalHarnessError, InputError
 from ..models import ModelRef, load_fresh, resolve
 from ..paths import atomic_dir, results_root
-from ..prompts import PromptItem, render
+from ..prompts import PromptItem, render, render_response
 from ..store import read_jsonl, write_json_atomic, write_jsonl_atomic
 from .algorithms import get_spec, make_config
 from .data import PreferencePair, UnpairedExample, data_hash, load_preferences, load_unpaired
@@ -138,7 +138,7 @@ def _check(cfg: TrainConfig) -> None:
 def _encode(tok: Any, prompt: PromptItem, text: str, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     """Prompt ids (rendered as at evaluation) and response ids + EOS, truncated to the length limits."""
     p = render(tok, prompt)[-cfg.max_prompt_length:]
-    r = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    r = render_response(tok, text)
     return p, r[:max(1, cfg.max_length - len(p))]
 
 
