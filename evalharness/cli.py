@@ -426,7 +426,9 @@ def metrics_alpaca_eval(
 @metrics_app.command("arena-hard")
 def metrics_arena_hard(
     file: Annotated[Path, typer.Argument(help="battles JSONL, judgment JSONL, or a judgment folder")],
-    baseline: str = "gpt-4-0314", bootstrap_rounds: int = 100, seed: int = 42,
+    baseline: Annotated[Optional[str], typer.Option(help="default: the one the judgment rows record, else "
+                                                        "gpt-4-0314")] = None,
+    bootstrap_rounds: int = 100, seed: int = 42,
     bootstrap_unit: Annotated[str, typer.Option(help="battle (official) or question")] = "battle",
     style_control: bool = False,
     answers: Annotated[Optional[list[Path]], typer.Option(help="answer files with style metadata (style control)")] = None,
