@@ -11,7 +11,8 @@ A tracker that fails later, at log time, is switched off for the rest of that ru
 and the error; the run goes on and finishes, since every number it would have sent is in the run folder.
 
 Offline: W&B with ``WANDB_MODE=offline`` writes its run under ``$WANDB_DIR`` (default: the run folder); MLflow
-uses ``$MLFLOW_TRACKING_URI``, by default ``sqlite:///RESULTS/mlflow.db`` with artifacts in ``RESULTS/mlartifacts``.
+uses ``$MLFLOW_TRACKING_URI``, by default ``sqlite:///RESULTS/mlflow.db``; a SQLite store's artifacts go beside its
+database (``mlartifacts/``).
 """
 
 from __future__ import annotations
@@ -175,11 +176,14 @@ class MlflowTracker:
         _require("mlflow")
         from mlflow.tracking import MlflowClient
         uri = os.environ.get("MLFLOW_TRACKING_URI")
-        artifacts = None
-        if not uri:  # a local store under the results root, artifacts beside it (not ./mlartifacts of the cwd)
+        if not uri:  # a local store under the results root
             info.results.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{(info.results / 'mlflow.db').resolve()}"
-            artifacts = (info.results / "mlartifacts").resolve().as_uri()
+        # A local SQLite store keeps the artifacts of experiments we create beside its database, not in MLflow's
+        # default ./mlruns of whatever folder the command runs in; a server or file store decides for itself.
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
         self.client = MlflowClient(tracking_uri=uri)
         self.uri, self._log = uri, log
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "evalharness"

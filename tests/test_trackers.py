@@ -250,7 +250,7 @@ report_to: none
     uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     env = {**child_env(), "EVALHARNESS_RESULTS": str(tmp_path / "results"), "MLFLOW_TRACKING_URI": uri}
     p = subprocess.run([sys.executable, "-m", "evalharness.cli", "run", str(spec), "--report-to", "mlflow", "--json"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     store = RunStore(Path(summary["path"]))
@@ -262,6 +262,8 @@ report_to: none
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     assert {r["model"] for r in rows if r.get("delta") is not None} == {s.model for s in store.scores()} - {"sft"}
     assert not (tmp_path / "results" / "mlflow.db").exists()  # the URI given was used, not the default store
+    # its artifacts beside that database, not in MLflow's default ./mlruns of the working folder
+    assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
 # ---------------------------------------------------------------- PPO, resume, failures, configuration
