@@ -5,9 +5,9 @@ the config. Evaluation: every score (value, CI, n, n_skipped per model/task/metr
 table (``compare.build_table`` + ``compare.records``), the frontier and trend figures, the run manifest as config.
 
 The results store is the record and trackers are copies of it: a row is written to the store first, then handed
-to the trackers. A tracker that is misconfigured (an unknown name, its package missing, no W&B credentials in
-online mode) fails at start, before anything is trained or generated, as transformers' callbacks fail at init.
-A tracker that fails later, at log time, is switched off for the rest of that run with one warning naming it
+to the trackers. An unknown name or a missing package fails at start, before anything is trained or generated; a
+tracker that cannot open its run (W&B online without credentials) fails when the run opens, as transformers'
+callbacks fail at init: before a training run's first step, or after an evaluation's results are stored. A tracker that fails later, at log time, is switched off for the rest of that run with one warning naming it
 and the error; the run goes on and finishes, since every number it would have sent is in the run folder.
 
 Offline: W&B with ``WANDB_MODE=offline`` writes its run under ``$WANDB_DIR`` (default: the run folder); MLflow
