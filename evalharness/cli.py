@@ -21,6 +21,15 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+_REPORT_TO = Annotated[Optional[str], typer.Option(help="experiment trackers, comma list: wandb, mlflow, or none "
+                                                         "(default: the spec's report_to, else none)")]
+
+
+def _trackers(value: Optional[str]) -> Optional[list[str]]:
+    from .trackers import parse_report_to
+    return None if value is None else parse_report_to(value)
+
+
 def _quiet_libraries() -> None:
     import os
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -147,6 +156,7 @@ def train_(
     run_name: Optional[str] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="default: RESULTS/train/RUN_NAME")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    report_to: _REPORT_TO = None,
 ) -> None:
     """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
     _quiet_libraries()
@@ -158,6 +168,8 @@ def train_(
             raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
         from .train.sweep import load_train_spec, run_sweep
         sweep, runs = load_train_spec(spec)
+        if report_to is not None:
+            sweep.report_to = _trackers(report_to)
         _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
         res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)
         typer.echo(f"{sweep.name}: evaluation")
@@ -178,7 +190,8 @@ def train_(
                             max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
                             lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing,
                             save_optimizer=save_optimizer, fsdp=fsdp, run_name=run_name,
-                            output_dir=str(output_dir) if output_dir else None), log=_err)
+                            output_dir=str(output_dir) if output_dir else None,
+                            report_to=_trackers(report_to) or []), log=_err)
     for c in res.checkpoints:
         typer.echo(str(c))
     _err(("already trained: " if res.skipped else "checkpoints in ") + str(res.output_dir))
@@ -251,12 +264,13 @@ def plot_frontier(
 @app.command("run")
 def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
          results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
-         json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False) -> None:
+         json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+         report_to: _REPORT_TO = None) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run."""
     from .report import print_scores
     from .runner import run_spec
     _quiet_libraries()
-    res = run_spec(spec, results_dir=results_dir, progress=not json_out, log=_err)
+    res = run_spec(spec, results_dir=results_dir, progress=not json_out, report_to=_trackers(report_to), log=_err)
     if json_out:
         typer.echo((res.path / "summary.json").read_text())
     else:
@@ -426,7 +440,9 @@ def metrics_alpaca_eval(
 @metrics_app.command("arena-hard")
 def metrics_arena_hard(
     file: Annotated[Path, typer.Argument(help="battles JSONL, judgment JSONL, or a judgment folder")],
-    baseline: str = "gpt-4-0314", bootstrap_rounds: int = 100, seed: int = 42,
+    baseline: Annotated[Optional[str], typer.Option(help="default: the one the judgment rows record, else "
+                                                        "gpt-4-0314")] = None,
+    bootstrap_rounds: int = 100, seed: int = 42,
     bootstrap_unit: Annotated[str, typer.Option(help="battle (official) or question")] = "battle",
     style_control: bool = False,
     answers: Annotated[Optional[list[Path]], typer.Option(help="answer files with style metadata (style control)")] = None,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import provenance
+from . import provenance, trackers
 from .backends import backend_class, get_backend
 from .backends.base import Backend
 from .errors import EvalHarnessError, InputError
@@ -57,6 +57,7 @@ class RunPlan:
     chunk_size: int = 64  # requests per append: what a kill can lose
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest (e.g. the sweep it evaluates)
+    report_to: list[str] = field(default_factory=list)  # trackers the finished run is sent to (trackers.py)
     # Library use: models already in memory (model ref -> backend), and a ready chat judge (judge, name).
     backends: dict[str, Backend] = field(default_factory=dict)
     chat_judge: tuple[Any, str] | None = None
@@ -192,6 +193,7 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
 
 def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
     """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
+    trackers.check(plan.report_to)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
     judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
@@ -242,6 +244,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
             store.finish(scores, summary, provenance.now())
     finally:
         models.close()
+    trackers.report_evaluation(plan.report_to, store.path, log=log)  # after the store has every record
     return RunResult(store.path, scores, summary)
 
 
@@ -372,10 +375,14 @@ def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, p
     apply_task_generation(task_specs, generation)
     return RunPlan(name=spec.name, models=models, tasks=task_specs, backend=spec.backend,
                    backend_options=dict(spec.backend_options), generation=generation, reference=reference,
-                   judge=spec.judge, kind="run", results_dir=results_dir, progress=progress, source=str(path))
+                   judge=spec.judge, kind="run", results_dir=results_dir, progress=progress, source=str(path),
+                   report_to=spec.report_to)
 
 
 def run_spec(path: str | Path, *, results_dir: str | Path | None = None, progress: bool = True,
-             log: Callable[[str], None] = lambda _: None) -> RunResult:
-    """``evalharness run SPEC``."""
-    return run(plan_from_spec(path, results_dir=results_dir, progress=progress), log=log)
+             report_to: list[str] | None = None, log: Callable[[str], None] = lambda _: None) -> RunResult:
+    """``evalharness run SPEC``; ``report_to`` (None: the spec's) names the trackers the run is sent to."""
+    plan = plan_from_spec(path, results_dir=results_dir, progress=progress)
+    if report_to is not None:
+        plan.report_to = report_to
+    return run(plan, log=log)

@@ -13,6 +13,7 @@
       kl: {prompts: ./sentiment/prompts_heldout.jsonl}
       alpaca_eval: {limit: null}      # keys are the task module's Config fields
       helpfulness: {task: reward, judge: "hf:./my-reward-model", prompts: ./p.jsonl}   # task: picks the module
+    report_to: [wandb, mlflow]        # experiment trackers (evalharness/trackers.py); default none
 
 Task paths written ``./x`` or ``../x`` are relative to the spec file.
 """
@@ -30,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InputError, read_utf8
+from .trackers import ReportTo
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -93,6 +95,7 @@ class RunSpec(_Strict):
     generation: GenerationSpec = GenerationSpec()
     judge: JudgeSpec | None = None
     tasks: dict[str, dict[str, Any] | None]
+    report_to: ReportTo = []  # experiment trackers the finished run is sent to: wandb, mlflow
 
     def identity(self) -> str:
         """Hash of the spec as written (the run id is a hash of what it resolves to; see runner.run)."""

@@ -251,3 +251,49 @@ def test_reparse_reads_v2_judgment_objects(tmp_path):
     g1, g2 = load_judgments(f, reparse=True)
     assert g1.meta["label"] == "B>>A" and g1.value == 1.0  # game 1: baseline is A, so B>>A is a model win
     assert g2.status == "unparsed" and g2.value is None
+
+
+def test_judgment_folder_of_our_own_run_reads_its_baseline(tmp_path: Path) -> None:
+    """`evalharness metrics arena-hard` on the judgment folder a run wrote (baseline demo-baseline, recorded in every
+    row) scores it against that baseline without --baseline, and gives the run's own score; several baselines in one
+    folder are refused, naming the field."""
+    import os
+    import subprocess
+    import sys
+
+    from evalharness.runner import run_spec
+    from evalharness.testing.fake_openai import FakeOpenAI
+    demo = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data" / "arena_hard"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""\
+name: ah-baseline
+model: policy-x
+backend: fake
+generation: {{max_new_tokens: 16}}
+judge: {{type: openai, model: judge-x, base_url: "URL", max_retries: 0, cache: false}}
+tasks:
+  arena_hard: {{data_dir: {demo}, questions: {demo}/questions.jsonl, baseline: demo-baseline, bootstrap_rounds: 10}}
+""")
+    answers = iter(["[[B>>A]]", "[[A=B]]", "[[A>B]]"] * 100)  # a mix of labels: the score depends on every game
+    with FakeOpenAI(responder=lambda body: f"My final verdict is {next(answers)}.") as server:
+        spec.write_text(spec.read_text().replace("URL", server.url))
+        res = run_spec(spec, results_dir=tmp_path / "results", progress=False)
+    [folder] = (res.path / "arena_hard").glob("*/model_judgment/*")
+    ours = next(s for s in res.scores if s.task == "arena_hard" and s.metric == "score")
+    m = ah.metrics_from_file(folder, bootstrap_rounds=0)
+    assert m["baseline"] == "demo-baseline" and set(m["models"]) == {"policy-x"}
+    assert m["models"]["policy-x"]["score"] == pytest.approx(ours.value, abs=1e-9)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-m", "evalharness.cli", "metrics", "arena-hard", str(folder), "--json",
+                        "--bootstrap-rounds", "0"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["models"]["policy-x"]["score"] == pytest.approx(ours.value, abs=1e-9)
+
+    [file] = folder.glob("*.jsonl")
+    rows = [json.loads(x) for x in file.read_text().splitlines()]
+    rows[0]["baseline"] = "other-baseline"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError) as e:
+        ah.metrics_from_file(folder, bootstrap_rounds=0)
+    assert e.value.field == "baseline" and "demo-baseline, other-baseline" in str(e.value)
+    assert ah.metrics_from_file(folder, baseline="demo-baseline", bootstrap_rounds=0)["baseline"] == "demo-baseline"

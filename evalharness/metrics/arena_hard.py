@@ -334,7 +334,7 @@ def _is_judgment_file(path: Path) -> bool:
     raise InputError("empty file", path=str(path))
 
 
-def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, bootstrap_rounds: int = 100,
+def metrics_from_file(path: str | Path, *, baseline: str | None = None, bootstrap_rounds: int = 100,
                       seed: int = OFFICIAL_SEED, bootstrap_unit: Literal["battle", "question"] = "battle",
                       style_control: bool = False, style_variant: Literal["v0.1", "v2"] = "v0.1",
                       answers: str | Path | Sequence[str | Path] | None = None, weight: int = DECISIVE_WEIGHT,
@@ -344,16 +344,19 @@ def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, boo
 
     Per model: ``score`` = 100 * win_rate(BT Elo) vs the baseline and its percentile bootstrap CI
     (Elo percentiles mapped through win_rate, as show_result.py does), Elo, battle and game counts.
-    Style control needs ``answers`` (answer files carrying official style metadata).
+    Style control needs ``answers`` (answer files carrying official style metadata). ``baseline`` defaults to the
+    one judgment rows record (our runs and v2 files write it; v0.1 files do not: gpt-4-0314), else gpt-4-0314.
     """
     path = Path(path)
     counts: dict[str, tuple[int, int] | None]
     if path.is_dir() or _is_judgment_file(path):
-        verdicts = load_judgments(path, baseline=baseline, reparse=reparse)
+        verdicts = load_judgments(path, baseline=baseline or DEFAULT_BASELINE, reparse=reparse)
+        baseline = baseline or _recorded_baseline(verdicts, path)
         battles = battles_from_verdicts(verdicts, weight=weight)
         judge = judge or next((v.judge_id for v in verdicts if v.judge_id), None)
         counts = verdict_counts(verdicts)
     else:
+        baseline = baseline or DEFAULT_BASELINE
         battles = load_battles(path)
         counts = _game_counts(battles, baseline, weight)
     if battles.empty:
@@ -366,6 +369,15 @@ def metrics_from_file(path: str | Path, *, baseline: str = DEFAULT_BASELINE, boo
     return score_battles(battles, counts, baseline=baseline, bootstrap_rounds=bootstrap_rounds, seed=seed,
                          bootstrap_unit=bootstrap_unit, style_metadata=metadata, style_variant=style_variant,
                          ci_level=ci_level, judge=judge, bench=bench)
+
+
+def _recorded_baseline(verdicts: Sequence[Verdict], path: Path) -> str:
+    """The baseline every judgment row names (rows without one: gpt-4-0314); several are refused."""
+    bases = sorted({str(v.meta["baseline"]) for v in verdicts})
+    if len(bases) > 1:
+        raise InputError(f"judgments against {len(bases)} baselines ({', '.join(bases)}); pick one with --baseline",
+                         path=str(path), field="baseline")
+    return bases[0] if bases else DEFAULT_BASELINE
 
 
 def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, int] | None]:

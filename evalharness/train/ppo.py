@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import provenance
+from .. import provenance, trackers
 from ..errors import EvalHarnessError
 from ..models import resolve
 from ..paths import results_root
@@ -44,7 +44,8 @@ from ..prompts import file_hash, load_prompts, render
 from ..store import write_json_atomic
 from .algorithms import PPOConfig, get_spec, make_config
 from .trainer import (TRAIN_MANIFEST, TrainConfig, TrainResult, _adamw, _autocast, _base_spec, _check,
-                      _disable_dropout, _finished, _lr_lambda, _mean_rows, _null, _save_checkpoint, default_run_name)
+                      _disable_dropout, _finished, _log_row, _lr_lambda, _mean_rows, _null, _save_checkpoint,
+                      default_run_name)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -306,7 +307,9 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
             "started_at": provenance.now(), **provenance.environment(), "checkpoints": []})
     accel.wait_for_everyone()
     try:
-        return _train(cfg, hp, hparams, items, judge, reward, base, reference, run_name, out, data_info, accel, log)
+        with trackers.start_training(cfg.report_to if main else [], out, results_root(), log) as tracker:
+            return _train(cfg, hp, hparams, items, judge, reward, base, reference, run_name, out, data_info, accel,
+                          log, tracker)
     except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
         if main and (out / TRAIN_MANIFEST).is_file():
             man = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -318,7 +321,7 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
 
 def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list[Any], judge: Any,
            reward: dict[str, Any], base: Any, reference: Any, run_name: str, out: Path, data_info: dict[str, Any],
-           accel: Any, log: Callable[[str], None]) -> TrainResult:
+           accel: Any, log: Callable[[str], None], tracker: trackers.Trackers) -> TrainResult:
     import torch
     from accelerate.utils import gather_object
 
@@ -460,8 +463,7 @@ def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list
         history.append(row)
         since_save.append(row)
         if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            _log_row(out, row, tracker)
             log(f"{run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}"
                 f" (coef {row['objective/kl_coef']:.4f}) pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}"
                 f" ({dt:.1f}s, rollouts {t_rollout:.1f}s)")

@@ -12,6 +12,7 @@
       simpo: {beta: 2.0, gamma: [0.5, 1.0], learning_rate: 5.0e-6}
     seeds: [0]
     eval: {prompts: ./prompts_heldout.jsonl, max_new_tokens: 40}   # judges: the pairs' judge and kl
+    report_to: [mlflow]              # experiment trackers (wandb, mlflow): every training run, and the evaluation
 
 Each run is named ``<algorithm>-<key><value>...-s<seed>`` from the keys its grid lists. Running the
 spec again skips finished runs and finished evaluations. Every checkpoint (and the base model) is
@@ -31,6 +32,7 @@ from typing import Any
 
 import pydantic
 
+from .. import trackers
 from ..errors import EvalHarnessError, InputError
 from ..paths import results_root
 from ..spec import JudgeSpec, _line_of, _Strict, load_yaml_model, parse_tasks, spec_path
@@ -39,7 +41,7 @@ from .algorithms import ALGORITHMS, get_spec, make_config
 from .trainer import TrainConfig, TrainResult
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "base", "data", "hparams",
-                                                                     "run_name", "output_dir"}
+                                                                     "run_name", "output_dir", "report_to"}
 
 
 class OnPolicySpec(_Strict):
@@ -84,6 +86,7 @@ class TrainSpec(_Strict):
     algorithms: dict[str, dict[str, Any] | None]
     seeds: list[int] = [0]
     eval: EvalSpec | None = None
+    report_to: trackers.ReportTo = []
 
 
 @dataclass
@@ -188,6 +191,7 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
     """Build the data (on-policy if asked), train every run, evaluate its checkpoints, compare, plot."""
     from .onpolicy import PairsConfig, pairs_file
     from .trainer import train
+    trackers.check(spec.report_to)
     root = Path(results_dir) if results_dir else results_root()
     sweep_dir = root / "train" / spec.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +208,8 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
     done: list[tuple[PlannedRun, TrainResult]] = []
     for run in runs:
         source = prompts if get_spec(run.config.algorithm).online else data
-        cfg = dataclasses.replace(run.config, data=str(source), output_dir=str(sweep_dir / run.name))
+        cfg = dataclasses.replace(run.config, data=str(source), output_dir=str(sweep_dir / run.name),
+                                  report_to=spec.report_to)
         done.append((run, train(cfg, log=log)))
     result = SweepResult(sweep_dir, done, {}, [], None, [])
     if spec.eval:
@@ -215,6 +220,9 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
                   "checkpoints": [str(c) for c in t.checkpoints]} for r, t in done],
         "eval_runs": {k: str(v) for k, v in result.eval_runs.items()}, "table": result.table,
         "verdict": result.verdict, "plots": [str(p) for p in result.plots]})
+    if result.eval_runs:
+        trackers.report_evaluation(spec.report_to, next(iter(result.eval_runs.values())), table=result.comparison,
+                                   figures=result.plots, against="sft", group=spec.name, log=log)
     return result
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import provenance
+from .. import provenance, trackers
 from ..errors import EvalHarnessError, InputError
 from ..models import ModelRef, load_fresh, resolve
 from ..paths import atomic_dir, results_root
@@ -86,6 +86,8 @@ class TrainConfig:
     # FSDP2 (torch fully_shard) of our own when launched with torchrun: parameters, gradients and optimizer state
     # sharded over the processes. Under `accelerate launch` with an FSDP or DeepSpeed config, accelerate shards.
     fsdp: bool = False
+    # Experiment trackers the main process copies metrics.jsonl rows and the train manifest to (trackers.py).
+    report_to: list[str] = field(default_factory=list)
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,7 +96,7 @@ class TrainConfig:
         return d
 
 
-_BOOKKEEPING = ("run_name", "output_dir", "log_every", "save_optimizer", "fsdp")
+_BOOKKEEPING = ("run_name", "output_dir", "log_every", "save_optimizer", "fsdp", "report_to")
 
 
 @dataclass
@@ -133,6 +135,7 @@ def _check(cfg: TrainConfig) -> None:
         raise EvalHarnessError("need learning_rate > 0, 0 <= warmup_ratio < 1, and epochs > 0 or max_steps")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise EvalHarnessError("max_steps must be >= 1")
+    trackers.check(cfg.report_to)  # an unknown tracker or a missing package fails before anything runs
 
 
 def _encode(tok: Any, prompt: PromptItem, text: str, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -279,7 +282,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
         _open_run_dir(plan, resume, state, log)
     accel.wait_for_everyone()
     try:
-        return _train(plan, accel, resume, state, global_batch, log)
+        with trackers.start_training(cfg.report_to if main else [], out, results_root(), log) as tracker:
+            return _train(plan, accel, resume, state, global_batch, log, tracker)
     except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
         if main and (out / TRAIN_MANIFEST).is_file():
             man = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -290,7 +294,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
 
 
 def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] | None, global_batch: int,
-           log: Callable[[str], None]) -> TrainResult:
+           log: Callable[[str], None], tracker: trackers.Trackers) -> TrainResult:
     """Set up (model, sharding, reference log-probs, resumed state), then step and checkpoint until the end."""
     import torch
 
@@ -336,8 +340,7 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
         history.append(row)
         since_save.append(row)
         if accel.is_main_process and (step % cfg.log_every == 0 or step == total):
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            _log_row(out, row, tracker)
             extra = (f" margin {row['rewards/margins']:.3f} acc {row['rewards/accuracies']:.2f}"
                      if row.get("rewards/margins") is not None else f" kl {row['kl']:.3f}")
             log(f"{plan.run_name} step {step}/{total}: loss {row['loss']:.4f}{extra} ({dt:.1f}s)")
@@ -362,6 +365,13 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
         write_json_atomic(out / TRAIN_MANIFEST, man)
     accel.wait_for_everyone()
     return TrainResult(out, checkpoints, history)
+
+
+def _log_row(out: Path, row: dict[str, Any], tracker: trackers.Trackers) -> None:
+    """One step's metrics: appended to metrics.jsonl (the record) first, then the same row to the trackers."""
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    tracker.log_row(row)
 
 
 @dataclass
