@@ -1,9 +1,10 @@
 """Security: a canary API key given through the env var a spec names never appears in any byte a run
-wrote (results, manifests, caches, logs, error output), on success, on 401s and with the endpoint down;
+wrote (results, manifests, caches, logs, error output, offline W&B and MLflow exports), on success, on 401s and with the endpoint down;
 model names and run ids cannot write outside the results root; response caches are private."""
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import stat
 from pathlib import Path
@@ -38,8 +39,11 @@ def main(work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
         folder = work / "ok"
         folder.mkdir()
         run_spec(folder / "spec.yaml", server.url, extra)
-        scenarios["success"] = run_to_end(cli("run", "spec.yaml", "--results-dir", "results", "--json"), folder, env,
-                                          log=folder / "log.txt")[0]
+        # the trackers' offline exports (W&B run files, the MLflow SQLite store) are grepped with everything else
+        trackers = [t for t in ("wandb", "mlflow") if importlib.util.find_spec(t) is not None]
+        report_to = ["--report-to", ",".join(trackers)] if trackers else []
+        scenarios["success"] = run_to_end(cli("run", "spec.yaml", "--results-dir", "results", "--json", *report_to),
+                                          folder, {**env, "WANDB_MODE": "offline"}, log=folder / "log.txt")[0]
         sent += sum(h.get("authorization") == f"Bearer {key}" for h in server.headers)
     with FakeOpenAI(lambda body: Fault.http(401)) as server:  # 2. every request refused
         folder = work / "unauthorized"
@@ -72,7 +76,7 @@ def main(work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     cache_files = [p for p in (work / "cache").rglob("*")]
     modes = {str(p.relative_to(work)): oct(stat.S_IMODE(p.stat().st_mode)) for p in cache_files}
     private = all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in cache_files) and bool(cache_files)
-    out = {"canary_requests_carrying_key": sent, "exit_codes": scenarios, "bytes_scanned": scanned,
+    out = {"tracker_exports_scanned": trackers, "canary_requests_carrying_key": sent, "exit_codes": scenarios, "bytes_scanned": scanned,
            "canary_hits": hits, "name_escapes": escapes,
            "names_escaping": sum(bool(e["files_outside_results_root"]) for e in escapes.values()),
            "cache_modes": modes, "cache_private": private}
