@@ -246,6 +246,23 @@ def plot_frontier(
         typer.echo(str(p))
 
 
+@plot_app.command("temperature")
+def plot_temperature(
+    runs: Annotated[list[str], typer.Argument(help="finished run ids or folders with a temperature-swept task")],
+    out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("temperature"),
+    task: Annotated[Optional[str], typer.Option(help="the swept task (default: the one present)")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the task's first)")] = None,
+) -> None:
+    """A metric vs sampling temperature, a line per model with 95% CIs (tasks with generation: {temperature: [...]})."""
+    from .plot import temperature_plot
+    paths, points, meta = temperature_plot(runs, out, task=task, metric=metric)
+    for p in points:
+        _err(f"{meta['task']} {meta['metric']}  {p.model:<24} T={p.temperature:<5g} {p.value:.4f} "
+             f"[{p.lo:.4f}, {p.hi:.4f}]  n={p.n}")
+    for p in paths:
+        typer.echo(str(p))
+
+
 @app.command("run")
 def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
          results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
