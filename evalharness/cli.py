@@ -99,15 +99,18 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
 
 @app.command()
 def quickstart(
-    algorithms: Annotated[str, typer.Option(help="comma list, or 'all' for every algorithm")] = "dpo,simpo",
+    algorithms: Annotated[Optional[str], typer.Option(
+        help="comma list, or 'all' for every algorithm (default: dpo,simpo; dpo,odpo for toxicity)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
     seed: int = 0,
+    task: Annotated[str, typer.Option(help="sentiment (higher is better) or toxicity (lower is better)")] = "sentiment",
 ) -> None:
     """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot."""
     from .quickstart import quickstart as run
     _quiet_libraries()
-    res = run(algorithms=algorithms, seed=seed, results_dir=str(results_dir) if results_dir else None, log=_err)
-    typer.echo("quickstart: SmolLM2-135M-Instruct, sentiment control, held-out prompts")
+    res = run(algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None,
+              log=_err)
+    typer.echo(f"quickstart: SmolLM2-135M-Instruct, {task} control, held-out prompts")
     _print_sweep(res)
 
 
