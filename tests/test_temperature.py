@@ -153,3 +153,30 @@ def test_a_run_without_a_sweep_has_no_temperature_plot(tmp_path: Path) -> None:
     res = run_spec(write_spec(tmp_path, 0.5, "flat"), tmp_path / "results")
     with pytest.raises(EvalHarnessError, match="no temperature-swept task"):
         temperature_points([res.path])
+
+
+def test_the_summarization_benchmark_spec_and_its_data() -> None:
+    from evalharness.tasks.alpaca_eval import load_items, template_version
+    spec, tasks = load_spec(BENCH / "summarize_tldr.yaml")
+    assert [t.name for t in tasks] == [temperature_task("summarize", t) for t in TEMPS]
+    assert spec.judge is not None and spec.judge.type == "local" and spec.judge.demo
+    cfg = tasks[0].config
+    items, full = load_items(cfg)
+    assert len(items) == len(full) == 20 and {it["generator"] for it in items} == {"reference-summary"}
+    assert all(it["instruction"].startswith("Summarize this forum post") and it["baseline"] for it in items)
+    # The project's own judge prompt, so its verdicts never share a column with AlpacaEval's official annotator.
+    assert template_version(cfg) != template_version(type(cfg)())
+
+
+def test_cli_plot_temperature(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    res = run_spec(write_spec(tmp_path, TEMPS), tmp_path / "results")
+    p = subprocess.run([sys.executable, "-m", "evalharness.cli", "plot", "temperature", str(res.path), "--out",
+                        str(tmp_path / "t")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(tmp_path / "t.png"), str(tmp_path / "t.svg")]
+    assert p.stderr.count("summarize win_rate") == 10 and "T=0.25" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "evalharness.cli", "plot", "temperature", str(res.path), "--task", "kl"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.startswith("error:") and "not run at several temperatures" in p.stderr
