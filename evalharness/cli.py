@@ -105,7 +105,8 @@ def quickstart(
     seed: int = 0,
     task: Annotated[str, typer.Option(help="sentiment (higher is better) or toxicity (lower is better)")] = "sentiment",
 ) -> None:
-    """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot."""
+    """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot.
+    --task toxicity: DPO vs ODPO on rant openings, pairs and verdict by lower toxicity."""
     from .quickstart import quickstart as run
     _quiet_libraries()
     res = run(algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None,

@@ -50,7 +50,7 @@ def test_toxicity_sweep_ranks_chooses_and_plots_by_lower_toxicity(tmp_path: Path
     train = write_prompts(rude_prompt_split("train")[::16], tmp_path / "train.jsonl")  # 8 prompts
     held = write_prompts(rude_prompt_split("heldout")[::8], tmp_path / "held.jsonl")  # 8 prompts
     spec = spec.model_copy(update={
-        "base": str(tiny_model), "train": {"learning_rate": 1e-2, "max_steps": 3, "batch_size": 2, "save_every": 1,
+        "base": str(tiny_model), "train": {"learning_rate": 1e-2, "max_steps": 2, "batch_size": 2, "save_every": 1,
                                            "warmup_ratio": 0.0},
         "data": spec.data.model_copy(update={"on_policy": spec.data.on_policy.model_copy(
             update={"prompts": str(train), "max_new_tokens": 8})}),
@@ -66,11 +66,11 @@ def test_toxicity_sweep_ranks_chooses_and_plots_by_lower_toxicity(tmp_path: Path
         assert c < r and p["score_chosen"] == pytest.approx(1 - c) and p["score_rejected"] == pytest.approx(1 - r)
     meta = json.loads((res.path / "pairs.jsonl.meta.json").read_text())
     assert meta["stats"]["judge"]["score"] == "1 - toxicity"
-    # The verdict's best checkpoint is the least toxic of the 6, and its column says lower is better.
+    # The verdict's best checkpoint is the least toxic of the 4, and its column says lower is better.
     col = next(c for c in res.comparison.columns if c.metric == "toxicity")
     assert col.higher_is_better is False
     tox = {r["model"]: r["value"] for r in res.table if r["metric"] == "toxicity"}
-    assert len(tox) == 7 and res.verdict["metric"] == "toxicity" and res.verdict["k_checkpoints"] == 6
+    assert len(tox) == 5 and res.verdict["metric"] == "toxicity" and res.verdict["k_checkpoints"] == 4
     assert res.verdict["best_model"] == min((m for m in tox if m != "sft"), key=lambda m: tox[m])
     svg = next(p for p in res.plots if p.suffix == ".svg").read_text()
     assert "toxicity (lower is better)" in svg
