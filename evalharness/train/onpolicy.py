@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalHarnessError
-from ..judges import get_judge
+from ..judges import CLASSIFIER_JUDGES, get_judge
 from ..models import ModelRef, resolve
 from ..prompts import load_prompts, render
 from ..records import GenRequest, SamplingParams
@@ -125,6 +125,8 @@ def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = 
     meta = path.with_name(path.name + ".meta.json")
     ident = {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"},  # batching changes no sample
              "prompts_hash": file_hash(cfg.prompts), "model_revision": resolve(cfg.model).revision}
+    if cfg.rank == "score" and cfg.judge in CLASSIFIER_JUDGES and not get_judge(cfg.judge).higher_is_better:
+        ident["score"] = f"1 - {cfg.judge}"  # pairs once ranked by the raw score (more toxic chosen) are rebuilt
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("identity") == ident:
         log(f"on-policy pairs already built: {path}")
         return path
