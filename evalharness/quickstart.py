@@ -5,7 +5,8 @@
 2. DPO and SimPO train on those pairs, with checkpoints along training.
 3. Every checkpoint and the SFT model answer 64 held-out prompts (films never seen in training):
    sentiment reward and sequence-level KL to SFT, each with a 95% CI.
-4. A comparison table (paired difference to SFT) and the reward/KL frontier plot (PNG and SVG).
+4. A comparison table (paired difference to SFT), the reward/KL frontier plot (PNG and SVG) and report.html,
+   the whole comparison with a per-prompt viewer in one self-contained page.
 """
 
 from __future__ import annotations

@@ -62,9 +62,23 @@ class JudgeSpec(_Strict):
     dtype: str = "float32"  # local judges
 
 
+def _inside_results(name: str | None) -> str | None:
+    """A model name given in a spec names folders and files under the results root: refuse ``..`` segments and
+    absolute paths outright (a name derived from a model path is made a file name instead: tasks.base.file_name)."""
+    if name is None:
+        return None
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip() or name.startswith(("/", "~")) or ".." in parts or "\x00" in name:
+        raise ValueError(f"model name '{name}' would name a path outside the results root "
+                         "(no '..' segments, absolute paths or empty names)")
+    return name
+
+
 class ModelEntry(_Strict):
     name: str
     ref: str
+
+    _name_inside = pydantic.field_validator("name")(_inside_results)
 
 
 class RunSpec(_Strict):
@@ -73,6 +87,8 @@ class RunSpec(_Strict):
     from_sweep: str | None = None  # a training sweep's folder (or its name under RESULTS/train)
     model: str | None = None  # one model (the earlier spec form)
     model_name: str | None = None  # how that one model is named in tables and official-format files
+
+    _names_inside = pydantic.field_validator("model_name")(_inside_results)
     reference: str | None = None  # the SFT model, for kl
     backend: Literal["hf", "vllm", "openai", "fake"] = "hf"
     backend_options: dict[str, Any] = {}
@@ -127,8 +143,9 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
     try:
         return cls.model_validate(data), lines
     except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
+        # A union field (str | ModelEntry) reports one error per branch: the value check's own message says more.
+        err = next((x for x in e.errors() if x["type"] == "value_error"), e.errors()[0])
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x[:1].isupper()))  # no union branch names
         raise InputError(err["msg"], path=str(path), line=_line_of(lines, loc),
                          field=".".join(map(str, loc))) from e
 

@@ -47,6 +47,7 @@ def test_quickstart_dpo_and_simpo_beat_sft(tmp_path):
     sweep = tmp_path / "train" / "quickstart-sentiment"
     assert "frontier plot:" in p.stdout and "beats SFT" in p.stdout
     assert (sweep / "frontier.png").stat().st_size > 10_000 and (sweep / "frontier.svg").is_file()
+    assert f"report: {sweep / 'report.html'}" in p.stdout and (sweep / "report.html").stat().st_size > 10_000
     comparison = json.loads((sweep / "comparison.json").read_text())
     v = comparison["verdict"]
     assert v["beats_sft"] and v["paired_delta"]["ci_low"] > 0 and v["best_reward"] - v["sft_reward"] > v["sft_ci_halfwidth"]

@@ -81,6 +81,8 @@ def test_many_models_tasks_and_overrides(tmp_path):
     ("temperature: 1.0, max", "temperatur: 1.0, max", 6, "tasks.sentiment.generation.temperatur"),
     ("n: 2}", "n: 0}", 4, "generation.n"),
     ("{prompts: ./p.jsonl}", "{prompt: ./p.jsonl}", 7, "tasks.kl.prompt"),
+    ("{name: dpo, ref", "{name: ../../escaped, ref", 2, "models.1.name"),  # outside the results root
+    ("{name: dpo, ref", "{name: /abs/dpo, ref", 2, "models.1.name"),
 ])
 def test_many_model_spec_errors(tmp_path, old, new, line, field):
     p = tmp_path / "spec.yaml"

@@ -34,7 +34,7 @@ def popen(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None,
 
 
 def run_to_end(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, log: Path | None = None,
-               timeout: float = 300) -> tuple[int, float]:
+               timeout: float = 1200) -> tuple[int, float]:
     t0 = time.monotonic()
     p = popen(args, cwd, extra_env, log)
     return p.wait(timeout=timeout), time.monotonic() - t0

@@ -1,6 +1,6 @@
 """The reliability suite (``make reliability``): kill -9 at random moments, judge faults, hostile inputs,
 disk full and the security checks; prints the figures, writes them to benchmarks/reliability/results/,
-exits 1 if a goal is missed. Training resume is not covered here (the trainer's resume is another branch)."""
+exits 1 if a goal is missed."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def goals(name: str, r: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="kill -9 trials per fast stage (eval, run)")
-    parser.add_argument("--slow-trials", type=int, default=6, help="kill -9 trials of pair building (tiny hf model)")
+    parser.add_argument("--slow-trials", type=int, default=20, help="kill -9 trials of pair building and training (tiny hf model)")
     parser.add_argument("--examples", type=int, default=100, help="hypothesis examples per parser")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None,

@@ -16,7 +16,8 @@
 Each run is named ``<algorithm>-<key><value>...-s<seed>`` from the keys its grid lists. Running the
 spec again skips finished runs and finished evaluations. Every checkpoint (and the base model) is
 evaluated on the held-out prompts through the same ``eval`` pipeline as any model: reward from the
-judge, KL to the base. The sweep writes a comparison table and the reward/KL frontier plot.
+judge, KL to the base. The sweep writes a comparison table, the reward/KL frontier plot and report.html
+(``evalharness.html_report``) beside it.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class SweepResult:
     verdict: dict[str, Any] | None
     plots: list[Path]
     comparison: Any = None  # the compare.Table itself (rendered by the CLI)
+    report: Path | None = None  # report.html beside the frontier plot (evalharness.html_report)
 
 
 def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
@@ -222,6 +224,7 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
     from ..compare import best_checkpoint, build_table, records, run_entries
     from ..evaluate import judge_tasks
+    from ..html_report import write_report
     from ..plot import frontier
     from ..runner import ModelSpec, RunPlan, apply_task_generation, run
     from ..tasks.base import GenerationSettings
@@ -253,6 +256,7 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     result.table, result.verdict = records(result.comparison), best_checkpoint(result.comparison, metric)
     if any(s.metric == "kl" for s in res.scores):
         result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
+    result.report = write_report([str(res.path)], result.path / "report.html", against="sft", results_dir=root)
     write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
 
 
