@@ -44,6 +44,9 @@ test-long: $(STAMP)
 	$(BIN)/evalharness train benchmarks/demo_pipeline.yaml --results-dir /tmp/evalharness-test-long
 	$(BIN)/evalharness run benchmarks/demo.yaml --results-dir /tmp/evalharness-test-long
 	$(BIN)/evalharness quickstart --algorithms all --results-dir /tmp/evalharness-test-long
+	$(BIN)/evalharness quickstart --task toxicity --results-dir /tmp/evalharness-test-long
+	$(BIN)/python -c "import json, sys; v = json.load(open('/tmp/evalharness-test-long/train/quickstart-toxicity/comparison.json'))['verdict']; sys.exit(0 if v and v['beats_sft'] else 'toxicity quickstart: the best checkpoint does not beat SFT')"
+	$(BIN)/evalharness run benchmarks/summarize_tldr.yaml --results-dir /tmp/evalharness-test-long
 
 # vLLM (CPU build) pins its own torch/transformers: it gets its own venv. It ships a torchvision that
 # breaks on a CPU torch, hence the uninstall. tests/test_vllm.py uses it when present.

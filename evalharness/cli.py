@@ -108,15 +108,19 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
 
 @app.command()
 def quickstart(
-    algorithms: Annotated[str, typer.Option(help="comma list, or 'all' for every algorithm")] = "dpo,simpo",
+    algorithms: Annotated[Optional[str], typer.Option(
+        help="comma list, or 'all' for every algorithm (default: dpo,simpo; dpo,odpo for toxicity)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
     seed: int = 0,
+    task: Annotated[str, typer.Option(help="sentiment (higher is better) or toxicity (lower is better)")] = "sentiment",
 ) -> None:
-    """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot."""
+    """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot.
+    --task toxicity: DPO vs ODPO on rant openings, pairs and verdict by lower toxicity."""
     from .quickstart import quickstart as run
     _quiet_libraries()
-    res = run(algorithms=algorithms, seed=seed, results_dir=str(results_dir) if results_dir else None, log=_err)
-    typer.echo("quickstart: SmolLM2-135M-Instruct, sentiment control, held-out prompts")
+    res = run(algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None,
+              log=_err)
+    typer.echo(f"quickstart: SmolLM2-135M-Instruct, {task} control, held-out prompts")
     _print_sweep(res)
 
 
@@ -257,6 +261,23 @@ def plot_frontier(
     for r in rows:
         t.add_row(*(str(v) for v in r.values()))
     Console(stderr=True).print(t)
+    for p in paths:
+        typer.echo(str(p))
+
+
+@plot_app.command("temperature")
+def plot_temperature(
+    runs: Annotated[list[str], typer.Argument(help="finished run ids or folders with a temperature-swept task")],
+    out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("temperature"),
+    task: Annotated[Optional[str], typer.Option(help="the swept task (default: the one present)")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the task's first)")] = None,
+) -> None:
+    """A metric vs sampling temperature, a line per model with 95% CIs (tasks with generation: {temperature: [...]})."""
+    from .plot import temperature_plot
+    paths, points, meta = temperature_plot(runs, out, task=task, metric=metric)
+    for p in points:
+        _err(f"{meta['task']} {meta['metric']}  {p.model:<24} T={p.temperature:<5g} {p.value:.4f} "
+             f"[{p.lo:.4f}, {p.hi:.4f}]  n={p.n}")
     for p in paths:
         typer.echo(str(p))
 

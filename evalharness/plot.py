@@ -57,6 +57,7 @@ class FrontierPoint:
     kl_hi: float
     model: str
     run_id: str = ""
+    higher_is_better: bool = True  # the reward Score's direction (toxicity: False); fronts and tables read it
 
 
 def _norm(algorithm: str) -> str:
@@ -176,7 +177,6 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
     used_reward: list[tuple[str, Score]] = []
     used_kl: list[tuple[str, Score]] = []
     skipped: list[str] = []
-    higher_is_better = True
     for run_id, manifest, scores in loaded:
         infos = {m.get("name") or m.get("spec"): m for m in manifest.get("models", [])}
         by_model: dict[str, dict[str, Score]] = defaultdict(dict)
@@ -196,7 +196,8 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
             is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
             algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
             p = FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value), _ci(rw.ci_low),
-                              _ci(rw.ci_high), float(kl.value), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id)
+                              _ci(rw.ci_high), float(kl.value), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id,
+                              rw.higher_is_better is not False)
             if spec in points:
                 if not _same(points[spec], p):
                     raise EvalHarnessError(
@@ -206,11 +207,11 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
             points[spec], revisions[spec] = p, info.get("revision")
             used_reward.append((run_id, rw))
             used_kl.append((run_id, kl))
-            higher_is_better = rw.higher_is_better if rw.higher_is_better is not None else higher_is_better
     rkey = _check_one_key(f"reward '{metric}'", used_reward)
     kkey = _check_one_key("KL", used_kl)
     meta: dict[str, Any] = {
-        "runs": [r for r, _, _ in loaded], "reward_metric": metric, "higher_is_better": bool(higher_is_better),
+        "runs": [r for r, _, _ in loaded], "reward_metric": metric,
+        "higher_is_better": direction(list(points.values())),
         "task": rkey[0] if rkey else None,
         "reward_judge_id": rkey[3] if rkey else None,
         "reward_judge_version": _desc(used_reward[0][1]) if used_reward else None,
@@ -225,12 +226,21 @@ def _desc(score: Score) -> str:
     return str(score.extra.get("judge_desc") or score.judge_version)
 
 
-def pareto_front(points: list[FrontierPoint], *, higher_is_better: bool = True) -> list[FrontierPoint]:
+def direction(points: list[FrontierPoint]) -> bool:
+    """The points' reward direction (True: higher is better); one plot never mixes the two."""
+    found = {p.higher_is_better for p in points}
+    if len(found) > 1:
+        raise EvalHarnessError("these points mix a higher-is-better and a lower-is-better reward: one direction a plot")
+    return found.pop() if found else True
+
+
+def pareto_front(points: list[FrontierPoint], *, higher_is_better: bool | None = None) -> list[FrontierPoint]:
     """Points no other point beats: none has KL <= and reward >= (<= if lower is better), one strictly.
 
-    Sorted by KL. Exact ties are all kept: neither of two equal points dominates the other.
+    The direction is the points' own (their reward Score's ``higher_is_better``) unless given. Sorted by
+    KL. Exact ties are all kept: neither of two equal points dominates the other.
     """
-    sign = 1.0 if higher_is_better else -1.0
+    sign = 1.0 if (direction(points) if higher_is_better is None else higher_is_better) else -1.0
 
     def dominates(a: FrontierPoint, b: FrontierPoint) -> bool:
         ra, rb = sign * a.reward, sign * b.reward
@@ -324,7 +334,7 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
 
     if not points:
         raise EvalHarnessError("no points to plot")
-    hib = bool(meta.get("higher_is_better", True))
+    hib = direction(points)
     algorithms = sorted({p.algorithm for p in points}, key=_order)
     colours = _colours(algorithms)
     # An Agg canvas on a bare Figure: headless, and it leaves pyplot's global backend alone (notebooks, GUIs).
@@ -347,7 +357,9 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
                         markersize=5, elinewidth=0.7, capsize=2, alpha=0.85, zorder=3,
                         label=f"{_display(algo)} ({len(pts)})")
             front = pareto_front(pts, higher_is_better=hib)
-            if len(front) > 1:  # best reward reachable within a KL budget: a step up at each front point
+            # The best reward reachable within a KL budget: a step at each front point, up for a
+            # higher-is-better reward, down for a lower-is-better one (toxicity).
+            if len(front) > 1:
                 ax.plot([p.kl for p in front], [p.reward for p in front], drawstyle="steps-post", color=c,
                         linewidth=1.4, alpha=0.9, zorder=2)
         ax.set_xlabel(kl_axis_label(meta.get("kl_judge_version") or "", meta.get("reference_model")))
@@ -404,9 +416,9 @@ def _with_ci(value: float, lo: float, hi: float) -> str:
     return f"{value:.4f}{ci}"
 
 
-def frontier_table(points: list[FrontierPoint], *, higher_is_better: bool = True) -> list[dict[str, Any]]:
+def frontier_table(points: list[FrontierPoint], *, higher_is_better: bool | None = None) -> list[dict[str, Any]]:
     """Rows for printing, by algorithm then KL; ``on_front``: on its algorithm's front (as drawn),
-    ``on_overall_front``: on the front of all points together."""
+    ``on_overall_front``: on the front of all points together (direction: the points' own unless given)."""
     by_algo: dict[str, list[FrontierPoint]] = defaultdict(list)
     for p in points:
         by_algo[p.algorithm].append(p)
@@ -418,3 +430,110 @@ def frontier_table(points: list[FrontierPoint], *, higher_is_better: bool = True
                      "reward": _with_ci(p.reward, p.reward_lo, p.reward_hi), "kl": _with_ci(p.kl, p.kl_lo, p.kl_hi),
                      "on_front": id(p) in fronts, "on_overall_front": id(p) in overall})
     return rows
+
+
+# ---------------------------------------------------------------- metric vs sampling temperature
+@dataclass
+class TemperaturePoint:
+    """One model's score at one sampling temperature; ``lo``/``hi`` its 95% CI (NaN where it has none)."""
+
+    model: str
+    temperature: float
+    value: float
+    lo: float
+    hi: float
+    n: int
+    run_id: str = ""
+
+
+def temperature_points(runs: list[str | Path], *, task: str | None = None, metric: str | None = None,
+                       results_dir: Path | None = None) -> tuple[list[TemperaturePoint], dict[str, Any]]:
+    """Every model's score on a temperature-swept task (``generation: {temperature: [...]}``: tasks
+    ``NAME@tT``), one point per model and temperature, read from finished runs.
+
+    The temperature is the one each Score's ``decoding`` records. Refuses scores whose keys differ in
+    anything but the temperature (DESIGN: one plot, one judge, one prompt set, one baseline).
+    """
+    from dataclasses import replace
+
+    from .compare import score_ci
+    from .spec import swept_task
+    if not runs:
+        raise EvalHarnessError("no runs given")
+    loaded = [_load_run(r, results_dir) for r in runs]
+    swept: dict[str, set[float]] = defaultdict(set)
+    for _, _, scores in loaded:
+        for s in scores:
+            if swept_task(s.task) != s.task and s.decoding and "temperature" in s.decoding:
+                swept[swept_task(s.task)].add(float(s.decoding["temperature"]))
+    if task is None:
+        if len(swept) != 1:
+            raise EvalHarnessError("no temperature-swept task (generation: {temperature: [...]}) in these runs"
+                                   if not swept else f"several swept tasks: {', '.join(sorted(swept))}; pick one with task")
+        task = next(iter(swept))
+    elif task not in swept:
+        raise EvalHarnessError(f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}")
+    mine = [(run_id, s) for run_id, _, scores in loaded for s in scores if swept_task(s.task) == task
+            and s.task != task and s.decoding and "temperature" in s.decoding]
+    metrics = list(dict.fromkeys(s.metric for _, s in mine if s.higher_is_better is not None and s.value is not None))
+    metric = metric or (metrics[0] if metrics else None)
+    used = [(r, s) for r, s in mine if s.metric == metric]
+    if metric is None or not used:
+        raise EvalHarnessError(f"no '{metric}' scores on {task}; metrics: {', '.join(metrics) or 'none'}")
+    # One key but for the temperature: compare the scores as if they were one task at one temperature.
+    _check_one_key(f"{task} '{metric}'", [(r, replace(s, task=task, decoding={k: v for k, v in s.decoding.items()
+                                                                           if k != "temperature"}))
+                                         for r, s in used])
+    points: dict[tuple[str, float], TemperaturePoint] = {}
+    for run_id, s in used:
+        if s.value is None or not math.isfinite(s.value):
+            continue
+        lo, hi = score_ci(s)
+        p = TemperaturePoint(s.model, float(s.decoding["temperature"]), float(s.value), _ci(lo), _ci(hi), s.n, run_id)
+        k = (p.model, p.temperature)
+        if k in points and points[k].value != p.value:
+            raise EvalHarnessError(f"model '{p.model}' at temperature {p.temperature:g} is in runs {points[k].run_id} "
+                                   f"and {run_id} with different scores; plot one of them")
+        points.setdefault(k, p)
+    first = used[0][1]
+    meta = {"runs": [r for r, _, _ in loaded], "task": task, "metric": metric, "judge_id": first.judge_id,
+            "baseline": first.baseline, "higher_is_better": first.higher_is_better is not False}
+    return sorted(points.values(), key=lambda p: (p.model, p.temperature)), meta
+
+
+def plot_temperature(points: list[TemperaturePoint], meta: dict[str, Any], out: Path | str) -> list[Path]:
+    """``metric`` vs sampling temperature, a line per model with its 95% CIs (the ODPO paper's summarization
+    figure); ``out``.png and ``out``.svg, written atomically."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not points:
+        raise EvalHarnessError("no points to plot")
+    models = list(dict.fromkeys(p.model for p in points))
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig = Figure(figsize=(7.0, 4.6), dpi=150, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for k, model in enumerate(models):
+            pts = [p for p in points if p.model == model]
+            err = list(zip(*(_err(p.value, p.lo, p.hi) for p in pts)))
+            ax.errorbar([p.temperature for p in pts], [p.value for p in pts], yerr=err, fmt="o-", capsize=3,
+                        color="black" if model == SFT else f"C{k % 10}", markersize=5, linewidth=1.2, label=model)
+        what = meta.get("metric") or "score"
+        ax.set_xlabel("sampling temperature (0 = greedy)")
+        ax.set_ylabel(what + ("" if meta.get("higher_is_better", True) else " (lower is better)"))
+        against = f" vs {meta['baseline']}" if meta.get("baseline") else ""
+        ax.set_title(f"{meta.get('task')}: {what}{against} by sampling temperature")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.supxlabel(f"judge {meta.get('judge_id')}; 95% CIs; runs: {', '.join(meta.get('runs', [])[:4])}",
+                      fontsize=5, color="#555555", x=0.005, ha="left")
+        return save_figure(fig, out)
+
+
+def temperature_plot(runs: list[str | Path], out: Path | str, *, task: str | None = None, metric: str | None = None,
+                     results_dir: Path | None = None) -> tuple[list[Path], list[TemperaturePoint], dict[str, Any]]:
+    """Read the runs and plot the swept task's metric by temperature."""
+    points, meta = temperature_points(runs, task=task, metric=metric, results_dir=results_dir)
+    return plot_temperature(points, meta, out), points, meta

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.movie_reviews import movie_review_split
+from .data.rude_prompts import rude_prompt_split
 from .errors import EvalHarnessError
 from .paths import results_root
 from .prompts import write_prompts
@@ -39,25 +40,41 @@ QUICK_ALGORITHMS: dict[str, dict[str, Any]] = {
             "num_ppo_epochs": 2, "learning_rate": 3.0e-5, "dtype": "bfloat16"}}
 
 
-def quickstart_spec(root: Path, algorithms: str = "dpo,simpo", seed: int = 0) -> TrainSpec:
-    """The quickstart as a sweep spec (``benchmarks/sentiment_frontier.yaml`` is the same in YAML)."""
+# --task: which control experiment. sentiment: the DPO paper's (VADER, higher is better); toxicity: the ODPO
+# paper's (alt-profanity-check P(offensive), lower is better) on rant openings that invite an insult, with DPO
+# against ODPO (its offset from the pairs' score gap). Pairs rank by the judge's direction (train.onpolicy).
+QUICK_TASKS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], str, str]] = {
+    "sentiment": (movie_review_split, "movie_reviews", "dpo,simpo"),
+    "toxicity": (rude_prompt_split, "rude_prompts", "dpo,odpo")}
+
+
+def quickstart_spec(root: Path, algorithms: str | None = None, seed: int = 0, task: str = "sentiment") -> TrainSpec:
+    """The quickstart as a sweep spec (``benchmarks/sentiment_frontier.yaml`` and ``toxicity_frontier.yaml``
+    are the same in YAML); ``algorithms`` None is the task's pair (dpo,simpo; dpo,odpo for toxicity)."""
+    if task not in QUICK_TASKS:
+        raise EvalHarnessError(f"unknown quickstart task '{task}'; choose from {', '.join(QUICK_TASKS)}")
+    split, stem, default = QUICK_TASKS[task]
+    algorithms = algorithms or default
     names = list(ALGORITHMS) if algorithms.strip() == "all" else [a.strip() for a in algorithms.split(",") if a.strip()]
     unknown = [a for a in names if a not in QUICK_ALGORITHMS]
     if unknown or not names:
         raise EvalHarnessError(f"unknown algorithm(s) {unknown}; choose from {', '.join(ALGORITHMS)} or 'all'")
-    train_prompts = write_prompts(movie_review_split("train"), root / "inputs" / "movie_reviews_train.jsonl")
-    heldout = write_prompts(movie_review_split("heldout"), root / "inputs" / "movie_reviews_heldout.jsonl")
+    train_prompts = write_prompts(split("train"), root / "inputs" / f"{stem}_train.jsonl")
+    heldout = write_prompts(split("heldout"), root / "inputs" / f"{stem}_heldout.jsonl")
+    chosen = {a: {**QUICK_ALGORITHMS[a], **({"reward": task} if "reward" in QUICK_ALGORITHMS[a] else {})}
+              for a in names}  # PPO's reward is the task's judge
     return TrainSpec(
-        name="quickstart-sentiment", base=BUNDLED,
-        data=DataSpec(on_policy=OnPolicySpec(prompts=str(train_prompts), judge="sentiment", k=4, max_new_tokens=40,
+        name=f"quickstart-{task}", base=BUNDLED,
+        data=DataSpec(on_policy=OnPolicySpec(prompts=str(train_prompts), judge=task, k=4, max_new_tokens=40,
                                              seed=seed)),
-        train=TRAIN, algorithms={a: QUICK_ALGORITHMS[a] for a in names}, seeds=[seed],
-        eval=EvalSpec(prompts=str(heldout), judges=["sentiment", "kl"], max_new_tokens=40, seed=seed))
+        train=TRAIN, algorithms=chosen, seeds=[seed],
+        eval=EvalSpec(prompts=str(heldout), judges=[task, "kl"], max_new_tokens=40, seed=seed))
 
 
-def quickstart(*, algorithms: str = "dpo,simpo", seed: int = 0, results_dir: str | None = None, progress: bool = True,
+def quickstart(*, algorithms: str | None = None, seed: int = 0, task: str = "sentiment",
+               results_dir: str | None = None, progress: bool = True,
                log: Callable[[str], None] = lambda _: None) -> SweepResult:
-    """Run the sentiment-control sweep on the bundled model; resumes where a previous run stopped."""
+    """Run the sentiment- (or toxicity-) control sweep on the bundled model; resumes where a previous run stopped."""
     root = Path(results_dir) if results_dir else results_root()
-    spec = quickstart_spec(root, algorithms, seed)
+    spec = quickstart_spec(root, algorithms, seed, task)
     return run_sweep(spec, expand(spec), results_dir=root, progress=progress, log=log)

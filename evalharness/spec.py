@@ -13,6 +13,8 @@
       kl: {prompts: ./sentiment/prompts_heldout.jsonl}
       alpaca_eval: {limit: null}      # keys are the task module's Config fields
       helpfulness: {task: reward, judge: "hf:./my-reward-model", prompts: ./p.jsonl}   # task: picks the module
+      summarize: {task: alpaca_eval, generation: {temperature: [0.0, 0.5, 1.0]}}   # one task per temperature:
+                                                                                  # summarize@t0, @t0.5, @t1
     report_to: [wandb, mlflow]        # experiment trackers (evalharness/trackers.py); default none
 
 Task paths written ``./x`` or ``../x`` are relative to the spec file.
@@ -190,14 +192,23 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
         module = options.pop("task", name)
         if module not in known_tasks():
             raise InputError(f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ())))
-        generation = None
+        generations: list[dict[str, Any] | None] = [None]
+        names = [name]
         if "generation" in options:
-            try:
-                g = GenerationSpec.model_validate(options.pop("generation") or {})
-            except pydantic.ValidationError as e:
-                err = e.errors()[0]
-                raise InputError(err["msg"], **where("generation", *err["loc"])) from e
-            generation = g.model_dump(exclude_unset=True)
+            gen = dict(options.pop("generation") or {})
+            temps = gen.pop("temperature", None)
+            sweep = isinstance(temps, list)  # a temperature sweep: one task, one column, per temperature
+            if sweep and (not temps or len(set(map(str, temps))) != len(temps)):
+                raise InputError("a temperature list needs distinct values", **where("generation", "temperature"))
+            generations, names = [], []
+            for t in temps if sweep else [temps]:
+                try:
+                    g = GenerationSpec.model_validate({**gen, **({} if t is None else {"temperature": t})})
+                except pydantic.ValidationError as e:
+                    err = e.errors()[0]
+                    raise InputError(err["msg"], **where("generation", *err["loc"])) from e
+                generations.append(g.model_dump(exclude_unset=True))
+                names.append(temperature_task(name, g.temperature) if sweep else name)
         cls = task_class(module).Config
         fields = {f.name for f in dataclasses.fields(cls)}
         options = {k: spec_path(path, v) if isinstance(v, str) else v for k, v in options.items()}
@@ -210,5 +221,19 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
         except pydantic.ValidationError as e:
             err = e.errors()[0]
             raise InputError(err["msg"], **where(*err["loc"][:1])) from e
-        out.append(TaskSpec(name, module, config, extra={"generation_overrides": generation}))
+        out += [TaskSpec(n, module, config, extra={"generation_overrides": g}) for n, g in zip(names, generations)]
     return out
+
+
+TEMPERATURE_MARK = "@t"
+
+
+def temperature_task(name: str, temperature: float) -> str:
+    """The name of one temperature of a swept task (``summarize@t0.5``): its scores' own column."""
+    return f"{name}{TEMPERATURE_MARK}{temperature:g}"
+
+
+def swept_task(name: str) -> str:
+    """The task a temperature-swept task name belongs to (``summarize@t0.5`` -> ``summarize``)."""
+    base, mark, t = name.rpartition(TEMPERATURE_MARK)
+    return base if mark and base and t.replace(".", "", 1).isdigit() else name

@@ -130,7 +130,9 @@ class AlpacaEvalTask(Task):
         by_key = {v.key: v for v in verdicts}
         keys = {p.item_id: p.key for p in self.judgments(session)}
         outputs = self.outputs(session)
-        folder = self.env.out_dir / TASK / file_name(session.name)
+        # Under the task's own name: two AlpacaEval-style tasks of one run (a custom set, a temperature sweep's
+        # summarize@t0.5 and @t1) must not overwrite each other's files; the official task's folder is alpaca_eval/.
+        folder = self.env.out_dir / file_name(self.name) / file_name(session.name)
         write_json_atomic(folder / "model_outputs.json",
                           [{"dataset": it["dataset"], "instruction": it["instruction"], "output": out or "",
                             "generator": session.name} for it, out in zip(self.items, outputs)])
@@ -171,7 +173,7 @@ class AlpacaEvalTask(Task):
 
 def annotations_of(records: ModelRecords) -> list[dict[str, Any]]:
     """A model's official-format annotations in a run folder (runs before schema 2 kept one model's at the top)."""
-    for path in (records.folder / TASK / file_name(records.model) / "annotations.json",
+    for path in (records.folder / file_name(records.task or TASK) / file_name(records.model) / "annotations.json",
                  records.folder / TASK / "annotations.json"):
         if path.is_file():
             return list(json.loads(path.read_text(encoding="utf-8")))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalHarnessError
-from ..judges import get_judge
+from ..judges import CLASSIFIER_JUDGES, get_judge
 from ..models import ModelRef, resolve
 from ..prompts import load_prompts, render
 from ..records import GenRequest, SamplingParams
@@ -69,8 +69,12 @@ def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None
     gens = backend.generate([GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items])
     gens = [g for g in gens if g.finish_reason != "error" and g.text.strip()]
     if judge is not None:
-        values = [v.value if v.status == "ok" else None for v in judge.judge(gens)]
-        judge_info: dict[str, Any] = {"id": judge.judge_id, "version": judge.judge_version}
+        # Pairs rank by reward, higher is better: a lower-is-better judge (toxicity) is read as 1 - p, as PPO's
+        # reward is, so the chosen sample is the less toxic one and ODPO's offset s_w - s_l stays positive.
+        flip = not judge.higher_is_better
+        values = [(1.0 - v.value if flip else v.value) if v.status == "ok" else None for v in judge.judge(gens)]
+        judge_info: dict[str, Any] = {"id": judge.judge_id, "version": judge.judge_version,
+                                      "score": f"1 - {judge.metric}" if flip else judge.metric}
     else:
         values, judge_info = chat_scores(cfg, items, gens)
     by_prompt: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
@@ -121,6 +125,8 @@ def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = 
     meta = path.with_name(path.name + ".meta.json")
     ident = {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"},  # batching changes no sample
              "prompts_hash": file_hash(cfg.prompts), "model_revision": resolve(cfg.model).revision}
+    if cfg.rank == "score" and cfg.judge in CLASSIFIER_JUDGES and not get_judge(cfg.judge).higher_is_better:
+        ident["score"] = f"1 - {cfg.judge}"  # pairs once ranked by the raw score (more toxic chosen) are rebuilt
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("identity") == ident:
         log(f"on-policy pairs already built: {path}")
         return path
