@@ -41,6 +41,7 @@ demo: $(STAMP)
 
 # Long end-to-end runs that CI does not run (README: their measured figures).
 test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -rs --long -m long
 	$(BIN)/evalharness train benchmarks/demo_pipeline.yaml --results-dir /tmp/evalharness-test-long
 	$(BIN)/evalharness run benchmarks/demo.yaml --results-dir /tmp/evalharness-test-long
 	$(BIN)/evalharness quickstart --algorithms all --results-dir /tmp/evalharness-test-long

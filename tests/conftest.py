@@ -51,3 +51,17 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Hash memos and small caches go to a temp folder; the bundled model's converted checkpoint is
     # kept in the user cache (set EVALHARNESS_CACHE yourself to isolate that too).
     os.environ.setdefault("EVALHARNESS_CACHE", os.path.expanduser("~/.cache/evalharness"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="also run the `long` tests (make test-long; CI does not)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`long` tests (bundled-model runs of ten minutes and more) run only under --long: `make test-long`."""
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="long bundled-model run: make test-long (pytest --long) runs it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
