@@ -4,34 +4,20 @@ adaptive KL coefficient, RNG, prompt-stream position) to the weights and metrics
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_trainer_resume import killed_run
-from trainkit import SCRIPT, assert_rows_match, assert_same_weights, child_env, torchrun, weights
+from test_ppo import prompts  # noqa: F401 (the 16 movie-review prompts)
+from trainkit import (KILL_POINTS, assert_lora_resume, assert_rows_match, assert_same_run, base,  # noqa: F401
+                      kill_then_resume, killed_run, torchrun_killed_then_resumed, weights)
 
 from evalharness.train.trainer import STATE_DIR, TrainConfig, TrainResult, train
 
-STARTS = ["the movie", "a review", "the plot", "the cast", "this story", "the music", "write a review", "the acting"]
 # Adaptive KL, so the coefficient a checkpoint holds changes every step; 2 PPO epochs x 2 minibatches, so the
 # minibatch shuffles draw from their generator several times a step.
 HP = {"reward": "sentiment", "response_length": 6, "temperature": 1.0, "num_ppo_epochs": 2, "num_mini_batches": 2,
       "adaptive_kl": True, "kl_coef": 0.1, "target_kl": 0.05, "horizon": 40.0}
 OPTS = dict(algorithm="ppo", learning_rate=1e-2, max_steps=6, save_every=2, batch_size=2, warmup_ratio=0.2)
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": STARTS[i % 8]}) + "\n" for i in range(16)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    from tiny import build_model
-    return build_model(tmp_path_factory.mktemp("tinybase") / "m", seed=3)
 
 
 def options(base: Path, prompts: Path, out: Path, **kw) -> dict:
@@ -43,19 +29,11 @@ def uninterrupted(base, prompts, tmp_path_factory):
     return train(TrainConfig(**options(base, prompts, tmp_path_factory.mktemp("full") / "run")))
 
 
-def assert_same_run(got: TrainResult, want: TrainResult, tol: float = 1e-6) -> None:
-    """Equal final actor weights and equal logged metrics, step for step, with no step missing or repeated."""
-    out = got.output_dir
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert_rows_match(rows, want.metrics, tol, "metrics.jsonl")
-    assert_rows_match(got.metrics, want.metrics, tol, "TrainResult.metrics")
-    assert_same_weights(out / "checkpoint-6", want.output_dir / "checkpoint-6", tol)
-    man = json.loads((out / "train_manifest.json").read_text())
-    assert man["status"] == "finished" and man["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
-    assert man["final_kl_coef"] == pytest.approx(json.loads(
-        (want.output_dir / "train_manifest.json").read_text())["final_kl_coef"], abs=tol)
-    assert [c.name for c in got.checkpoints] == man["checkpoints"]
-    assert not list(out.glob(".checkpoint-*"))
+def assert_same_ppo_run(got: TrainResult, want: TrainResult, tol: float = 1e-6) -> None:
+    """The trainer's comparison (final actor weights, every metric of every step), and the final KL coefficient."""
+    assert_same_run(got, want, tol)
+    final = [json.loads((r.output_dir / "train_manifest.json").read_text())["final_kl_coef"] for r in (got, want)]
+    assert final[0] == pytest.approx(final[1], abs=tol)
 
 
 def test_the_uninterrupted_run_depends_on_what_a_checkpoint_keeps(uninterrupted):
@@ -73,25 +51,14 @@ def test_the_uninterrupted_run_depends_on_what_a_checkpoint_keeps(uninterrupted)
     assert "lm_head.weight" in w and not any(k.startswith(("critic", "head", "policy")) for k in w)
 
 
-@pytest.mark.parametrize("kill, resumes_from", [
-    ("after_optimizer:4", "checkpoint-2"),  # step 4's update applied, its checkpoint never written
-    ("in_checkpoint:4", "checkpoint-2"),  # checkpoint-4 half-written: actor on disk, training state not
-    ("after_checkpoint:4", "checkpoint-4"),  # checkpoint-4 complete, the train manifest not yet updated
-])
+@pytest.mark.parametrize("kill, resumes_from", KILL_POINTS)
 def test_sigkill_at_a_chosen_point_resumes_to_the_same_run(base, prompts, tmp_path, uninterrupted, kill, resumes_from):
     out = tmp_path / "run"
-    opts = options(base, prompts, out)
-    killed_run(opts, kill)
-    assert json.loads((out / "train_manifest.json").read_text())["status"] == "running"
-    if kill.startswith("in_checkpoint"):
-        half = list(out.glob(".checkpoint-4.*"))
-        assert half and (half[0] / "model.safetensors").is_file() and not (out / "checkpoint-4").exists()
-    resumed = train(TrainConfig(**opts))
-    assert not resumed.skipped
+    resumed = kill_then_resume(options(base, prompts, out), kill)
     man = json.loads((out / "train_manifest.json").read_text())
     step = int(resumes_from.split("-")[1])
     assert [(r["from"], r["step"], r["optimizer"]) for r in man["resumed"]] == [(resumes_from, step, True)]
-    assert_same_run(resumed, uninterrupted)
+    assert_same_ppo_run(resumed, uninterrupted)
 
 
 def test_sigkill_from_outside_at_an_unplanned_moment(base, prompts, tmp_path, uninterrupted):
@@ -101,7 +68,7 @@ def test_sigkill_from_outside_at_an_unplanned_moment(base, prompts, tmp_path, un
     assert (out / "checkpoint-2").is_dir()
     resumed = train(TrainConfig(**opts))
     assert [r["from"] for r in json.loads((out / "train_manifest.json").read_text())["resumed"]] == ["checkpoint-2"]
-    assert_same_run(resumed, uninterrupted)
+    assert_same_ppo_run(resumed, uninterrupted)
 
 
 def test_without_optimizer_state_it_resumes_actor_and_critic(base, prompts, tmp_path, uninterrupted):
@@ -135,40 +102,16 @@ def test_lora_run_resumes_actor_and_critic_adapters(base, prompts, tmp_path):
     pytest.importorskip("peft")
     from safetensors.torch import load_file
     opts = lambda out: options(base, prompts, out, lora=True, lora_r=4, lora_alpha=8, learning_rate=2e-2)  # noqa: E731
-    want = train(TrainConfig(**opts(tmp_path / "full")))
-    critic = load_file(str(tmp_path / "full" / "checkpoint-6" / STATE_DIR / "critic.safetensors"))
-    assert critic and all("lora_" in k or k.startswith("head.") for k in critic)
-    killed_run(opts(tmp_path / "run"), "after_optimizer:5")
-    got = train(TrainConfig(**opts(tmp_path / "run")))
-    man = json.loads((tmp_path / "run" / "train_manifest.json").read_text())
-    assert [r["from"] for r in man["resumed"]] == ["checkpoint-4"]
-    assert_rows_match(got.metrics, want.metrics, 1e-6)
-    a = load_file(str(tmp_path / "run" / "checkpoint-6" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "full" / "checkpoint-6" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert_lora_resume(opts, tmp_path, "after_optimizer:5", "checkpoint-4")
+    critic = load_file(str(tmp_path / "run" / "checkpoint-6" / STATE_DIR / "critic.safetensors"))
+    assert critic and all("lora_" in k or k.startswith("head.") for k in critic)  # the critic's adapter and head
+    assert "head.weight" in critic and float(critic["head.weight"].abs().max()) > 0  # learnt from its zero init
 
 
 def test_two_processes_killed_resume_to_the_same_run(base, prompts, tmp_path, uninterrupted):
     """torchrun, 2 processes (gloo): rank 0 SIGKILLs itself between step 4's update and its checkpoint, torchrun
     ends rank 1, and the same command resumes both ranks from checkpoint-2. Each rank samples half of every
     rollout batch (batch 1 x 2 minibatches x 2 processes = the one-process run's 4 episodes)."""
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "run"
-
-    def launch(kill: str | None) -> subprocess.CompletedProcess:
-        return subprocess.run([torchrun(), "--standalone", "--nproc_per_node", "2", str(script),
-                               json.dumps(options(base, prompts, out, batch_size=1)), str(out)],
-                              env=child_env(kill), capture_output=True, text=True, timeout=400)
-
-    killed = launch("after_optimizer:4:0")
-    assert killed.returncode != 0 and "exitcode: -9" in killed.stderr, killed.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
-    again = launch(None)
-    assert again.returncode == 0, again.stderr[-3000:]
-    for rank in (0, 1):
-        got = json.loads((tmp_path / f"run.rank{rank}").read_text())
-        assert_rows_match(got, uninterrupted.metrics, 1e-4, f"rank {rank}")
-    man = json.loads((out / "train_manifest.json").read_text())
-    assert [r["from"] for r in man["resumed"]] == ["checkpoint-2"]
-    assert_same_run(TrainResult(out, [out / c for c in man["checkpoints"]], got), uninterrupted, tol=1e-4)
+    opts = options(base, prompts, tmp_path / "run", batch_size=1)
+    resumed = torchrun_killed_then_resumed(tmp_path, opts, "after_optimizer:4:0", uninterrupted, 1e-4)
+    assert_same_ppo_run(resumed, uninterrupted, tol=1e-4)

@@ -22,7 +22,10 @@ row's last response token is the last column; the public functions only assume e
 
 Resident while training: the actor (policy, from SFT), the critic (the SFT body with a zeroed scalar head), the
 reference (a frozen SFT copy; with LoRA none: the actor with its adapter disabled) and the judge. Checkpoints are
-the actor only, loadable model folders (adapter folders for LoRA) with ``evalharness_manifest.json``.
+the actor only, loadable model folders (adapter folders for LoRA) with ``evalharness_manifest.json``; a killed run
+resumes through the trainer's machinery (``run_resumable``, ``save_resumable``): the checkpoint's ``training_state/``
+adds to the trainer's the critic's trainable weights (``critic.safetensors``), the adaptive KL coefficient and the
+minibatch generator, and its optimizer state covers actor and critic (one optimizer).
 """
 
 from __future__ import annotations
