@@ -20,7 +20,8 @@ from evalharness.train.trainer import KILL_ENV, TrainConfig, TrainResult, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "write a short review about the movie"}]
-TIMING = ("step_time_s", "samples_per_s", "elapsed_s", "rollout_time_s", "eps")  # wall-clock fields (PPO: the last two): the only ones allowed to differ
+# wall-clock fields (PPO's: rollout_time_s, eps): the only ones allowed to differ
+TIMING = ("step_time_s", "samples_per_s", "elapsed_s", "rollout_time_s", "eps")
 
 # A child trainer: TrainConfig fields as JSON in argv[1]; under torchrun each rank writes its metrics (and its log
 # lines) beside argv[2], as the stdout lines of two ranks can interleave.

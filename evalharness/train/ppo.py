@@ -256,7 +256,7 @@ def _buffer(rows: list[_Rollout]) -> dict[str, Any]:
 
 # -- the loop ---------------------------------------------------------------------------------------------------
 
-CRITIC = "critic.safetensors"  # in a checkpoint's training_state/: the critic's trainable weights (body + head, or adapter + head)
+CRITIC = "critic.safetensors"  # in training_state/: the critic's trainable weights (body + head, or adapter + head)
 
 
 def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> TrainResult:
@@ -271,8 +271,7 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
               "direction": "score" if judge.higher_is_better else "1 - score"}
     plan = _plan(cfg, {"reward": reward})
     local = cfg.batch_size * cfg.grad_accum * hp.num_mini_batches  # TRL's local_batch_size
-    return run_resumable(plan, local, lambda accel, resume, state, G: _train(plan, hp, judge, accel, resume, state,
-                                                                              G, log), log)
+    return run_resumable(plan, local, lambda *run: _train(plan, hp, judge, *run, log=log), log)
 
 
 def _load_models(plan: _Plan, resume: Path | None, accel: Any) -> tuple[Any, Any, Any]:
@@ -314,7 +313,9 @@ def _critic_weights(critic: Any) -> dict[str, Any]:
 
 
 def _train(plan: _Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | None, state: dict[str, Any] | None,
-           G: int, log: Callable[[str], None]) -> TrainResult:
+           G: int, *, log: Callable[[str], None]) -> TrainResult:
+    """Set up (actor, critic, reference, optimizer, resumed state), then roll out, update and checkpoint; G is the
+    episodes per step over all processes."""
     import torch
     from accelerate.utils import gather_object
     from safetensors.torch import save_file
@@ -455,7 +456,8 @@ def _train(plan: _Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | No
         if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            log(f"{plan.run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}"
+            log(f"{plan.run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f}"
+                f" kl {row['objective/kl']:.3f}"
                 f" (coef {row['objective/kl_coef']:.4f}) pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}"
                 f" ({dt:.1f}s, rollouts {t_rollout:.1f}s)")
         _fault("before_checkpoint", step + 1, rank)
