@@ -22,30 +22,30 @@ row's last response token is the last column; the public functions only assume e
 
 Resident while training: the actor (policy, from SFT), the critic (the SFT body with a zeroed scalar head), the
 reference (a frozen SFT copy; with LoRA none: the actor with its adapter disabled) and the judge. Checkpoints are
-the actor only, loadable model folders (adapter folders for LoRA) with ``evalharness_manifest.json``.
+the actor only, loadable model folders (adapter folders for LoRA) with ``evalharness_manifest.json``; a killed run
+resumes through the trainer's machinery (``run_resumable``, ``save_resumable``): the checkpoint's ``training_state/``
+adds to the trainer's the critic's trainable weights (``critic.safetensors``), the adaptive KL coefficient and the
+minibatch generator, and its optimizer state covers actor and critic (one optimizer).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import provenance, trackers
 from ..errors import EvalHarnessError
-from ..models import resolve
-from ..paths import results_root
-from ..prompts import file_hash, load_prompts, render
-from ..store import write_json_atomic
-from .algorithms import PPOConfig, get_spec, make_config
-from .trainer import (TRAIN_MANIFEST, TrainConfig, TrainResult, _adamw, _autocast, _base_spec, _check,
-                      _disable_dropout, _finished, _log_row, _lr_lambda, _mean_rows, _null, _save_checkpoint,
-                      default_run_name)
+from ..prompts import render
+from ..store import read_jsonl
+from .algorithms import PPOConfig, make_config
+from .trainer import (STATE_DIR, TrainConfig, TrainResult, _adamw, _autocast, _check, _checkpoints, _disable_dropout,
+                      _fault, _load_policy, _lr_lambda, _mean_rows, _null, _Plan, _plan, _record_checkpoint,
+                      _log_row, _record_finish, _restore, checkpoint_manifest, lora_wrap, run_resumable,
+                      save_resumable)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -183,16 +183,6 @@ def _wrapper_class() -> type:
     return PolicyAndValue
 
 
-def _lora(model: Any, cfg: TrainConfig, task_type: str | None) -> Any:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as e:
-        from ..errors import MissingExtraError
-        raise MissingExtraError("peft", "train") from e
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_target_modules), task_type=task_type))
-
-
 # -- rollouts ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -267,114 +257,115 @@ def _buffer(rows: list[_Rollout]) -> dict[str, Any]:
 
 # -- the loop ---------------------------------------------------------------------------------------------------
 
+CRITIC = "critic.safetensors"  # in training_state/: the critic's trainable weights (body + head, or adapter + head)
+
+
 def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> TrainResult:
     """Train a policy with PPO on ``cfg.data`` (a prompts JSONL) against the judge ``hparams['reward']``; a finished
-    run with the same identity is skipped, an unfinished one restarts."""
-    import torch
-    from accelerate import Accelerator
-
+    run with the same identity is skipped, an unfinished one resumes from its newest complete checkpoint (the
+    trainer's machinery: actor, critic, optimizer, scheduler, KL coefficient, RNG, prompt-stream position)."""
     from ..judges import get_judge
     _check(cfg)
-    spec = get_spec(cfg.algorithm)
     hp: PPOConfig = make_config(cfg.algorithm, **cfg.hparams)
-    hparams = asdict(hp)
-    items = load_prompts(cfg.data)
     judge = get_judge(hp.reward)
-    base = resolve(cfg.base)
-    reference = resolve(cfg.reference) if cfg.reference else base
-    run_name = cfg.run_name or default_run_name(cfg)
-    out = Path(cfg.output_dir) if cfg.output_dir else results_root() / "train" / run_name
     reward = {"spec": hp.reward, "id": judge.judge_id, "version": judge.judge_version,
               "direction": "score" if judge.higher_is_better else "1 - score"}
-    data_info = {"source": cfg.data, "hash": file_hash(cfg.data), "n_examples": len(items), "kind": "prompts"}
-    ident = {**cfg.identity(), "hparams": hparams, "data_hash": data_info["hash"], "base_revision": base.revision,
-             "reference_revision": reference.revision, "reward": reward}
-    done = _finished(out, ident)
-    if done is not None:
-        log(f"{run_name}: already trained ({out})")
-        return done
-
-    accel = Accelerator(cpu=not torch.cuda.is_available())
-    main = accel.is_main_process
-    if main:
-        if out.exists():
-            shutil.rmtree(out)  # an unfinished run restarts from step 0
-        out.mkdir(parents=True)
-        write_json_atomic(out / TRAIN_MANIFEST, {
-            "run_name": run_name, "status": "running", "identity": ident, "algorithm": cfg.algorithm,
-            "hparams": hparams, "paper": spec.paper, "reward": reward, "base_model": _base_spec(base),
-            "base": base.to_dict(), "reference": reference.to_dict(), "data": data_info,
-            "started_at": provenance.now(), **provenance.environment(), "checkpoints": []})
-    accel.wait_for_everyone()
-    try:
-        with trackers.start_training(cfg.report_to if main else [], out, results_root(), log) as tracker:
-            return _train(cfg, hp, hparams, items, judge, reward, base, reference, run_name, out, data_info, accel,
-                          log, tracker)
-    except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
-        if main and (out / TRAIN_MANIFEST).is_file():
-            man = json.loads((out / TRAIN_MANIFEST).read_text())
-            man.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                       error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
-            write_json_atomic(out / TRAIN_MANIFEST, man)
-        raise
+    plan = _plan(cfg, {"reward": reward})
+    local = cfg.batch_size * cfg.grad_accum * hp.num_mini_batches  # TRL's local_batch_size
+    return run_resumable(plan, local, lambda *run: _train(plan, hp, judge, *run, log=log), log)
 
 
-def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list[Any], judge: Any,
-           reward: dict[str, Any], base: Any, reference: Any, run_name: str, out: Path, data_info: dict[str, Any],
-           accel: Any, log: Callable[[str], None], tracker: trackers.Trackers) -> TrainResult:
-    import torch
-    from accelerate.utils import gather_object
+def _load_models(plan: _Plan, resume: Path | None, accel: Any) -> tuple[Any, Any, Any]:
+    """(actor and critic as one module, the frozen reference or None with LoRA, tokenizer), on the device. The actor
+    is the trainer's policy (the resumed checkpoint's weights); the critic's weights come back from the checkpoint's
+    training_state when it has them."""
+    from safetensors.torch import load_file
 
     from ..models import load_fresh
-    main, P, rank, dev = accel.is_main_process, accel.num_processes, accel.process_index, accel.device
-    torch.manual_seed(cfg.seed)
-    policy, tok = load_fresh(base, dtype="float32")
-    lm = _disable_dropout(load_fresh(base, dtype="float32")[0])
+    cfg = plan.cfg
+    policy, tok = _load_policy(plan, resume)
+    lm = _disable_dropout(load_fresh(plan.base, dtype="float32")[0])
     body = getattr(lm, lm.base_model_prefix)  # the SFT body; its LM head is dropped
-    ref_model = None
-    if not (cfg.lora and reference is base):
-        ref_model = _disable_dropout(load_fresh(reference, dtype="float32")[0]).to(dev).eval()
-        ref_model.requires_grad_(False)
-    _disable_dropout(policy)
     if cfg.lora:
-        policy, body = _lora(policy, cfg, "CAUSAL_LM"), _lora(body, cfg, None)
+        body = lora_wrap(body, cfg, None)
+    if cfg.gradient_checkpointing:
+        body.gradient_checkpointing_enable()
+        if cfg.lora:
+            body.enable_input_require_grads()
     critic = _critic_class()(body, lm.config.hidden_size)
     del lm
-    if cfg.gradient_checkpointing:
-        for m in (policy, body):
-            m.gradient_checkpointing_enable()
-            if cfg.lora:
-                m.enable_input_require_grads()
-    model = _wrapper_class()(policy, critic).to(dev)
+    if resume is not None and (resume / STATE_DIR / CRITIC).is_file():
+        saved = load_file(str(resume / STATE_DIR / CRITIC))
+        trainable = {n for n, p in critic.named_parameters() if p.requires_grad}
+        if set(saved) != trainable:
+            raise EvalHarnessError(f"{resume / STATE_DIR / CRITIC} does not hold this run's critic "
+                                   f"({len(set(saved) ^ trainable)} tensors differ)")
+        critic.load_state_dict(saved, strict=False)
+    ref_model = None
+    if not (cfg.lora and plan.reference is plan.base):
+        ref_model = _disable_dropout(load_fresh(plan.reference, dtype="float32")[0]).to(accel.device).eval()
+        ref_model.requires_grad_(False)
+    return _wrapper_class()(policy, critic).to(accel.device), ref_model, tok
+
+
+def _critic_weights(critic: Any) -> dict[str, Any]:
+    """What a resume needs of the critic: its trainable tensors (full: body and head; LoRA: adapter and head)."""
+    return {n: p.detach().cpu().contiguous() for n, p in critic.named_parameters() if p.requires_grad}
+
+
+def _train(plan: _Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | None, state: dict[str, Any] | None,
+           G: int, tracker: Any, *, log: Callable[[str], None]) -> TrainResult:
+    """Set up (actor, critic, reference, optimizer, resumed state), then roll out, update and checkpoint; G is the
+    episodes per step over all processes."""
+    import torch
+    from accelerate.utils import gather_object
+    from safetensors.torch import save_file
+
+    cfg, out, items = plan.cfg, plan.out, plan.data
+    P, rank, dev = accel.num_processes, accel.process_index, accel.device
+    main = accel.is_main_process
+    torch.manual_seed(cfg.seed)
+    model, ref_model, tok = _load_models(plan, resume, accel)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _adamw(params, cfg)
 
-    local = cfg.batch_size * cfg.grad_accum * hp.num_mini_batches  # TRL's local_batch_size
-    G = local * P  # episodes per step
+    local = G // P
     steps_per_epoch = math.ceil(len(items) / G)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))  # one value per rollout batch, as TRL
     wrapped, opt = accel.prepare(model, opt)
     prompt_len = max(1, min(cfg.max_prompt_length, cfg.max_length - hp.response_length))
     rendered = [render(tok, it)[-prompt_len:] for it in items]
+    # The prompt stream depends only on the seed, the data and G, so a resumed run continues it at step * G; the
+    # minibatch shuffles draw from their own generator, whose state a checkpoint keeps.
     g_data, g_mb = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1)
     stream: list[int] = []
     while len(stream) < total * G:
         stream += torch.randperm(len(items), generator=g_data).tolist()
 
-    log(f"{run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
-        f"{hp.num_mini_batches} minibatches each, reward {reward['id']} ({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, "
-        f"{P} process{'es' if P > 1 else ''}) -> {out}")
     kl_coef = hp.kl_coef
-    checkpoints: list[Path] = []
-    history: list[dict[str, Any]] = []
+    start, history, elapsed0 = 0, [], 0.0
+    if resume is not None:
+        assert state is not None
+        start, elapsed0 = state["step"], state["elapsed_s"]
+        exact, saved = _restore(resume, model, opt, sched, accel, sharded=False)
+        kl_coef = saved["ppo"]["kl_coef"]
+        g_mb.set_state(saved["ppo"]["minibatch_rng"])
+        history = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= start]
+        log(f"{plan.run_name}: resuming after step {start} from {resume.name}"
+            + ("" if exact else " (no optimizer state saved: Adam moments start again from zero)")
+            + ("" if state.get("critic") else " (no critic saved: it starts again from its zeroed head)"))
+    log(f"{plan.run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
+        f"{hp.num_mini_batches} minibatches each, reward {plan.extra['reward']['id']} "
+        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {out}")
+    checkpoints = _checkpoints(out) if resume is not None else []
     since_save: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
-    for step in range(total):
+    t_start = time.perf_counter() - elapsed0
+    for step in range(start, total):
         t0 = time.perf_counter()
         idx = stream[step * G:(step + 1) * G]
         # the request key is the position in the step's batch: unique even if a prompt repeats, and the same
-        # whichever process samples it
+        # whichever process samples it; the sampling seed is the step's, so a resumed step samples the same
         mine = [(f"{j}:{items[i].id}", rendered[i]) for j, i in enumerate(idx)][rank * local:(rank + 1) * local]
         model.eval()
         rows = _rollouts(model, ref_model, tok, judge, mine, hp, cfg.seed * 1_000_003 + step, cfg, accel)
@@ -439,6 +430,7 @@ def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list
                 opt.zero_grad(set_to_none=True)
         lr = sched.get_last_lr()[0]
         sched.step()
+        _fault("after_optimizer", step + 1, rank)
         if P > 1:
             stats = accel.reduce(stats.to(dev), reduction="sum").cpu()
         s = stats[:6] / max(1.0, float(stats[6]))
@@ -464,31 +456,26 @@ def _train(cfg: TrainConfig, hp: PPOConfig, hparams: dict[str, Any], items: list
         since_save.append(row)
         if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
             _log_row(out, row, tracker)
-            log(f"{run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f}"
+            log(f"{plan.run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f}"
+                f" kl {row['objective/kl']:.3f}"
                 f" (coef {row['objective/kl_coef']:.4f}) pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}"
                 f" ({dt:.1f}s, rollouts {t_rollout:.1f}s)")
+        _fault("before_checkpoint", step + 1, rank)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            accel.wait_for_everyone()
+            ck = out / f"checkpoint-{step + 1}"
+            parallel = {"processes": P, "strategy": "ddp" if P > 1 else "single"}
+            save_resumable(accel, model, tok, opt, sched, ck,
+                           {**checkpoint_manifest(plan, step + 1, total, G, row, parallel), "kl_coef": kl_coef,
+                            "metrics_since_last_checkpoint": _mean_rows(since_save)},
+                           {"step": step + 1, "samples_seen": (step + 1) * G, "global_batch": G, "num_processes": P,
+                            "elapsed_s": row["elapsed_s"], "total_steps": total, "critic": True},
+                           save_optimizer=cfg.save_optimizer, actor=model.policy,
+                           more={"ppo": {"kl_coef": kl_coef, "minibatch_rng": g_mb.get_state()}},
+                           files=lambda st: save_file(_critic_weights(model.critic), str(st / CRITIC)))
             if main:
-                ck = out / f"checkpoint-{step + 1}"
-                _save_checkpoint(accel.unwrap_model(wrapped).policy, tok, ck, {
-                    "kind": "checkpoint", "run_name": run_name, "algorithm": cfg.algorithm, "hparams": hparams,
-                    "paper": get_spec(cfg.algorithm).paper, "reward": reward, "kl_coef": kl_coef, "step": step + 1,
-                    "epoch": row["epoch"], "total_steps": total, "samples_seen": (step + 1) * G,
-                    "base_model": _base_spec(base), "base_revision": base.revision,
-                    "reference_model": _base_spec(reference), "lora": cfg.lora, "data": data_info,
-                    "train_config": cfg.identity(), "metrics": row,
-                    "metrics_since_last_checkpoint": _mean_rows(since_save),
-                    "created_at": provenance.now(), **provenance.environment()})
-                checkpoints.append(ck)
-                man = json.loads((out / TRAIN_MANIFEST).read_text())
-                man["checkpoints"] = [c.name for c in checkpoints]
-                write_json_atomic(out / TRAIN_MANIFEST, man)
+                _record_checkpoint(out, checkpoints, ck, step + 1)
             since_save = []
     if main:
-        man = json.loads((out / TRAIN_MANIFEST).read_text())
-        man.update(status="finished", finished_at=provenance.now(), train_time_s=time.perf_counter() - t_start,
-                   final_metrics=history[-1], final_kl_coef=kl_coef)
-        write_json_atomic(out / TRAIN_MANIFEST, man)
+        _record_finish(out, history, time.perf_counter() - t_start, final_kl_coef=kl_coef)
     accel.wait_for_everyone()
     return TrainResult(out, checkpoints, history)

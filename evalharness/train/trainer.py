@@ -35,7 +35,7 @@ from .. import provenance, trackers
 from ..errors import EvalHarnessError, InputError
 from ..models import ModelRef, load_fresh, resolve
 from ..paths import atomic_dir, results_root
-from ..prompts import PromptItem, render, render_response
+from ..prompts import PromptItem, file_hash, load_prompts, render, render_response
 from ..store import read_jsonl, write_json_atomic, write_jsonl_atomic
 from .algorithms import get_spec, make_config
 from .data import PreferencePair, UnpairedExample, data_hash, load_preferences, load_unpaired
@@ -219,24 +219,37 @@ class _Plan:
     run_name: str
     out: Path
     ident: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # an algorithm's own identity fields (PPO: its reward)
+
+    @property
+    def reference_table(self) -> bool:
+        """Whether the run keeps precomputed reference log-probs (PPO scores its fresh samples as it goes)."""
+        return self.spec.needs_reference and not self.spec.online
 
     def manifest(self) -> dict[str, Any]:
         """The train manifest's description of the run (status and checkpoints are added by the caller)."""
         return {"run_name": self.run_name, "identity": self.ident, "algorithm": self.cfg.algorithm,
-                "hparams": self.hparams, "paper": self.spec.paper, "base_model": _base_spec(self.base),
+                "hparams": self.hparams, "paper": self.spec.paper, **self.extra, "base_model": _base_spec(self.base),
                 "base": self.base.to_dict(),
                 "reference": self.reference.to_dict() if self.spec.needs_reference else None,
                 "data": self.data_info(), "started_at": provenance.now(), **provenance.environment()}
 
     def data_info(self) -> dict[str, Any]:
-        return {"source": self.cfg.data, "hash": self.ident["data_hash"], "n_examples": len(self.data)}
+        info = {"source": self.cfg.data, "hash": self.ident["data_hash"], "n_examples": len(self.data)}
+        return {**info, "kind": "prompts"} if self.spec.online else info
 
 
-def _plan(cfg: TrainConfig) -> _Plan:
+def _plan(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> _Plan:
+    """The run's plan; ``extra`` (PPO's reward judge) joins its identity and manifests."""
     _check(cfg)
     spec = get_spec(cfg.algorithm)
     hparams = asdict(make_config(cfg.algorithm, **cfg.hparams))
-    data = load_unpaired(cfg.data) if spec.unpaired else load_preferences(cfg.data)
+    if spec.online:  # prompts, hashed as a file (PPO samples its own responses)
+        data: Any = load_prompts(cfg.data)
+        dhash = file_hash(cfg.data)
+    else:
+        data = load_unpaired(cfg.data) if spec.unpaired else load_preferences(cfg.data)
+        dhash = data_hash(data)
     if spec.needs_scores:
         missing = [e.id for e in data if isinstance(e, PreferencePair) and e.score_chosen is None]
         if missing:
@@ -246,44 +259,55 @@ def _plan(cfg: TrainConfig) -> _Plan:
     reference = resolve(cfg.reference) if cfg.reference else base
     run_name = cfg.run_name or default_run_name(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else results_root() / "train" / run_name
-    ident = {**cfg.identity(), "hparams": hparams, "data_hash": data_hash(data), "base_revision": base.revision,
-             "reference_revision": reference.revision if spec.needs_reference else None}
-    return _Plan(cfg, spec, hparams, data, base, reference, run_name, out, ident)
+    ident = {**cfg.identity(), "hparams": hparams, "data_hash": dhash, "base_revision": base.revision,
+             "reference_revision": reference.revision if spec.needs_reference else None, **(extra or {})}
+    return _Plan(cfg, spec, hparams, data, base, reference, run_name, out, ident, dict(extra or {}))
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> TrainResult:
     """Train one run. A finished run with the same identity is skipped; an unfinished one resumes from its newest
     complete checkpoint (weights, optimizer, scheduler, RNG, data position), or starts again if it has none."""
-    import torch
-
     if get_spec(cfg.algorithm).online:  # PPO samples its own responses from prompts: ppo.py, on this file's helpers
         from .ppo import train_ppo
         return train_ppo(cfg, log)
     plan = _plan(cfg)
+    return run_resumable(plan, cfg.batch_size * cfg.grad_accum,
+                         lambda accel, resume, state, gb, tracker: _train(plan, accel, resume, state, gb, tracker, log), log)
+
+
+# (accel, resume, state, global batch, the run's trackers)
+Loop = Callable[[Any, Path | None, dict[str, Any] | None, int, trackers.Trackers], TrainResult]
+
+
+def run_resumable(plan: _Plan, local_batch: int, loop: Loop, log: Callable[[str], None]) -> TrainResult:
+    """What every algorithm's run does around its training loop: skip a finished run; choose the resume point (the
+    same on every process) and put the run folder back to it, or start a fresh one; then
+    ``loop(accel, resume, state, global_batch, tracker)``, recording in the manifest how it ended. ``local_batch`` is the
+    examples (PPO: episodes) per step per process."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
     out = plan.out
     done = _finished(out, plan.ident)
     if done is not None:
         log(f"{plan.run_name}: already trained ({out})")
         return done
-
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
     # Mixed precision is our own autocast (not Accelerator(mixed_precision=...)): accelerate's state is a
     # process-wide singleton, and one process may train runs of different precisions one after another.
     accel = Accelerator(cpu=not torch.cuda.is_available())
     main = accel.is_main_process
     P = accel.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * P
+    global_batch = local_batch * P
     # Every process must resume from the same checkpoint: rank 0 decides, before anything on disk changes.
-    resume = broadcast_object_list([_resume_point(out, plan.ident, plan.spec.needs_reference)])[0] if P > 1 \
-        else _resume_point(out, plan.ident, plan.spec.needs_reference)
+    resume = broadcast_object_list([_resume_point(out, plan.ident, plan.reference_table)])[0] if P > 1 \
+        else _resume_point(out, plan.ident, plan.reference_table)
     state = _read_state(resume, global_batch) if resume is not None else None
     if main:
         _open_run_dir(plan, resume, state, log)
     accel.wait_for_everyone()
     try:
-        with trackers.start_training(cfg.report_to if main else [], out, results_root(), log) as tracker:
-            return _train(plan, accel, resume, state, global_batch, log, tracker)
+        with trackers.start_training(plan.cfg.report_to if main else [], out, results_root(), log) as tracker:
+            return loop(accel, resume, state, global_batch, tracker)
     except BaseException as e:  # the manifest says what happened; nothing is left marked "running"
         if main and (out / TRAIN_MANIFEST).is_file():
             man = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -294,7 +318,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> Trai
 
 
 def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] | None, global_batch: int,
-           log: Callable[[str], None], tracker: trackers.Trackers) -> TrainResult:
+           tracker: trackers.Trackers, log: Callable[[str], None]) -> TrainResult:
     """Set up (model, sharding, reference log-probs, resumed state), then step and checkpoint until the end."""
     import torch
 
@@ -312,7 +336,7 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
     if resume is not None:
         assert state is not None
         start, elapsed0 = state["step"], state["elapsed_s"]
-        exact = _restore(resume, accel.unwrap_model(model), opt, sched, accel, sharded)
+        exact, _ = _restore(resume, accel.unwrap_model(model), opt, sched, accel, sharded)
         history = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= start]
         log(f"{plan.run_name}: resuming after step {start} from {resume.name}"
             + ("" if exact else " (no optimizer state saved: Adam moments start again from zero)"))
@@ -352,26 +376,28 @@ def _train(plan: _Plan, accel: Any, resume: Path | None, state: dict[str, Any] |
                      {"step": step, "samples_seen": step * global_batch, "global_batch": global_batch,
                       "num_processes": P, "elapsed_s": row["elapsed_s"], "total_steps": total})
             if accel.is_main_process:
-                checkpoints.append(ck)
-                _fault("after_checkpoint", step, 0)
-                man = json.loads((out / TRAIN_MANIFEST).read_text())
-                man["checkpoints"] = [c.name for c in checkpoints]
-                write_json_atomic(out / TRAIN_MANIFEST, man)
+                _record_checkpoint(out, checkpoints, ck, step)
             since_save = []
     if accel.is_main_process:
-        man = json.loads((out / TRAIN_MANIFEST).read_text())
-        man.update(status="finished", finished_at=provenance.now(), train_time_s=time.perf_counter() - t_start,
-                   final_metrics=history[-1])
-        write_json_atomic(out / TRAIN_MANIFEST, man)
+        _record_finish(out, history, time.perf_counter() - t_start)
     accel.wait_for_everyone()
     return TrainResult(out, checkpoints, history)
 
 
-def _log_row(out: Path, row: dict[str, Any], tracker: trackers.Trackers) -> None:
-    """One step's metrics: appended to metrics.jsonl (the record) first, then the same row to the trackers."""
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    tracker.log_row(row)
+def _record_checkpoint(out: Path, checkpoints: list[Path], ck: Path, step: int) -> None:
+    """Rank 0, once checkpoint ``ck`` is complete: list it in the train manifest."""
+    checkpoints.append(ck)
+    _fault("after_checkpoint", step, 0)
+    man = json.loads((out / TRAIN_MANIFEST).read_text())
+    man["checkpoints"] = [c.name for c in checkpoints]
+    write_json_atomic(out / TRAIN_MANIFEST, man)
+
+
+def _record_finish(out: Path, history: list[dict[str, Any]], train_time_s: float, **extra: Any) -> None:
+    man = json.loads((out / TRAIN_MANIFEST).read_text())
+    man.update(status="finished", finished_at=provenance.now(), train_time_s=train_time_s, final_metrics=history[-1],
+               **extra)
+    write_json_atomic(out / TRAIN_MANIFEST, man)
 
 
 @dataclass
@@ -424,19 +450,11 @@ class _Session:
 
     def checkpoint_manifest(self, step: int, total: int, global_batch: int, row: dict[str, Any]) -> dict[str, Any]:
         """What a checkpoint folder says about itself (``evalharness_manifest.json``)."""
-        plan, cfg = self.plan, self.plan.cfg
-        return {"kind": "checkpoint", "run_name": plan.run_name, "algorithm": cfg.algorithm, "hparams": plan.hparams,
-                "paper": plan.spec.paper, "step": step, "epoch": row["epoch"], "total_steps": total,
-                "samples_seen": step * global_batch, "base_model": _base_spec(plan.base),
-                "base_revision": plan.base.revision,
-                "reference_model": _base_spec(plan.reference) if plan.spec.needs_reference else None,
-                "lora": cfg.lora, "parallel": {"processes": self.accel.num_processes, "strategy": self.strategy},
-                "data": plan.data_info(), "train_config": cfg.identity(), "metrics": row,
-                "created_at": provenance.now(), **provenance.environment()}
+        return checkpoint_manifest(self.plan, step, total, global_batch, row,
+                                   {"processes": self.accel.num_processes, "strategy": self.strategy})
 
     def save(self, ck: Path, manifest: dict[str, Any], state: dict[str, Any]) -> None:
         """Every process takes part (sharded state is gathered to rank 0); rank 0 writes the folder atomically."""
-        import torch
         accel = self.accel
         unwrapped = accel.unwrap_model(self.model)
         full = None
@@ -445,40 +463,76 @@ class _Session:
         elif self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             full = get_model_state_dict(unwrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        optim = _optimizer_state(unwrapped, self.opt, accel) if self.plan.cfg.save_optimizer else None
-        rng = _rng_state()
-        if accel.num_processes > 1:
-            import torch.distributed as dist
-            ranks: list[Any] = [None] * accel.num_processes
-            dist.all_gather_object(ranks, rng)
-        else:
-            ranks = [rng]
-        accel.wait_for_everyone()
-        if not accel.is_main_process:
-            return
-
-        def training_state(folder: Path) -> None:
-            st = folder / STATE_DIR
-            st.mkdir()
-            _fault("in_checkpoint", state["step"], 0)
-            if optim is not None:
-                torch.save(optim, st / "optimizer.pt")
-            torch.save({"scheduler": self.sched.state_dict(), "rng": ranks}, st / "trainer_state.pt")
-            write_json_atomic(st / "state.json", {**state, "optimizer": optim is not None})  # written last
-
-        _save_checkpoint(unwrapped, self.tok, ck, manifest, state_dict=full, extra=training_state)
-        _drop_older_optimizer_states(ck.parent)
+        save_resumable(accel, unwrapped, self.tok, self.opt, self.sched, ck, manifest, state,
+                       save_optimizer=self.plan.cfg.save_optimizer, full=full)
 
 
-def _drop_older_optimizer_states(out: Path) -> None:
+def checkpoint_manifest(plan: _Plan, step: int, total: int, global_batch: int, row: dict[str, Any],
+                        parallel: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint folder says about itself (``evalharness_manifest.json``)."""
+    cfg = plan.cfg
+    return {"kind": "checkpoint", "run_name": plan.run_name, "algorithm": cfg.algorithm, "hparams": plan.hparams,
+            "paper": plan.spec.paper, **plan.extra, "step": step, "epoch": row["epoch"], "total_steps": total,
+            "samples_seen": step * global_batch, "base_model": _base_spec(plan.base),
+            "base_revision": plan.base.revision,
+            "reference_model": _base_spec(plan.reference) if plan.spec.needs_reference else None,
+            "lora": cfg.lora, "parallel": parallel, "data": plan.data_info(), "train_config": cfg.identity(),
+            "metrics": row, "created_at": provenance.now(), **provenance.environment()}
+
+
+def save_resumable(accel: Any, model: Any, tok: Any, opt: Any, sched: Any, ck: Path, manifest: dict[str, Any],
+                   state: dict[str, Any], *, save_optimizer: bool, full: dict[str, Any] | None = None,
+                   actor: Any = None, more: dict[str, Any] | None = None,
+                   files: Callable[[Path], None] | None = None) -> None:
+    """A checkpoint a run resumes from. Every process takes part (optimizer state and RNG gathered to rank 0);
+    rank 0 writes the folder atomically: the model (``actor`` when the unwrapped ``model`` holds more, as PPO's
+    actor and critic; ``full``: its gathered state dict), and ``training_state/``: the optimizer state, the
+    scheduler, every process's RNG and ``more`` (an algorithm's own state) in trainer_state.pt, the files that
+    ``files(folder)`` writes, and state.json last."""
+    import torch
+    optim = _optimizer_state(model, opt, accel) if save_optimizer else None
+    rng = _rng_state()
+    if accel.num_processes > 1:
+        import torch.distributed as dist
+        ranks: list[Any] = [None] * accel.num_processes
+        dist.all_gather_object(ranks, rng)
+    else:
+        ranks = [rng]
+    accel.wait_for_everyone()
+    if not accel.is_main_process:
+        return
+
+    def training_state(folder: Path) -> None:
+        st = folder / STATE_DIR
+        st.mkdir()
+        _fault("in_checkpoint", state["step"], 0)
+        if optim is not None:
+            torch.save(optim, st / "optimizer.pt")
+        if files is not None:
+            files(st)
+        torch.save({"scheduler": sched.state_dict(), "rng": ranks, **(more or {})}, st / "trainer_state.pt")
+        write_json_atomic(st / "state.json", {**state, "optimizer": optim is not None})  # written last
+
+    _save_checkpoint(model if actor is None else actor, tok, ck, manifest, state_dict=full, extra=training_state)
+    _drop_older_resume_state(ck.parent)
+
+
+# The files only a resume reads, kept by the newest checkpoint alone: the optimizer state, PPO's critic. state.json
+# says which a checkpoint still has (its key is the file's stem).
+_RESUME_ONLY = ("optimizer.pt", "critic.safetensors")
+
+
+def _drop_older_resume_state(out: Path) -> None:
     """A resume starts from the newest checkpoint only: older ones keep their weights, scheduler and RNG state
-    but not the optimizer state (2x the weights), so a run holds one copy of it, not one per checkpoint."""
+    but not the optimizer state (2x the trainable weights) or PPO's critic, so a run holds one copy of them."""
     for older in _checkpoints(out)[:-1]:
-        opt = older / STATE_DIR / "optimizer.pt"
-        if opt.is_file():
-            state = json.loads((older / STATE_DIR / "state.json").read_text())
-            write_json_atomic(older / STATE_DIR / "state.json", {**state, "optimizer": False})
-            opt.unlink()
+        st = older / STATE_DIR
+        gone = [st / name for name in _RESUME_ONLY if (st / name).is_file()]
+        if gone:
+            state = json.loads((st / "state.json").read_text())
+            write_json_atomic(st / "state.json", {**state, **{p.stem: False for p in gone}})
+            for p in gone:
+                p.unlink()
 
 
 def _reference_table(run: _Session, resume: Path | None, log: Callable[[str], None]) -> Any:
@@ -509,14 +563,9 @@ def _load_policy(plan: _Plan, resume: Path | None) -> tuple[Any, Any]:
     model, tok = load_fresh(source, dtype="float32")
     _disable_dropout(model)
     if cfg.lora:
-        try:
-            from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-        except ImportError as e:
-            from ..errors import MissingExtraError
-            raise MissingExtraError("peft", "train") from e
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+        model = lora_wrap(model, cfg, "CAUSAL_LM")
         if resume is not None:
+            from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
             set_peft_model_state_dict(model, load_file(str(resume / "adapter_model.safetensors")))
     if cfg.gradient_checkpointing:
@@ -525,6 +574,17 @@ def _load_policy(plan: _Plan, resume: Path | None) -> tuple[Any, Any]:
             model.enable_input_require_grads()
     model.train()
     return model, tok
+
+
+def lora_wrap(model: Any, cfg: TrainConfig, task_type: str | None) -> Any:
+    """``model`` with a fresh LoRA adapter of the run's rank, alpha, dropout and target modules (peft)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        from ..errors import MissingExtraError
+        raise MissingExtraError("peft", "train") from e
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_target_modules), task_type=task_type))
 
 
 def _prepare(model: Any, cfg: TrainConfig, accel: Any, total: int,
@@ -592,9 +652,9 @@ def _optimizer_state(model: Any, opt: Any, accel: Any) -> dict[str, Any] | None:
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def _restore(ck: Path, model: Any, opt: Any, sched: Any, accel: Any, sharded: bool) -> bool:
+def _restore(ck: Path, model: Any, opt: Any, sched: Any, accel: Any, sharded: bool) -> tuple[bool, dict[str, Any]]:
     """Optimizer, scheduler and this process's RNG from a checkpoint (the weights were loaded with the model).
-    True when the optimizer state was there to restore."""
+    True when the optimizer state was there to restore; and trainer_state.pt (with an algorithm's own state)."""
     import torch
     st = ck / STATE_DIR
     trainer_state = torch.load(st / "trainer_state.pt", weights_only=True)
@@ -612,7 +672,7 @@ def _restore(ck: Path, model: Any, opt: Any, sched: Any, accel: Any, sharded: bo
         group["lr"] = lr
     rng = trainer_state["rng"]
     _set_rng_state(rng[accel.process_index] if accel.process_index < len(rng) else rng[0])
-    return has_optim
+    return has_optim, trainer_state
 
 
 def _rng_state() -> dict[str, Any]:
@@ -872,3 +932,10 @@ def _mean_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
         vals = [r[k] for r in rows if r.get(k) is not None]
         out[k] = sum(vals) / len(vals)
     return out
+
+
+def _log_row(out: Path, row: dict[str, Any], tracker: trackers.Trackers) -> None:
+    """One step's metrics: appended to metrics.jsonl (the record) first, then the same row to the trackers."""
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    tracker.log_row(row)
