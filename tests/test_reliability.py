@@ -52,7 +52,13 @@ def _child(tmp_path: Path, model: Path, ref: Path, results: Path, pause: float) 
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, "-c", CHILD, str(model), str(ref), str(_prompts(tmp_path)),
                              str(results), str(pause)], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_ctrl_c_default)
+
+
+def _ctrl_c_default() -> None:
+    """A child started from a background job inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: give the child the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:

@@ -93,7 +93,9 @@ def _harness_script(tmp_path: Path) -> Path:
 def test_no_server_outlives_the_harness(tmp_path, sig):
     """Ctrl-C runs atexit; SIGTERM and SIGKILL skip it, and the server's watchdog sees its pipe close."""
     harness = subprocess.Popen([sys.executable, str(_harness_script(tmp_path))], stdout=subprocess.PIPE,
-                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               # as from a terminal: a background job's children inherit SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pgid = int(harness.stdout.readline())
     assert vb.group_members(pgid)
     harness.send_signal(sig)
