@@ -398,17 +398,9 @@ def render_html(data: dict[str, Any], *, title: str = "evalharness report") -> s
 def write_report(refs: list[str], out: str | Path, *, against: str | None = None,
                  results_dir: str | Path | None = None) -> Path:
     """Build the report of ``refs`` (as ``evalharness compare`` reads them) into ``out``, written atomically."""
-    import os
+    from .store import write_text_atomic
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = report_data(refs, against=against, results_dir=results_dir, work=out.parent)
-    page = render_html(data, title=f"evalharness report: {', '.join(refs)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(out, render_html(data, title=f"evalharness report: {', '.join(refs)}"))
     return out

@@ -181,7 +181,7 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
                 at: tuple[Any, ...]) -> list[Any]:
     """``tasks:`` of a run spec or a sweep's ``eval:``: name -> options (the module's Config fields, plus
     ``task:`` to pick the module when the name is not one, and ``generation:`` to override decoding)."""
-    from .tasks.base import GenerationSettings, TaskSpec, known_tasks, task_class
+    from .tasks.base import TaskSpec, known_tasks, task_class
     if not tasks:
         raise InputError("list at least one task", path=str(path), line=_line_of(lines, at), field=".".join(at))
     out = []

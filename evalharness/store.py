@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ from .paths import results_root
 from .records import KEY_FIELDS, SCHEMA_VERSION, GenRecord, Score, Verdict
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(file)`` into a temporary sibling, fsync, rename: a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,19 +42,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    _write_atomic(path, lambda f: json.dump(data, f, indent=2, ensure_ascii=False, default=str))
+
+
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, lambda f: f.write(text))
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:

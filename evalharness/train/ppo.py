@@ -30,7 +30,6 @@ minibatch generator, and its optimizer state covers actor and critic (one optimi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
