@@ -11,12 +11,10 @@ cannot change under a fixed name.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import paths
 from .errors import EvalHarnessError
@@ -46,30 +44,23 @@ def sha256_file(path: str | Path) -> str:
 
 
 def download(url: str, dest: str | Path, sha256: str, *, timeout_s: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically: stream to a temporary file beside it, check the sha256,
-    then rename. On any failure (network, checksum) no file is left at ``dest`` or beside it."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
+    """Download ``url`` to ``dest`` atomically (``paths.write_atomic``): stream to a temporary file beside it, check
+    the sha256, then rename. On any failure (network, checksum) no file is left at ``dest`` or beside it."""
+
+    def stream(out: Any) -> None:
         digest = hashlib.sha256()
         request = urllib.request.Request(url, headers={"User-Agent": "evalharness"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             raise ChecksumError(f"{url}: sha256 {digest.hexdigest()} differs from the pinned {sha256}")
-        os.replace(tmp, dest)
+
+    try:
+        return paths.write_atomic(Path(dest), stream, binary=True)
     except OSError as e:  # URLError, HTTPError and timeouts are OSErrors
-        Path(tmp).unlink(missing_ok=True)
         raise EvalHarnessError(f"could not download {url}: {e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
 
 
 def fetch(name: str, *, local_dir: str | Path | None = None, download_missing: bool = True,

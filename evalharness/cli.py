@@ -73,16 +73,21 @@ def eval_(
     run_id: Annotated[Optional[str], typer.Option(help="name of the run folder (default: hash of the config)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    report_to: _REPORT_TO = None,
 ) -> None:
     """Generate, judge and measure KL for one or more models; print a table of scores."""
+    from . import trackers
     from .evaluate import EvalConfig, run_eval
     from .report import print_scores
     _quiet_libraries()
+    names = _trackers(report_to) or []
+    trackers.check(names)  # a missing tracker package fails before anything runs
     cfg = EvalConfig(models=model, prompts=str(prompts), judges=judges.split(","), reference=reference,
                      backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n,
                      seed=seed, dtype=dtype, batch_size=batch_size, run_id=run_id,
                      results_dir=str(results_dir) if results_dir else None, progress=not json_out)
     res = run_eval(cfg, log=_err)
+    trackers.report_evaluation(names, res.run_dir, log=_err)
     if json_out:
         typer.echo(json.dumps(res.summary, indent=2))
     else:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import EvalHarnessError
+from .paths import write_atomic
 from .records import KEY_FIELDS, Score
 from .store import RunStore, find_run
 
@@ -378,23 +377,10 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
 
 
 def save_figure(fig: Any, out: Path | str) -> list[Path]:
-    """``out``.png and ``out``.svg, each written to a temporary sibling and renamed: never half-written."""
+    """``out``.png and ``out``.svg, each written atomically (``paths.write_atomic``): never half-written."""
     png, svg = _plot_paths(out)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmps: list[str] = []
-    try:
-        for path, fmt in ((png, "png"), (svg, "svg")):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            tmps.append(tmp)
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format=fmt)
-        for tmp, path in zip(tmps, (png, svg)):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return [png, svg]
+    return [write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
+            for path, fmt in ((png, "png"), (svg, "svg"))]
 
 
 def frontier(runs: list[str | Path], out: Path | str, *, reward_metric: str | None = None,

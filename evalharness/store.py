@@ -15,43 +15,26 @@ import contextlib
 import json
 import os
 import sqlite3
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import provenance
 from .errors import EvalHarnessError
-from .paths import results_root
-from .records import KEY_FIELDS, SCHEMA_VERSION, GenRecord, Score, Verdict
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(file)`` into a temporary sibling, fsync, rename: a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk must not leave temp files behind
-            os.unlink(tmp)
-        raise
+from .paths import results_root, write_atomic
+from .records import KEY_FIELDS, GenRecord, Score, Verdict
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    _write_atomic(path, lambda f: json.dump(data, f, indent=2, ensure_ascii=False, default=str))
+    write_atomic(path, lambda f: json.dump(data, f, indent=2, ensure_ascii=False, default=str))
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    _write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    write_atomic(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda f: f.write(text))
+    write_atomic(path, lambda f: f.write(text))
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:

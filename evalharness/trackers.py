@@ -17,6 +17,7 @@ database (``mlartifacts/``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -162,8 +163,14 @@ _MLFLOW_KEY, _MLFLOW_VALUE = 250, 6000
 
 
 def mlflow_key(key: str) -> str:
-    """A metric or param name as MLflow accepts it: every other character (a model's ``@``) becomes ``_``."""
-    return _MLFLOW_BAD.sub("_", key)
+    """A metric or param name as MLflow accepts it: every other character (a model's ``@``) becomes ``_``; an empty,
+    ``.`` or ``..`` path segment (a model given as an absolute path: ``/ckpt/...``) becomes ``_``, since MLflow refuses
+    names that would resolve to another as a file path; a name over MLflow's 250 characters keeps its tail, after
+    8 hex digits of its hash so that two long names stay apart."""
+    key = "/".join("_" if part in ("", ".", "..") else part for part in _MLFLOW_BAD.sub("_", key).split("/"))
+    if len(key) > _MLFLOW_KEY:
+        key = f"{hashlib.sha256(key.encode()).hexdigest()[:8]}_{key[-(_MLFLOW_KEY - 9):]}"
+    return key
 
 
 class MlflowTracker:

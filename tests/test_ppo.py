@@ -231,6 +231,28 @@ def test_bf16_mixed_precision_trains(base, prompts, tmp_path):
     assert all(math.isfinite(m["loss"]) for m in res.metrics)
 
 
+def test_bf16_rollouts_sample_from_a_synced_bf16_copy_and_the_ratio_starts_at_one(base, prompts, tmp_path):
+    """bf16 runs sample from a bf16 copy of the actor (no per-call autocast casts); it follows every update, and the
+    first update is still on-policy because the old log-probs come from the actor's own forward."""
+    from evalharness.models import load_fresh, resolve
+    from evalharness.train.ppo import _sampler, _sync_sampler
+    policy = load_fresh(resolve(str(base)), dtype="float32")[0]
+    assert _sampler(policy, cfg(base, prompts, tmp_path / "x")) is None  # fp32: samples from the actor itself
+    assert _sampler(policy, cfg(base, prompts, tmp_path / "x", dtype="bfloat16", lora=True)) is None
+    sampler = _sampler(policy, cfg(base, prompts, tmp_path / "x", dtype="bfloat16"))
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in sampler.parameters())
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)
+    _sync_sampler(sampler, policy)
+    for (n, a), b in zip(sampler.named_parameters(), policy.parameters()):
+        assert torch.equal(a, b.to(torch.bfloat16)), n
+    res = train(cfg(base, prompts, tmp_path / "r", max_steps=2, dtype="bfloat16", hp={"num_ppo_epochs": 1}))
+    first = res.metrics[0]
+    assert first["val/ratio"] == pytest.approx(1.0, abs=1e-6) and first["policy/approxkl_avg"] < 1e-10
+    assert res.metrics[1]["objective/kl"] != 0.0  # the second batch was sampled after the update
+
+
 def test_bad_hyperparameters_fail_before_work(base, prompts, tmp_path):
     for hp, word in (({"kl_estimator": "k2"}, "kl_estimator"), ({"num_ppo_epochs": 0}, "num_ppo_epochs"),
                      ({"reward": "kl"}, "reward"), ({"lam": 1.5}, "lam"), ({"beta": 0.1}, "beta")):

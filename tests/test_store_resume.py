@@ -121,3 +121,44 @@ def test_eval_refuses_endpoint_backends_before_writing(tmp_path):
     with pytest.raises(EvalHarnessError, match="cannot"):
         run_eval(_cfg(tmp_path, backend="openai"))
     assert not (tmp_path / "res").exists()
+
+
+def test_atomic_writes_get_the_umask_mode_and_leave_nothing_on_failure(tmp_path):
+    """One writer (paths.write_atomic) for results, figures, checkpoints' tensors and downloads: files get
+    0666 & ~umask like a plain open (mkstemp alone gives 0600, unreadable by the rest of a team sharing a results
+    folder), atomic_dir folders 0777 & ~umask, and a writer that fails leaves no file and no temporary behind."""
+    import os
+    import stat
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evalharness.paths import atomic_dir, write_atomic
+    from evalharness.plot import save_figure
+    from evalharness.store import write_json_atomic
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        fig = plt.figure()
+        png, svg = save_figure(fig, tmp_path / "fig")
+        plt.close(fig)
+        with atomic_dir(tmp_path / "ck") as d:
+            (d / "w").write_text("1")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "a.json", png, svg, tmp_path / "ck")}
+        assert modes == {"a.json": 0o644, "fig.png": 0o644, "fig.svg": 0o644, "ck": 0o755}, modes
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg.read_bytes()[:400]
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.bin", lambda f: f.write(b"x"), binary=True)
+        assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+    def boom(f):
+        f.write("half")
+        raise OSError("disk full")
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "a.json", boom)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and json.loads((tmp_path / "a.json").read_text()) == {"x": 1}

@@ -266,6 +266,37 @@ report_to: none
     assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
+def test_eval_cli_report_to_mlflow(sweep, tiny_model, tmp_path):
+    """`evalharness eval --report-to mlflow`: the run's scores (each model's sentiment and KL) and its comparison
+    table (paired against the --reference row) read back from the store MLFLOW_TRACKING_URI names."""
+    from evalharness.store import RunStore
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(p) + "\n" for p in HELDOUT[:2]))
+    ckpt = sweep.runs[0][1].output_dir / "checkpoint-3"
+    uri = f"sqlite:///{tmp_path / 'eval.db'}"
+    env = {**child_env(), "MLFLOW_TRACKING_URI": uri}
+    p = subprocess.run([sys.executable, "-m", "evalharness.cli", "eval", "--model", str(tiny_model), "--model",
+                        str(ckpt), "--reference", str(tiny_model), "--prompts", "heldout.jsonl", "--judges",
+                        "sentiment,kl", "--max-new-tokens", "6", "--results-dir", str(tmp_path / "results"),
+                        "--report-to", "mlflow", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    store = RunStore(Path(json.loads(p.stdout)["path"]))
+    client = MlflowClient(uri)
+    run = mlflow_run(client, store.run_id)
+    scores = store.scores()
+    assert len({s.model for s in scores}) == 2 and {s.task for s in scores} == {"sentiment", "kl"}
+    assert "did not get everything" not in p.stderr, p.stderr
+    for s in scores:
+        assert run.data.metrics[trackers.mlflow_key(f"{s.model}/{s.task}/{s.metric}/value")] == s.value
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "comparison.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert any(r.get("delta") is not None for r in rows)  # paired against the reference row
+    bad = subprocess.run([sys.executable, "-m", "evalharness.cli", "eval", "--model", str(tiny_model), "--prompts",
+                          "heldout.jsonl", "--judges", "sentiment", "--report-to", "tensorboard"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "tensorboard" in bad.stderr
+
+
 # ---------------------------------------------------------------- PPO, resume, failures, configuration
 @pytest.fixture
 def prompts(tmp_path: Path) -> Path:
@@ -344,6 +375,10 @@ def test_report_to_names():
     assert e.value.field == "report_to" and "unknown tracker 'tensorboard'; known: wandb, mlflow" in str(e.value)
     assert trackers.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == \
         {"a.b": 1, "a.c.d": [1, 2], "e": {}, "f": None}  # as transformers' flatten_dict
+    assert trackers.mlflow_key("dpo@16/sentiment/value") == "dpo_16/sentiment/value"
+    assert trackers.mlflow_key("/ckpt/../a//b/./v") == "_/ckpt/_/a/_/b/_/v"
+    long = [trackers.mlflow_key("/" + "x" * 300 + f"/{i}/value") for i in (1, 2)]
+    assert all(len(k) == 250 for k in long) and long[0] != long[1] and long[0].endswith("x/1/value")
 
 
 @pytest.mark.parametrize("package", ["wandb", "mlflow"])

@@ -36,7 +36,6 @@ from typing import Any
 
 from evalharness import provenance
 from evalharness.html_report import write_report
-from evalharness.metrics import alpaca_eval as ae
 from evalharness.records import SCHEMA_VERSION, GenRecord, Score, Verdict
 from evalharness.stats import mean_ci
 from evalharness.store import RunStore, write_json_atomic

@@ -34,7 +34,7 @@ from typing import Any
 from .. import provenance, trackers
 from ..errors import EvalHarnessError, InputError
 from ..models import ModelRef, load_fresh, resolve
-from ..paths import atomic_dir, results_root
+from ..paths import atomic_dir, results_root, write_atomic
 from ..prompts import PromptItem, file_hash, load_prompts, render, render_response
 from ..store import read_jsonl, write_json_atomic, write_jsonl_atomic
 from .algorithms import get_spec, make_config
@@ -700,9 +700,7 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def _save_tensor(t: Any, path: Path) -> None:
     import torch
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(t, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(t, f), binary=True)
 
 
 def _checkpoints(out: Path) -> list[Path]:
