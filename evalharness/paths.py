@@ -26,6 +26,11 @@ def results_root() -> Path:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``): setting it to read
+    it back would, for that instant, give files other threads create (a tracker's, a logger's) mode 0666."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask
