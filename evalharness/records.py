@@ -155,6 +155,26 @@ class Verdict(Record):
             self.key = f"{self.item_id}#{self.sample_index}"
 
 
+# A score counts as measured only when something was scored and at most this share of its judgments
+# failed or went unparsed (DESIGN: a judge that fails is counted, never a score). One rule for the
+# regression gate, the run's exit status and history's marks; ``--max-skipped`` overrides it.
+MAX_SKIPPED_SHARE = 0.10
+
+
+def unmeasured_reason(n: int, n_skipped: int, max_skipped_share: float = MAX_SKIPPED_SHARE) -> str | None:
+    """Why a result of ``n`` scored and ``n_skipped`` failed-or-unparsed units is not a measurement, or None.
+
+    ``n`` counts scored units only (items, games, turns), ``n_skipped`` the failed and unparsed ones.
+    """
+    total = n + n_skipped
+    if n <= 0:
+        return f"nothing scored ({n_skipped} of {total} judgments failed or unparsed)" if total else "nothing scored"
+    if n_skipped > max_skipped_share * total:
+        return (f"{n_skipped} of {total} judgments failed or unparsed "
+                f"({n_skipped / total:.0%} > {max_skipped_share:.0%} allowed)")
+    return None
+
+
 KEY_FIELDS = ("task", "task_version", "metric", "judge_id", "judge_version", "baseline", "decoding")
 
 
@@ -195,6 +215,12 @@ class Score(Record):
         if data.get("higher_is_better") is None and isinstance(data.get("extra"), dict):
             data["higher_is_better"] = data["extra"].get("higher_is_better")
         return super().from_dict(data)  # type: ignore[misc, no-any-return]
+
+    def unmeasured(self, max_skipped_share: float = MAX_SKIPPED_SHARE) -> str | None:
+        """Why this score is not a measurement (nothing scored, too many failures, no value), or None."""
+        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
+            return unmeasured_reason(self.n, self.n_skipped, max_skipped_share) or "no value computed"
+        return unmeasured_reason(self.n, self.n_skipped, max_skipped_share)
 
     @property
     def key(self) -> tuple[Any, ...]:
