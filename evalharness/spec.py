@@ -32,6 +32,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from . import decoding
 from .errors import InputError, read_utf8
 from .trackers import ReportTo
 
@@ -42,12 +43,31 @@ class _Strict(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-class GenerationSpec(_Strict):
-    max_new_tokens: int = pydantic.Field(1024, ge=1)
-    temperature: float = pydantic.Field(0.0, ge=0)
-    top_p: float = pydantic.Field(1.0, gt=0, le=1)
-    seed: int = 0
-    n: int = pydantic.Field(1, ge=1)  # samples per prompt (classifier rewards, KL)
+def _decoding_model() -> type[BaseModel]:
+    """The spec's ``generation:`` section: ``evalharness.decoding.Decoding``'s fields, defaults and ranges."""
+    types = {"int": int, "float": float}
+    fields: dict[str, Any] = {f.name: (types[str(f.type)], pydantic.Field(f.default, description=f.metadata["help"],
+                                                                         **decoding.bounds(f.name)))
+                              for f in decoding.FIELDS}
+    return pydantic.create_model("GenerationSpec", __base__=_Strict, **fields)
+
+
+GenerationSpec = _decoding_model()
+
+
+def _one_temperature(value: Any) -> Any:
+    """A temperature list at the run's level is a sweep written in the wrong place: say where sweeps go."""
+    if isinstance(value, dict) and isinstance(value.get("temperature"), list):
+        raise ValueError("the run's generation takes one temperature; a temperature sweep goes under a task's "
+                         "generation (tasks: {NAME: {generation: {temperature: [0.0, 1.0]}}})")
+    return value
+
+
+def _known_backend(name: str) -> str:
+    from .backends import backend_names
+    if name not in backend_names():
+        raise ValueError(f"unknown backend '{name}'; available: {', '.join(backend_names())}")
+    return name
 
 
 class JudgeSpec(_Strict):
@@ -91,10 +111,12 @@ class RunSpec(_Strict):
     model_name: str | None = None  # how that one model is named in tables and official-format files
 
     _names_inside = pydantic.field_validator("model_name")(_inside_results)
+    _backend_known = pydantic.field_validator("backend")(_known_backend)
+    _generation_one = pydantic.field_validator("generation", mode="before")(_one_temperature)
     reference: str | None = None  # the SFT model, for kl
-    backend: Literal["hf", "vllm", "openai", "fake"] = "hf"
+    backend: str = "hf"  # a name registered in evalharness.backends (hf, vllm, openai, fake, ...)
     backend_options: dict[str, Any] = {}
-    generation: GenerationSpec = GenerationSpec()
+    generation: GenerationSpec = GenerationSpec()  # type: ignore[valid-type]
     judge: JudgeSpec | None = None
     tasks: dict[str, dict[str, Any] | None]
     report_to: ReportTo = []  # experiment trackers the finished run is sent to: wandb, mlflow

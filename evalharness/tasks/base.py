@@ -27,8 +27,9 @@ from typing import Any, ClassVar, Protocol
 from .. import benchdata
 from ..backends.base import Backend
 from ..backends.openai import ChatRequest, ChatResult
+from ..decoding import Decoding
 from ..errors import EvalHarnessError, InputError
-from ..records import GenRecord, GenRequest, SamplingParams, Score, Verdict, content_hash
+from ..records import GenRecord, GenRequest, Score, Verdict, content_hash
 
 
 def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
@@ -56,26 +57,7 @@ class ChatJudge(Protocol):
     def complete(self, requests: list[ChatRequest], progress: bool = False) -> list[ChatResult]: ...
 
 
-@dataclass
-class GenerationSettings:
-    """Decoding for the policy's answers (a task may fix or override it, e.g. KL or MT-Bench's temperatures)."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    n: int = 1  # samples per prompt (classifier rewards and KL; benchmarks answer once)
-
-    def params(self, **overrides: Any) -> SamplingParams:
-        base = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed}
-        return SamplingParams(**{**base, **overrides})
-
-    def decoding(self, **overrides: Any) -> dict[str, Any]:
-        """The part of the comparability key that describes the policy's decoding (the seed is not: two
-        seeds sample one distribution)."""
-        d = {**asdict(self), **overrides}
-        return {k: d[k] for k in ("temperature", "top_p", "max_new_tokens", "n")}
+GenerationSettings = Decoding  # the one decoding config (evalharness.decoding), under its older name
 
 
 @dataclass
