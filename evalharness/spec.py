@@ -55,6 +55,12 @@ def _decoding_model() -> type[BaseModel]:
 GenerationSpec = _decoding_model()
 
 
+def decoding_field(name: str, preset: decoding.Decoding) -> Any:
+    """A pydantic field for decoding field ``name``, its default taken from ``preset`` and its range from
+    ``Decoding`` (a sweep's ``eval:`` and ``on_policy:`` sections)."""
+    return pydantic.Field(getattr(preset, name), **decoding.bounds(name))
+
+
 def _one_temperature(value: Any) -> Any:
     """A temperature list at the run's level is a sweep written in the wrong place: say where sweeps go."""
     if isinstance(value, dict) and isinstance(value.get("temperature"), list):
