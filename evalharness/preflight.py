@@ -24,10 +24,7 @@ from .spec import JudgeSpec
 
 def check_backend(name: str, options: dict[str, Any] | None = None, *, probe: bool = True) -> Capabilities:
     """The capabilities of backend ``name``, after checking its options: batch sizes, its key variable, its URL."""
-    try:
-        caps = capabilities(name)
-    except Exception as e:  # an unknown name: the registry's message lists the known ones
-        raise InputError(str(e), field="backend") from None
+    caps = capabilities(name)  # an unknown name: the registry's error lists the known ones
     options = options or {}
     for key in ("batch_size", "score_batch_size"):
         value = options.get(key)

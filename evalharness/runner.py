@@ -194,9 +194,6 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
 def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
     """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
     trackers.check(plan.report_to)
-    for note in preflight(backend=plan.backend, backend_options=plan.backend_options, generation=plan.generation,
-                          judge=None if plan.chat_judge else plan.judge, tasks=plan.tasks):
-        log(note)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
     judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
@@ -205,6 +202,10 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
                  reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
                  progress=plan.progress, log=log)
     tasks = _setup_tasks(plan, env, ref_spec, log)
+    # After the local checks (files, models), before the run folder: keys, endpoints, decoding, data folders.
+    for note in preflight(backend=plan.backend, backend_options=plan.backend_options, generation=plan.generation,
+                          judge=None if plan.chat_judge else plan.judge, tasks=plan.tasks):
+        log(note)
     identity = {"models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
                 "reference": models.identity(ref_spec) if ref_spec else None,
                 "judge": {"name": judge_name, "protocol": getattr(judge, "protocol", None)} if judge else None,

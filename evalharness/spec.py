@@ -4,7 +4,8 @@
     models: [smollm2-135m-instruct, {name: dpo-24, ref: results/train/quickstart-sentiment/dpo-beta0.1-s0/checkpoint-24}]
     # or  from_sweep: results/train/quickstart-sentiment   (its base, named sft, and every checkpoint)
     # or  model: ./checkpoints/simpo  (one model; model_name: names it)
-    backend: hf                       # hf | vllm | openai (backend_options: base_url, api_key_env) | fake
+    backend: hf                       # a registered backend: hf | vllm | openai (backend_options: base_url,
+                                      # api_key_env) | fake; see evalharness.backends
     reference: smollm2-135m-instruct  # for kl
     generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
     judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
@@ -12,12 +13,17 @@
       sentiment: {prompts: ./sentiment/prompts_heldout.jsonl, generation: {max_new_tokens: 40, temperature: 1.0}}
       kl: {prompts: ./sentiment/prompts_heldout.jsonl}
       alpaca_eval: {limit: null}      # keys are the task module's Config fields
+      arena_hard: {data_dir: ../benchdata}   # data_dir: the benchmark data root, laid out like shared/benchdata
+                                             # (alpaca_eval/, arena_hard/, mt_bench/); default: pinned downloads
       helpfulness: {task: reward, judge: "hf:./my-reward-model", prompts: ./p.jsonl}   # task: picks the module
       summarize: {task: alpaca_eval, generation: {temperature: [0.0, 0.5, 1.0]}}   # one task per temperature:
                                                                                   # summarize@t0, @t0.5, @t1
     report_to: [wandb, mlflow]        # experiment trackers (evalharness/trackers.py); default none
 
-Task paths written ``./x`` or ``../x`` are relative to the spec file.
+Task paths written ``./x`` or ``../x`` are relative to the spec file. ``generation:`` holds the fields of
+``evalharness.decoding.Decoding`` (one temperature); a temperature sweep goes under a task's ``generation:``.
+Before anything runs, ``evalharness.preflight`` checks the backend, every decoding value, API key variables,
+that the judge's endpoint answers, and every ``data_dir``: a bad spec costs nothing and writes nothing.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EvalHarnessError
+from ..errors import InputError
 from .base import Backend
 
 
@@ -75,7 +75,7 @@ def scoring_backends() -> str:
 def capabilities(name: str) -> Capabilities:
     """What backend ``name`` can do; an unknown name is an error listing the known ones."""
     if name not in _REGISTRY:
-        raise EvalHarnessError(f"unknown backend '{name}'; available: {', '.join(backend_names())}")
+        raise InputError(f"unknown backend '{name}'; available: {', '.join(backend_names())}", field="backend")
     return _REGISTRY[name].capabilities
 
 
