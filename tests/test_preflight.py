@@ -149,7 +149,7 @@ def test_capabilities_not_names() -> None:
 
 
 def test_data_dir_is_the_benchmark_root_and_the_old_form_still_reads(tmp_path: Path) -> None:
-    rel, name = "arena-hard-v0.1/question.jsonl", "arena_hard/v0.1/questions"
+    rel, name = "arena-hard-v0.1/model_answer/demo-baseline.jsonl", "arena_hard/v0.1/answers/gpt-4-0314"
     assert data_file(str(DEMO), rel, name) == DEMO / "arena_hard" / rel  # the one meaning: the root
     with pytest.warns(FutureWarning, match="deprecated"):
         assert data_file(str(DEMO / "arena_hard"), rel, name) == DEMO / "arena_hard" / rel
