@@ -42,7 +42,9 @@ from . import decoding
 from .errors import InputError, read_utf8
 from .trackers import ReportTo
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A spec section: unknown keys are errors (pydantic ``extra="forbid"``)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -55,7 +57,7 @@ def _decoding_model() -> type[BaseModel]:
     fields: dict[str, Any] = {f.name: (types[str(f.type)], pydantic.Field(f.default, description=f.metadata["help"],
                                                                          **decoding.bounds(f.name)))
                               for f in decoding.FIELDS}
-    return pydantic.create_model("GenerationSpec", __base__=_Strict, **fields)
+    return pydantic.create_model("GenerationSpec", __base__=Strict, **fields)
 
 
 GenerationSpec = _decoding_model()
@@ -82,7 +84,7 @@ def _known_backend(name: str) -> str:
     return name
 
 
-class JudgeSpec(_Strict):
+class JudgeSpec(Strict):
     type: Literal["openai", "local"] = "openai"
     model: str
     base_url: str | None = None  # openai: the endpoint (OpenAI, vLLM serve, any compatible server)
@@ -108,14 +110,14 @@ def _inside_results(name: str | None) -> str | None:
     return name
 
 
-class ModelEntry(_Strict):
+class ModelEntry(Strict):
     name: str
     ref: str
 
     _name_inside = pydantic.field_validator("name")(_inside_results)
 
 
-class RunSpec(_Strict):
+class RunSpec(Strict):
     name: str
     models: list[str | ModelEntry] | None = None
     from_sweep: str | None = None  # a training sweep's folder (or its name under RESULTS/train)
@@ -152,7 +154,8 @@ def _lines(node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...
     return out
 
 
-def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    """The line of ``loc`` in a spec, or of its nearest parent that has one."""
     for n in range(len(loc), -1, -1):
         if tuple(loc[:n]) in lines:
             return lines[tuple(loc[:n])]
@@ -183,7 +186,7 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
         # A union field (str | ModelEntry) reports one error per branch: the value check's own message says more.
         err = next((x for x in e.errors() if x["type"] == "value_error"), e.errors()[0])
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x[:1].isupper()))  # no union branch names
-        raise InputError(err["msg"], path=str(path), line=_line_of(lines, loc),
+        raise InputError(err["msg"], path=str(path), line=line_of(lines, loc),
                          field=".".join(map(str, loc))) from e
 
 
@@ -196,7 +199,7 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
     """The validated spec and its tasks (``TaskSpec``s with each task module's Config object)."""
     path = Path(path)
     spec, lines = load_yaml_model(path, RunSpec)
-    where = lambda *loc: {"path": str(path), "line": _line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
         raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
     given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
@@ -217,12 +220,12 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
     ``task:`` to pick the module when the name is not one, and ``generation:`` to override decoding)."""
     from .tasks.base import TaskSpec, known_tasks, task_class
     if not tasks:
-        raise InputError("list at least one task", path=str(path), line=_line_of(lines, at), field=".".join(at))
+        raise InputError("list at least one task", path=str(path), line=line_of(lines, at), field=".".join(at))
     out = []
     for name, options in tasks.items():
         options = dict(options or {})
         loc = at + (name,)
-        where = lambda *k: {"path": str(path), "line": _line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
+        where = lambda *k: {"path": str(path), "line": line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
         module = options.pop("task", name)
         if module not in known_tasks():
             raise InputError(f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ())))

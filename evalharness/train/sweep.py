@@ -36,7 +36,7 @@ from .. import trackers
 from ..errors import EvalHarnessError, InputError
 from ..paths import results_root
 from ..decoding import PAIRS, Decoding
-from ..spec import JudgeSpec, _line_of, _Strict, decoding_field, load_yaml_model, parse_tasks, spec_path
+from ..spec import JudgeSpec, line_of, Strict, decoding_field, load_yaml_model, parse_tasks, spec_path
 from ..store import RunStore, write_json_atomic
 from .algorithms import ALGORITHMS, get_spec, make_config
 from .trainer import TrainConfig, TrainResult
@@ -45,7 +45,7 @@ _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm"
                                                                      "run_name", "output_dir", "report_to"}
 
 
-class OnPolicySpec(_Strict):
+class OnPolicySpec(Strict):
     prompts: str
     judge: str = "sentiment"
     k: int = pydantic.Field(4, ge=2)
@@ -57,13 +57,13 @@ class OnPolicySpec(_Strict):
     model: str | None = None  # default: the base model
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     path: str | None = None
     on_policy: OnPolicySpec | None = None
     prompts: str | None = None  # for online algorithms (ppo); default: on_policy.prompts
 
 
-class EvalSpec(_Strict):
+class EvalSpec(Strict):
     prompts: str | None = None  # with judges: the held-out prompts
     judges: list[str] | None = None  # default: the judge that built the on-policy pairs (else sentiment), and kl
     tasks: dict[str, dict[str, Any] | None] | None = None  # any tasks, as a run spec's tasks: (instead of judges)
@@ -79,7 +79,7 @@ class EvalSpec(_Strict):
     batch_size: int | None = pydantic.Field(None, ge=1)  # None: sized from a memory budget
 
 
-class TrainSpec(_Strict):
+class TrainSpec(Strict):
     name: str
     base: str
     data: DataSpec
@@ -113,7 +113,7 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
     """Validate a sweep spec and expand it; any problem names the file, line and field."""
     path = Path(path)
     spec, lines = load_yaml_model(path, TrainSpec)
-    where = lambda *loc: {"path": str(path), "line": _line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     d = spec.data
     online = [a for a in spec.algorithms if a in ALGORITHMS and get_spec(a).online]
     if d.path is not None and d.on_policy is not None or (
