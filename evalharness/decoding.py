@@ -16,8 +16,8 @@ from .errors import InputError
 from .records import SamplingParams
 
 
-def _f(default: Any, help: str, **bounds: float) -> Any:  # noqa: A002 - the CLI's word
-    return field(default=default, metadata={"help": help, **bounds})
+def _f(default: Any, text: str, **bounds: float) -> Any:
+    return field(default=default, metadata={"help": text, **bounds})
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..decoding import PAIRS, Decoding
 from ..errors import EvalHarnessError
 from ..judges import CLASSIFIER_JUDGES, get_judge
 from ..models import ModelRef, resolve
 from ..prompts import load_prompts, render
-from ..decoding import PAIRS, Decoding
 from ..records import GenRequest
 from ..store import write_json_atomic, write_jsonl_atomic
 from .data import PreferencePair, data_hash
