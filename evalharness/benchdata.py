@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import paths
-from .errors import EvalHarnessError
+from .errors import EvalHarnessError, InputError
 
 
 class DataFile(NamedTuple):
@@ -77,6 +77,9 @@ def fetch(name: str, *, local_dir: str | Path | None = None, download_missing: b
     entry = REGISTRY[name]
     looked = []
     if local_dir is not None:
+        if not Path(local_dir).is_dir():  # a wrong data_dir is named as such, not reported as a failed download
+            raise InputError("data_dir is not a folder (give the benchmark data root, laid out like shared/benchdata)",
+                             path=str(local_dir), field="data_dir")
         local = Path(local_dir) / entry.path
         if local.is_file():
             if (got := sha256_file(local)) != entry.sha256:
@@ -94,7 +97,12 @@ def fetch(name: str, *, local_dir: str | Path | None = None, download_missing: b
                                f"({entry.note}): pass a local folder that has {entry.path}")
     if not download_missing:
         raise EvalHarnessError(f"{name}: not found (looked in {', '.join(looked)}) and downloads are off")
-    return download(entry.url, cached, entry.sha256, timeout_s=timeout_s)
+    try:
+        return download(entry.url, cached, entry.sha256, timeout_s=timeout_s)
+    except EvalHarnessError as e:
+        if local_dir is None:
+            raise
+        raise EvalHarnessError(f"{name}: not in data_dir (looked for {looked[0]}) nor the cache, and {e}") from None
 
 
 # ------------------------------------------------------------------ the registry

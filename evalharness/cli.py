@@ -7,11 +7,13 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
 
-from .errors import EvalHarnessError
+from .decoding import FRONTIER, PREVIEW, Decoding
+from .errors import EvalHarnessError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate preference-optimized checkpoints: generate, judge, measure KL, compare.")
@@ -21,6 +23,10 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+# $EVALHARNESS_RESULTS is read here, at the edge, and the folder passed down as an argument.
+_RESULTS = Annotated[Optional[Path], typer.Option(envvar="EVALHARNESS_RESULTS", show_envvar=True,
+                                                  help="results root (default ./results)")]
+_BACKEND_HELP = "a registered backend: hf, vllm, openai, fake (evalharness.backends)"
 _REPORT_TO = Annotated[Optional[str], typer.Option(help="experiment trackers, comma list: wandb, mlflow, or none "
                                                          "(default: the spec's report_to, else none)")]
 
@@ -28,6 +34,39 @@ _REPORT_TO = Annotated[Optional[str], typer.Option(help="experiment trackers, co
 def _trackers(value: Optional[str]) -> Optional[list[str]]:
     from .trackers import parse_report_to
     return None if value is None else parse_report_to(value)
+
+
+def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per ``Decoding`` field (help and range from the field, default from ``preset``)
+    and call it with a checked ``decoding=Decoding(...)``: the options are built from the config, not copied."""
+    import functools
+    import inspect
+    from typing import get_type_hints
+
+    from .decoding import FIELDS
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        types = {"int": int, "float": float}
+        added = {f.name: Annotated[types[str(f.type)], typer.Option(help=f.metadata["help"])] for f in FIELDS}
+        sig = inspect.signature(command, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.name != "decoding"]
+        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(preset, name),
+                                     annotation=kind) for name, kind in added.items()]
+
+        @functools.wraps(command)
+        def run(**kwargs: object) -> None:
+            values = {f.name: kwargs.pop(f.name) for f in FIELDS}
+            try:
+                chosen = Decoding(**values)  # type: ignore[arg-type]
+            except InputError as e:  # name the flag the user typed
+                raise InputError(e.reason, field="--" + (e.field or "").replace("_", "-")) from None
+            command(decoding=chosen, **kwargs)
+
+        hints = {k: v for k, v in get_type_hints(command, include_extras=True).items() if k != "decoding"}
+        run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {**hints, **added}
+        return run
+    return wrap
 
 
 def _quiet_libraries() -> None:
@@ -42,38 +81,40 @@ def _quiet_libraries() -> None:
 
 
 @app.command()
+@_decoding_options(PREVIEW)
 def generate(
     model: Annotated[str, typer.Option(help="bundled alias, local directory or HF id")],
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     out: Annotated[Path, typer.Option(help="output JSONL of generations")],
-    max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-    n: Annotated[int, typer.Option(help="samples per prompt")] = 1, seed: int = 0,
-    backend: str = "hf", batch_size: int = 16,
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "hf",
+    batch_size: Annotated[int, typer.Option(help="prompts per batch (hf)")] = 16,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, or auto (bf16 where the hardware has it)")] = "float32",
+    *, decoding: Decoding,
 ) -> None:
     """Sample responses for a prompt file."""
     from .generate import GenerateConfig, generate_file
     _quiet_libraries()
-    path = generate_file(GenerateConfig(model, str(prompts), str(out), max_new_tokens, temperature, top_p, n, seed,
-                                        backend, batch_size, dtype))
+    d = decoding
+    path = generate_file(GenerateConfig(model, str(prompts), str(out), d.max_new_tokens, d.temperature, d.top_p, d.n,
+                                        d.seed, backend, batch_size, dtype))
     _err(f"wrote {path}")
 
 
 @app.command("eval")
+@_decoding_options(FRONTIER)
 def eval_(
     model: Annotated[list[str], typer.Option(help="policy to evaluate (repeatable)")],
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     reference: Annotated[Optional[str], typer.Option(help="reference (SFT) model for KL")] = None,
     judges: Annotated[str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")] = "sentiment,toxicity,kl",
-    max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-    n: Annotated[int, typer.Option(help="samples per prompt")] = 1, seed: int = 0,
-    backend: Annotated[str, typer.Option(help="hf, vllm or fake (KL scores responses: not an openai endpoint)")] = "hf",
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP + " (KL scores responses: not an openai endpoint)")] = "hf",
     batch_size: Annotated[Optional[int], typer.Option(help="default: sized from a memory budget")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, or auto (bf16 where the hardware has it)")] = "float32",
     run_id: Annotated[Optional[str], typer.Option(help="name of the run folder (default: hash of the config)")] = None,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     report_to: _REPORT_TO = None,
+    *, decoding: Decoding,
 ) -> None:
     """Generate, judge and measure KL for one or more models; print a table of scores."""
     from . import trackers
@@ -82,10 +123,11 @@ def eval_(
     _quiet_libraries()
     names = _trackers(report_to) or []
     trackers.check(names)  # a missing tracker package fails before anything runs
+    d = decoding
     cfg = EvalConfig(models=model, prompts=str(prompts), judges=judges.split(","), reference=reference,
-                     backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n,
-                     seed=seed, dtype=dtype, batch_size=batch_size, run_id=run_id,
-                     results_dir=str(results_dir) if results_dir else None, progress=not json_out)
+                     backend=backend, temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens, n=d.n,
+                     seed=d.seed, dtype=dtype, batch_size=batch_size, run_id=run_id,
+                     results_dir=results_dir, progress=not json_out)
     res = run_eval(cfg, log=_err)
     trackers.report_evaluation(names, res.run_dir, log=_err)
     if json_out:
@@ -97,7 +139,7 @@ def eval_(
 
 @app.command()
 def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
-         results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+         results_dir: _RESULTS = None,
          json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print a finished run's scores (runs written before schema 2 too)."""
     from .report import print_scores
@@ -115,7 +157,7 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
 def quickstart(
     algorithms: Annotated[Optional[str], typer.Option(
         help="comma list, or 'all' for every algorithm (default: dpo,simpo; dpo,odpo for toxicity)")] = None,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
     seed: int = 0,
     task: Annotated[str, typer.Option(help="sentiment (higher is better) or toxicity (lower is better)")] = "sentiment",
 ) -> None:
@@ -164,14 +206,11 @@ def train_(
     fsdp: Annotated[bool, typer.Option(help="FSDP2-shard the model over torchrun's processes")] = False,
     run_name: Optional[str] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="default: RESULTS/train/RUN_NAME")] = None,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
     report_to: _REPORT_TO = None,
 ) -> None:
     """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
     _quiet_libraries()
-    if results_dir:
-        import os
-        os.environ["EVALHARNESS_RESULTS"] = str(results_dir)
     if spec is not None:
         if algorithm or base or data:
             raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
@@ -180,27 +219,30 @@ def train_(
         if report_to is not None:
             sweep.report_to = _trackers(report_to)
         _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
-        res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)
+        res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)  # checks its evaluation first (preflight)
         typer.echo(f"{sweep.name}: evaluation")
         _print_sweep(res)
         return
     if not (algorithm and base and data):
         raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
-    from .train.trainer import TrainConfig, train
+    from .train.trainer import TrainConfig, default_run_name, train
     hparams = {}
     for item in hp or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise EvalHarnessError(f"--hp takes KEY=VALUE, got '{item}'")
         hparams[key.strip()] = _scalar(value.strip())
-    res = train(TrainConfig(algorithm=algorithm, base=base, data=data, hparams=hparams, reference=reference,
-                            learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                            grad_accum=grad_accum, schedule=schedule, warmup_ratio=warmup_ratio, save_every=save_every,
-                            max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
-                            lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing,
-                            save_optimizer=save_optimizer, fsdp=fsdp, run_name=run_name,
-                            output_dir=str(output_dir) if output_dir else None,
-                            report_to=_trackers(report_to) or []), log=_err)
+    cfg = TrainConfig(algorithm=algorithm, base=base, data=data, hparams=hparams, reference=reference,
+                      learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                      grad_accum=grad_accum, schedule=schedule, warmup_ratio=warmup_ratio, save_every=save_every,
+                      max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
+                      lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing,
+                      save_optimizer=save_optimizer, fsdp=fsdp, run_name=run_name,
+                      output_dir=str(output_dir) if output_dir else None,
+                      report_to=_trackers(report_to) or [])
+    if results_dir and not output_dir:  # the results root is passed down, not set in the environment
+        cfg.output_dir = str(results_dir / "train" / (run_name or default_run_name(cfg)))
+    res = train(cfg, log=_err)
     for c in res.checkpoints:
         typer.echo(str(c))
     _err(("already trained: " if res.skipped else "checkpoints in ") + str(res.output_dir))
@@ -289,7 +331,7 @@ def plot_temperature(
 
 @app.command("run")
 def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
-         results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+         results_dir: _RESULTS = None,
          json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
          report_to: _REPORT_TO = None) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run."""
@@ -317,7 +359,7 @@ def compare(
     rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds of refit metrics (default: Arena-Hard 1000, "
                                                        "AlpacaEval LC 200)")] = None,
     seed: int = 0,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
 ) -> None:
     """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
     from .compare import build_table, render, resolve
@@ -331,7 +373,7 @@ def report(
     refs: _RUNS,
     out: Annotated[Path, typer.Option(help="the HTML file to write (one self-contained page)")],
     against: Annotated[Optional[str], typer.Option(help="the reference row: paired differences to it")] = None,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
 ) -> None:
     """One self-contained HTML page: compare's table, the figures, a per-prompt viewer of two models, provenance."""
     from .html_report import write_report
@@ -347,7 +389,7 @@ def regress(
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).
     Exit 0 when nothing fails, 1 when something does (or, with --strict, is inconclusive), 2 on bad input."""
@@ -393,7 +435,7 @@ def history(
     metric: Optional[str] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per task/metric")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
 ) -> None:
     """Every indexed score of a lineage over training step and time; drops from the previous point tested."""
     from .compare import history as query
@@ -446,7 +488,6 @@ def _metrics(bench: str, file: Path, json_out: bool, save: bool, results_dir: Op
 
 _JSON = Annotated[bool, typer.Option("--json", help="print the metrics as JSON")]
 _SAVE = Annotated[bool, typer.Option("--save", help="import the scores into the results store")]
-_RESULTS = Annotated[Optional[Path], typer.Option(help="results root (default ./results)")]
 
 
 @metrics_app.command("alpaca-eval")

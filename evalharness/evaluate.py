@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .decoding import FRONTIER, Decoding
 from .errors import EvalHarnessError
+from .preflight import check_backend
 from .records import Score
 from .runner import ModelSpec, RunPlan, run
-from .tasks.base import GenerationSettings, TaskSpec
+from .tasks.base import TaskSpec
 
 
 @dataclass
@@ -27,18 +29,23 @@ class EvalConfig:
     judges: list[str] = field(default_factory=lambda: ["sentiment", "toxicity", "kl"])
     reference: str | None = None
     backend: str = "hf"
-    temperature: float = 1.0  # reward/KL-frontier convention (DPO paper): sample the policy at T=1
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    n: int = 1
-    seed: int = 0
+    # Decoding: the reward/KL-frontier preset (evalharness.decoding.FRONTIER: the policy sampled at T=1).
+    temperature: float = FRONTIER.temperature
+    top_p: float = FRONTIER.top_p
+    max_new_tokens: int = FRONTIER.max_new_tokens
+    n: int = FRONTIER.n
+    seed: int = FRONTIER.seed
     dtype: str = "float32"  # or bfloat16, or auto (bf16 where the hardware has it; resolved before the run)
     # Not part of the result's identity:
     batch_size: int | None = None  # None: sized per batch from the KV-cache budget (hf backend)
     chunk_size: int = 64  # prompts per append: what a kill can lose, and the progress bar's step
     run_id: str | None = None
-    results_dir: str | None = None
+    results_dir: str | Path | None = None
     progress: bool = True
+
+    def decoding(self) -> Decoding:
+        """The decoding fields as the one decoding config (checked: a bad value names its field)."""
+        return Decoding(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.n)
 
 
 @dataclass
@@ -71,17 +78,15 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = lambda _: None) -> Ev
     """Generate, judge and measure KL for every model; resume a run with the same identity."""
     if not cfg.models:
         raise EvalHarnessError("no --model given")
+    caps = check_backend(cfg.backend, {"batch_size": cfg.batch_size}, probe=False)  # before any file is read
+    generation = cfg.decoding()
     tasks = judge_tasks(cfg.judges, cfg.prompts)
     if any(t.module == "kl" for t in tasks) and not cfg.reference:
         raise EvalHarnessError("the 'kl' judge needs --reference (the SFT model)")
-    options: dict[str, Any] = {}
-    if cfg.backend in ("hf", "vllm"):
-        options["dtype"] = cfg.dtype
-    if cfg.batch_size and cfg.backend == "hf":
-        options["batch_size"] = cfg.batch_size
+    options = {k: v for k, v in {"dtype": cfg.dtype, "batch_size": cfg.batch_size}.items()
+               if v is not None and k in caps.options}  # what the backend takes; the runner adds its defaults
     plan = RunPlan(name="eval", models=[ModelSpec(m, m) for m in dict.fromkeys(cfg.models)], tasks=tasks,
                    backend=cfg.backend, backend_options=options, reference=cfg.reference, kind="eval",
-                   generation=GenerationSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, cfg.n),
-                   run_id=cfg.run_id, results_dir=cfg.results_dir, progress=cfg.progress, chunk_size=cfg.chunk_size)
+                   generation=generation, run_id=cfg.run_id, results_dir=cfg.results_dir, progress=cfg.progress, chunk_size=cfg.chunk_size)
     res = run(plan, log=log)
     return EvalResult(res.path, res.scores, res.summary)

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance, trackers
-from .backends import backend_class, get_backend
+from .backends import backend_options, capabilities, get_backend, scoring_backends
 from .backends.base import Backend
 from .errors import EvalHarnessError, InputError
 from .models import ModelRef, evict, resolve, resolve_dtype
+from .preflight import preflight
 from .records import SCHEMA_VERSION, GenRecord, GenRequest, Score, content_hash
 from .spec import JudgeSpec
 from .store import RunStore
@@ -91,17 +92,16 @@ class _Models:
 
     def __init__(self, plan: RunPlan) -> None:
         self.plan = plan
-        self.options = dict(plan.backend_options)
-        if plan.backend == "hf":
-            self.options["dtype"] = resolve_dtype(self.options.get("dtype", "float32"))
-            self.options.setdefault("batch_size", "auto")
-            self.options.setdefault("progress", plan.progress)
+        self.caps = capabilities(plan.backend)
+        self.options = backend_options(plan.backend, plan.backend_options, progress=plan.progress)
+        if "dtype" in self.options:  # "auto" becomes what it means here, so the run's identity names it
+            self.options["dtype"] = resolve_dtype(self.options["dtype"])
         self.refs: dict[str, ModelRef | None] = {}
         self.live: dict[str, Backend] = {}
 
     def ref(self, spec: str) -> ModelRef | None:
         if spec not in self.refs:
-            self.refs[spec] = (resolve(spec) if self.plan.backend in ("hf", "vllm") and spec not in self.plan.backends
+            self.refs[spec] = (resolve(spec) if self.caps.local_weights and spec not in self.plan.backends
                                else None)
         return self.refs[spec]
 
@@ -171,9 +171,9 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
         task = task_class(ts.module)(ts.name, ts.config, env, ts.generation)
         if task.needs_reference and ref_spec is None:
             raise InputError(f"task '{ts.name}' needs a reference model (the SFT model): set reference", field="reference")
-        if task.needs_reference and not getattr(backend_class(plan.backend), "scores_responses", True):
+        if task.needs_reference and not capabilities(plan.backend).scores_responses:
             raise InputError(f"task '{ts.name}' scores the policy's responses (log-probs), which the "
-                             f"'{plan.backend}' backend cannot; use hf or vllm", field="backend")
+                             f"'{plan.backend}' backend cannot; use one that can: {scoring_backends()}", field="backend")
         if task.needs_judge and env.judge is None:
             log(f"{ts.name}: no judge: answers are generated and written, nothing is scored")
         try:
@@ -202,6 +202,10 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
                  reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
                  progress=plan.progress, log=log)
     tasks = _setup_tasks(plan, env, ref_spec, log)
+    # After the local checks (files, models), before the run folder: keys, endpoints, decoding, data folders.
+    for note in preflight(backend=plan.backend, backend_options=plan.backend_options, generation=plan.generation,
+                          judge=None if plan.chat_judge else plan.judge, tasks=plan.tasks):
+        log(note)
     identity = {"models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
                 "reference": models.identity(ref_spec) if ref_spec else None,
                 "judge": {"name": judge_name, "protocol": getattr(judge, "protocol", None)} if judge else None,

@@ -4,7 +4,8 @@
     models: [smollm2-135m-instruct, {name: dpo-24, ref: results/train/quickstart-sentiment/dpo-beta0.1-s0/checkpoint-24}]
     # or  from_sweep: results/train/quickstart-sentiment   (its base, named sft, and every checkpoint)
     # or  model: ./checkpoints/simpo  (one model; model_name: names it)
-    backend: hf                       # hf | vllm | openai (backend_options: base_url, api_key_env) | fake
+    backend: hf                       # a registered backend: hf | vllm | openai (backend_options: base_url,
+                                      # api_key_env) | fake; see evalharness.backends
     reference: smollm2-135m-instruct  # for kl
     generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
     judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
@@ -12,12 +13,17 @@
       sentiment: {prompts: ./sentiment/prompts_heldout.jsonl, generation: {max_new_tokens: 40, temperature: 1.0}}
       kl: {prompts: ./sentiment/prompts_heldout.jsonl}
       alpaca_eval: {limit: null}      # keys are the task module's Config fields
+      arena_hard: {data_dir: ../benchdata}   # data_dir: the benchmark data root, laid out like shared/benchdata
+                                             # (alpaca_eval/, arena_hard/, mt_bench/); default: pinned downloads
       helpfulness: {task: reward, judge: "hf:./my-reward-model", prompts: ./p.jsonl}   # task: picks the module
       summarize: {task: alpaca_eval, generation: {temperature: [0.0, 0.5, 1.0]}}   # one task per temperature:
                                                                                   # summarize@t0, @t0.5, @t1
     report_to: [wandb, mlflow]        # experiment trackers (evalharness/trackers.py); default none
 
-Task paths written ``./x`` or ``../x`` are relative to the spec file.
+Task paths written ``./x`` or ``../x`` are relative to the spec file. ``generation:`` holds the fields of
+``evalharness.decoding.Decoding`` (one temperature); a temperature sweep goes under a task's ``generation:``.
+Before anything runs, ``evalharness.preflight`` checks the backend, every decoding value, API key variables,
+that the judge's endpoint answers, and every ``data_dir``: a bad spec costs nothing and writes nothing.
 """
 
 from __future__ import annotations
@@ -32,25 +38,53 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from . import decoding
 from .errors import InputError, read_utf8
 from .trackers import ReportTo
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A spec section: unknown keys are errors (pydantic ``extra="forbid"``)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class GenerationSpec(_Strict):
-    max_new_tokens: int = pydantic.Field(1024, ge=1)
-    temperature: float = pydantic.Field(0.0, ge=0)
-    top_p: float = pydantic.Field(1.0, gt=0, le=1)
-    seed: int = 0
-    n: int = pydantic.Field(1, ge=1)  # samples per prompt (classifier rewards, KL)
+def _decoding_model() -> type[BaseModel]:
+    """The spec's ``generation:`` section: ``evalharness.decoding.Decoding``'s fields, defaults and ranges."""
+    types = {"int": int, "float": float}
+    fields: dict[str, Any] = {f.name: (types[str(f.type)], pydantic.Field(f.default, description=f.metadata["help"],
+                                                                         **decoding.bounds(f.name)))
+                              for f in decoding.FIELDS}
+    return pydantic.create_model("GenerationSpec", __base__=Strict, **fields)
 
 
-class JudgeSpec(_Strict):
+GenerationSpec = _decoding_model()
+
+
+def decoding_field(name: str, preset: decoding.Decoding) -> Any:
+    """A pydantic field for decoding field ``name``, its default taken from ``preset`` and its range from
+    ``Decoding`` (a sweep's ``eval:`` and ``on_policy:`` sections)."""
+    return pydantic.Field(getattr(preset, name), **decoding.bounds(name))
+
+
+def _one_temperature(value: Any) -> Any:
+    """A temperature list at the run's level is a sweep written in the wrong place: say where sweeps go."""
+    if isinstance(value, dict) and isinstance(value.get("temperature"), list):
+        raise ValueError("the run's generation takes one temperature; a temperature sweep goes under a task's "
+                         "generation (tasks: {NAME: {generation: {temperature: [0.0, 1.0]}}})")
+    return value
+
+
+def _known_backend(name: str) -> str:
+    from .backends import backend_names
+    if name not in backend_names():
+        raise ValueError(f"unknown backend '{name}'; available: {', '.join(backend_names())}")
+    return name
+
+
+class JudgeSpec(Strict):
     type: Literal["openai", "local"] = "openai"
     model: str
     base_url: str | None = None  # openai: the endpoint (OpenAI, vLLM serve, any compatible server)
@@ -76,14 +110,14 @@ def _inside_results(name: str | None) -> str | None:
     return name
 
 
-class ModelEntry(_Strict):
+class ModelEntry(Strict):
     name: str
     ref: str
 
     _name_inside = pydantic.field_validator("name")(_inside_results)
 
 
-class RunSpec(_Strict):
+class RunSpec(Strict):
     name: str
     models: list[str | ModelEntry] | None = None
     from_sweep: str | None = None  # a training sweep's folder (or its name under RESULTS/train)
@@ -91,10 +125,12 @@ class RunSpec(_Strict):
     model_name: str | None = None  # how that one model is named in tables and official-format files
 
     _names_inside = pydantic.field_validator("model_name")(_inside_results)
+    _backend_known = pydantic.field_validator("backend")(_known_backend)
+    _generation_one = pydantic.field_validator("generation", mode="before")(_one_temperature)
     reference: str | None = None  # the SFT model, for kl
-    backend: Literal["hf", "vllm", "openai", "fake"] = "hf"
+    backend: str = "hf"  # a name registered in evalharness.backends (hf, vllm, openai, fake, ...)
     backend_options: dict[str, Any] = {}
-    generation: GenerationSpec = GenerationSpec()
+    generation: GenerationSpec = GenerationSpec()  # type: ignore[valid-type]
     judge: JudgeSpec | None = None
     tasks: dict[str, dict[str, Any] | None]
     report_to: ReportTo = []  # experiment trackers the finished run is sent to: wandb, mlflow
@@ -118,7 +154,8 @@ def _lines(node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...
     return out
 
 
-def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    """The line of ``loc`` in a spec, or of its nearest parent that has one."""
     for n in range(len(loc), -1, -1):
         if tuple(loc[:n]) in lines:
             return lines[tuple(loc[:n])]
@@ -149,7 +186,7 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
         # A union field (str | ModelEntry) reports one error per branch: the value check's own message says more.
         err = next((x for x in e.errors() if x["type"] == "value_error"), e.errors()[0])
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x[:1].isupper()))  # no union branch names
-        raise InputError(err["msg"], path=str(path), line=_line_of(lines, loc),
+        raise InputError(err["msg"], path=str(path), line=line_of(lines, loc),
                          field=".".join(map(str, loc))) from e
 
 
@@ -162,7 +199,7 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
     """The validated spec and its tasks (``TaskSpec``s with each task module's Config object)."""
     path = Path(path)
     spec, lines = load_yaml_model(path, RunSpec)
-    where = lambda *loc: {"path": str(path), "line": _line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
         raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
     given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
@@ -183,12 +220,12 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
     ``task:`` to pick the module when the name is not one, and ``generation:`` to override decoding)."""
     from .tasks.base import TaskSpec, known_tasks, task_class
     if not tasks:
-        raise InputError("list at least one task", path=str(path), line=_line_of(lines, at), field=".".join(at))
+        raise InputError("list at least one task", path=str(path), line=line_of(lines, at), field=".".join(at))
     out = []
     for name, options in tasks.items():
         options = dict(options or {})
         loc = at + (name,)
-        where = lambda *k: {"path": str(path), "line": _line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
+        where = lambda *k: {"path": str(path), "line": line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
         module = options.pop("task", name)
         if module not in known_tasks():
             raise InputError(f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ())))

@@ -18,7 +18,8 @@ class FakeTokenizer:
     chat_template = "{role}: {content}\n ... assistant: "
     pad_token_id, eos_token_id = 0, EOS
 
-    def __call__(self, text: str) -> dict[str, list[int]]:
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        # Byte ids have no special tokens to add; the keyword is taken as HF tokenizers take it (render_response).
         return {"input_ids": [b + 2 for b in text.encode()]}
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,

@@ -19,6 +19,7 @@ The loop owns generate-missing, judge-missing, records and resume; a task never 
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,20 +28,32 @@ from typing import Any, ClassVar, Protocol
 from .. import benchdata
 from ..backends.base import Backend
 from ..backends.openai import ChatRequest, ChatResult
+from ..decoding import Decoding
 from ..errors import EvalHarnessError, InputError
-from ..records import GenRecord, GenRequest, SamplingParams, Score, Verdict, content_hash
+from ..records import GenRecord, GenRequest, Score, Verdict, content_hash
 
 
 def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
-    """``data_dir/rel`` (a benchdata-layout benchmark folder, taken as the user's data), else the pinned,
-    checksummed file ``fetch_name`` from the benchmark's public home (see evalharness.benchdata)."""
+    """A benchmark file: ``data_dir/<benchmark>/rel`` when a ``data_dir`` is given, else the pinned, checksummed file
+    ``fetch_name`` from the benchmark's public home (see evalharness.benchdata).
+
+    ``data_dir`` means one thing for every task: the benchmark data root, laid out like ``shared/benchdata``
+    (``alpaca_eval/``, ``arena_hard/``, ``mt_bench/`` inside). The older form, the benchmark's own folder
+    (``data_dir/rel``), is still read when it cannot be mistaken for a root (it has no ``<benchmark>/`` folder),
+    with a note that it is deprecated. A file missing from ``data_dir`` is an error naming it, never a download."""
     if data_dir is None:
         return benchdata.fetch(fetch_name)
-    path = Path(data_dir) / rel
-    if not path.is_file():
-        raise InputError(f"file not found (data_dir is a benchdata-layout {fetch_name.split('/')[0]}/ folder)",
-                         path=str(path))
-    return path
+    bench = fetch_name.split("/")[0]
+    root = Path(data_dir)
+    path = root / bench / rel
+    if path.is_file():
+        return path
+    if (root / rel).is_file() and not (root / bench).is_dir():
+        warnings.warn(f"data_dir {root} is a {bench}/ folder: give its parent, the benchmark data root "
+                      "(the benchmark's own folder is deprecated as data_dir)", FutureWarning, stacklevel=2)
+        return root / rel
+    raise InputError(f"file not found: data_dir is the benchmark data root, laid out like shared/benchdata "
+                     f"(this file at {bench}/{rel})", path=str(path), field="data_dir")
 
 
 class ChatJudge(Protocol):
@@ -56,26 +69,7 @@ class ChatJudge(Protocol):
     def complete(self, requests: list[ChatRequest], progress: bool = False) -> list[ChatResult]: ...
 
 
-@dataclass
-class GenerationSettings:
-    """Decoding for the policy's answers (a task may fix or override it, e.g. KL or MT-Bench's temperatures)."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    n: int = 1  # samples per prompt (classifier rewards and KL; benchmarks answer once)
-
-    def params(self, **overrides: Any) -> SamplingParams:
-        base = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed}
-        return SamplingParams(**{**base, **overrides})
-
-    def decoding(self, **overrides: Any) -> dict[str, Any]:
-        """The part of the comparability key that describes the policy's decoding (the seed is not: two
-        seeds sample one distribution)."""
-        d = {**asdict(self), **overrides}
-        return {k: d[k] for k in ("temperature", "top_p", "max_new_tokens", "n")}
+GenerationSettings = Decoding  # the one decoding config (evalharness.decoding), under its older name
 
 
 @dataclass

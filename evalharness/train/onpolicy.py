@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..decoding import PAIRS, Decoding
 from ..errors import EvalHarnessError
 from ..judges import CLASSIFIER_JUDGES, get_judge
 from ..models import ModelRef, resolve
 from ..prompts import load_prompts, render
-from ..records import GenRequest, SamplingParams
+from ..records import GenRequest
 from ..store import write_json_atomic, write_jsonl_atomic
 from .data import PreferencePair, data_hash
 
@@ -35,10 +36,11 @@ class PairsConfig:
     prompts: str
     judge: str = "sentiment"
     k: int = 4  # samples per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 48
-    seed: int = 0
+    # Decoding: the on-policy pairs preset (evalharness.decoding.PAIRS).
+    temperature: float = PAIRS.temperature
+    top_p: float = PAIRS.top_p
+    max_new_tokens: int = PAIRS.max_new_tokens
+    seed: int = PAIRS.seed
     min_gap: float = 0.0  # best - worst must exceed this, else the prompt is a tie and dropped
     dtype: str = "float32"
     batch_size: int | str = "auto"  # "auto": sized from a memory budget (evalharness.backends.hf)
@@ -52,7 +54,7 @@ class PairsConfig:
 
 def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None) -> tuple[list[PreferencePair], dict[str, Any]]:
     """Pairs and statistics (prompts, kept, ties, failed judgments, mean score gap)."""
-    from ..backends import get_backend
+    from ..backends import backend_options, capabilities, get_backend
     if cfg.k < 2:
         raise EvalHarnessError(f"on-policy pairs need k >= 2 samples per prompt, got {cfg.k}")
     if cfg.rank not in RANK_MODES:
@@ -61,11 +63,11 @@ def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None
         raise EvalHarnessError("rank 'rating' or 'pairwise' needs a chat judge, and rank 'score' takes none")
     items = load_prompts(cfg.prompts)
     judge = get_judge(cfg.judge) if cfg.rank == "score" else None
-    ref = resolve(cfg.model) if isinstance(cfg.model, str) else cfg.model
-    options: dict[str, Any] = {"dtype": cfg.dtype, **({"batch_size": cfg.batch_size} if cfg.backend == "hf" else {})}
-    backend = get_backend(cfg.backend, ref, **options)
-    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, (), cfg.k, cfg.seed)
-    log(f"sampling {cfg.k} responses for each of {len(items)} prompts from {ref.spec}")
+    caps = capabilities(cfg.backend)
+    ref = resolve(cfg.model) if isinstance(cfg.model, str) and caps.local_weights else cfg.model
+    backend = get_backend(cfg.backend, ref, **backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size))
+    params = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, cfg.k).params(n=cfg.k)
+    log(f"sampling {cfg.k} responses for each of {len(items)} prompts from {getattr(ref, 'spec', ref)}")
     gens = backend.generate([GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items])
     gens = [g for g in gens if g.finish_reason != "error" and g.text.strip()]
     if judge is not None:

@@ -35,7 +35,8 @@ import pydantic
 from .. import trackers
 from ..errors import EvalHarnessError, InputError
 from ..paths import results_root
-from ..spec import JudgeSpec, _line_of, _Strict, load_yaml_model, parse_tasks, spec_path
+from ..decoding import PAIRS, Decoding
+from ..spec import JudgeSpec, line_of, Strict, decoding_field, load_yaml_model, parse_tasks, spec_path
 from ..store import RunStore, write_json_atomic
 from .algorithms import ALGORITHMS, get_spec, make_config
 from .trainer import TrainConfig, TrainResult
@@ -44,41 +45,41 @@ _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm"
                                                                      "run_name", "output_dir", "report_to"}
 
 
-class OnPolicySpec(_Strict):
+class OnPolicySpec(Strict):
     prompts: str
     judge: str = "sentiment"
-    k: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 48
-    seed: int = 0
+    k: int = pydantic.Field(4, ge=2)
+    temperature: float = decoding_field("temperature", PAIRS)
+    top_p: float = decoding_field("top_p", PAIRS)
+    max_new_tokens: int = decoding_field("max_new_tokens", PAIRS)
+    seed: int = PAIRS.seed
     min_gap: float = 0.0
     model: str | None = None  # default: the base model
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     path: str | None = None
     on_policy: OnPolicySpec | None = None
     prompts: str | None = None  # for online algorithms (ppo); default: on_policy.prompts
 
 
-class EvalSpec(_Strict):
+class EvalSpec(Strict):
     prompts: str | None = None  # with judges: the held-out prompts
     judges: list[str] | None = None  # default: the judge that built the on-policy pairs (else sentiment), and kl
     tasks: dict[str, dict[str, Any] | None] | None = None  # any tasks, as a run spec's tasks: (instead of judges)
     judge: JudgeSpec | None = None  # the chat judge of LLM-judged tasks
     reward: str | None = None  # the metric on the frontier's y axis (default: the first reward)
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int = 0
+    max_new_tokens: int = decoding_field("max_new_tokens", PAIRS)
+    temperature: float = decoding_field("temperature", PAIRS)
+    top_p: float = decoding_field("top_p", PAIRS)
+    n: int = decoding_field("n", PAIRS)
+    seed: int = PAIRS.seed
     checkpoints: str = "all"  # all | final
     dtype: str = "float32"
-    batch_size: int | None = None  # None: sized from a memory budget
+    batch_size: int | None = pydantic.Field(None, ge=1)  # None: sized from a memory budget
 
 
-class TrainSpec(_Strict):
+class TrainSpec(Strict):
     name: str
     base: str
     data: DataSpec
@@ -112,7 +113,7 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
     """Validate a sweep spec and expand it; any problem names the file, line and field."""
     path = Path(path)
     spec, lines = load_yaml_model(path, TrainSpec)
-    where = lambda *loc: {"path": str(path), "line": _line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     d = spec.data
     online = [a for a in spec.algorithms if a in ALGORITHMS and get_spec(a).online]
     if d.path is not None and d.on_policy is not None or (
@@ -192,6 +193,8 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
     from .onpolicy import PairsConfig, pairs_file
     from .trainer import train
     trackers.check(spec.report_to)
+    for note in preflight_sweep(spec):
+        log(note)
     root = Path(results_dir) if results_dir else results_root()
     sweep_dir = root / "train" / spec.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -231,27 +234,16 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     """The base (named ``sft``) and every checkpoint through the eval tasks in one run (the reference
     loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
     from ..compare import best_checkpoint, build_table, records, run_entries
-    from ..evaluate import judge_tasks
     from ..html_report import write_report
     from ..plot import frontier
-    from ..runner import ModelSpec, RunPlan, apply_task_generation, run
-    from ..tasks.base import GenerationSettings
+    from ..runner import ModelSpec, RunPlan, run
     ev = spec.eval
     assert ev is not None
-    if ev.checkpoints not in ("all", "final"):
-        raise EvalHarnessError(f"eval.checkpoints is all or final, not '{ev.checkpoints}'")
-    if ev.tasks:
-        tasks = parse_tasks(ev.tasks, Path("."), {}, ("eval", "tasks"))
-    else:
-        judges = ev.judges or [spec.data.on_policy.judge if spec.data.on_policy else "sentiment", "kl"]
-        tasks = judge_tasks(judges, str(ev.prompts))
+    tasks, generation, options = eval_setup(spec)
     models = [ModelSpec("sft", spec.base)]
     for planned, t in result.runs:
         cks = t.checkpoints if ev.checkpoints == "all" else t.checkpoints[-1:]
         models += [ModelSpec(f"{planned.name}@{c.name.rsplit('-', 1)[-1]}", str(c.resolve())) for c in cks]
-    generation = GenerationSettings(ev.max_new_tokens, ev.temperature, ev.top_p, ev.seed, ev.n)
-    apply_task_generation(tasks, generation)
-    options: dict[str, Any] = {"dtype": ev.dtype, **({"batch_size": ev.batch_size} if ev.batch_size else {})}
     res = run(RunPlan(name=f"{spec.name}-eval", models=models, tasks=tasks, backend_options=options,
                       generation=generation, reference=spec.base, judge=ev.judge, results_dir=root, progress=progress,
                       meta={"sweep": str(result.path)}), log=log)
@@ -266,6 +258,33 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
         result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
     result.report = write_report([str(res.path)], result.path / "report.html", against="sft", results_dir=root)
     write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
+
+
+def eval_setup(spec: TrainSpec) -> tuple[list[Any], Decoding, dict[str, Any]]:
+    """The sweep's evaluation tasks (each with its decoding), the run's decoding and the backend options."""
+    from ..evaluate import judge_tasks
+    from ..runner import apply_task_generation
+    ev = spec.eval
+    assert ev is not None
+    if ev.checkpoints not in ("all", "final"):
+        raise EvalHarnessError(f"eval.checkpoints is all or final, not '{ev.checkpoints}'")
+    if ev.tasks:
+        tasks = parse_tasks(ev.tasks, Path("."), {}, ("eval", "tasks"))
+    else:
+        judges = ev.judges or [spec.data.on_policy.judge if spec.data.on_policy else "sentiment", "kl"]
+        tasks = judge_tasks(judges, str(ev.prompts))
+    generation = Decoding(ev.max_new_tokens, ev.temperature, ev.top_p, ev.seed, ev.n)
+    apply_task_generation(tasks, generation)
+    return tasks, generation, {"dtype": ev.dtype, **({"batch_size": ev.batch_size} if ev.batch_size else {})}
+
+
+def preflight_sweep(spec: TrainSpec) -> list[str]:
+    """Check the sweep's evaluation (decoding, judge key and endpoint, data folders) before anything trains."""
+    from ..preflight import preflight
+    if spec.eval is None:
+        return []
+    tasks, generation, options = eval_setup(spec)
+    return preflight(backend="hf", backend_options=options, generation=generation, judge=spec.eval.judge, tasks=tasks)
 
 
 def _reward_metric(scores: list[Any]) -> str | None:
