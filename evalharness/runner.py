@@ -181,6 +181,15 @@ class _Models:
         model = f"{ref.spec}@{ref.revision}" if ref else (given.model_id if given is not None else spec)
         return {"backend": getattr(given, "name", self.plan.backend), "model": model, "options": options}
 
+    def reference_id(self, spec: str) -> str:
+        """What a model is, whatever it is named: its content hash or revision (a hub id at its revision, an
+        adapter's hash on its base's); the backend's model id or the ref itself where nothing is resolved."""
+        ref = self.ref(spec)
+        if ref is None:
+            given = self.plan.backends.get(spec)
+            return given.model_id if given is not None else spec
+        return _ref_identity(ref)
+
     def backend(self, spec: str) -> Backend:
         if spec in self.plan.backends:
             return self.plan.backends[spec]
@@ -205,6 +214,11 @@ class _Models:
     def close(self) -> None:
         for spec in list(self.live):
             self.release(spec, set())
+
+
+def _ref_identity(ref: ModelRef) -> str:
+    own = f"{ref.path}@{ref.revision}" if ref.kind == "hub" else ref.revision
+    return f"{own}+{_ref_identity(ref.base)}" if ref.base is not None else own
 
 
 def _plan_models(plan: RunPlan, models: _Models) -> tuple[list[ModelSpec], str | None, str | None]:
@@ -267,7 +281,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     root = Path(plan.results_dir) if plan.results_dir else None
     env = RunEnv(generation=plan.generation, out_dir=Path("."), judge=judge, judge_name=judge_name,
                  reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
-                 progress=plan.progress, log=log)
+                 reference_id=models.reference_id(ref_spec) if ref_spec else None, progress=plan.progress, log=log)
     tasks = _setup_tasks(plan, env, ref_spec, log)
     identity = {"models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
                 "reference": models.identity(ref_spec) if ref_spec else None,
@@ -346,7 +360,8 @@ def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chun
                     records.append(GenRecord(
                         key=session.key(r, si), model=session.name, item_id=r.id, sample_index=si, text=g.text,
                         status="error" if failed else "ok", token_ids=g.token_ids, prompt_ids=g.prompt_ids,
-                        n_tokens=len(g.token_ids or []), finish_reason=g.finish_reason, error=g.error,
+                        n_tokens=len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0)),
+                        finish_reason=g.finish_reason, error=g.error,
                         params=r.params.to_dict(), model_id=session.backend.model_id))
             store.add_generations(records)
             session.answers.update({rec.key: rec for rec in records})
