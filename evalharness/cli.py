@@ -524,10 +524,18 @@ def main() -> None:
             raise
         _err(f"error: the results index or a cache: {e}; free space and run the same command again to resume")
         sys.exit(2)
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C inside a command into exit 130 itself
+            _interrupted()
+        raise
     except KeyboardInterrupt:
-        import shlex
-        _err(f"interrupted; records written so far are kept. Resume with: evalharness {shlex.join(sys.argv[1:])}")
+        _interrupted()
         sys.exit(130)
+
+
+def _interrupted() -> None:
+    import shlex
+    _err(f"interrupted; records written so far are kept. Resume with: evalharness {shlex.join(sys.argv[1:])}")
 
 
 if __name__ == "__main__":
