@@ -130,8 +130,9 @@ def check_judging(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE,
         log(c.line())
     bad = [c for c in counts if c.unmeasured]
     if bad:
+        which = ", ".join(f"{c.task} {c.model}" for c in bad)
         raise JudgingFailed(
-            f"{len(bad)} of {len(counts)} task results are not measured ({', '.join(f'{c.task} {c.model}' for c in bad)}); "
+            f"{len(bad)} of {len(counts)} task results are not measured ({which}); "
             f"every record is kept in {path}: run the same command again to retry failed judgments, "
             "with --rejudge unparsed to ask unparsed ones again")
     return counts
@@ -398,8 +399,8 @@ def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Ca
             task.env.refresh, task.env.judge_bar = False, None
             bar.close()
         if errors:  # once per kind of failure, with its count: an endpoint down for the whole run fails every one
-            log(f"{session.name}: {task.name}: {sum(errors.values())} of {len(todo)} judgments failed; they are counted "
-                "as skipped, not scored, and retried when the same command runs again:")
+            log(f"{session.name}: {task.name}: {sum(errors.values())} of {len(todo)} judgments failed; they are "
+                "counted as skipped, not scored, and retried when the same command runs again:")
             for kind, count in errors.most_common():
                 log(f"  {count} x {kind}")
 

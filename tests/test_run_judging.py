@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from taskkit import RecordingBackend, run_task
+from test_runner import _judge, _spec
 
 from evalharness import runner
 from evalharness.backends.endpoint import response_tokens
 from evalharness.prompts import write_prompts
 from evalharness.records import Verdict
-from evalharness.runner import JudgingFailed, check_judging, run_spec
+from evalharness.runner import check_judging, run_spec
 from evalharness.store import RunStore, comparable
 from evalharness.tasks import mt_bench
 from evalharness.testing.fake_openai import FakeOpenAI, Fault, Reply
-from taskkit import POLICY, RecordingBackend, run_task
-from test_runner import _judge, _spec
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "benchmarks" / "demo_data"
@@ -128,7 +128,8 @@ def test_model_option_adds_a_checkpoint_found_by_regress_and_history(tmp_path: P
     prompts = write_prompts([{"id": f"q{i}", "prompt": f"The film number {i} was"} for i in range(6)],
                             tmp_path / "prompts.jsonl")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"name: track\nmodel: base\nbackend: fake\ngeneration: {{max_new_tokens: 16, n: 2, temperature: 1.0}}\n"
+    spec.write_text("name: track\nmodel: base\nbackend: fake\n"
+                    "generation: {max_new_tokens: 16, n: 2, temperature: 1.0}\n"
                     f"tasks:\n  sentiment: {{prompts: {prompts}}}\n")
     r = _cli("run", str(spec), "--model", "ck-24=ckpt-24", "--model", "ck-48=ckpt-48", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -145,8 +146,8 @@ def test_model_option_adds_a_checkpoint_found_by_regress_and_history(tmp_path: P
 def test_ctrl_c_prints_the_command_that_resumes(tmp_path: Path) -> None:
     with FakeOpenAI(responder=_judge, latency_s=0.3) as server:
         spec = spec_of(tmp_path, server.url, "  mt_bench:\n" + MT)
-        env = {**os.environ, "EVALHARNESS_RESULTS": str(tmp_path / "results"), "EVALHARNESS_CACHE": str(tmp_path / "cache"),
-               "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "EVALHARNESS_RESULTS": str(tmp_path / "results"),
+               "EVALHARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-m", "evalharness", "run", str(spec), "--max-skipped", "0.05"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
@@ -200,7 +201,8 @@ def test_openai_policy_length_comes_from_the_endpoints_usage(tmp_path: Path) -> 
                                                                                    "completion_tokens": 17})) as server:
         spec = tmp_path / "spec.yaml"
         spec.write_text(f"name: ep\nmodel: served\nbackend: openai\nbackend_options: {{base_url: \"{server.url}\", "
-                        f"cache: false}}\ngeneration: {{max_new_tokens: 32}}\ntasks:\n  sentiment: {{prompts: {prompts}}}\n")
+                        "cache: false}\ngeneration: {max_new_tokens: 32}\n"
+                        f"tasks:\n  sentiment: {{prompts: {prompts}}}\n")
         res = run_spec(spec, results_dir=tmp_path / "r", progress=False)
     length = next(s for s in res.scores if s.metric == "length")
     assert length.value == 17.0 and {g.n_tokens for g in RunStore(res.path).generations()} == {17}

@@ -155,7 +155,8 @@ class MTBenchTask(Task):
                          [v for vs in self._judged.values() for v in vs])
         metrics = {"task": TASK, "judge": self.env.judge_name, "reparsed": False,
                    "judge_prompts": sorted({str(v.meta["judge_prompt"]) for v in verdicts}),
-                   "models": mt.aggregate(verdicts, model=session.name, turns=self._turns()) or {session.name: _empty()}}
+                   "models": (mt.aggregate(verdicts, model=session.name, turns=self._turns())
+                              or {session.name: _empty()})}
         n_error = sum(v.status == "error" for v in verdicts)
         asked = {"score": sum(len(q["turns"]) for q in self.questions),
                  **{f"turn{t}": sum(len(q["turns"]) >= t for q in self.questions) for t in (1, 2)}}
