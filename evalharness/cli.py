@@ -14,6 +14,7 @@ import typer
 
 from .decoding import FRONTIER, PREVIEW, Decoding
 from .errors import EvalHarnessError, InputError
+from .records import MAX_SKIPPED_SHARE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate preference-optimized checkpoints: generate, judge, measure KL, compare.")
@@ -27,6 +28,10 @@ def _err(msg: str) -> None:
 _RESULTS = Annotated[Optional[Path], typer.Option(envvar="EVALHARNESS_RESULTS", show_envvar=True,
                                                   help="results root (default ./results)")]
 _BACKEND_HELP = "a registered backend: hf, vllm, openai, fake (evalharness.backends)"
+_MAX_SKIPPED = Annotated[float, typer.Option(
+    help="largest share of a task's judgments that may fail or go unparsed before it counts as not measured "
+         "(exit 3)")]
+
 _REPORT_TO = Annotated[Optional[str], typer.Option(help="experiment trackers, comma list: wandb, mlflow, or none "
                                                          "(default: the spec's report_to, else none)")]
 
@@ -114,11 +119,14 @@ def eval_(
     results_dir: _RESULTS = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     report_to: _REPORT_TO = None,
+    max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
     *, decoding: Decoding,
 ) -> None:
-    """Generate, judge and measure KL for one or more models; print a table of scores."""
+    """Generate, judge and measure KL for one or more models; print a table of scores.
+    Exit 3 when a judge failed on too many samples (see --max-skipped), 2 on bad input."""
     from . import trackers
     from .evaluate import EvalConfig, run_eval
+    from .runner import check_judging
     from .report import print_scores
     _quiet_libraries()
     names = _trackers(report_to) or []
@@ -135,6 +143,7 @@ def eval_(
     else:
         print_scores(res.scores, title=f"{res.summary['task']} — run {res.run_dir.name}")
         _err(f"results: {res.run_dir}")
+    check_judging(res.run_dir, max_skipped, log=_err)
 
 
 @app.command()
@@ -333,17 +342,27 @@ def plot_temperature(
 def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
          results_dir: _RESULTS = None,
          json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-         report_to: _REPORT_TO = None) -> None:
-    """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run."""
+         report_to: _REPORT_TO = None,
+         model: Annotated[Optional[list[str]], typer.Option(
+             help="NAME=REF: one more model to evaluate beside the spec's (repeatable); regress and history "
+                  "find it by NAME")] = None,
+         rejudge: Annotated[Optional[str], typer.Option(
+             help="ask stored judgments again, past the response cache: unparsed, failed or all-bad")] = None,
+         max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE) -> None:
+    """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
+    Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input."""
     from .report import print_scores
-    from .runner import run_spec
+    from .runner import check_judging, model_option, run_spec
     _quiet_libraries()
-    res = run_spec(spec, results_dir=results_dir, progress=not json_out, report_to=_trackers(report_to), log=_err)
+    extra = [model_option(m) for m in model or []]
+    res = run_spec(spec, results_dir=results_dir, progress=not json_out, report_to=_trackers(report_to), log=_err,
+                   extra_models=extra, rejudge=rejudge)
     if json_out:
         typer.echo((res.path / "summary.json").read_text())
     else:
         print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
         _err(f"results: {res.path}")
+    check_judging(res.path, max_skipped, log=_err)
 
 
 _RUNS = Annotated[list[str], typer.Argument(help="runs (id or folder: all their models), RUN:MODEL, or MODEL")]
@@ -534,7 +553,7 @@ def main() -> None:
         app()
     except EvalHarnessError as e:
         _err(f"error: {e}")
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))  # 3: a run whose judging failed (runner.JudgingFailed)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -546,9 +565,18 @@ def main() -> None:
             raise
         _err(f"error: the results index or a cache: {e}; free space and run the same command again to resume")
         sys.exit(2)
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C inside a command into exit 130 itself
+            _interrupted()
+        raise
     except KeyboardInterrupt:
-        _err("interrupted; run the same command again to resume")
+        _interrupted()
         sys.exit(130)
+
+
+def _interrupted() -> None:
+    import shlex
+    _err(f"interrupted; records written so far are kept. Resume with: evalharness {shlex.join(sys.argv[1:])}")
 
 
 if __name__ == "__main__":

@@ -198,12 +198,21 @@ class JudgeClient:
         return cache_key(OpenAIChatProvider.name, self.config.base_url, self.config.model_revision,
                          self._resolve(request))
 
-    def complete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[ChatResult]:
-        """Blocking ``acomplete``; safe to call from inside a running event loop (it then uses a thread)."""
-        return run_sync(self.acomplete(requests, progress))
+    @property
+    def caches_responses(self) -> bool:
+        """Whether successes are cached (and ``refresh`` has a cache to bypass)."""
+        return self._cache is not None
 
-    async def acomplete(self, requests: Sequence[ChatRequest], progress: bool = False) -> list[ChatResult]:
-        """One result per request, in order. Identical requests (same key) are sent once."""
+    def complete(self, requests: Sequence[ChatRequest], progress: Any = False,
+                 refresh: bool = False) -> list[ChatResult]:
+        """Blocking ``acomplete``; safe to call from inside a running event loop (it then uses a thread)."""
+        return run_sync(self.acomplete(requests, progress, refresh))
+
+    async def acomplete(self, requests: Sequence[ChatRequest], progress: Any = False,
+                        refresh: bool = False) -> list[ChatResult]:
+        """One result per request, in order. Identical requests (same key) are sent once. ``refresh`` asks
+        every request anew (a re-judged answer) and caches the new response; ``progress`` is a bool or a
+        caller's progress bar (anything with ``update``) advanced once per request sent."""
         resolved = [self._resolve(r) for r in requests]
         keys = [self.key(r) for r in resolved]
         by_key: dict[str, ChatResult] = {}
@@ -211,7 +220,7 @@ class JudgeClient:
         for request, key in zip(resolved, keys):
             if key in by_key or key in todo:
                 continue
-            hit = self._cache.get(key) if self._cache is not None else None
+            hit = self._cache.get(key) if self._cache is not None and not refresh else None
             if hit is not None:
                 by_key[key] = _from_cache(request, key, hit)
             else:
@@ -232,13 +241,14 @@ class JudgeClient:
     def _resolve(self, request: ChatRequest) -> ChatRequest:
         return request if request.model else replace(request, model=self.config.model)
 
-    async def _run(self, todo: dict[str, ChatRequest], progress: bool) -> dict[str, ChatResult]:
+    async def _run(self, todo: dict[str, ChatRequest], progress: Any) -> dict[str, ChatResult]:
         # The provider (and its connection pool) is made per call, inside the running loop: async HTTP
         # clients are bound to the loop that made them, and ``complete`` may run a fresh loop each time.
         provider = OpenAIChatProvider(self.config.base_url, api_key_env=self.config.api_key_env,
                                       timeout_s=self.config.timeout_s)
         semaphore = asyncio.Semaphore(self.config.concurrency)
-        bar = _progress_bar(len(todo), self.config.model) if progress else None
+        own = progress is True  # a caller's bar (one over a whole task) is advanced here, never closed here
+        bar = _progress_bar(len(todo), self.config.model) if own else (progress or None)
         try:
             async def one(key: str, request: ChatRequest) -> tuple[str, ChatResult]:
                 result = await self._attempt_until_done(provider, semaphore, key, request)
@@ -248,7 +258,7 @@ class JudgeClient:
 
             return dict(await asyncio.gather(*(one(k, r) for k, r in todo.items())))
         finally:
-            if bar is not None:
+            if own:
                 bar.close()
             await provider.aclose()
 
@@ -275,7 +285,8 @@ class JudgeClient:
                     self._cache.put(key, {name: getattr(result, name) for name in _CACHED_FIELDS})
                 return replace(result, attempts=attempts, key=key)
             if not error.retryable or attempts > self.config.max_retries:
-                log.warning("request %s failed after %d attempt(s): %s", request.id, attempts, error)
+                # Debug, not a warning per request: the caller counts failures and reports each kind once.
+                log.debug("request %s failed after %d attempt(s): %s", request.id, attempts, error)
                 return ChatResult(id=request.id, status="error", error=str(error), attempts=attempts, key=key)
             self._count(retries=1)
             delay = self._delay(attempts, parse_retry_after(error.retry_after))

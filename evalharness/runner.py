@@ -12,6 +12,7 @@ skips what is done, and retries failed generations and failed judgments (never s
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,12 +24,21 @@ from .backends.base import Backend
 from .errors import EvalHarnessError, InputError
 from .models import ModelRef, evict, resolve, resolve_dtype
 from .preflight import preflight
-from .records import SCHEMA_VERSION, GenRecord, GenRequest, Score, content_hash
+from .records import MAX_SKIPPED_SHARE, SCHEMA_VERSION, GenRecord, GenRequest, Score, Verdict, content_hash
 from .spec import JudgeSpec
 from .store import RunStore
 from .tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
 
 JUDGE_CHUNK = 64
+# What ``--rejudge`` re-asks: the statuses whose stored verdicts are asked again (bypassing the response
+# cache). Failed judgments are re-asked on every run anyway; unparsed ones only when asked to.
+REJUDGE = {"unparsed": ("unparsed",), "failed": ("error",), "all-bad": ("unparsed", "error")}
+
+
+class JudgingFailed(EvalHarnessError):
+    """A run stored every record, but a task's judging failed or went unparsed beyond the allowed share."""
+
+    exit_code = 3  # the CLI's exit status: apart from 2 (bad input), so a CI can tell the two apart
 
 
 @dataclass
@@ -59,6 +69,7 @@ class RunPlan:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest (e.g. the sweep it evaluates)
     report_to: list[str] = field(default_factory=list)  # trackers the finished run is sent to (trackers.py)
+    rejudge: str | None = None  # a REJUDGE key: stored unparsed and/or failed verdicts are asked again
     # Library use: models already in memory (model ref -> backend), and a ready chat judge (judge, name).
     backends: dict[str, Backend] = field(default_factory=dict)
     chat_judge: tuple[Any, str] | None = None
@@ -69,6 +80,63 @@ class RunResult:
     path: Path
     scores: list[Score]
     summary: dict[str, Any]
+
+
+@dataclass
+class JudgingCount:
+    """One task and model of a finished run: judgments scored, failed and unparsed, and why its headline
+    score is not a measurement (None: it is one)."""
+
+    task: str
+    model: str
+    scored: int
+    failed: int
+    unparsed: int
+    unmeasured: str | None = None
+
+    def line(self) -> str:
+        """One summary line, as ``run`` prints it at the end."""
+        text = f"{self.task} {self.model}: {self.scored} scored, {self.failed} failed, {self.unparsed} unparsed"
+        return text + (f": NOT MEASURED, {self.unmeasured}" if self.unmeasured else "")
+
+
+def judging_counts(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE) -> list[JudgingCount]:
+    """Per task and model of a finished run folder, its judgment counts and whether its headline scores (the
+    first score of each task version: a benchmark category is its own) are measured, by ``Score.unmeasured``."""
+    store = RunStore(Path(path))
+    heads: dict[tuple[str, str], list[Score]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for s in store.scores():
+        if (s.task, s.model, s.task_version) not in seen:
+            seen.add((s.task, s.model, s.task_version))
+            heads.setdefault((s.task, s.model), []).append(s)
+    statuses: dict[tuple[str, str], Counter[str]] = {}
+    for v in store.verdicts():  # the latest verdict of each key: a re-judged item counts once
+        statuses.setdefault((v.task, v.model), Counter())[v.status] += 1
+    out = []
+    for (task, model), scores in heads.items():
+        c = statuses.get((task, model), Counter())
+        reasons = [f"{s.metric}: {r}" for s in scores if (r := s.unmeasured(max_skipped)) is not None]
+        out.append(JudgingCount(task, model, c["ok"], c["error"], c["unparsed"], "; ".join(reasons) or None))
+    return out
+
+
+def check_judging(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE,
+                  log: Callable[[str], None] = lambda _: None) -> list[JudgingCount]:
+    """Log one line per task and model of a finished run; raise ``JudgingFailed`` (exit 3) if any is not measured."""
+    if not 0.0 <= max_skipped < 1.0:
+        raise InputError(f"must be a share in [0, 1), got {max_skipped}", field="max-skipped")
+    counts = judging_counts(path, max_skipped)
+    for c in counts:
+        log(c.line())
+    bad = [c for c in counts if c.unmeasured]
+    if bad:
+        which = ", ".join(f"{c.task} {c.model}" for c in bad)
+        raise JudgingFailed(
+            f"{len(bad)} of {len(counts)} task results are not measured ({which}); "
+            f"every record is kept in {path}: run the same command again to retry failed judgments, "
+            "with --rejudge unparsed to ask unparsed ones again")
+    return counts
 
 
 def make_judge(spec: JudgeSpec, progress: bool) -> tuple[Any, str]:
@@ -114,6 +182,15 @@ class _Models:
         model = f"{ref.spec}@{ref.revision}" if ref else (given.model_id if given is not None else spec)
         return {"backend": getattr(given, "name", self.plan.backend), "model": model, "options": options}
 
+    def reference_id(self, spec: str) -> str:
+        """What a model is, whatever it is named: its content hash or revision (a hub id at its revision, an
+        adapter's hash on its base's); the backend's model id or the ref itself where nothing is resolved."""
+        ref = self.ref(spec)
+        if ref is None:
+            given = self.plan.backends.get(spec)
+            return given.model_id if given is not None else spec
+        return _ref_identity(ref)
+
     def backend(self, spec: str) -> Backend:
         if spec in self.plan.backends:
             return self.plan.backends[spec]
@@ -138,6 +215,11 @@ class _Models:
     def close(self) -> None:
         for spec in list(self.live):
             self.release(spec, set())
+
+
+def _ref_identity(ref: ModelRef) -> str:
+    own = f"{ref.path}@{ref.revision}" if ref.kind == "hub" else ref.revision
+    return f"{own}+{_ref_identity(ref.base)}" if ref.base is not None else own
 
 
 def _plan_models(plan: RunPlan, models: _Models) -> tuple[list[ModelSpec], str | None, str | None]:
@@ -200,7 +282,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     root = Path(plan.results_dir) if plan.results_dir else None
     env = RunEnv(generation=plan.generation, out_dir=Path("."), judge=judge, judge_name=judge_name,
                  reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
-                 progress=plan.progress, log=log)
+                 reference_id=models.reference_id(ref_spec) if ref_spec else None, progress=plan.progress, log=log)
     tasks = _setup_tasks(plan, env, ref_spec, log)
     # After the local checks (files, models), before the run folder: keys, endpoints, decoding, data folders.
     for note in preflight(backend=plan.backend, backend_options=plan.backend_options, generation=plan.generation,
@@ -232,7 +314,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
                                   store.generations(m.name))
                 sessions[m.name] = session
                 _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
-                _judge_missing(store, session, tasks, log)
+                _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
                 session.release()
                 models.release(m.ref, keep)
             scores: list[Score] = []
@@ -283,7 +365,8 @@ def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chun
                     records.append(GenRecord(
                         key=session.key(r, si), model=session.name, item_id=r.id, sample_index=si, text=g.text,
                         status="error" if failed else "ok", token_ids=g.token_ids, prompt_ids=g.prompt_ids,
-                        n_tokens=len(g.token_ids or []), finish_reason=g.finish_reason, error=g.error,
+                        n_tokens=len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0)),
+                        finish_reason=g.finish_reason, error=g.error,
                         params=r.params.to_dict(), model_id=session.backend.model_id))
             store.add_generations(records)
             session.answers.update({rec.key: rec for rec in records})
@@ -295,39 +378,70 @@ def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chun
             return
 
 
-def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Callable[[str], None]) -> None:
-    """Every task's judgments that have no stored verdict, or only a failed one (failures are retried)."""
+def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Callable[[str], None],
+                   rejudge: str | None = None, progress: bool = False) -> None:
+    """Every task's judgments that have no stored verdict, or only a failed one (failures are retried), and with
+    ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins)."""
+    again = {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
     for task in tasks:
-        done = {v.key for v in store.verdicts(task.name, session.name) if v.status != "error"}
-        todo: list[Pending] = [p for p in task.judgments(session) if p.key not in done]
+        stored = {v.key: v.status for v in store.verdicts(task.name, session.name)}
+        todo: list[Pending] = [p for p in task.judgments(session) if stored.get(p.key, "error") in again]
         if not todo:
             continue
-        log(f"{session.name}: {task.name}: {len(todo)} judgments")
-        errors: list[str] = []
-        for i in range(0, len(todo), JUDGE_CHUNK):
-            chunk = todo[i:i + JUDGE_CHUNK]
-            verdicts = task.judge(session, chunk)
-            if len(verdicts) != len(chunk):
-                raise EvalHarnessError(f"task {task.name}: judge returned {len(verdicts)} verdicts for {len(chunk)}")
-            for p, v in zip(chunk, verdicts):
-                v.task, v.model, v.key = task.name, session.name, p.key
-            store.add_verdicts(verdicts)
-            errors += [v.error or v.status for v in verdicts if v.status == "error"]
-        if errors:  # say it once, plainly: an endpoint down for the whole run fails every judgment
-            log(f"{session.name}: {task.name}: {len(errors)} of {len(todo)} judgments failed (e.g. {errors[0]}); "
-                "they are counted as skipped, not scored, and retried when the same command runs again")
+        redo = [p for p in todo if stored.get(p.key) in again - {"error"}]
+        log(f"{session.name}: {task.name}: {len(todo)} judgments" + (f" ({len(redo)} asked again)" if redo else ""))
+        bar = _bar(len(todo), f"{session.name}: judging {task.name}", progress, unit="judgment")
+        task.env.judge_bar = bar if progress else None
+        errors: Counter[str] = Counter()
+        try:
+            fresh = [p for p in todo if stored.get(p.key) not in again - {"error"}]
+            for pending, refresh in ((fresh, False), (redo, True)):
+                task.env.refresh = refresh  # only the re-asked ones bypass the response cache
+                for i in range(0, len(pending), JUDGE_CHUNK):
+                    errors.update(_judge_chunk(store, session, task, pending[i:i + JUDGE_CHUNK], bar))
+        finally:
+            task.env.refresh, task.env.judge_bar = False, None
+            bar.close()
+        if errors:  # once per kind of failure, with its count: an endpoint down for the whole run fails every one
+            log(f"{session.name}: {task.name}: {sum(errors.values())} of {len(todo)} judgments failed; they are "
+                "counted as skipped, not scored, and retried when the same command runs again:")
+            for kind, count in errors.most_common():
+                log(f"  {count} x {kind}")
+
+
+def _judge_chunk(store: RunStore, session: Session, task: Task, chunk: list[Pending], bar: Any) -> Counter[str]:
+    """Judge one chunk, append its verdicts, advance the bar to its end; the chunk's failures by kind."""
+    before = getattr(bar, "n", 0)
+    verdicts = task.judge(session, chunk)
+    if len(verdicts) != len(chunk):
+        raise EvalHarnessError(f"task {task.name}: judge returned {len(verdicts)} verdicts for {len(chunk)}")
+    for p, v in zip(chunk, verdicts):
+        v.task, v.model, v.key = task.name, session.name, p.key
+    store.add_verdicts(verdicts)
+    bar.update(max(0, len(chunk) - (getattr(bar, "n", 0) - before)))  # cache hits and non-chat judges
+    return Counter(failure_kind(v) for v in verdicts if v.status == "error")
+
+
+def failure_kind(verdict: Verdict) -> str:
+    """A failed verdict's error with the numbers that differ per request (ids, timings) left out, so that
+    one outage is one line however many judgments it failed."""
+    import re
+    text = ((verdict.error or "error").splitlines() or ["error"])[0]
+    return re.sub(r"\b\d+(\.\d+)?s\b", "Ns", text)[:200]
 
 
 class _NoBar:
+    n = 0
+
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def _bar(total: int, desc: str, enabled: bool, unit: str = "prompt") -> Any:
     if not enabled or total < 2:
         return _NoBar()
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="prompt")
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 
@@ -362,8 +476,26 @@ def apply_task_generation(tasks: list[TaskSpec], generation: GenerationSettings)
             ts.generation = replace(generation, **overrides)
 
 
-def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, progress: bool = True) -> RunPlan:
-    """A RunPlan from a run spec file (validated strictly; errors name file, line and field)."""
+def model_option(text: str) -> ModelSpec:
+    """``--model NAME=REF`` (or a bare REF, named by itself), validated as a spec's ``models:`` entry is."""
+    import pydantic
+
+    from .spec import ModelEntry
+    name, sep, ref = text.partition("=")
+    name, ref = (name.strip(), ref.strip()) if sep else (text.strip(), text.strip())
+    if not name or not ref:
+        raise InputError(f"takes NAME=REF (a model ref: alias, folder, hub id), got {text!r}", field="--model")
+    try:
+        entry = ModelEntry(name=name, ref=ref)
+    except pydantic.ValidationError as e:
+        raise InputError(f"{text!r}: {e.errors()[0]['msg']}", field="--model") from None
+    return ModelSpec(entry.name, entry.ref)
+
+
+def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, progress: bool = True,
+                   extra_models: list[ModelSpec] | None = None) -> RunPlan:
+    """A RunPlan from a run spec file (validated strictly; errors name file, line and field); ``extra_models``
+    (``run --model``) are evaluated beside the spec's."""
     from .spec import load_spec
     spec, task_specs = load_spec(path)
     reference = spec.reference
@@ -375,6 +507,7 @@ def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, p
     else:
         assert spec.model is not None
         models = [ModelSpec(spec.model_name or spec.model, spec.model)]
+    models = models + list(extra_models or [])  # a name given twice fails in _plan_models, before anything runs
     generation = GenerationSettings(**spec.generation.model_dump())
     apply_task_generation(task_specs, generation)
     return RunPlan(name=spec.name, models=models, tasks=task_specs, backend=spec.backend,
@@ -384,9 +517,14 @@ def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, p
 
 
 def run_spec(path: str | Path, *, results_dir: str | Path | None = None, progress: bool = True,
-             report_to: list[str] | None = None, log: Callable[[str], None] = lambda _: None) -> RunResult:
-    """``evalharness run SPEC``; ``report_to`` (None: the spec's) names the trackers the run is sent to."""
-    plan = plan_from_spec(path, results_dir=results_dir, progress=progress)
+             report_to: list[str] | None = None, log: Callable[[str], None] = lambda _: None,
+             extra_models: list[ModelSpec] | None = None, rejudge: str | None = None) -> RunResult:
+    """``evalharness run SPEC``; ``report_to`` (None: the spec's) names the trackers the run is sent to,
+    ``extra_models`` are added to the spec's models, ``rejudge`` (a REJUDGE key) re-asks stored bad verdicts."""
+    if rejudge is not None and rejudge not in REJUDGE:
+        raise InputError(f"must be one of {', '.join(REJUDGE)}, got {rejudge!r}", field="--rejudge")
+    plan = plan_from_spec(path, results_dir=results_dir, progress=progress, extra_models=extra_models)
     if report_to is not None:
         plan.report_to = report_to
+    plan.rejudge = rejudge
     return run(plan, log=log)

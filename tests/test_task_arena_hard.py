@@ -91,7 +91,8 @@ def test_scores_faults_official_file_and_resume(tmp_path: Path, benchdata: Path,
         assert score.value == pytest.approx(75.0, abs=1e-6)
         assert score.extra["elo"] == pytest.approx(1000 + 400 * math.log10(3), abs=1e-4)
         assert score.ci_low <= score.value <= score.ci_high
-        assert (score.n, score.n_skipped, score.extra["n_unparsed"], score.extra["n_error"]) == (8, 2, 1, 1)
+        # n counts scored games only (issue 19: it counted the failed and unparsed ones too, 8)
+        assert (score.n, score.n_skipped, score.extra["n_unparsed"], score.extra["n_error"]) == (6, 2, 1, 1)
         assert (score.task, score.metric, score.model, score.baseline, score.judge_id, score.higher_is_better) == \
             ("arena_hard", "score", POLICY, "gpt-4-0314", JUDGE, True)
         assert score.decoding == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "n": 1}
@@ -148,7 +149,7 @@ def test_scores_faults_official_file_and_resume(tmp_path: Path, benchdata: Path,
         assert server.requests == 1 and judge.usage["cache_hits"] == 0 and judge.usage["items"] == 1
         assert len(policy.requests) == n_generated == 4
         assert score.value == pytest.approx(100 * 7.5 / 11, abs=1e-6)
-        assert (score.n, score.n_skipped) == (8, 1)
+        assert (score.n, score.n_skipped) == (7, 1)  # scored games only (issue 19: was 8)
 
         # Style control is a scoring option, but a config field, so another run folder: the answers are
         # generated again (the fake policy is deterministic: the same texts) and every game is served by

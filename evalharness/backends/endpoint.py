@@ -2,7 +2,8 @@
 
 Generation goes through the JudgeClient wrapper (cache, retries, bounded concurrency). Chat
 endpoints return no log-probabilities of a given response, so ``logprobs`` is refused: KL needs
-the ``hf`` backend.
+the ``hf`` backend. They return no token ids either: a response's length in tokens is the endpoint's
+``usage.completion_tokens``, or, from an endpoint that reports no usage, its whitespace-separated words.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class OpenAIBackend:
         out = []
         for si, res in zip(index, self.client.complete(chats, progress=self.progress)):
             if res.status == "ok":
+                n_tokens, source = response_tokens(res.text or "", res.usage)
                 out.append(Generation(res.id, si, res.text or "", None, None, res.finish_reason or "stop",
-                                      meta={"usage": res.usage}))
+                                      meta={"usage": res.usage, "n_tokens": n_tokens, "n_tokens_from": source}))
             else:
                 out.append(Generation(res.id, si, "", None, None, "error", error=res.error))
         return out
@@ -52,3 +54,11 @@ class OpenAIBackend:
     def logprobs(self, requests: list[ScoreRequest]) -> list[SeqLogprobs]:
         raise EvalHarnessError("the openai backend cannot score given responses (chat endpoints return no "
                                "prompt log-probs); use the hf backend for KL")
+
+
+def response_tokens(text: str, usage: dict[str, int]) -> tuple[int, str]:
+    """A response's length in tokens and where it came from: the endpoint's ``completion_tokens`` (each request
+    asks one sample, so it is this response's), else the stated fallback, whitespace-separated words."""
+    if usage.get("completion_tokens"):
+        return int(usage["completion_tokens"]), "usage.completion_tokens"
+    return len(text.split()), "whitespace words"

@@ -434,8 +434,10 @@ def score_battles(battles: pd.DataFrame, counts: Mapping[str, tuple[int, int] | 
 def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
     """One Score per judged model (value in percent, with its baseline)."""
     sc = metrics.get("style_control")
+    # n counts scored games only (a failed or unparsed game is in n_skipped, never in n as well).
     return [Score(task="arena_hard", metric="score_style_controlled" if sc else "score", model=m,
-                  value=r["score"], n=r["n_games"] if r["n_games"] is not None else r["n_battles"],
+                  value=r["score"], n=r["n_games"] - (r["n_unparsed"] or 0) if r["n_games"] is not None
+                  else r["n_battles"],
                   n_skipped=r["n_unparsed"] or 0, ci_low=r["ci_low"], ci_high=r["ci_high"],
                   ci_level=metrics["bootstrap"]["ci_level"], task_version=metrics["bench"],
                   judge_id=metrics.get("judge") or "", baseline=metrics["baseline"],

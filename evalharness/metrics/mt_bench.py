@@ -96,12 +96,15 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
     return verdicts
 
 
-def aggregate(verdicts: Sequence[Verdict], *, model: str | None = None) -> dict[str, dict[str, Any]]:
+def aggregate(verdicts: Sequence[Verdict], *, model: str | None = None,
+              turns: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
     """Per model: overall and per-turn means over parsed rows, as show_result.display_result_single.
 
     The official filters ``score != -1`` and takes ``groupby(model).mean()`` over rows, so the overall
     score is the mean over all parsed rows (not the mean of the two turn means). We add counts, the
-    standard error and a t interval of the overall mean.
+    standard error and a t interval of the overall mean. One departure: when a turn that was asked
+    (``turns``; default those the verdicts hold) has no parsed row, the overall mean would silently be the
+    other turn's mean, so it is None (not measured), with its counts.
     """
     by_model: dict[str, list[Verdict]] = {}
     for v in verdicts:
@@ -110,13 +113,18 @@ def aggregate(verdicts: Sequence[Verdict], *, model: str | None = None) -> dict[
     out = {}
     for m, vs in sorted(by_model.items()):
         ok = [v for v in vs if v.status == "ok"]
-        turns = {t: [float(v.value) for v in ok if v.meta["turn"] == t] for t in (1, 2)}  # type: ignore[arg-type]
+        asked = set(turns) if turns is not None else {int(v.meta["turn"]) for v in vs}
+        by_turn = {t: [float(v.value) for v in ok if v.meta["turn"] == t] for t in (1, 2)}  # type: ignore[arg-type]
         values = [float(v.value) for v in ok]  # type: ignore[arg-type]
         mean, se, lo, hi = (None if math.isnan(x) else x for x in mean_ci(values)) if values else [None] * 4
-        out[m] = {"score": mean, "turn1": sum(turns[1]) / len(turns[1]) if turns[1] else None,
-                  "turn2": sum(turns[2]) / len(turns[2]) if turns[2] else None,
-                  "n": len(ok), "n_turn1": len(turns[1]), "n_turn2": len(turns[2]),
-                  "n_unparsed": len(vs) - len(ok), "stderr": se, "ci_low": lo, "ci_high": hi}
+        if any(not by_turn.get(t) for t in asked):
+            mean, se, lo, hi = None, None, None, None
+        bad = {t: sum(v.status != "ok" and v.meta["turn"] == t for v in vs) for t in (1, 2)}
+        out[m] = {"score": mean, "turn1": sum(by_turn[1]) / len(by_turn[1]) if by_turn[1] else None,
+                  "turn2": sum(by_turn[2]) / len(by_turn[2]) if by_turn[2] else None,
+                  "n": len(ok), "n_turn1": len(by_turn[1]), "n_turn2": len(by_turn[2]),
+                  "n_unparsed": len(vs) - len(ok), "n_unparsed_turn1": bad[1], "n_unparsed_turn2": bad[2],
+                  "stderr": se, "ci_low": lo, "ci_high": hi}
     return out
 
 
@@ -137,8 +145,9 @@ def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
     for m, r in metrics["models"].items():
         for metric, n in (("score", r["n"]), ("turn1", r["n_turn1"]), ("turn2", r["n_turn2"])):
             overall = metric == "score"
-            scores.append(Score(task="mt_bench", metric=metric, model=m, value=r[metric], n=n,
-                                n_skipped=r["n_unparsed"] if overall else 0,
+            # Each row counts its own unparsed judgments (metrics written before the per-turn counts: none).
+            skipped = r["n_unparsed"] if overall else r.get(f"n_unparsed_{metric}", 0)
+            scores.append(Score(task="mt_bench", metric=metric, model=m, value=r[metric], n=n, n_skipped=skipped,
                                 stderr=r["stderr"] if overall else None, ci_low=r["ci_low"] if overall else None,
                                 ci_high=r["ci_high"] if overall else None, judge_id=metrics["judge"],
                                 judge_version=",".join(metrics["judge_prompts"])))

@@ -60,13 +60,14 @@ class ChatJudge(Protocol):
     """``JudgeClient`` (any OpenAI-compatible endpoint) or ``LocalChatJudge`` (in-process model).
 
     ``protocol`` says how verdicts are produced: ``generate`` (free text, parsed) or ``label-logprobs``
-    (a local judge scoring the allowed labels); it is part of every judge version.
+    (a local judge scoring the allowed labels); it is part of every judge version. ``progress`` is a bool or
+    the run's own progress bar. A judge with ``caches_responses`` also takes ``refresh=True`` (ask anew).
     """
 
     model_id: str
     protocol: str
 
-    def complete(self, requests: list[ChatRequest], progress: bool = False) -> list[ChatResult]: ...
+    def complete(self, requests: list[ChatRequest], progress: Any = False) -> list[ChatResult]: ...
 
 
 GenerationSettings = Decoding  # the one decoding config (evalharness.decoding), under its older name
@@ -137,6 +138,10 @@ class RunEnv:
     reference_name: str | None = None
     progress: bool = True
     log: Callable[[str], None] = lambda _: None
+    # The reference's identity (content hash or revision): who judges KL, whatever the reference is named.
+    reference_id: str | None = None
+    refresh: bool = False  # the judgments being made are re-asked (--rejudge): past the judge's response cache
+    judge_bar: Any = None  # the run's one progress bar over this task's judge requests, or None
 
     def need_judge(self, task: str) -> ChatJudge:
         if self.judge is None:
@@ -184,7 +189,10 @@ class Task:
         if not pending:
             return []
         judge = self.env.need_judge(self.name)
-        results = judge.complete([p.payload for p in pending], progress=self.env.progress)
+        progress = self.env.judge_bar if self.env.judge_bar is not None else self.env.progress
+        # Only a judge with a response cache takes ``refresh`` (a local judge has none to bypass).
+        refresh = {"refresh": True} if self.env.refresh and getattr(judge, "caches_responses", False) else {}
+        results = judge.complete([p.payload for p in pending], progress=progress, **refresh)
         out = []
         for p, res in zip(pending, results):
             if res.status != "ok":

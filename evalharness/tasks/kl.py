@@ -47,11 +47,17 @@ class KLTask(PromptSetTask):
                 zip(pending, kl_verdicts(session.backend, reference, gens))]
 
     @property
+    def _reference(self) -> str:
+        """Who judges: the reference's identity (content hash or revision), not its name in this run, so one
+        reference under two names is one judge. Runs before this stored ``kl:NAME`` and the name as baseline."""
+        return str(self.env.reference_id or self.env.reference_name)
+
+    @property
     def _judge_id(self) -> str:
-        return f"kl:{self.env.reference_name}"
+        return f"kl:{self._reference}"
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
-        keys = dict(judge_id=self._judge_id, baseline=self.env.reference_name, higher_is_better=False)
+        keys = dict(judge_id=self._judge_id, baseline=self._reference, higher_is_better=False)
         k1, skipped = self.by_prompt(session, verdicts)
         k3, _ = self.by_prompt(session, verdicts, value=lambda v: v.meta["k3"])
         out = []
@@ -59,6 +65,7 @@ class KLTask(PromptSetTask):
             s = self.clustered(session, metric, values, skipped,
                                judge_version=self.judge_version(KL_JUDGE_VERSION, estimator), **keys)
             s.extra["judge_desc"] = f"{KL_JUDGE_VERSION};{estimator}"  # readable, for axis labels
+            s.extra["reference_name"] = self.env.reference_name  # the reference's row in this run's tables
             out.append(s)
         return out
 

@@ -112,6 +112,10 @@ class MTBenchTask(Task):
                     "question_id": qid, "category": q["category"], "turn": turn, "judge_prompt": prompt})))
         return out
 
+    def _turns(self) -> tuple[int, ...]:
+        """The turns asked of every model: the overall mean needs a scored judgment of each."""
+        return tuple(range(1, min(2, max(len(q["turns"]) for q in self.questions)) + 1))  # FastChat grades two
+
     def _judge_version(self) -> str:
         return self.judge_version(sorted((k, v.get("system_prompt"), v.get("prompt_template"))
                                          for k, v in self.prompts.items()), self.cfg.judge_max_tokens, self.ref_model)
@@ -151,20 +155,24 @@ class MTBenchTask(Task):
                          [v for vs in self._judged.values() for v in vs])
         metrics = {"task": TASK, "judge": self.env.judge_name, "reparsed": False,
                    "judge_prompts": sorted({str(v.meta["judge_prompt"]) for v in verdicts}),
-                   "models": mt.aggregate(verdicts, model=session.name) or {session.name: _empty()}}
+                   "models": (mt.aggregate(verdicts, model=session.name, turns=self._turns())
+                              or {session.name: _empty()})}
         n_error = sum(v.status == "error" for v in verdicts)
-        n_turns = sum(len(q["turns"]) for q in self.questions)
+        asked = {"score": sum(len(q["turns"]) for q in self.questions),
+                 **{f"turn{t}": sum(len(q["turns"]) >= t for q in self.questions) for t in (1, 2)}}
         scores = mt.to_scores(metrics)
         for s in scores:
             s.task, s.task_version, s.judge_version = self.name, self.task_version, self._judge_version()
             s.baseline = self.ref_model  # other reference answers change math, reasoning and coding grades
             s.decoding, s.higher_is_better = self.generation.decoding(n=1), True
-            if s.metric == "score":
-                s.n_skipped = n_turns - s.n  # unparsed, failed calls and turns never generated
-                s.extra |= {"n_unparsed": sum(v.status == "unparsed" for v in verdicts), "n_error": n_error}
+            s.n_skipped = asked[s.metric] - s.n  # unparsed, failed calls and turns never generated
+            turn = None if s.metric == "score" else int(s.metric[-1])
+            mine = [v for v in verdicts if turn is None or v.meta["turn"] == turn]
+            s.extra |= {"n_unparsed": sum(v.status == "unparsed" for v in mine),
+                        "n_error": sum(v.status == "error" for v in mine)}
         r = metrics["models"][session.name]
         self.env.log(f"{TASK} {session.name}: score {r['score']} (turn 1 {r['turn1']}, turn 2 {r['turn2']}); "
-                     f"{r['n']} graded, {n_turns - r['n']} skipped ({n_error} failed calls)")
+                     f"{r['n']} graded, {asked['score'] - r['n']} skipped ({n_error} failed calls)")
         return scores
 
 
