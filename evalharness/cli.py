@@ -345,31 +345,29 @@ def regress(
     metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC (default: all with a direction)")] = None,
     margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
+    max_skipped: Annotated[Optional[float], typer.Option(help="largest share of failed or unparsed judgments a "
+                                                             "measured score may have (default 0.1)")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
-    """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).
-    Exit 0 when nothing fails, 1 when something does (or, with --strict, is inconclusive), 2 on bad input."""
+    """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
+    MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
+    INCONCLUSIVE, 1 on FAIL (or, with --strict, INCONCLUSIVE), 2 on bad input, 3 on NOT MEASURED (FAIL wins)."""
+    from .compare import gate_exit, resolve
     from .compare import regress as gate
-    from .compare import resolve
+    from .records import MAX_SKIPPED_SHARE
+    if max_skipped is not None and not 0 <= max_skipped < 1:
+        raise EvalHarnessError(f"--max-skipped {max_skipped}: a share of judgments, from 0 to below 1")
     pair = []
     for what, ref in (("baseline", baseline), ("candidate", candidate)):
         rows = resolve([ref], results_dir)
         if len(rows) != 1:
             raise EvalHarnessError(f"--{what} {ref!r} names {len(rows)} models; use RUN:MODEL")
         pair.append(rows[0])
-    margins = {}
-    for item in margin or []:
-        key, sep, value = item.partition("=")
-        try:
-            margins[key.strip()] = float(value)
-        except ValueError:
-            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'") from None
-        if not sep:
-            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'")
     rows = gate(pair[0], pair[1], metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
-                margins=margins, rounds=rounds)
+                margins=_margins(margin or []), rounds=rounds, log=_err,
+                max_skipped=MAX_SKIPPED_SHARE if max_skipped is None else max_skipped)
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
@@ -382,8 +380,20 @@ def regress(
             typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
                        f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
                        f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}")
-    verdicts = {r["verdict"] for r in rows}
-    raise typer.Exit(1 if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts) else 0)
+    raise typer.Exit(gate_exit(rows, strict=strict))
+
+
+def _margins(items: list[str]) -> dict[str, float]:
+    margins = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            margins[key.strip()] = float(value)
+        except ValueError:
+            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'") from None
+        if not sep:
+            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'")
+    return margins
 
 
 @app.command()

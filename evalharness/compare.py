@@ -18,15 +18,17 @@ import json
 import math
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import EvalHarnessError, InputError
 from .paths import results_root
-from .records import KEY_FIELDS, Score
+from .records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, unmeasured_reason
 from .stats import holm
-from .store import RunStore, comparable, find_run
+from .store import (RunStore, checkpoint_manifest, comparable, find_run, index_scores, latest_run_of, manifest_models,
+                    unfinished_runs_of)
 from .tasks.base import ModelRecords
 
 ALPHA = 0.05
@@ -78,6 +80,7 @@ class Cell:
     paired: Any = None  # evalharness.paired.PairedResult, delta = this row - the reference row
     p_holm: float | None = None
     error: str | None = None
+    unmeasured: str | None = None  # why the score is not a measurement (``Score.unmeasured``), when asked
 
     @property
     def significant(self) -> bool:
@@ -94,68 +97,58 @@ class Table:
 
 
 # ---------------------------------------------------------------- rows
-def _checkpoint_info(entry: dict[str, Any]) -> dict[str, Any]:
-    for cand in dict.fromkeys(c for c in (entry.get("path"), entry.get("spec")) if c):
-        path = Path(cand) / "evalharness_manifest.json"
-        if path.is_file():
-            return dict(json.loads(path.read_text()))
-    return {}
-
-
 def run_entries(store: RunStore, models: list[str] | None = None) -> list[Entry]:
     """The rows of one finished run (all its models, or those named)."""
+    infos = manifest_models(store.manifest(), store.path)
     scores = store.scores()
-    infos = {m.get("name") or m.get("spec"): m for m in store.manifest().get("models", [])}
     names = list(dict.fromkeys(s.model for s in scores))
     if models is not None:
         missing = [m for m in models if m not in names]
         if missing:
             raise EvalHarnessError(f"run {store.run_id} has no scores for {missing[0]!r}; its models: {', '.join(names)}")
         names = models
-    return [Entry(store, m, [s for s in scores if s.model == m], _checkpoint_info(infos.get(m, {"spec": m})), m)
+    return [Entry(store, m, [s for s in scores if s.model == m], checkpoint_manifest(infos.get(m, {"spec": m})), m)
             for m in names]
+
+
+def _run_folder(ref: str, root: Path) -> Path | None:
+    try:
+        return find_run(ref, root)
+    except EvalHarnessError:
+        return None
+
+
+def _resolve_one(ref: str, root: Path) -> list[Entry]:
+    run, sep, model = ref.rpartition(":")
+    path = _run_folder(ref, root)
+    if path is not None:  # a run folder: its errors (damaged, interrupted) are the answer, not a model lookup
+        return run_entries(RunStore(path))
+    if sep and run and (path := _run_folder(run, root)) is not None:
+        return run_entries(RunStore(path), [model])
+    found = latest_run_of(ref, root)
+    if found is not None:
+        return run_entries(RunStore(found), [ref])
+    unfinished = unfinished_runs_of(ref, root)
+    if unfinished:
+        last = unfinished[-1]
+        state = {"stale": "killed"}.get(last["status"], last["status"])
+        raise EvalHarnessError(f"model '{ref}' has no finished run; its run {last['run_id']} is {state}: "
+                               f"{last['resume']}")
+    raise EvalHarnessError(f"'{ref}' is neither a run (id or folder under {root}) nor a model with a "
+                           "finished run in the results index")
 
 
 def resolve(refs: list[str], results_dir: str | Path | None = None) -> list[Entry]:
     """``RUN`` (every model of a run: id or folder), ``RUN:MODEL``, or ``MODEL`` (its newest finished run
     in the results index). A model in several rows is labelled ``RUN:MODEL``."""
     root = Path(results_dir) if results_dir else results_root()
-    out: list[Entry] = []
-    for ref in refs:
-        run, sep, model = ref.rpartition(":")
-        try:
-            store = RunStore(find_run(ref, root))
-            out += run_entries(store)
-            continue
-        except EvalHarnessError:
-            pass
-        if sep and run:
-            try:
-                out += run_entries(RunStore(find_run(run, root)), [model])
-                continue
-            except EvalHarnessError:
-                pass
-        found = _latest_run_of(ref, root)
-        if found is None:
-            raise EvalHarnessError(f"'{ref}' is neither a run (id or folder under {root}) nor a model with a "
-                                   "finished run in the results index")
-        out += run_entries(RunStore(found), [ref])
-    counts = defaultdict(int)
+    out = [e for ref in refs for e in _resolve_one(ref, root)]
+    counts: dict[str, int] = defaultdict(int)
     for e in out:
         counts[e.model] += 1
     for e in out:
         e.label = f"{e.store.run_id}:{e.model}" if counts[e.model] > 1 else e.model
     return out
-
-
-def _latest_run_of(model: str, root: Path) -> Path | None:
-    index = root / "index.sqlite"
-    if not index.is_file():
-        return None
-    with sqlite3.connect(index) as db:
-        row = db.execute("SELECT r.path FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE s.model = ? AND "
-                         "r.status = 'complete' ORDER BY r.finished_at DESC LIMIT 1", (model,)).fetchone()
-    return Path(row[0]) if row and (Path(row[0]) / "manifest.json").is_file() else None
 
 
 # ---------------------------------------------------------------- columns and paired cells
@@ -198,15 +191,19 @@ def _label(task: str, metric: str) -> str:
     return metric if metric == task or metric == "length" else f"{task} {metric}"
 
 
-def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
-                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0) -> Table:
-    """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
-    with ``against`` (a row's label or model), paired differences and Holm over the table's tests."""
-    if not entries:
-        raise EvalHarnessError("nothing to compare")
-    if rounds is not None and rounds < 2:
-        raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
-    wanted = None if metrics is None else {tuple(m.split("/", 1)) if "/" in m else (None, m) for m in metrics}
+MIXED_HINT = "pass --allow-mixed to show them in separate, labelled columns"
+# Paired tests that refit a model per bootstrap round: minutes, so they say so on the log (stderr) first.
+SLOW = {("alpaca_eval", "length_controlled_winrate"): "a GLM refit per round", ("arena_hard", "score"):
+        "a Bradley-Terry refit per round"}
+
+
+def _metric_key(m: str) -> tuple[str | None, str]:
+    return (m.split("/", 1)[0], m.split("/", 1)[1]) if "/" in m else (None, m)
+
+
+def _groups(entries: list[Entry], metrics: list[str] | None) -> dict[tuple[str, str], list[tuple[int, Score]]]:
+    """The scores of each (task, metric) shown: those named, else the headline ones (one length column)."""
+    wanted = None if metrics is None else {_metric_key(m) for m in metrics}
     groups: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
     for i, e in enumerate(entries):
         for s in e.scores:
@@ -216,61 +213,113 @@ def build_table(entries: list[Entry], *, against: str | None = None, metrics: li
             elif s.metric in SECONDARY:
                 continue
             groups[(s.task, s.metric)].append((i, s))
-    if wanted is not None:
+    if metrics is not None:
         present = {(t, m) for t, m in groups} | {(None, m) for _, m in groups}
-        missing = [m for m in metrics or [] if (tuple(m.split("/", 1)) if "/" in m else (None, m)) not in present]
+        missing = [m for m in metrics if _metric_key(m) not in present]
         if missing:
-            raise InputError(f"no scores for {', '.join(missing)}", field="metrics")
-    if wanted is None:  # one length column is enough (every reward task reports its samples' length)
-        lengths = [k for k in groups if k[1] == "length"]
-        for k in lengths[1:]:
+            known = sorted({f"{s.task}/{s.metric}" for e in entries for s in e.scores})
+            raise InputError(f"no scores for {', '.join(missing)}; metrics of these rows: {', '.join(known) or 'none'}",
+                             field="--metrics")
+    else:
+        for k in [k for k in groups if k[1] == "length"][1:]:
             del groups[k]
+    return groups
+
+
+def _columns(entries: list[Entry], groups: dict[tuple[str, str], list[tuple[int, Score]]], *, allow_mixed: bool,
+             mixed_hint: str) -> Table:
+    """One column per (task, metric) and comparability key (``store.comparable`` decides; refused unless mixed)."""
     columns: list[Column] = []
     cells: dict[tuple[int, int], Cell] = {}
     for (task, metric), items in groups.items():
         by_key: dict[tuple[Any, ...], list[tuple[int, Score]]] = defaultdict(list)
         for i, s in items:
-            by_key[s.key].append((i, s))
+            rep = next((k for k, members in by_key.items() if comparable(members[0][1], s)[0]), s.key)
+            by_key[rep].append((i, s))
         if len(by_key) > 1 and not allow_mixed:
-            (_, a), (_, b) = next(iter(by_key.values()))[0], list(by_key.values())[1][0]
-            raise EvalHarnessError(f"{task}/{metric}: scores of {entries[_first(by_key, 0)].label} and "
-                                   f"{entries[_first(by_key, 1)].label} are not comparable ({comparable(a, b)[1]}); "
-                                   "pass --allow-mixed to show them in separate, labelled columns")
-        keys = list(by_key)
+            (ia, a), (ib, b) = (members[0] for members in list(by_key.values())[:2])
+            raise EvalHarnessError(f"{task}/{metric}: scores of {entries[ia].label} and {entries[ib].label} are not "
+                                   f"comparable ({comparable(a, b)[1]}); {mixed_hint}")
         for key, members in by_key.items():
-            label = _label(task, metric)
-            if len(keys) > 1:
-                diff = [f for j, f in enumerate(KEY_FIELDS) if len({k[j] for k in keys}) > 1]
-                label += " [" + ", ".join(f"{f}={_short(members[0][1], f)}" for f in diff) + "]"
+            label = _label(task, metric) + (key_suffix(members[0][1], list(by_key)) if len(by_key) > 1 else "")
             columns.append(Column(task, metric, key, label, members[0][1].higher_is_better))
             for i, s in members:
                 cells[(i, len(columns) - 1)] = Cell(s)
-    table = Table(columns, entries, cells)
+    return Table(columns, entries, cells)
+
+
+def key_suffix(score: Score, keys: list[tuple[Any, ...]]) -> str:
+    """`` [field=value, ...]``: what sets a score's comparability key apart from the other keys of its metric."""
+    diff = [f for j, f in enumerate(KEY_FIELDS) if len({k[j] for k in keys}) > 1]
+    return " [" + ", ".join(f"{f}={_short(score, f)}" for f in diff) + "]"
+
+
+def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
+                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0,
+                max_skipped: float | None = None, mixed_hint: str = MIXED_HINT,
+                log: Callable[[str], None] | None = None) -> Table:
+    """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
+    with ``against`` (a row's label or model), paired differences and Holm over the table's tests.
+    ``max_skipped``: a cell over that failed share (``Score.unmeasured``) is marked and not tested."""
+    if not entries:
+        raise EvalHarnessError("nothing to compare")
+    if rounds is not None and rounds < 2:
+        raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
+    table = _columns(entries, _groups(entries, metrics), allow_mixed=allow_mixed, mixed_hint=mixed_hint)
+    if max_skipped is not None:
+        for cell in table.cells.values():
+            cell.unmeasured = cell.score.unmeasured(max_skipped)
     if against is not None:
         matches = [i for i, e in enumerate(entries) if against in (e.label, e.model)]
         if len(matches) != 1:
             raise EvalHarnessError(f"--against {against!r} names {len(matches)} rows; rows: "
                                    f"{', '.join(e.label for e in entries)}")
-        table.against = ref = matches[0]
-        tested: list[Cell] = []
-        for j, col in enumerate(columns):
-            if (ref, j) not in cells:
-                continue
-            for i in range(len(entries)):
-                if i == ref or (i, j) not in cells:
-                    continue
-                cell = cells[(i, j)]
-                try:
-                    cell.paired = paired_cell(col, entries[i], entries[ref], rounds=rounds, seed=seed)
-                    tested.append(cell)
-                except (ValueError, EvalHarnessError, OSError) as e:
-                    cell.error = str(e)
-        for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
-            cell.p_holm = None if p is None or math.isnan(p) else p
-        table.notes.append(f"Δ: paired difference to {entries[ref].label} over shared items; * Holm-adjusted "
-                           f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
-                           "with 80% power")
+        _pair_against(table, matches[0], rounds=rounds, seed=seed, log=log or (lambda _: None))
     return table
+
+
+def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log: Callable[[str], None]) -> None:
+    """Each row's paired difference to row ``ref``, Holm over every test; failures as a short cell reason
+    with the detail once in the notes."""
+    import time
+    table.against = ref
+    tested: list[Cell] = []
+    details: dict[str, str] = {}
+    for j, col in enumerate(table.columns):
+        base = table.cells.get((ref, j))
+        if base is None or base.unmeasured:
+            continue
+        for i, row in enumerate(table.rows):
+            cell = table.cells.get((i, j))
+            if i == ref or cell is None or cell.unmeasured:
+                continue
+            start = time.monotonic()
+            if (col.task, col.metric) in SLOW:
+                log(f"{col.label}: paired bootstrap of {row.label} vs {table.rows[ref].label} "
+                    f"({SLOW[(col.task, col.metric)]}; {rounds or 'default'} rounds)...")
+            try:
+                cell.paired = paired_cell(col, row, table.rows[ref], rounds=rounds, seed=seed)
+                tested.append(cell)
+            except (ValueError, EvalHarnessError, OSError) as e:
+                cell.error = short_reason(e)
+                details.setdefault(str(e), f"{col.label}, {row.label}: {e}")
+            if (col.task, col.metric) in SLOW:
+                log(f"{col.label}: {row.label} done in {time.monotonic() - start:.0f}s")
+    for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
+        cell.p_holm = None if p is None or math.isnan(p) else p
+    table.notes.append(f"Δ: paired difference to {table.rows[ref].label} over shared items; * Holm-adjusted "
+                       f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
+                       "with 80% power")
+    table.notes += [f"not paired: {d}" for d in details.values()]
+
+
+def short_reason(error: BaseException) -> str:
+    """A table cell's few words for why a paired test failed; the full message goes below the table."""
+    text = str(error)
+    if isinstance(error, OSError) or "urlopen error" in text:
+        return "download failed: see below"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 60 else first[:57] + "..."
 
 
 def score_ci(s: Score) -> tuple[float | None, float | None]:
@@ -283,10 +332,6 @@ def score_ci(s: Score) -> tuple[float | None, float | None]:
     from scipy.stats import t
     half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
     return s.value - half, s.value + half
-
-
-def _first(by_key: dict[Any, list[tuple[int, Score]]], n: int) -> int:
-    return list(by_key.values())[n][0][0]
 
 
 def _short(score: Score, field_: str) -> str:
@@ -467,43 +512,49 @@ def verdict_line(v: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- regression gate
+NOT_MEASURED = "NOT MEASURED"
+REGRESS_HINT = "gate scores of one task version, judge, baseline and decoding: rerun one side to match the other"
+
+
+def known_unavailable(entries: list[Entry]) -> dict[tuple[str, str], str]:
+    """(task, metric) that no row could compute, for a reason known before the run (the task recorded it in
+    ``extra['unavailable']``, e.g. AlpacaEval LC without its support files): left out of a default gate."""
+    by_metric: dict[tuple[str, str], list[Score | None]] = {}
+    for k, e in enumerate(entries):
+        for s in e.scores:
+            by_metric.setdefault((s.task, s.metric), [None] * len(entries))[k] = s
+    return {m: str(ss[0].extra["unavailable"]) for m, ss in by_metric.items()
+            if all(s is not None and s.value is None and s.extra.get("unavailable") for s in ss)}
+
+
 def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = None,
-            margins: dict[str, float] | None = None, rounds: int | None = None,
-            seed: int = 0) -> list[dict[str, Any]]:
+            margins: dict[str, float] | None = None, rounds: int | None = None, seed: int = 0,
+            max_skipped: float = MAX_SKIPPED_SHARE, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
-    clears -margin), or INCONCLUSIVE (with the MDE). The change is oriented so that + is better."""
+    clears -margin), INCONCLUSIVE (with the MDE), or NOT MEASURED (a side scored nothing, too many failed
+    judgments, or lacks the metric: with its reason). The change is oriented so that + is better."""
+    log = log or (lambda _: None)
     if baseline.label == candidate.label:  # one model against itself, or one name in two runs: tell the rows apart
         baseline = replace(baseline, label=f"baseline:{baseline.label}")
         candidate = replace(candidate, label=f"candidate:{candidate.label}")
-    table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed)
+    if metrics is None:
+        for (task, metric), why in known_unavailable([baseline, candidate]).items():
+            log(f"left out {task}/{metric}: neither side has it ({why})")
+            baseline, candidate = (replace(e, scores=[s for s in e.scores if (s.task, s.metric) != (task, metric)])
+                                   for e in (baseline, candidate))
+    table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed,
+                        max_skipped=max_skipped, mixed_hint=REGRESS_HINT, log=log)
     margins = margins or {}
     known = {f"{c.task}/{c.metric}" for c in table.columns} | {c.metric for c in table.columns}
     for k in margins:
         if k not in known:
-            raise InputError(f"--margin {k}: no such metric; metrics: {', '.join(sorted(known))}", field="margin")
-    rows, drops = [], []
-    for j, col in enumerate(table.columns):
-        if col.higher_is_better is None and metrics is None:
-            continue  # no direction (length): reported by compare, not gated
-        cell = table.cells.get((1, j))
-        if cell is None or cell.paired is None:
-            rows.append({"task": col.task, "metric": col.metric, "verdict": "INCONCLUSIVE",
-                         "reason": (cell.error if cell else "no score for the candidate") or "not paired"})
-            continue
-        r = cell.paired
-        sign = -1.0 if col.higher_is_better is False else 1.0
-        change, lo, hi = sign * r.delta, *sorted((sign * r.ci_low, sign * r.ci_high))
-        p_drop = r.p_value / 2 if change < 0 else 1 - r.p_value / 2  # one-sided: H0 "no drop"
-        rec = {"task": col.task, "metric": col.metric, "higher_is_better": col.higher_is_better, "delta": r.delta,
-               "delta_ci_low": r.ci_low, "delta_ci_high": r.ci_high, "p_value": r.p_value, "p_drop": p_drop,
-               "n_paired": r.n_paired, "mde": r.mde, "margin": margins.get(f"{col.task}/{col.metric}",
-                                                                          margins.get(col.metric, 0.0)),
-               "_change_ci": (lo, hi), "method": r.method}
-        rows.append(rec)
-        drops.append(rec)
+            raise InputError(f"--margin {k}: no such metric; metrics: {', '.join(sorted(known))}", field="--margin")
+    rows = [_gate_row(table, j, margins) for j, col in enumerate(table.columns)
+            if col.higher_is_better is not None or metrics is not None]  # no direction (length): not gated
     if not rows:  # a gate that checks nothing must not pass
         raise EvalHarnessError("no metric to gate: no shared score has a direction (higher or lower is better); "
                                "name them with --metrics")
+    drops = [r for r in rows if "_change_ci" in r]
     for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
         rec["p_holm"] = p
         lo, _ = rec.pop("_change_ci")
@@ -515,6 +566,37 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
             rec["verdict"] = "INCONCLUSIVE"
     # NaN (undefined with too few items) is not JSON: None
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
+
+
+def _gate_row(table: Table, j: int, margins: dict[str, float]) -> dict[str, Any]:
+    """One metric's gate record: NOT MEASURED with its reason, or the oriented paired change to test."""
+    col = table.columns[j]
+    head = {"task": col.task, "metric": col.metric}
+    sides = (("baseline", table.cells.get((0, j))), ("candidate", table.cells.get((1, j))))
+    why = [f"{side}: no {col.task}/{col.metric} score (the other side has one)" if cell is None
+           else f"{side}: {cell.score.extra.get('unavailable') or cell.unmeasured}"
+           for side, cell in sides if cell is None or cell.unmeasured]
+    cell = sides[1][1]
+    if not why and (cell is None or cell.paired is None):
+        why = [f"no paired difference: {cell.error if cell else 'not paired'}"]
+    if why:
+        return {**head, "verdict": NOT_MEASURED, "reason": "; ".join(why)}
+    r = cell.paired  # type: ignore[union-attr]
+    sign = -1.0 if col.higher_is_better is False else 1.0
+    change, lo, hi = sign * r.delta, *sorted((sign * r.ci_low, sign * r.ci_high))
+    p_drop = r.p_value / 2 if change < 0 else 1 - r.p_value / 2  # one-sided: H0 "no drop"
+    return {**head, "higher_is_better": col.higher_is_better, "delta": r.delta, "delta_ci_low": r.ci_low,
+            "delta_ci_high": r.ci_high, "p_value": r.p_value, "p_drop": p_drop, "n_paired": r.n_paired, "mde": r.mde,
+            "margin": margins.get(f"{col.task}/{col.metric}", margins.get(col.metric, 0.0)),
+            "_change_ci": (lo, hi), "method": r.method}
+
+
+def gate_exit(rows: list[dict[str, Any]], *, strict: bool = False) -> int:
+    """The gate's exit status: 1 FAIL (or INCONCLUSIVE when strict), else 3 NOT MEASURED, else 0."""
+    verdicts = {r["verdict"] for r in rows}
+    if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts):
+        return 1
+    return 3 if NOT_MEASURED in verdicts else 0
 
 
 # ---------------------------------------------------------------- history
