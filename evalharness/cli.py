@@ -87,12 +87,12 @@ def eval_(
                      seed=seed, dtype=dtype, batch_size=batch_size, run_id=run_id,
                      results_dir=str(results_dir) if results_dir else None, progress=not json_out)
     res = run_eval(cfg, log=_err)
-    trackers.report_evaluation(names, res.run_dir, log=_err)
     if json_out:
         typer.echo(json.dumps(res.summary, indent=2))
     else:
         print_scores(res.scores, title=f"{res.summary['task']} — run {res.run_dir.name}")
         _err(f"results: {res.run_dir}")
+    trackers.report_evaluation(names, res.run_dir, log=_err)  # after the table: a tracker failure must not hide it
 
 
 @app.command()
@@ -101,13 +101,13 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
          json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print a finished run's scores (runs written before schema 2 too)."""
     from .report import print_scores
-    from .store import RunStore, find_run
+    from .store import RunStore, find_run, read_json_object
     store = RunStore(find_run(run, results_dir))
-    scores = store.scores()
+    scores = store.scores()  # checks the summary: a damaged one is an error naming the file
+    summary = read_json_object(store.path / "summary.json")
     if json_out:
-        typer.echo((store.path / "summary.json").read_text())
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        summary = json.loads((store.path / "summary.json").read_text())
         print_scores(scores, title=f"{summary.get('task', '')} — run {store.run_id}")
 
 
@@ -401,41 +401,53 @@ def history(
     model: Annotated[Optional[str], typer.Option(help="a model name; its lineage: it and checkpoints trained from it")] = None,
     task: Optional[str] = None,
     metric: Optional[str] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per task/metric")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per series")] = None,
+    max_skipped: Annotated[float, typer.Option(help="largest share of failed or unparsed judgments a measured "
+                                                    "point may have")] = 0.1,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
-    """Every indexed score of a lineage over training step and time; drops from the previous point tested."""
+    """Every indexed score of a lineage over training step and time; drops from the previous point tested.
+    Incomparable scores (task version, judge, baseline, decoding) are separate series; points that are not
+    measurements are marked with their reason and not tested."""
     from .compare import history as query
     from .compare import mark_drops, plot_history
-    points = query(model, task=task, metric=metric, results_dir=results_dir)
+    points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))
-    series: dict[tuple[str, str], list[dict]] = {}
+    series: dict[str, list[dict]] = {}
     for p in points:
-        series.setdefault((p["task"], p["metric"]), []).append(p)
-    for (t, m), pts in series.items():
-        hib = next((s.higher_is_better for s in _scores_of(pts[-1]) if s.task == t and s.metric == m), True)
-        mark_drops(pts, higher_is_better=hib)
+        series.setdefault(p["series"], []).append(p)
+    used: set[str] = set()
+    for name, pts in series.items():
+        mark_drops(pts, higher_is_better=pts[-1]["higher_is_better"])
         if plot is not None:
-            out = plot if len(series) == 1 else plot.with_name(f"{plot.name}-{t}-{m}")
-            for f in plot_history(pts, out, title=f"{t}/{m}"):
+            stem = f"{plot.name}-{pts[0]['task']}-{pts[0]['metric']}"
+            stem += f"-{sum(u.startswith(stem) for u in used) + 1}" if stem in used else ""
+            used.add(stem)
+            out = plot if len(series) == 1 else plot.with_name(stem)
+            files = plot_history(pts, out, title=name)
+            for f in files:
                 _err(f"trend plot: {f}")
+            if not files:
+                _err(f"no trend plot for {name}: no measured point")
     if json_out:
         typer.echo(json.dumps(points, indent=2, default=str))
         return
-    for (t, m), pts in series.items():
-        typer.echo(f"{t}/{m}")
+    for name, pts in series.items():
+        typer.echo(name)
         for p in pts:
-            ci = f" [{p['ci_low']:.4g}, {p['ci_high']:.4g}]" if p["ci_low"] is not None else ""
-            mark = f"  DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
-            typer.echo(f"  {p['model']:32s} step {str(p['step'] if p['step'] is not None else '—'):>5s}  "
-                       f"{p['value'] if p['value'] is None else format(p['value'], '.4g'):>8}{ci}  {p['run']}{mark}")
+            typer.echo("  " + _history_line(p))
 
 
-def _scores_of(point: dict) -> list:
-    from .store import RunStore
-    return RunStore(Path(point["path"])).scores()
+def _history_line(p: dict) -> str:
+    g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731  (None: not computed)
+    ci = f" [{g(p['ci_low'])}, {g(p['ci_high'])}]" if p["ci_low"] is not None else ""
+    mark = f"  DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
+    if p.get("not_measured"):
+        mark = f"  NOT MEASURED: {p['not_measured']}"
+    step = str(p["step"] if p["step"] is not None else "—")
+    return f"{p['model']:32s} step {step:>5s}  {g(p['value']):>8}{ci}  {p['run']}{mark}"
 
 
 metrics_app = typer.Typer(no_args_is_help=True, help="Recompute official metrics from the official tools' files.")

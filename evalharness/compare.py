@@ -601,40 +601,87 @@ def gate_exit(rows: list[dict[str, Any]], *, strict: bool = False) -> int:
 
 # ---------------------------------------------------------------- history
 def history(model: str | None, *, task: str | None = None, metric: str | None = None,
-            results_dir: str | Path | None = None) -> list[dict[str, Any]]:
+            results_dir: str | Path | None = None, max_skipped: float = MAX_SKIPPED_SHARE,
+            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every indexed score of a lineage, oldest first: ``model`` itself across runs, and the checkpoints
-    trained from it (their manifests name it as base), with step and finish time."""
+    trained from it (their manifests name it as base), with step and finish time. Each point names its
+    ``series``: scores share one only if ``store.comparable`` says so. A point that is not a measurement
+    carries ``not_measured`` (its reason); a run whose files are damaged is left out with a warning."""
     root = Path(results_dir) if results_dir else results_root()
-    index = root / "index.sqlite"
-    if not index.is_file():
-        raise EvalHarnessError(f"no results index at {index}: no finished run yet")
-    sql = ("SELECT s.run_id, s.task, s.metric, s.model, s.value, s.ci_low, s.ci_high, s.n, s.n_skipped, "
-           "s.finished_at, r.path, r.manifest FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE r.status = "
-           "'complete'")
-    args: list[Any] = []
-    if task:
-        sql += " AND s.task = ?"
-        args.append(task)
-    if metric:
-        sql += " AND s.metric = ?"
-        args.append(metric)
-    with sqlite3.connect(index) as db:
-        rows = db.execute(sql, args).fetchall()
+    if not (root / "index.sqlite").is_file():
+        raise EvalHarnessError(f"no results index at {root / 'index.sqlite'}: no finished run yet")
+    log = log or (lambda _: None)
+    runs: dict[str, dict[tuple[str, str, str], Score] | None] = {}
     out = []
-    for run_id, t, m, name, value, lo, hi, n, skipped, finished, path, manifest in rows:
-        entries = {e.get("name") or e.get("spec"): e for e in json.loads(manifest).get("models", [])}
-        info = _checkpoint_info(entries.get(name, {"spec": name}))
-        base = str(info.get("base_model") or "")
-        spec = str((entries.get(name) or {}).get("spec") or "")
-        if model is not None and model not in (name, spec, base, Path(base).name if base else ""):
-            continue
-        out.append({"run": run_id, "path": path, "task": t, "metric": m, "model": name, "step": info.get("step"),
-                    "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
-                    "run_name": info.get("run_name"), "value": value, "ci_low": lo, "ci_high": hi, "n": n,
-                    "n_skipped": skipped, "finished_at": finished})
+    for row in index_scores(root, task=task, metric=metric):
+        point = _history_point(row, model, runs, log)
+        if point is not None:
+            out.append(point)
     out.sort(key=lambda r: (r["task"], r["metric"], r["run_name"] or "", r["step"] if r["step"] is not None else -1,
                             r["finished_at"] or ""))
+    _split_series(out)
+    for point in out:
+        point["not_measured"] = point.pop("score").unmeasured(max_skipped)
     return out
+
+
+def _split_series(points: list[dict[str, Any]]) -> None:
+    """Name each point's ``series``: its task/metric, and where scores of one metric are not comparable
+    (``store.comparable``), the key fields that set them apart (DESIGN: they never share a column)."""
+    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = defaultdict(list)
+    for p in points:
+        series = groups[(p["task"], p["metric"])]
+        home = next((g for g in series if comparable(g[0]["score"], p["score"])[0]), None)
+        if home is None:
+            series.append([p])
+        else:
+            home.append(p)
+    for (task, metric), series in groups.items():
+        keys = [g[0]["score"].key for g in series]
+        for g in series:
+            name = f"{task}/{metric}" + (key_suffix(g[0]["score"], keys) if len(series) > 1 else "")
+            for p in g:
+                p["series"] = name
+
+
+def _run_scores(path: str, runs: dict[str, dict[tuple[str, str, str], Score] | None],
+                log: Callable[[str], None]) -> dict[tuple[str, str, str], Score] | None:
+    """A run's full scores by (model, task, metric), read once; None (warned once) when its files are damaged."""
+    if path not in runs:
+        try:
+            runs[path] = {(s.model, s.task, s.metric): s for s in RunStore(Path(path)).scores()}
+        except EvalHarnessError as e:
+            log(f"warning: left out run {Path(path).name}: {e}")
+            runs[path] = None
+    return runs[path]
+
+
+def _history_point(row: dict[str, Any], model: str | None, runs: dict[str, Any],
+                   log: Callable[[str], None]) -> dict[str, Any] | None:
+    """One index row as a history point of ``model``'s lineage (None: not of it, or its run is unreadable)."""
+    try:
+        manifest = json.loads(row["manifest"])
+        entries = manifest_models(manifest if isinstance(manifest, dict) else {}, Path(row["path"]))
+        entry = entries.get(row["model"], {"spec": row["model"]})
+        info = checkpoint_manifest(entry)
+    except (ValueError, TypeError, EvalHarnessError) as e:
+        if row["path"] not in runs:
+            log(f"warning: left out run {row['run']}: {e}")
+            runs[row["path"]] = None
+        return None
+    base = str(info.get("base_model") or "")
+    name = row["model"]
+    if model is not None and model not in (name, str(entry.get("spec") or ""), base, Path(base).name if base else ""):
+        return None
+    scores = _run_scores(row["path"], runs, log)
+    score = None if scores is None else scores.get((name, row["task"], row["metric"]))
+    if score is None:
+        return None
+    point = {k: row[k] for k in ("run", "path", "task", "metric", "model", "value", "ci_low", "ci_high", "n",
+                                 "n_skipped", "finished_at")}
+    return {**point, "step": info.get("step"), "run_name": info.get("run_name"),
+            "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
+            "higher_is_better": score.higher_is_better, "score": score}
 
 
 def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = True, rounds: int = 200) -> None:
@@ -670,6 +717,8 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
     last: dict[str | None, dict[str, Any]] = {}
     out = []
     for cur in points:
+        if cur.get("not_measured"):  # neither tested nor a point to test the next one against
+            continue
         run = cur.get("run_name")
         prev = last.get(run) or last.get(None)
         if prev is not None:
@@ -694,6 +743,9 @@ def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -
     from matplotlib.figure import Figure
 
     from .plot import save_figure
+    points = [p for p in points if p["value"] is not None and not p.get("not_measured")]
+    if not points:
+        return []
     stepped = any(p["step"] is not None for p in points)  # then a point without a step is the base, at 0
     xs = [p["step"] if p["step"] is not None else 0 if stepped else k for k, p in enumerate(points)]
     with matplotlib.rc_context({"svg.fonttype": "none"}):

@@ -16,8 +16,8 @@ from typing import Any
 
 from .errors import EvalHarnessError
 from .paths import write_atomic
-from .records import KEY_FIELDS, Score
-from .store import RunStore, find_run
+from .records import KEY_FIELDS, Score, swept_task
+from .store import RunStore, checkpoint_manifest, find_run, manifest_models
 
 KL_METRIC = "kl"
 NOT_REWARDS = ("kl", "kl_k3", "length")  # metrics an eval run writes beside the judges' rewards
@@ -64,13 +64,14 @@ def _norm(algorithm: str) -> str:
 
 
 def _load_run(run: str | Path, results_dir: Path | None) -> tuple[str, dict[str, Any], list[Score]]:
-    path = find_run(str(run), results_dir)
-    manifest = json.loads((path / "manifest.json").read_text())
+    store = RunStore(find_run(str(run), results_dir))
+    manifest, path = store.manifest(), store.path
+    manifest_models(manifest, path)  # a models field of the wrong shape names the file here
     run_id = manifest.get("run_id", path.name)
     if manifest.get("kind") not in ("eval", "run"):
         raise EvalHarnessError(f"run '{run_id}' ({path}) is a '{manifest.get('kind')}' run; the frontier needs "
                                "evaluation runs with a kl task (`evalharness eval` or `evalharness run`)")
-    return run_id, manifest, RunStore(path).scores()
+    return run_id, manifest, store.scores()
 
 
 def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wanted: str | None) -> str:
@@ -87,7 +88,7 @@ def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wan
     if not rewards:
         raise EvalHarnessError("these runs have no reward metric (only " + ", ".join(present or ["no scores"]) + ")")
     if len(rewards) > 1:
-        raise EvalHarnessError(f"several reward metrics in these runs: {', '.join(rewards)}; pick one with reward_metric")
+        raise EvalHarnessError(f"several reward metrics in these runs: {', '.join(rewards)}; pick one with --reward-metric")
     return rewards[0]
 
 
@@ -116,25 +117,14 @@ def _check_comparable_configs(runs: list[tuple[str, dict[str, Any], list[Score]]
                                    "their rewards and KLs are not comparable on one plot")
 
 
-def _checkpoint_manifest(spec: str, info: dict[str, Any]) -> dict[str, Any] | None:
-    for cand in dict.fromkeys(c for c in (info.get("path"), spec) if c):
-        path = Path(cand).expanduser() / CHECKPOINT_MANIFEST
-        if path.is_file():
-            try:
-                return dict(json.loads(path.read_text()))
-            except (json.JSONDecodeError, TypeError, ValueError) as e:
-                raise EvalHarnessError(f"{path}: not a checkpoint manifest ({e})") from e
-    return None
-
-
 def _identity(spec: str, info: dict[str, Any],
               is_reference: bool) -> tuple[str, str | None, int | None, dict[str, Any], str]:
     """(algorithm, run_name, step, hparams, label) from the checkpoint's own manifest (nanoGPT: self-describing).
 
     A model without one is the SFT point only if it is the KL reference: a checkpoint whose folder moved
     must not be drawn as the reference star."""
-    ckpt = _checkpoint_manifest(spec, info)
-    if ckpt is None:
+    ckpt = checkpoint_manifest({"path": info.get("path"), "spec": spec}, CHECKPOINT_MANIFEST)
+    if not ckpt:
         return (SFT, None, None, {}, f"SFT ({spec})") if is_reference else (UNKNOWN, None, None, {}, spec)
     algorithm = str(ckpt.get("algorithm") or UNKNOWN).lower()
     run_name, step, hparams = ckpt.get("run_name"), ckpt.get("step"), dict(ckpt.get("hparams") or {})
@@ -443,7 +433,6 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
     from dataclasses import replace
 
     from .compare import score_ci
-    from .spec import swept_task
     if not runs:
         raise EvalHarnessError("no runs given")
     loaded = [_load_run(r, results_dir) for r in runs]
@@ -455,7 +444,7 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
     if task is None:
         if len(swept) != 1:
             raise EvalHarnessError("no temperature-swept task (generation: {temperature: [...]}) in these runs"
-                                   if not swept else f"several swept tasks: {', '.join(sorted(swept))}; pick one with task")
+                                   if not swept else f"several swept tasks: {', '.join(sorted(swept))}; pick one with --task")
         task = next(iter(swept))
     elif task not in swept:
         raise EvalHarnessError(f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}")

@@ -242,3 +242,19 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     import json
     text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# A task run at several temperatures keeps one task name per temperature (``summarize@t0.5``): the spec
+# writes these names and the readers (plots, tables) map them back.
+TEMPERATURE_MARK = "@t"
+
+
+def temperature_task(name: str, temperature: float) -> str:
+    """The name of one temperature of a swept task (``summarize@t0.5``): its scores' own column."""
+    return f"{name}{TEMPERATURE_MARK}{temperature:g}"
+
+
+def swept_task(name: str) -> str:
+    """The task a temperature-swept task name belongs to (``summarize@t0.5`` -> ``summarize``)."""
+    base, mark, t = name.rpartition(TEMPERATURE_MARK)
+    return base if mark and base and t.replace(".", "", 1).isdigit() else name

@@ -372,7 +372,16 @@ def report_evaluation(names: Sequence[str], run_path: Path, *, table: Any = None
         table = build_table(entries, against=ref if any(ref == e.label for e in entries) else None, allow_mixed=True)
     plots = list(figures) + trend_figures(table, run_path / "figures")
     rows = score_rows(store.scores())
-    with start(names, RunInfo(store.run_id, "eval", run_path, run_path.parent, group), log) as t:
+    try:
+        t = start(names, RunInfo(store.run_id, "eval", run_path, run_path.parent, group), log)
+    except MissingExtraError:
+        raise
+    except Exception as e:  # a tracker that cannot start (no login, no server) must not hide the finished run
+        first = (str(e).strip().splitlines() or [""])[0]
+        log(f"error: tracker could not start ({type(e).__name__}: {first}); nothing was sent, every number is "
+            f"in {run_path}")
+        return
+    with t:
         t.log_config(store.manifest())
         t.log_metrics(score_metrics(rows))
         t.log_table("scores", rows)
