@@ -252,13 +252,14 @@ def plot_frontier(
     runs: Annotated[list[str], typer.Argument(help="eval run ids or folders (checkpoints and the SFT model)")],
     out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("frontier"),
     reward_metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the one reward present)")] = None,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
     from rich.console import Console
     from rich.table import Table
 
     from .plot import frontier, frontier_table
-    paths, points = frontier(runs, out, reward_metric=reward_metric)
+    paths, points = frontier(runs, out, reward_metric=reward_metric, results_dir=results_dir)
     t = Table()
     rows = frontier_table(points)
     for col in rows[0]:

@@ -186,6 +186,8 @@ class RunStore:
         if not path.is_file():
             manifest = self.manifest()
             status = run_state(self.path, manifest)
+            if status == "complete":
+                raise InputError(f"missing, though the run is complete; {DAMAGED}", path=str(path))
             if status == "running":
                 raise EvalHarnessError(f"run {self.run_id} is still running (its process is alive); wait for it "
                                        "to finish")
