@@ -323,7 +323,7 @@ def compare(
     """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
     from .compare import build_table, render, resolve
     table = build_table(resolve(refs, results_dir), against=against, allow_mixed=allow_mixed, rounds=rounds, seed=seed,
-                        metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
+                        metrics=[m.strip() for m in metrics.split(",")] if metrics else None, log=_err)
     typer.echo(render(table, fmt), nl=False)
 
 
@@ -336,7 +336,7 @@ def report(
 ) -> None:
     """One self-contained HTML page: compare's table, the figures, a per-prompt viewer of two models, provenance."""
     from .html_report import write_report
-    typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir)}")
+    typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir, log=_err)}")
 
 
 @app.command()

@@ -312,10 +312,11 @@ def _provenance(entries: list[Entry]) -> list[dict[str, Any]]:
 
 
 def report_data(refs: list[str], *, against: str | None = None, results_dir: str | Path | None = None,
-                work: Path | None = None) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data: resolved and tabulated exactly as ``compare`` does."""
+                work: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data: resolved and tabulated exactly as ``compare`` does
+    (``log``: progress of the long paired bootstraps)."""
     entries = resolve(refs, results_dir)
-    table = build_table(entries, against=against)
+    table = build_table(entries, against=against, log=log)
     best = None
     for col in table.columns:
         if col.higher_is_better is not None and table.against is not None:
@@ -396,11 +397,12 @@ def render_html(data: dict[str, Any], *, title: str = "evalharness report") -> s
 
 
 def write_report(refs: list[str], out: str | Path, *, against: str | None = None,
-                 results_dir: str | Path | None = None) -> Path:
+                 results_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Build the report of ``refs`` (as ``evalharness compare`` reads them) into ``out``, written atomically."""
     from .store import write_text_atomic
     out = Path(out)
+    data = report_data(refs, against=against, results_dir=results_dir, log=log,
+                       work=out.parent if out.parent.is_dir() else None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = report_data(refs, against=against, results_dir=results_dir, work=out.parent)
     write_text_atomic(out, render_html(data, title=f"evalharness report: {', '.join(refs)}"))
     return out

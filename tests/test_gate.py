@@ -23,6 +23,7 @@ from evalharness.store import RunStore
 from evalharness.testing import FakeOpenAI, Fault
 from evalharness.testing.fake_openai import benchmark_judge
 from test_compare import base_values, sentiment_run, shifted
+from test_task_alpaca_eval import support_dir
 
 DEMO = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data"
 
@@ -42,8 +43,8 @@ def cli(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------- runs through the run loop
-def _spec(tmp: Path, name: str, url: str) -> Path:
-    """One model, MT-Bench and AlpacaEval judged over HTTP; LC support files absent (as offline)."""
+def _spec(tmp: Path, name: str, url: str, lc: Path | None = None) -> Path:
+    """One model, MT-Bench and AlpacaEval judged over HTTP; LC support files absent (as offline) unless ``lc``."""
     (tmp / "no-lc").mkdir(exist_ok=True)
     spec = tmp / f"{name}.yaml"
     spec.write_text(f"""\
@@ -56,7 +57,7 @@ tasks:
   mt_bench: {{questions: {DEMO}/mt_bench/questions.jsonl, judge_prompts: {DEMO}/mt_bench/judge_prompts.jsonl,
              reference_answers: {DEMO}/mt_bench/reference_answer/demo-reference.jsonl}}
   alpaca_eval: {{eval_set: {DEMO}/alpaca_eval/eval_set.json, baseline: {DEMO}/alpaca_eval/baseline.json,
-                 lc_support_dir: {tmp / 'no-lc'}}}
+                 lc_support_dir: {lc or tmp / 'no-lc'}}}
 """)
     return spec
 
@@ -70,6 +71,8 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     runs = {}
     with FakeOpenAI(benchmark_judge) as server:
         runs["good"] = run_spec(_spec(tmp, "good", server.url), results_dir=results, progress=False).path
+        runs["lc"] = run_spec(_spec(tmp, "lc", server.url, support_dir(tmp / "lc-support")), results_dir=results,
+                              progress=False).path
     with FakeOpenAI(default_text="I would rather not say.") as server:
         runs["unparsed"] = run_spec(_spec(tmp, "unparsed", server.url), results_dir=results, progress=False).path
     with FakeOpenAI(benchmark_judge) as server:
@@ -150,6 +153,16 @@ def test_incomparable_regress_does_not_offer_allow_mixed(tmp_path: Path, capsys:
     assert code == 2 and "--allow-mixed" in err
     code, _, err = cli(capsys, "compare", "v1", "--metrics", "nope", "--results-dir", root)
     assert code == 2 and "nope" in err and "sentiment/sentiment" in err
+
+
+def test_long_bootstraps_say_so_on_stderr_only(judged: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Old behaviour: minutes of LC bootstrap with nothing printed."""
+    ref = f"{judged['lc'].name}:a"
+    code, out, err = cli(capsys, "regress", "--baseline", ref, "--candidate", ref, "--rounds", "2", "--json",
+                         "--metrics", "alpaca_eval/length_controlled_winrate", "--results-dir", judged["results"])
+    assert code == 0, err
+    assert json.loads(out)[0]["verdict"] == "PASS" and "done in" not in out
+    assert "AlpacaEval 2 LC %: paired bootstrap of candidate:a vs baseline:a" in err and "done in" in err
 
 
 # ---------------------------------------------------------------- history
