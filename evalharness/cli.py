@@ -412,7 +412,8 @@ def history(
     Incomparable scores (task version, judge, baseline, decoding) are separate series; points that are not
     measurements are marked with their reason and not tested."""
     from .compare import history as query
-    from .compare import mark_drops, plot_history
+    from .compare import mark_drops
+    from .plot import plot_history
     points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))

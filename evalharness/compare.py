@@ -16,7 +16,6 @@ import importlib
 import io
 import json
 import math
-import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,10 +24,18 @@ from typing import Any
 
 from .errors import EvalHarnessError, InputError
 from .paths import results_root
-from .records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, unmeasured_reason
+from .records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, score_ci
 from .stats import holm
-from .store import (RunStore, checkpoint_manifest, comparable, find_run, index_scores, latest_run_of, manifest_models,
-                    unfinished_runs_of)
+from .store import (
+    RunStore,
+    checkpoint_manifest,
+    comparable,
+    find_run,
+    index_scores,
+    latest_run_of,
+    manifest_models,
+    unfinished_runs_of,
+)
 from .tasks.base import ModelRecords
 
 ALPHA = 0.05
@@ -152,36 +159,37 @@ def resolve(refs: list[str], results_dir: str | Path | None = None) -> list[Entr
 
 
 # ---------------------------------------------------------------- columns and paired cells
-def _module(entry: Entry, score: Score) -> tuple[Any, str]:
-    """The task module of a score, and the task name its verdicts carry."""
-    tasks = entry.store.manifest().get("tasks") or {}
-    if score.task in tasks:
-        return importlib.import_module(tasks[score.task]["module"]), score.task
-    if score.task in ("alpaca_eval", "arena_hard", "mt_bench"):
-        return importlib.import_module(f"evalharness.tasks.{score.task}"), score.task
-    module = _V1_MODULES.get(score.metric)
-    if module is None:
-        raise EvalHarnessError(f"no task module known for {score.task}/{score.metric} in run {entry.store.run_id}")
-    return importlib.import_module(f"evalharness.tasks.{module}"), "sentiment" if score.metric == "length" else module
+def stored_task(store: RunStore, task: str, metric: str | None = None) -> tuple[str, str, dict[str, Any]]:
+    """How a stored run ran ``task``: (task module name, the task name its verdicts carry, its config).
 
-
-def _task_config(entry: Entry, task: str) -> dict[str, Any]:
-    tasks = (entry.store.manifest().get("config") or {}).get("tasks") or {}
-    return dict((tasks.get(task) or {}).get("config") or {})
+    Runs of schema 1 recorded no module: the benchmark tasks are named after theirs, and ``eval`` runs'
+    tasks are known by ``metric``. The one place a task is found again from its run (compare's paired
+    tests, the report's item viewer)."""
+    manifest = store.manifest()
+    configs = (manifest.get("config") or {}).get("tasks") or {}
+    ident = configs.get(task) if isinstance(configs.get(task), dict) else {}
+    module = ident.get("module") or ((manifest.get("tasks") or {}).get(task) or {}).get("module")
+    if module:
+        return str(module).rsplit(".", 1)[-1], task, dict(ident.get("config") or {})
+    if task in ("alpaca_eval", "arena_hard", "mt_bench"):
+        return task, task, dict(ident.get("config") or {})
+    v1 = _V1_MODULES.get(metric or task)
+    if v1 is None:
+        raise EvalHarnessError(f"no task module known for {task}/{metric} in run {store.run_id}")
+    name = "sentiment" if metric == "length" else v1
+    return v1, name, dict(((configs.get(name) or {}).get("config")) or {})
 
 
 def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None, seed: int = 0) -> Any:
     """The paired difference a - b on one column, by the task's own ``paired`` function. ``rounds`` None
     leaves each bootstrap at its task's default (Arena-Hard 1000, AlpacaEval LC 200: a GLM refit per round)."""
-    sa = next(s for s in a.scores if s.task == column.task and s.metric == column.metric)
-    module, task_a = _module(a, sa)
-    sb = next(s for s in b.scores if s.task == column.task and s.metric == column.metric)
-    _, task_b = _module(b, sb)
-    fn = getattr(module, "paired", None)
+    module, task_a, config_a = stored_task(a.store, column.task, column.metric)
+    _, task_b, config_b = stored_task(b.store, column.task, column.metric)
+    fn = getattr(importlib.import_module(f"evalharness.tasks.{module}"), "paired", None)
     if fn is None:
         raise EvalHarnessError(f"task {column.task} has no paired comparison")
-    return fn(column.metric, ModelRecords(a.store, a.model, task_a, _task_config(a, task_a)),
-              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), seed=seed,
+    return fn(column.metric, ModelRecords(a.store, a.model, task_a, config_a),
+              ModelRecords(b.store, b.model, task_b, config_b), seed=seed,
               **({} if rounds is None else {"rounds": rounds}))
 
 
@@ -320,18 +328,6 @@ def short_reason(error: BaseException) -> str:
         return "download failed: see below"
     first = text.splitlines()[0] if text else type(error).__name__
     return first if len(first) <= 60 else first[:57] + "..."
-
-
-def score_ci(s: Score) -> tuple[float | None, float | None]:
-    """A score's 95% CI; from its SE (a t interval, n - 1 df) where only that is stored (the official
-    AlpacaEval win rate reports a standard error, no interval)."""
-    if s.ci_low is not None and s.ci_high is not None:
-        return s.ci_low, s.ci_high
-    if s.value is None or s.stderr is None or math.isnan(s.stderr) or s.n < 2:
-        return None, None
-    from scipy.stats import t
-    half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
-    return s.value - half, s.value + half
 
 
 def _short(score: Score, field_: str) -> str:
@@ -725,46 +721,3 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
             out.append((prev, cur))
         last[run] = cur
     return out
-
-
-def _trends(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
-    """One line per training run, each starting at the base's last point; the base alone when no run."""
-    base = [p for p in points if p.get("run_name") is None]
-    runs = list(dict.fromkeys(p["run_name"] for p in points if p.get("run_name") is not None))
-    if not runs:
-        return {None: base}
-    return {r: base[-1:] + [p for p in points if p.get("run_name") == r] for r in runs}
-
-
-def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -> list[Path]:
-    """A trend line per training run with its 95% CI band; significant drops from the previous point in red."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .plot import save_figure
-    points = [p for p in points if p["value"] is not None and not p.get("not_measured")]
-    if not points:
-        return []
-    stepped = any(p["step"] is not None for p in points)  # then a point without a step is the base, at 0
-    xs = [p["step"] if p["step"] is not None else 0 if stepped else k for k, p in enumerate(points)]
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig = Figure(figsize=(7.5, 4.5), dpi=150, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        x_of = {id(p): x for x, p in zip(xs, points)}
-        for k, (run, pts) in enumerate(_trends(points).items()):
-            color = f"C{k}"
-            lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in pts]
-            hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in pts]
-            xr = [x_of[id(p)] for p in pts]
-            ax.fill_between(xr, lo, hi, alpha=0.2, color=color, label="95% CI" if k == 0 else None)
-            ax.plot(xr, [p["value"] for p in pts], "o-", color=color, label=run or title)
-        drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
-        if drops:
-            ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
-                       label="significant drop from the previous point")
-        ax.set_xlabel("training step" if stepped else "run (oldest first)")
-        ax.set_ylabel(title)
-        ax.legend(loc="best", fontsize=8)
-        return save_figure(fig, out)

@@ -318,7 +318,7 @@ def start_training(names: Sequence[str], out: Path, results: Path, log: Log = la
 def score_rows(scores: Iterable[Any]) -> list[dict[str, Any]]:
     """One row per score: value, SE, 95% CI (from the SE where only that is stored), n, n_skipped and the
     comparability key."""
-    from .compare import score_ci
+    from .records import score_ci
     rows = []
     for s in scores:
         lo, hi = score_ci(s)
@@ -341,8 +341,9 @@ def score_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def trend_figures(table: Any, out: Path) -> list[Path]:
     """A trend figure per column of a comparison table whose rows are checkpoints (a line per training run over
-    its steps, the base at step 0, 95% CI bands): ``compare.plot_history`` on the table's cells."""
-    from .compare import plot_history, score_ci
+    its steps, the base at step 0, 95% CI bands): ``plot.plot_history`` on the table's cells."""
+    from .plot import plot_history
+    from .records import score_ci
     if not any(e.step is not None for e in table.rows):
         return []
     paths: list[Path] = []

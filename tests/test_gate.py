@@ -8,13 +8,14 @@ exception that is not an EvalHarnessError fails the test as it would print a tra
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_compare import base_values, sentiment_run, shifted
+from test_task_alpaca_eval import support_dir
 
 from evalharness import cli as cli_module
 from evalharness.records import Score
@@ -22,8 +23,6 @@ from evalharness.runner import run_spec
 from evalharness.store import RunStore
 from evalharness.testing import FakeOpenAI, Fault
 from evalharness.testing.fake_openai import benchmark_judge
-from test_compare import base_values, sentiment_run, shifted
-from test_task_alpaca_eval import support_dir
 
 DEMO = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data"
 
