@@ -77,6 +77,7 @@ def eval_(
 ) -> None:
     """Generate, judge and measure KL for one or more models; print a table of scores."""
     from . import trackers
+    from .compare import report_to_trackers
     from .evaluate import EvalConfig, run_eval
     from .report import print_scores
     _quiet_libraries()
@@ -92,7 +93,7 @@ def eval_(
     else:
         print_scores(res.scores, title=f"{res.summary['task']} — run {res.run_dir.name}")
         _err(f"results: {res.run_dir}")
-    trackers.report_evaluation(names, res.run_dir, log=_err)  # after the table: a tracker failure must not hide it
+    report_to_trackers(names, res.run_dir, log=_err)  # after the table: a tracker failure must not hide it
 
 
 @app.command()
@@ -303,6 +304,8 @@ def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmark
     else:
         print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
         _err(f"results: {res.path}")
+    from .compare import report_to_trackers
+    report_to_trackers(res.report_to, res.path, log=_err)  # after the table: a tracker failure must not hide it
 
 
 _RUNS = Annotated[list[str], typer.Argument(help="runs (id or folder: all their models), RUN:MODEL, or MODEL")]

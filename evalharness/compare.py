@@ -721,3 +721,22 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
             out.append((prev, cur))
         last[run] = cur
     return out
+
+
+# ---------------------------------------------------------------- to experiment trackers
+def report_to_trackers(names: list[str], run_path: Path, *, table: Table | None = None, figures: list[Path] = (),
+                       against: str | None = None, group: str | None = None,
+                       log: Callable[[str], None] = lambda _: None) -> None:
+    """Send a finished run to the trackers with its comparison table (``table``, else built from the run, paired
+    against ``against`` or the run's reference model when it is a row) and trend figures (into ``RUN/figures``)."""
+    from . import trackers
+    from .plot import trend_figures
+    if not names:
+        return
+    if table is None:
+        store = RunStore(run_path)
+        entries = run_entries(store)
+        ref = against or store.manifest().get("reference")
+        table = build_table(entries, against=ref if any(ref == e.label for e in entries) else None, allow_mixed=True)
+    plots = list(figures) + trend_figures(table, run_path / "figures")
+    trackers.report_evaluation(names, run_path, comparison=records(table), figures=plots, group=group, log=log)

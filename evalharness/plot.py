@@ -541,3 +541,19 @@ def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -
     ax.set_ylabel(title)
     ax.legend(loc="best", fontsize=8)
     return save_figure(fig, out)
+
+
+def trend_figures(table: Any, out: Path) -> list[Path]:
+    """A trend figure per column of a comparison table whose rows are checkpoints (a line per training run over
+    its steps, the base at step 0, 95% CI bands): ``plot_history`` on the table's cells."""
+    if not any(e.step is not None for e in table.rows):
+        return []
+    paths: list[Path] = []
+    for j, col in enumerate(table.columns):
+        points = [{"step": e.step, "run_name": e.info.get("run_name"), "value": table.cells[(i, j)].score.value,
+                   **dict(zip(("ci_low", "ci_high"), score_ci(table.cells[(i, j)].score)))}
+                  for i, e in enumerate(table.rows) if (i, j) in table.cells]
+        points.sort(key=lambda p: (p["run_name"] is not None, p["run_name"] or "", p["step"] or 0))
+        if any(p["value"] is not None for p in points):
+            paths += plot_history(points, out / f"trend-{col.task}-{col.metric}", title=f"{col.task}/{col.metric}")
+    return paths
