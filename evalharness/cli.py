@@ -256,18 +256,11 @@ def plot_frontier(
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
-    from rich.console import Console
-    from rich.table import Table
-
     from .plot import frontier, frontier_table
+    from .report import render_grid
     paths, points = frontier(runs, out, reward_metric=reward_metric, results_dir=results_dir)
-    t = Table()
     rows = frontier_table(points)
-    for col in rows[0]:
-        t.add_column(col)
-    for r in rows:
-        t.add_row(*(str(v) for v in r.values()))
-    Console(stderr=True).print(t)
+    _err(render_grid(list(rows[0]), [[str(v) for v in r.values()] for r in rows], left=len(rows[0])).rstrip("\n"))
     for p in paths:
         typer.echo(str(p))
 
@@ -417,6 +410,7 @@ def history(
     from .compare import history as query
     from .compare import mark_drops
     from .plot import plot_history
+    from .report import render_grid
     points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))
@@ -441,18 +435,17 @@ def history(
         return
     for name, pts in series.items():
         typer.echo(name)
-        for p in pts:
-            typer.echo("  " + _history_line(p))
+        typer.echo(render_grid(["model", "step", "value", "95% CI", "run", ""], [_history_row(p) for p in pts],
+                               left=2, width=240), nl=False)
 
 
-def _history_line(p: dict) -> str:
+def _history_row(p: dict) -> list[str]:
     g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731  (None: not computed)
-    ci = f" [{g(p['ci_low'])}, {g(p['ci_high'])}]" if p["ci_low"] is not None else ""
-    mark = f"  DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
+    ci = f"[{g(p['ci_low'])}, {g(p['ci_high'])}]" if p["ci_low"] is not None else ""
+    mark = f"DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
     if p.get("not_measured"):
-        mark = f"  NOT MEASURED: {p['not_measured']}"
-    step = str(p["step"] if p["step"] is not None else "—")
-    return f"{p['model']:32s} step {step:>5s}  {g(p['value']):>8}{ci}  {p['run']}{mark}"
+        mark = f"NOT MEASURED: {p['not_measured']}"
+    return [p["model"], str(p["step"] if p["step"] is not None else "—"), g(p["value"]), ci, p["run"], mark]
 
 
 metrics_app = typer.Typer(no_args_is_help=True, help="Recompute official metrics from the official tools' files.")

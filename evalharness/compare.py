@@ -25,6 +25,7 @@ from typing import Any
 from .errors import EvalHarnessError, InputError
 from .paths import results_root
 from .records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, score_ci
+from .report import render_grid
 from .stats import holm
 from .store import (
     RunStore,
@@ -421,8 +422,7 @@ def render(table: Table, fmt: str = "table") -> str:
     head = ["model", "algorithm", "setting", "step"]
     cols: list[str] = []
     for c in table.columns:
-        arrow = {True: " ↑", False: " ↓"}.get(c.higher_is_better, "")
-        cols.append(c.label + arrow)
+        cols.append(c.label + {True: " ↑", False: " ↓"}.get(c.higher_is_better, ""))
         if table.against is not None:
             cols.append(f"Δ {c.label}")
     body = []
@@ -434,34 +434,9 @@ def render(table: Table, fmt: str = "table") -> str:
             if table.against is not None:
                 row.append("(reference)" if i == table.against else delta)
         body.append(row)
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
-        lines += ["| " + " | ".join(r) + " |" for r in body]
-        return "\n".join(lines + [""] + [f"_{n}_" for n in table.notes]) + "\n"
-    if fmt == "latex":
-        esc = lambda t: (t.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
-                         .replace("_", r"\_").replace("#", r"\#").replace("Δ", r"$\Delta$").replace("↑", r"$\uparrow$")
-                         .replace("↓", r"$\downarrow$").replace("—", "--"))
-        lines = [r"\begin{tabular}{" + "l" * len(head) + "r" * len(cols) + "}", r"\toprule",
-                 " & ".join(esc(h) for h in head + cols) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(x) for x in r) + r" \\" for r in body]
-        lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {n}" for n in table.notes]
-        return "\n".join(lines) + "\n"
-    if fmt != "table":
-        raise InputError(f"unknown format '{fmt}'; table, markdown, latex, csv or json", field="format")
-    from rich.console import Console
-    from rich.table import Table as RichTable
-    t = RichTable(show_lines=False)
-    for h in head + cols:
-        t.add_column(h, justify="left" if h in head else "right", overflow="fold")
-    for r in body:
-        t.add_row(*r)
-    console = Console(record=True, width=max(160, 18 * len(head + cols)))
-    with console.capture() as cap:
-        console.print(t)
-        for n in table.notes:
-            console.print(n, soft_wrap=True)
-    return cap.get()
+    if fmt not in ("table", "markdown", "latex"):
+        raise InputError(f"unknown format '{fmt}'; table, markdown, latex, csv or json", field="--format")
+    return render_grid(head + cols, body, fmt=fmt, left=len(head), notes=table.notes)
 
 
 # ---------------------------------------------------------------- the best checkpoint, without a winner's curse

@@ -254,3 +254,18 @@ def test_reader_commands_on_a_damaged_run(damage: str, tmp_path: Path, capsys: p
     assert code == 0 and "good" in out and "Traceback" not in out + err, (out, err)
     if damage.startswith("summary"):
         assert "warning: left out run bad" in err and " bad" not in out
+
+
+def test_a_tracker_that_cannot_start_leaves_the_table_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old behaviour: the tracker's traceback, and the score table never printed."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (tmp_path / "p.jsonl").write_text('{"id": "p0", "prompt": "The film was"}\n{"id": "p1", "prompt": "A book"}\n')
+    code, out, err = cli(capsys, "eval", "--model", "a", "--prompts", tmp_path / "p.jsonl", "--judges", "sentiment",
+                         "--backend", "fake", "--max-new-tokens", "8", "--results-dir", tmp_path / "res",
+                         "--report-to", "mlflow")
+    assert code == 0 and "sentiment" in out and "vader" in out, (out, err)
+    [line] = [x for x in err.splitlines() if "could not start" in x]
+    assert line.startswith("error: tracker could not start") and "Traceback" not in err
