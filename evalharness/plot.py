@@ -174,15 +174,9 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
             if missing:
                 skipped.append(f"{spec} (run {run_id}): no {' or '.join(missing)} value")
                 continue
-            assert rw is not None and kl is not None and rw.value is not None and kl.value is not None
+            assert rw is not None and kl is not None
             info = infos.get(spec, {})
-            ref = kl.baseline
-            ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
-            is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
-            algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
-            p = FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value), _ci(rw.ci_low),
-                              _ci(rw.ci_high), float(kl.value), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id,
-                              rw.higher_is_better is not False)
+            p = _point(spec, run_id, rw, kl, infos)
             if spec in points:
                 if not _same(points[spec], p):
                     raise EvalHarnessError(
@@ -204,6 +198,18 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
         "reference_model": kkey[5] if kkey else None,
         "skipped": len(skipped), "skipped_models": skipped}
     return list(points.values()), meta
+
+
+def _point(spec: str, run_id: str, rw: Score, kl: Score, infos: dict[str, dict[str, Any]]) -> FrontierPoint:
+    """A model's frontier point; it is the SFT star only if it is the KL reference (by name or revision)."""
+    info = infos.get(spec, {})
+    ref = kl.baseline
+    ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
+    is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
+    algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
+    return FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value or 0), _ci(rw.ci_low),
+                         _ci(rw.ci_high), float(kl.value or 0), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id,
+                         rw.higher_is_better is not False)
 
 
 def _desc(score: Score) -> str:
