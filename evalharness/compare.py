@@ -592,7 +592,10 @@ def history(model: str | None, *, task: str | None = None, metric: str | None = 
                             r["finished_at"] or ""))
     _split_series(out)
     for point in out:
-        point["not_measured"] = point.pop("score").unmeasured(max_skipped)
+        score = point.pop("score")
+        reason = score.unmeasured(max_skipped)
+        # a task that knew in advance why it could not compute a number (LC without support files) says so
+        point["not_measured"] = reason and (score.extra.get("unavailable") if score.value is None else None) or reason
     return out
 
 

@@ -165,6 +165,17 @@ def test_long_bootstraps_say_so_on_stderr_only(judged: dict[str, Any], capsys: p
 
 
 # ---------------------------------------------------------------- history
+def test_history_over_runs_without_lc_and_with_failed_judges(judged: dict[str, Any], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Old behaviour: TypeError (None.__format__) on the LC column; with --plot, TypeError in isfinite."""
+    code, out, err = cli(capsys, "history", "--model", "a", "--plot", tmp_path / "trend", "--results-dir",
+                         judged["results"])
+    assert code == 0 and "Traceback" not in err, err
+    assert "NOT MEASURED: length-controlled" in out[out.index("alpaca_eval/length_controlled_winrate"):]
+    assert "NOT MEASURED: nothing scored" in out[out.index("mt_bench/score"):]
+    assert list(tmp_path.glob("trend-mt_bench-score.png"))
+
+
 def _summary_edit(run: Path, edit: Any) -> None:
     summary = json.loads((run / "summary.json").read_text())
     edit(summary)
