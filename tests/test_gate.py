@@ -280,3 +280,22 @@ def test_a_tracker_that_cannot_start_leaves_the_table_and_one_line(tmp_path: Pat
     assert code == 0 and "sentiment" in out and "vader" in out, (out, err)
     [line] = [x for x in err.splitlines() if "could not start" in x]
     assert line.startswith("error: tracker could not start") and "Traceback" not in err
+
+
+def test_a_failed_paired_test_is_a_short_cell_and_one_note(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old behaviour: the whole urlopen error text inside the table cell. The fault is injected where a task
+    would fetch its data (an offline machine); the table and its note are compare's own."""
+    from evalharness.tasks import sentiment
+    detail = "<urlopen error [Errno -3] Temporary failure in name resolution> fetching https://example.org/x.csv"
+
+    def offline(*_: Any, **__: Any) -> Any:
+        raise OSError(detail)
+    monkeypatch.setattr(sentiment, "paired", offline)
+    root = tmp_path / "results"
+    base = base_values(prompts=6)
+    sentiment_run(root, "two", {"a": base, "b": shifted(base, 0.1)})
+    code, out, err = cli(capsys, "compare", "two", "--against", "a", "--results-dir", root)
+    assert code == 0, err
+    assert "download failed: see below" in out and out.count("urlopen error") == 1
+    assert f"not paired: sentiment, b: {detail}" in " ".join(out.split())
