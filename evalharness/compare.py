@@ -28,6 +28,7 @@ from .records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, score_ci
 from .report import render_grid
 from .stats import holm
 from .store import (
+    DAMAGED,
     RunStore,
     checkpoint_manifest,
     comparable,
@@ -136,6 +137,9 @@ def _resolve_one(ref: str, root: Path) -> list[Entry]:
     found = latest_run_of(ref, root)
     if found is not None:
         return run_entries(RunStore(found), [ref])
+    for folder in (Path(ref), root / ref, *((Path(run), root / run) if sep and run else ())):
+        if folder.is_dir() and (folder / "summary.json").exists():  # a run folder that lost its manifest
+            raise InputError(f"missing; {DAMAGED}", path=str(folder / "manifest.json"))
     unfinished = unfinished_runs_of(ref, root)
     if unfinished:
         last = unfinished[-1]

@@ -223,6 +223,7 @@ DAMAGE = {
     "manifest-not-json": (lambda r: (r / "manifest.json").write_text("{not json"), "manifest.json"),
     "manifest-list": (lambda r: (r / "manifest.json").write_text("[]"), "manifest.json"),
     "manifest-models-str": (lambda r: _manifest(r, models="a"), "models"),
+    "manifest-missing": (lambda r: (r / "manifest.json").unlink(), "manifest.json"),
     "manifest-not-utf8": (lambda r: (r / "manifest.json").write_bytes(b'{"run_id": "\xff\xfe"}'), "UTF-8"),
     "summary-not-json": (lambda r: (r / "summary.json").write_text('{"scores": ['), "summary.json"),
     "summary-list": (lambda r: (r / "summary.json").write_text("[]"), "summary.json"),
