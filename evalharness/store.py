@@ -25,6 +25,10 @@ from .paths import results_root, write_atomic
 from .records import KEY_FIELDS, GenRecord, Score, Verdict
 
 
+# A training run's folder describes itself in this file (written by the trainer, read by trackers and sweeps).
+TRAIN_MANIFEST = "train_manifest.json"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, lambda f: json.dump(data, f, indent=2, ensure_ascii=False, default=str))
 
