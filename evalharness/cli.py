@@ -125,6 +125,7 @@ def eval_(
     """Generate, judge and measure KL for one or more models; print a table of scores.
     Exit 3 when a judge failed on too many samples (see --max-skipped), 2 on bad input."""
     from . import trackers
+    from .compare import report_to_trackers
     from .evaluate import EvalConfig, run_eval
     from .runner import check_judging
     from .report import print_scores
@@ -137,12 +138,12 @@ def eval_(
                      seed=d.seed, dtype=dtype, batch_size=batch_size, run_id=run_id,
                      results_dir=results_dir, progress=not json_out)
     res = run_eval(cfg, log=_err)
-    trackers.report_evaluation(names, res.run_dir, log=_err)
     if json_out:
         typer.echo(json.dumps(res.summary, indent=2))
     else:
         print_scores(res.scores, title=f"{res.summary['task']} — run {res.run_dir.name}")
         _err(f"results: {res.run_dir}")
+    report_to_trackers(names, res.run_dir, log=_err)  # after the table: a tracker failure must not hide it
     check_judging(res.run_dir, max_skipped, log=_err)
 
 
@@ -152,13 +153,13 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
          json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print a finished run's scores (runs written before schema 2 too)."""
     from .report import print_scores
-    from .store import RunStore, find_run
+    from .store import RunStore, find_run, read_json_object
     store = RunStore(find_run(run, results_dir))
-    scores = store.scores()
+    scores = store.scores()  # checks the summary: a damaged one is an error naming the file
+    summary = read_json_object(store.path / "summary.json")
     if json_out:
-        typer.echo((store.path / "summary.json").read_text())
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        summary = json.loads((store.path / "summary.json").read_text())
         print_scores(scores, title=f"{summary.get('task', '')} — run {store.run_id}")
 
 
@@ -303,20 +304,14 @@ def plot_frontier(
     runs: Annotated[list[str], typer.Argument(help="eval run ids or folders (checkpoints and the SFT model)")],
     out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("frontier"),
     reward_metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the one reward present)")] = None,
+    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
-    from rich.console import Console
-    from rich.table import Table
-
     from .plot import frontier, frontier_table
-    paths, points = frontier(runs, out, reward_metric=reward_metric)
-    t = Table()
+    from .report import render_grid
+    paths, points = frontier(runs, out, reward_metric=reward_metric, results_dir=results_dir)
     rows = frontier_table(points)
-    for col in rows[0]:
-        t.add_column(col)
-    for r in rows:
-        t.add_row(*(str(v) for v in r.values()))
-    Console(stderr=True).print(t)
+    _err(render_grid(list(rows[0]), [[str(v) for v in r.values()] for r in rows], left=len(rows[0])).rstrip("\n"))
     for p in paths:
         typer.echo(str(p))
 
@@ -362,6 +357,8 @@ def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmark
     else:
         print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
         _err(f"results: {res.path}")
+    from .compare import report_to_trackers
+    report_to_trackers(res.report_to, res.path, log=_err)  # after the table: a tracker failure must not hide it
     check_judging(res.path, max_skipped, log=_err)
 
 
@@ -383,7 +380,7 @@ def compare(
     """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
     from .compare import build_table, render, resolve
     table = build_table(resolve(refs, results_dir), against=against, allow_mixed=allow_mixed, rounds=rounds, seed=seed,
-                        metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
+                        metrics=[m.strip() for m in metrics.split(",")] if metrics else None, log=_err)
     typer.echo(render(table, fmt), nl=False)
 
 
@@ -396,7 +393,7 @@ def report(
 ) -> None:
     """One self-contained HTML page: compare's table, the figures, a per-prompt viewer of two models, provenance."""
     from .html_report import write_report
-    typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir)}")
+    typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir, log=_err)}")
 
 
 @app.command()
@@ -406,31 +403,29 @@ def regress(
     metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC (default: all with a direction)")] = None,
     margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
+    max_skipped: Annotated[Optional[float], typer.Option(help="largest share of failed or unparsed judgments a "
+                                                             "measured score may have (default 0.1)")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
     results_dir: _RESULTS = None,
 ) -> None:
-    """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, or INCONCLUSIVE (MDE).
-    Exit 0 when nothing fails, 1 when something does (or, with --strict, is inconclusive), 2 on bad input."""
+    """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
+    MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
+    INCONCLUSIVE, 1 on FAIL (or, with --strict, INCONCLUSIVE), 2 on bad input, 3 on NOT MEASURED (FAIL wins)."""
+    from .compare import gate_exit, resolve
     from .compare import regress as gate
-    from .compare import resolve
+    from .records import MAX_SKIPPED_SHARE
+    if max_skipped is not None and not 0 <= max_skipped < 1:
+        raise EvalHarnessError(f"--max-skipped {max_skipped}: a share of judgments, from 0 to below 1")
     pair = []
     for what, ref in (("baseline", baseline), ("candidate", candidate)):
         rows = resolve([ref], results_dir)
         if len(rows) != 1:
             raise EvalHarnessError(f"--{what} {ref!r} names {len(rows)} models; use RUN:MODEL")
         pair.append(rows[0])
-    margins = {}
-    for item in margin or []:
-        key, sep, value = item.partition("=")
-        try:
-            margins[key.strip()] = float(value)
-        except ValueError:
-            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'") from None
-        if not sep:
-            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'")
     rows = gate(pair[0], pair[1], metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
-                margins=margins, rounds=rounds)
+                margins=_margins(margin or []), rounds=rounds, log=_err,
+                max_skipped=MAX_SKIPPED_SHARE if max_skipped is None else max_skipped)
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
@@ -443,8 +438,20 @@ def regress(
             typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
                        f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
                        f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}")
-    verdicts = {r["verdict"] for r in rows}
-    raise typer.Exit(1 if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts) else 0)
+    raise typer.Exit(gate_exit(rows, strict=strict))
+
+
+def _margins(items: list[str]) -> dict[str, float]:
+    margins = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            margins[key.strip()] = float(value)
+        except ValueError:
+            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'") from None
+        if not sep:
+            raise EvalHarnessError(f"--margin takes TASK/METRIC=DELTA, got '{item}'")
+    return margins
 
 
 @app.command()
@@ -452,41 +459,54 @@ def history(
     model: Annotated[Optional[str], typer.Option(help="a model name; its lineage: it and checkpoints trained from it")] = None,
     task: Optional[str] = None,
     metric: Optional[str] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per task/metric")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per series")] = None,
+    max_skipped: Annotated[float, typer.Option(help="largest share of failed or unparsed judgments a measured "
+                                                    "point may have")] = 0.1,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     results_dir: _RESULTS = None,
 ) -> None:
-    """Every indexed score of a lineage over training step and time; drops from the previous point tested."""
+    """Every indexed score of a lineage over training step and time; drops from the previous point tested.
+    Incomparable scores (task version, judge, baseline, decoding) are separate series; points that are not
+    measurements are marked with their reason and not tested."""
     from .compare import history as query
-    from .compare import mark_drops, plot_history
-    points = query(model, task=task, metric=metric, results_dir=results_dir)
+    from .compare import mark_drops
+    from .plot import plot_history
+    from .report import render_grid
+    points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))
-    series: dict[tuple[str, str], list[dict]] = {}
+    series: dict[str, list[dict]] = {}
     for p in points:
-        series.setdefault((p["task"], p["metric"]), []).append(p)
-    for (t, m), pts in series.items():
-        hib = next((s.higher_is_better for s in _scores_of(pts[-1]) if s.task == t and s.metric == m), True)
-        mark_drops(pts, higher_is_better=hib)
+        series.setdefault(p["series"], []).append(p)
+    used: set[str] = set()
+    for name, pts in series.items():
+        mark_drops(pts, higher_is_better=pts[-1]["higher_is_better"])
         if plot is not None:
-            out = plot if len(series) == 1 else plot.with_name(f"{plot.name}-{t}-{m}")
-            for f in plot_history(pts, out, title=f"{t}/{m}"):
+            stem = f"{plot.name}-{pts[0]['task']}-{pts[0]['metric']}"
+            stem += f"-{sum(u.startswith(stem) for u in used) + 1}" if stem in used else ""
+            used.add(stem)
+            out = plot if len(series) == 1 else plot.with_name(stem)
+            files = plot_history(pts, out, title=name)
+            for f in files:
                 _err(f"trend plot: {f}")
+            if not files:
+                _err(f"no trend plot for {name}: no measured point")
     if json_out:
         typer.echo(json.dumps(points, indent=2, default=str))
         return
-    for (t, m), pts in series.items():
-        typer.echo(f"{t}/{m}")
-        for p in pts:
-            ci = f" [{p['ci_low']:.4g}, {p['ci_high']:.4g}]" if p["ci_low"] is not None else ""
-            mark = f"  DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
-            typer.echo(f"  {p['model']:32s} step {str(p['step'] if p['step'] is not None else '—'):>5s}  "
-                       f"{p['value'] if p['value'] is None else format(p['value'], '.4g'):>8}{ci}  {p['run']}{mark}")
+    for name, pts in series.items():
+        typer.echo(name)
+        typer.echo(render_grid(["model", "step", "value", "95% CI", "run", ""], [_history_row(p) for p in pts],
+                               left=2, width=240), nl=False)
 
 
-def _scores_of(point: dict) -> list:
-    from .store import RunStore
-    return RunStore(Path(point["path"])).scores()
+def _history_row(p: dict) -> list[str]:
+    g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731  (None: not computed)
+    ci = f"[{g(p['ci_low'])}, {g(p['ci_high'])}]" if p["ci_low"] is not None else ""
+    mark = f"DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
+    if p.get("not_measured"):
+        mark = f"NOT MEASURED: {p['not_measured']}"
+    return [p["model"], str(p["step"] if p["step"] is not None else "—"), g(p["value"]), ci, p["run"], mark]
 
 
 metrics_app = typer.Typer(no_args_is_help=True, help="Recompute official metrics from the official tools' files.")

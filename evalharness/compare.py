@@ -16,17 +16,28 @@ import importlib
 import io
 import json
 import math
-import sqlite3
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import EvalHarnessError, InputError
 from .paths import results_root
-from .records import KEY_FIELDS, Score
+from .records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, score_ci
+from .report import render_grid
 from .stats import holm
-from .store import RunStore, comparable, find_run
+from .store import (
+    DAMAGED,
+    RunStore,
+    checkpoint_manifest,
+    comparable,
+    find_run,
+    index_scores,
+    latest_run_of,
+    manifest_models,
+    unfinished_runs_of,
+)
 from .tasks.base import ModelRecords
 
 ALPHA = 0.05
@@ -78,6 +89,7 @@ class Cell:
     paired: Any = None  # evalharness.paired.PairedResult, delta = this row - the reference row
     p_holm: float | None = None
     error: str | None = None
+    unmeasured: str | None = None  # why the score is not a measurement (``Score.unmeasured``), when asked
 
     @property
     def significant(self) -> bool:
@@ -94,53 +106,56 @@ class Table:
 
 
 # ---------------------------------------------------------------- rows
-def _checkpoint_info(entry: dict[str, Any]) -> dict[str, Any]:
-    for cand in dict.fromkeys(c for c in (entry.get("path"), entry.get("spec")) if c):
-        path = Path(cand) / "evalharness_manifest.json"
-        if path.is_file():
-            return dict(json.loads(path.read_text()))
-    return {}
-
-
 def run_entries(store: RunStore, models: list[str] | None = None) -> list[Entry]:
     """The rows of one finished run (all its models, or those named)."""
+    infos = manifest_models(store.manifest(), store.path)
     scores = store.scores()
-    infos = {m.get("name") or m.get("spec"): m for m in store.manifest().get("models", [])}
     names = list(dict.fromkeys(s.model for s in scores))
     if models is not None:
         missing = [m for m in models if m not in names]
         if missing:
             raise EvalHarnessError(f"run {store.run_id} has no scores for {missing[0]!r}; its models: {', '.join(names)}")
         names = models
-    return [Entry(store, m, [s for s in scores if s.model == m], _checkpoint_info(infos.get(m, {"spec": m})), m)
+    return [Entry(store, m, [s for s in scores if s.model == m], checkpoint_manifest(infos.get(m, {"spec": m})), m)
             for m in names]
+
+
+def _run_folder(ref: str, root: Path) -> Path | None:
+    try:
+        return find_run(ref, root)
+    except EvalHarnessError:
+        return None
+
+
+def _resolve_one(ref: str, root: Path) -> list[Entry]:
+    run, sep, model = ref.rpartition(":")
+    path = _run_folder(ref, root)
+    if path is not None:  # a run folder: its errors (damaged, interrupted) are the answer, not a model lookup
+        return run_entries(RunStore(path))
+    if sep and run and (path := _run_folder(run, root)) is not None:
+        return run_entries(RunStore(path), [model])
+    found = latest_run_of(ref, root)
+    if found is not None:
+        return run_entries(RunStore(found), [ref])
+    for folder in (Path(ref), root / ref, *((Path(run), root / run) if sep and run else ())):
+        if folder.is_dir() and (folder / "summary.json").exists():  # a run folder that lost its manifest
+            raise InputError(f"missing; {DAMAGED}", path=str(folder / "manifest.json"))
+    unfinished = unfinished_runs_of(ref, root)
+    if unfinished:
+        last = unfinished[-1]
+        state = {"stale": "killed"}.get(last["status"], last["status"])
+        raise EvalHarnessError(f"model '{ref}' has no finished run; its run {last['run_id']} is {state}: "
+                               f"{last['resume']}")
+    raise EvalHarnessError(f"'{ref}' is neither a run (id or folder under {root}) nor a model with a "
+                           "finished run in the results index")
 
 
 def resolve(refs: list[str], results_dir: str | Path | None = None) -> list[Entry]:
     """``RUN`` (every model of a run: id or folder), ``RUN:MODEL``, or ``MODEL`` (its newest finished run
     in the results index). A model in several rows is labelled ``RUN:MODEL``."""
     root = Path(results_dir) if results_dir else results_root()
-    out: list[Entry] = []
-    for ref in refs:
-        run, sep, model = ref.rpartition(":")
-        try:
-            store = RunStore(find_run(ref, root))
-            out += run_entries(store)
-            continue
-        except EvalHarnessError:
-            pass
-        if sep and run:
-            try:
-                out += run_entries(RunStore(find_run(run, root)), [model])
-                continue
-            except EvalHarnessError:
-                pass
-        found = _latest_run_of(ref, root)
-        if found is None:
-            raise EvalHarnessError(f"'{ref}' is neither a run (id or folder under {root}) nor a model with a "
-                                   "finished run in the results index")
-        out += run_entries(RunStore(found), [ref])
-    counts = defaultdict(int)
+    out = [e for ref in refs for e in _resolve_one(ref, root)]
+    counts: dict[str, int] = defaultdict(int)
     for e in out:
         counts[e.model] += 1
     for e in out:
@@ -148,47 +163,38 @@ def resolve(refs: list[str], results_dir: str | Path | None = None) -> list[Entr
     return out
 
 
-def _latest_run_of(model: str, root: Path) -> Path | None:
-    index = root / "index.sqlite"
-    if not index.is_file():
-        return None
-    with sqlite3.connect(index) as db:
-        row = db.execute("SELECT r.path FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE s.model = ? AND "
-                         "r.status = 'complete' ORDER BY r.finished_at DESC LIMIT 1", (model,)).fetchone()
-    return Path(row[0]) if row and (Path(row[0]) / "manifest.json").is_file() else None
-
-
 # ---------------------------------------------------------------- columns and paired cells
-def _module(entry: Entry, score: Score) -> tuple[Any, str]:
-    """The task module of a score, and the task name its verdicts carry."""
-    tasks = entry.store.manifest().get("tasks") or {}
-    if score.task in tasks:
-        return importlib.import_module(tasks[score.task]["module"]), score.task
-    if score.task in ("alpaca_eval", "arena_hard", "mt_bench"):
-        return importlib.import_module(f"evalharness.tasks.{score.task}"), score.task
-    module = _V1_MODULES.get(score.metric)
-    if module is None:
-        raise EvalHarnessError(f"no task module known for {score.task}/{score.metric} in run {entry.store.run_id}")
-    return importlib.import_module(f"evalharness.tasks.{module}"), "sentiment" if score.metric == "length" else module
+def stored_task(store: RunStore, task: str, metric: str | None = None) -> tuple[str, str, dict[str, Any]]:
+    """How a stored run ran ``task``: (task module name, the task name its verdicts carry, its config).
 
-
-def _task_config(entry: Entry, task: str) -> dict[str, Any]:
-    tasks = (entry.store.manifest().get("config") or {}).get("tasks") or {}
-    return dict((tasks.get(task) or {}).get("config") or {})
+    Runs of schema 1 recorded no module: the benchmark tasks are named after theirs, and ``eval`` runs'
+    tasks are known by ``metric``. The one place a task is found again from its run (compare's paired
+    tests, the report's item viewer)."""
+    manifest = store.manifest()
+    configs = (manifest.get("config") or {}).get("tasks") or {}
+    ident = configs.get(task) if isinstance(configs.get(task), dict) else {}
+    module = ident.get("module") or ((manifest.get("tasks") or {}).get(task) or {}).get("module")
+    if module:
+        return str(module).rsplit(".", 1)[-1], task, dict(ident.get("config") or {})
+    if task in ("alpaca_eval", "arena_hard", "mt_bench"):
+        return task, task, dict(ident.get("config") or {})
+    v1 = _V1_MODULES.get(metric or task)
+    if v1 is None:
+        raise EvalHarnessError(f"no task module known for {task}/{metric} in run {store.run_id}")
+    name = "sentiment" if metric == "length" else v1
+    return v1, name, dict(((configs.get(name) or {}).get("config")) or {})
 
 
 def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None, seed: int = 0) -> Any:
     """The paired difference a - b on one column, by the task's own ``paired`` function. ``rounds`` None
     leaves each bootstrap at its task's default (Arena-Hard 1000, AlpacaEval LC 200: a GLM refit per round)."""
-    sa = next(s for s in a.scores if s.task == column.task and s.metric == column.metric)
-    module, task_a = _module(a, sa)
-    sb = next(s for s in b.scores if s.task == column.task and s.metric == column.metric)
-    _, task_b = _module(b, sb)
-    fn = getattr(module, "paired", None)
+    module, task_a, config_a = stored_task(a.store, column.task, column.metric)
+    _, task_b, config_b = stored_task(b.store, column.task, column.metric)
+    fn = getattr(importlib.import_module(f"evalharness.tasks.{module}"), "paired", None)
     if fn is None:
         raise EvalHarnessError(f"task {column.task} has no paired comparison")
-    return fn(column.metric, ModelRecords(a.store, a.model, task_a, _task_config(a, task_a)),
-              ModelRecords(b.store, b.model, task_b, _task_config(b, task_b)), seed=seed,
+    return fn(column.metric, ModelRecords(a.store, a.model, task_a, config_a),
+              ModelRecords(b.store, b.model, task_b, config_b), seed=seed,
               **({} if rounds is None else {"rounds": rounds}))
 
 
@@ -198,15 +204,19 @@ def _label(task: str, metric: str) -> str:
     return metric if metric == task or metric == "length" else f"{task} {metric}"
 
 
-def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
-                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0) -> Table:
-    """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
-    with ``against`` (a row's label or model), paired differences and Holm over the table's tests."""
-    if not entries:
-        raise EvalHarnessError("nothing to compare")
-    if rounds is not None and rounds < 2:
-        raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
-    wanted = None if metrics is None else {tuple(m.split("/", 1)) if "/" in m else (None, m) for m in metrics}
+MIXED_HINT = "pass --allow-mixed to show them in separate, labelled columns"
+# Paired tests that refit a model per bootstrap round: minutes, so they say so on the log (stderr) first.
+SLOW = {("alpaca_eval", "length_controlled_winrate"): "a GLM refit per round", ("arena_hard", "score"):
+        "a Bradley-Terry refit per round"}
+
+
+def _metric_key(m: str) -> tuple[str | None, str]:
+    return (m.split("/", 1)[0], m.split("/", 1)[1]) if "/" in m else (None, m)
+
+
+def _groups(entries: list[Entry], metrics: list[str] | None) -> dict[tuple[str, str], list[tuple[int, Score]]]:
+    """The scores of each (task, metric) shown: those named, else the headline ones (one length column)."""
+    wanted = None if metrics is None else {_metric_key(m) for m in metrics}
     groups: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
     for i, e in enumerate(entries):
         for s in e.scores:
@@ -216,77 +226,113 @@ def build_table(entries: list[Entry], *, against: str | None = None, metrics: li
             elif s.metric in SECONDARY:
                 continue
             groups[(s.task, s.metric)].append((i, s))
-    if wanted is not None:
+    if metrics is not None:
         present = {(t, m) for t, m in groups} | {(None, m) for _, m in groups}
-        missing = [m for m in metrics or [] if (tuple(m.split("/", 1)) if "/" in m else (None, m)) not in present]
+        missing = [m for m in metrics if _metric_key(m) not in present]
         if missing:
-            raise InputError(f"no scores for {', '.join(missing)}", field="metrics")
-    if wanted is None:  # one length column is enough (every reward task reports its samples' length)
-        lengths = [k for k in groups if k[1] == "length"]
-        for k in lengths[1:]:
+            known = sorted({f"{s.task}/{s.metric}" for e in entries for s in e.scores})
+            raise InputError(f"no scores for {', '.join(missing)}; metrics of these rows: {', '.join(known) or 'none'}",
+                             field="--metrics")
+    else:
+        for k in [k for k in groups if k[1] == "length"][1:]:
             del groups[k]
+    return groups
+
+
+def _columns(entries: list[Entry], groups: dict[tuple[str, str], list[tuple[int, Score]]], *, allow_mixed: bool,
+             mixed_hint: str) -> Table:
+    """One column per (task, metric) and comparability key (``store.comparable`` decides; refused unless mixed)."""
     columns: list[Column] = []
     cells: dict[tuple[int, int], Cell] = {}
     for (task, metric), items in groups.items():
         by_key: dict[tuple[Any, ...], list[tuple[int, Score]]] = defaultdict(list)
         for i, s in items:
-            by_key[s.key].append((i, s))
+            rep = next((k for k, members in by_key.items() if comparable(members[0][1], s)[0]), s.key)
+            by_key[rep].append((i, s))
         if len(by_key) > 1 and not allow_mixed:
-            (_, a), (_, b) = next(iter(by_key.values()))[0], list(by_key.values())[1][0]
-            raise EvalHarnessError(f"{task}/{metric}: scores of {entries[_first(by_key, 0)].label} and "
-                                   f"{entries[_first(by_key, 1)].label} are not comparable ({comparable(a, b)[1]}); "
-                                   "pass --allow-mixed to show them in separate, labelled columns")
-        keys = list(by_key)
+            (ia, a), (ib, b) = (members[0] for members in list(by_key.values())[:2])
+            raise EvalHarnessError(f"{task}/{metric}: scores of {entries[ia].label} and {entries[ib].label} are not "
+                                   f"comparable ({comparable(a, b)[1]}); {mixed_hint}")
         for key, members in by_key.items():
-            label = _label(task, metric)
-            if len(keys) > 1:
-                diff = [f for j, f in enumerate(KEY_FIELDS) if len({k[j] for k in keys}) > 1]
-                label += " [" + ", ".join(f"{f}={_short(members[0][1], f)}" for f in diff) + "]"
+            label = _label(task, metric) + (key_suffix(members[0][1], list(by_key)) if len(by_key) > 1 else "")
             columns.append(Column(task, metric, key, label, members[0][1].higher_is_better))
             for i, s in members:
                 cells[(i, len(columns) - 1)] = Cell(s)
-    table = Table(columns, entries, cells)
+    return Table(columns, entries, cells)
+
+
+def key_suffix(score: Score, keys: list[tuple[Any, ...]]) -> str:
+    """`` [field=value, ...]``: what sets a score's comparability key apart from the other keys of its metric."""
+    diff = [f for j, f in enumerate(KEY_FIELDS) if len({k[j] for k in keys}) > 1]
+    return " [" + ", ".join(f"{f}={_short(score, f)}" for f in diff) + "]"
+
+
+def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
+                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0,
+                max_skipped: float | None = None, mixed_hint: str = MIXED_HINT,
+                log: Callable[[str], None] | None = None) -> Table:
+    """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
+    with ``against`` (a row's label or model), paired differences and Holm over the table's tests.
+    ``max_skipped``: a cell over that failed share (``Score.unmeasured``) is marked and not tested."""
+    if not entries:
+        raise EvalHarnessError("nothing to compare")
+    if rounds is not None and rounds < 2:
+        raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
+    table = _columns(entries, _groups(entries, metrics), allow_mixed=allow_mixed, mixed_hint=mixed_hint)
+    if max_skipped is not None:
+        for cell in table.cells.values():
+            cell.unmeasured = cell.score.unmeasured(max_skipped)
     if against is not None:
         matches = [i for i, e in enumerate(entries) if against in (e.label, e.model)]
         if len(matches) != 1:
             raise EvalHarnessError(f"--against {against!r} names {len(matches)} rows; rows: "
                                    f"{', '.join(e.label for e in entries)}")
-        table.against = ref = matches[0]
-        tested: list[Cell] = []
-        for j, col in enumerate(columns):
-            if (ref, j) not in cells:
-                continue
-            for i in range(len(entries)):
-                if i == ref or (i, j) not in cells:
-                    continue
-                cell = cells[(i, j)]
-                try:
-                    cell.paired = paired_cell(col, entries[i], entries[ref], rounds=rounds, seed=seed)
-                    tested.append(cell)
-                except (ValueError, EvalHarnessError, OSError) as e:
-                    cell.error = str(e)
-        for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
-            cell.p_holm = None if p is None or math.isnan(p) else p
-        table.notes.append(f"Δ: paired difference to {entries[ref].label} over shared items; * Holm-adjusted "
-                           f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
-                           "with 80% power")
+        _pair_against(table, matches[0], rounds=rounds, seed=seed, log=log or (lambda _: None))
     return table
 
 
-def score_ci(s: Score) -> tuple[float | None, float | None]:
-    """A score's 95% CI; from its SE (a t interval, n - 1 df) where only that is stored (the official
-    AlpacaEval win rate reports a standard error, no interval)."""
-    if s.ci_low is not None and s.ci_high is not None:
-        return s.ci_low, s.ci_high
-    if s.value is None or s.stderr is None or math.isnan(s.stderr) or s.n < 2:
-        return None, None
-    from scipy.stats import t
-    half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
-    return s.value - half, s.value + half
+def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log: Callable[[str], None]) -> None:
+    """Each row's paired difference to row ``ref``, Holm over every test; failures as a short cell reason
+    with the detail once in the notes."""
+    import time
+    table.against = ref
+    tested: list[Cell] = []
+    details: dict[str, str] = {}
+    for j, col in enumerate(table.columns):
+        base = table.cells.get((ref, j))
+        if base is None or base.unmeasured:
+            continue
+        for i, row in enumerate(table.rows):
+            cell = table.cells.get((i, j))
+            if i == ref or cell is None or cell.unmeasured:
+                continue
+            start = time.monotonic()
+            if (col.task, col.metric) in SLOW:
+                log(f"{col.label}: paired bootstrap of {row.label} vs {table.rows[ref].label} "
+                    f"({SLOW[(col.task, col.metric)]}; {rounds or 'default'} rounds)...")
+            try:
+                cell.paired = paired_cell(col, row, table.rows[ref], rounds=rounds, seed=seed)
+                tested.append(cell)
+            except (ValueError, EvalHarnessError, OSError) as e:
+                cell.error = short_reason(e)
+                details.setdefault(str(e), f"{col.label}, {row.label}: {e}")
+            if (col.task, col.metric) in SLOW:
+                log(f"{col.label}: {row.label} done in {time.monotonic() - start:.0f}s")
+    for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
+        cell.p_holm = None if p is None or math.isnan(p) else p
+    table.notes.append(f"Δ: paired difference to {table.rows[ref].label} over shared items; * Holm-adjusted "
+                       f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
+                       "with 80% power")
+    table.notes += [f"not paired: {d}" for d in details.values()]
 
 
-def _first(by_key: dict[Any, list[tuple[int, Score]]], n: int) -> int:
-    return list(by_key.values())[n][0][0]
+def short_reason(error: BaseException) -> str:
+    """A table cell's few words for why a paired test failed; the full message goes below the table."""
+    text = str(error)
+    if isinstance(error, OSError) or "urlopen error" in text:
+        return "download failed: see below"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 60 else first[:57] + "..."
 
 
 def _short(score: Score, field_: str) -> str:
@@ -380,8 +426,7 @@ def render(table: Table, fmt: str = "table") -> str:
     head = ["model", "algorithm", "setting", "step"]
     cols: list[str] = []
     for c in table.columns:
-        arrow = {True: " ↑", False: " ↓"}.get(c.higher_is_better, "")
-        cols.append(c.label + arrow)
+        cols.append(c.label + {True: " ↑", False: " ↓"}.get(c.higher_is_better, ""))
         if table.against is not None:
             cols.append(f"Δ {c.label}")
     body = []
@@ -393,34 +438,9 @@ def render(table: Table, fmt: str = "table") -> str:
             if table.against is not None:
                 row.append("(reference)" if i == table.against else delta)
         body.append(row)
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(head + cols) + " |", "|" + "---|" * (len(head) + len(cols))]
-        lines += ["| " + " | ".join(r) + " |" for r in body]
-        return "\n".join(lines + [""] + [f"_{n}_" for n in table.notes]) + "\n"
-    if fmt == "latex":
-        esc = lambda t: (t.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
-                         .replace("_", r"\_").replace("#", r"\#").replace("Δ", r"$\Delta$").replace("↑", r"$\uparrow$")
-                         .replace("↓", r"$\downarrow$").replace("—", "--"))
-        lines = [r"\begin{tabular}{" + "l" * len(head) + "r" * len(cols) + "}", r"\toprule",
-                 " & ".join(esc(h) for h in head + cols) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(x) for x in r) + r" \\" for r in body]
-        lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {n}" for n in table.notes]
-        return "\n".join(lines) + "\n"
-    if fmt != "table":
-        raise InputError(f"unknown format '{fmt}'; table, markdown, latex, csv or json", field="format")
-    from rich.console import Console
-    from rich.table import Table as RichTable
-    t = RichTable(show_lines=False)
-    for h in head + cols:
-        t.add_column(h, justify="left" if h in head else "right", overflow="fold")
-    for r in body:
-        t.add_row(*r)
-    console = Console(record=True, width=max(160, 18 * len(head + cols)))
-    with console.capture() as cap:
-        console.print(t)
-        for n in table.notes:
-            console.print(n, soft_wrap=True)
-    return cap.get()
+    if fmt not in ("table", "markdown", "latex"):
+        raise InputError(f"unknown format '{fmt}'; table, markdown, latex, csv or json", field="--format")
+    return render_grid(head + cols, body, fmt=fmt, left=len(head), notes=table.notes)
 
 
 # ---------------------------------------------------------------- the best checkpoint, without a winner's curse
@@ -467,43 +487,49 @@ def verdict_line(v: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- regression gate
+NOT_MEASURED = "NOT MEASURED"
+REGRESS_HINT = "gate scores of one task version, judge, baseline and decoding: rerun one side to match the other"
+
+
+def known_unavailable(entries: list[Entry]) -> dict[tuple[str, str], str]:
+    """(task, metric) that no row could compute, for a reason known before the run (the task recorded it in
+    ``extra['unavailable']``, e.g. AlpacaEval LC without its support files): left out of a default gate."""
+    by_metric: dict[tuple[str, str], list[Score | None]] = {}
+    for k, e in enumerate(entries):
+        for s in e.scores:
+            by_metric.setdefault((s.task, s.metric), [None] * len(entries))[k] = s
+    return {m: str(ss[0].extra["unavailable"]) for m, ss in by_metric.items()
+            if all(s is not None and s.value is None and s.extra.get("unavailable") for s in ss)}
+
+
 def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = None,
-            margins: dict[str, float] | None = None, rounds: int | None = None,
-            seed: int = 0) -> list[dict[str, Any]]:
+            margins: dict[str, float] | None = None, rounds: int | None = None, seed: int = 0,
+            max_skipped: float = MAX_SKIPPED_SHARE, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
-    clears -margin), or INCONCLUSIVE (with the MDE). The change is oriented so that + is better."""
+    clears -margin), INCONCLUSIVE (with the MDE), or NOT MEASURED (a side scored nothing, too many failed
+    judgments, or lacks the metric: with its reason). The change is oriented so that + is better."""
+    log = log or (lambda _: None)
     if baseline.label == candidate.label:  # one model against itself, or one name in two runs: tell the rows apart
         baseline = replace(baseline, label=f"baseline:{baseline.label}")
         candidate = replace(candidate, label=f"candidate:{candidate.label}")
-    table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed)
+    if metrics is None:
+        for (task, metric), why in known_unavailable([baseline, candidate]).items():
+            log(f"left out {task}/{metric}: neither side has it ({why})")
+            baseline, candidate = (replace(e, scores=[s for s in e.scores if (s.task, s.metric) != (task, metric)])
+                                   for e in (baseline, candidate))
+    table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed,
+                        max_skipped=max_skipped, mixed_hint=REGRESS_HINT, log=log)
     margins = margins or {}
     known = {f"{c.task}/{c.metric}" for c in table.columns} | {c.metric for c in table.columns}
     for k in margins:
         if k not in known:
-            raise InputError(f"--margin {k}: no such metric; metrics: {', '.join(sorted(known))}", field="margin")
-    rows, drops = [], []
-    for j, col in enumerate(table.columns):
-        if col.higher_is_better is None and metrics is None:
-            continue  # no direction (length): reported by compare, not gated
-        cell = table.cells.get((1, j))
-        if cell is None or cell.paired is None:
-            rows.append({"task": col.task, "metric": col.metric, "verdict": "INCONCLUSIVE",
-                         "reason": (cell.error if cell else "no score for the candidate") or "not paired"})
-            continue
-        r = cell.paired
-        sign = -1.0 if col.higher_is_better is False else 1.0
-        change, lo, hi = sign * r.delta, *sorted((sign * r.ci_low, sign * r.ci_high))
-        p_drop = r.p_value / 2 if change < 0 else 1 - r.p_value / 2  # one-sided: H0 "no drop"
-        rec = {"task": col.task, "metric": col.metric, "higher_is_better": col.higher_is_better, "delta": r.delta,
-               "delta_ci_low": r.ci_low, "delta_ci_high": r.ci_high, "p_value": r.p_value, "p_drop": p_drop,
-               "n_paired": r.n_paired, "mde": r.mde, "margin": margins.get(f"{col.task}/{col.metric}",
-                                                                          margins.get(col.metric, 0.0)),
-               "_change_ci": (lo, hi), "method": r.method}
-        rows.append(rec)
-        drops.append(rec)
+            raise InputError(f"--margin {k}: no such metric; metrics: {', '.join(sorted(known))}", field="--margin")
+    rows = [_gate_row(table, j, margins) for j, col in enumerate(table.columns)
+            if col.higher_is_better is not None or metrics is not None]  # no direction (length): not gated
     if not rows:  # a gate that checks nothing must not pass
         raise EvalHarnessError("no metric to gate: no shared score has a direction (higher or lower is better); "
                                "name them with --metrics")
+    drops = [r for r in rows if "_change_ci" in r]
     for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
         rec["p_holm"] = p
         lo, _ = rec.pop("_change_ci")
@@ -517,42 +543,123 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
 
 
+def _gate_row(table: Table, j: int, margins: dict[str, float]) -> dict[str, Any]:
+    """One metric's gate record: NOT MEASURED with its reason, or the oriented paired change to test."""
+    col = table.columns[j]
+    head = {"task": col.task, "metric": col.metric}
+    sides = (("baseline", table.cells.get((0, j))), ("candidate", table.cells.get((1, j))))
+    why = [f"{side}: no {col.task}/{col.metric} score (the other side has one)" if cell is None
+           else f"{side}: {cell.score.extra.get('unavailable') or cell.unmeasured}"
+           for side, cell in sides if cell is None or cell.unmeasured]
+    cell = sides[1][1]
+    if not why and (cell is None or cell.paired is None):
+        why = [f"no paired difference: {cell.error if cell else 'not paired'}"]
+    if why:
+        return {**head, "verdict": NOT_MEASURED, "reason": "; ".join(why)}
+    r = cell.paired  # type: ignore[union-attr]
+    sign = -1.0 if col.higher_is_better is False else 1.0
+    change, lo, hi = sign * r.delta, *sorted((sign * r.ci_low, sign * r.ci_high))
+    p_drop = r.p_value / 2 if change < 0 else 1 - r.p_value / 2  # one-sided: H0 "no drop"
+    return {**head, "higher_is_better": col.higher_is_better, "delta": r.delta, "delta_ci_low": r.ci_low,
+            "delta_ci_high": r.ci_high, "p_value": r.p_value, "p_drop": p_drop, "n_paired": r.n_paired, "mde": r.mde,
+            "margin": margins.get(f"{col.task}/{col.metric}", margins.get(col.metric, 0.0)),
+            "_change_ci": (lo, hi), "method": r.method}
+
+
+def gate_exit(rows: list[dict[str, Any]], *, strict: bool = False) -> int:
+    """The gate's exit status: 1 FAIL (or INCONCLUSIVE when strict), else 3 NOT MEASURED, else 0."""
+    verdicts = {r["verdict"] for r in rows}
+    if "FAIL" in verdicts or (strict and "INCONCLUSIVE" in verdicts):
+        return 1
+    return 3 if NOT_MEASURED in verdicts else 0
+
+
 # ---------------------------------------------------------------- history
 def history(model: str | None, *, task: str | None = None, metric: str | None = None,
-            results_dir: str | Path | None = None) -> list[dict[str, Any]]:
+            results_dir: str | Path | None = None, max_skipped: float = MAX_SKIPPED_SHARE,
+            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every indexed score of a lineage, oldest first: ``model`` itself across runs, and the checkpoints
-    trained from it (their manifests name it as base), with step and finish time."""
+    trained from it (their manifests name it as base), with step and finish time. Each point names its
+    ``series``: scores share one only if ``store.comparable`` says so. A point that is not a measurement
+    carries ``not_measured`` (its reason); a run whose files are damaged is left out with a warning."""
     root = Path(results_dir) if results_dir else results_root()
-    index = root / "index.sqlite"
-    if not index.is_file():
-        raise EvalHarnessError(f"no results index at {index}: no finished run yet")
-    sql = ("SELECT s.run_id, s.task, s.metric, s.model, s.value, s.ci_low, s.ci_high, s.n, s.n_skipped, "
-           "s.finished_at, r.path, r.manifest FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE r.status = "
-           "'complete'")
-    args: list[Any] = []
-    if task:
-        sql += " AND s.task = ?"
-        args.append(task)
-    if metric:
-        sql += " AND s.metric = ?"
-        args.append(metric)
-    with sqlite3.connect(index) as db:
-        rows = db.execute(sql, args).fetchall()
+    if not (root / "index.sqlite").is_file():
+        raise EvalHarnessError(f"no results index at {root / 'index.sqlite'}: no finished run yet")
+    log = log or (lambda _: None)
+    runs: dict[str, dict[tuple[str, str, str], Score] | None] = {}
     out = []
-    for run_id, t, m, name, value, lo, hi, n, skipped, finished, path, manifest in rows:
-        entries = {e.get("name") or e.get("spec"): e for e in json.loads(manifest).get("models", [])}
-        info = _checkpoint_info(entries.get(name, {"spec": name}))
-        base = str(info.get("base_model") or "")
-        spec = str((entries.get(name) or {}).get("spec") or "")
-        if model is not None and model not in (name, spec, base, Path(base).name if base else ""):
-            continue
-        out.append({"run": run_id, "path": path, "task": t, "metric": m, "model": name, "step": info.get("step"),
-                    "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
-                    "run_name": info.get("run_name"), "value": value, "ci_low": lo, "ci_high": hi, "n": n,
-                    "n_skipped": skipped, "finished_at": finished})
+    for row in index_scores(root, task=task, metric=metric):
+        point = _history_point(row, model, runs, log)
+        if point is not None:
+            out.append(point)
     out.sort(key=lambda r: (r["task"], r["metric"], r["run_name"] or "", r["step"] if r["step"] is not None else -1,
                             r["finished_at"] or ""))
+    _split_series(out)
+    for point in out:
+        score = point.pop("score")
+        reason = score.unmeasured(max_skipped)
+        # a task that knew in advance why it could not compute a number (LC without support files) says so
+        point["not_measured"] = reason and (score.extra.get("unavailable") if score.value is None else None) or reason
     return out
+
+
+def _split_series(points: list[dict[str, Any]]) -> None:
+    """Name each point's ``series``: its task/metric, and where scores of one metric are not comparable
+    (``store.comparable``), the key fields that set them apart (DESIGN: they never share a column)."""
+    groups: dict[tuple[str, str], list[list[dict[str, Any]]]] = defaultdict(list)
+    for p in points:
+        series = groups[(p["task"], p["metric"])]
+        home = next((g for g in series if comparable(g[0]["score"], p["score"])[0]), None)
+        if home is None:
+            series.append([p])
+        else:
+            home.append(p)
+    for (task, metric), series in groups.items():
+        keys = [g[0]["score"].key for g in series]
+        for g in series:
+            name = f"{task}/{metric}" + (key_suffix(g[0]["score"], keys) if len(series) > 1 else "")
+            for p in g:
+                p["series"] = name
+
+
+def _run_scores(path: str, runs: dict[str, dict[tuple[str, str, str], Score] | None],
+                log: Callable[[str], None]) -> dict[tuple[str, str, str], Score] | None:
+    """A run's full scores by (model, task, metric), read once; None (warned once) when its files are damaged."""
+    if path not in runs:
+        try:
+            runs[path] = {(s.model, s.task, s.metric): s for s in RunStore(Path(path)).scores()}
+        except EvalHarnessError as e:
+            log(f"warning: left out run {Path(path).name}: {e}")
+            runs[path] = None
+    return runs[path]
+
+
+def _history_point(row: dict[str, Any], model: str | None, runs: dict[str, Any],
+                   log: Callable[[str], None]) -> dict[str, Any] | None:
+    """One index row as a history point of ``model``'s lineage (None: not of it, or its run is unreadable)."""
+    try:
+        manifest = json.loads(row["manifest"])
+        entries = manifest_models(manifest if isinstance(manifest, dict) else {}, Path(row["path"]))
+        entry = entries.get(row["model"], {"spec": row["model"]})
+        info = checkpoint_manifest(entry)
+    except (ValueError, TypeError, EvalHarnessError) as e:
+        if row["path"] not in runs:
+            log(f"warning: left out run {row['run']}: {e}")
+            runs[row["path"]] = None
+        return None
+    base = str(info.get("base_model") or "")
+    name = row["model"]
+    if model is not None and model not in (name, str(entry.get("spec") or ""), base, Path(base).name if base else ""):
+        return None
+    scores = _run_scores(row["path"], runs, log)
+    score = None if scores is None else scores.get((name, row["task"], row["metric"]))
+    if score is None:
+        return None
+    point = {k: row[k] for k in ("run", "path", "task", "metric", "model", "value", "ci_low", "ci_high", "n",
+                                 "n_skipped", "finished_at")}
+    return {**point, "step": info.get("step"), "run_name": info.get("run_name"),
+            "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
+            "higher_is_better": score.higher_is_better, "score": score}
 
 
 def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = True, rounds: int = 200) -> None:
@@ -588,6 +695,8 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
     last: dict[str | None, dict[str, Any]] = {}
     out = []
     for cur in points:
+        if cur.get("not_measured"):  # neither tested nor a point to test the next one against
+            continue
         run = cur.get("run_name")
         prev = last.get(run) or last.get(None)
         if prev is not None:
@@ -596,41 +705,20 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
     return out
 
 
-def _trends(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
-    """One line per training run, each starting at the base's last point; the base alone when no run."""
-    base = [p for p in points if p.get("run_name") is None]
-    runs = list(dict.fromkeys(p["run_name"] for p in points if p.get("run_name") is not None))
-    if not runs:
-        return {None: base}
-    return {r: base[-1:] + [p for p in points if p.get("run_name") == r] for r in runs}
-
-
-def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -> list[Path]:
-    """A trend line per training run with its 95% CI band; significant drops from the previous point in red."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .plot import save_figure
-    stepped = any(p["step"] is not None for p in points)  # then a point without a step is the base, at 0
-    xs = [p["step"] if p["step"] is not None else 0 if stepped else k for k, p in enumerate(points)]
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig = Figure(figsize=(7.5, 4.5), dpi=150, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        x_of = {id(p): x for x, p in zip(xs, points)}
-        for k, (run, pts) in enumerate(_trends(points).items()):
-            color = f"C{k}"
-            lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in pts]
-            hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in pts]
-            xr = [x_of[id(p)] for p in pts]
-            ax.fill_between(xr, lo, hi, alpha=0.2, color=color, label="95% CI" if k == 0 else None)
-            ax.plot(xr, [p["value"] for p in pts], "o-", color=color, label=run or title)
-        drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
-        if drops:
-            ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
-                       label="significant drop from the previous point")
-        ax.set_xlabel("training step" if stepped else "run (oldest first)")
-        ax.set_ylabel(title)
-        ax.legend(loc="best", fontsize=8)
-        return save_figure(fig, out)
+# ---------------------------------------------------------------- to experiment trackers
+def report_to_trackers(names: list[str], run_path: Path, *, table: Table | None = None, figures: list[Path] = (),
+                       against: str | None = None, group: str | None = None,
+                       log: Callable[[str], None] = lambda _: None) -> None:
+    """Send a finished run to the trackers with its comparison table (``table``, else built from the run, paired
+    against ``against`` or the run's reference model when it is a row) and trend figures (into ``RUN/figures``)."""
+    from . import trackers
+    from .plot import trend_figures
+    if not names:
+        return
+    if table is None:
+        store = RunStore(run_path)
+        entries = run_entries(store)
+        ref = against or store.manifest().get("reference")
+        table = build_table(entries, against=ref if any(ref == e.label for e in entries) else None, allow_mixed=True)
+    plots = list(figures) + trend_figures(table, run_path / "figures")
+    trackers.report_evaluation(names, run_path, comparison=records(table), figures=plots, group=group, log=log)

@@ -2,7 +2,7 @@
 
 The page is one file with no network and no server: the comparison is ``compare``'s (``resolve``,
 ``build_table``, ``best_checkpoint``, ``cell_text``), the figures are ``plot.py``'s and
-``compare.plot_history``'s (inlined as data: URIs), and every model's answers and judgments are read
+``plot.plot_history``'s (inlined as data: URIs), and every model's answers and judgments are read
 through the store's typed methods and keyed as the tasks key them (each task rebuilt from the run
 manifest; ``Session.answer`` finds a request's stored sample). All data goes into one JSON blob inside
 ``<script type="application/json">`` and the page's script renders it lazily, one page of rows at a
@@ -27,14 +27,31 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance
-from .compare import (ALPHA, Entry, Table, best_checkpoint, build_table, cell_text, mark_drops, plot_history, records,
-                      resolve)
+from .compare import (
+    ALPHA,
+    Entry,
+    Table,
+    best_checkpoint,
+    build_table,
+    cell_text,
+    mark_drops,
+    records,
+    resolve,
+    stored_task,
+)
 from .errors import EvalHarnessError
-from .plot import NOT_REWARDS
+from .plot import NOT_REWARDS, plot_history
 from .records import GenRecord, Verdict
 from .store import RunStore
 from .tasks._prompted import PromptSetTask, per_prompt
-from .tasks.base import GenerationSettings, ModelRecords, RunEnv, Session, Task, task_class
+from .tasks.base import (
+    GenerationSettings,
+    ModelRecords,
+    RunEnv,
+    Session,
+    Task,
+    task_class,
+)
 
 # Per-item scores on a readable scale: AlpacaEval's preference 1..2 as the policy's win %, Arena-Hard's game
 # score 0..1 as %; ``FLIP_AT``: the midpoint whose crossing is a flipped verdict (a win became a loss).
@@ -54,14 +71,16 @@ def _rebuild_task(store: RunStore, name: str) -> tuple[str, Task | None]:
     or data are gone (a schema-1 run, a moved prompt file): the viewer then shows no prompt text."""
     manifest = store.manifest()
     ident = ((manifest.get("config") or {}).get("tasks") or {}).get(name) or {}
-    module = str(ident.get("module") or (manifest.get("tasks") or {}).get(name, {}).get("module") or name)
-    module = module.rsplit(".", 1)[-1]
+    try:
+        module, _, config = stored_task(store, name)
+    except EvalHarnessError:
+        return name, None
     if "config" not in ident:
         return module, None
     try:
         cls = task_class(module)
         known = {f.name for f in fields(cls.Config)}
-        cfg = cls.Config(**{k: v for k, v in ident["config"].items() if k in known})
+        cfg = cls.Config(**{k: v for k, v in config.items() if k in known})
         gen = GenerationSettings(**{k: v for k, v in (ident.get("generation") or {}).items()
                                     if k in GenerationSettings.__dataclass_fields__})
         judge = manifest.get("judge") or {}
@@ -244,11 +263,7 @@ def figures(table: Table, entries: list[Entry], items: dict[str, list[dict[str, 
 
 def _length_scatter(task: str, entries: list[Entry], per_model: list[dict[str, Any]],
                     out: Path) -> dict[str, str] | None:
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .plot import save_figure
+    from .plot import new_figure, save_figure
     series = []
     for e, its in zip(entries, per_model):
         pts = [(it["chars"], it["score"]) for it in its.values() if it["chars"] is not None and it["score"] is not None]
@@ -256,21 +271,18 @@ def _length_scatter(task: str, entries: list[Entry], per_model: list[dict[str, A
             series.append((e.label, pts))
     if not series:
         return None
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig = Figure(figsize=(7.5, 4.5), dpi=120, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for k, (label, pts) in enumerate(series):
-            xs, ys = zip(*pts)
-            ax.scatter(xs, ys, s=10, alpha=0.45, color=f"C{k % 10}")
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            ax.scatter([mx], [my], s=90, marker="D", color=f"C{k % 10}", edgecolors="black", label=label, zorder=5)
-        ax.set_xlabel("answer length (characters, mean over an item's samples or turns)")
-        ax.set_ylabel(f"{task}: per-item score")
-        ax.set_title(f"{task}: length vs score (dots: items; diamonds: each model's mean)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        files = save_figure(fig, out)
+    fig, ax = new_figure(dpi=120)
+    for k, (label, pts) in enumerate(series):
+        xs, ys = zip(*pts)
+        ax.scatter(xs, ys, s=10, alpha=0.45, color=f"C{k % 10}")
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        ax.scatter([mx], [my], s=90, marker="D", color=f"C{k % 10}", edgecolors="black", label=label, zorder=5)
+    ax.set_xlabel("answer length (characters, mean over an item's samples or turns)")
+    ax.set_ylabel(f"{task}: per-item score")
+    ax.set_title(f"{task}: length vs score (dots: items; diamonds: each model's mean)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    files = save_figure(fig, out)
     # PNG, not SVG: thousands of item dots make an SVG of megabytes (1.5 MiB at 10 x 805), the PNG ~100 KiB.
     return {"title": f"Length vs score: {task}", "uri": _data_uri(files[0]),
             "note": "a model whose mean moves right and up together with its items may be winning on length"}
@@ -312,10 +324,11 @@ def _provenance(entries: list[Entry]) -> list[dict[str, Any]]:
 
 
 def report_data(refs: list[str], *, against: str | None = None, results_dir: str | Path | None = None,
-                work: Path | None = None) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data: resolved and tabulated exactly as ``compare`` does."""
+                work: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data: resolved and tabulated exactly as ``compare`` does
+    (``log``: progress of the long paired bootstraps)."""
     entries = resolve(refs, results_dir)
-    table = build_table(entries, against=against)
+    table = build_table(entries, against=against, log=log)
     best = None
     for col in table.columns:
         if col.higher_is_better is not None and table.against is not None:
@@ -396,11 +409,12 @@ def render_html(data: dict[str, Any], *, title: str = "evalharness report") -> s
 
 
 def write_report(refs: list[str], out: str | Path, *, against: str | None = None,
-                 results_dir: str | Path | None = None) -> Path:
+                 results_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Build the report of ``refs`` (as ``evalharness compare`` reads them) into ``out``, written atomically."""
     from .store import write_text_atomic
     out = Path(out)
+    data = report_data(refs, against=against, results_dir=results_dir, log=log,
+                       work=out.parent if out.parent.is_dir() else None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = report_data(refs, against=against, results_dir=results_dir, work=out.parent)
     write_text_atomic(out, render_html(data, title=f"evalharness report: {', '.join(refs)}"))
     return out

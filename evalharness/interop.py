@@ -86,14 +86,11 @@ def _store_records(store: RunStore, bench: str, path: Path, metrics: dict[str, A
         for v in verdicts:
             v.task, v.model, v.key = "mt_bench", v.meta["model"], f"{v.meta['question_id']}:t{v.meta['turn']}"
         store.add_verdicts(verdicts)
-    elif bench == "arena-hard" and (path.is_dir() or a_judgment_file(path)):
+    elif bench == "arena-hard":
         from .metrics import arena_hard as a
+        if not (path.is_dir() or a.is_judgment_file(path)):
+            return  # battles carry no per-game judgment to store
         verdicts = a.load_judgments(path, baseline=metrics["baseline"])
         for v in verdicts:
             v.task, v.model, v.key = "arena_hard", v.meta["model"], f"{v.item_id}:g{v.meta['game']}"
         store.add_verdicts(verdicts)
-
-
-def a_judgment_file(path: Path) -> bool:
-    from .metrics.arena_hard import _is_judgment_file
-    return _is_judgment_file(path)

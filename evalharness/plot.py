@@ -16,8 +16,8 @@ from typing import Any
 
 from .errors import EvalHarnessError
 from .paths import write_atomic
-from .records import KEY_FIELDS, Score
-from .store import RunStore, find_run
+from .records import KEY_FIELDS, Score, score_ci, swept_task
+from .store import RunStore, checkpoint_manifest, comparable, find_run, manifest_models
 
 KL_METRIC = "kl"
 NOT_REWARDS = ("kl", "kl_k3", "length")  # metrics an eval run writes beside the judges' rewards
@@ -27,7 +27,6 @@ UNKNOWN = "unknown"
 # Config fields that change what a number means: other prompts, decoding or response length (a sequence-sum
 # KL grows with length) make points from two runs incomparable even under one judge.
 COMPARABLE_CONFIG = ("prompts_hash", "temperature", "top_p", "max_new_tokens")
-_KEY_FIELDS = KEY_FIELDS
 
 # Fixed colours per algorithm (names as in train/algorithms.py), so one keeps its colour from plot to plot;
 # black is the SFT reference, grey a checkpoint that does not say what trained it.
@@ -64,13 +63,14 @@ def _norm(algorithm: str) -> str:
 
 
 def _load_run(run: str | Path, results_dir: Path | None) -> tuple[str, dict[str, Any], list[Score]]:
-    path = find_run(str(run), results_dir)
-    manifest = json.loads((path / "manifest.json").read_text())
+    store = RunStore(find_run(str(run), results_dir))
+    manifest, path = store.manifest(), store.path
+    manifest_models(manifest, path)  # a models field of the wrong shape names the file here
     run_id = manifest.get("run_id", path.name)
     if manifest.get("kind") not in ("eval", "run"):
         raise EvalHarnessError(f"run '{run_id}' ({path}) is a '{manifest.get('kind')}' run; the frontier needs "
                                "evaluation runs with a kl task (`evalharness eval` or `evalharness run`)")
-    return run_id, manifest, RunStore(path).scores()
+    return run_id, manifest, store.scores()
 
 
 def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wanted: str | None) -> str:
@@ -87,23 +87,20 @@ def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wan
     if not rewards:
         raise EvalHarnessError("these runs have no reward metric (only " + ", ".join(present or ["no scores"]) + ")")
     if len(rewards) > 1:
-        raise EvalHarnessError(f"several reward metrics in these runs: {', '.join(rewards)}; pick one with reward_metric")
+        raise EvalHarnessError(f"several reward metrics in these runs: {', '.join(rewards)}; pick one with --reward-metric")
     return rewards[0]
 
 
 def _check_one_key(what: str, used: list[tuple[str, Score]]) -> tuple[str, ...] | None:
-    """DESIGN: never put scores with different keys on one axis. Names the differing fields and runs."""
-    keys: dict[tuple[Any, ...], list[str]] = defaultdict(list)
-    for run_id, s in used:
-        if run_id not in keys[s.key]:
-            keys[s.key].append(run_id)
-    if len(keys) > 1:
-        ks = list(keys)
-        diff = [f for i, f in enumerate(_KEY_FIELDS) if len({k[i] for k in ks}) > 1]
-        detail = "; ".join(", ".join(f"{f}={k[_KEY_FIELDS.index(f)]!r}" for f in diff) + f" (runs {', '.join(runs)})"
-                           for k, runs in keys.items())
-        raise EvalHarnessError(f"{what} scores differ in {', '.join(diff)} and cannot share one plot: {detail}")
-    return next(iter(keys), None)
+    """DESIGN: never put scores with different keys on one axis (``store.comparable`` decides). Names the
+    differing fields, both values and the runs."""
+    for run_id, s in used[1:]:
+        ok, why = comparable(used[0][1], s)
+        if not ok:
+            fields_ = [f for f in KEY_FIELDS if f"{f}: " in why]
+            raise EvalHarnessError(f"{what} scores differ in {', '.join(fields_)} and cannot share one plot: {why} "
+                                   f"(runs {used[0][0]} and {run_id})")
+    return used[0][1].key if used else None
 
 
 def _check_comparable_configs(runs: list[tuple[str, dict[str, Any], list[Score]]]) -> None:
@@ -116,25 +113,14 @@ def _check_comparable_configs(runs: list[tuple[str, dict[str, Any], list[Score]]
                                    "their rewards and KLs are not comparable on one plot")
 
 
-def _checkpoint_manifest(spec: str, info: dict[str, Any]) -> dict[str, Any] | None:
-    for cand in dict.fromkeys(c for c in (info.get("path"), spec) if c):
-        path = Path(cand).expanduser() / CHECKPOINT_MANIFEST
-        if path.is_file():
-            try:
-                return dict(json.loads(path.read_text()))
-            except (json.JSONDecodeError, TypeError, ValueError) as e:
-                raise EvalHarnessError(f"{path}: not a checkpoint manifest ({e})") from e
-    return None
-
-
 def _identity(spec: str, info: dict[str, Any],
               is_reference: bool) -> tuple[str, str | None, int | None, dict[str, Any], str]:
     """(algorithm, run_name, step, hparams, label) from the checkpoint's own manifest (nanoGPT: self-describing).
 
     A model without one is the SFT point only if it is the KL reference: a checkpoint whose folder moved
     must not be drawn as the reference star."""
-    ckpt = _checkpoint_manifest(spec, info)
-    if ckpt is None:
+    ckpt = checkpoint_manifest({"path": info.get("path"), "spec": spec}, CHECKPOINT_MANIFEST)
+    if not ckpt:
         return (SFT, None, None, {}, f"SFT ({spec})") if is_reference else (UNKNOWN, None, None, {}, spec)
     algorithm = str(ckpt.get("algorithm") or UNKNOWN).lower()
     run_name, step, hparams = ckpt.get("run_name"), ckpt.get("step"), dict(ckpt.get("hparams") or {})
@@ -188,15 +174,9 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
             if missing:
                 skipped.append(f"{spec} (run {run_id}): no {' or '.join(missing)} value")
                 continue
-            assert rw is not None and kl is not None and rw.value is not None and kl.value is not None
+            assert rw is not None and kl is not None
             info = infos.get(spec, {})
-            ref = kl.baseline
-            ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
-            is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
-            algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
-            p = FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value), _ci(rw.ci_low),
-                              _ci(rw.ci_high), float(kl.value), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id,
-                              rw.higher_is_better is not False)
+            p = _point(spec, run_id, rw, kl, infos)
             if spec in points:
                 if not _same(points[spec], p):
                     raise EvalHarnessError(
@@ -218,6 +198,18 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
         "reference_model": kkey[5] if kkey else None,
         "skipped": len(skipped), "skipped_models": skipped}
     return list(points.values()), meta
+
+
+def _point(spec: str, run_id: str, rw: Score, kl: Score, infos: dict[str, dict[str, Any]]) -> FrontierPoint:
+    """A model's frontier point; it is the SFT star only if it is the KL reference (by name or revision)."""
+    info = infos.get(spec, {})
+    ref = kl.extra.get("reference_name") or kl.baseline  # the baseline is the reference's identity; the name is kept beside it
+    ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
+    is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
+    algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
+    return FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value or 0), _ci(rw.ci_low),
+                         _ci(rw.ci_high), float(kl.value or 0), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id,
+                         rw.higher_is_better is not False)
 
 
 def _desc(score: Score) -> str:
@@ -327,60 +319,65 @@ def _plot_paths(out: Path | str) -> tuple[Path, Path]:
 
 def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path | str) -> list[Path]:
     """Draw the frontier to ``out``.png and ``out``.svg (written atomically); returns both paths."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not points:
         raise EvalHarnessError("no points to plot")
     hib = direction(points)
     algorithms = sorted({p.algorithm for p in points}, key=_order)
     colours = _colours(algorithms)
-    # An Agg canvas on a bare Figure: headless, and it leaves pyplot's global backend alone (notebooks, GUIs).
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig = Figure(figsize=(7.5, 5.2), dpi=150, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for algo in algorithms:
-            pts = [p for p in points if p.algorithm == algo]
-            xerr = list(zip(*(_err(p.kl, p.kl_lo, p.kl_hi) for p in pts)))
-            yerr = list(zip(*(_err(p.reward, p.reward_lo, p.reward_hi) for p in pts)))
-            if algo == SFT:
-                for p in pts:
-                    ax.errorbar([p.kl], [p.reward], xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
-                                yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)], fmt="*",
-                                color="black", markersize=15, elinewidth=0.8, capsize=2, zorder=5, label=p.label)
-                continue
-            c = colours[algo]
-            ax.errorbar([p.kl for p in pts], [p.reward for p in pts], xerr=xerr, yerr=yerr, fmt="o", color=c,
-                        markersize=5, elinewidth=0.7, capsize=2, alpha=0.85, zorder=3,
-                        label=f"{_display(algo)} ({len(pts)})")
-            front = pareto_front(pts, higher_is_better=hib)
-            # The best reward reachable within a KL budget: a step at each front point, up for a
-            # higher-is-better reward, down for a lower-is-better one (toxicity).
-            if len(front) > 1:
-                ax.plot([p.kl for p in front], [p.reward for p in front], drawstyle="steps-post", color=c,
-                        linewidth=1.4, alpha=0.9, zorder=2)
-        ax.set_xlabel(kl_axis_label(meta.get("kl_judge_version") or "", meta.get("reference_model")))
-        ax.set_ylabel(reward_axis_label(meta.get("reward_metric") or "reward", meta.get("reward_judge_id") or "?",
-                                        meta.get("reward_judge_version") or "", hib))
-        ax.set_title(f"Reward vs KL frontier — task: {meta.get('task')}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        # Provenance footnote; supxlabel (unlike fig.text) gets room from the constrained layout.
-        runs = list(meta.get("runs", []))
-        shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
-        fig.supxlabel(f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
-                      f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
-                      fontsize=5, color="#555555", x=0.005, ha="left")
-        return save_figure(fig, out)
+    fig, ax = new_figure((7.5, 5.2))
+    for algo in algorithms:
+        pts = [p for p in points if p.algorithm == algo]
+        xerr = list(zip(*(_err(p.kl, p.kl_lo, p.kl_hi) for p in pts)))
+        yerr = list(zip(*(_err(p.reward, p.reward_lo, p.reward_hi) for p in pts)))
+        if algo == SFT:
+            for p in pts:
+                ax.errorbar([p.kl], [p.reward], xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
+                            yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)], fmt="*",
+                            color="black", markersize=15, elinewidth=0.8, capsize=2, zorder=5, label=p.label)
+            continue
+        c = colours[algo]
+        ax.errorbar([p.kl for p in pts], [p.reward for p in pts], xerr=xerr, yerr=yerr, fmt="o", color=c,
+                    markersize=5, elinewidth=0.7, capsize=2, alpha=0.85, zorder=3,
+                    label=f"{_display(algo)} ({len(pts)})")
+        front = pareto_front(pts, higher_is_better=hib)
+        # The best reward reachable within a KL budget: a step at each front point, up for a
+        # higher-is-better reward, down for a lower-is-better one (toxicity).
+        if len(front) > 1:
+            ax.plot([p.kl for p in front], [p.reward for p in front], drawstyle="steps-post", color=c,
+                    linewidth=1.4, alpha=0.9, zorder=2)
+    ax.set_xlabel(kl_axis_label(meta.get("kl_judge_version") or "", meta.get("reference_model")))
+    ax.set_ylabel(reward_axis_label(meta.get("reward_metric") or "reward", meta.get("reward_judge_id") or "?",
+                                    meta.get("reward_judge_version") or "", hib))
+    ax.set_title(f"Reward vs KL frontier — task: {meta.get('task')}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    # Provenance footnote; supxlabel (unlike fig.text) gets room from the constrained layout.
+    runs = list(meta.get("runs", []))
+    shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+    fig.supxlabel(f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
+                  f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
+                  fontsize=5, color="#555555", x=0.005, ha="left")
+    return save_figure(fig, out)
+
+
+def new_figure(size: tuple[float, float] = (7.5, 4.5), dpi: int = 150) -> tuple[Any, Any]:
+    """A figure and its axes for every plot of the project; ``save_figure`` writes it.
+
+    An Agg canvas on a bare Figure: headless, and it leaves pyplot's global backend alone (notebooks, GUIs)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def save_figure(fig: Any, out: Path | str) -> list[Path]:
     """``out``.png and ``out``.svg, each written atomically (``paths.write_atomic``): never half-written."""
+    import matplotlib
     png, svg = _plot_paths(out)
-    return [write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
-            for path, fmt in ((png, "png"), (svg, "svg"))]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
+        return [write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
+                for path, fmt in ((png, "png"), (svg, "svg"))]
 
 
 def frontier(runs: list[str | Path], out: Path | str, *, reward_metric: str | None = None,
@@ -442,8 +439,6 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
     """
     from dataclasses import replace
 
-    from .compare import score_ci
-    from .spec import swept_task
     if not runs:
         raise EvalHarnessError("no runs given")
     loaded = [_load_run(r, results_dir) for r in runs]
@@ -455,7 +450,7 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
     if task is None:
         if len(swept) != 1:
             raise EvalHarnessError("no temperature-swept task (generation: {temperature: [...]}) in these runs"
-                                   if not swept else f"several swept tasks: {', '.join(sorted(swept))}; pick one with task")
+                                   if not swept else f"several swept tasks: {', '.join(sorted(swept))}; pick one with --task")
         task = next(iter(swept))
     elif task not in swept:
         raise EvalHarnessError(f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}")
@@ -490,32 +485,25 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
 def plot_temperature(points: list[TemperaturePoint], meta: dict[str, Any], out: Path | str) -> list[Path]:
     """``metric`` vs sampling temperature, a line per model with its 95% CIs (the ODPO paper's summarization
     figure); ``out``.png and ``out``.svg, written atomically."""
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not points:
         raise EvalHarnessError("no points to plot")
     models = list(dict.fromkeys(p.model for p in points))
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig = Figure(figsize=(7.0, 4.6), dpi=150, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for k, model in enumerate(models):
-            pts = [p for p in points if p.model == model]
-            err = list(zip(*(_err(p.value, p.lo, p.hi) for p in pts)))
-            ax.errorbar([p.temperature for p in pts], [p.value for p in pts], yerr=err, fmt="o-", capsize=3,
-                        color="black" if model == SFT else f"C{k % 10}", markersize=5, linewidth=1.2, label=model)
-        what = meta.get("metric") or "score"
-        ax.set_xlabel("sampling temperature (0 = greedy)")
-        ax.set_ylabel(what + ("" if meta.get("higher_is_better", True) else " (lower is better)"))
-        against = f" vs {meta['baseline']}" if meta.get("baseline") else ""
-        ax.set_title(f"{meta.get('task')}: {what}{against} by sampling temperature")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        fig.supxlabel(f"judge {meta.get('judge_id')}; 95% CIs; runs: {', '.join(meta.get('runs', [])[:4])}",
-                      fontsize=5, color="#555555", x=0.005, ha="left")
-        return save_figure(fig, out)
+    fig, ax = new_figure((7.0, 4.6))
+    for k, model in enumerate(models):
+        pts = [p for p in points if p.model == model]
+        err = list(zip(*(_err(p.value, p.lo, p.hi) for p in pts)))
+        ax.errorbar([p.temperature for p in pts], [p.value for p in pts], yerr=err, fmt="o-", capsize=3,
+                    color="black" if model == SFT else f"C{k % 10}", markersize=5, linewidth=1.2, label=model)
+    what = meta.get("metric") or "score"
+    ax.set_xlabel("sampling temperature (0 = greedy)")
+    ax.set_ylabel(what + ("" if meta.get("higher_is_better", True) else " (lower is better)"))
+    against = f" vs {meta['baseline']}" if meta.get("baseline") else ""
+    ax.set_title(f"{meta.get('task')}: {what}{against} by sampling temperature")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.supxlabel(f"judge {meta.get('judge_id')}; 95% CIs; runs: {', '.join(meta.get('runs', [])[:4])}",
+                  fontsize=5, color="#555555", x=0.005, ha="left")
+    return save_figure(fig, out)
 
 
 def temperature_plot(runs: list[str | Path], out: Path | str, *, task: str | None = None, metric: str | None = None,
@@ -523,3 +511,55 @@ def temperature_plot(runs: list[str | Path], out: Path | str, *, task: str | Non
     """Read the runs and plot the swept task's metric by temperature."""
     points, meta = temperature_points(runs, task=task, metric=metric, results_dir=results_dir)
     return plot_temperature(points, meta, out), points, meta
+
+
+# ---------------------------------------------------------------- trends over steps and time
+def _trends(points: list[dict[str, Any]]) -> dict[str | None, list[dict[str, Any]]]:
+    """One line per training run, each starting at the base's last point; the base alone when no run."""
+    base = [p for p in points if p.get("run_name") is None]
+    runs = list(dict.fromkeys(p["run_name"] for p in points if p.get("run_name") is not None))
+    if not runs:
+        return {None: base}
+    return {r: base[-1:] + [p for p in points if p.get("run_name") == r] for r in runs}
+
+
+def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -> list[Path]:
+    """A trend line per training run with its 95% CI band; significant drops from the previous point in red."""
+    points = [p for p in points if p["value"] is not None and not p.get("not_measured")]
+    if not points:
+        return []
+    stepped = any(p["step"] is not None for p in points)  # then a point without a step is the base, at 0
+    xs = [p["step"] if p["step"] is not None else 0 if stepped else k for k, p in enumerate(points)]
+    fig, ax = new_figure()
+    x_of = {id(p): x for x, p in zip(xs, points)}
+    for k, (run, pts) in enumerate(_trends(points).items()):
+        color = f"C{k}"
+        lo = [p["ci_low"] if p["ci_low"] is not None else p["value"] for p in pts]
+        hi = [p["ci_high"] if p["ci_high"] is not None else p["value"] for p in pts]
+        xr = [x_of[id(p)] for p in pts]
+        ax.fill_between(xr, lo, hi, alpha=0.2, color=color, label="95% CI" if k == 0 else None)
+        ax.plot(xr, [p["value"] for p in pts], "o-", color=color, label=run or title)
+    drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
+    if drops:
+        ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
+                   label="significant drop from the previous point")
+    ax.set_xlabel("training step" if stepped else "run (oldest first)")
+    ax.set_ylabel(title)
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, out)
+
+
+def trend_figures(table: Any, out: Path) -> list[Path]:
+    """A trend figure per column of a comparison table whose rows are checkpoints (a line per training run over
+    its steps, the base at step 0, 95% CI bands): ``plot_history`` on the table's cells."""
+    if not any(e.step is not None for e in table.rows):
+        return []
+    paths: list[Path] = []
+    for j, col in enumerate(table.columns):
+        points = [{"step": e.step, "run_name": e.info.get("run_name"), "value": table.cells[(i, j)].score.value,
+                   **dict(zip(("ci_low", "ci_high"), score_ci(table.cells[(i, j)].score)))}
+                  for i, e in enumerate(table.rows) if (i, j) in table.cells]
+        points.sort(key=lambda p: (p["run_name"] is not None, p["run_name"] or "", p["step"] or 0))
+        if any(p["value"] is not None for p in points):
+            paths += plot_history(points, out / f"trend-{col.task}-{col.metric}", title=f"{col.task}/{col.metric}")
+    return paths

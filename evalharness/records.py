@@ -242,3 +242,31 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     import json
     text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# A task run at several temperatures keeps one task name per temperature (``summarize@t0.5``): the spec
+# writes these names and the readers (plots, tables) map them back.
+TEMPERATURE_MARK = "@t"
+
+
+def temperature_task(name: str, temperature: float) -> str:
+    """The name of one temperature of a swept task (``summarize@t0.5``): its scores' own column."""
+    return f"{name}{TEMPERATURE_MARK}{temperature:g}"
+
+
+def swept_task(name: str) -> str:
+    """The task a temperature-swept task name belongs to (``summarize@t0.5`` -> ``summarize``)."""
+    base, mark, t = name.rpartition(TEMPERATURE_MARK)
+    return base if mark and base and t.replace(".", "", 1).isdigit() else name
+
+
+def score_ci(s: Score) -> tuple[float | None, float | None]:
+    """A score's 95% CI; from its SE (a t interval, n - 1 df) where only that is stored (the official
+    AlpacaEval win rate reports a standard error, no interval)."""
+    if s.ci_low is not None and s.ci_high is not None:
+        return s.ci_low, s.ci_high
+    if s.value is None or s.stderr is None or math.isnan(s.stderr) or s.n < 2:
+        return None, None
+    from scipy.stats import t  # lazily: records is imported by every layer
+    half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
+    return s.value - half, s.value + half

@@ -80,6 +80,7 @@ class RunResult:
     path: Path
     scores: list[Score]
     summary: dict[str, Any]
+    report_to: list[str] = field(default_factory=list)  # the trackers the caller sends it to (compare.report_to_trackers)
 
 
 @dataclass
@@ -330,8 +331,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
             store.finish(scores, summary, provenance.now())
     finally:
         models.close()
-    trackers.report_evaluation(plan.report_to, store.path, log=log)  # after the store has every record
-    return RunResult(store.path, scores, summary)
+    return RunResult(store.path, scores, summary, list(plan.report_to))
 
 
 def _model_entry(m: ModelSpec, ref: ModelRef | None) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import decoding
 from .errors import InputError, read_utf8
+from .records import TEMPERATURE_MARK, swept_task, temperature_task  # noqa: F401  (spec names them)
 from .trackers import ReportTo
 
 class Strict(BaseModel):
@@ -260,17 +261,3 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
             raise InputError(err["msg"], **where(*err["loc"][:1])) from e
         out += [TaskSpec(n, module, config, extra={"generation_overrides": g}) for n, g in zip(names, generations)]
     return out
-
-
-TEMPERATURE_MARK = "@t"
-
-
-def temperature_task(name: str, temperature: float) -> str:
-    """The name of one temperature of a swept task (``summarize@t0.5``): its scores' own column."""
-    return f"{name}{TEMPERATURE_MARK}{temperature:g}"
-
-
-def swept_task(name: str) -> str:
-    """The task a temperature-swept task name belongs to (``summarize@t0.5`` -> ``summarize``)."""
-    base, mark, t = name.rpartition(TEMPERATURE_MARK)
-    return base if mark and base and t.replace(".", "", 1).isdigit() else name

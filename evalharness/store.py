@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance
-from .errors import EvalHarnessError
+from .errors import EvalHarnessError, InputError, parse_json
 from .paths import results_root, write_atomic
 from .records import KEY_FIELDS, GenRecord, Score, Verdict
+
+
+# A training run's folder describes itself in this file (written by the trainer, read by trackers and sweeps).
+TRAIN_MANIFEST = "train_manifest.json"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -113,7 +117,7 @@ class RunStore:
             self._lock = None
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
+        return read_json_object(self.path / "manifest.json")
 
     def update_manifest(self, **changes: Any) -> None:
         write_json_atomic(self.path / "manifest.json", {**self.manifest(), **changes})
@@ -178,15 +182,82 @@ class RunStore:
         self._release()
 
     def scores(self) -> list[Score]:
-        """The finished run's scores (``summary.json``; also readable for runs of schema 1)."""
+        """The finished run's scores (``summary.json``; also readable for runs of schema 1).
+
+        An unfinished run (running, killed, interrupted, failed) is an error that says its state and the
+        command that resumes it; a damaged summary is an InputError naming the file and the field."""
         path = self.path / "summary.json"
         if not path.is_file():
-            status = run_state(self.path) if (self.path / "manifest.json").is_file() else "unknown"
-            hint = {"running": "it is being written by a live process",
-                    "stale": "its process is gone (killed); run the same command again to resume it"}
-            raise EvalHarnessError(f"run {self.run_id} has no summary yet (status: {status}); "
-                                   + hint.get(status, "run the same command again to resume it"))
-        return [Score.from_dict(s) for s in json.loads(path.read_text()).get("scores", [])]
+            manifest = self.manifest()
+            status = run_state(self.path, manifest)
+            if status == "complete":
+                raise InputError(f"missing, though the run is complete; {DAMAGED}", path=str(path))
+            if status == "running":
+                raise EvalHarnessError(f"run {self.run_id} is still running (its process is alive); wait for it "
+                                       "to finish")
+            state = {"stale": "killed (its process is gone)"}.get(status, status)
+            raise EvalHarnessError(f"run {self.run_id} has no scores yet ({state}): {resume_hint(manifest)}")
+        rows = read_json_object(path).get("scores", [])
+        if not isinstance(rows, list):
+            raise InputError(f"expected a list, found {type(rows).__name__}; {DAMAGED}", path=str(path),
+                             field="scores")
+        return [_score(row, path, k) for k, row in enumerate(rows)]
+
+
+DAMAGED = "the run folder is damaged: rerun the command that made it, or move the folder out of the results root"
+
+
+def _score(row: Any, path: Path, k: int) -> Score:
+    try:
+        if not isinstance(row, dict):
+            raise TypeError(f"expected an object, found {type(row).__name__}")
+        score = Score.from_dict(row)
+        if score.value is not None and not isinstance(score.value, (int, float)):
+            raise TypeError(f"value {score.value!r} is not a number")
+        return score
+    except (TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{e}; {DAMAGED}", path=str(path), field=f"scores[{k}]") from None
+
+
+def read_json_object(path: Path, hint: str = DAMAGED) -> dict[str, Any]:
+    """A JSON object file of the store (manifest, summary); a file that is missing, not UTF-8, not JSON or
+    not an object is an InputError naming it, with ``hint`` saying what to do."""
+    try:
+        data = parse_json(path.read_bytes(), path=path, what=f"not JSON; {hint}")
+    except FileNotFoundError:
+        raise InputError(f"missing; {hint}", path=str(path)) from None
+    except IsADirectoryError:
+        raise InputError(f"a folder, not a file; {hint}", path=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object, found {type(data).__name__}; {hint}", path=str(path))
+    return data
+
+
+def resume_hint(manifest: dict[str, Any]) -> str:
+    """The command that resumes an unfinished run, from the command line its manifest recorded."""
+    import shlex
+    argv = manifest.get("argv")
+    if isinstance(argv, list) and len(argv) > 1 and all(isinstance(a, str) for a in argv):
+        return f"resume it with `evalharness {shlex.join(argv[1:])}`"
+    return "run the command that started it again to resume it"
+
+
+def manifest_models(manifest: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """A run manifest's models by name (or spec); a ``models`` field of the wrong shape names the file."""
+    models = manifest.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise InputError(f"expected a list of objects; {DAMAGED}", path=str(path / "manifest.json"), field="models")
+    return {str(m.get("name") or m.get("spec")): m for m in models}
+
+
+def checkpoint_manifest(entry: dict[str, Any], name: str = "evalharness_manifest.json") -> dict[str, Any]:
+    """What a checkpoint's own manifest says about it (algorithm, step, run_name, base_model), from the folder
+    a run's model entry names (``path``, else ``spec``); {} for a base or hub model."""
+    for cand in dict.fromkeys(c for c in (entry.get("path"), entry.get("spec")) if isinstance(c, str) and c):
+        path = Path(cand).expanduser() / name
+        if path.is_file():
+            return read_json_object(path, hint="not a checkpoint manifest: retrain or restore the checkpoint folder")
+    return {}
 
 
 # Schema-1 eval runs named no task on their verdicts; their judge ids name it.
@@ -237,7 +308,7 @@ def run_state(path: Path, manifest: dict[str, Any] | None = None) -> str:
     'stale': its ``.lock`` flock is free (the kernel drops it with the process) or its ``pid`` is dead."""
     import fcntl
     if manifest is None:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = read_json_object(path / "manifest.json")
     status = str(manifest.get("status", "unknown"))
     if status != "running":
         return status
@@ -261,20 +332,71 @@ def run_state(path: Path, manifest: dict[str, Any] | None = None) -> str:
 
 def indexed_runs(root: Path | None = None) -> list[dict[str, Any]]:
     """Every run of the index with its live state (``run_state``: 'running' or 'stale' for unfinished ones)."""
-    index = (root or results_root()) / "index.sqlite"
-    if not index.is_file():
-        return []
-    with contextlib.closing(sqlite3.connect(index)) as db:
-        rows = db.execute("SELECT run_id, path, kind, status, started_at, finished_at FROM runs "
-                          "ORDER BY started_at").fetchall()
+    rows = _query(root, "SELECT run_id, path, kind, status, started_at, finished_at FROM runs ORDER BY started_at")
     out = []
     for run_id, path, kind, status, started, finished in rows:
         folder = Path(path)
         if (folder / "manifest.json").is_file():
-            status = run_state(folder)
+            with contextlib.suppress(InputError):  # a damaged manifest keeps the index's word
+                status = run_state(folder)
         out.append({"run_id": run_id, "path": path, "kind": kind, "status": status, "started_at": started,
                     "finished_at": finished})
     return out
+
+
+def _query(root: Path | None, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read query on the index ([] when there is none); a damaged index names its file."""
+    index = (root or results_root()) / "index.sqlite"
+    if not index.is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(index)) as db:
+            return db.execute(sql, args).fetchall()
+    except sqlite3.DatabaseError as e:
+        if "no such table" in str(e):
+            return []
+        raise InputError(f"not a readable results index ({e}); move it aside and rerun the runs to rebuild it",
+                         path=str(index)) from None
+
+
+def latest_run_of(model: str, root: Path | None = None) -> Path | None:
+    """The newest complete run in the index with scores for ``model`` whose folder is still there."""
+    rows = _query(root, "SELECT r.path FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE s.model = ? AND "
+                        "r.status = 'complete' ORDER BY r.finished_at DESC", (model,))
+    return next((Path(p) for (p,) in rows if (Path(p) / "manifest.json").is_file()), None)
+
+
+def unfinished_runs_of(model: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """Indexed runs that name ``model`` and never finished, with their live state and resume command."""
+    out = []
+    for run in indexed_runs(root):
+        if run["status"] == "complete" or not (Path(run["path"]) / "manifest.json").is_file():
+            continue
+        try:
+            manifest = read_json_object(Path(run["path"]) / "manifest.json")
+            names = manifest_models(manifest, Path(run["path"]))
+        except InputError:
+            continue
+        if model in names or any(m.get("spec") == model for m in names.values()):
+            out.append({**run, "resume": resume_hint(manifest)})
+    return out
+
+
+def index_scores(root: Path | None = None, *, task: str | None = None,
+                 metric: str | None = None) -> list[dict[str, Any]]:
+    """Every indexed score of a complete run (optionally of one task and metric), with its run's path and
+    manifest text: what ``history`` reads."""
+    sql = ("SELECT s.run_id, s.task, s.metric, s.model, s.value, s.ci_low, s.ci_high, s.n, s.n_skipped, "
+           "s.finished_at, r.path, r.manifest FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE r.status = "
+           "'complete'")
+    args: list[Any] = []
+    for column, value in (("task", task), ("metric", metric)):
+        if value:
+            sql += f" AND s.{column} = ?"
+            args.append(value)
+    names = ("run", "task", "metric", "model", "value", "ci_low", "ci_high", "n", "n_skipped", "finished_at",
+             "path", "manifest")
+    return [dict(zip(names, row)) for row in _query(root, sql, tuple(args))]
 
 
 def find_run(run: str, root: Path | None = None) -> Path:

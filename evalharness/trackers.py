@@ -2,7 +2,7 @@
 
 Training: every ``metrics.jsonl`` row, under its own names, with the step as the x axis; the train manifest as
 the config. Evaluation: every score (value, CI, n, n_skipped per model/task/metric), the scores and the comparison
-table (``compare.build_table`` + ``compare.records``), the frontier and trend figures, the run manifest as config.
+table rows and figures its callers built (``compare.report_to_trackers``), the run manifest as config.
 
 The results store is the record and trackers are copies of it: a row is written to the store first, then handed
 to the trackers. An unknown name or a missing package fails at start, before anything is trained or generated; a
@@ -302,8 +302,7 @@ def start(names: Sequence[str], info: RunInfo, log: Log = lambda _: None) -> Tra
 def start_training(names: Sequence[str], out: Path, results: Path, log: Log = lambda _: None) -> Trackers:
     """The tracker run of a training run: the train manifest as config, then the rows ``metrics.jsonl`` already
     holds (a resumed run's steps before its checkpoint), so the tracker's curve is the file's from step 1."""
-    from .store import read_jsonl
-    from .train.trainer import TRAIN_MANIFEST
+    from .store import TRAIN_MANIFEST, read_jsonl
     if not names:
         return Trackers([])
     manifest = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -318,7 +317,7 @@ def start_training(names: Sequence[str], out: Path, results: Path, log: Log = la
 def score_rows(scores: Iterable[Any]) -> list[dict[str, Any]]:
     """One row per score: value, SE, 95% CI (from the SE where only that is stored), n, n_skipped and the
     comparability key."""
-    from .compare import score_ci
+    from .records import score_ci
     rows = []
     for s in scores:
         lo, hi = score_ci(s)
@@ -339,46 +338,32 @@ def score_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def trend_figures(table: Any, out: Path) -> list[Path]:
-    """A trend figure per column of a comparison table whose rows are checkpoints (a line per training run over
-    its steps, the base at step 0, 95% CI bands): ``compare.plot_history`` on the table's cells."""
-    from .compare import plot_history, score_ci
-    if not any(e.step is not None for e in table.rows):
-        return []
-    paths: list[Path] = []
-    for j, col in enumerate(table.columns):
-        points = [{"step": e.step, "run_name": e.info.get("run_name"), "value": table.cells[(i, j)].score.value,
-                   **dict(zip(("ci_low", "ci_high"), score_ci(table.cells[(i, j)].score)))}
-                  for i, e in enumerate(table.rows) if (i, j) in table.cells]
-        points.sort(key=lambda p: (p["run_name"] is not None, p["run_name"] or "", p["step"] or 0))
-        if any(p["value"] is not None for p in points):
-            paths += plot_history(points, out / f"trend-{col.task}-{col.metric}", title=f"{col.task}/{col.metric}")
-    return paths
-
-
-def report_evaluation(names: Sequence[str], run_path: Path, *, table: Any = None, figures: Sequence[Path] = (),
-                      against: str | None = None, group: str | None = None, log: Log = lambda _: None) -> None:
-    """Send a finished evaluation run to the trackers: manifest, scores, the comparison table (``table``, else built
-    from the run, paired against ``against`` or the run's reference model when it is one of the run's models), trend
-    figures (drawn into ``RUN/figures/``) and ``figures``."""
-    from .compare import build_table, records, run_entries
+def report_evaluation(names: Sequence[str], run_path: Path, *, comparison: list[dict[str, Any]] | None = None,
+                      figures: Sequence[Path] = (), group: str | None = None, log: Log = lambda _: None) -> None:
+    """Send a finished evaluation run to the trackers: its manifest and scores, the comparison table's rows
+    (``comparison``, as ``compare.records`` gives them) and ``figures``. A sink: the callers build tables and
+    figures. A tracker that cannot start is one line on ``log``, never an exception: the run is complete."""
     from .store import RunStore
     if not names:
         return
     store = RunStore(run_path)
-    if table is None:
-        entries = run_entries(store)
-        ref = against or store.manifest().get("reference")
-        table = build_table(entries, against=ref if any(ref == e.label for e in entries) else None, allow_mixed=True)
-    plots = list(figures) + trend_figures(table, run_path / "figures")
     rows = score_rows(store.scores())
-    with start(names, RunInfo(store.run_id, "eval", run_path, run_path.parent, group), log) as t:
+    try:
+        t = start(names, RunInfo(store.run_id, "eval", run_path, run_path.parent, group), log)
+    except MissingExtraError:
+        raise
+    except Exception as e:  # no login, no server: the finished run must not end in a traceback
+        first = (str(e).strip().splitlines() or [""])[0]
+        log(f"error: tracker could not start ({type(e).__name__}: {first}); nothing was sent, every number is "
+            f"in {run_path}")
+        return
+    with t:
         t.log_config(store.manifest())
         t.log_metrics(score_metrics(rows))
         t.log_table("scores", rows)
-        t.log_table("comparison", records(table))
-        for p in plots:
+        if comparison is not None:
+            t.log_table("comparison", comparison)
+        for p in figures:
             t.log_artifact(Path(p), "figures")
     if t.failed:
         log(f"trackers: {', '.join(t.failed)} did not get everything; the run is complete in {run_path}")
-

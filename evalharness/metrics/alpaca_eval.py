@@ -295,8 +295,10 @@ def load_lc_support(directory: str | Path) -> LCSupport:
     """Read df_gamed.csv (required) and instruction_difficulty.csv (optional) from ``directory``."""
     path = Path(directory) / "df_gamed.csv"
     if not path.is_file():
-        raise InputError("missing: run fetch_lc_support_files() or copy it from the HF dataset "
-                         f"{HF_DATASET}", path=str(path))
+        raise InputError(f"missing: download df_gamed.csv and instruction_difficulty.csv from the HF dataset "
+                         f"{HF_DATASET} into {path.parent}, or set the alpaca_eval task's lc_support_dir "
+                         "(`evalharness metrics alpaca-eval --lc-support-dir`) to a folder that holds them",
+                         path=str(path))
     df = pd.read_csv(path)
     for col in ("index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline"):
         if col not in df.columns:

@@ -324,7 +324,8 @@ def _game_counts(battles: pd.DataFrame, baseline: str, weight: int) -> dict[str,
     return out
 
 
-def _is_judgment_file(path: Path) -> bool:
+def is_judgment_file(path: Path) -> bool:
+    """Whether a JSONL file holds arena-hard-auto judgment rows (with ``games``), not battles."""
     for _, row in iter_jsonl(path):
         if "games" in row:
             return True
@@ -349,7 +350,7 @@ def metrics_from_file(path: str | Path, *, baseline: str | None = None, bootstra
     """
     path = Path(path)
     counts: dict[str, tuple[int, int] | None]
-    if path.is_dir() or _is_judgment_file(path):
+    if path.is_dir() or is_judgment_file(path):
         verdicts = load_judgments(path, baseline=baseline or DEFAULT_BASELINE, reparse=reparse)
         baseline = baseline or _recorded_baseline(verdicts, path)
         battles = battles_from_verdicts(verdicts, weight=weight)

@@ -211,6 +211,10 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int = 1000,
     if metric != "score":
         raise ValueError(f"no paired test for arena_hard {metric} (style control needs the answers' metadata)")
     va, vb = a.verdicts(), b.verdicts()
+    for records, vs in ((a, va), (b, vb)):
+        if not any(v.status == "ok" for v in vs):  # else the battle table names it with a side prefix ('a:...')
+            raise ValueError(f"no scored games for {records.model} in run {records.folder.name} (imported official "
+                             "battles keep no per-game judgments)")
     bases = {v.meta.get("baseline") for v in va + vb if v.status == "ok"}
     if len(bases) != 1:
         raise ValueError(f"the two models were judged against different baselines {sorted(map(str, bases))}")

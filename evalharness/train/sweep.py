@@ -224,7 +224,8 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
         "eval_runs": {k: str(v) for k, v in result.eval_runs.items()}, "table": result.table,
         "verdict": result.verdict, "plots": [str(p) for p in result.plots]})
     if result.eval_runs:
-        trackers.report_evaluation(spec.report_to, next(iter(result.eval_runs.values())), table=result.comparison,
+        from ..compare import report_to_trackers
+        report_to_trackers(spec.report_to, next(iter(result.eval_runs.values())), table=result.comparison,
                                    figures=result.plots, against="sft", group=spec.name, log=log)
     return result
 
