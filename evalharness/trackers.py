@@ -303,7 +303,7 @@ def start_training(names: Sequence[str], out: Path, results: Path, log: Log = la
     """The tracker run of a training run: the train manifest as config, then the rows ``metrics.jsonl`` already
     holds (a resumed run's steps before its checkpoint), so the tracker's curve is the file's from step 1."""
     from .store import read_jsonl
-    from .train.trainer import TRAIN_MANIFEST
+    from .store import TRAIN_MANIFEST
     if not names:
         return Trackers([])
     manifest = json.loads((out / TRAIN_MANIFEST).read_text())
