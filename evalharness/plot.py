@@ -18,6 +18,7 @@ from .errors import EvalHarnessError
 from .paths import write_atomic
 from .records import KEY_FIELDS, Score
 from .store import RunStore, find_run
+from .train.algorithms import ALGORITHMS
 
 KL_METRIC = "kl"
 NOT_REWARDS = ("kl", "kl_k3", "length")  # metrics an eval run writes beside the judges' rewards
@@ -29,12 +30,9 @@ UNKNOWN = "unknown"
 COMPARABLE_CONFIG = ("prompts_hash", "temperature", "top_p", "max_new_tokens")
 _KEY_FIELDS = KEY_FIELDS
 
-# Fixed colours per algorithm (names as in train/algorithms.py), so one keeps its colour from plot to plot;
-# black is the SFT reference, grey a checkpoint that does not say what trained it.
-_ALGORITHMS = {"dpo": ("DPO", "#1f77b4"), "ipo": ("IPO", "#ff7f0e"), "odpo": ("ODPO", "#2ca02c"),
-               "simpo": ("SimPO", "#d62728"), "rdpo": ("R-DPO", "#9467bd"), "kto": ("KTO", "#8c564b"),
-               "orpo": ("ORPO", "#e377c2"), "cpo": ("CPO", "#bcbd22"), "ppo": ("PPO", "#17becf"),
-               "cdpo": ("cDPO", "#393b79"), "hinge": ("hinge", "#637939")}
+# Display name and fixed colour per algorithm: its row in train/algorithms.py (one keeps its colour from plot to
+# plot); black is the SFT reference, grey a checkpoint that does not say what trained it.
+_ALGORITHMS = {name: (spec.display, spec.colour) for name, spec in ALGORITHMS.items()}
 _EXTRA = ("#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 _JUDGE_NAMES = {"vader": "VADER"}
 
