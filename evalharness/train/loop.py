@@ -34,6 +34,7 @@ from ..store import (TRAIN_MANIFEST, TRAIN_METRICS, append_train_metrics, fail_t
                      read_jsonl, read_train_manifest, record_train_checkpoint, resume_train_run, start_train_run,
                      write_json_atomic)
 from .algorithms import get_spec, make_config
+from .config import TrainConfig, TrainResult, default_run_name
 from .data import PreferencePair, UnpairedExample, data_hash, load_preferences, load_unpaired
 
 MANIFEST = "evalharness_manifest.json"
@@ -46,102 +47,6 @@ RESUME_ONLY = ("optimizer.pt", "critic.safetensors")
 
 __all__ = ["TRAIN_MANIFEST", "TRAIN_METRICS", "MANIFEST", "STATE_DIR", "REFERENCE_LOGPS", "KILL_ENV", "TrainConfig",
            "TrainResult", "Plan", "make_plan", "Steps", "Course", "run", "drive"]
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Every field except the bookkeeping ones is part of the run's identity; the comment above
-    a field is its help text on the command line (``evalharness train --FIELD``)."""
-
-    # dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto ppo
-    algorithm: str
-    # the SFT model: bundled alias, local directory or HF id
-    base: str
-    # pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]; prompts JSONL for PPO
-    data: str
-    # the algorithm's hyperparameters (see algorithms.py), KEY=VALUE; defaults filled in
-    hparams: dict[str, Any] = field(default_factory=dict)
-    # reference model (default: the base)
-    reference: str | None = None
-    # peak learning rate
-    learning_rate: float = 5e-6
-    # passes over the data (fractions allowed)
-    epochs: float = 1.0
-    # optimizer steps; overrides epochs
-    max_steps: int | None = None
-    # examples (pairs, or KTO rows) per micro-batch per process
-    batch_size: int = 8
-    # micro-batches per optimizer step
-    grad_accum: int = 1
-    # cosine | linear | constant (after linear warmup)
-    schedule: str = "cosine"
-    # share of the steps spent in linear warmup
-    warmup_ratio: float = 0.1
-    # AdamW weight decay
-    weight_decay: float = 0.0
-    # gradient clipping norm; 0 = off
-    max_grad_norm: float = 1.0
-    # prompt + response tokens
-    max_length: int = 512
-    # prompts are cut from the left beyond this
-    max_prompt_length: int = 256
-    # data order, LoRA initialisation, sampling
-    seed: int = 0
-    # steps between checkpoints; 0 = final only
-    save_every: int = 0
-    # float32, or bfloat16 (mixed precision: fp32 master weights, bf16 autocast)
-    dtype: str = "float32"
-    # train a LoRA adapter instead of all weights
-    lora: bool = False
-    # LoRA rank
-    lora_r: int = 16
-    # LoRA alpha
-    lora_alpha: int = 32
-    # LoRA dropout
-    lora_dropout: float = 0.0
-    # modules that get a LoRA adapter (repeatable)
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # recompute activations in backward (less memory)
-    gradient_checkpointing: bool = False
-    # Bookkeeping, not identity (they change no number beyond float tolerance):
-    # the run's folder name (default: algorithm, hyperparameters and seed)
-    run_name: str | None = None
-    # default: RESULTS/train/RUN_NAME
-    output_dir: str | None = None
-    # steps between logged metric rows
-    log_every: int = 1
-    # checkpoints hold the optimizer state (Adam: 2x the trainable weights), so a resume continues exactly
-    save_optimizer: bool = True
-    # FSDP2-shard the model over torchrun's processes (under accelerate launch its FSDP/DeepSpeed config shards)
-    fsdp: bool = False
-    # experiment trackers the main process copies metrics rows and the train manifest to (trackers.py)
-    report_to: list[str] = field(default_factory=list)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that make the run what it is (a finished run with the same identity is not trained again)."""
-        d = asdict(self)
-        for k in BOOKKEEPING:
-            d.pop(k)
-        return d
-
-
-BOOKKEEPING = ("run_name", "output_dir", "log_every", "save_optimizer", "fsdp", "report_to")
-
-
-@dataclass
-class TrainResult:
-    """A run's folder, its checkpoints in step order, and its metric rows."""
-
-    output_dir: Path
-    checkpoints: list[Path]
-    metrics: list[dict[str, Any]]
-    skipped: bool = False  # already finished with the same identity
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    """algorithm, hyperparameters and seed, e.g. ``dpo-beta0.1-s0``."""
-    hp = "-".join(f"{k}{v}" for k, v in sorted(cfg.hparams.items()))
-    return f"{cfg.algorithm}{'-' + hp if hp else ''}-s{cfg.seed}"
 
 
 def check_config(cfg: TrainConfig) -> None:
