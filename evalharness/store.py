@@ -454,13 +454,10 @@ def train_metrics(run: Path | str, root: Path | None = None) -> list[dict[str, A
 
 
 def train_runs(root: Path | None = None) -> list[dict[str, Any]]:
-    """The training runs of the index: run id, folder, status, times, and the run's name and algorithm."""
-    index = (root or results_root()) / "index.sqlite"
-    if not index.is_file():
-        return []
-    with contextlib.closing(sqlite3.connect(index)) as db:
-        rows = db.execute("SELECT run_id, path, status, started_at, finished_at, manifest FROM runs WHERE kind = ? "
-                          "ORDER BY started_at", (TRAIN_KIND,)).fetchall()
-    return [{"run_id": rid, "path": path, "status": status, "started_at": started, "finished_at": finished,
-             "run_name": json.loads(man).get("run_name"), "algorithm": json.loads(man).get("algorithm")}
-            for rid, path, status, started, finished, man in rows]
+    """The training runs of the index (``indexed_runs`` of kind 'train'), with each run's name and algorithm."""
+    out = []
+    for run in indexed_runs(root):
+        if run["kind"] == TRAIN_KIND:
+            man = read_train_manifest(Path(run["path"])) or {}
+            out.append({**run, "run_name": man.get("run_name"), "algorithm": man.get("algorithm")})
+    return out
