@@ -225,7 +225,7 @@ def train_(
         from .train.sweep import load_train_spec, run_sweep
         sweep, runs = load_train_spec(spec)
         if options.get("report_to") is not None:
-            sweep.report_to = _trackers(options["report_to"])  # type: ignore[arg-type]
+            sweep.report_to = _trackers(str(options["report_to"]))  # type: ignore[assignment]
         _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
         res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)
         typer.echo(f"{sweep.name}: evaluation")
@@ -234,10 +234,10 @@ def train_(
     if not (options.get("algorithm") and options.get("base") and options.get("data")):
         raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
     from .train.trainer import train
-    res = train(_config_from_options(options), log=_err)  # type: ignore[arg-type]
-    for c in res.checkpoints:
+    trained = train(_config_from_options(options), log=_err)  # type: ignore[arg-type]
+    for c in trained.checkpoints:
         typer.echo(str(c))
-    _err(("already trained: " if res.skipped else "checkpoints in ") + str(res.output_dir))
+    _err(("already trained: " if trained.skipped else "checkpoints in ") + str(trained.output_dir))
 
 
 def _scalar(text: str) -> object:

@@ -113,7 +113,7 @@ def preference_loss(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Ten
                 ref_rejected_logps=ref_rejected_logps, chosen_lengths=chosen_lengths,
                 rejected_lengths=rejected_lengths, chosen_scores=chosen_scores, rejected_scores=rejected_scores)
     cfg, pair = _prepare(algorithm, hparams, args, for_loss=True)
-    return get_spec(algorithm).loss(cfg, pair)  # type: ignore[misc]  (None only for kto and ppo, refused above)
+    return get_spec(algorithm).loss(cfg, pair)  # type: ignore[misc]  # None only for kto and ppo, refused above
 
 
 def implicit_rewards(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Tensor,
