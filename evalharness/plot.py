@@ -30,9 +30,9 @@ UNKNOWN = "unknown"
 COMPARABLE_CONFIG = ("prompts_hash", "temperature", "top_p", "max_new_tokens")
 _KEY_FIELDS = KEY_FIELDS
 
-# Display name and fixed colour per algorithm: its row in train/algorithms.py (one keeps its colour from plot to
-# plot); black is the SFT reference, grey a checkpoint that does not say what trained it.
-_ALGORITHMS = {name: (spec.display, spec.colour) for name, spec in ALGORITHMS.items()}
+# An algorithm's display name and fixed colour are its row in train/algorithms.py (ALGORITHMS), read when drawn, so
+# it keeps its colour from plot to plot; black is the SFT reference, grey a checkpoint that does not say what
+# trained it.
 _EXTRA = ("#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 _JUDGE_NAMES = {"vader": "VADER"}
 
@@ -284,8 +284,8 @@ def kl_axis_label(kl_judge_version: str, reference: str | None) -> str:
 
 
 def _colours(algorithms: list[str]) -> dict[str, str]:
-    extra = sorted(a for a in algorithms if _norm(a) not in _ALGORITHMS and a not in (SFT, UNKNOWN))
-    out = {a: _ALGORITHMS[_norm(a)][1] for a in algorithms if _norm(a) in _ALGORITHMS}
+    extra = sorted(a for a in algorithms if _norm(a) not in ALGORITHMS and a not in (SFT, UNKNOWN))
+    out = {a: ALGORITHMS[_norm(a)].colour for a in algorithms if _norm(a) in ALGORITHMS}
     out.update({a: _EXTRA[i % len(_EXTRA)] for i, a in enumerate(extra)})
     out.update({SFT: "black", UNKNOWN: "#7f7f7f"})
     return out
@@ -299,15 +299,16 @@ def display_name(algorithm: str) -> str:
 def _display(algorithm: str) -> str:
     if algorithm == UNKNOWN:
         return "unknown (no checkpoint manifest)"
-    return _ALGORITHMS.get(_norm(algorithm), (algorithm, ""))[0]
+    spec = ALGORITHMS.get(_norm(algorithm))
+    return spec.display if spec is not None else algorithm
 
 
 def _order(algorithm: str) -> tuple[int, int, str]:
     n = _norm(algorithm)
     if algorithm == SFT:
         return (0, 0, "")
-    if n in _ALGORITHMS:
-        return (1, list(_ALGORITHMS).index(n), "")
+    if n in ALGORITHMS:
+        return (1, list(ALGORITHMS).index(n), "")
     return (3 if algorithm == UNKNOWN else 2, 0, algorithm)
 
 
