@@ -6,15 +6,18 @@ import errno
 import json
 import sqlite3
 import sys
-from pathlib import Path
 from collections.abc import Callable
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .decoding import FRONTIER, PREVIEW, Decoding
 from .errors import EvalHarnessError, InputError
 from .records import MAX_SKIPPED_SHARE
+
+if TYPE_CHECKING:
+    from .train.config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate preference-optimized checkpoints: generate, judge, measure KL, compare.")
@@ -195,67 +198,104 @@ def _print_sweep(res: object) -> None:
     typer.echo(f"results written to {res.path}")  # type: ignore[attr-defined]
 
 
-@app.command("train")
-def train_(
-    spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
-    algorithm: Annotated[Optional[str], typer.Option(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto ppo")] = None,
-    base: Annotated[Optional[str], typer.Option(help="the SFT model: bundled alias, local directory or HF id")] = None,
-    data: Annotated[Optional[str], typer.Option(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]; "
-                                                     "prompts JSONL for PPO")] = None,
-    hp: Annotated[Optional[list[str]], typer.Option(help="hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="reference model (default: the base)")] = None,
-    lr: float = 5e-6, epochs: float = 1.0, max_steps: Optional[int] = None, batch_size: int = 8, grad_accum: int = 1,
-    schedule: Annotated[str, typer.Option(help="cosine | linear | constant (after warmup)")] = "cosine",
-    warmup_ratio: float = 0.1, save_every: Annotated[int, typer.Option(help="steps; 0 = final only")] = 0,
-    max_length: int = 512, max_prompt_length: int = 256, seed: int = 0,
-    dtype: Annotated[str, typer.Option(help="float32, or bfloat16 (mixed precision)")] = "float32",
-    lora: Annotated[bool, typer.Option(help="train a LoRA adapter instead of all weights")] = False,
-    lora_r: int = 16, lora_alpha: int = 32,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward (less memory)")] = False,
-    save_optimizer: Annotated[bool, typer.Option(help="checkpoints hold the optimizer state: exact resume, ~3x disk")] = True,
-    fsdp: Annotated[bool, typer.Option(help="FSDP2-shard the model over torchrun's processes")] = False,
-    run_name: Optional[str] = None,
-    output_dir: Annotated[Optional[Path], typer.Option(help="default: RESULTS/train/RUN_NAME")] = None,
-    results_dir: _RESULTS = None,
-    report_to: _REPORT_TO = None,
-) -> None:
-    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
-    _quiet_libraries()
-    if spec is not None:
-        if algorithm or base or data:
-            raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
-        from .train.sweep import load_train_spec, run_sweep
-        sweep, runs = load_train_spec(spec)
-        if report_to is not None:
-            sweep.report_to = _trackers(report_to)
-        _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
-        res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)  # checks its evaluation first (preflight)
-        typer.echo(f"{sweep.name}: evaluation")
-        _print_sweep(res)
-        return
-    if not (algorithm and base and data):
-        raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
-    from .train.trainer import TrainConfig, default_run_name, train
+def _config_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a command that takes ``**options`` one option per ``TrainConfig`` field, built from the dataclass: the
+    field's name (and older flag names), type, default and help. Required fields become optional flags, since a
+    spec file may give them instead; lists are comma lists; ``hparams`` is the repeatable ``--hp KEY=VALUE``."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from .train.config import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
+    params = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    for f in dataclasses.fields(TrainConfig):
+        hint, decls = hints[f.name], list(f.metadata["flags"]) or [f"--{f.name.replace('_', '-')}"]
+        origin = typing.get_origin(hint)
+        default = None if f.default is dataclasses.MISSING or origin in (list, dict) else f.default
+        if hint is bool:
+            decls = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"]
+        elif origin is dict:
+            hint = Optional[list[str]]
+        elif origin is list:
+            hint = Optional[str]
+        elif default is None:
+            hint = Optional[next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))]
+        option = typer.Option(*decls, help=f.metadata["help"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[hint, option]))
+    fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+    return fn
+
+
+def _config_from_options(options: dict[str, object]) -> TrainConfig:
+    """The ``TrainConfig`` of the options given (an option left out keeps the field's default)."""
+    import dataclasses
+    import typing
+
+    from .train.config import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(TrainConfig):
+        value, origin = options.get(f.name), typing.get_origin(hints[f.name])
+        if value is None:
+            continue
+        if origin is dict:
+            value = _hparams(value)  # type: ignore[arg-type]
+        elif f.name == "report_to":
+            value = _trackers(value)  # type: ignore[arg-type]
+        elif origin is list:
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        values[f.name] = value
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def _hparams(items: list[str]) -> dict[str, object]:
     hparams = {}
-    for item in hp or []:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise EvalHarnessError(f"--hp takes KEY=VALUE, got '{item}'")
         hparams[key.strip()] = _scalar(value.strip())
-    cfg = TrainConfig(algorithm=algorithm, base=base, data=data, hparams=hparams, reference=reference,
-                      learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                      grad_accum=grad_accum, schedule=schedule, warmup_ratio=warmup_ratio, save_every=save_every,
-                      max_length=max_length, max_prompt_length=max_prompt_length, seed=seed, dtype=dtype,
-                      lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=gradient_checkpointing,
-                      save_optimizer=save_optimizer, fsdp=fsdp, run_name=run_name,
-                      output_dir=str(output_dir) if output_dir else None,
-                      report_to=_trackers(report_to) or [])
-    if results_dir and not output_dir:  # the results root is passed down, not set in the environment
-        cfg.output_dir = str(results_dir / "train" / (run_name or default_run_name(cfg)))
-    res = train(cfg, log=_err)
-    for c in res.checkpoints:
+    return hparams
+
+
+@app.command("train")
+@_config_options
+def train_(
+    spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
+    results_dir: _RESULTS = None,
+    max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
+    **options: object,
+) -> None:
+    """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
+    _quiet_libraries()
+    if spec is not None:
+        if options.get("algorithm") or options.get("base") or options.get("data"):
+            raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
+        from .train.sweep import load_train_spec, run_sweep
+        sweep, runs = load_train_spec(spec)
+        if options.get("report_to") is not None:
+            sweep.report_to = _trackers(str(options["report_to"]))  # type: ignore[assignment]
+        _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
+        res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)  # checks its evaluation first (preflight)
+        typer.echo(f"{sweep.name}: evaluation")
+        _print_sweep(res)
+        from .runner import check_judging
+        for path in dict.fromkeys(res.eval_runs.values()):
+            check_judging(path, max_skipped, log=_err)
+        return
+    if not (options.get("algorithm") and options.get("base") and options.get("data")):
+        raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
+    from .train.trainer import default_run_name, train
+    cfg = _config_from_options(options)
+    if results_dir and not cfg.output_dir:  # the results root is passed down, not set in the environment
+        cfg.output_dir = str(results_dir / "train" / (cfg.run_name or default_run_name(cfg)))
+    trained = train(cfg, log=_err)
+    for c in trained.checkpoints:
         typer.echo(str(c))
-    _err(("already trained: " if res.skipped else "checkpoints in ") + str(res.output_dir))
+    _err(("already trained: " if trained.skipped else "checkpoints in ") + str(trained.output_dir))
 
 
 def _scalar(text: str) -> object:
@@ -461,7 +501,7 @@ def history(
     metric: Optional[str] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per series")] = None,
     max_skipped: Annotated[float, typer.Option(help="largest share of failed or unparsed judgments a measured "
-                                                    "point may have")] = 0.1,
+                                                    "point may have")] = MAX_SKIPPED_SHARE,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     results_dir: _RESULTS = None,
 ) -> None:
@@ -491,13 +531,35 @@ def history(
                 _err(f"trend plot: {f}")
             if not files:
                 _err(f"no trend plot for {name}: no measured point")
+    training = _training_of(points, results_dir)
     if json_out:
-        typer.echo(json.dumps(points, indent=2, default=str))
+        typer.echo(json.dumps(points + [{"training_run": k, "steps": v} for k, v in training.items()],
+                              indent=2, default=str))
         return
     for name, pts in series.items():
         typer.echo(name)
         typer.echo(render_grid(["model", "step", "value", "95% CI", "run", ""], [_history_row(p) for p in pts],
                                left=2, width=240), nl=False)
+    for run, rows in training.items():  # the training run's own logged metrics, at the evaluated steps
+        steps = {p["step"] for p in points if p["model"].split("@")[0] == run} | {rows[-1]["step"]}
+        g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731
+        typer.echo(f"training run {run} (its own log)")
+        typer.echo(render_grid(["step", "loss", "reward accuracy", "kl"],
+                               [[str(r["step"]), g(r["loss"]), g(r["reward_accuracy"]), g(r["kl"])]
+                                for r in rows if r["step"] in steps], left=2, width=240), nl=False)
+
+
+def _training_of(points: list[dict], results_dir: Optional[Path]) -> dict[str, list[dict]]:
+    """The indexed training runs whose checkpoints are among ``points``, with their logged metrics per step."""
+    from .store import train_metrics, train_runs
+    names = {p["model"].split("@")[0] for p in points}
+    out = {}
+    for run in train_runs(results_dir):
+        if run.get("run_name") in names:
+            rows = train_metrics(run["path"], results_dir)
+            if rows:
+                out[run["run_name"]] = rows
+    return out
 
 
 def _history_row(p: dict) -> list[str]:

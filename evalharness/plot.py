@@ -18,6 +18,7 @@ from .errors import EvalHarnessError
 from .paths import write_atomic
 from .records import KEY_FIELDS, Score, score_ci, swept_task
 from .store import RunStore, checkpoint_manifest, comparable, find_run, manifest_models
+from .train.algorithms import ALGORITHMS
 
 KL_METRIC = "kl"
 NOT_REWARDS = ("kl", "kl_k3", "length")  # metrics an eval run writes beside the judges' rewards
@@ -28,12 +29,9 @@ UNKNOWN = "unknown"
 # KL grows with length) make points from two runs incomparable even under one judge.
 COMPARABLE_CONFIG = ("prompts_hash", "temperature", "top_p", "max_new_tokens")
 
-# Fixed colours per algorithm (names as in train/algorithms.py), so one keeps its colour from plot to plot;
-# black is the SFT reference, grey a checkpoint that does not say what trained it.
-_ALGORITHMS = {"dpo": ("DPO", "#1f77b4"), "ipo": ("IPO", "#ff7f0e"), "odpo": ("ODPO", "#2ca02c"),
-               "simpo": ("SimPO", "#d62728"), "rdpo": ("R-DPO", "#9467bd"), "kto": ("KTO", "#8c564b"),
-               "orpo": ("ORPO", "#e377c2"), "cpo": ("CPO", "#bcbd22"), "ppo": ("PPO", "#17becf"),
-               "cdpo": ("cDPO", "#393b79"), "hinge": ("hinge", "#637939")}
+# An algorithm's display name and fixed colour are its row in train/algorithms.py (ALGORITHMS), read when drawn, so
+# it keeps its colour from plot to plot; black is the SFT reference, grey a checkpoint that does not say what
+# trained it.
 _EXTRA = ("#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 _JUDGE_NAMES = {"vader": "VADER"}
 
@@ -278,8 +276,8 @@ def kl_axis_label(kl_judge_version: str, reference: str | None) -> str:
 
 
 def _colours(algorithms: list[str]) -> dict[str, str]:
-    extra = sorted(a for a in algorithms if _norm(a) not in _ALGORITHMS and a not in (SFT, UNKNOWN))
-    out = {a: _ALGORITHMS[_norm(a)][1] for a in algorithms if _norm(a) in _ALGORITHMS}
+    extra = sorted(a for a in algorithms if _norm(a) not in ALGORITHMS and a not in (SFT, UNKNOWN))
+    out = {a: ALGORITHMS[_norm(a)].colour for a in algorithms if _norm(a) in ALGORITHMS}
     out.update({a: _EXTRA[i % len(_EXTRA)] for i, a in enumerate(extra)})
     out.update({SFT: "black", UNKNOWN: "#7f7f7f"})
     return out
@@ -293,15 +291,16 @@ def display_name(algorithm: str) -> str:
 def _display(algorithm: str) -> str:
     if algorithm == UNKNOWN:
         return "unknown (no checkpoint manifest)"
-    return _ALGORITHMS.get(_norm(algorithm), (algorithm, ""))[0]
+    spec = ALGORITHMS.get(_norm(algorithm))
+    return spec.display if spec is not None else algorithm
 
 
 def _order(algorithm: str) -> tuple[int, int, str]:
     n = _norm(algorithm)
     if algorithm == SFT:
         return (0, 0, "")
-    if n in _ALGORITHMS:
-        return (1, list(_ALGORITHMS).index(n), "")
+    if n in ALGORITHMS:
+        return (1, list(ALGORITHMS).index(n), "")
     return (3 if algorithm == UNKNOWN else 2, 0, algorithm)
 
 

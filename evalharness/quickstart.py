@@ -29,19 +29,8 @@ BUNDLED = "smollm2-135m-instruct"
 # Hyperparameters follow the papers' recommendations scaled to a tiny model and a short run.
 TRAIN = {"learning_rate": 5.0e-5, "epochs": 2, "batch_size": 8, "save_every": 8, "max_length": 160,
          "warmup_ratio": 0.1, "schedule": "cosine"}
-QUICK_ALGORITHMS: dict[str, dict[str, Any]] = {
-    "dpo": {"beta": 0.1}, "cdpo": {"beta": 0.1, "label_smoothing": 0.1}, "hinge": {"beta": 0.1},
-    "ipo": {"beta": 0.1}, "odpo": {"beta": 0.1, "alpha": 1.0, "offset_fn": "identity"},
-    "simpo": {"beta": 2.0, "gamma": 1.0}, "rdpo": {"beta": 0.1, "alpha": 0.01}, "orpo": {"lam": 0.1},
-    "cpo": {"beta": 0.1}, "kto": {"beta": 0.1},
-    # PPO at three KL coefficients (the DPO paper's PPO points), on the pairs' training prompts with their judge;
-    # rollouts at temperature 1 like the evaluation's samples. Rollout batches of 32 (8 x 4 minibatches; batches of
-    # 8 were too noisy to move the held-out reward beyond its CI), 24 of them (6 passes over the 128 prompts),
-    # 2 PPO epochs, a constant learning rate, bf16 (rollouts sampled from a bf16 copy of the actor) to keep it within
-    # about an hour per run. tests/test_ppo_bundled.py is the kl_coef 0.05 point.
-    "ppo": {"reward": "sentiment", "kl_coef": [0.02, 0.05, 0.2], "response_length": 40, "temperature": 1.0,
-            "num_ppo_epochs": 2, "num_mini_batches": 4, "learning_rate": 5.0e-5, "max_steps": 24,
-            "warmup_ratio": 0.0, "schedule": "constant", "dtype": "bfloat16"}}
+# Each algorithm's own quickstart settings are its row's ``quick`` (train/algorithms.py).
+QUICK_ALGORITHMS: dict[str, dict[str, Any]] = {name: spec.quick for name, spec in ALGORITHMS.items()}
 
 
 # --task: which control experiment. sentiment: the DPO paper's (VADER, higher is better); toxicity: the ODPO

@@ -452,3 +452,134 @@ def index_run(root: Path, manifest: dict[str, Any], scores: list[Score] | None) 
         raise
     finally:
         db.close()
+
+
+# -- training runs -------------------------------------------------------------------------------------------------
+# A training run's folder (RESULTS/train/[SWEEP/]RUN) holds train_manifest.json (what the run is and how it ended),
+# metrics.jsonl (a row per logged step) and its checkpoints. The store owns the manifest's lifecycle
+# (start / resume / checkpoint / finish / fail), every write atomic, and lists the run in the cross-run index as a
+# row of ``runs`` with kind 'train', so an index written before training runs were indexed reads as before.
+
+TRAIN_MANIFEST = "train_manifest.json"
+TRAIN_METRICS = "metrics.jsonl"
+TRAIN_KIND = "train"
+
+
+def read_train_manifest(out: Path) -> dict[str, Any] | None:
+    """A training run's manifest, or None when the folder has none (or a torn one from before atomic writes)."""
+    try:
+        return dict(json.loads((out / TRAIN_MANIFEST).read_text()))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def train_index_root(out: Path) -> Path:
+    """The results root a training run is indexed in: the folder above the ``train/`` that holds it, else the
+    default results root (a run given an ``--output-dir`` elsewhere)."""
+    for parent in out.resolve().parents:
+        if parent.name == "train":
+            return parent.parent
+    return results_root()
+
+
+def train_run_id(out: Path) -> str:
+    """The run's id in the index: its path under the results root (``train/...``), unique like a folder."""
+    folder, root = out.resolve(), train_index_root(out)
+    return str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
+
+
+def index_train_run(out: Path, manifest: dict[str, Any]) -> None:
+    """Upsert a training run into its results root's ``index.sqlite`` (kind 'train', no scores)."""
+    root = train_index_root(out)
+    root.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(root / "index.sqlite", timeout=120, isolation_level=None)
+    try:
+        db.executescript(_SCHEMA)
+        git = manifest.get("git") or {}
+        db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+                   (train_run_id(out), str(out.resolve()), TRAIN_KIND, manifest.get("status"),
+                    manifest.get("started_at"), manifest.get("finished_at"), git.get("commit"),
+                    int(bool(git.get("dirty"))), json.dumps(manifest, default=str)))
+    finally:
+        db.close()
+
+
+def _write_train_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    write_json_atomic(out / TRAIN_MANIFEST, manifest)
+    index_train_run(out, manifest)
+
+
+def start_train_run(out: Path, manifest: dict[str, Any]) -> None:
+    """A fresh run folder, listed as running (any older content of ``out`` is gone)."""
+    import shutil
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _write_train_manifest(out, {**manifest, "status": "running", "checkpoints": []})
+
+
+def resume_train_run(out: Path, step: int, checkpoints: list[str], resumed: dict[str, Any]) -> None:
+    """A killed run's folder put back to its checkpoint at ``step``: metric rows after it cut (they are computed
+    again), the error of the last attempt dropped, the resume recorded."""
+    write_jsonl_atomic(out / TRAIN_METRICS, [r for r in read_jsonl(out / TRAIN_METRICS) if r["step"] <= step])
+    man = read_train_manifest(out) or {}
+    man.pop("error", None)
+    man.update(status="running", checkpoints=checkpoints, resumed=[*man.get("resumed", []), resumed])
+    _write_train_manifest(out, man)
+
+
+def record_train_checkpoint(out: Path, checkpoints: list[str]) -> None:
+    """List the run's complete checkpoints (folder names, in step order) in its manifest."""
+    _write_train_manifest(out, {**(read_train_manifest(out) or {}), "checkpoints": checkpoints})
+
+
+def finish_train_run(out: Path, **fields: Any) -> None:
+    """Mark the run finished, with ``fields`` (final metrics, training time, an algorithm's final state)."""
+    _write_train_manifest(out, {**(read_train_manifest(out) or {}), "status": "finished",
+                                "finished_at": provenance.now(), **fields})
+
+
+def fail_train_run(out: Path, error: BaseException) -> None:
+    """Mark the run 'interrupted' (Ctrl-C) or 'failed', with the error; running it again resumes it."""
+    man = read_train_manifest(out)
+    if man is None:
+        return
+    man.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
+               error=f"{type(error).__name__}: {error}", finished_at=provenance.now())
+    with contextlib.suppress(Exception):  # a full disk must not hide the first error behind a second
+        _write_train_manifest(out, man)
+
+
+def append_train_metrics(out: Path, row: dict[str, Any]) -> None:
+    """One logged step appended to the run's ``metrics.jsonl``."""
+    with open(out / TRAIN_METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# What every algorithm's metrics row is read as: the first key a row has (offline and PPO name KL differently).
+_TRAIN_SERIES = {"loss": ("loss",), "reward_accuracy": ("rewards/accuracies",), "kl": ("kl", "objective/kl")}
+
+
+def train_metrics(run: Path | str, root: Path | None = None) -> list[dict[str, Any]]:
+    """A training run's own logged metrics per step: ``step``, ``loss``, ``reward_accuracy`` and ``kl`` (None where
+    the algorithm logs no such number), beside every raw column. ``run`` is the run folder or its index id."""
+    folder = Path(run)
+    if not (folder / TRAIN_MANIFEST).is_file():
+        folder = (root or results_root()) / str(run)
+    if not (folder / TRAIN_MANIFEST).is_file():
+        raise EvalHarnessError(f"no training run '{run}' (looked for {TRAIN_MANIFEST} in {Path(run)} and {folder})")
+    out = []
+    for row in read_jsonl(folder / TRAIN_METRICS):
+        named = {k: next((row[c] for c in cols if row.get(c) is not None), None) for k, cols in _TRAIN_SERIES.items()}
+        out.append({**row, **named})
+    return out
+
+
+def train_runs(root: Path | None = None) -> list[dict[str, Any]]:
+    """The training runs of the index (``indexed_runs`` of kind 'train'), with each run's name and algorithm."""
+    out = []
+    for run in indexed_runs(root):
+        if run["kind"] == TRAIN_KIND:
+            man = read_train_manifest(Path(run["path"])) or {}
+            out.append({**run, "run_name": man.get("run_name"), "algorithm": man.get("algorithm")})
+    return out

@@ -246,3 +246,28 @@ def test_registry_and_configs():
     for bad in ({"beta": True}, {"beta": "0.1"}, {"beta": float("nan")}):
         with pytest.raises(EvalHarnessError, match="beta"):
             make_config("dpo", **bad)
+
+
+def test_a_new_offline_algorithm_is_one_row_of_the_table(monkeypatch):
+    """The recipe of algorithms.py: a row (here DPO's needs with a doubled loss, SimPO's reward scaled by beta, its
+    own name and colour) is all that preference_loss, implicit_rewards and the plots need to know about it."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from evalharness import plot
+    from evalharness.train import algorithms
+    row = dataclasses.replace(algorithms.ALGORITHMS["dpo"], name="dpo2", loss=lambda c, p: -2 * F.logsigmoid(c.beta * p.h()),
+                              reward=("simpo", "beta"), display="DPO x2", colour="#123456")
+    monkeypatch.setitem(algorithms.ALGORITHMS, "dpo2", row)
+    w, l = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -4.5])
+    rw, rl = torch.tensor([-3.5, -4.0]), torch.tensor([-4.0, -4.0])
+    n_w, n_l = torch.tensor([2.0, 4.0]), torch.tensor([1.0, 3.0])
+    kw = dict(chosen_logps=w, rejected_logps=l, ref_chosen_logps=rw, ref_rejected_logps=rl, chosen_lengths=n_w,
+              rejected_lengths=n_l, beta=0.5)
+    # h = (-3 + 3.5) - (-4 + 4) = 0.5 and (-5 + 4) - (-4.5 + 4) = -0.5; loss = -2 log sigma(0.5 h)
+    want = [-2 * math.log(1 / (1 + math.exp(-0.25))), -2 * math.log(1 / (1 + math.exp(0.25)))]
+    assert preference_loss("dpo2", **kw).tolist() == pytest.approx(want, abs=1e-6)
+    cw, cl = implicit_rewards("dpo2", **kw)
+    assert cw.tolist() == pytest.approx([0.5 * -3 / 2, 0.5 * -5 / 4]) and cl.tolist() == pytest.approx([-2.0, -0.75])
+    assert plot.display_name("dpo2") == "DPO x2"

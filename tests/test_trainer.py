@@ -216,3 +216,52 @@ def test_a_failed_run_is_recorded_as_failed(base, pairs, tmp_path):
         train(cfg(broken, pairs, tmp_path / "f"))
     man = json.loads((tmp_path / "f" / "train_manifest.json").read_text())
     assert man["status"] == "failed" and man["error"] and not list((tmp_path / "f").glob("checkpoint-*"))
+
+
+def test_the_store_indexes_a_training_run_and_returns_its_own_metrics(base, pairs, tmp_path, monkeypatch):
+    """A training run under a results root is a row of its index.sqlite (kind 'train'), listed as running while it
+    trains and finished after; the store gives its logged loss, reward accuracy and KL per step. An index written
+    before training runs were indexed (an eval run in it) gains the row and keeps its eval run."""
+    import sqlite3
+
+    from evalharness import store
+    root = tmp_path / "results"
+    monkeypatch.setenv("EVALHARNESS_RESULTS", str(root))
+    root.mkdir()
+    store.index_run(root, {"run_id": "an-eval", "kind": "eval", "status": "complete", "started_at": "0"}, [])
+    seen: list[str] = []
+
+    def watch(message: str) -> None:  # the index row while the run trains
+        if " step 1/" in message:
+            seen.extend(r["status"] for r in store.train_runs(root))
+
+    res = train(cfg(base, pairs, None, output_dir=None, run_name="indexed", max_steps=2), log=watch)
+    assert res.output_dir == root / "train" / "indexed" and seen == ["running"]
+    with sqlite3.connect(root / "index.sqlite") as db:
+        rows = dict(db.execute("SELECT run_id, kind FROM runs").fetchall())
+    assert rows == {"an-eval": "eval", "train/indexed": "train"}
+    [row] = store.train_runs(root)
+    assert (row["status"], row["algorithm"], row["path"]) == ("finished", "dpo", str(res.output_dir.resolve()))
+    got = store.train_metrics("train/indexed", root)
+    assert [r["step"] for r in got] == [1, 2]
+    assert [r["loss"] for r in got] == [m["loss"] for m in res.metrics]
+    assert [r["reward_accuracy"] for r in got] == [m["rewards/accuracies"] for m in res.metrics]
+    assert got[0]["kl"] is None  # DPO logs no KL; KTO's kl and PPO's objective/kl are read as kl
+
+
+def test_a_failed_training_run_is_marked_failed_in_manifest_and_index(base, pairs, tmp_path, monkeypatch):
+    from evalharness import store
+    root = tmp_path / "results"
+    monkeypatch.setenv("EVALHARNESS_RESULTS", str(root))
+
+    def explode(message: str) -> None:
+        if " step 1/" in message:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        train(cfg(base, pairs, None, output_dir=None, run_name="fails", max_steps=2), log=explode)
+    man = json.loads((root / "train" / "fails" / "train_manifest.json").read_text())
+    assert man["status"] == "failed" and man["error"] == "RuntimeError: boom"
+    assert [(r["run_id"], r["status"]) for r in store.train_runs(root)] == [("train/fails", "failed")]
+    # a folder with only the manifest and metrics (written before the index knew training runs) reads by path
+    assert [r["step"] for r in store.train_metrics(root / "train" / "fails")] == [1]

@@ -54,6 +54,7 @@ from ..kl import check_same_tokenizer
 from ..prompts import render, render_response
 from ..records import Score, ScoreRequest, Verdict, content_hash
 from ..stats import bootstrap_ci, mean_ci, wilson_ci
+from ..train.algorithms import ALGORITHMS
 from ..train.data import PreferencePair, data_hash, load_preferences
 from ..train.trainer import MANIFEST
 from .base import ModelRecords, Pending, Session, Task
@@ -61,19 +62,11 @@ from .base import ModelRecords, Pending, Session, Task
 DEFINITIONS = {"dpo": "beta (log pi - log pi_ref), summed", "simpo": "beta / |y| log pi, reference-free",
                "cpo": "beta log pi, summed, reference-free"}
 REFERENCE_BASED = {"dpo"}
-# algorithm -> (reward definition, the manifest hyperparameter that is its scale). The DPO family's extra terms are
-# margins or offsets in the loss, not parts of the reward, as in the trainer's logged rewards (implicit_rewards):
-# R-DPO's alpha(|y_w| - |y_l|), ODPO's offset, cDPO's label smoothing, IPO's target 1/(2 beta) (also with
-# length_normalized, whose loss compares per-token ratios; its reward here stays the summed one). KTO's reward is
-# beta (log pi - log pi_ref) (Ethayarajh et al. Eq. 8, kto_rewards). PPO's policy, regularized by kl_coef * KL to
-# the reference, has the implicit reward kl_coef * log(pi / pi_ref) + const (the DPO paper's Eq. 5; the constant
-# cancels in r_w - r_l); its manifest's kl_coef is the coefficient reached (adaptive_kl moves it). ORPO's own
-# reward is lam times the average log-probability (TRL's ORPO logging; its log-odds are monotone in it).
-OWN: dict[str, tuple[str, str]] = {
-    "dpo": ("dpo", "beta"), "cdpo": ("dpo", "beta"), "hinge": ("dpo", "beta"), "ipo": ("dpo", "beta"),
-    "odpo": ("dpo", "beta"), "rdpo": ("dpo", "beta"), "kto": ("dpo", "beta"), "ppo": ("dpo", "kl_coef"),
-    "simpo": ("simpo", "beta"), "orpo": ("simpo", "lam"), "cpo": ("cpo", "beta"),
-}
+# algorithm -> (reward definition, the manifest hyperparameter that is its scale): each algorithm's implicit reward,
+# from its row in train/algorithms.py (the trainer's logged rewards, implicit_rewards). The DPO family's extra terms
+# are margins or offsets in the loss, not parts of the reward. PPO's manifest kl_coef is the coefficient reached
+# (adaptive_kl moves it).
+OWN: dict[str, tuple[str, str]] = {name: spec.reward for name, spec in ALGORITHMS.items()}
 QUANTILES = (10, 25, 50, 75, 90)
 CELLS = ("ww", "wl", "lw", "ll")  # (the response the reward ranks higher, the one with higher average log-lik)
 BOOTSTRAP_ROUNDS = 1000

@@ -1,12 +1,28 @@
-"""One config dataclass per preference-optimization algorithm, and the registry the losses read.
+"""Every preference-optimization algorithm: its config dataclass, its loss formula, and its row in ``ALGORITHMS``,
+the one table of algorithm facts that the trainer, the losses, preference accuracy, plots and the quickstart read.
 
 The configs are the single source of truth for hyperparameter names, defaults and valid ranges (TRL style:
-every field documented, the class docstring names the paper equation the loss implements).
+every field documented, the class docstring names the paper equation the loss implements). A row carries the
+loss formula, what the algorithm needs (reference log-probs, scores, unpaired data, online rollouts, lengths),
+its implicit reward (a definition in ``REWARDS`` and the hyperparameter that scales it), its display name and
+colour, and its quickstart settings.
+
+Adding an offline paired algorithm:
+
+1. a config dataclass (``_Config``) whose docstring names the paper equation, every field commented;
+2. its loss formula ``_name(c, p)`` below (per pair, unreduced; the comment names the equation), and a line for it
+   in ``losses.preference_loss``'s docstring;
+3. one row in ``ALGORITHMS``: needs, paper, formula, reward, display name, colour, quickstart settings;
+4. a test in tests/test_losses.py that computes the loss by hand on a few pairs.
+
+The trainer, ``implicit_rewards``, ``evalharness train --algorithm``, preference accuracy's own reward, the plots
+and ``quickstart --algorithms`` pick it up from the row.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -245,9 +261,103 @@ class PPOConfig(_Config):
             self._fail("reward", f"must name a text judge (sentiment, toxicity, hf:MODEL[:LABEL]), got {self.reward!r}")
 
 
+# -- loss formulas ----------------------------------------------------------------------------------------------
+# Each takes the algorithm's config ``c`` and a batch of pairs ``p`` (losses._Pair: summed log-probs chosen/rejected,
+# the reference's, lengths |y|, scores; h() the summed log-ratio difference) and returns the per-pair loss, unreduced.
+# torch is imported inside, so reading the table (names, colours, quickstart settings) does not load it.
+
+def _dpo(c: Any, p: Any) -> Any:
+    import torch.nn.functional as F
+    return -F.logsigmoid(c.beta * p.h())  # Rafailov et al. Eq. 7
+
+
+def _cdpo(c: Any, p: Any) -> Any:
+    import torch.nn.functional as F
+    z, eps = c.beta * p.h(), c.label_smoothing
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # Mitchell note Eq. 3: labels flipped w.p. eps
+
+
+def _hinge(c: Any, p: Any) -> Any:
+    import torch
+    return torch.relu(1 - c.beta * p.h())  # SLiC-HF calibration hinge, TRL loss_type="hinge"
+
+
+def _ipo(c: Any, p: Any) -> Any:
+    h = p.h()
+    if c.length_normalized:  # TRL's IPO: every log-prob averaged over its response tokens before the difference
+        h = (p.chosen - p.ref_chosen) / p.len_chosen - (p.rejected - p.ref_rejected) / p.len_rejected
+    return (h - 1 / (2 * c.beta)) ** 2  # Azar et al. Eq. 17, beta in the role of tau
+
+
+def _odpo(c: Any, p: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+    z = c.beta * p.h()
+    diff = p.score_chosen - p.score_rejected
+    if c.offset_fn == "identity":
+        return -F.logsigmoid(z - c.alpha * diff)
+    if c.alpha == 0:  # 0 * log(0) would be NaN; alpha = 0 is DPO by definition
+        return -F.logsigmoid(z)
+    # Official code (rycolab/odpo trainers.py): offset = alpha * log(s_w - s_l), unclamped. At s_w == s_l the offset
+    # is -inf and its loss is exactly 0 with zero gradient; we return that limit without forming inf, and give
+    # s_w < s_l (NaN there) the same: a pair whose scores do not favour y_w carries no signal under f = log.
+    ok = diff > 0
+    offset = c.alpha * torch.log(torch.where(ok, diff, torch.ones_like(diff)))
+    return torch.where(ok, -F.logsigmoid(z - offset), torch.zeros_like(z))
+
+
+def _simpo(c: Any, p: Any) -> Any:
+    import torch.nn.functional as F
+    z = c.beta * p.chosen / p.len_chosen - c.beta * p.rejected / p.len_rejected
+    return -F.logsigmoid(z - c.gamma)  # Meng et al. Eq. 6, gamma absolute
+
+
+def _rdpo(c: Any, p: Any) -> Any:
+    import torch.nn.functional as F
+    # Reward beta*log-ratio - alpha*|y| in the Bradley-Terry loss: the length terms enter as +alpha(|y_w| - |y_l|).
+    return -F.logsigmoid(c.beta * p.h() + c.alpha * (p.len_chosen - p.len_rejected))
+
+
+def log_odds(logps: Any, lengths: Any) -> Any:
+    """log(p / (1 - p)) with log p = a the token-averaged log-prob (ORPO Eq. 7), stable as a -> 0."""
+    import torch
+    a = logps / lengths
+    # a == 0 (p = 1) has infinite odds and would give inf - inf = NaN; clamp to the largest representable a < 0.
+    a = a.clamp(max=-torch.finfo(a.dtype).eps)
+    return a - torch.log(-torch.expm1(a))  # log(1 - e^a) = log(-expm1(a)), accurate near a = 0 unlike log1p(-exp(a))
+
+
+def _orpo(c: Any, p: Any) -> Any:
+    import torch.nn.functional as F
+    nll = -p.chosen / p.len_chosen
+    ratio = log_odds(p.chosen, p.len_chosen) - log_odds(p.rejected, p.len_rejected)
+    return nll - c.lam * F.logsigmoid(ratio)  # Hong et al. Eq. 6 (total) with L_OR from Eq. 7
+
+
+def _cpo(c: Any, p: Any) -> Any:
+    import torch.nn.functional as F
+    nll = -p.chosen / p.len_chosen
+    return -F.logsigmoid(c.beta * (p.chosen - p.rejected)) + c.nll_weight * nll  # Xu et al. Eq. 6 + Eq. 7 -> Eq. 8
+
+
+# -- implicit rewards -------------------------------------------------------------------------------------------
+# The quantity each loss compares (TRL's logging convention), named by the algorithm that defines it; ``s`` is the
+# scale (the row's reward hyperparameter). The DPO family's extra terms (R-DPO's length term, ODPO's offset, cDPO's
+# smoothing, IPO's target) are margins in the loss, not parts of the reward. tasks/preference_accuracy scores
+# checkpoints under each definition.
+REWARDS: dict[str, Callable[[float, Any], tuple[Any, Any]]] = {
+    "dpo": lambda s, p: (s * (p.chosen - p.ref_chosen), s * (p.rejected - p.ref_rejected)),  # summed log-ratio
+    "simpo": lambda s, p: (s * p.chosen / p.len_chosen, s * p.rejected / p.len_rejected),  # length-averaged log-prob
+    "cpo": lambda s, p: (s * p.chosen, s * p.rejected),  # summed log-prob, reference-free
+}
+REWARD_USES_LENGTHS = ("simpo",)
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """What an algorithm needs from the data and the models, so a trainer can check before it computes."""
+    """Every fact about one algorithm that the trainer, losses, evaluation, plots and quickstart need."""
 
     name: str
     config_cls: type
@@ -256,22 +366,54 @@ class AlgorithmSpec:
     unpaired: bool  # single examples labelled desirable/undesirable, not pairs (use kto_loss)
     needs_lengths: bool  # response token counts (ipo needs them only with length_normalized=True)
     paper: str
+    loss: Callable[[Any, Any], Any] | None  # (config, pairs) -> per-pair loss; None: KTO (kto_loss), PPO (ppo.py)
+    # The implicit reward: (definition in REWARDS, the hyperparameter that scales it). PPO's policy, regularized by
+    # kl_coef * KL, has the reward kl_coef * log(pi / pi_ref) + const (the DPO paper's Eq. 5); KTO's is Eq. 8's.
+    reward: tuple[str, str]
+    display: str  # in plots and tables
+    colour: str  # one fixed colour per algorithm, so it keeps it from plot to plot
+    quick: dict[str, Any]  # the quickstart's settings: hyperparameters, and training fields that override its own
     online: bool = False  # trains on prompts, sampling its own responses (PPO): evalharness/train/ppo.py
+
+    @property
+    def reward_uses_lengths(self) -> bool:
+        """Whether the implicit reward is length-normalized (needs response lengths)."""
+        return self.reward[0] in REWARD_USES_LENGTHS
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
-    AlgorithmSpec("dpo", DPOConfig, True, False, False, False, "Rafailov et al. 2023, arXiv:2305.18290, Eq. 7"),
-    AlgorithmSpec("cdpo", CDPOConfig, True, False, False, False, "Mitchell 2023, ericmitchell.ai/cdpo.pdf, Eq. 3"),
-    AlgorithmSpec("hinge", HingeConfig, True, False, False, False, "Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425"),
-    AlgorithmSpec("ipo", IPOConfig, True, False, False, False, "Azar et al. 2023, arXiv:2310.12036, Eq. 17"),
-    AlgorithmSpec("odpo", ODPOConfig, True, True, False, False, "Amini et al. 2024, arXiv:2402.10571"),
-    AlgorithmSpec("simpo", SimPOConfig, False, False, False, True, "Meng et al. 2024, arXiv:2405.14734, Eq. 6"),
-    AlgorithmSpec("rdpo", RDPOConfig, True, False, False, True, "Park et al. 2024, arXiv:2403.19159"),
-    AlgorithmSpec("orpo", ORPOConfig, False, False, False, True, "Hong et al. 2024, arXiv:2403.07691, Eq. 6-7"),
-    AlgorithmSpec("cpo", CPOConfig, False, False, False, True, "Xu et al. 2024, arXiv:2401.08417, Eq. 6-8"),
-    AlgorithmSpec("kto", KTOConfig, True, False, True, False, "Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 8"),
+    AlgorithmSpec("dpo", DPOConfig, True, False, False, False, "Rafailov et al. 2023, arXiv:2305.18290, Eq. 7",
+                  _dpo, ("dpo", "beta"), "DPO", "#1f77b4", {"beta": 0.1}),
+    AlgorithmSpec("cdpo", CDPOConfig, True, False, False, False, "Mitchell 2023, ericmitchell.ai/cdpo.pdf, Eq. 3",
+                  _cdpo, ("dpo", "beta"), "cDPO", "#393b79", {"beta": 0.1, "label_smoothing": 0.1}),
+    AlgorithmSpec("hinge", HingeConfig, True, False, False, False, "Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425",
+                  _hinge, ("dpo", "beta"), "hinge", "#637939", {"beta": 0.1}),
+    AlgorithmSpec("ipo", IPOConfig, True, False, False, False, "Azar et al. 2023, arXiv:2310.12036, Eq. 17",
+                  _ipo, ("dpo", "beta"), "IPO", "#ff7f0e", {"beta": 0.1}),
+    AlgorithmSpec("odpo", ODPOConfig, True, True, False, False, "Amini et al. 2024, arXiv:2402.10571",
+                  _odpo, ("dpo", "beta"), "ODPO", "#2ca02c", {"beta": 0.1, "alpha": 1.0, "offset_fn": "identity"}),
+    AlgorithmSpec("simpo", SimPOConfig, False, False, False, True, "Meng et al. 2024, arXiv:2405.14734, Eq. 6",
+                  _simpo, ("simpo", "beta"), "SimPO", "#d62728", {"beta": 2.0, "gamma": 1.0}),
+    AlgorithmSpec("rdpo", RDPOConfig, True, False, False, True, "Park et al. 2024, arXiv:2403.19159",
+                  _rdpo, ("dpo", "beta"), "R-DPO", "#9467bd", {"beta": 0.1, "alpha": 0.01}),
+    # ORPO's reward is lam times the average log-probability (TRL's ORPO logging; its log-odds are monotone in it).
+    AlgorithmSpec("orpo", ORPOConfig, False, False, False, True, "Hong et al. 2024, arXiv:2403.07691, Eq. 6-7",
+                  _orpo, ("simpo", "lam"), "ORPO", "#e377c2", {"lam": 0.1}),
+    AlgorithmSpec("cpo", CPOConfig, False, False, False, True, "Xu et al. 2024, arXiv:2401.08417, Eq. 6-8",
+                  _cpo, ("cpo", "beta"), "CPO", "#bcbd22", {"beta": 0.1}),
+    AlgorithmSpec("kto", KTOConfig, True, False, True, False, "Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 8",
+                  None, ("dpo", "beta"), "KTO", "#8c564b", {"beta": 0.1}),
+    # PPO at three KL coefficients (the DPO paper's PPO points), on the pairs' training prompts with their judge;
+    # rollouts at temperature 1 like the evaluation's samples. Rollout batches of 32 (8 x 4 minibatches; batches of
+    # 8 were too noisy to move the held-out reward beyond its CI), 24 of them (6 passes over the 128 prompts),
+    # 2 PPO epochs, a constant learning rate, bf16 (rollouts sampled from a bf16 copy of the actor) to keep it within
+    # about an hour per run. tests/test_ppo_bundled.py is the kl_coef 0.05 point.
     AlgorithmSpec("ppo", PPOConfig, True, False, False, False,
-                  "Schulman et al. 2017, arXiv:1707.06347, Eq. 7; Ziegler et al. 2019, arXiv:1909.08593", online=True),
+                  "Schulman et al. 2017, arXiv:1707.06347, Eq. 7; Ziegler et al. 2019, arXiv:1909.08593",
+                  None, ("dpo", "kl_coef"), "PPO", "#17becf",
+                  {"reward": "sentiment", "kl_coef": [0.02, 0.05, 0.2], "response_length": 40, "temperature": 1.0,
+                   "num_ppo_epochs": 2, "num_mini_batches": 4, "learning_rate": 5.0e-5, "max_steps": 24,
+                   "warmup_ratio": 0.0, "schedule": "constant", "dtype": "bfloat16"}, online=True),
 ]}
 
 

@@ -1,21 +1,20 @@
 """Preference losses per pair (DPO family, SimPO, ORPO, CPO), KTO's per example, and the implicit rewards they log.
 
 Log-probs are SUMS over response tokens, shape (B,); lengths count response tokens. Losses come back unreduced so
-the trainer owns the reduction. Hyperparameter names, defaults and ranges come from algorithms.py, nowhere else.
+the trainer owns the reduction. Hyperparameter names, defaults, ranges and the formulas themselves are in
+algorithms.py (one row per algorithm), nowhere else.
 Throughout, h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)), the summed log-ratio difference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import EvalHarnessError
-from .algorithms import get_spec, make_config
+from .algorithms import REWARDS, get_spec, make_config
 
 Tensor = torch.Tensor
 Number = Tensor | float | int
@@ -61,11 +60,11 @@ def _prepare(algorithm: str, hparams: dict[str, Any], args: dict[str, Any], *, f
     cfg = make_config(algorithm, **hparams)
     need = list(_REFERENCE) if spec.needs_reference else []
     if for_loss:
-        if spec.needs_lengths or (algorithm == "ipo" and cfg.length_normalized):
+        if spec.needs_lengths or getattr(cfg, "length_normalized", False):  # IPO's per-token variant
             need += _LENGTHS
         if spec.needs_scores:
             need += _SCORES
-    elif algorithm in ("simpo", "orpo"):  # their rewards are length-averaged
+    elif spec.reward_uses_lengths:
         need += _LENGTHS
     missing = [n for n in need if args[n] is None]
     if missing:
@@ -80,76 +79,6 @@ def _prepare(algorithm: str, hparams: dict[str, Any], args: dict[str, Any], *, f
             raise EvalHarnessError(f"{algorithm}: {n} must count response tokens (> 0)")
     return cfg, _Pair(chosen, conv["rejected_logps"], conv["ref_chosen_logps"], conv["ref_rejected_logps"],
                       conv["chosen_lengths"], conv["rejected_lengths"], conv["chosen_scores"], conv["rejected_scores"])
-
-
-def _log_odds(logps: Tensor, lengths: Tensor) -> Tensor:
-    """log(p / (1 - p)) with log p = a the token-averaged log-prob (ORPO Eq. 7), stable as a -> 0."""
-    a = logps / lengths
-    # a == 0 (p = 1) has infinite odds and would give inf - inf = NaN; clamp to the largest representable a < 0.
-    a = a.clamp(max=-torch.finfo(a.dtype).eps)
-    return a - torch.log(-torch.expm1(a))  # log(1 - e^a) = log(-expm1(a)), accurate near a = 0 unlike log1p(-exp(a))
-
-
-def _dpo(c: Any, p: _Pair) -> Tensor:
-    return -F.logsigmoid(c.beta * p.h())  # Rafailov et al. Eq. 7
-
-
-def _cdpo(c: Any, p: _Pair) -> Tensor:
-    z, eps = c.beta * p.h(), c.label_smoothing
-    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # Mitchell note Eq. 3: labels flipped w.p. eps
-
-
-def _hinge(c: Any, p: _Pair) -> Tensor:
-    return torch.relu(1 - c.beta * p.h())  # SLiC-HF calibration hinge, TRL loss_type="hinge"
-
-
-def _ipo(c: Any, p: _Pair) -> Tensor:
-    h = p.h()
-    if c.length_normalized:  # TRL's IPO: every log-prob averaged over its response tokens before the difference
-        h = (p.chosen - p.ref_chosen) / p.len_chosen - (p.rejected - p.ref_rejected) / p.len_rejected  # type: ignore
-    return (h - 1 / (2 * c.beta)) ** 2  # Azar et al. Eq. 17, beta in the role of tau
-
-
-def _odpo(c: Any, p: _Pair) -> Tensor:
-    z = c.beta * p.h()
-    diff = p.score_chosen - p.score_rejected  # type: ignore[operator]
-    if c.offset_fn == "identity":
-        return -F.logsigmoid(z - c.alpha * diff)
-    if c.alpha == 0:  # 0 * log(0) would be NaN; alpha = 0 is DPO by definition
-        return -F.logsigmoid(z)
-    # Official code (rycolab/odpo trainers.py): offset = alpha * log(s_w - s_l), unclamped. At s_w == s_l the offset
-    # is -inf and its loss is exactly 0 with zero gradient; we return that limit without forming inf, and give
-    # s_w < s_l (NaN there) the same: a pair whose scores do not favour y_w carries no signal under f = log.
-    ok = diff > 0
-    offset = c.alpha * torch.log(torch.where(ok, diff, torch.ones_like(diff)))
-    return torch.where(ok, -F.logsigmoid(z - offset), torch.zeros_like(z))
-
-
-def _simpo(c: Any, p: _Pair) -> Tensor:
-    z = c.beta * p.chosen / p.len_chosen - c.beta * p.rejected / p.len_rejected  # type: ignore[operator]
-    return -F.logsigmoid(z - c.gamma)  # Meng et al. Eq. 6, gamma absolute
-
-
-def _rdpo(c: Any, p: _Pair) -> Tensor:
-    # Reward beta*log-ratio - alpha*|y| in the Bradley-Terry loss: the length terms enter as +alpha(|y_w| - |y_l|).
-    return -F.logsigmoid(c.beta * p.h() + c.alpha * (p.len_chosen - p.len_rejected))  # type: ignore[operator]
-
-
-def _orpo(c: Any, p: _Pair) -> Tensor:
-    nll = -p.chosen / p.len_chosen  # type: ignore[operator]
-    ratio = _log_odds(p.chosen, p.len_chosen) - _log_odds(p.rejected, p.len_rejected)  # type: ignore[arg-type]
-    return nll - c.lam * F.logsigmoid(ratio)  # Hong et al. Eq. 6 (total) with L_OR from Eq. 7
-
-
-def _cpo(c: Any, p: _Pair) -> Tensor:
-    nll = -p.chosen / p.len_chosen  # type: ignore[operator]
-    return -F.logsigmoid(c.beta * (p.chosen - p.rejected)) + c.nll_weight * nll  # Xu et al. Eq. 6 + Eq. 7 -> Eq. 8
-
-
-_LOSSES: dict[str, Callable[[Any, _Pair], Tensor]] = {
-    "dpo": _dpo, "cdpo": _cdpo, "hinge": _hinge, "ipo": _ipo, "odpo": _odpo,
-    "simpo": _simpo, "rdpo": _rdpo, "orpo": _orpo, "cpo": _cpo,
-}
 
 
 def preference_loss(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Tensor,
@@ -184,7 +113,7 @@ def preference_loss(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Ten
                 ref_rejected_logps=ref_rejected_logps, chosen_lengths=chosen_lengths,
                 rejected_lengths=rejected_lengths, chosen_scores=chosen_scores, rejected_scores=rejected_scores)
     cfg, pair = _prepare(algorithm, hparams, args, for_loss=True)
-    return _LOSSES[algorithm](cfg, pair)
+    return get_spec(algorithm).loss(cfg, pair)  # type: ignore[misc]  # None only for kto and ppo, refused above
 
 
 def implicit_rewards(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Tensor,
@@ -194,21 +123,16 @@ def implicit_rewards(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Te
                      **hparams: Any) -> tuple[Tensor, Tensor]:
     """Detached (chosen, rejected) rewards per pair, the quantity each loss compares (TRL's logging convention).
 
-    Reference-based (dpo cdpo hinge ipo odpo rdpo): beta (log pi - log pi_ref) on summed log-probs, also for
-    length-normalized IPO; simpo: beta log pi / |y|; cpo: beta log pi; orpo: lam log pi / |y|. Scores are not used.
+    Each algorithm's row in ``algorithms.ALGORITHMS`` names its definition in ``REWARDS`` and scale: reference-based
+    (dpo cdpo hinge ipo odpo rdpo): beta (log pi - log pi_ref) on summed log-probs, also for length-normalized IPO;
+    simpo: beta log pi / |y|; cpo: beta log pi; orpo: lam log pi / |y|. Scores are not used.
     """
     args = dict(chosen_logps=chosen_logps, rejected_logps=rejected_logps, ref_chosen_logps=ref_chosen_logps,
                 ref_rejected_logps=ref_rejected_logps, chosen_lengths=chosen_lengths,
                 rejected_lengths=rejected_lengths, chosen_scores=chosen_scores, rejected_scores=rejected_scores)
     c, p = _prepare(algorithm, hparams, args, for_loss=False)
-    if algorithm == "simpo":
-        w, l = c.beta * p.chosen / p.len_chosen, c.beta * p.rejected / p.len_rejected
-    elif algorithm == "orpo":
-        w, l = c.lam * p.chosen / p.len_chosen, c.lam * p.rejected / p.len_rejected
-    elif algorithm == "cpo":
-        w, l = c.beta * p.chosen, c.beta * p.rejected
-    else:
-        w, l = c.beta * (p.chosen - p.ref_chosen), c.beta * (p.rejected - p.ref_rejected)
+    definition, scale = get_spec(algorithm).reward
+    w, l = REWARDS[definition](getattr(c, scale), p)
     return w.detach(), l.detach()
 
 

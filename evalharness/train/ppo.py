@@ -1,5 +1,5 @@
 """PPO for language models, the online RLHF baseline (TRL's PPOTrainer, "The N implementation details of RLHF
-with PPO", Huang et al. 2024), on the trainer's machinery: manifests, checkpoints, LoRA, bf16, data parallelism.
+with PPO", Huang et al. 2024), on the one training loop (``loop.py``): manifests, checkpoints, LoRA, bf16, data parallelism.
 
 One training step is one rollout batch:
 
@@ -24,14 +24,13 @@ Resident while training: the actor (policy, from SFT), the critic (the SFT body 
 reference (a frozen SFT copy; with LoRA none: the actor with its adapter disabled) and the judge; bf16 runs without
 LoRA add a bf16 copy of the actor to sample from (``_sampler``: half the actor's fp32 size). Checkpoints are
 the actor only, loadable model folders (adapter folders for LoRA) with ``evalharness_manifest.json``; a killed run
-resumes through the trainer's machinery (``run_resumable``, ``save_resumable``): the checkpoint's ``training_state/``
-adds to the trainer's the critic's trainable weights (``critic.safetensors``), the adaptive KL coefficient and the
+resumes through the loop (``loop.run``, ``save_resumable``): the checkpoint's ``training_state/``
+adds to the loop's the critic's trainable weights (``critic.safetensors``), the adaptive KL coefficient and the
 minibatch generator, and its optimizer state covers actor and critic (one optimizer).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,12 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EvalHarnessError
 from ..prompts import render
-from ..store import read_jsonl
 from .algorithms import PPOConfig, make_config
-from .trainer import (STATE_DIR, TrainConfig, TrainResult, _adamw, _autocast, _check, _checkpoints, _disable_dropout,
-                      _fault, _load_policy, _lr_lambda, _mean_rows, _null, _Plan, _plan, _record_checkpoint,
-                      _log_row, _record_finish, _restore, checkpoint_manifest, lora_wrap, run_resumable,
-                      save_resumable)
+from .loop import (STATE_DIR, Course, NullContext, Plan, TrainConfig, TrainResult, adamw, autocast, check_config,
+                   disable_dropout, index_stream, load_policy, lora_wrap, make_plan, restore, resumed_course, run,
+                   save_resumable, scheduler, total_steps)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -234,14 +231,14 @@ def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: 
     policy, critic = model.policy, model.critic
     backend = HFBackend.from_loaded(policy if sampler is None else sampler, tok, "ppo-policy", batch_size=len(prompts))
     params = SamplingParams(temperature=hp.temperature, top_p=1.0, max_new_tokens=hp.response_length, seed=seed)
-    with _autocast(cfg, accel) if sampler is None else _null():
+    with autocast(cfg, accel) if sampler is None else NullContext():
         gens = backend.generate([GenRequest(key, prompt_ids=ids, params=params) for key, ids in prompts])
     verdicts = judge.judge(gens)
     P = [ids for _, ids in prompts]
     Rs = [list(g.token_ids or []) for g in gens]
     out: list[_Rollout] = []
     bs = cfg.batch_size
-    with torch.no_grad(), _autocast(cfg, accel):
+    with torch.no_grad(), autocast(cfg, accel):
         for s in range(0, len(P), bs):
             p, r = P[s:s + bs], Rs[s:s + bs]
             lp, _ = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
@@ -279,27 +276,28 @@ def _buffer(rows: list[_Rollout]) -> dict[str, Any]:
     return {**t, "mask": mask, "ok": ok, "scores": scores}
 
 
-# -- the loop ---------------------------------------------------------------------------------------------------
+# -- the steps --------------------------------------------------------------------------------------------------
 
 CRITIC = "critic.safetensors"  # in training_state/: the critic's trainable weights (body + head, or adapter + head)
+STATS = ("pg", "vf", "pg_clip", "vf_clip", "approxkl", "ratio")  # token-weighted sums of an update, then the count
 
 
 def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> TrainResult:
     """Train a policy with PPO on ``cfg.data`` (a prompts JSONL) against the judge ``hparams['reward']``; a finished
     run with the same identity is skipped, an unfinished one resumes from its newest complete checkpoint (the
-    trainer's machinery: actor, critic, optimizer, scheduler, KL coefficient, RNG, prompt-stream position)."""
+    training loop's machinery: actor, critic, optimizer, scheduler, KL coefficient, RNG, prompt-stream position)."""
     from ..judges import get_judge
-    _check(cfg)
+    check_config(cfg)
     hp: PPOConfig = make_config(cfg.algorithm, **cfg.hparams)
     judge = get_judge(hp.reward)
     reward = {"spec": hp.reward, "id": judge.judge_id, "version": judge.judge_version,
               "direction": "score" if judge.higher_is_better else "1 - score"}
-    plan = _plan(cfg, {"reward": reward})
+    plan = make_plan(cfg, {"reward": reward})
     local = cfg.batch_size * cfg.grad_accum * hp.num_mini_batches  # TRL's local_batch_size
-    return run_resumable(plan, local, lambda *run: _train(plan, hp, judge, *run, log=log), log)
+    return run(plan, local, lambda *a: _setup(plan, hp, judge, *a, log=log), log)
 
 
-def _load_models(plan: _Plan, resume: Path | None, accel: Any) -> tuple[Any, Any, Any]:
+def _load_models(plan: Plan, resume: Path | None, accel: Any) -> tuple[Any, Any, Any]:
     """(actor and critic as one module, the frozen reference or None with LoRA, tokenizer), on the device. The actor
     is the trainer's policy (the resumed checkpoint's weights); the critic's weights come back from the checkpoint's
     training_state when it has them."""
@@ -307,8 +305,8 @@ def _load_models(plan: _Plan, resume: Path | None, accel: Any) -> tuple[Any, Any
 
     from ..models import load_fresh
     cfg = plan.cfg
-    policy, tok = _load_policy(plan, resume)
-    lm = _disable_dropout(load_fresh(plan.base, dtype="float32")[0])
+    policy, tok = load_policy(plan, resume)
+    lm = disable_dropout(load_fresh(plan.base, dtype="float32")[0])
     body = getattr(lm, lm.base_model_prefix)  # the SFT body; its LM head is dropped
     if cfg.lora:
         body = lora_wrap(body, cfg, None)
@@ -327,7 +325,7 @@ def _load_models(plan: _Plan, resume: Path | None, accel: Any) -> tuple[Any, Any
         critic.load_state_dict(saved, strict=False)
     ref_model = None
     if not (cfg.lora and plan.reference is plan.base):
-        ref_model = _disable_dropout(load_fresh(plan.reference, dtype="float32")[0]).to(accel.device).eval()
+        ref_model = disable_dropout(load_fresh(plan.reference, dtype="float32")[0]).to(accel.device).eval()
         ref_model.requires_grad_(False)
     return _wrapper_class()(policy, critic).to(accel.device), ref_model, tok
 
@@ -337,172 +335,214 @@ def _critic_weights(critic: Any) -> dict[str, Any]:
     return {n: p.detach().cpu().contiguous() for n, p in critic.named_parameters() if p.requires_grad}
 
 
-def _train(plan: _Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | None, state: dict[str, Any] | None,
-           G: int, tracker: Any, *, log: Callable[[str], None]) -> TrainResult:
-    """Set up (actor, critic, reference, optimizer, resumed state), then roll out, update and checkpoint; G is the
-    episodes per step over all processes."""
+def _setup(plan: Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | None, state: dict[str, Any] | None,
+           G: int, *, log: Callable[[str], None]) -> tuple[_PPOSteps, Course]:
+    """Actor, critic, reference, optimizer and resumed state: the steps the loop drives, and their course (G is
+    the episodes per step over all processes)."""
     import torch
-    from accelerate.utils import gather_object
-    from safetensors.torch import save_file
-
-    cfg, out, items = plan.cfg, plan.out, plan.data
-    P, rank, dev = accel.num_processes, accel.process_index, accel.device
-    main = accel.is_main_process
+    cfg, items, P = plan.cfg, plan.data, accel.num_processes
     torch.manual_seed(cfg.seed)
     model, ref_model, tok = _load_models(plan, resume, accel)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _adamw(params, cfg)
-
-    local = G // P
-    steps_per_epoch = math.ceil(len(items) / G)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))  # one value per rollout batch, as TRL
+    opt = adamw(params, cfg)
+    total, steps_per_epoch = total_steps(cfg, len(items), G)
+    sched = scheduler(opt, cfg, total)  # one value per rollout batch, as TRL
     wrapped, opt = accel.prepare(model, opt)
-    sampler = _sampler(model.policy, cfg)
     prompt_len = max(1, min(cfg.max_prompt_length, cfg.max_length - hp.response_length))
-    rendered = [render(tok, it)[-prompt_len:] for it in items]
     # The prompt stream depends only on the seed, the data and G, so a resumed run continues it at step * G; the
     # minibatch shuffles draw from their own generator, whose state a checkpoint keeps.
-    g_data, g_mb = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1)
-    stream: list[int] = []
-    while len(stream) < total * G:
-        stream += torch.randperm(len(items), generator=g_data).tolist()
-
-    kl_coef = hp.kl_coef
-    start, history, elapsed0 = 0, [], 0.0
-    if resume is not None:
-        assert state is not None
-        start, elapsed0 = state["step"], state["elapsed_s"]
-        exact, saved = _restore(resume, model, opt, sched, accel, sharded=False)
-        kl_coef = saved["ppo"]["kl_coef"]
-        g_mb.set_state(saved["ppo"]["minibatch_rng"])
-        history = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= start]
-        log(f"{plan.run_name}: resuming after step {start} from {resume.name}"
-            + ("" if exact else " (no optimizer state saved: Adam moments start again from zero)")
-            + ("" if state.get("critic") else " (no critic saved: it starts again from its zeroed head)"))
+    steps = _PPOSteps(plan, hp, judge, accel, model, wrapped, ref_model, tok, opt, sched, params,
+                      _sampler(model.policy, cfg), [render(tok, it)[-prompt_len:] for it in items],
+                      torch.Generator().manual_seed(cfg.seed + 1), hp.kl_coef, G // P)
+    course = Course(total, G, steps_per_epoch, index_stream(len(items), total, G, cfg.seed), rate_key="eps")
+    restored = restore(resume, model, opt, sched, accel, sharded=False) if resume is not None else None
+    if restored is not None:
+        steps.kl_coef = restored[1]["ppo"]["kl_coef"]
+        steps.g_mb.set_state(restored[1]["ppo"]["minibatch_rng"])
+    no_critic = state is not None and not state.get("critic")
+    course = resumed_course(plan, course, resume, state, restored, log,
+                            " (no critic saved: it starts again from its zeroed head)" if no_critic else "")
     log(f"{plan.run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
         f"{hp.num_mini_batches} minibatches each, reward {plan.extra['reward']['id']} "
-        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {out}")
-    checkpoints = _checkpoints(out) if resume is not None else []
-    since_save: list[dict[str, Any]] = []
-    t_start = time.perf_counter() - elapsed0
-    for step in range(start, total):
+        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {plan.out}")
+    return steps, course
+
+
+@dataclass
+class _PPOSteps:
+    """One process's live PPO state; a step is a rollout batch: roll out, compute advantages, update, log."""
+
+    plan: Plan
+    hp: PPOConfig
+    judge: Any
+    accel: Any
+    model: Any  # actor and critic, unwrapped
+    wrapped: Any  # as prepared (DDP)
+    ref_model: Any | None
+    tok: Any
+    opt: Any
+    sched: Any
+    params: list[Any]
+    sampler: Any | None
+    rendered: list[list[int]]  # every prompt's ids, cut to the prompt length
+    g_mb: Any  # the minibatch shuffles' generator
+    kl_coef: float
+    local: int  # episodes per step on this process
+
+    def step(self, step: int, idx: list[int]) -> dict[str, Any]:
+        """One rollout batch on the prompts ``idx``: rollouts, advantages, num_ppo_epochs of updates; its row."""
+        hp = self.hp
         t0 = time.perf_counter()
-        idx = stream[step * G:(step + 1) * G]
-        # the request key is the position in the step's batch: unique even if a prompt repeats, and the same
-        # whichever process samples it; the sampling seed is the step's, so a resumed step samples the same
-        mine = [(f"{j}:{items[i].id}", rendered[i]) for j, i in enumerate(idx)][rank * local:(rank + 1) * local]
-        model.eval()
-        if sampler is not None:
-            _sync_sampler(sampler, model.policy)
-        rows = _rollouts(model, ref_model, tok, judge, mine, hp, cfg.seed * 1_000_003 + step, cfg, accel, sampler)
-        model.train()
-        if P > 1:
-            rows = gather_object(rows)
+        rows = self.rollout(step, idx)
         t_rollout = time.perf_counter() - t0
         buf = _buffer(rows)
-        mask, ok = buf["mask"], buf["ok"]
-        n_ok = int(ok.sum())
-        if n_ok == 0:
-            raise EvalHarnessError(f"step {step + 1}: every judgment of the batch failed ({len(rows)} responses)")
+        if not bool(buf["ok"].any()):
+            raise EvalHarnessError(f"step {step}: every judgment of the batch failed ({len(rows)} responses)")
+        kl, non_score, adv, returns = self.advantages(buf)
+        stats, grad_norm = self.update(rows, buf, adv, returns)
+        lr = self.sched.get_last_lr()[0]
+        self.sched.step()
+        row = self.metrics(step, rows, buf, kl, non_score, stats)
+        row.update(lr=lr, grad_norm=grad_norm, rollout_time_s=t_rollout)
+        if hp.adaptive_kl:
+            self.kl_coef = update_kl_coef(self.kl_coef, row["objective/kl"], target=hp.target_kl,
+                                          horizon=hp.horizon, n_episodes=len(rows))
+        return row
+
+    def rollout(self, step: int, idx: list[int]) -> list[_Rollout]:
+        """This process's share of the step's prompts sampled, judged and scored; then every process's rows."""
+        from accelerate.utils import gather_object
+        items, rank = self.plan.data, self.accel.process_index
+        # the request key is the position in the step's batch: unique even if a prompt repeats, and the same
+        # whichever process samples it; the sampling seed is the step's, so a resumed step samples the same
+        mine = [(f"{j}:{items[i].id}", self.rendered[i]) for j, i in enumerate(idx)]
+        mine = mine[rank * self.local:(rank + 1) * self.local]
+        self.model.eval()
+        if self.sampler is not None:
+            _sync_sampler(self.sampler, self.model.policy)
+        rows = _rollouts(self.model, self.ref_model, self.tok, self.judge, mine, self.hp,
+                         self.plan.cfg.seed * 1_000_003 + step - 1, self.plan.cfg, self.accel, self.sampler)
+        self.model.train()
+        return gather_object(rows) if self.accel.num_processes > 1 else rows
+
+    def advantages(self, buf: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-token KL, the KL part of the reward, whitened GAE advantages and the returns."""
+        import torch
+        hp, mask = self.hp, buf["mask"]
         with torch.no_grad():
             kl = kl_penalty(buf["logprobs"], buf["ref_logprobs"], mask, hp.kl_estimator)
-            non_score = -kl_coef * kl
+            non_score = -self.kl_coef * kl
             rewards = non_score.clone()
-            rewards[:, -1] += buf["scores"] * ok  # right-aligned: the last column is every row's last token
+            rewards[:, -1] += buf["scores"] * buf["ok"]  # right-aligned: the last column is every row's last token
             if hp.whiten_rewards:
                 rewards = whiten(rewards, mask, shift_mean=False)
             adv, returns = gae(rewards, buf["values"], mask, gamma=hp.gamma, lam=hp.lam)
             adv = whiten(adv, mask) if int(mask.sum()) >= 2 else adv
-        stats = torch.zeros(7, dtype=torch.float64)  # token-weighted sums: pg, vf, pg clip, vf clip, approxkl, ratio; n
+        return kl, non_score, adv, returns
+
+    def update(self, rows: list[_Rollout], buf: dict[str, Any], adv: Tensor,
+               returns: Tensor) -> tuple[Tensor, float | None]:
+        """num_ppo_epochs passes over freshly shuffled minibatches, one optimizer step each: the token-weighted
+        sums of the losses and fractions (``STATS``) over all processes, and the last gradient norm."""
+        import torch
+        hp, cfg, accel = self.hp, self.plan.cfg, self.accel
+        stats = torch.zeros(len(STATS) + 1, dtype=torch.float64)
         grad_norm = None
-        M = local // hp.num_mini_batches * P  # global minibatch
+        M = self.local // hp.num_mini_batches * accel.num_processes  # global minibatch
         for _ in range(hp.num_ppo_epochs):
-            perm = torch.randperm(len(rows), generator=g_mb)
+            perm = torch.randperm(len(rows), generator=self.g_mb)
             for mb in range(hp.num_mini_batches):
                 mb_idx = perm[mb * M:(mb + 1) * M]
-                n_mb = int(mask[mb_idx].sum())
+                n_mb = int(buf["mask"][mb_idx].sum())
                 if n_mb == 0:
                     continue  # every judgment of the minibatch failed: nothing to learn from (the same on all ranks)
                 for micro in range(cfg.grad_accum):
-                    lo = (micro * P + rank) * cfg.batch_size
-                    rr = mb_idx[lo:lo + cfg.batch_size]
-                    sync = micro == cfg.grad_accum - 1
-                    with (accel.no_sync(wrapped) if not sync and P > 1 else _null()):
-                        with _autocast(cfg, accel):
-                            new_lp, new_v = wrapped([rows[i].prompt_ids for i in rr], [rows[i].response_ids for i in rr],
-                                                    tok.pad_token_id, hp.temperature)
-                        R = new_lp.shape[1]  # this micro-batch's longest response: the buffer's last R columns
-                        m = mask[rr, -R:].to(dev)
-                        old_lp, old_v = buf["logprobs"][rr, -R:].to(dev), buf["values"][rr, -R:].to(dev)
-                        a, ret = adv[rr, -R:].to(dev), returns[rr, -R:].to(dev)
-                        n = int(m.sum())
-                        if n:
-                            pg, pg_clip = policy_loss(new_lp, old_lp, a, m, cliprange=hp.cliprange)
-                            vf, vf_clip = _value_loss(new_v, old_v, ret, m, hp.cliprange_value)
-                            # sum over this micro-batch's tokens / the minibatch's tokens, times P against DDP's mean
-                            loss = (pg + hp.vf_coef * vf) * (n / n_mb * P)
-                            with torch.no_grad():
-                                diff = torch.where(m, new_lp - old_lp, torch.zeros_like(new_lp))
-                                approxkl = 0.5 * masked_mean(diff ** 2, m)
-                                ratio = masked_mean(torch.exp(diff), m)
-                                stats += torch.tensor([float(x) * n for x in (pg, vf, pg_clip, vf_clip, approxkl, ratio)]
-                                                      + [n], dtype=torch.float64)
-                        else:  # every row failed: still a backward, so DDP's gradient all-reduce lines up
-                            loss = new_lp.sum() * 0.0 + new_v.sum() * 0.0
-                        accel.backward(loss)
-                gn = accel.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+                    part = self.micro_batch(rows, buf, adv, returns, mb_idx, micro, n_mb)
+                    if part is not None:
+                        stats += part
+                gn = accel.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
                 grad_norm = float(gn) if gn is not None else None
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        lr = sched.get_last_lr()[0]
-        sched.step()
-        _fault("after_optimizer", step + 1, rank)
-        if P > 1:
-            stats = accel.reduce(stats.to(dev), reduction="sum").cpu()
-        s = stats[:6] / max(1.0, float(stats[6]))
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+        if accel.num_processes > 1:
+            stats = accel.reduce(stats.to(accel.device), reduction="sum").cpu()
+        return stats, grad_norm
+
+    def micro_batch(self, rows: list[_Rollout], buf: dict[str, Any], adv: Tensor, returns: Tensor, mb_idx: Tensor,
+                    micro: int, n_mb: int) -> Tensor | None:
+        """Forward and backward of this process's slice of one micro-batch; its token-weighted stats (None when
+        every row of it failed)."""
+        import torch
+        hp, cfg, accel, P = self.hp, self.plan.cfg, self.accel, self.accel.num_processes
+        lo = (micro * P + accel.process_index) * cfg.batch_size
+        rr = mb_idx[lo:lo + cfg.batch_size]
+        sync = micro == cfg.grad_accum - 1
+        stats = None
+        with (accel.no_sync(self.wrapped) if not sync and P > 1 else NullContext()):
+            with autocast(cfg, accel):
+                new_lp, new_v = self.wrapped([rows[i].prompt_ids for i in rr], [rows[i].response_ids for i in rr],
+                                             self.tok.pad_token_id, hp.temperature)
+            R, dev = new_lp.shape[1], accel.device  # this micro-batch's longest response: the buffer's last R columns
+            m = buf["mask"][rr, -R:].to(dev)
+            old_lp, old_v = buf["logprobs"][rr, -R:].to(dev), buf["values"][rr, -R:].to(dev)
+            a, ret = adv[rr, -R:].to(dev), returns[rr, -R:].to(dev)
+            n = int(m.sum())
+            if n:
+                pg, pg_clip = policy_loss(new_lp, old_lp, a, m, cliprange=hp.cliprange)
+                vf, vf_clip = _value_loss(new_v, old_v, ret, m, hp.cliprange_value)
+                # sum over this micro-batch's tokens / the minibatch's tokens, times P against DDP's mean
+                loss = (pg + hp.vf_coef * vf) * (n / n_mb * P)
+                with torch.no_grad():
+                    diff = torch.where(m, new_lp - old_lp, torch.zeros_like(new_lp))
+                    approxkl = 0.5 * masked_mean(diff ** 2, m)
+                    ratio = masked_mean(torch.exp(diff), m)
+                    stats = torch.tensor([float(x) * n for x in (pg, vf, pg_clip, vf_clip, approxkl, ratio)] + [n],
+                                         dtype=torch.float64)
+            else:  # every row failed: still a backward, so DDP's gradient all-reduce lines up
+                loss = new_lp.sum() * 0.0 + new_v.sum() * 0.0
+            accel.backward(loss)
+        return stats
+
+    def metrics(self, step: int, rows: list[_Rollout], buf: dict[str, Any], kl: Tensor, non_score: Tensor,
+                stats: Tensor) -> dict[str, Any]:
+        """The step's row: TRL's PPO metric names, means over the responses whose judgment succeeded."""
+        hp, mask, ok = self.hp, buf["mask"], buf["ok"]
+        n_ok = int(ok.sum())
+        s = stats[:len(STATS)] / max(1.0, float(stats[len(STATS)]))
         okf = ok.float()
         seq_kl = (kl.sum(1) * okf).sum() / n_ok
         seq_ns = (non_score.sum(1) * okf).sum() / n_ok
         score = (buf["scores"] * okf).sum() / n_ok
-        dt = time.perf_counter() - t0
-        row = {"step": step + 1, "episode": (step + 1) * G, "epoch": (step + 1) / steps_per_epoch,
-               "loss": float(s[0] + hp.vf_coef * s[1]),
-               "objective/kl": float(seq_kl), "objective/entropy": float((-buf["logprobs"] * mask).sum() / n_ok),
-               "objective/non_score_reward": float(seq_ns), "objective/rlhf_reward": float(seq_ns + score),
-               "objective/scores": float(score), "objective/kl_coef": kl_coef,
-               "policy/approxkl_avg": float(s[4]), "policy/clipfrac_avg": float(s[2]), "loss/policy_avg": float(s[0]),
-               "loss/value_avg": float(s[1]), "val/clipfrac_avg": float(s[3]), "val/ratio": float(s[5]),
-               "val/num_eos_tokens": sum(r.eos for r in rows), "val/response_length": float(mask.sum() / n_ok),
-               "failed_judgments": len(rows) - n_ok, "lr": lr, "grad_norm": grad_norm, "step_time_s": dt,
-               "rollout_time_s": t_rollout,
-               "eps": G / dt, "elapsed_s": time.perf_counter() - t_start}
-        if hp.adaptive_kl:
-            kl_coef = update_kl_coef(kl_coef, float(seq_kl), target=hp.target_kl, horizon=hp.horizon, n_episodes=G)
-        history.append(row)
-        since_save.append(row)
-        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
-            _log_row(out, row, tracker)
-            log(f"{plan.run_name} step {step + 1}/{total}: score {row['objective/scores']:.3f}"
-                f" kl {row['objective/kl']:.3f}"
-                f" (coef {row['objective/kl_coef']:.4f}) pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}"
-                f" ({dt:.1f}s, rollouts {t_rollout:.1f}s)")
-        _fault("before_checkpoint", step + 1, rank)
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            ck = out / f"checkpoint-{step + 1}"
-            parallel = {"processes": P, "strategy": "ddp" if P > 1 else "single"}
-            save_resumable(accel, model, tok, opt, sched, ck,
-                           {**checkpoint_manifest(plan, step + 1, total, G, row, parallel), "kl_coef": kl_coef,
-                            "metrics_since_last_checkpoint": _mean_rows(since_save)},
-                           {"step": step + 1, "samples_seen": (step + 1) * G, "global_batch": G, "num_processes": P,
-                            "elapsed_s": row["elapsed_s"], "total_steps": total, "critic": True},
-                           save_optimizer=cfg.save_optimizer, actor=model.policy,
-                           more={"ppo": {"kl_coef": kl_coef, "minibatch_rng": g_mb.get_state()}},
-                           files=lambda st: save_file(_critic_weights(model.critic), str(st / CRITIC)))
-            if main:
-                _record_checkpoint(out, checkpoints, ck, step + 1)
-            since_save = []
-    if main:
-        _record_finish(out, history, time.perf_counter() - t_start, final_kl_coef=kl_coef)
-    accel.wait_for_everyone()
-    return TrainResult(out, checkpoints, history)
+        return {"step": step, "episode": step * len(rows), "epoch": None, "loss": float(s[0] + hp.vf_coef * s[1]),
+                "objective/kl": float(seq_kl), "objective/entropy": float((-buf["logprobs"] * mask).sum() / n_ok),
+                "objective/non_score_reward": float(seq_ns), "objective/rlhf_reward": float(seq_ns + score),
+                "objective/scores": float(score), "objective/kl_coef": self.kl_coef,
+                "policy/approxkl_avg": float(s[4]), "policy/clipfrac_avg": float(s[2]),
+                "loss/policy_avg": float(s[0]), "loss/value_avg": float(s[1]), "val/clipfrac_avg": float(s[3]),
+                "val/ratio": float(s[5]), "val/num_eos_tokens": sum(r.eos for r in rows),
+                "val/response_length": float(mask.sum() / n_ok), "failed_judgments": len(rows) - n_ok}
+
+    def describe(self, row: dict[str, Any]) -> str:
+        """Score, KL and its coefficient, the two losses, the rollouts' time."""
+        return (f"score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f} (coef {row['objective/kl_coef']:.4f})"
+                f" pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}, rollouts {row['rollout_time_s']:.1f}s")
+
+    def parallel(self) -> dict[str, Any]:
+        """Processes and strategy, for the checkpoint manifest."""
+        return {"processes": self.accel.num_processes, "strategy": "ddp" if self.accel.num_processes > 1 else "single"}
+
+    def checkpoint_extra(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The KL coefficient in the manifest; state.json says the critic is there."""
+        return {"kl_coef": self.kl_coef}, {"critic": True}
+
+    def save(self, ck: Path, manifest: dict[str, Any], state: dict[str, Any]) -> None:
+        """The actor as the model folder; the critic, the KL coefficient and the minibatch generator for a resume."""
+        from safetensors.torch import save_file
+        save_resumable(self.accel, self.model, self.tok, self.opt, self.sched, ck, manifest, state,
+                       save_optimizer=self.plan.cfg.save_optimizer, actor=self.model.policy,
+                       more={"ppo": {"kl_coef": self.kl_coef, "minibatch_rng": self.g_mb.get_state()}},
+                       files=lambda st: save_file(_critic_weights(self.model.critic), str(st / CRITIC)))
+
+    def finish_extra(self) -> dict[str, Any]:
+        """The final KL coefficient, for the train manifest."""
+        return {"final_kl_coef": self.kl_coef}
