@@ -119,7 +119,8 @@ def test_compare_shows_lm_eval_beside_sentiment_and_kl_with_paired_delta(run_dir
     i = next(i for i, e in enumerate(table.rows) if e.model == "policy")
     cell = table.cells[(i, j)].paired
     store = RunStore(run_dir)
-    acc = {m: {v.item_id: v.meta["metrics"]["acc,none"] for v in store.verdicts("caps", m)} for m in ("sft", "policy")}
+    acc = {m: {v.item_id: v.meta["metrics"]["acc,none"] for v in store.verdicts("caps", m) if v.meta["task"] == "evh_mc"}
+           for m in ("sft", "policy")}
     assert cell.method == "exact McNemar" and cell.n_paired == 10
     assert cell.delta == pytest.approx(sum(acc["policy"][k] - acc["sft"][k] for k in acc["sft"]) / 10)
 
