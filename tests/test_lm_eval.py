@@ -74,7 +74,9 @@ def run_dir(tiny_model: Path, tiny_ref_model: Path, tmp_path_factory: pytest.Tem
     tmp = tmp_path_factory.mktemp("lmeval")
     (tmp / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
                                                for i, (p, _) in enumerate(GEN)))
-    spec = _spec(tmp, [("sft", tiny_ref_model), ("policy", tiny_model)],
+    from tiny import build_model
+    other = build_model(tmp / "other-checkpoint", seed=2, logit_scale=30.0)
+    spec = _spec(tmp, [("sft", tiny_ref_model), ("policy", tiny_model), ("other", other)],
                  "  sentiment: {prompts: ./prompts.jsonl}\n  kl: {prompts: ./prompts.jsonl}\n"
                  f"reference: {tiny_ref_model}\ngeneration: {{max_new_tokens: 4}}\n")
     r = _cli("run", str(spec), "--results-dir", str(tmp / "res"), cwd=tmp)
@@ -85,7 +87,7 @@ def run_dir(tiny_model: Path, tiny_ref_model: Path, tmp_path_factory: pytest.Tem
 def test_verdicts_per_doc_and_lm_evals_own_numbers(run_dir: Path) -> None:
     store = RunStore(run_dir)
     scores = {(s.model, s.metric): s for s in store.scores() if s.task == "caps"}
-    for model in ("sft", "policy"):
+    for model in ("sft", "policy", "other"):
         verdicts = list(store.verdicts("caps", model))
         assert sorted(v.item_id for v in verdicts) == sorted([f"evh_mc/{i}" for i in range(10)] +
                                                              [f"evh_gen/{i}" for i in range(10)])
@@ -104,6 +106,16 @@ def test_verdicts_per_doc_and_lm_evals_own_numbers(run_dir: Path) -> None:
             per_doc = [v.meta["metrics"][f"{metric},none"] for v in verdicts if v.meta["task"] == lm_task]
             assert s.value == pytest.approx(sum(per_doc) / 10)
         assert scores[(model, "evh_mc.acc")].judge_id.startswith("lm_eval 0.4.")
+        low, high = scores[(model, "evh_mc.acc")].ci_low, scores[(model, "evh_mc.acc")].ci_high
+        assert 0.0 <= low <= scores[(model, "evh_mc.acc")].value <= high <= 1.0  # Wilson, inside [0, 1]
+
+
+def test_the_module_imports_the_real_lm_eval_package() -> None:
+    import lm_eval
+
+    import evalharness.tasks.lm_eval as task
+    assert Path(lm_eval.__file__).parent.name == "lm_eval" and "evalharness" not in lm_eval.__file__
+    assert hasattr(lm_eval, "simple_evaluate") and task.TASK_CLASS.__name__ == "LMEvalTask"
 
 
 def test_compare_shows_lm_eval_beside_sentiment_and_kl_with_paired_delta(run_dir: Path) -> None:
@@ -117,6 +129,8 @@ def test_compare_shows_lm_eval_beside_sentiment_and_kl_with_paired_delta(run_dir
     table = build_table(resolve([str(run_dir)], run_dir.parent), against="sft")
     j = next(j for j, c in enumerate(table.columns) if c.metric == "evh_mc.acc")
     i = next(i for i, e in enumerate(table.rows) if e.model == "policy")
+    checkpoints = [r for r, e in enumerate(table.rows) if e.model != "sft"]
+    assert len(checkpoints) == 2 and all(table.cells[(r, j)].paired is not None for r in checkpoints)
     cell = table.cells[(i, j)].paired
     store = RunStore(run_dir)
     acc = {m: {v.item_id: v.meta["metrics"]["acc,none"] for v in store.verdicts("caps", m) if v.meta["task"] == "evh_mc"}
@@ -169,3 +183,30 @@ def test_unknown_lm_eval_task_is_one_clear_error(tiny_model: Path, tmp_path: Pat
     assert r.returncode != 0
     assert "no_such_task_xyz" in r.stderr and "lm-eval ls tasks" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").glob("bad-*"))
+
+
+@pytest.mark.slow
+def test_bundled_model_against_a_tiny_random_model(tiny_model: Path, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, [("smollm2", "smollm2-135m-instruct"), ("tiny-random", tiny_model)], name="caps-bundled")
+    r = _cli("run", str(spec), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = next((tmp_path / "res").glob("caps-bundled-*"))
+    store = RunStore(run_dir)
+    for s in store.scores():
+        reported = json.loads((run_dir / "caps" / s.model / "results.json").read_text())["results"]
+        assert s.value == reported[s.extra["lm_eval_task"]][s.extra["lm_eval_metric"]], s
+    r = _cli("compare", str(run_dir), "--against", "smollm2", "--format", "markdown", "--results-dir",
+             str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0 and "Δ caps evh_mc.acc" in r.stdout, r.stderr
+    print(r.stdout)  # the table in docs/benchmarks.md
+
+
+def test_a_rerun_resumes_without_running_lm_eval_again(run_dir: Path) -> None:
+    tmp = run_dir.parent.parent
+    before = RunStore(run_dir)
+    n, scores = len(before.verdicts("caps")), {(s.model, s.metric): s.value for s in before.scores()}
+    r = _cli("run", str(tmp / "caps.yaml"), "--results-dir", str(tmp / "res"), cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = RunStore(run_dir)
+    assert "judgments" not in r.stderr and len(after.verdicts("caps")) == n
+    assert {(s.model, s.metric): s.value for s in after.scores()} == scores

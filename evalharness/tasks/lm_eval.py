@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import EvalHarnessError, InputError
 from ..records import Score, Verdict, content_hash
-from ..stats import mean_ci
+from ..stats import mean_ci, wilson_ci
 from .base import ModelRecords, Pending, Session, Task, file_name
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
@@ -263,10 +263,14 @@ class LMEvalTask(Task):
         if not values:
             return Score(value=None, **common)  # type: ignore[arg-type]
         value = float(agg(values))
-        if agg is mean and not any(isinstance(x, (list, tuple)) for x in values):
-            _, se, lo, hi = mean_ci(np.array(values, dtype=float))
-            return Score(value=value, stderr=se, ci_low=lo, ci_high=hi, **common)  # type: ignore[arg-type]
-        return Score(value=value, **common)  # type: ignore[arg-type]
+        if agg is not mean or any(isinstance(x, (list, tuple)) for x in values):
+            return Score(value=value, **common)  # type: ignore[arg-type]  # corpus-level: no per-doc CI
+        x = np.array(values, dtype=float)
+        _, se, lo, hi = mean_ci(x)
+        if np.isin(x, (0.0, 1.0)).all():  # accuracy, exact match: Wilson stays inside [0, 1]
+            lo, hi = wilson_ci(float(x.sum()), x.size)
+            common["extra"]["ci"] = "Wilson score"
+        return Score(value=value, stderr=se, ci_low=lo, ci_high=hi, **common)  # type: ignore[arg-type]
 
 
 def _plain(value: Any) -> Any:
