@@ -81,6 +81,7 @@ def run_dir(tiny_model: Path, tiny_ref_model: Path, tmp_path_factory: pytest.Tem
                  f"reference: {tiny_ref_model}\ngeneration: {{max_new_tokens: 4}}\n")
     r = _cli("run", str(spec), "--results-dir", str(tmp / "res"), cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "sft: caps: 20 judgments" in r.stderr  # the rerun test checks that a rerun asks for none
     return next(p for p in (tmp / "res").iterdir() if p.name.startswith("caps-"))
 
 

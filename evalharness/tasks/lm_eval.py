@@ -230,8 +230,9 @@ class LMEvalTask(Task):
         return f"{self.VERSION};{lm_task} v{version};{n_shot}-shot{chat}{limit}"
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
-        docs = self.docs()
-        keys = {p.key for p in self.judgments(session)}
+        pending = self.judgments(session)
+        keys = {p.key for p in pending}
+        n_docs = {name: sum(p.payload[0] == name for p in pending) for name in self.lm_tasks()}
         latest: dict[str, Verdict] = {}
         for v in verdicts:  # later rows win: a failed doc retried on a later run
             latest[v.key] = v
@@ -244,7 +245,7 @@ class LMEvalTask(Task):
             version = mine[0].meta["task_version"] if mine else getattr(task, "VERSION", None)
             n_shot = mine[0].meta["n_shot"] if mine else None
             for key in metric_keys:
-                out.append(self._score(session, name, task, key, mine, len(docs[name]),
+                out.append(self._score(session, name, task, key, mine, n_docs[name],
                                        self.task_version(name, version, n_shot)))
         return out
 
