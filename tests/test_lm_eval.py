@@ -211,3 +211,33 @@ def test_a_rerun_resumes_without_running_lm_eval_again(run_dir: Path) -> None:
     after = RunStore(run_dir)
     assert "judgments" not in r.stderr and len(after.verdicts("caps")) == n
     assert {(s.model, s.metric): s.value for s in after.scores()} == scores
+
+
+def test_a_sweeps_eval_takes_lm_eval_and_a_misspelt_option_names_file_line_field(tiny_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    from evalharness.errors import InputError
+    from evalharness.train.sweep import load_train_spec
+    write_tasks(tmp_path / "lmtasks")
+    (tmp_path / "train.jsonl").write_text("")
+    head = (f"name: caps-sweep\nbase: {tiny_model}\ndata: {{path: ./train.jsonl}}\nalgorithms:\n  dpo: {{beta: 0.1}}\n"
+            "eval:\n  tasks:\n")
+    (tmp_path / "sweep.yaml").write_text(head + "    caps: {task: lm_eval, tasks: [evh_mc], include_path: ./lmtasks}\n")
+    spec, _ = load_train_spec(tmp_path / "sweep.yaml")
+    assert spec.eval.tasks["caps"]["include_path"] == str((tmp_path / "lmtasks").resolve())
+    (tmp_path / "bad.yaml").write_text(head + "    caps: {task: lm_eval, tasks: [evh_mc], fewshot: 2}\n")
+    with pytest.raises(InputError) as e:
+        load_train_spec(tmp_path / "bad.yaml")
+    assert e.value.line == 8 and e.value.field == "eval.tasks.caps.fewshot" and "num_fewshot" in str(e.value)
+
+
+def test_without_lm_eval_installed_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    from evalharness.errors import EvalHarnessError
+    from evalharness.tasks.lm_eval import lm_eval_version
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(EvalHarnessError, match=r"pip install 'evalharness\[lmeval\]'"):
+        lm_eval_version()
