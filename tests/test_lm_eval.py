@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (pip install 'evalharness[lmeval]')")
 
-from evalharness.store import RunStore  # noqa: E402
+from evalharness.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -32,12 +32,9 @@ GEN = [("the movie was", "great"), ("the plot was", "dull"), ("write a short", "
 def write_tasks(folder: Path) -> Path:
     """Two lm-eval tasks in one include_path folder, reading JSONL files the test writes."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "mc.jsonl", "w") as f:
-        for q, choices, answer in MC:
-            f.write(json.dumps({"question": q, "choices": choices, "answer": answer}) + "\n")
-    with open(folder / "gen.jsonl", "w") as f:
-        for q, answer in GEN:
-            f.write(json.dumps({"question": q, "answer": answer}) + "\n")
+    (folder / "mc.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n"
+                                             for q, c, a in MC))
+    (folder / "gen.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in GEN))
     common = "dataset_path: json\ntest_split: test\nfewshot_split: test\ndoc_to_text: '{{question}}'\n" \
              "metadata: {version: 1.0}\n"
     (folder / "evh_mc.yaml").write_text(
@@ -56,7 +53,7 @@ def write_tasks(folder: Path) -> Path:
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "evalharness", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, check=False)
 
 
 def _spec(tmp_path: Path, models: list[tuple[str, Path | str]], extra_tasks: str = "", name: str = "caps") -> Path:
@@ -134,8 +131,8 @@ def test_compare_shows_lm_eval_beside_sentiment_and_kl_with_paired_delta(run_dir
     assert len(checkpoints) == 2 and all(table.cells[(r, j)].paired is not None for r in checkpoints)
     cell = table.cells[(i, j)].paired
     store = RunStore(run_dir)
-    acc = {m: {v.item_id: v.meta["metrics"]["acc,none"] for v in store.verdicts("caps", m) if v.meta["task"] == "evh_mc"}
-           for m in ("sft", "policy")}
+    acc = {m: {v.item_id: v.meta["metrics"]["acc,none"] for v in store.verdicts("caps", m)
+               if v.meta["task"] == "evh_mc"} for m in ("sft", "policy")}
     assert cell.method == "exact McNemar" and cell.n_paired == 10
     assert cell.delta == pytest.approx(sum(acc["policy"][k] - acc["sft"][k] for k in acc["sft"]) / 10)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from .base import ModelRecords, Pending, Session, Task, file_name
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 INSTALL = "lm-evaluation-harness is not installed: pip install 'evalharness[lmeval]' (or pip install 'lm_eval>=0.4.8')"
-FIND_TASKS = "list lm-eval's task names with `lm-eval ls tasks`; put your own task YAMLs in a folder and set include_path"
+FIND_TASKS = ("list lm-eval's task names with `lm-eval ls tasks`; put your own task YAMLs in a folder and set "
+              "include_path")
 
 
 @dataclass
@@ -163,7 +165,7 @@ class LMEvalTask(Task):
                 fewshot_random_seed=cfg.fewshot_random_seed, bootstrap_iters=0)
         except (EvalHarnessError, KeyboardInterrupt):
             raise
-        except Exception as e:  # lm-eval's own failure on this model: counted, retried, never a score
+        except Exception as e:  # noqa: BLE001  (lm-eval's own failure on this model: counted, retried, never a score)
             self.env.log(f"{session.name}: {self.name}: lm-eval failed: {type(e).__name__}: {e}")
             return f"lm-eval failed: {type(e).__name__}: {e}"
         self._write_official(session, results)
@@ -173,7 +175,7 @@ class LMEvalTask(Task):
         if self.cfg.model != "hf":
             return self.cfg.model
         from lm_eval.models.huggingface import HFLM
-        backend = session.backend
+        backend: Any = session.backend  # our hf backend: its loaded model and tokenizer
         if getattr(backend, "model", None) is None or getattr(backend, "tokenizer", None) is None:
             raise EvalHarnessError(f"task '{self.name}' with model: hf runs the run's loaded model: use backend: hf "
                                    "(or model: vllm with lm-eval's vLLM installed)")
@@ -214,8 +216,7 @@ class LMEvalTask(Task):
         (folder / "results.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
         for name, samples in results["samples"].items():
             with open(folder / f"samples_{file_name(name)}.jsonl", "w") as f:
-                for s in samples:
-                    f.write(json.dumps(s, default=str, ensure_ascii=False) + "\n")
+                f.writelines(json.dumps(s, default=str, ensure_ascii=False) + "\n" for s in samples)
 
     def _judge_version(self, lm_task: str, *parts: Any) -> str:
         """What changes lm-eval's prompts, decoding and scoring besides the task and its version."""
@@ -256,22 +257,23 @@ class LMEvalTask(Task):
         metric, _, filter_key = key.partition(",")
         values = [v.meta["metrics"][key] for v in verdicts if key in v.meta["metrics"]]
         agg = task.aggregation().get(metric, mean)
-        common = dict(task=self.name, metric=metric_name(name, metric, filter_key), model=session.name,
-                      n=len(values), n_skipped=n_docs - len(values), task_version=task_version,
-                      judge_id=f"lm_eval {self.version}", judge_version=self._judge_version(name, key),
-                      higher_is_better=task.higher_is_better().get(metric),
-                      extra={"lm_eval_task": name, "lm_eval_metric": key, "aggregation": getattr(agg, "__name__", "")})
+        common: dict[str, Any] = {
+            "task": self.name, "metric": metric_name(name, metric, filter_key), "model": session.name,
+            "n": len(values), "n_skipped": n_docs - len(values), "task_version": task_version,
+            "judge_id": f"lm_eval {self.version}", "judge_version": self._judge_version(name, key),
+            "higher_is_better": task.higher_is_better().get(metric),
+            "extra": {"lm_eval_task": name, "lm_eval_metric": key, "aggregation": getattr(agg, "__name__", "")}}
         if not values:
-            return Score(value=None, **common)  # type: ignore[arg-type]
+            return Score(value=None, **common)
         value = float(agg(values))
         if agg is not mean or any(isinstance(x, (list, tuple)) for x in values):
-            return Score(value=value, **common)  # type: ignore[arg-type]  # corpus-level: no per-doc CI
+            return Score(value=value, **common)  # corpus-level: no per-doc CI
         x = np.array(values, dtype=float)
-        _, se, lo, hi = mean_ci(x)
+        _, se, lo, hi = mean_ci(x.tolist())
         if np.isin(x, (0.0, 1.0)).all():  # accuracy, exact match: Wilson stays inside [0, 1]
             lo, hi = wilson_ci(float(x.sum()), x.size)
             common["extra"]["ci"] = "Wilson score"
-        return Score(value=value, stderr=se, ci_low=lo, ci_high=hi, **common)  # type: ignore[arg-type]
+        return Score(value=value, stderr=se, ci_low=lo, ci_high=hi, **common)
 
 
 def _plain(value: Any) -> Any:
@@ -279,12 +281,12 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def per_doc(records: ModelRecords, metric: str) -> dict[str, float]:
+def per_doc(records: ModelRecords, metric: str) -> dict[Hashable, float]:
     """doc -> one model's value of one of our lm-eval metric names, from its stored verdicts."""
     latest: dict[str, Verdict] = {}
     for v in records.verdicts():
         latest[v.key] = v
-    out = {}
+    out: dict[Hashable, float] = {}
     for v in latest.values():
         if v.status != "ok":
             continue
