@@ -194,7 +194,8 @@ class LMEvalTask(Task):
         """lm-eval's logged samples (one per doc and filter) merged into one record per doc."""
         out: dict[tuple[str, int], dict[str, Any]] = {}
         for name, samples in results["samples"].items():
-            aggregation = {m: getattr(f, "__name__", str(f)) for m, f in self.lm_tasks()[name].aggregation().items()}
+            task = self.lm_tasks().get(name)
+            aggregation = {m: getattr(f, "__name__", str(f)) for m, f in (task.aggregation() if task else {}).items()}
             common = {"task": name, "task_version": str(results["versions"].get(name)),
                       "n_shot": results["n-shot"].get(name), "aggregation": aggregation}
             for s in samples:
