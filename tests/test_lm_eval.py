@@ -238,3 +238,40 @@ def test_without_lm_eval_installed_the_error_names_the_extra(monkeypatch: pytest
     monkeypatch.setattr(importlib.metadata, "version", missing)
     with pytest.raises(EvalHarnessError, match=r"pip install 'evalharness\[lmeval\]'"):
         lm_eval_version()
+
+
+def test_a_task_whose_data_cannot_be_read_fails_before_anything_is_written(tiny_model: Path, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, [("tiny", tiny_model)], name="broken")
+    (tmp_path / "lmtasks" / "mc.jsonl").unlink()
+    r = _cli("run", str(spec), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode != 0 and "lm-eval cannot load" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not any((tmp_path / "res").glob("broken-*"))
+
+
+def test_an_lm_eval_failure_is_counted_and_retried_never_a_score(tiny_model: Path, tmp_path: Path) -> None:
+    folder = write_tasks(tmp_path / "lmtasks")
+    marker = tmp_path / "fail-now"
+    # a task whose scoring raises while the marker exists: lm-eval fails mid-run, after the run folder exists
+    (folder / "flaky.py").write_text(
+        "import os\n\n\ndef process_results(doc, results):\n"
+        f"    if os.path.exists({str(marker)!r}):\n        raise RuntimeError('planted failure')\n"
+        "    lls = [ll for ll, _ in results]\n    return {'acc': float(lls.index(max(lls)) == doc['answer'])}\n")
+    mc = (folder / "evh_mc.yaml").read_text().replace("task: evh_mc", "task: evh_flaky")
+    (folder / "evh_flaky.yaml").write_text(mc.split("metric_list:")[0] + "process_results: !function flaky.process_results\n"
+                                           "metric_list:\n  - {metric: acc, aggregation: mean, higher_is_better: true}\n")
+    spec = tmp_path / "flaky.yaml"
+    spec.write_text(f"name: flaky\nmodels: [{{name: tiny, ref: {tiny_model}}}]\nbackend: hf\ntasks:\n"
+                    "  caps: {task: lm_eval, tasks: [evh_flaky], include_path: ./lmtasks}\n")
+    marker.touch()
+    r = _cli("run", str(spec), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert "planted failure" in r.stderr and "10 of 10 judgments failed" in r.stderr, r.stderr[-2000:]
+    (run_dir,) = (tmp_path / "res").glob("flaky-*")
+    assert [v.status for v in RunStore(run_dir).verdicts("caps", "tiny")] == ["error"] * 10
+    (score,) = RunStore(run_dir).scores()
+    assert score.value is None and score.n == 0 and score.n_skipped == 10 and score.unmeasured()
+    marker.unlink()  # the failure passes: the same command retries the failed docs in the same run
+    r = _cli("run", str(spec), "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0 and "caps: 10 judgments" in r.stderr, r.stderr[-2000:]
+    (again,) = (tmp_path / "res").glob("flaky-*")
+    (score,) = RunStore(again).scores()
+    assert again == run_dir and score.n == 10 and score.n_skipped == 0 and score.value is not None

@@ -91,7 +91,11 @@ class LMEvalTask(Task):
             raise InputError("include_path: no such folder", path=cfg.include_path, field="include_path")
         self.version = lm_eval_version()
         self.manager = self._task_manager()
-        self._loaded: dict[str, Any] | None = None
+        try:  # lm-eval reads each task's dataset here (the hub's, or the datasets cache when offline)
+            self.loaded: dict[str, Any] = dict(self.manager.load(list(cfg.tasks))["tasks"])
+        except Exception as e:  # noqa: BLE001  (a broken YAML or a dataset that cannot be read: one clear error)
+            raise InputError(f"lm-eval cannot load {', '.join(cfg.tasks)}: {type(e).__name__}: {e} (offline: fetch "
+                             "the data first, see docs/benchmarks.md)", field="tasks") from None
         self._runs: dict[str, dict[tuple[str, int], dict[str, Any]] | str] = {}
         self._pending: list[Pending] | None = None
 
@@ -112,17 +116,11 @@ class LMEvalTask(Task):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "lm_eval": self.version}
 
-    def lm_tasks(self) -> dict[str, Any]:
-        """lm-eval's task objects by (sub)task name, loaded once (this reads each task's dataset)."""
-        if self._loaded is None:
-            self._loaded = dict(self.manager.load(list(self.cfg.tasks))["tasks"])
-        return self._loaded
-
     def docs(self) -> dict[str, list[tuple[int, Any]]]:
         """The docs lm-eval evaluates per task under ``limit``: (doc id, doc)."""
         from lm_eval.evaluator_utils import get_sample_size
         return {name: list(t.doc_iterator(limit=get_sample_size(t, self.cfg.limit)))
-                for name, t in self.lm_tasks().items()}
+                for name, t in self.loaded.items()}
 
     def judgments(self, session: Session) -> list[Pending]:
         if self._pending is None:
@@ -194,7 +192,7 @@ class LMEvalTask(Task):
         """lm-eval's logged samples (one per doc and filter) merged into one record per doc."""
         out: dict[tuple[str, int], dict[str, Any]] = {}
         for name, samples in results["samples"].items():
-            task = self.lm_tasks().get(name)
+            task = self.loaded.get(name)
             aggregation = {m: getattr(f, "__name__", str(f)) for m, f in (task.aggregation() if task else {}).items()}
             common = {"task": name, "task_version": str(results["versions"].get(name)),
                       "n_shot": results["n-shot"].get(name), "aggregation": aggregation}
@@ -234,13 +232,13 @@ class LMEvalTask(Task):
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         pending = self.judgments(session)
         keys = {p.key for p in pending}
-        n_docs = {name: sum(p.payload[0] == name for p in pending) for name in self.lm_tasks()}
+        n_docs = {name: sum(p.payload[0] == name for p in pending) for name in self.loaded}
         latest: dict[str, Verdict] = {}
         for v in verdicts:  # later rows win: a failed doc retried on a later run
             latest[v.key] = v
         ok = [v for k, v in latest.items() if k in keys and v.status == "ok"]
         out = []
-        for name, task in self.lm_tasks().items():
+        for name, task in self.loaded.items():
             mine = sorted((v for v in ok if v.meta["task"] == name), key=lambda v: v.meta["doc_id"])
             metric_keys = list(dict.fromkeys(k for v in mine for k in v.meta["metrics"])) or \
                 [f"{m},none" for m in task.aggregation()]
