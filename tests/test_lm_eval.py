@@ -257,8 +257,9 @@ def test_an_lm_eval_failure_is_counted_and_retried_never_a_score(tiny_model: Pat
         f"    if os.path.exists({str(marker)!r}):\n        raise RuntimeError('planted failure')\n"
         "    lls = [ll for ll, _ in results]\n    return {'acc': float(lls.index(max(lls)) == doc['answer'])}\n")
     mc = (folder / "evh_mc.yaml").read_text().replace("task: evh_mc", "task: evh_flaky")
-    (folder / "evh_flaky.yaml").write_text(mc.split("metric_list:")[0] + "process_results: !function flaky.process_results\n"
-                                           "metric_list:\n  - {metric: acc, aggregation: mean, higher_is_better: true}\n")
+    (folder / "evh_flaky.yaml").write_text(mc.split("metric_list:")[0] + "process_results: !function "
+                                           "flaky.process_results\nmetric_list:\n"
+                                           "  - {metric: acc, aggregation: mean, higher_is_better: true}\n")
     spec = tmp_path / "flaky.yaml"
     spec.write_text(f"name: flaky\nmodels: [{{name: tiny, ref: {tiny_model}}}]\nbackend: hf\ntasks:\n"
                     "  caps: {task: lm_eval, tasks: [evh_flaky], include_path: ./lmtasks}\n")
