@@ -12,8 +12,10 @@ keyed ``metric,filter`` as lm-eval keys its results), the filtered and raw respo
 the number lm-eval reports for the same run; ``paired`` compares two models doc by doc (exact McNemar for 0/1
 metrics, paired t otherwise), which lm-eval's unpaired z-test between two result files cannot.
 
-lm-eval runs once per model over every doc (its few-shot examples are drawn in doc order from one seeded
-generator, so a partial rerun would see other examples); a killed run reruns that model in full.
+``setup`` loads lm-eval's tasks (reading their datasets), so an unknown task name or unreadable data is one error
+before anything is written. lm-eval then runs once per model over every doc (its few-shot examples are drawn in doc
+order from one seeded generator, so a partial rerun would see other examples); a finished model is skipped on a
+rerun, a killed or failed one is rerun in full.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class LMEvalTask(Task):
             raise InputError(f"must be > 0, got {cfg.limit!r}", field="limit")
         if cfg.model not in ("hf", "vllm"):
             raise InputError(f"model: hf or vllm, got {cfg.model!r}", field="model")
+        if cfg.model_args and cfg.model == "hf":
+            raise InputError("model_args are lm-eval's model arguments of model: vllm; model: hf runs the run's "
+                             "loaded model (its dtype: backend_options)", field="model_args")
         if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
             raise InputError("include_path: no such folder", path=cfg.include_path, field="include_path")
         self.version = lm_eval_version()
@@ -130,6 +135,7 @@ class LMEvalTask(Task):
 
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
         if session.name not in self._runs:
+            self._runs.clear()  # the loop judges one model at a time: keep one model's samples in memory
             self._runs[session.name] = self._evaluate(session)
         run = self._runs[session.name]
         judge_id = f"lm_eval {self.version}"
