@@ -1,3 +1,3 @@
-from .cli import main
+from evalharness.cli import main
 
 main()

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .decoding import FRONTIER, PREVIEW, Decoding
-from .errors import EvalHarnessError, InputError
-from .records import MAX_SKIPPED_SHARE
+from evalharness.core.decoding import FRONTIER, PREVIEW, Decoding
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.core.records import MAX_SKIPPED_SHARE
 
 if TYPE_CHECKING:
-    from .train.config import TrainConfig
+    from evalharness.training.config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate preference-optimized checkpoints: generate, judge, measure KL, compare.")
@@ -40,7 +40,7 @@ _REPORT_TO = Annotated[Optional[str], typer.Option(help="experiment trackers, co
 
 
 def _trackers(value: Optional[str]) -> Optional[list[str]]:
-    from .trackers import parse_report_to
+    from evalharness.trackers import parse_report_to
     return None if value is None else parse_report_to(value)
 
 
@@ -51,7 +51,7 @@ def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Calla
     import inspect
     from typing import get_type_hints
 
-    from .decoding import FIELDS
+    from evalharness.core.decoding import FIELDS
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
         types = {"int": int, "float": float}
@@ -100,7 +100,7 @@ def generate(
     *, decoding: Decoding,
 ) -> None:
     """Sample responses for a prompt file."""
-    from .generate import GenerateConfig, generate_file
+    from evalharness.pipeline.generate import GenerateConfig, generate_file
     _quiet_libraries()
     d = decoding
     path = generate_file(GenerateConfig(model, str(prompts), str(out), d.max_new_tokens, d.temperature, d.top_p, d.n,
@@ -127,11 +127,11 @@ def eval_(
 ) -> None:
     """Generate, judge and measure KL for one or more models; print a table of scores.
     Exit 3 when a judge failed on too many samples (see --max-skipped), 2 on bad input."""
-    from . import trackers
-    from .compare import report_to_trackers
-    from .evaluate import EvalConfig, run_eval
-    from .runner import check_judging
-    from .report import print_scores
+    from evalharness import trackers
+    from evalharness.analysis.compare import report_to_trackers
+    from evalharness.pipeline.evaluate import EvalConfig, run_eval
+    from evalharness.pipeline.runner import check_judging
+    from evalharness.analysis.text import print_scores
     _quiet_libraries()
     names = _trackers(report_to) or []
     trackers.check(names)  # a missing tracker package fails before anything runs
@@ -155,8 +155,8 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
          results_dir: _RESULTS = None,
          json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print a finished run's scores (runs written before schema 2 too)."""
-    from .report import print_scores
-    from .store import RunStore, find_run, read_json_object
+    from evalharness.analysis.text import print_scores
+    from evalharness.store import RunStore, find_run, read_json_object
     store = RunStore(find_run(run, results_dir))
     scores = store.scores()  # checks the summary: a damaged one is an error naming the file
     summary = read_json_object(store.path / "summary.json")
@@ -176,7 +176,7 @@ def quickstart(
 ) -> None:
     """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot.
     --task toxicity: DPO vs ODPO on rant openings, pairs and verdict by lower toxicity."""
-    from .quickstart import quickstart as run
+    from evalharness.workflows.quickstart import quickstart as run
     _quiet_libraries()
     res = run(algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None,
               log=_err)
@@ -186,7 +186,7 @@ def quickstart(
 
 
 def _print_sweep(res: object) -> None:
-    from .compare import render, verdict_line
+    from evalharness.analysis.compare import render, verdict_line
     if getattr(res, "comparison", None) is not None:
         typer.echo(render(res.comparison))  # type: ignore[attr-defined]
     if getattr(res, "verdict", None):
@@ -206,7 +206,7 @@ def _config_options(fn: Callable[..., None]) -> Callable[..., None]:
     import inspect
     import typing
 
-    from .train.config import TrainConfig
+    from evalharness.training.config import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     params = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
     for f in dataclasses.fields(TrainConfig):
@@ -234,7 +234,7 @@ def _config_from_options(options: dict[str, object]) -> TrainConfig:
     import dataclasses
     import typing
 
-    from .train.config import TrainConfig
+    from evalharness.training.config import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, object] = {}
     for f in dataclasses.fields(TrainConfig):
@@ -274,7 +274,7 @@ def train_(
     if spec is not None:
         if options.get("algorithm") or options.get("base") or options.get("data"):
             raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
-        from .train.sweep import load_train_spec, run_sweep
+        from evalharness.workflows.sweep import load_train_spec, run_sweep
         sweep, runs = load_train_spec(spec)
         if options.get("report_to") is not None:
             sweep.report_to = _trackers(str(options["report_to"]))  # type: ignore[assignment]
@@ -282,13 +282,13 @@ def train_(
         res = run_sweep(sweep, runs, results_dir=results_dir, log=_err)  # checks its evaluation first (preflight)
         typer.echo(f"{sweep.name}: evaluation")
         _print_sweep(res)
-        from .runner import check_judging
+        from evalharness.pipeline.runner import check_judging
         for path in dict.fromkeys(res.eval_runs.values()):
             check_judging(path, max_skipped, log=_err)
         return
     if not (options.get("algorithm") and options.get("base") and options.get("data")):
         raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
-    from .train.trainer import default_run_name, train
+    from evalharness.training.trainer import default_run_name, train
     cfg = _config_from_options(options)
     if results_dir and not cfg.output_dir:  # the results root is passed down, not set in the environment
         cfg.output_dir = str(results_dir / "train" / (cfg.run_name or default_run_name(cfg)))
@@ -325,7 +325,7 @@ def pairs(
     judge_type: Annotated[str, typer.Option(help="openai (an endpoint) or local (an in-process model)")] = "openai",
 ) -> None:
     """Build on-policy preference pairs: sample k responses, score them, keep best vs worst (scores kept)."""
-    from .train.onpolicy import PairsConfig, pairs_file
+    from evalharness.workflows.onpolicy import PairsConfig, pairs_file
     _quiet_libraries()
     chat = None if judge_model is None else {"type": judge_type, "model": judge_model, "base_url": judge_base_url,
                                              "api_key_env": judge_api_key_env}
@@ -347,8 +347,8 @@ def plot_frontier(
     results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
-    from .plot import frontier, frontier_table
-    from .report import render_grid
+    from evalharness.analysis.plot import frontier, frontier_table
+    from evalharness.analysis.text import render_grid
     paths, points = frontier(runs, out, reward_metric=reward_metric, results_dir=results_dir)
     rows = frontier_table(points)
     _err(render_grid(list(rows[0]), [[str(v) for v in r.values()] for r in rows], left=len(rows[0])).rstrip("\n"))
@@ -364,7 +364,7 @@ def plot_temperature(
     metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the task's first)")] = None,
 ) -> None:
     """A metric vs sampling temperature, a line per model with 95% CIs (tasks with generation: {temperature: [...]})."""
-    from .plot import temperature_plot
+    from evalharness.analysis.plot import temperature_plot
     paths, points, meta = temperature_plot(runs, out, task=task, metric=metric)
     for p in points:
         _err(f"{meta['task']} {meta['metric']}  {p.model:<24} T={p.temperature:<5g} {p.value:.4f} "
@@ -386,8 +386,8 @@ def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmark
          max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
     Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input."""
-    from .report import print_scores
-    from .runner import check_judging, model_option, run_spec
+    from evalharness.analysis.text import print_scores
+    from evalharness.pipeline.runner import check_judging, model_option, run_spec
     _quiet_libraries()
     extra = [model_option(m) for m in model or []]
     res = run_spec(spec, results_dir=results_dir, progress=not json_out, report_to=_trackers(report_to), log=_err,
@@ -397,7 +397,7 @@ def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmark
     else:
         print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
         _err(f"results: {res.path}")
-    from .compare import report_to_trackers
+    from evalharness.analysis.compare import report_to_trackers
     report_to_trackers(res.report_to, res.path, log=_err)  # after the table: a tracker failure must not hide it
     check_judging(res.path, max_skipped, log=_err)
 
@@ -418,7 +418,7 @@ def compare(
     results_dir: _RESULTS = None,
 ) -> None:
     """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
-    from .compare import build_table, render, resolve
+    from evalharness.analysis.compare import build_table, render, resolve
     table = build_table(resolve(refs, results_dir), against=against, allow_mixed=allow_mixed, rounds=rounds, seed=seed,
                         metrics=[m.strip() for m in metrics.split(",")] if metrics else None, log=_err)
     typer.echo(render(table, fmt), nl=False)
@@ -432,7 +432,7 @@ def report(
     results_dir: _RESULTS = None,
 ) -> None:
     """One self-contained HTML page: compare's table, the figures, a per-prompt viewer of two models, provenance."""
-    from .html_report import write_report
+    from evalharness.analysis.html_report import write_report
     typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir, log=_err)}")
 
 
@@ -452,9 +452,9 @@ def regress(
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
     MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
     INCONCLUSIVE, 1 on FAIL (or, with --strict, INCONCLUSIVE), 2 on bad input, 3 on NOT MEASURED (FAIL wins)."""
-    from .compare import gate_exit, resolve
-    from .compare import regress as gate
-    from .records import MAX_SKIPPED_SHARE
+    from evalharness.analysis.compare import gate_exit, resolve
+    from evalharness.analysis.compare import regress as gate
+    from evalharness.core.records import MAX_SKIPPED_SHARE
     if max_skipped is not None and not 0 <= max_skipped < 1:
         raise EvalHarnessError(f"--max-skipped {max_skipped}: a share of judgments, from 0 to below 1")
     pair = []
@@ -508,10 +508,10 @@ def history(
     """Every indexed score of a lineage over training step and time; drops from the previous point tested.
     Incomparable scores (task version, judge, baseline, decoding) are separate series; points that are not
     measurements are marked with their reason and not tested."""
-    from .compare import history as query
-    from .compare import mark_drops
-    from .plot import plot_history
-    from .report import render_grid
+    from evalharness.analysis.compare import history as query
+    from evalharness.analysis.compare import mark_drops
+    from evalharness.analysis.plot import plot_history
+    from evalharness.analysis.text import render_grid
     points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))
@@ -551,7 +551,7 @@ def history(
 
 def _training_of(points: list[dict], results_dir: Optional[Path]) -> dict[str, list[dict]]:
     """The indexed training runs whose checkpoints are among ``points``, with their logged metrics per step."""
-    from .store import train_metrics, train_runs
+    from evalharness.store import train_metrics, train_runs
     names = {p["model"].split("@")[0] for p in points}
     out = {}
     for run in train_runs(results_dir):
@@ -576,8 +576,8 @@ app.add_typer(metrics_app, name="metrics")
 
 
 def _metrics(bench: str, file: Path, json_out: bool, save: bool, results_dir: Optional[Path], **opts: object) -> None:
-    from .interop import compute, import_run
-    from .report import print_scores
+    from evalharness.analysis.interop import compute, import_run
+    from evalharness.analysis.text import print_scores
     metrics, scores = compute(bench, file, **opts)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2, default=str))

@@ -19,10 +19,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import provenance
-from .errors import EvalHarnessError, InputError, parse_json
-from .paths import results_root, write_atomic
-from .records import KEY_FIELDS, GenRecord, Score, Verdict
+from evalharness.core import provenance
+from evalharness.core.errors import EvalHarnessError, InputError, parse_json
+from evalharness.core.paths import results_root, write_atomic
+from evalharness.core.records import KEY_FIELDS, GenRecord, Score, Verdict
 
 
 # A training run's folder describes itself in this file (written by the trainer, read by trackers and sweeps).

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, Protocol, get_args
 
 import pydantic
 
-from .errors import InputError, MissingExtraError
+from evalharness.core.errors import InputError, MissingExtraError
 
 TrackerName = Literal["wandb", "mlflow"]
 KNOWN: tuple[str, ...] = get_args(TrackerName)
@@ -302,7 +302,7 @@ def start(names: Sequence[str], info: RunInfo, log: Log = lambda _: None) -> Tra
 def start_training(names: Sequence[str], out: Path, results: Path, log: Log = lambda _: None) -> Trackers:
     """The tracker run of a training run: the train manifest as config, then the rows ``metrics.jsonl`` already
     holds (a resumed run's steps before its checkpoint), so the tracker's curve is the file's from step 1."""
-    from .store import TRAIN_MANIFEST, read_jsonl
+    from evalharness.store import TRAIN_MANIFEST, read_jsonl
     if not names:
         return Trackers([])
     manifest = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -317,7 +317,7 @@ def start_training(names: Sequence[str], out: Path, results: Path, log: Log = la
 def score_rows(scores: Iterable[Any]) -> list[dict[str, Any]]:
     """One row per score: value, SE, 95% CI (from the SE where only that is stored), n, n_skipped and the
     comparability key."""
-    from .records import score_ci
+    from evalharness.core.records import score_ci
     rows = []
     for s in scores:
         lo, hi = score_ci(s)
@@ -343,7 +343,7 @@ def report_evaluation(names: Sequence[str], run_path: Path, *, comparison: list[
     """Send a finished evaluation run to the trackers: its manifest and scores, the comparison table's rows
     (``comparison``, as ``compare.records`` gives them) and ``figures``. A sink: the callers build tables and
     figures. A tracker that cannot start is one line on ``log``, never an exception: the run is complete."""
-    from .store import RunStore
+    from evalharness.store import RunStore
     if not names:
         return
     store = RunStore(run_path)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from evalharness.backends.fake import FakeBackend
-from evalharness.records import GenRequest, Generation, Score
-from evalharness.runner import ModelSpec, RunPlan, run
+from evalharness.core.records import GenRequest, Generation, Score
+from evalharness.pipeline.runner import ModelSpec, RunPlan, run
 from evalharness.store import RunStore
 from evalharness.tasks.base import GenerationSettings, TaskSpec
 
@@ -29,7 +29,7 @@ class RecordingBackend(FakeBackend):
 def run_task(tmp_path: Path, module: str, cfg: Any, policy: Any, judge: Any, judge_name: str = "judge",
              **generation: Any) -> tuple[list[Score], RunStore]:
     """``cfg`` of task ``module`` over one model (``policy``, named POLICY) with ``judge``, through
-    ``evalharness.runner.run`` into ``tmp_path/results``; the same arguments resume the same run."""
+    ``evalharness.pipeline.runner.run`` into ``tmp_path/results``; the same arguments resume the same run."""
     plan = RunPlan(name="t", models=[ModelSpec(POLICY, POLICY)], tasks=[TaskSpec(module, module, cfg)], backend="fake",
                    backends={POLICY: policy}, chat_judge=(judge, judge_name) if judge is not None else None,
                    generation=GenerationSettings(**generation), results_dir=tmp_path / "results", progress=False)

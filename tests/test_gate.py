@@ -18,8 +18,8 @@ from test_compare import base_values, sentiment_run, shifted
 from test_task_alpaca_eval import support_dir
 
 from evalharness import cli as cli_module
-from evalharness.records import Score
-from evalharness.runner import run_spec
+from evalharness.core.records import Score
+from evalharness.pipeline.runner import run_spec
 from evalharness.store import RunStore
 from evalharness.testing import FakeOpenAI, Fault
 from evalharness.testing.fake_openai import benchmark_judge

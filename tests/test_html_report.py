@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from evalharness.backends.fake import FakeBackend
-from evalharness.compare import build_table, records, resolve
-from evalharness.html_report import render_html, report_data, script_json, write_report
-from evalharness.prompts import write_prompts
-from evalharness.records import Generation, GenRequest
-from evalharness.runner import plan_from_spec, run
+from evalharness.analysis.compare import build_table, records, resolve
+from evalharness.analysis.html_report import render_html, report_data, script_json, write_report
+from evalharness.core.prompts import write_prompts
+from evalharness.core.records import Generation, GenRequest
+from evalharness.pipeline.runner import plan_from_spec, run
 from evalharness.store import RunStore
 from evalharness.testing import FakeOpenAI, Fault
 from evalharness.testing.fake_openai import benchmark_judge, request_text
@@ -159,7 +159,7 @@ def test_unknown_run_exits_nonzero_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_unknown_against_row_names_the_rows(built: dict[str, Any], tmp_path: Path) -> None:
-    from evalharness.errors import EvalHarnessError
+    from evalharness.core.errors import EvalHarnessError
     with pytest.raises(EvalHarnessError, match="rows: a, b, c"):
         write_report([str(built["run"])], tmp_path / "r.html", against="zzz", results_dir=built["results"])
     assert not (tmp_path / "r.html").exists()
@@ -318,7 +318,7 @@ def test_hostile_outputs_show_as_text_and_nothing_runs(browser: Any, built: dict
 
 
 def test_report_data_defaults_to_the_against_row_and_the_best_row(built: dict[str, Any]) -> None:
-    from evalharness.compare import best_checkpoint
+    from evalharness.analysis.compare import best_checkpoint
     data = report_data([str(built["run"])], against="a", results_dir=built["results"])
     table = build_table(resolve([str(built["run"])], built["results"]), against="a")
     best = best_checkpoint(table, "sentiment")  # the table's first column with a direction
@@ -332,7 +332,7 @@ def test_sweep_writes_the_report_beside_the_frontier(tmp_path: Path, tiny_model:
     from test_sweep import _spec
 
     from evalharness.cli import _print_sweep
-    from evalharness.train.sweep import load_train_spec, run_sweep
+    from evalharness.workflows.sweep import load_train_spec, run_sweep
     path = _spec(tmp_path, tiny_model)
     path.write_text(path.read_text().replace("  dpo: {beta: [0.1, 0.5]}\n  simpo: {gamma: 0.5}\n", "  dpo: {beta: 0.1}\n"))
     spec, runs = load_train_spec(path)

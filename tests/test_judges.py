@@ -7,7 +7,7 @@ import torch
 
 from evalharness.judges import get_judge
 from evalharness.judges.classifiers import HFClassifierJudge, SentimentJudge
-from evalharness.records import Generation
+from evalharness.core.records import Generation
 
 
 def _gens(*texts: str) -> list[Generation]:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from evalharness.backends.hf import HFBackend
-from evalharness.kl import kl_verdicts, summarize_kl
-from evalharness.records import GenRequest, SamplingParams, ScoreRequest
+from evalharness.judges.kl import kl_verdicts, summarize_kl
+from evalharness.core.records import GenRequest, SamplingParams, ScoreRequest
 from tiny import build_model
 
 

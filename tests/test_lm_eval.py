@@ -111,7 +111,7 @@ def test_verdicts_per_doc_and_lm_evals_own_numbers(run_dir: Path) -> None:
 def test_the_module_imports_the_real_lm_eval_package() -> None:
     import lm_eval
 
-    import evalharness.tasks.lm_eval as task
+    from evalharness.tasks import lm_eval as task
     assert Path(lm_eval.__file__).parent.name == "lm_eval" and "evalharness" not in lm_eval.__file__
     assert hasattr(lm_eval, "simple_evaluate") and task.TASK_CLASS.__name__ == "LMEvalTask"
 
@@ -123,7 +123,7 @@ def test_compare_shows_lm_eval_beside_sentiment_and_kl_with_paired_delta(run_dir
     header = r.stdout.splitlines()[0]
     for col in ("caps evh_mc.acc ↑", "Δ caps evh_mc.acc", "caps evh_gen.exact_match ↑", "sentiment", "KL (nats)"):
         assert col in header, header
-    from evalharness.compare import build_table, resolve
+    from evalharness.analysis.compare import build_table, resolve
     table = build_table(resolve([str(run_dir)], run_dir.parent), against="sft")
     j = next(j for j, c in enumerate(table.columns) if c.metric == "evh_mc.acc")
     i = next(i for i, e in enumerate(table.rows) if e.model == "policy")
@@ -212,8 +212,8 @@ def test_a_rerun_resumes_without_running_lm_eval_again(run_dir: Path) -> None:
 
 def test_a_sweeps_eval_takes_lm_eval_and_a_misspelt_option_names_file_line_field(tiny_model: Path,
                                                                                  tmp_path: Path) -> None:
-    from evalharness.errors import InputError
-    from evalharness.train.sweep import load_train_spec
+    from evalharness.core.errors import InputError
+    from evalharness.workflows.sweep import load_train_spec
     write_tasks(tmp_path / "lmtasks")
     (tmp_path / "train.jsonl").write_text("")
     head = (f"name: caps-sweep\nbase: {tiny_model}\ndata: {{path: ./train.jsonl}}\nalgorithms:\n  dpo: {{beta: 0.1}}\n"
@@ -230,7 +230,7 @@ def test_a_sweeps_eval_takes_lm_eval_and_a_misspelt_option_names_file_line_field
 def test_without_lm_eval_installed_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.metadata
 
-    from evalharness.errors import EvalHarnessError
+    from evalharness.core.errors import EvalHarnessError
     from evalharness.tasks.lm_eval import lm_eval_version
 
     def missing(name: str) -> str:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from evalharness.errors import EvalHarnessError
-from evalharness.train.algorithms import ALGORITHMS, get_spec, make_config
-from evalharness.train.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
+from evalharness.core.errors import EvalHarnessError
+from evalharness.training.algorithms import ALGORITHMS, get_spec, make_config
+from evalharness.training.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
 
 # Three pairs: summed log-probs of policy and reference, token counts, scores.
 #            chosen  rejected  ref_chosen  ref_rejected  |y_w|  |y_l|  s_w  s_l
@@ -255,8 +255,8 @@ def test_a_new_offline_algorithm_is_one_row_of_the_table(monkeypatch):
 
     import torch.nn.functional as F
 
-    from evalharness import plot
-    from evalharness.train import algorithms
+    from evalharness.analysis import plot
+    from evalharness.training import algorithms
     row = dataclasses.replace(algorithms.ALGORITHMS["dpo"], name="dpo2", loss=lambda c, p: -2 * F.logsigmoid(c.beta * p.h()),
                               reward=("simpo", "beta"), display="DPO x2", colour="#123456")
     monkeypatch.setitem(algorithms.ALGORITHMS, "dpo2", row)

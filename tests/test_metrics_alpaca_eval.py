@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import sklearn
 
-from evalharness.errors import EvalHarnessError, InputError
-from evalharness.metrics import alpaca_eval as ae
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.tasks.alpaca_eval import metric as ae
 from evalharness.testing.lc_support import write_synthetic_lc_support
 
 MODELS = ["FuseChat-Llama-3.1-8B-Instruct", "NullModel", "OpenHermes-2.5-Mistral-7B", "alpaca-7b",
@@ -210,7 +210,7 @@ def test_fitted_weights_against_official_and_benchdata(benchdata: Path, official
 
 def test_fetch_lc_support_files_uses_the_pinned_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No network here: the pinned HF revision is asked for, through the one checksummed downloader."""
-    from evalharness import benchdata
+    from evalharness.tasks import benchdata
 
     asked = []
 
@@ -230,7 +230,7 @@ def test_fetch_lc_support_files_uses_the_pinned_downloads(tmp_path: Path, monkey
 
 def test_lc_against_leaderboard_with_real_support_files(benchdata: Path) -> None:
     """Runs only where fetch_lc_support_files() has already cached the real HF files (needs network once)."""
-    from evalharness import benchdata
+    from evalharness.tasks import benchdata
     try:
         cache = [benchdata.fetch(n, download_missing=False) for n in ae.LC_SUPPORT_FILES.values()][0].parent
     except EvalHarnessError:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.metrics import arena_hard as ah
-from evalharness.records import Score
+from evalharness.core.errors import InputError
+from evalharness.tasks.arena_hard import metric as ah
+from evalharness.core.records import Score
 
 BATTLES = "arena_hard/battles/arena_hard_battles.gpt-4-1106-preview.gpt-3.5-turbo-0125+gpt-4-0613.jsonl"
 MODELS = ("gpt-3.5-turbo-0125", "gpt-4-0613")
@@ -242,7 +242,7 @@ def test_judge_config_renders_from_official_files(benchdata: Path) -> None:
 
 
 def test_reparse_reads_v2_judgment_objects(tmp_path):
-    from evalharness.metrics.arena_hard import load_judgments
+    from evalharness.tasks.arena_hard.metric import load_judgments
     row = {"uid": "q1", "model": "m", "judge": "j",
            "games": [{"score": "A>B", "judgment": {"answer": "... so [[A>B]] then [[B>>A]]"}},
                      {"score": None, "judgment": {"answer": "no label"}}]}
@@ -261,7 +261,7 @@ def test_judgment_folder_of_our_own_run_reads_its_baseline(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from evalharness.runner import run_spec
+    from evalharness.pipeline.runner import run_spec
     from evalharness.testing.fake_openai import FakeOpenAI
     demo = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data" / "arena_hard"
     spec = tmp_path / "spec.yaml"

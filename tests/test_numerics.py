@@ -11,10 +11,10 @@ import pytest
 import torch
 from trainkit import base  # noqa: F401  (module fixture)
 
-from evalharness.errors import EvalHarnessError, InputError
-from evalharness.train.algorithms import ALGORITHMS, make_config
-from evalharness.train.data import load_preferences, load_unpaired
-from evalharness.train.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.training.algorithms import ALGORITHMS, make_config
+from evalharness.training.data import load_preferences, load_unpaired
+from evalharness.training.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
 
 PAIRED = [a for a in ALGORITHMS if a != "kto" and not ALGORITHMS[a].online]  # PPO: tests/test_ppo.py
 B = 4
@@ -186,7 +186,7 @@ def test_training_on_all_tied_odpo_pairs_is_finite_and_changes_nothing(base, tmp
     logged metrics are finite and the weights stay those of the base."""
     from safetensors.torch import load_file
 
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.training.trainer import TrainConfig, train
     path = tmp_path / "tied.jsonl"
     path.write_text("".join(json.dumps({"prompt": "the movie", "chosen": "good fun", "rejected": "bad dull plot",
                                         "score_chosen": 0.5, "score_rejected": 0.5}) + "\n" for _ in range(8)))

@@ -1,4 +1,4 @@
-"""Paired comparisons (evalharness.paired): hand computations on small data, the bootstraps' shared
+"""Paired comparisons (evalharness.tasks.paired): hand computations on small data, the bootstraps' shared
 draws, known shifts, seeds, and the paired AlpacaEval 2 difference on official annotations."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from scipy import stats as st
 from test_metrics_alpaca_eval import LEADERBOARD, annotations_path, support_dir  # noqa: F401 (fixture)
 from test_metrics_arena_hard import BATTLES
 
-from evalharness import paired
-from evalharness.metrics import alpaca_eval as ae
-from evalharness.metrics import arena_hard as ah
-from evalharness.metrics import mt_bench as mt
+from evalharness.tasks import paired
+from evalharness.tasks.alpaca_eval import metric as ae
+from evalharness.tasks.arena_hard import metric as ah
+from evalharness.tasks.mt_bench import metric as mt
 
 T975_3 = 3.182446305284263  # Student t 0.975 quantile, 3 df
 

@@ -12,7 +12,7 @@ import pytest
 
 from evalharness.testing import FakeOpenAI
 from evalharness.testing.fake_openai import request_text
-from evalharness.train.onpolicy import PairsConfig, build_pairs, parse_pairwise
+from evalharness.workflows.onpolicy import PairsConfig, build_pairs, parse_pairwise
 
 QUESTIONS = ["write a short review", "review the movie", "write about the story", "continue this review"]
 UNRANKABLE = "review the movie"  # the fake judge never gives a parseable verdict on this one

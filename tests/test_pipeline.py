@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from evalharness.backends import fake
-from evalharness.client import JudgeClient
-from evalharness.evaluate import EvalConfig, run_eval
-from evalharness.prompts import write_prompts
-from evalharness.records import Score
-from evalharness.runner import run_spec
+from evalharness.backends.client import JudgeClient
+from evalharness.pipeline.evaluate import EvalConfig, run_eval
+from evalharness.core.prompts import write_prompts
+from evalharness.core.records import Score
+from evalharness.pipeline.runner import run_spec
 from evalharness.store import RunStore, comparable
 from evalharness.testing import FakeOpenAI, Fault
 from evalharness.testing.fake_openai import benchmark_judge, request_text
@@ -89,7 +89,7 @@ def test_three_models_every_task_one_run_retry_and_resume(tmp_path: Path, monkey
         assert s[(m, "kl", "kl")].baseline == "a" and s[(m, "sentiment", "sentiment")].n == 5
     assert s[("a", "kl", "kl")].value == 0.0 and s[("b", "kl", "kl")].value != 0.0
     # Official-format files for every model, read back by the official metric code.
-    from evalharness.metrics import mt_bench as mt
+    from evalharness.tasks.mt_bench import metric as mt
     official = mt.metrics_from_file(res.path / "mt_bench" / "model_judgment" / "judge-x_single.jsonl")
     assert set(official["models"]) == set(MODELS)
     assert all((res.path / "alpaca_eval" / m / "annotations.json").is_file() for m in MODELS)

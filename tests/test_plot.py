@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.errors import EvalHarnessError
-from evalharness.kl import KL_JUDGE_ID, KL_JUDGE_VERSION
-from evalharness.plot import (FrontierPoint, frontier, frontier_points, frontier_table, pareto_front,
-                              plot_frontier, reward_axis_label)
-from evalharness.records import Score
+from evalharness.core.errors import EvalHarnessError
+from evalharness.judges.kl import KL_JUDGE_ID, KL_JUDGE_VERSION
+from evalharness.analysis.plot import FrontierPoint, frontier, frontier_points, frontier_table, pareto_front, plot_frontier, reward_axis_label
+from evalharness.core.records import Score
 
 SFT_SPEC = "smollm2-135m-instruct"
 VADER = ("vader", "vadersentiment==3.3.2;reward=(compound+1)/2")

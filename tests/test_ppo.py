@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalharness.errors import EvalHarnessError
-from evalharness.train.ppo import gae, kl_penalty, policy_loss, update_kl_coef, value_loss, whiten
-from evalharness.train.trainer import TrainConfig, train
+from evalharness.core.errors import EvalHarnessError
+from evalharness.training.ppo import gae, kl_penalty, policy_loss, update_kl_coef, value_loss, whiten
+from evalharness.training.trainer import TrainConfig, train
 
 T = torch.tensor
 
@@ -137,7 +137,7 @@ def test_ppo_raises_the_sentiment_reward_of_a_tiny_model(base, prompts, tmp_path
     # the checkpoint evaluates like any model: it loads, and its answers are more positive than the base's
     from evalharness.backends.hf import HFBackend
     from evalharness.judges import get_judge
-    from evalharness.records import GenRequest, SamplingParams
+    from evalharness.core.records import GenRequest, SamplingParams
     params = SamplingParams(temperature=1.0, max_new_tokens=8, n=4, seed=123)
     judge = get_judge("sentiment")
     mean = []
@@ -214,7 +214,7 @@ def test_seeded_runs_are_identical_and_grad_accumulation_matches(base, prompts, 
 
 def test_lora_reference_is_the_base_with_the_adapter_disabled(base, prompts, tmp_path):
     pytest.importorskip("peft")
-    from evalharness.models import resolve
+    from evalharness.core.models import resolve
     res = train(cfg(base, prompts, tmp_path / "lora", max_steps=3, lora=True, lora_r=4, lora_alpha=8,
                     learning_rate=2e-2))
     assert res.metrics[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # adapter B = 0 at init: policy == base
@@ -234,8 +234,8 @@ def test_bf16_mixed_precision_trains(base, prompts, tmp_path):
 def test_bf16_rollouts_sample_from_a_synced_bf16_copy_and_the_ratio_starts_at_one(base, prompts, tmp_path):
     """bf16 runs sample from a bf16 copy of the actor (no per-call autocast casts); it follows every update, and the
     first update is still on-policy because the old log-probs come from the actor's own forward."""
-    from evalharness.models import load_fresh, resolve
-    from evalharness.train.ppo import _sampler, _sync_sampler
+    from evalharness.core.models import load_fresh, resolve
+    from evalharness.training.ppo import _sampler, _sync_sampler
     policy = load_fresh(resolve(str(base)), dtype="float32")[0]
     assert _sampler(policy, cfg(base, prompts, tmp_path / "x")) is None  # fp32: samples from the actor itself
     assert _sampler(policy, cfg(base, prompts, tmp_path / "x", dtype="bfloat16", lora=True)) is None
@@ -274,7 +274,7 @@ def test_two_processes_data_parallel_match_one_process(base, prompts, tmp_path):
     keys = ["objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "grad_norm"]
     script = tmp_path / "run.py"
     script.write_text(
-        "import json, os, sys\nfrom evalharness.train.trainer import TrainConfig, train\n"
+        "import json, os, sys\nfrom evalharness.training.trainer import TrainConfig, train\n"
         f"r = train(TrainConfig(algorithm='ppo', base={str(base)!r}, data={str(prompts)!r}, learning_rate=3e-3,"
         " max_steps=2, batch_size=int(sys.argv[1]), warmup_ratio=0.0, schedule='constant', output_dir=sys.argv[2],"
         " hparams={'reward': 'sentiment', 'response_length': 8, 'temperature': 1.0}))\n"
@@ -308,7 +308,7 @@ def test_cli_trains_ppo_and_a_sweep_mixes_it_with_offline_algorithms(base, promp
                        capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "kl_estimator" in p.stderr and not (tmp_path / "bad").exists()
 
-    from evalharness.train.sweep import load_train_spec, run_sweep
+    from evalharness.workflows.sweep import load_train_spec, run_sweep
     (tmp_path / "held.jsonl").write_text("".join(json.dumps({"id": f"h{i}", "prompt": s}) + "\n"
                                                  for i, s in enumerate(STARTS[:4])))
     spec_path = tmp_path / "sweep.yaml"
@@ -336,7 +336,7 @@ eval: {{prompts: ./held.jsonl, judges: [sentiment, kl], max_new_tokens: 6}}
     only = tmp_path / "only.yaml"  # a PPO-only sweep needs prompts, not pairs
     only.write_text(spec_path.read_text().replace("  dpo: {beta: 0.1}\n", "").replace(
         f"  on_policy: {{prompts: {prompts}, judge: sentiment, k: 2, max_new_tokens: 6}}", "  path: ./pairs.jsonl"))
-    from evalharness.errors import InputError
+    from evalharness.core.errors import InputError
     with pytest.raises(InputError, match="data.prompts") as e:
         load_train_spec(only)
     assert e.value.field == "data"

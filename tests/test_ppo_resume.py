@@ -11,7 +11,7 @@ from test_ppo import prompts  # noqa: F401 (the 16 movie-review prompts)
 from trainkit import (KILL_POINTS, assert_lora_resume, assert_rows_match, assert_same_run, base,  # noqa: F401
                       kill_then_resume, killed_run, torchrun_killed_then_resumed, weights)
 
-from evalharness.train.trainer import STATE_DIR, TrainConfig, TrainResult, train
+from evalharness.training.trainer import STATE_DIR, TrainConfig, TrainResult, train
 
 # Adaptive KL, so the coefficient a checkpoint holds changes every step; 2 PPO epochs x 2 minibatches, so the
 # minibatch shuffles draw from their generator several times a step.

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from evalharness.errors import InputError
-from evalharness.runner import ModelSpec, RunPlan, run
+from evalharness.core.errors import InputError
+from evalharness.pipeline.runner import ModelSpec, RunPlan, run
 from evalharness.store import RunStore
 from evalharness.tasks import preference_accuracy as pa
 from evalharness.tasks.base import TaskSpec
-from evalharness.train.algorithms import ALGORITHMS
+from evalharness.training.algorithms import ALGORITHMS
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "write a short review about the movie"}]
@@ -159,8 +159,8 @@ def test_ties_and_simpo_agreement_by_construction(tiny_model: Path, tiny_ref_mod
 
 def test_every_algorithm_has_its_trainers_reward() -> None:
     """OWN maps every algorithm; for the paired ones it is exactly the reward the trainer logs."""
-    from evalharness.train.algorithms import make_config
-    from evalharness.train.losses import implicit_rewards
+    from evalharness.training.algorithms import make_config
+    from evalharness.training.losses import implicit_rewards
     from dataclasses import asdict
     assert set(pa.OWN) == set(ALGORITHMS)
     g = torch.Generator().manual_seed(0)
@@ -189,8 +189,8 @@ def test_tokenization_is_the_trainers(tiny_model: Path) -> None:
     """The task scores the ids the trainer trains on (trainer._encode, within its length limits)."""
     from transformers import AutoTokenizer
 
-    from evalharness.prompts import PromptItem, render, render_response
-    from evalharness.train.trainer import TrainConfig, _encode
+    from evalharness.core.prompts import PromptItem, render, render_response
+    from evalharness.training.trainer import TrainConfig, _encode
     tok = AutoTokenizer.from_pretrained(tiny_model)
     item = PromptItem("x", messages=(("user", "write a short review"),))
     cfg = TrainConfig(algorithm="dpo", base=str(tiny_model), data="-")
@@ -205,7 +205,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_run_spec_over_two_checkpoints_and_compare(tiny_model: Path, tiny_ref_model: Path, tmp_path: Path) -> None:
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.training.trainer import TrainConfig, train
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     cks = {alg: train(TrainConfig(algorithm=alg, base=str(tiny_ref_model), data=str(pairs), hparams=hp, max_steps=2,
                                   batch_size=3, learning_rate=1e-2, output_dir=str(tmp_path / alg))).checkpoints[-1]
@@ -241,7 +241,7 @@ def test_run_spec_over_two_checkpoints_and_compare(tiny_model: Path, tiny_ref_mo
     assert "| " + " | ".join(map(str, cells)) + " |" in next(line for line in r.stdout.splitlines()
                                                             if line.startswith("| dpo |"))
     # two checkpoints paired pair by pair: accuracies under any reward; margins only in one reward's units
-    from evalharness.compare import build_table, resolve
+    from evalharness.analysis.compare import build_table, resolve
     table = build_table(resolve([str(run_dir)], tmp_path / "res"), against="dpo")
     col = {c.metric: j for j, c in enumerate(table.columns)}
     simpo = next(i for i, e in enumerate(table.rows) if e.model == "simpo")
@@ -287,7 +287,7 @@ def test_a_sweeps_eval_scores_every_checkpoint_under_its_own_reward(tiny_ref_mod
 
 
 def test_wilson_interval() -> None:
-    from evalharness.stats import wilson_ci
+    from evalharness.core.stats import wilson_ci
     lo, hi = wilson_ci(8, 10)  # by hand: centre (0.8 + z^2/20) / (1 + z^2/10), z = 1.95996
     assert (lo, hi) == (pytest.approx(0.49016, abs=1e-5), pytest.approx(0.94331, abs=1e-5))
     assert wilson_ci(0, 5)[0] == 0.0 and wilson_ci(5, 5)[1] == 1.0 and math.isnan(wilson_ci(0, 0)[0])
@@ -297,8 +297,8 @@ def test_wilson_interval() -> None:
 def test_bundled_model_sft_and_a_dpo_checkpoint(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct (its chat template, its EOS <|im_end|>) as SFT and reference, and a DPO checkpoint
     trained from it for one step: the SFT row ties everywhere, and the stored log-probs are a plain forward's."""
-    from evalharness.models import resolve
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.core.models import resolve
+    from evalharness.training.trainer import TrainConfig, train
     from trainkit import write_pairs as training_pairs
     data = tmp_path / "train.jsonl"
     data.write_text("".join(training_pairs(tmp_path / "all.jsonl").read_text().splitlines(True)[:4]))

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from evalharness import benchdata, decoding
+from evalharness.tasks import benchdata
+from evalharness.core import decoding
 from evalharness.backends import Capabilities, backend_names, capabilities, register
 from evalharness.cli import app
-from evalharness.errors import EvalHarnessError, InputError
-from evalharness.prompts import write_prompts
-from evalharness.runner import run_spec
-from evalharness.spec import load_spec
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.core.prompts import write_prompts
+from evalharness.pipeline.runner import run_spec
+from evalharness.pipeline.spec import load_spec
 from evalharness.tasks.base import data_file
 from evalharness.testing.fake_openai import FakeOpenAI
 
@@ -104,8 +105,8 @@ def test_a_judge_endpoint_that_does_not_answer_is_named_up_front(tmp_path: Path)
 
 def test_the_endpoint_check_costs_no_generation(tmp_path: Path) -> None:
     with FakeOpenAI() as server:
-        from evalharness.preflight import check_judge
-        from evalharness.spec import JudgeSpec
+        from evalharness.pipeline.preflight import check_judge
+        from evalharness.pipeline.spec import JudgeSpec
         notes = check_judge(JudgeSpec(model="other-model", base_url=server.url))
         assert not server.received  # GET /models only: no chat completion was asked for
     assert notes and "other-model" in notes[0]
@@ -136,7 +137,7 @@ def test_decoding_ranges_are_declared_once() -> None:
         decoding.Decoding(top_p=0)
     with pytest.raises(InputError, match="n must be an integer"):
         decoding.check({"n": 1.5})
-    from evalharness.spec import GenerationSpec
+    from evalharness.pipeline.spec import GenerationSpec
     assert GenerationSpec().max_new_tokens == decoding.Decoding().max_new_tokens
 
 
@@ -173,7 +174,7 @@ def test_train_results_dir_is_passed_down_not_set_in_the_environment(tmp_path: P
 
 
 def test_a_bad_sweep_eval_is_refused_before_anything_trains(tmp_path: Path) -> None:
-    from evalharness.train.sweep import load_train_spec, run_sweep
+    from evalharness.workflows.sweep import load_train_spec, run_sweep
     spec = tmp_path / "sweep.yaml"
     spec.write_text(f"""\
 name: sw
@@ -192,7 +193,7 @@ eval:
 
 def test_old_run_ids_are_kept(tmp_path: Path, prompts: Path) -> None:
     """The eval command's identity did not move: same options, same run folder name as before the change."""
-    from evalharness.evaluate import EvalConfig, run_eval
+    from evalharness.pipeline.evaluate import EvalConfig, run_eval
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = run_eval(EvalConfig(models=["a"], prompts=str(prompts), judges=["sentiment"], backend="fake",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.prompts import load_prompts
+from evalharness.core.errors import InputError
+from evalharness.core.prompts import load_prompts
 
 
 @pytest.mark.parametrize("body,line,field,reason", [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.prompts import write_prompts
+from evalharness.core.prompts import write_prompts
 from evalharness.store import indexed_runs, read_jsonl, run_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ WORDS = "the movie was great terrible fine good bad plot acting a an and it is n
 # it between chunks (a kill inside a chunk is what the reliability suite's random kills cover).
 CHILD = """
 import sys, time
-from evalharness.evaluate import EvalConfig, run_eval
+from evalharness.pipeline.evaluate import EvalConfig, run_eval
 from evalharness.store import RunStore
 pause = float(sys.argv[5])
 real = RunStore.add_generations
@@ -122,9 +122,9 @@ def test_ctrl_c_records_interrupted(tmp_path, tiny_model, tiny_ref_model):
 
 
 def test_response_cache_is_private(tmp_path):
-    from evalharness.client import ClientConfig, JudgeClient
+    from evalharness.backends.client import ClientConfig, JudgeClient
     from evalharness.testing import FakeOpenAI
-    from evalharness.backends.openai import ChatRequest
+    from evalharness.backends.http import ChatRequest
     with FakeOpenAI(default_text="[[A]]") as server:
         client = JudgeClient(ClientConfig(base_url=server.url, model="j", cache_dir=tmp_path / "cache"))
         assert client.complete([ChatRequest(id="1", messages=[{"role": "user", "content": "hi"}])])[0].status == "ok"

@@ -19,13 +19,13 @@ import pytest
 from taskkit import RecordingBackend, run_task
 from test_runner import _judge, _spec
 
-from evalharness import runner
-from evalharness.backends.endpoint import response_tokens
-from evalharness.prompts import write_prompts
-from evalharness.records import Verdict
-from evalharness.runner import check_judging, run_spec
+from evalharness.pipeline import runner
+from evalharness.backends.openai import response_tokens
+from evalharness.core.prompts import write_prompts
+from evalharness.core.records import Verdict
+from evalharness.pipeline.runner import check_judging, run_spec
 from evalharness.store import RunStore, comparable
-from evalharness.tasks import mt_bench
+from evalharness.tasks.mt_bench import task as mt_bench
 from evalharness.testing.fake_openai import FakeOpenAI, Fault, Reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_mt_bench_headline_not_measured_when_every_turn_2_is_unparsed(tmp_path: 
     cfg = mt_bench.Config(questions=str(DEMO / "mt_bench/questions.jsonl"),
                           judge_prompts=str(DEMO / "mt_bench/judge_prompts.jsonl"),
                           reference_answers=str(DEMO / "mt_bench/reference_answer/demo-reference.jsonl"))
-    from evalharness.client import ClientConfig, JudgeClient
+    from evalharness.backends.client import ClientConfig, JudgeClient
 
     def judge(body: dict[str, Any]) -> str:
         return "No rating." if "[User]" in body["messages"][-1]["content"] else "Rating: [[8]]"
@@ -227,7 +227,7 @@ def test_kl_judged_by_the_references_identity_not_its_name(tmp_path: Path) -> No
 
 
 def test_check_judging_says_every_task_is_measured_and_refuses_a_bad_share(tmp_path: Path) -> None:
-    from evalharness.errors import InputError
+    from evalharness.core.errors import InputError
     with FakeOpenAI(responder=_judge) as server:
         res = run_spec(spec_of(tmp_path, server.url, "  mt_bench:\n" + MT), results_dir=tmp_path / "r", progress=False)
     assert [c.line() for c in check_judging(res.path)] == ["mt_bench policy-x: 8 scored, 0 failed, 0 unparsed"]

@@ -80,7 +80,7 @@ def test_bad_spec_fails_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_offline_demo_spec(tmp_path):
-    from evalharness.runner import run_spec
+    from evalharness.pipeline.runner import run_spec
     res = run_spec(REPO / "benchmarks" / "demo.yaml", results_dir=tmp_path, progress=False)
     path, scores = res.path, res.scores
     by = {(s.task, s.metric): s for s in scores}

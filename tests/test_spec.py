@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.spec import load_spec
+from evalharness.core.errors import InputError
+from evalharness.pipeline.spec import load_spec
 
 GOOD = """\
 name: demo

@@ -1,4 +1,4 @@
-"""evalharness.stats against hand computations on small data and against independent scipy routes."""
+"""evalharness.core.stats against hand computations on small data and against independent scipy routes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from evalharness import stats
+from evalharness.core import stats
 
 T975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student t 0.975 quantiles (printed tables)
 

@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 
 from evalharness.backends import fake
-from evalharness.errors import EvalHarnessError
-from evalharness.evaluate import EvalConfig, run_eval
-from evalharness.prompts import write_prompts
+from evalharness.core.errors import EvalHarnessError
+from evalharness.pipeline.evaluate import EvalConfig, run_eval
+from evalharness.core.prompts import write_prompts
 from evalharness.store import RunStore, read_jsonl
 
 
@@ -134,8 +134,8 @@ def test_atomic_writes_get_the_umask_mode_and_leave_nothing_on_failure(tmp_path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from evalharness.paths import atomic_dir, write_atomic
-    from evalharness.plot import save_figure
+    from evalharness.core.paths import atomic_dir, write_atomic
+    from evalharness.analysis.plot import save_figure
     from evalharness.store import write_json_atomic
     old = os.umask(0o022)
     try:

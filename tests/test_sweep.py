@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.train.sweep import load_train_spec, run_sweep
+from evalharness.core.errors import InputError
+from evalharness.workflows.sweep import load_train_spec, run_sweep
 
 PROMPTS = [{"id": f"q{i}", "messages": [{"role": "user", "content": w}]}
            for i, w in enumerate(["write a short review", "review the movie", "write about the story",
@@ -166,8 +166,8 @@ def test_cli_train_single_run_then_eval_checkpoint(tmp_path, tiny_model):
 def test_benchmark_spec_matches_the_quickstart(tmp_path):
     """benchmarks/sentiment_frontier.yaml is the quickstart in YAML; its prompt files are the generator's output."""
     from evalharness.data.movie_reviews import movie_review_split
-    from evalharness.quickstart import quickstart_spec
-    from evalharness.train.sweep import expand
+    from evalharness.workflows.quickstart import quickstart_spec
+    from evalharness.workflows.sweep import expand
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     for split in ("train", "heldout"):
         rows = [json.loads(x) for x in (bench / "sentiment" / f"prompts_{split}.jsonl").read_text().splitlines()]

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalharness import benchdata as bd
-from evalharness.client import ClientConfig, JudgeClient
-from evalharness.errors import EvalHarnessError, InputError
-from evalharness.metrics import alpaca_eval as ae
-from evalharness.records import Score
+from evalharness.tasks import benchdata as bd
+from evalharness.backends.client import ClientConfig, JudgeClient
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.tasks.alpaca_eval import metric as ae
+from evalharness.core.records import Score
 from evalharness.store import RunStore
-from evalharness.tasks import alpaca_eval as task
+from evalharness.tasks.alpaca_eval import task
 from evalharness.testing import FakeOpenAI, Fault, Reply
 from evalharness.testing.fake_openai import request_text
 from taskkit import POLICY, RecordingBackend, run_task

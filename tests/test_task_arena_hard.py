@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from evalharness.errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError
 
-from evalharness.client import ClientConfig, JudgeClient
-from evalharness.metrics import arena_hard as ah
-from evalharness.records import Score
+from evalharness.backends.client import ClientConfig, JudgeClient
+from evalharness.tasks.arena_hard import metric as ah
+from evalharness.core.records import Score
 from evalharness.store import RunStore
-from evalharness.tasks import arena_hard
+from evalharness.tasks.arena_hard import task as arena_hard
 from evalharness.tasks.base import GenerationSettings, RunEnv
 from evalharness.testing import FakeOpenAI, Fault
 from taskkit import POLICY, RecordingBackend, run_task
@@ -238,7 +238,7 @@ def test_offline_local_judge(vocab: str, tmp_path: Path, benchdata: Path, tiny_m
         lps = v.meta["choice_logprobs"]
         assert v.status == "ok" and sorted(lps) == sorted(arena_hard.LABEL_CHOICES)
         label = max(lps, key=lambda c: lps[c]).removesuffix("]]")
-        score_a, decisive = ah._LABELS[label]
+        score_a, decisive = ah.LABELS[label]
         assert (v.meta["label"], v.meta["decisive"], v.raw) == (label, decisive, f"{arena_hard.LABEL_PREFIX}{label}]]")
         assert v.value == (score_a if v.meta["game"] == 2 else 1.0 - score_a)  # the policy is A in game 2
         assert len(set(lps.values())) == 5

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.prompts import write_prompts
-from evalharness.runner import run_spec
+from evalharness.core.errors import InputError
+from evalharness.core.prompts import write_prompts
+from evalharness.pipeline.runner import run_spec
 from evalharness.testing.fake_openai import FakeOpenAI, benchmark_judge
 
 DEMO = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data"

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from evalharness.errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError
 
-from evalharness.client import ClientConfig, JudgeClient
-from evalharness.errors import InputError
-from evalharness.metrics import mt_bench as mt
-from evalharness.records import Score
+from evalharness.backends.client import ClientConfig, JudgeClient
+from evalharness.core.errors import InputError
+from evalharness.tasks.mt_bench import metric as mt
+from evalharness.core.records import Score
 from evalharness.store import RunStore
-from evalharness.tasks import mt_bench
+from evalharness.tasks.mt_bench import task as mt_bench
 from evalharness.tasks.base import GenerationSettings, RunEnv
 from evalharness.testing import FakeOpenAI, Fault
 from taskkit import POLICY, RecordingBackend, run_task

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from evalharness.backends.openai import ChatResult
-from evalharness.compare import build_table, resolve, score_ci
-from evalharness.errors import EvalHarnessError, InputError
-from evalharness.plot import temperature_plot, temperature_points
-from evalharness.runner import plan_from_spec, run
-from evalharness.spec import load_spec, swept_task, temperature_task
+from evalharness.backends.http import ChatResult
+from evalharness.analysis.compare import build_table, resolve, score_ci
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.analysis.plot import temperature_plot, temperature_points
+from evalharness.pipeline.runner import plan_from_spec, run
+from evalharness.pipeline.spec import load_spec, swept_task, temperature_task
 from evalharness.store import RunStore, comparable
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -156,7 +156,7 @@ def test_a_run_without_a_sweep_has_no_temperature_plot(tmp_path: Path) -> None:
 
 
 def test_the_summarization_benchmark_spec_and_its_data() -> None:
-    from evalharness.tasks.alpaca_eval import load_items, template_version
+    from evalharness.tasks.alpaca_eval.task import load_items, template_version
     spec, tasks = load_spec(BENCH / "summarize_tldr.yaml")
     assert [t.name for t in tasks] == [temperature_task("summarize", t) for t in TEMPS]
     assert spec.judge is not None and spec.judge.type == "local" and spec.judge.demo

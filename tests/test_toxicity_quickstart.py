@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from evalharness.data.rude_prompts import rude_prompt_split
-from evalharness.errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError
 from evalharness.judges import get_judge
-from evalharness.prompts import write_prompts
-from evalharness.quickstart import quickstart_spec
-from evalharness.records import Generation
-from evalharness.train.sweep import expand, load_train_spec, run_sweep
+from evalharness.core.prompts import write_prompts
+from evalharness.workflows.quickstart import quickstart_spec
+from evalharness.core.records import Generation
+from evalharness.workflows.sweep import expand, load_train_spec, run_sweep
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

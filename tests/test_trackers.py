@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from evalharness import trackers
-from evalharness.errors import InputError, MissingExtraError
+from evalharness.core.errors import InputError, MissingExtraError
 
 pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'evalharness[mlflow]')")
 pytest.importorskip("wandb", reason="wandb is not installed (pip install 'evalharness[wandb]')")
@@ -133,7 +133,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 def sweep(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Any:
     """Two training runs (DPO, SimPO; 3 steps, checkpoints at 2 and 3) and their evaluation (sentiment, KL) against
     the base, with report_to: [wandb, mlflow] in the spec."""
-    from evalharness.train.sweep import load_train_spec, run_sweep
+    from evalharness.workflows.sweep import load_train_spec, run_sweep
     tmp = tmp_path_factory.mktemp("sweep")
     write_pairs(tmp / "pairs.jsonl")
     (tmp / "heldout.jsonl").write_text("".join(json.dumps(p) + "\n" for p in HELDOUT))
@@ -307,7 +307,7 @@ def prompts(tmp_path: Path) -> Path:
 
 
 def test_ppo_metrics_under_trl_names(tmp_path, tiny_model, prompts, monkeypatch):
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.training.trainer import TrainConfig, train
     res = train(TrainConfig(algorithm="ppo", base=str(tiny_model), data=str(prompts), learning_rate=3e-3, max_steps=2,
                             batch_size=4, warmup_ratio=0.0, output_dir=str(tmp_path / "ppo"), report_to=["mlflow"],
                             run_name="ppo-trk",
@@ -324,7 +324,7 @@ def test_ppo_metrics_under_trl_names(tmp_path, tiny_model, prompts, monkeypatch)
 def test_resumed_run_sends_every_step_once(tmp_path, tiny_model):
     """A run SIGKILLed after its step-2 checkpoint resumes; its new tracker run gets steps 1-2 from metrics.jsonl
     and 3-4 as they are trained: the file's curve, each step once."""
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.training.trainer import TrainConfig, train
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     opts = dict(algorithm="dpo", base=str(tiny_model), data=str(pairs), learning_rate=1e-2, max_steps=4, batch_size=2,
                 save_every=2, warmup_ratio=0.0, output_dir=str(tmp_path / "run"), report_to=["mlflow"])
@@ -344,7 +344,7 @@ def test_resumed_run_sends_every_step_once(tmp_path, tiny_model):
 
 
 def test_a_tracker_failing_at_log_time_loses_nothing(tmp_path, tiny_model, monkeypatch):
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.training.trainer import TrainConfig, train
     real = trackers.MlflowTracker.log_metrics
 
     def flaky(self, metrics, step=None):
@@ -406,8 +406,8 @@ def test_cli_missing_package_fails_before_training(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("kind", ["run", "sweep"])
 def test_spec_report_to_is_validated_strictly(tmp_path, tiny_model, kind):
-    from evalharness.spec import load_spec
-    from evalharness.train.sweep import load_train_spec
+    from evalharness.pipeline.spec import load_spec
+    from evalharness.workflows.sweep import load_train_spec
     body = (f"name: x\nmodel: {tiny_model}\ntasks:\n  sentiment: {{prompts: ./p.jsonl}}\n" if kind == "run" else
             f"name: x\nbase: {tiny_model}\ndata: {{path: ./p.jsonl}}\nalgorithms: {{dpo: {{}}}}\n")
     (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "prompt": "the movie"}) + "\n")

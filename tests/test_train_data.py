@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.errors import InputError
-from evalharness.train.data import data_hash, load_preferences, load_unpaired, unpair
+from evalharness.core.errors import InputError
+from evalharness.training.data import data_hash, load_preferences, load_unpaired, unpair
 
 
 def write(path: Path, rows: list) -> Path:

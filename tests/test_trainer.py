@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalharness.errors import EvalHarnessError, InputError
-from evalharness.train.algorithms import ALGORITHMS, get_spec
-from evalharness.train.trainer import TrainConfig, train
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.training.algorithms import ALGORITHMS, get_spec
+from evalharness.training.trainer import TrainConfig, train
 from trainkit import base, pairs  # noqa: F401  (module fixtures)
 
 CHAT = [{"role": "user", "content": "write a short review about the movie"}]
@@ -47,13 +47,13 @@ def test_dpo_starts_at_ln2_and_learns(base, pairs, tmp_path):
 
 def test_checkpoint_reloads_and_scores_like_the_trained_model(base, pairs, tmp_path):
     from evalharness.backends.hf import HFBackend
-    from evalharness.records import ScoreRequest
+    from evalharness.core.records import ScoreRequest
     res = train(cfg(base, pairs, tmp_path / "r"))
-    from evalharness.models import resolve
+    from evalharness.core.models import resolve
     ref = resolve(str(res.checkpoints[-1]))
     assert ref.kind == "local"
     b, b0 = HFBackend(ref), HFBackend(str(base))
-    prompt = b.render(__import__("evalharness.prompts", fromlist=["PromptItem"]).PromptItem("x", messages=(("user", CHAT[0]["content"]),)))
+    prompt = b.render(__import__("evalharness.core.prompts", fromlist=["PromptItem"]).PromptItem("x", messages=(("user", CHAT[0]["content"]),)))
     resp = b.tokenizer("the movie was great and i loved it", add_special_tokens=False)["input_ids"] + [b.tokenizer.eos_token_id]
     lp = b.logprobs([ScoreRequest("x", prompt, resp)])[0].logprob
     lp0 = b0.logprobs([ScoreRequest("x", prompt, resp)])[0].logprob
@@ -62,7 +62,7 @@ def test_checkpoint_reloads_and_scores_like_the_trained_model(base, pairs, tmp_p
 
 def test_lora_checkpoint_is_an_adapter_on_the_base(base, pairs, tmp_path):
     pytest.importorskip("peft")
-    from evalharness.models import load, resolve
+    from evalharness.core.models import load, resolve
     res = train(cfg(base, pairs, tmp_path / "lora", lora=True, lora_r=4, lora_alpha=8, learning_rate=2e-2, max_steps=6))
     ck = res.checkpoints[-1]
     assert (ck / "adapter_config.json").is_file() and not (ck / "model.safetensors").exists()
@@ -150,9 +150,9 @@ def test_odpo_needs_scores_and_bad_options_fail_before_work(base, tmp_path):
 
 
 def test_truncation_keeps_eos_budget_and_prompt_tail(base, tmp_path):
-    from evalharness.train.trainer import _encode
-    from evalharness.models import load_fresh, resolve
-    from evalharness.prompts import PromptItem
+    from evalharness.training.trainer import _encode
+    from evalharness.core.models import load_fresh, resolve
+    from evalharness.core.prompts import PromptItem
     _, tok = load_fresh(resolve(str(base)))
     c = TrainConfig(algorithm="dpo", base="", data="", max_length=8, max_prompt_length=3)
     p, r = _encode(tok, PromptItem("x", prompt="the movie was great and fun"), "good good good good good good good", c)
@@ -192,7 +192,7 @@ def test_two_processes_data_parallel_match_one_process(base, pairs, tmp_path):
         pytest.skip("torchrun not found next to the interpreter")
     script = tmp_path / "run.py"
     script.write_text(
-        "import json, os, sys\nfrom evalharness.train.trainer import TrainConfig, train\n"
+        "import json, os, sys\nfrom evalharness.training.trainer import TrainConfig, train\n"
         f"r = train(TrainConfig(algorithm='dpo', base={str(base)!r}, data={str(pairs)!r}, learning_rate=5e-3, max_steps=3,"
         " batch_size=int(sys.argv[1]), warmup_ratio=0.0, output_dir=sys.argv[2]))\n"
         "open(sys.argv[2] + '.rank' + os.environ['RANK'], 'w').write(json.dumps([m['loss'] for m in r.metrics]))\n")

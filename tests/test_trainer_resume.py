@@ -10,8 +10,8 @@ import pytest
 from trainkit import (KILL_POINTS, assert_lora_resume, assert_same_run, base,  # noqa: F401
                       kill_then_resume, killed_run, pairs, torchrun_killed_then_resumed, weights)
 
-from evalharness.errors import EvalHarnessError
-from evalharness.train.trainer import TrainConfig, train
+from evalharness.core.errors import EvalHarnessError
+from evalharness.training.trainer import TrainConfig, train
 
 OPTS = dict(algorithm="dpo", learning_rate=5e-3, max_steps=6, save_every=2, batch_size=4, warmup_ratio=0.2)
 
@@ -114,7 +114,7 @@ def test_lora_kto_run_resumes_to_the_same_adapter(base, pairs, tmp_path):
 
 def test_only_the_newest_checkpoint_keeps_optimizer_state(tmp_path, base, pairs):
     """A run holds one optimizer state (the resume point's), not one per checkpoint; every checkpoint stays listed."""
-    from evalharness.train.trainer import STATE_DIR, TrainConfig, _checkpoints, train
+    from evalharness.training.trainer import STATE_DIR, TrainConfig, _checkpoints, train
     res = train(TrainConfig(algorithm="dpo", base=str(base), data=str(pairs), max_steps=3, batch_size=2,
                             save_every=1, learning_rate=1e-3, output_dir=str(tmp_path / "run")))
     cks = _checkpoints(tmp_path / "run")

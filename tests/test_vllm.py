@@ -20,8 +20,8 @@ import pytest
 
 from evalharness.backends import get_backend
 from evalharness.backends import vllm as vb
-from evalharness.errors import EvalHarnessError
-from evalharness.records import GenRequest, SamplingParams, ScoreRequest
+from evalharness.core.errors import EvalHarnessError
+from evalharness.core.records import GenRequest, SamplingParams, ScoreRequest
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -118,7 +118,7 @@ def _options(**extra):
 
 @pytest.fixture(scope="module")
 def bundled():
-    from evalharness.models import resolve
+    from evalharness.core.models import resolve
     return resolve("smollm2-135m-instruct")
 
 
@@ -168,7 +168,7 @@ def _chats(n: int) -> list[list[dict[str, str]]]:
 
 
 def _requests(backend, params: SamplingParams, n: int = 6) -> list[GenRequest]:
-    from evalharness.prompts import PromptItem
+    from evalharness.core.prompts import PromptItem
     out = []
     for i, chat in enumerate(_chats(n)):
         item = PromptItem(f"p{i}", messages=tuple((m["role"], m["content"]) for m in chat))
@@ -259,7 +259,7 @@ def test_lora_merged_kl_to_reference_and_shutdown_on_error(bundled, adapter, vll
     """A LoRA checkpoint merged (the default) scores as the PEFT-merged hf model does; KL of that policy to
     the base through vllm matches KL through hf; an error inside the ``with`` block stops the server."""
     from evalharness.backends.hf import HFBackend
-    from evalharness.kl import kl_verdicts
+    from evalharness.judges.kl import kl_verdicts
 
     hf_lora = HFBackend(adapter, dtype=DTYPE)
     params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=1)
@@ -324,7 +324,7 @@ def test_backend_that_fails_to_start_leaves_no_process(bundled, monkeypatch):
 _IN_PROCESS = """
 import json, sys
 from evalharness.backends.vllm import VLLMBackend
-from evalharness.records import GenRequest, SamplingParams, ScoreRequest
+from evalharness.core.records import GenRequest, SamplingParams, ScoreRequest
 job = json.loads(open(sys.argv[1]).read())
 with VLLMBackend(job["model"], **job["options"]) as b:
     assert b.mode == "inprocess", b.mode
@@ -373,9 +373,10 @@ def vllm_server(tmp_path_factory, bundled):
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_benchmarks_against_real_vllm(vllm_server, tmp_path, monkeypatch):
-    from evalharness.runner import run
-    from evalharness.spec import RunSpec
-    from evalharness.tasks import alpaca_eval, mt_bench
+    from evalharness.pipeline.runner import run
+    from evalharness.pipeline.spec import RunSpec
+    from evalharness.tasks.alpaca_eval import task as alpaca_eval
+    from evalharness.tasks.mt_bench import task as mt_bench
 
     demo = REPO / "benchmarks" / "demo_data"
     spec = RunSpec(name="vllm-it", model="smollm2", backend="openai",

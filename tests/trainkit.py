@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from evalharness.train.trainer import KILL_ENV, TrainConfig, TrainResult, train
+from evalharness.training.trainer import KILL_ENV, TrainConfig, TrainResult, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "write a short review about the movie"}]
@@ -27,7 +27,7 @@ TIMING = ("step_time_s", "samples_per_s", "elapsed_s", "rollout_time_s", "eps")
 # lines) beside argv[2], as the stdout lines of two ranks can interleave.
 SCRIPT = """
 import json, os, sys
-from evalharness.train.trainer import TrainConfig, train
+from evalharness.training.trainer import TrainConfig, train
 rank = os.environ.get("RANK")
 log = (lambda m: open(sys.argv[2] + ".log" + rank, "a").write(m + "\\n")) if rank is not None else (lambda m: None)
 r = train(TrainConfig(**json.loads(sys.argv[1])), log=log)

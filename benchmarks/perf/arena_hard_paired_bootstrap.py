@@ -1,7 +1,7 @@
 """Speed of the paired statistics: Arena-Hard's paired bootstrap against the official bootstrap, and
 a compare-style set of paired tests over 10 models.
 
-Part 1 times one round of ``evalharness.paired.arena_hard_paired_bootstrap`` (draw questions, refit
+Part 1 times one round of ``evalharness.tasks.paired.arena_hard_paired_bootstrap`` (draw questions, refit
 one Bradley-Terry over both models, warm-started) against one round of the official arena-hard-auto
 bootstrap (``battles.sample(frac=1.0, replace=True)`` then ``compute_mle_elo`` with sklearn's
 LogisticRegression), on the same official battles file, and prints the ratio (goal >= 1.0x).
@@ -36,9 +36,10 @@ import pandas as pd
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
-from evalharness import paired, stats
-from evalharness.metrics import alpaca_eval as ae
-from evalharness.metrics import arena_hard as ah
+from evalharness.tasks import paired
+from evalharness.core import stats
+from evalharness.tasks.alpaca_eval import metric as ae
+from evalharness.tasks.arena_hard import metric as ah
 from evalharness.testing.lc_support import write_synthetic_lc_support
 
 GOAL_SPEEDUP = 1.0

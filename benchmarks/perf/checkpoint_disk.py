@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from evalharness.train.trainer import STATE_DIR, TrainConfig, train
+from evalharness.training.trainer import STATE_DIR, TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "checkpoint_disk.json"
 

@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from evalharness import compare, provenance
-from evalharness.metrics import alpaca_eval as ae
-from evalharness.metrics import arena_hard as ah
-from evalharness.paired import LC_ROUNDS
-from evalharness.records import SCHEMA_VERSION, Score, Verdict
-from evalharness.stats import cluster_means, mean_ci
+from evalharness.analysis import compare
+from evalharness.core import provenance
+from evalharness.tasks.alpaca_eval import metric as ae
+from evalharness.tasks.arena_hard import metric as ah
+from evalharness.tasks.paired import LC_ROUNDS
+from evalharness.core.records import SCHEMA_VERSION, Score, Verdict
+from evalharness.core.stats import cluster_means, mean_ci
 from evalharness.store import RunStore, write_json_atomic
 from evalharness.testing.lc_support import write_synthetic_lc_support
 

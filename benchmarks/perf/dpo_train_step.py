@@ -6,7 +6,7 @@ the same pairs (movie-review prompts, synthetic chosen/rejected of ~30-60 tokens
 trainer feeds the model are checked to be identical), the same batch (8 pairs, no gradient
 accumulation), full fine-tuning in fp32, AdamW, constant lr, no warmup, max_grad_norm 1, beta 0.1,
 no gradient checkpointing, the same number of torch threads:
-  * ours:            ``evalharness.train.trainer.train`` (reference log-probs precomputed before training)
+  * ours:            ``evalharness.training.trainer.train`` (reference log-probs precomputed before training)
   * trl-precompute:  ``DPOTrainer(precompute_ref_log_probs=True)``, like for like     goal: ours >= 1.0x samples/s
   * trl:             ``DPOTrainer`` default (reference model forward every step)    for information
 Step time: per optimizer step, forward + backward + clip + optimizer step (ours: ``step_time_s``; TRL: a
@@ -106,7 +106,7 @@ def _build(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from evalharness.models import resolve
+    from evalharness.core.models import resolve
     src = resolve("smollm2").path
     tok = AutoTokenizer.from_pretrained(src)
     cfg = AutoConfig.from_pretrained(src)
@@ -131,8 +131,8 @@ def _build(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def _encoded(tok: Any, data: str) -> list[tuple[list[int], list[int], list[int]]]:
     """(prompt, chosen, rejected) token ids as the evalharness trainer builds them (no truncation needed here)."""
-    from evalharness.prompts import render
-    from evalharness.train.data import load_preferences
+    from evalharness.core.prompts import render
+    from evalharness.training.data import load_preferences
     eos = tok.eos_token_id
     return [(render(tok, p.prompt), tok(p.chosen, add_special_tokens=False)["input_ids"] + [eos],
              tok(p.rejected, add_special_tokens=False)["input_ids"] + [eos]) for p in load_preferences(data)]
@@ -149,8 +149,8 @@ def _summary(step_times: list[float], cycle_times: list[float], args: argparse.N
 
 
 def _worker_ours(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    import evalharness.models as models
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.core import models
+    from evalharness.training.trainer import TrainConfig, train
 
     ref = models.resolve(args.model_dir)
     loaded = models.load_fresh(ref, dtype="float32")  # the very loader train() uses; hoisted to measure RSS
@@ -193,8 +193,8 @@ def _worker_trl(args: argparse.Namespace, out: dict[str, Any], precompute: bool)
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    import evalharness.models as models
-    from evalharness.train.data import load_preferences
+    from evalharness.core import models
+    from evalharness.training.data import load_preferences
 
     model, tok = models.load_fresh(models.resolve(args.model_dir), dtype="float32")  # same loader as ours
     out["rss_after_load_mb"] = _rss_mb()

@@ -48,9 +48,9 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     from evalharness.data.movie_reviews import movie_review_split
-    from evalharness.evaluate import EvalConfig, run_eval
-    from evalharness.models import load, resolve
-    from evalharness.prompts import write_prompts
+    from evalharness.pipeline.evaluate import EvalConfig, run_eval
+    from evalharness.core.models import load, resolve
+    from evalharness.core.prompts import write_prompts
     from evalharness.store import RunStore
 
     tmp = Path(tempfile.mkdtemp(prefix="evalharness-perf-"))

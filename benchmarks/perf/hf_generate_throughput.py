@@ -35,8 +35,8 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     from evalharness.backends.hf import HFBackend
     from evalharness.data.movie_reviews import movie_review_prompts
-    from evalharness.prompts import load_prompts, render, write_prompts
-    from evalharness.records import GenRequest, SamplingParams
+    from evalharness.core.prompts import load_prompts, render, write_prompts
+    from evalharness.core.records import GenRequest, SamplingParams
 
     tmp = write_prompts(movie_review_prompts(args.prompts), Path("/tmp/evalharness-perf-prompts.jsonl"))
     b = HFBackend(args.model, dtype=args.dtype, batch_size=args.batch_size)

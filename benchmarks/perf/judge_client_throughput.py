@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from evalharness.client import ChatRequest, ClientConfig, JudgeClient
+from evalharness.backends.client import ChatRequest, ClientConfig, JudgeClient
 from evalharness.testing import FakeOpenAIProcess, Reply
 from evalharness.testing.fake_openai import request_text
 

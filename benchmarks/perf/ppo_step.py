@@ -58,7 +58,7 @@ def _build(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _worker_ours(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    from evalharness.train.trainer import TrainConfig, train
+    from evalharness.training.trainer import TrainConfig, train
     res = train(TrainConfig(
         algorithm="ppo", base=args.policy, data=args.prompts_file, learning_rate=args.lr, max_steps=args.steps,
         batch_size=args.batch_size, warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
@@ -82,7 +82,7 @@ def _worker_trl(args: argparse.Namespace, out: dict[str, Any]) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
-    from evalharness.prompts import load_prompts, render
+    from evalharness.core.prompts import load_prompts, render
     tok = AutoTokenizer.from_pretrained(args.policy, padding_side="left")
     ids = [render(tok, p) for p in load_prompts(args.prompts_file)]  # the very ids ours samples from
     episodes = args.steps * args.batch_size

@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evalharness import provenance
-from evalharness.html_report import write_report
-from evalharness.records import SCHEMA_VERSION, GenRecord, Score, Verdict
-from evalharness.stats import mean_ci
+from evalharness.core import provenance
+from evalharness.analysis.html_report import write_report
+from evalharness.core.records import SCHEMA_VERSION, GenRecord, Score, Verdict
+from evalharness.core.stats import mean_ci
 from evalharness.store import RunStore, write_json_atomic
-from evalharness.tasks.alpaca_eval import AlpacaEvalTask, Config
+from evalharness.tasks.alpaca_eval.task import AlpacaEvalTask, Config
 from evalharness.tasks.base import GenerationSettings, RunEnv, Session
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "report_size.json"
@@ -76,7 +76,7 @@ def build_run(root: Path, data: Path, n_models: int, n_items: int, seed: int = 0
     manifest = {"run_id": run_id, "kind": "run", "schema_version": SCHEMA_VERSION, "started_at": provenance.now(),
                 "config": {"models": [{"name": m, **identities[m]} for m in models], "generation": vars(gen),
                            "tasks": {"alpaca_eval": json.loads(json.dumps(task.identity(), default=str))}},
-                "tasks": {"alpaca_eval": {"module": "evalharness.tasks.alpaca_eval", "version": task.VERSION}},
+                "tasks": {"alpaca_eval": {"module": "evalharness.tasks.alpaca_eval.task", "version": task.VERSION}},
                 "models": [{"name": m, "spec": m, "revision": None} for m in models], "backend": "fake",
                 "judge": {"name": JUDGE, "id": JUDGE, "protocol": "generate"}, **provenance.environment()}
     store = RunStore.open(run_id, manifest, root)

@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from evalharness.backends.vllm import VLLMBackend
     from evalharness.data.movie_reviews import movie_review_prompts
-    from evalharness.models import resolve
-    from evalharness.prompts import load_prompts, render, write_prompts
-    from evalharness.records import GenRequest, SamplingParams
+    from evalharness.core.models import resolve
+    from evalharness.core.prompts import load_prompts, render, write_prompts
+    from evalharness.core.records import GenRequest, SamplingParams
 
     ref = resolve(args.model)
     items = load_prompts(write_prompts(movie_review_prompts(args.prompts), Path("/tmp/evalharness-perf-prompts.jsonl")))

@@ -18,8 +18,8 @@ from typing import Any, Callable
 from common import DEMO, cli, run_to_end
 from kill9 import judge_responder
 
-from evalharness.client import ClientConfig, JudgeClient
-from evalharness.runner import plan_from_spec, run
+from evalharness.backends.client import ClientConfig, JudgeClient
+from evalharness.pipeline.runner import plan_from_spec, run
 from evalharness.store import RunStore, read_jsonl
 from evalharness.testing import FakeOpenAI, Fault
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from evalharness.cli import app
-from evalharness.errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError
 
 PAIRS = [{"id": f"p{i}", "prompt": "the movie was", "chosen": " great fun", "rejected": " dull bad"} for i in range(4)]
 ANNOTATIONS = [{"instruction": f"task {i}", "output_1": "base answer", "generator_1": "base", "output_2": f"answer {i}",

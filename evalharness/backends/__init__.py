@@ -18,8 +18,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError
-from .base import Backend
+from evalharness.core.errors import InputError
+from evalharness.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ register("hf", "evalharness.backends.hf", "HFBackend", Capabilities(
 register("vllm", "evalharness.backends.vllm", "VLLMBackend", Capabilities(
     local_weights=True, scores_responses=True, options={"dtype": None, "progress": None}))
 register("fake", "evalharness.backends.fake", "FakeBackend", Capabilities(local_weights=False, scores_responses=True))
-register("openai", "evalharness.backends.endpoint", "OpenAIBackend", Capabilities(
+register("openai", "evalharness.backends.openai", "OpenAIBackend", Capabilities(
     local_weights=False, scores_responses=False,  # chat endpoints return no log-probs of a given response
     options={"progress": None}, api_key_option="api_key_env", url_option="base_url"))
 

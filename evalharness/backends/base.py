@@ -1,6 +1,6 @@
 """The backend interface: two order-preserving batch methods, nothing else.
 
-Retries, caching and concurrency belong to the wrapper around backends (evalharness.client),
+Retries, caching and concurrency belong to the wrapper around backends (evalharness.backends.client),
 not to each backend (the inspect_ai split: thin provider, thick wrapper).
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from ..prompts import PromptItem, render
-from ..records import Generation, GenRequest, ScoreRequest, SeqLogprobs
+from evalharness.core.prompts import PromptItem, render
+from evalharness.core.records import Generation, GenRequest, ScoreRequest, SeqLogprobs
 
 
 @runtime_checkable
@@ -31,7 +31,7 @@ class Backend(Protocol):
 
 def request_prompt_ids(tokenizer: Any, req: GenRequest) -> list[int]:
     """A local backend's prompt: the harness-rendered ``prompt_ids`` as given, else the messages or text
-    rendered once with the checkpoint's template (``evalharness.prompts.render``)."""
+    rendered once with the checkpoint's template (``evalharness.core.prompts.render``)."""
     if req.prompt_ids is not None:
         return list(req.prompt_ids)
     item = PromptItem(req.id, messages=tuple((m["role"], m["content"]) for m in req.messages)

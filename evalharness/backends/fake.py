@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from ..records import Generation, GenRequest, ScoreRequest, SeqLogprobs
+from evalharness.core.records import Generation, GenRequest, ScoreRequest, SeqLogprobs
 
 _WORDS = ("the movie was great wonderful boring terrible fine acting plot loved hated and a "
           "bit slow fun moving awful brilliant dull story cast music").split()

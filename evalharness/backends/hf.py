@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ..models import ModelRef, load, resolve, resolve_dtype
-from ..prompts import PromptItem, render
-from ..records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
-from .base import request_prompt_ids
+from evalharness.core.models import ModelRef, load, resolve, resolve_dtype
+from evalharness.core.prompts import PromptItem, render
+from evalharness.core.records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
+from evalharness.backends.base import request_prompt_ids
 
 
 def sample_seed(seed: int, request_id: str, sample_index: int) -> int:

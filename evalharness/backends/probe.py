@@ -11,8 +11,8 @@ import json
 import urllib.error
 import urllib.request
 
-from ..errors import InputError
-from .openai import read_api_key
+from evalharness.core.errors import InputError
+from evalharness.backends.http import read_api_key
 
 
 def check_endpoint(base_url: str, model: str | None = None, *, api_key_env: str | None = None,

@@ -38,12 +38,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvalHarnessError
-from ..models import ModelRef, resolve, resolve_dtype
-from ..prompts import PromptItem, render
-from ..records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
-from .base import request_prompt_ids
-from .hf import sample_seed
+from evalharness.core.errors import EvalHarnessError
+from evalharness.core.models import ModelRef, resolve, resolve_dtype
+from evalharness.core.prompts import PromptItem, render
+from evalharness.core.records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
+from evalharness.backends.base import request_prompt_ids
+from evalharness.backends.hf import sample_seed
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_HINT = ("the vllm backend needs vLLM: `pip install 'evalharness[vllm]'` in this environment (GPU), "
@@ -332,7 +332,7 @@ class _ServerEngine(_Engine):
     async def _post_all(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         import aiohttp
 
-        from .openai import ProviderError, post_json
+        from evalharness.backends.http import ProviderError, post_json
 
         semaphore = asyncio.Semaphore(self.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
@@ -349,7 +349,7 @@ class _ServerEngine(_Engine):
             return list(await asyncio.gather(*(one(p) for p in payloads)))
 
     def _request(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from ..client import run_sync
+        from evalharness.backends.client import run_sync
 
         self.server.check_alive()
         return run_sync(self._post_all(payloads)) if payloads else []
@@ -579,9 +579,9 @@ def _lora_rank(adapter: Path) -> int:
 
 
 def _merged_checkpoint(ref: ModelRef, dtype: str) -> ModelRef:
-    """A LoRA ref merged into its base (evalharness.models, PEFT) and saved once in the cache."""
-    from ..models import load_fresh
-    from ..paths import atomic_dir, cache_dir
+    """A LoRA ref merged into its base (evalharness.core.models, PEFT) and saved once in the cache."""
+    from evalharness.core.models import load_fresh
+    from evalharness.core.paths import atomic_dir, cache_dir
 
     target = cache_dir("models") / f"merged-{ref.revision.replace(':', '-')}-{dtype}"
     if not (target / "config.json").is_file():

@@ -1,17 +1,17 @@
-"""Judges by name. ``sentiment``, ``toxicity``, ``hf:MODEL[:LABEL]``; ``kl`` is measured by evalharness.kl."""
+"""Judges by name. ``sentiment``, ``toxicity``, ``hf:MODEL[:LABEL]``; ``kl`` is measured by evalharness.judges.kl."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError
 
 CLASSIFIER_JUDGES = ("sentiment", "toxicity")
 
 
 def get_judge(spec: str) -> Any:
     """A text judge from its spec; ``hf:MODEL[:LABEL]`` loads a Hugging Face classifier."""
-    from .classifiers import HFClassifierJudge, SentimentJudge, ToxicityJudge
+    from evalharness.judges.classifiers import HFClassifierJudge, SentimentJudge, ToxicityJudge
     if spec == "sentiment":
         return SentimentJudge()
     if spec == "toxicity":

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvalHarnessError
-from ..records import Generation, Verdict
+from evalharness.core.errors import EvalHarnessError
+from evalharness.core.records import Generation, Verdict
 
 
 def _pkg_version(name: str) -> str:
@@ -139,5 +139,5 @@ class HFClassifierJudge(_TextJudge):
 
 
 def _dir_rev(path: Path) -> str:
-    from ..models import directory_hash
+    from evalharness.core.models import directory_hash
     return directory_hash(path)

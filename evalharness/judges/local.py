@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backends.openai import ChatRequest, ChatResult
-from ..errors import EvalHarnessError
-from ..models import resolve
-from ..prompts import PromptItem
-from ..records import GenRequest, SamplingParams
+from evalharness.backends.http import ChatRequest, ChatResult
+from evalharness.core.errors import EvalHarnessError
+from evalharness.core.models import resolve
+from evalharness.core.prompts import PromptItem
+from evalharness.core.records import GenRequest, SamplingParams
 
 
 class LocalChatJudge:
@@ -39,7 +39,7 @@ class LocalChatJudge:
     @property
     def backend(self) -> Any:
         if self._backend is None:
-            from ..backends.hf import HFBackend
+            from evalharness.backends.hf import HFBackend
             self._backend = HFBackend(self.ref, dtype=self.dtype, batch_size=self.batch_size, progress=self.progress)
         return self._backend
 
@@ -69,7 +69,7 @@ class LocalChatJudge:
         return out
 
     def _score_labels(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        from ..backends.hf import choice_logprobs
+        from evalharness.backends.hf import choice_logprobs
         b = self.backend
         tok = b.tokenizer
         out = []

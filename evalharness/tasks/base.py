@@ -1,4 +1,4 @@
-"""The task protocol, and what a task gets from the one run loop (``evalharness.runner``).
+"""The task protocol, and what a task gets from the one run loop (``evalharness.pipeline.runner``).
 
 Every evaluation is a task: classifier rewards, KL to the reference, AlpacaEval 2, Arena-Hard,
 MT-Bench. A task module (``tasks/<name>.py``) reads top to bottom:
@@ -25,17 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from .. import benchdata
-from ..backends.base import Backend
-from ..backends.openai import ChatRequest, ChatResult
-from ..decoding import Decoding
-from ..errors import EvalHarnessError, InputError
-from ..records import GenRecord, GenRequest, Score, Verdict, content_hash
+from evalharness.tasks import benchdata
+from evalharness.backends.base import Backend
+from evalharness.backends.http import ChatRequest, ChatResult
+from evalharness.core.decoding import Decoding
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.core.records import GenRecord, GenRequest, Score, Verdict, content_hash
 
 
 def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
     """A benchmark file: ``data_dir/<benchmark>/rel`` when a ``data_dir`` is given, else the pinned, checksummed file
-    ``fetch_name`` from the benchmark's public home (see evalharness.benchdata).
+    ``fetch_name`` from the benchmark's public home (see evalharness.tasks.benchdata).
 
     ``data_dir`` means one thing for every task: the benchmark data root, laid out like ``shared/benchdata``
     (``alpaca_eval/``, ``arena_hard/``, ``mt_bench/`` inside). The older form, the benchmark's own folder
@@ -70,7 +70,7 @@ class ChatJudge(Protocol):
     def complete(self, requests: list[ChatRequest], progress: Any = False) -> list[ChatResult]: ...
 
 
-GenerationSettings = Decoding  # the one decoding config (evalharness.decoding), under its older name
+GenerationSettings = Decoding  # the one decoding config (evalharness.core.decoding), under its older name
 
 
 @dataclass
@@ -167,7 +167,7 @@ class Task:
     def identity(self) -> dict[str, Any]:
         """What goes into the run id: the config, the decoding and the version."""
         cfg = asdict(self.cfg) if hasattr(self.cfg, "__dataclass_fields__") else dict(self.cfg)
-        return {"module": type(self).__module__, "version": self.VERSION, "config": cfg,
+        return {"module": type(self).__module__.removesuffix(".task"), "version": self.VERSION, "config": cfg,
                 "generation": asdict(self.generation)}
 
     def requests(self, session: Session) -> list[GenRequest]:
@@ -223,7 +223,7 @@ def stored_answers(baseline: str, relative: str) -> tuple[Path, str] | None:
     Returns (file, model name), or None for an ordinary baseline."""
     if not baseline.startswith(STORED_PREFIX):
         return None
-    from ..store import find_run
+    from evalharness.store import find_run
     run, sep, model = baseline[len(STORED_PREFIX):].rpartition("/")
     if not sep or not run or not model:
         raise InputError(f"a stored baseline is run:RUN/MODEL, got {baseline!r}", field="baseline")
@@ -247,10 +247,14 @@ def task_class(module: str) -> type[Task]:
     return cls  # type: ignore[no-any-return]
 
 
+# Modules of the tasks package that hold shared machinery, not a task.
+NOT_TASKS = ("base", "prompted", "paired", "benchdata")
+
+
 def known_tasks() -> list[str]:
     import pkgutil
-    from .. import tasks
-    return sorted(m.name for m in pkgutil.iter_modules(tasks.__path__) if m.name != "base" and not m.name.startswith("_"))
+    from evalharness import tasks
+    return sorted(m.name for m in pkgutil.iter_modules(tasks.__path__) if m.name not in NOT_TASKS and not m.name.startswith("_"))
 
 
 @dataclass
@@ -258,7 +262,7 @@ class ModelRecords:
     """One model's records of one task in one finished run: what a task's ``paired`` reads.
 
     A task module's ``paired(metric, a, b, *, rounds, seed) -> PairedResult`` compares two models
-    item by item from these (``evalharness.paired``); ``compare``, ``regress`` and ``history`` call it.
+    item by item from these (``evalharness.tasks.paired``); ``compare``, ``regress`` and ``history`` call it.
     """
 
     store: Any  # evalharness.store.RunStore

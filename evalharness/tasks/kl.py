@@ -3,7 +3,7 @@
 The task fixes its decoding (temperature 1, no top-p): the estimate is unbiased only for samples from
 the policy itself. With the run's decoding at temperature 1 the samples are the reward task's own
 (same request, same key), as in the DPO paper, where reward and KL are measured on the same samples.
-k1 = log pi(y|x) - log pi_ref(y|x) per sample, and k3 beside it (see evalharness.kl).
+k1 = log pi(y|x) - log pi_ref(y|x) per sample, and k3 beside it (see evalharness.judges.kl).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
-from ..records import Generation, Score, Verdict
-from .base import ModelRecords, Pending, Session
-from ._prompted import PromptSetTask, paired_samples
+from evalharness.judges.kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
+from evalharness.core.records import Generation, Score, Verdict
+from evalharness.tasks.base import ModelRecords, Pending, Session
+from evalharness.tasks.prompted import PromptSetTask, paired_samples
 
 
 @dataclass

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EvalHarnessError, InputError
-from ..records import Score, Verdict, content_hash
-from ..stats import mean_ci, wilson_ci
-from .base import ModelRecords, Pending, Session, Task, file_name
+from evalharness.core.errors import EvalHarnessError, InputError
+from evalharness.core.records import Score, Verdict, content_hash
+from evalharness.core.stats import mean_ci, wilson_ci
+from evalharness.tasks.base import ModelRecords, Pending, Session, Task, file_name
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 INSTALL = "lm-evaluation-harness is not installed: pip install 'evalharness[lmeval]' (or pip install 'lm_eval>=0.4.8')"
@@ -187,7 +187,7 @@ class LMEvalTask(Task):
 
     def _model_args(self, session: Session) -> dict[str, Any]:
         """lm-eval's vLLM model on the model's local folder (a LoRA adapter: its base plus the adapter)."""
-        from ..models import resolve
+        from evalharness.core.models import resolve
         ref = resolve(str(session.identity["model"]).rsplit("@", 1)[0])
         args: dict[str, Any] = {"pretrained": ref.base.path if ref.base else ref.path}
         if ref.base is not None:
@@ -309,7 +309,7 @@ def per_doc(records: ModelRecords, metric: str) -> dict[Hashable, float]:
 def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Doc by doc over the docs both models answered: exact McNemar when every value is 0 or 1 (accuracy, exact
     match), else paired t (IFEval's instruction-level accuracy: its per-doc mean)."""
-    from ..paired import mcnemar_paired, paired_t
+    from evalharness.tasks.paired import mcnemar_paired, paired_t
     va, vb = per_doc(a, metric), per_doc(b, metric)
     if all(x in (0.0, 1.0) for x in [*va.values(), *vb.values()]):
         return mcnemar_paired(va, vb)

@@ -49,15 +49,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EvalHarnessError, InputError, parse_json
-from ..kl import check_same_tokenizer
-from ..prompts import render, render_response
-from ..records import Score, ScoreRequest, Verdict, content_hash
-from ..stats import bootstrap_ci, mean_ci, wilson_ci
-from ..train.algorithms import ALGORITHMS
-from ..train.data import PreferencePair, data_hash, load_preferences
-from ..train.trainer import MANIFEST
-from .base import ModelRecords, Pending, Session, Task
+from evalharness.core.errors import EvalHarnessError, InputError, parse_json
+from evalharness.judges.kl import check_same_tokenizer
+from evalharness.core.prompts import render, render_response
+from evalharness.core.records import Score, ScoreRequest, Verdict, content_hash
+from evalharness.core.stats import bootstrap_ci, mean_ci, wilson_ci
+from evalharness.training.algorithms import ALGORITHMS
+from evalharness.training.data import PreferencePair, data_hash, load_preferences
+from evalharness.training.trainer import MANIFEST
+from evalharness.tasks.base import ModelRecords, Pending, Session, Task
 
 DEFINITIONS = {"dpo": "beta (log pi - log pi_ref), summed", "simpo": "beta / |y| log pi, reference-free",
                "cpo": "beta log pi, summed, reference-free"}
@@ -160,7 +160,7 @@ class PreferenceAccuracyTask(Task):
         return own
 
     def _same_reference(self, spec: str | None) -> bool | None:
-        from ..models import resolve
+        from evalharness.core.models import resolve
         run_ref = getattr(self.env.reference(), "ref", None) if self.env.reference else None
         if not spec or run_ref is None:
             return None
@@ -281,7 +281,7 @@ def _rewards(definition: str, beta: float, m: dict[str, np.ndarray]) -> tuple[np
     """(r_w, r_l) under a definition: the trainer's ``implicit_rewards``, in float64."""
     import torch
 
-    from ..train.losses import implicit_rewards
+    from evalharness.training.losses import implicit_rewards
     t = {k: torch.tensor(v, dtype=torch.float64) for k, v in m.items()}
     w, l = implicit_rewards(definition, chosen_logps=t["logp_chosen"], rejected_logps=t["logp_rejected"],
                             ref_chosen_logps=t["ref_logp_chosen"], ref_rejected_logps=t["ref_logp_rejected"],
@@ -319,7 +319,7 @@ def _per_pair(ok: list[Verdict], own: dict[str, Any] | None) -> dict[str, np.nda
 def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Accuracies, agreement and contingency cells: per-pair outcomes, exact McNemar (a cell's delta in counts
     over the shared pairs); ``reward_margin``: paired t over pairs, only under one reward definition and beta."""
-    from ..paired import mcnemar_paired, pair_items, paired_t
+    from evalharness.tasks.paired import mcnemar_paired, pair_items, paired_t
     ta, tb = PairTable.of(a.verdicts()), PairTable.of(b.verdicts())
     if metric.startswith("reward_margin_q"):
         raise EvalHarnessError("no paired test of a margin quantile: compare reward_margin")

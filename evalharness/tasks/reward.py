@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..judges import get_judge
-from ..records import Generation, Score, Verdict
-from .base import ModelRecords, Pending, Session
-from ._prompted import PromptSetTask, paired_samples
+from evalharness.judges import get_judge
+from evalharness.core.records import Generation, Score, Verdict
+from evalharness.tasks.base import ModelRecords, Pending, Session
+from evalharness.tasks.prompted import PromptSetTask, paired_samples
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .reward import RewardTask, paired  # noqa: F401  (the reward task's paired comparison)
+from evalharness.tasks.reward import RewardTask, paired
 
 
 @dataclass

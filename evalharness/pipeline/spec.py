@@ -1,0 +1,263 @@
+"""Run specs: plain YAML data, validated strictly (unknown keys are errors that name file, line, field).
+
+    name: dpo-vs-simpo
+    models: [smollm2-135m-instruct, {name: dpo-24, ref: results/train/quickstart-sentiment/dpo-beta0.1-s0/checkpoint-24}]
+    # or  from_sweep: results/train/quickstart-sentiment   (its base, named sft, and every checkpoint)
+    # or  model: ./checkpoints/simpo  (one model; model_name: names it)
+    backend: hf                       # a registered backend: hf | vllm | openai (backend_options: base_url,
+                                      # api_key_env) | fake; see evalharness.backends
+    reference: smollm2-135m-instruct  # for kl
+    generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
+    judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
+    tasks:
+      sentiment: {prompts: ./sentiment/prompts_heldout.jsonl, generation: {max_new_tokens: 40, temperature: 1.0}}
+      kl: {prompts: ./sentiment/prompts_heldout.jsonl}
+      alpaca_eval: {limit: null}      # keys are the task module's Config fields
+      arena_hard: {data_dir: ../benchdata}   # data_dir: the benchmark data root, laid out like shared/benchdata
+                                             # (alpaca_eval/, arena_hard/, mt_bench/); default: pinned downloads
+      helpfulness: {task: reward, judge: "hf:./my-reward-model", prompts: ./p.jsonl}   # task: picks the module
+      summarize: {task: alpaca_eval, generation: {temperature: [0.0, 0.5, 1.0]}}   # one task per temperature:
+                                                                                  # summarize@t0, @t0.5, @t1
+    report_to: [wandb, mlflow]        # experiment trackers (evalharness/trackers.py); default none
+
+Task paths written ``./x`` or ``../x`` are relative to the spec file. ``generation:`` holds the fields of
+``evalharness.core.decoding.Decoding`` (one temperature); a temperature sweep goes under a task's ``generation:``.
+Before anything runs, ``evalharness.pipeline.preflight`` checks the backend, every decoding value, API key variables,
+that the judge's endpoint answers, and every ``data_dir``: a bad spec costs nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from evalharness.core import decoding
+from evalharness.core.errors import InputError, read_utf8
+from evalharness.core.records import TEMPERATURE_MARK, swept_task, temperature_task
+from evalharness.trackers import ReportTo
+
+class Strict(BaseModel):
+    """A spec section: unknown keys are errors (pydantic ``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _decoding_model() -> type[BaseModel]:
+    """The spec's ``generation:`` section: ``evalharness.core.decoding.Decoding``'s fields, defaults and ranges."""
+    types = {"int": int, "float": float}
+    fields: dict[str, Any] = {f.name: (types[str(f.type)], pydantic.Field(f.default, description=f.metadata["help"],
+                                                                         **decoding.bounds(f.name)))
+                              for f in decoding.FIELDS}
+    return pydantic.create_model("GenerationSpec", __base__=Strict, **fields)
+
+
+GenerationSpec = _decoding_model()
+
+
+def decoding_field(name: str, preset: decoding.Decoding) -> Any:
+    """A pydantic field for decoding field ``name``, its default taken from ``preset`` and its range from
+    ``Decoding`` (a sweep's ``eval:`` and ``on_policy:`` sections)."""
+    return pydantic.Field(getattr(preset, name), **decoding.bounds(name))
+
+
+def _one_temperature(value: Any) -> Any:
+    """A temperature list at the run's level is a sweep written in the wrong place: say where sweeps go."""
+    if isinstance(value, dict) and isinstance(value.get("temperature"), list):
+        raise ValueError("the run's generation takes one temperature; a temperature sweep goes under a task's "
+                         "generation (tasks: {NAME: {generation: {temperature: [0.0, 1.0]}}})")
+    return value
+
+
+def _known_backend(name: str) -> str:
+    from evalharness.backends import backend_names
+    if name not in backend_names():
+        raise ValueError(f"unknown backend '{name}'; available: {', '.join(backend_names())}")
+    return name
+
+
+class JudgeSpec(Strict):
+    type: Literal["openai", "local"] = "openai"
+    model: str
+    base_url: str | None = None  # openai: the endpoint (OpenAI, vLLM serve, any compatible server)
+    api_key_env: str | None = None  # the NAME of the variable holding the key; the key never lands in results
+    concurrency: int = 16
+    max_retries: int = 6
+    timeout_s: float = 120.0
+    prices: dict[str, tuple[float, float]] | None = None  # model -> USD per 1M (prompt, completion) tokens
+    cache: bool = True  # the response cache ($EVALHARNESS_CACHE/responses); failures are never cached
+    demo: bool = False  # label every score as coming from a demo judge
+    dtype: str = "float32"  # local judges
+
+
+def _inside_results(name: str | None) -> str | None:
+    """A model name given in a spec names folders and files under the results root: refuse ``..`` segments and
+    absolute paths outright (a name derived from a model path is made a file name instead: tasks.base.file_name)."""
+    if name is None:
+        return None
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip() or name.startswith(("/", "~")) or ".." in parts or "\x00" in name:
+        raise ValueError(f"model name '{name}' would name a path outside the results root "
+                         "(no '..' segments, absolute paths or empty names)")
+    return name
+
+
+class ModelEntry(Strict):
+    name: str
+    ref: str
+
+    _name_inside = pydantic.field_validator("name")(_inside_results)
+
+
+class RunSpec(Strict):
+    name: str
+    models: list[str | ModelEntry] | None = None
+    from_sweep: str | None = None  # a training sweep's folder (or its name under RESULTS/train)
+    model: str | None = None  # one model (the earlier spec form)
+    model_name: str | None = None  # how that one model is named in tables and official-format files
+
+    _names_inside = pydantic.field_validator("model_name")(_inside_results)
+    _backend_known = pydantic.field_validator("backend")(_known_backend)
+    _generation_one = pydantic.field_validator("generation", mode="before")(_one_temperature)
+    reference: str | None = None  # the SFT model, for kl
+    backend: str = "hf"  # a name registered in evalharness.backends (hf, vllm, openai, fake, ...)
+    backend_options: dict[str, Any] = {}
+    generation: GenerationSpec = GenerationSpec()  # type: ignore[valid-type]
+    judge: JudgeSpec | None = None
+    tasks: dict[str, dict[str, Any] | None]
+    report_to: ReportTo = []  # experiment trackers the finished run is sent to: wandb, mlflow
+
+    def identity(self) -> str:
+        """Hash of the spec as written (the run id is a hash of what it resolves to; see runner.run)."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _lines(node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...], int] | None = None) -> dict[tuple[Any, ...], int]:
+    """Map each key path in a YAML document to its 1-based line."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            out[path + (k.value,)] = k.start_mark.line + 1
+            _lines(v, path + (k.value,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _lines(v, path + (i,), out)
+    return out
+
+
+def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    """The line of ``loc`` in a spec, or of its nearest parent that has one."""
+    for n in range(len(loc), -1, -1):
+        if tuple(loc[:n]) in lines:
+            return lines[tuple(loc[:n])]
+    return None
+
+
+def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, ...], int]]:
+    """Parse a YAML file into a strict pydantic model; errors name the file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("spec file not found", path=str(path))
+    text = read_utf8(path)
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise InputError("malformed YAML: nested too deeply", path=str(path)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise InputError(f"malformed YAML: {getattr(e, 'problem', e)}", path=str(path),
+                         line=mark.line + 1 if mark else None) from e
+    if not isinstance(data, dict):
+        raise InputError("a spec is a YAML mapping", path=str(path), line=1)
+    lines = _lines(node) if node is not None else {}
+    try:
+        return cls.model_validate(data), lines
+    except pydantic.ValidationError as e:
+        # A union field (str | ModelEntry) reports one error per branch: the value check's own message says more.
+        err = next((x for x in e.errors() if x["type"] == "value_error"), e.errors()[0])
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x[:1].isupper()))  # no union branch names
+        raise InputError(err["msg"], path=str(path), line=line_of(lines, loc),
+                         field=".".join(map(str, loc))) from e
+
+
+def spec_path(spec_file: Path, value: str) -> str:
+    """Paths written "./x" or "../x" in a spec are relative to the spec file, so specs travel with their data."""
+    return str((spec_file.parent / value).resolve()) if value.startswith(("./", "../")) else value
+
+
+def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
+    """The validated spec and its tasks (``TaskSpec``s with each task module's Config object)."""
+    path = Path(path)
+    spec, lines = load_yaml_model(path, RunSpec)
+    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
+        raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
+    given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
+    if len(given) != 1:
+        raise InputError("give exactly one of models, from_sweep or model", **where(given[1] if len(given) > 1 else "name"))
+    for key in ("model", "reference", "from_sweep"):
+        if getattr(spec, key):
+            setattr(spec, key, spec_path(path, getattr(spec, key)))
+    if spec.models:
+        spec.models = [spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
+                       for m in spec.models]
+    return spec, parse_tasks(spec.tasks, path, lines, ("tasks",))
+
+
+def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict[tuple[Any, ...], int],
+                at: tuple[Any, ...]) -> list[Any]:
+    """``tasks:`` of a run spec or a sweep's ``eval:``: name -> options (the module's Config fields, plus
+    ``task:`` to pick the module when the name is not one, and ``generation:`` to override decoding)."""
+    from evalharness.tasks.base import TaskSpec, known_tasks, task_class
+    if not tasks:
+        raise InputError("list at least one task", path=str(path), line=line_of(lines, at), field=".".join(at))
+    out = []
+    for name, options in tasks.items():
+        options = dict(options or {})
+        loc = at + (name,)
+        where = lambda *k: {"path": str(path), "line": line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
+        module = options.pop("task", name)
+        if module not in known_tasks():
+            raise InputError(f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ())))
+        generations: list[dict[str, Any] | None] = [None]
+        names = [name]
+        if "generation" in options:
+            gen = dict(options.pop("generation") or {})
+            temps = gen.pop("temperature", None)
+            sweep = isinstance(temps, list)  # a temperature sweep: one task, one column, per temperature
+            if sweep and (not temps or len(set(map(str, temps))) != len(temps)):
+                raise InputError("a temperature list needs distinct values", **where("generation", "temperature"))
+            generations, names = [], []
+            for t in temps if sweep else [temps]:
+                try:
+                    g = GenerationSpec.model_validate({**gen, **({} if t is None else {"temperature": t})})
+                except pydantic.ValidationError as e:
+                    err = e.errors()[0]
+                    raise InputError(err["msg"], **where("generation", *err["loc"])) from e
+                generations.append(g.model_dump(exclude_unset=True))
+                names.append(temperature_task(name, g.temperature) if sweep else name)
+        cls = task_class(module).Config
+        fields = {f.name for f in dataclasses.fields(cls)}
+        options = {k: spec_path(path, v) if isinstance(v, str) else v for k, v in options.items()}
+        for key in options:
+            if key not in fields:
+                raise InputError(f"unknown key; {module} takes: {', '.join(sorted(fields | {'task', 'generation'}))}",
+                                 **where(key))
+        try:
+            config = pydantic.TypeAdapter(cls).validate_python(options)
+        except pydantic.ValidationError as e:
+            err = e.errors()[0]
+            raise InputError(err["msg"], **where(*err["loc"][:1])) from e
+        out += [TaskSpec(n, module, config, extra={"generation_overrides": g}) for n, g in zip(names, generations)]
+    return out
