@@ -19,8 +19,12 @@ from evalharness.core.records import MAX_SKIPPED_SHARE
 if TYPE_CHECKING:
     from evalharness.training.config import TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Evaluate preference-optimized checkpoints: generate, judge, measure KL, compare.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Evaluate preference-optimized checkpoints: generate, judge, measure KL, compare.",
+)
 
 
 def _err(msg: str) -> None:
@@ -28,19 +32,29 @@ def _err(msg: str) -> None:
 
 
 # $EVALHARNESS_RESULTS is read here, at the edge, and the folder passed down as an argument.
-_RESULTS = Annotated[Optional[Path], typer.Option(envvar="EVALHARNESS_RESULTS", show_envvar=True,
-                                                  help="results root (default ./results)")]
+_RESULTS = Annotated[
+    Path | None, typer.Option(envvar="EVALHARNESS_RESULTS", show_envvar=True, help="results root (default ./results)")
+]
 _BACKEND_HELP = "a registered backend: hf, vllm, openai, fake (evalharness.backends)"
-_MAX_SKIPPED = Annotated[float, typer.Option(
-    help="largest share of a task's judgments that may fail or go unparsed before it counts as not measured "
-         "(exit 3)")]
+_MAX_SKIPPED = Annotated[
+    float,
+    typer.Option(
+        help="largest share of a task's judgments that may fail or go unparsed before it counts as not measured "
+        "(exit 3)"
+    ),
+]
 
-_REPORT_TO = Annotated[Optional[str], typer.Option(help="experiment trackers, comma list: wandb, mlflow, or none "
-                                                         "(default: the spec's report_to, else none)")]
+_REPORT_TO = Annotated[
+    str | None,
+    typer.Option(
+        help="experiment trackers, comma list: wandb, mlflow, or none (default: the spec's report_to, else none)"
+    ),
+]
 
 
-def _trackers(value: Optional[str]) -> Optional[list[str]]:
+def _trackers(value: str | None) -> list[str] | None:
     from evalharness.trackers import parse_report_to
+
     return None if value is None else parse_report_to(value)
 
 
@@ -58,8 +72,10 @@ def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Calla
         added = {f.name: Annotated[types[str(f.type)], typer.Option(help=f.metadata["help"])] for f in FIELDS}
         sig = inspect.signature(command, eval_str=True)
         params = [p for p in sig.parameters.values() if p.name != "decoding"]
-        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(preset, name),
-                                     annotation=kind) for name, kind in added.items()]
+        params += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(preset, name), annotation=kind)
+            for name, kind in added.items()
+        ]
 
         @functools.wraps(command)
         def run(**kwargs: object) -> None:
@@ -74,14 +90,17 @@ def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Calla
         run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         run.__annotations__ = {**hints, **added}
         return run
+
     return wrap
 
 
 def _quiet_libraries() -> None:
     import os
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
     except ImportError:
@@ -97,14 +116,29 @@ def generate(
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "hf",
     batch_size: Annotated[int, typer.Option(help="prompts per batch (hf)")] = 16,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, or auto (bf16 where the hardware has it)")] = "float32",
-    *, decoding: Decoding,
+    *,
+    decoding: Decoding,
 ) -> None:
     """Sample responses for a prompt file."""
     from evalharness.pipeline.generate import GenerateConfig, generate_file
+
     _quiet_libraries()
     d = decoding
-    path = generate_file(GenerateConfig(model, str(prompts), str(out), d.max_new_tokens, d.temperature, d.top_p, d.n,
-                                        d.seed, backend, batch_size, dtype))
+    path = generate_file(
+        GenerateConfig(
+            model,
+            str(prompts),
+            str(out),
+            d.max_new_tokens,
+            d.temperature,
+            d.top_p,
+            d.n,
+            d.seed,
+            backend,
+            batch_size,
+            dtype,
+        )
+    )
     _err(f"wrote {path}")
 
 
@@ -113,33 +147,50 @@ def generate(
 def eval_(
     model: Annotated[list[str], typer.Option(help="policy to evaluate (repeatable)")],
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
-    reference: Annotated[Optional[str], typer.Option(help="reference (SFT) model for KL")] = None,
-    judges: Annotated[str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")] = "sentiment,toxicity,kl",
+    reference: Annotated[str | None, typer.Option(help="reference (SFT) model for KL")] = None,
+    judges: Annotated[
+        str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")
+    ] = "sentiment,toxicity,kl",
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP + " (KL scores responses: not an openai endpoint)")] = "hf",
-    batch_size: Annotated[Optional[int], typer.Option(help="default: sized from a memory budget")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="default: sized from a memory budget")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, or auto (bf16 where the hardware has it)")] = "float32",
-    run_id: Annotated[Optional[str], typer.Option(help="name of the run folder (default: hash of the config)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="name of the run folder (default: hash of the config)")] = None,
     results_dir: _RESULTS = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     report_to: _REPORT_TO = None,
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
-    *, decoding: Decoding,
+    *,
+    decoding: Decoding,
 ) -> None:
     """Generate, judge and measure KL for one or more models; print a table of scores.
     Exit 3 when a judge failed on too many samples (see --max-skipped), 2 on bad input."""
     from evalharness import trackers
     from evalharness.analysis.compare import report_to_trackers
+    from evalharness.analysis.text import print_scores
     from evalharness.pipeline.evaluate import EvalConfig, run_eval
     from evalharness.pipeline.runner import check_judging
-    from evalharness.analysis.text import print_scores
+
     _quiet_libraries()
     names = _trackers(report_to) or []
     trackers.check(names)  # a missing tracker package fails before anything runs
     d = decoding
-    cfg = EvalConfig(models=model, prompts=str(prompts), judges=judges.split(","), reference=reference,
-                     backend=backend, temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens, n=d.n,
-                     seed=d.seed, dtype=dtype, batch_size=batch_size, run_id=run_id,
-                     results_dir=results_dir, progress=not json_out)
+    cfg = EvalConfig(
+        models=model,
+        prompts=str(prompts),
+        judges=judges.split(","),
+        reference=reference,
+        backend=backend,
+        temperature=d.temperature,
+        top_p=d.top_p,
+        max_new_tokens=d.max_new_tokens,
+        n=d.n,
+        seed=d.seed,
+        dtype=dtype,
+        batch_size=batch_size,
+        run_id=run_id,
+        results_dir=results_dir,
+        progress=not json_out,
+    )
     res = run_eval(cfg, log=_err)
     if json_out:
         typer.echo(json.dumps(res.summary, indent=2))
@@ -151,12 +202,15 @@ def eval_(
 
 
 @app.command()
-def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
-         results_dir: _RESULTS = None,
-         json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def show(
+    run: Annotated[str, typer.Argument(help="run id or run folder")],
+    results_dir: _RESULTS = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Print a finished run's scores (runs written before schema 2 too)."""
     from evalharness.analysis.text import print_scores
     from evalharness.store import RunStore, find_run, read_json_object
+
     store = RunStore(find_run(run, results_dir))
     scores = store.scores()  # checks the summary: a damaged one is an error naming the file
     summary = read_json_object(store.path / "summary.json")
@@ -168,8 +222,10 @@ def show(run: Annotated[str, typer.Argument(help="run id or run folder")],
 
 @app.command()
 def quickstart(
-    algorithms: Annotated[Optional[str], typer.Option(
-        help="comma list, or 'all' for every algorithm (default: dpo,simpo; dpo,odpo for toxicity)")] = None,
+    algorithms: Annotated[
+        str | None,
+        typer.Option(help="comma list, or 'all' for every algorithm (default: dpo,simpo; dpo,odpo for toxicity)"),
+    ] = None,
     results_dir: _RESULTS = None,
     seed: int = 0,
     task: Annotated[str, typer.Option(help="sentiment (higher is better) or toxicity (lower is better)")] = "sentiment",
@@ -177,16 +233,18 @@ def quickstart(
     """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot.
     --task toxicity: DPO vs ODPO on rant openings, pairs and verdict by lower toxicity."""
     from evalharness.workflows.quickstart import quickstart as run
+
     _quiet_libraries()
-    res = run(algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None,
-              log=_err)
+    res = run(
+        algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None, log=_err
+    )
     typer.echo(f"quickstart: SmolLM2-135M-Instruct, {task} control, held-out prompts")
     _print_sweep(res)
 
 
-
 def _print_sweep(res: object) -> None:
     from evalharness.analysis.compare import render, verdict_line
+
     if getattr(res, "comparison", None) is not None:
         typer.echo(render(res.comparison))  # type: ignore[attr-defined]
     if getattr(res, "verdict", None):
@@ -207,6 +265,7 @@ def _config_options(fn: Callable[..., None]) -> Callable[..., None]:
     import typing
 
     from evalharness.training.config import TrainConfig
+
     hints = typing.get_type_hints(TrainConfig)
     params = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
     for f in dataclasses.fields(TrainConfig):
@@ -216,14 +275,17 @@ def _config_options(fn: Callable[..., None]) -> Callable[..., None]:
         if hint is bool:
             decls = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"]
         elif origin is dict:
-            hint = Optional[list[str]]
+            hint = Optional[list[str]]  # noqa: UP045  (a runtime type for typer)
         elif origin is list:
-            hint = Optional[str]
+            hint = Optional[str]  # noqa: UP045
         elif default is None:
-            hint = Optional[next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))]
+            hint = Optional[next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))]  # noqa: UP045
         option = typer.Option(*decls, help=f.metadata["help"])
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[hint, option]))
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, option]
+            )
+        )
     fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     fn.__annotations__ = {p.name: p.annotation for p in params}
     return fn
@@ -235,6 +297,7 @@ def _config_from_options(options: dict[str, object]) -> TrainConfig:
     import typing
 
     from evalharness.training.config import TrainConfig
+
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, object] = {}
     for f in dataclasses.fields(TrainConfig):
@@ -264,7 +327,9 @@ def _hparams(items: list[str]) -> dict[str, object]:
 @app.command("train")
 @_config_options
 def train_(
-    spec: Annotated[Optional[Path], typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")] = None,
+    spec: Annotated[
+        Path | None, typer.Argument(help="sweep spec YAML (algorithms x grid x seeds); or use the options")
+    ] = None,
     results_dir: _RESULTS = None,
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
     **options: object,
@@ -275,6 +340,7 @@ def train_(
         if options.get("algorithm") or options.get("base") or options.get("data"):
             raise EvalHarnessError("give a spec file or --algorithm/--base/--data, not both")
         from evalharness.workflows.sweep import load_train_spec, run_sweep
+
         sweep, runs = load_train_spec(spec)
         if options.get("report_to") is not None:
             sweep.report_to = _trackers(str(options["report_to"]))  # type: ignore[assignment]
@@ -283,12 +349,14 @@ def train_(
         typer.echo(f"{sweep.name}: evaluation")
         _print_sweep(res)
         from evalharness.pipeline.runner import check_judging
+
         for path in dict.fromkeys(res.eval_runs.values()):
             check_judging(path, max_skipped, log=_err)
         return
     if not (options.get("algorithm") and options.get("base") and options.get("data")):
         raise EvalHarnessError("give a spec file, or all of --algorithm, --base and --data")
     from evalharness.training.trainer import default_run_name, train
+
     cfg = _config_from_options(options)
     if results_dir and not cfg.output_dir:  # the results root is passed down, not set in the environment
         cfg.output_dir = str(results_dir / "train" / (cfg.run_name or default_run_name(cfg)))
@@ -301,6 +369,7 @@ def train_(
 def _scalar(text: str) -> object:
     """A --hp value as YAML reads it: 0.1 -> float, true -> bool, log -> str."""
     import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -314,24 +383,47 @@ def pairs(
     out: Annotated[Path, typer.Option(help="output pairs JSONL (a .meta.json sidecar records how)")],
     judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL]")] = "sentiment",
     k: Annotated[int, typer.Option(help="samples per prompt")] = 4,
-    max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",
     backend: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
     rank: Annotated[str, typer.Option(help="score (--judge), or a chat judge: rating | pairwise")] = "score",
-    judge_model: Annotated[Optional[str], typer.Option(help="chat judge: endpoint model, or local model path")] = None,
-    judge_base_url: Annotated[Optional[str], typer.Option(help="chat judge endpoint (OpenAI-compatible)")] = None,
-    judge_api_key_env: Annotated[Optional[str], typer.Option(help="NAME of the variable holding its key")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="chat judge: endpoint model, or local model path")] = None,
+    judge_base_url: Annotated[str | None, typer.Option(help="chat judge endpoint (OpenAI-compatible)")] = None,
+    judge_api_key_env: Annotated[str | None, typer.Option(help="NAME of the variable holding its key")] = None,
     judge_type: Annotated[str, typer.Option(help="openai (an endpoint) or local (an in-process model)")] = "openai",
 ) -> None:
     """Build on-policy preference pairs: sample k responses, score them, keep best vs worst (scores kept)."""
     from evalharness.workflows.onpolicy import PairsConfig, pairs_file
+
     _quiet_libraries()
-    chat = None if judge_model is None else {"type": judge_type, "model": judge_model, "base_url": judge_base_url,
-                                             "api_key_env": judge_api_key_env}
-    path = pairs_file(PairsConfig(model=model, prompts=str(prompts), judge=judge, k=k, temperature=temperature,
-                                  top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, min_gap=min_gap, dtype=dtype, backend=backend,
-                                  rank=rank, chat_judge=chat), out, log=_err)
+    chat = (
+        None
+        if judge_model is None
+        else {"type": judge_type, "model": judge_model, "base_url": judge_base_url, "api_key_env": judge_api_key_env}
+    )
+    path = pairs_file(
+        PairsConfig(
+            model=model,
+            prompts=str(prompts),
+            judge=judge,
+            k=k,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            min_gap=min_gap,
+            dtype=dtype,
+            backend=backend,
+            rank=rank,
+            chat_judge=chat,
+        ),
+        out,
+        log=_err,
+    )
     _err(f"wrote {path}")
 
 
@@ -343,12 +435,13 @@ app.add_typer(plot_app, name="plot")
 def plot_frontier(
     runs: Annotated[list[str], typer.Argument(help="eval run ids or folders (checkpoints and the SFT model)")],
     out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("frontier"),
-    reward_metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the one reward present)")] = None,
-    results_dir: Annotated[Optional[Path], typer.Option(help="results root (default ./results)")] = None,
+    reward_metric: Annotated[str | None, typer.Option(help="y axis metric (default: the one reward present)")] = None,
+    results_dir: Annotated[Path | None, typer.Option(help="results root (default ./results)")] = None,
 ) -> None:
     """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
     from evalharness.analysis.plot import frontier, frontier_table
     from evalharness.analysis.text import render_grid
+
     paths, points = frontier(runs, out, reward_metric=reward_metric, results_dir=results_dir)
     rows = frontier_table(points)
     _err(render_grid(list(rows[0]), [[str(v) for v in r.values()] for r in rows], left=len(rows[0])).rstrip("\n"))
@@ -360,44 +453,64 @@ def plot_frontier(
 def plot_temperature(
     runs: Annotated[list[str], typer.Argument(help="finished run ids or folders with a temperature-swept task")],
     out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("temperature"),
-    task: Annotated[Optional[str], typer.Option(help="the swept task (default: the one present)")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="y axis metric (default: the task's first)")] = None,
+    task: Annotated[str | None, typer.Option(help="the swept task (default: the one present)")] = None,
+    metric: Annotated[str | None, typer.Option(help="y axis metric (default: the task's first)")] = None,
 ) -> None:
     """A metric vs sampling temperature, a line per model with 95% CIs (tasks with generation: {temperature: [...]})."""
     from evalharness.analysis.plot import temperature_plot
+
     paths, points, meta = temperature_plot(runs, out, task=task, metric=metric)
     for p in points:
-        _err(f"{meta['task']} {meta['metric']}  {p.model:<24} T={p.temperature:<5g} {p.value:.4f} "
-             f"[{p.lo:.4f}, {p.hi:.4f}]  n={p.n}")
+        _err(
+            f"{meta['task']} {meta['metric']}  {p.model:<24} T={p.temperature:<5g} {p.value:.4f} "
+            f"[{p.lo:.4f}, {p.hi:.4f}]  n={p.n}"
+        )
     for p in paths:
         typer.echo(str(p))
 
 
 @app.command("run")
-def run_(spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
-         results_dir: _RESULTS = None,
-         json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-         report_to: _REPORT_TO = None,
-         model: Annotated[Optional[list[str]], typer.Option(
-             help="NAME=REF: one more model to evaluate beside the spec's (repeatable); regress and history "
-                  "find it by NAME")] = None,
-         rejudge: Annotated[Optional[str], typer.Option(
-             help="ask stored judgments again, past the response cache: unparsed, failed or all-bad")] = None,
-         max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE) -> None:
+def run_(
+    spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
+    results_dir: _RESULTS = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    report_to: _REPORT_TO = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=REF: one more model to evaluate beside the spec's (repeatable); regress and history "
+            "find it by NAME"
+        ),
+    ] = None,
+    rejudge: Annotated[
+        str | None,
+        typer.Option(help="ask stored judgments again, past the response cache: unparsed, failed or all-bad"),
+    ] = None,
+    max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
+) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
     Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input."""
     from evalharness.analysis.text import print_scores
     from evalharness.pipeline.runner import check_judging, model_option, run_spec
+
     _quiet_libraries()
     extra = [model_option(m) for m in model or []]
-    res = run_spec(spec, results_dir=results_dir, progress=not json_out, report_to=_trackers(report_to), log=_err,
-                   extra_models=extra, rejudge=rejudge)
+    res = run_spec(
+        spec,
+        results_dir=results_dir,
+        progress=not json_out,
+        report_to=_trackers(report_to),
+        log=_err,
+        extra_models=extra,
+        rejudge=rejudge,
+    )
     if json_out:
         typer.echo((res.path / "summary.json").read_text())
     else:
         print_scores(res.scores, title=f"{spec.name} — run {res.path.name}")
         _err(f"results: {res.path}")
     from evalharness.analysis.compare import report_to_trackers
+
     report_to_trackers(res.report_to, res.path, log=_err)  # after the table: a tracker failure must not hide it
     check_judging(res.path, max_skipped, log=_err)
 
@@ -408,19 +521,28 @@ _RUNS = Annotated[list[str], typer.Argument(help="runs (id or folder: all their 
 @app.command()
 def compare(
     refs: _RUNS,
-    against: Annotated[Optional[str], typer.Option(help="the reference row: paired differences to it")] = None,
+    against: Annotated[str | None, typer.Option(help="the reference row: paired differences to it")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, latex, csv or json")] = "table",
-    metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC or METRIC (default: headline)")] = None,
+    metrics: Annotated[str | None, typer.Option(help="comma list of TASK/METRIC or METRIC (default: headline)")] = None,
     allow_mixed: Annotated[bool, typer.Option(help="show incomparable scores in separate labelled columns")] = False,
-    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds of refit metrics (default: Arena-Hard 1000, "
-                                                       "AlpacaEval LC 200)")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="bootstrap rounds of refit metrics (default: Arena-Hard 1000, AlpacaEval LC 200)")
+    ] = None,
     seed: int = 0,
     results_dir: _RESULTS = None,
 ) -> None:
     """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
     from evalharness.analysis.compare import build_table, render, resolve
-    table = build_table(resolve(refs, results_dir), against=against, allow_mixed=allow_mixed, rounds=rounds, seed=seed,
-                        metrics=[m.strip() for m in metrics.split(",")] if metrics else None, log=_err)
+
+    table = build_table(
+        resolve(refs, results_dir),
+        against=against,
+        allow_mixed=allow_mixed,
+        rounds=rounds,
+        seed=seed,
+        metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+        log=_err,
+    )
     typer.echo(render(table, fmt), nl=False)
 
 
@@ -428,11 +550,12 @@ def compare(
 def report(
     refs: _RUNS,
     out: Annotated[Path, typer.Option(help="the HTML file to write (one self-contained page)")],
-    against: Annotated[Optional[str], typer.Option(help="the reference row: paired differences to it")] = None,
+    against: Annotated[str | None, typer.Option(help="the reference row: paired differences to it")] = None,
     results_dir: _RESULTS = None,
 ) -> None:
     """One self-contained HTML page: compare's table, the figures, a per-prompt viewer of two models, provenance."""
     from evalharness.analysis.html_report import write_report
+
     typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir, log=_err)}")
 
 
@@ -440,13 +563,19 @@ def report(
 def regress(
     baseline: Annotated[str, typer.Option(help="RUN:MODEL, MODEL, or a run with one model")],
     candidate: Annotated[str, typer.Option(help="RUN:MODEL, MODEL, or a run with one model")],
-    metrics: Annotated[Optional[str], typer.Option(help="comma list of TASK/METRIC (default: all with a direction)")] = None,
-    margin: Annotated[Optional[list[str]], typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="comma list of TASK/METRIC (default: all with a direction)")
+    ] = None,
+    margin: Annotated[list[str] | None, typer.Option(help="TASK/METRIC=DELTA: a drop within DELTA passes")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 on INCONCLUSIVE too")] = False,
-    max_skipped: Annotated[Optional[float], typer.Option(help="largest share of failed or unparsed judgments a "
-                                                             "measured score may have (default 0.1)")] = None,
+    max_skipped: Annotated[
+        float | None,
+        typer.Option(help="largest share of failed or unparsed judgments a measured score may have (default 0.1)"),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
-    rounds: Annotated[Optional[int], typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")
+    ] = None,
     results_dir: _RESULTS = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
@@ -455,6 +584,7 @@ def regress(
     from evalharness.analysis.compare import gate_exit, resolve
     from evalharness.analysis.compare import regress as gate
     from evalharness.core.records import MAX_SKIPPED_SHARE
+
     if max_skipped is not None and not 0 <= max_skipped < 1:
         raise EvalHarnessError(f"--max-skipped {max_skipped}: a share of judgments, from 0 to below 1")
     pair = []
@@ -463,9 +593,15 @@ def regress(
         if len(rows) != 1:
             raise EvalHarnessError(f"--{what} {ref!r} names {len(rows)} models; use RUN:MODEL")
         pair.append(rows[0])
-    rows = gate(pair[0], pair[1], metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
-                margins=_margins(margin or []), rounds=rounds, log=_err,
-                max_skipped=MAX_SKIPPED_SHARE if max_skipped is None else max_skipped)
+    rows = gate(
+        pair[0],
+        pair[1],
+        metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+        margins=_margins(margin or []),
+        rounds=rounds,
+        log=_err,
+        max_skipped=MAX_SKIPPED_SHARE if max_skipped is None else max_skipped,
+    )
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
@@ -475,9 +611,11 @@ def regress(
                 continue
             g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
             extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
-            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
-                       f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
-                       f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}")
+            typer.echo(
+                f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
+                f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
+                f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}"
+            )
     raise typer.Exit(gate_exit(rows, strict=strict))
 
 
@@ -496,12 +634,15 @@ def _margins(items: list[str]) -> dict[str, float]:
 
 @app.command()
 def history(
-    model: Annotated[Optional[str], typer.Option(help="a model name; its lineage: it and checkpoints trained from it")] = None,
-    task: Optional[str] = None,
-    metric: Optional[str] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="write a trend plot (PNG and SVG) per series")] = None,
-    max_skipped: Annotated[float, typer.Option(help="largest share of failed or unparsed judgments a measured "
-                                                    "point may have")] = MAX_SKIPPED_SHARE,
+    model: Annotated[
+        str | None, typer.Option(help="a model name; its lineage: it and checkpoints trained from it")
+    ] = None,
+    task: str | None = None,
+    metric: str | None = None,
+    plot: Annotated[Path | None, typer.Option(help="write a trend plot (PNG and SVG) per series")] = None,
+    max_skipped: Annotated[
+        float, typer.Option(help="largest share of failed or unparsed judgments a measured point may have")
+    ] = MAX_SKIPPED_SHARE,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     results_dir: _RESULTS = None,
 ) -> None:
@@ -512,6 +653,7 @@ def history(
     from evalharness.analysis.compare import mark_drops
     from evalharness.analysis.plot import plot_history
     from evalharness.analysis.text import render_grid
+
     points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))
@@ -533,25 +675,41 @@ def history(
                 _err(f"no trend plot for {name}: no measured point")
     training = _training_of(points, results_dir)
     if json_out:
-        typer.echo(json.dumps(points + [{"training_run": k, "steps": v} for k, v in training.items()],
-                              indent=2, default=str))
+        typer.echo(
+            json.dumps(points + [{"training_run": k, "steps": v} for k, v in training.items()], indent=2, default=str)
+        )
         return
     for name, pts in series.items():
         typer.echo(name)
-        typer.echo(render_grid(["model", "step", "value", "95% CI", "run", ""], [_history_row(p) for p in pts],
-                               left=2, width=240), nl=False)
+        typer.echo(
+            render_grid(
+                ["model", "step", "value", "95% CI", "run", ""], [_history_row(p) for p in pts], left=2, width=240
+            ),
+            nl=False,
+        )
     for run, rows in training.items():  # the training run's own logged metrics, at the evaluated steps
         steps = {p["step"] for p in points if p["model"].split("@")[0] == run} | {rows[-1]["step"]}
         g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731
         typer.echo(f"training run {run} (its own log)")
-        typer.echo(render_grid(["step", "loss", "reward accuracy", "kl"],
-                               [[str(r["step"]), g(r["loss"]), g(r["reward_accuracy"]), g(r["kl"])]
-                                for r in rows if r["step"] in steps], left=2, width=240), nl=False)
+        typer.echo(
+            render_grid(
+                ["step", "loss", "reward accuracy", "kl"],
+                [
+                    [str(r["step"]), g(r["loss"]), g(r["reward_accuracy"]), g(r["kl"])]
+                    for r in rows
+                    if r["step"] in steps
+                ],
+                left=2,
+                width=240,
+            ),
+            nl=False,
+        )
 
 
-def _training_of(points: list[dict], results_dir: Optional[Path]) -> dict[str, list[dict]]:
+def _training_of(points: list[dict], results_dir: Path | None) -> dict[str, list[dict]]:
     """The indexed training runs whose checkpoints are among ``points``, with their logged metrics per step."""
     from evalharness.store import train_metrics, train_runs
+
     names = {p["model"].split("@")[0] for p in points}
     out = {}
     for run in train_runs(results_dir):
@@ -575,9 +733,10 @@ metrics_app = typer.Typer(no_args_is_help=True, help="Recompute official metrics
 app.add_typer(metrics_app, name="metrics")
 
 
-def _metrics(bench: str, file: Path, json_out: bool, save: bool, results_dir: Optional[Path], **opts: object) -> None:
+def _metrics(bench: str, file: Path, json_out: bool, save: bool, results_dir: Path | None, **opts: object) -> None:
     from evalharness.analysis.interop import compute, import_run
     from evalharness.analysis.text import print_scores
+
     metrics, scores = compute(bench, file, **opts)
     if json_out:
         typer.echo(json.dumps(metrics, indent=2, default=str))
@@ -594,37 +753,70 @@ _SAVE = Annotated[bool, typer.Option("--save", help="import the scores into the 
 @metrics_app.command("alpaca-eval")
 def metrics_alpaca_eval(
     file: Annotated[Path, typer.Argument(help="official annotations.json")],
-    model: Annotated[Optional[str], typer.Option(help="generator_2 to select when the file holds several")] = None,
-    lc_support_dir: Annotated[Optional[Path], typer.Option(help="folder with instruction_difficulty.csv and df_gamed.csv")] = None,
-    eval_set: Annotated[Optional[Path], typer.Option(help="eval set to check instructions against")] = None,
-    model_outputs: Annotated[Optional[Path], typer.Option(help="model_outputs.json (avg_length as official)")] = None,
-    lc_bootstrap_rounds: int = 0, json_out: _JSON = False, save: _SAVE = False, results_dir: _RESULTS = None,
+    model: Annotated[str | None, typer.Option(help="generator_2 to select when the file holds several")] = None,
+    lc_support_dir: Annotated[
+        Path | None, typer.Option(help="folder with instruction_difficulty.csv and df_gamed.csv")
+    ] = None,
+    eval_set: Annotated[Path | None, typer.Option(help="eval set to check instructions against")] = None,
+    model_outputs: Annotated[Path | None, typer.Option(help="model_outputs.json (avg_length as official)")] = None,
+    lc_bootstrap_rounds: int = 0,
+    json_out: _JSON = False,
+    save: _SAVE = False,
+    results_dir: _RESULTS = None,
 ) -> None:
     """AlpacaEval 2: win rate, SE, counts, discrete win rate, avg length (and LC with support files)."""
-    _metrics("alpaca-eval", file, json_out, save, results_dir, model=model, lc_support_dir=lc_support_dir,
-             eval_set=eval_set, model_outputs=model_outputs, lc_bootstrap_rounds=lc_bootstrap_rounds)
+    _metrics(
+        "alpaca-eval",
+        file,
+        json_out,
+        save,
+        results_dir,
+        model=model,
+        lc_support_dir=lc_support_dir,
+        eval_set=eval_set,
+        model_outputs=model_outputs,
+        lc_bootstrap_rounds=lc_bootstrap_rounds,
+    )
 
 
 @metrics_app.command("arena-hard")
 def metrics_arena_hard(
     file: Annotated[Path, typer.Argument(help="battles JSONL, judgment JSONL, or a judgment folder")],
-    baseline: Annotated[Optional[str], typer.Option(help="default: the one the judgment rows record, else "
-                                                        "gpt-4-0314")] = None,
-    bootstrap_rounds: int = 100, seed: int = 42,
+    baseline: Annotated[
+        str | None, typer.Option(help="default: the one the judgment rows record, else gpt-4-0314")
+    ] = None,
+    bootstrap_rounds: int = 100,
+    seed: int = 42,
     bootstrap_unit: Annotated[str, typer.Option(help="battle (official) or question")] = "battle",
     style_control: bool = False,
-    answers: Annotated[Optional[list[Path]], typer.Option(help="answer files with style metadata (style control)")] = None,
-    json_out: _JSON = False, save: _SAVE = False, results_dir: _RESULTS = None,
+    answers: Annotated[list[Path] | None, typer.Option(help="answer files with style metadata (style control)")] = None,
+    json_out: _JSON = False,
+    save: _SAVE = False,
+    results_dir: _RESULTS = None,
 ) -> None:
     """Arena-Hard: Bradley-Terry score vs the baseline with bootstrap CI (optionally style-controlled)."""
-    _metrics("arena-hard", file, json_out, save, results_dir, baseline=baseline, bootstrap_rounds=bootstrap_rounds,
-             seed=seed, bootstrap_unit=bootstrap_unit, style_control=style_control, answers=answers or None)
+    _metrics(
+        "arena-hard",
+        file,
+        json_out,
+        save,
+        results_dir,
+        baseline=baseline,
+        bootstrap_rounds=bootstrap_rounds,
+        seed=seed,
+        bootstrap_unit=bootstrap_unit,
+        style_control=style_control,
+        answers=answers or None,
+    )
 
 
 @metrics_app.command("mt-bench")
 def metrics_mt_bench(
     file: Annotated[Path, typer.Argument(help="official single-grading judgment JSONL (or folder)")],
-    model: Optional[str] = None, json_out: _JSON = False, save: _SAVE = False, results_dir: _RESULTS = None,
+    model: str | None = None,
+    json_out: _JSON = False,
+    save: _SAVE = False,
+    results_dir: _RESULTS = None,
 ) -> None:
     """MT-Bench: per-turn and overall 1-10 scores; unparsed ratings counted, not scored."""
     _metrics("mt-bench", file, json_out, save, results_dir, model=model)
@@ -639,8 +831,10 @@ def main() -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        _err(f"error: no space left on the device of {e.filename or 'the results folder'}; records written so far "
-             "are kept: free space and run the same command again to resume")
+        _err(
+            f"error: no space left on the device of {e.filename or 'the results folder'}; records written so far "
+            "are kept: free space and run the same command again to resume"
+        )
         sys.exit(2)
     except sqlite3.OperationalError as e:
         if "full" not in str(e):
@@ -658,6 +852,7 @@ def main() -> None:
 
 def _interrupted() -> None:
     import shlex
+
     _err(f"interrupted; records written so far are kept. Resume with: evalharness {shlex.join(sys.argv[1:])}")
 
 

@@ -24,7 +24,6 @@ from evalharness.core.errors import EvalHarnessError, InputError, parse_json
 from evalharness.core.paths import results_root, write_atomic
 from evalharness.core.records import KEY_FIELDS, GenRecord, Score, Verdict
 
-
 # A training run's folder describes itself in this file (written by the trainer, read by trackers and sweeps).
 TRAIN_MANIFEST = "train_manifest.json"
 
@@ -90,8 +89,9 @@ class RunStore:
             # The stored config went through JSON (tuples became lists): compare it so.
             if old.get("config") != json.loads(json.dumps(manifest.get("config"), default=str)):
                 store._release()
-                raise EvalHarnessError(f"run '{run_id}' already exists in {store.path} with another config; "
-                                       "pick another --run-id")
+                raise EvalHarnessError(
+                    f"run '{run_id}' already exists in {store.path} with another config; pick another --run-id"
+                )
             manifest = {**manifest, "started_at": old.get("started_at"), "resumed": old.get("resumed", 0) + 1}
             for name in ("generations", "verdicts"):
                 read_jsonl(store.path / f"{name}.jsonl", repair=True)
@@ -103,6 +103,7 @@ class RunStore:
         """One writer per run folder: jobs launched side by side (a SLURM array) may share a results root,
         but two processes appending to one run would interleave records."""
         import fcntl
+
         self._lock = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -157,8 +158,11 @@ class RunStore:
 
     def generations(self, model: str | None = None) -> list[GenRecord]:
         """Stored generations (of ``model``), in file order; rows of schema 1 have no key and are not returned."""
-        return [GenRecord.from_dict(r) for r in self.read("generations")
-                if "key" in r and "item_id" in r and (model is None or r.get("model") == model)]
+        return [
+            GenRecord.from_dict(r)
+            for r in self.read("generations")
+            if "key" in r and "item_id" in r and (model is None or r.get("model") == model)
+        ]
 
     def add_verdicts(self, verdicts: list[Verdict]) -> None:
         self.append("verdicts", [v.to_dict() for v in verdicts])
@@ -193,14 +197,14 @@ class RunStore:
             if status == "complete":
                 raise InputError(f"missing, though the run is complete; {DAMAGED}", path=str(path))
             if status == "running":
-                raise EvalHarnessError(f"run {self.run_id} is still running (its process is alive); wait for it "
-                                       "to finish")
+                raise EvalHarnessError(
+                    f"run {self.run_id} is still running (its process is alive); wait for it to finish"
+                )
             state = {"stale": "killed (its process is gone)"}.get(status, status)
             raise EvalHarnessError(f"run {self.run_id} has no scores yet ({state}): {resume_hint(manifest)}")
         rows = read_json_object(path).get("scores", [])
         if not isinstance(rows, list):
-            raise InputError(f"expected a list, found {type(rows).__name__}; {DAMAGED}", path=str(path),
-                             field="scores")
+            raise InputError(f"expected a list, found {type(rows).__name__}; {DAMAGED}", path=str(path), field="scores")
         return [_score(row, path, k) for k, row in enumerate(rows)]
 
 
@@ -236,6 +240,7 @@ def read_json_object(path: Path, hint: str = DAMAGED) -> dict[str, Any]:
 def resume_hint(manifest: dict[str, Any]) -> str:
     """The command that resumes an unfinished run, from the command line its manifest recorded."""
     import shlex
+
     argv = manifest.get("argv")
     if isinstance(argv, list) and len(argv) > 1 and all(isinstance(a, str) for a in argv):
         return f"resume it with `evalharness {shlex.join(argv[1:])}`"
@@ -291,15 +296,21 @@ def comparable(a: Score, b: Score) -> tuple[bool, str]:
     They must agree on task, task version, metric, judge id, judge version, baseline and the policy's
     decoding; the reason names every field that differs, with both values.
     """
-    diffs = [f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in KEY_FIELDS if a.key[KEY_FIELDS.index(f)] != b.key[KEY_FIELDS.index(f)]]
+    diffs = [
+        f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}"
+        for f in KEY_FIELDS
+        if a.key[KEY_FIELDS.index(f)] != b.key[KEY_FIELDS.index(f)]
+    ]
     return (not diffs, "; ".join(diffs))
 
 
 def check_name(name: str, what: str) -> str:
     """A run id or model name that becomes a path component: never ``..``, a separator or absolute."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~") or "\x00" in name:
-        raise EvalHarnessError(f"{what} '{name}' cannot be a folder name inside the results root "
-                               "(no '/', '..', absolute paths or empty names)")
+        raise EvalHarnessError(
+            f"{what} '{name}' cannot be a folder name inside the results root "
+            "(no '/', '..', absolute paths or empty names)"
+        )
     return name
 
 
@@ -307,6 +318,7 @@ def run_state(path: Path, manifest: dict[str, Any] | None = None) -> str:
     """The manifest's status, except that a 'running' run whose writer is gone (SIGKILL, power loss) is
     'stale': its ``.lock`` flock is free (the kernel drops it with the process) or its ``pid`` is dead."""
     import fcntl
+
     if manifest is None:
         manifest = read_json_object(path / "manifest.json")
     status = str(manifest.get("status", "unknown"))
@@ -339,8 +351,16 @@ def indexed_runs(root: Path | None = None) -> list[dict[str, Any]]:
         if (folder / "manifest.json").is_file():
             with contextlib.suppress(InputError):  # a damaged manifest keeps the index's word
                 status = run_state(folder)
-        out.append({"run_id": run_id, "path": path, "kind": kind, "status": status, "started_at": started,
-                    "finished_at": finished})
+        out.append(
+            {
+                "run_id": run_id,
+                "path": path,
+                "kind": kind,
+                "status": status,
+                "started_at": started,
+                "finished_at": finished,
+            }
+        )
     return out
 
 
@@ -355,14 +375,19 @@ def _query(root: Path | None, sql: str, args: tuple[Any, ...] = ()) -> list[tupl
     except sqlite3.DatabaseError as e:
         if "no such table" in str(e):
             return []
-        raise InputError(f"not a readable results index ({e}); move it aside and rerun the runs to rebuild it",
-                         path=str(index)) from None
+        raise InputError(
+            f"not a readable results index ({e}); move it aside and rerun the runs to rebuild it", path=str(index)
+        ) from None
 
 
 def latest_run_of(model: str, root: Path | None = None) -> Path | None:
     """The newest complete run in the index with scores for ``model`` whose folder is still there."""
-    rows = _query(root, "SELECT r.path FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE s.model = ? AND "
-                        "r.status = 'complete' ORDER BY r.finished_at DESC", (model,))
+    rows = _query(
+        root,
+        "SELECT r.path FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE s.model = ? AND "
+        "r.status = 'complete' ORDER BY r.finished_at DESC",
+        (model,),
+    )
     return next((Path(p) for (p,) in rows if (Path(p) / "manifest.json").is_file()), None)
 
 
@@ -382,20 +407,35 @@ def unfinished_runs_of(model: str, root: Path | None = None) -> list[dict[str, A
     return out
 
 
-def index_scores(root: Path | None = None, *, task: str | None = None,
-                 metric: str | None = None) -> list[dict[str, Any]]:
+def index_scores(
+    root: Path | None = None, *, task: str | None = None, metric: str | None = None
+) -> list[dict[str, Any]]:
     """Every indexed score of a complete run (optionally of one task and metric), with its run's path and
     manifest text: what ``history`` reads."""
-    sql = ("SELECT s.run_id, s.task, s.metric, s.model, s.value, s.ci_low, s.ci_high, s.n, s.n_skipped, "
-           "s.finished_at, r.path, r.manifest FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE r.status = "
-           "'complete'")
+    sql = (
+        "SELECT s.run_id, s.task, s.metric, s.model, s.value, s.ci_low, s.ci_high, s.n, s.n_skipped, "
+        "s.finished_at, r.path, r.manifest FROM scores s JOIN runs r ON r.run_id = s.run_id WHERE r.status = "
+        "'complete'"
+    )
     args: list[Any] = []
     for column, value in (("task", task), ("metric", metric)):
         if value:
             sql += f" AND s.{column} = ?"
             args.append(value)
-    names = ("run", "task", "metric", "model", "value", "ci_low", "ci_high", "n", "n_skipped", "finished_at",
-             "path", "manifest")
+    names = (
+        "run",
+        "task",
+        "metric",
+        "model",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "n_skipped",
+        "finished_at",
+        "path",
+        "manifest",
+    )
     return [dict(zip(names, row)) for row in _query(root, sql, tuple(args))]
 
 
@@ -432,19 +472,49 @@ def index_run(root: Path, manifest: dict[str, Any], scores: list[Score] | None) 
         db.execute("BEGIN IMMEDIATE")
         rid = manifest["run_id"]
         git = manifest.get("git") or {}
-        db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
-                   (rid, str(root / rid), manifest.get("kind"), manifest.get("status"), manifest.get("started_at"),
-                    manifest.get("finished_at"), git.get("commit"), int(bool(git.get("dirty"))),
-                    json.dumps(manifest, default=str)))
+        db.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                rid,
+                str(root / rid),
+                manifest.get("kind"),
+                manifest.get("status"),
+                manifest.get("started_at"),
+                manifest.get("finished_at"),
+                git.get("commit"),
+                int(bool(git.get("dirty"))),
+                json.dumps(manifest, default=str),
+            ),
+        )
         if scores is None:
             db.execute("COMMIT")
             return
         db.execute("DELETE FROM scores WHERE run_id = ?", (rid,))
         revisions = {m.get("name") or m.get("spec"): m.get("revision") for m in manifest.get("models", [])}
-        db.executemany("INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-            (rid, s.task, s.task_version, s.metric, s.model, revisions.get(s.model), s.value, s.stderr,
-             s.ci_low, s.ci_high, s.n, s.n_skipped, s.judge_id, s.judge_version, s.baseline,
-             manifest.get("finished_at")) for s in scores])
+        db.executemany(
+            "INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    rid,
+                    s.task,
+                    s.task_version,
+                    s.metric,
+                    s.model,
+                    revisions.get(s.model),
+                    s.value,
+                    s.stderr,
+                    s.ci_low,
+                    s.ci_high,
+                    s.n,
+                    s.n_skipped,
+                    s.judge_id,
+                    s.judge_version,
+                    s.baseline,
+                    manifest.get("finished_at"),
+                )
+                for s in scores
+            ],
+        )
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -496,10 +566,20 @@ def index_train_run(out: Path, manifest: dict[str, Any]) -> None:
     try:
         db.executescript(_SCHEMA)
         git = manifest.get("git") or {}
-        db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
-                   (train_run_id(out), str(out.resolve()), TRAIN_KIND, manifest.get("status"),
-                    manifest.get("started_at"), manifest.get("finished_at"), git.get("commit"),
-                    int(bool(git.get("dirty"))), json.dumps(manifest, default=str)))
+        db.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                train_run_id(out),
+                str(out.resolve()),
+                TRAIN_KIND,
+                manifest.get("status"),
+                manifest.get("started_at"),
+                manifest.get("finished_at"),
+                git.get("commit"),
+                int(bool(git.get("dirty"))),
+                json.dumps(manifest, default=str),
+            ),
+        )
     finally:
         db.close()
 
@@ -512,6 +592,7 @@ def _write_train_manifest(out: Path, manifest: dict[str, Any]) -> None:
 def start_train_run(out: Path, manifest: dict[str, Any]) -> None:
     """A fresh run folder, listed as running (any older content of ``out`` is gone)."""
     import shutil
+
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -535,8 +616,9 @@ def record_train_checkpoint(out: Path, checkpoints: list[str]) -> None:
 
 def finish_train_run(out: Path, **fields: Any) -> None:
     """Mark the run finished, with ``fields`` (final metrics, training time, an algorithm's final state)."""
-    _write_train_manifest(out, {**(read_train_manifest(out) or {}), "status": "finished",
-                                "finished_at": provenance.now(), **fields})
+    _write_train_manifest(
+        out, {**(read_train_manifest(out) or {}), "status": "finished", "finished_at": provenance.now(), **fields}
+    )
 
 
 def fail_train_run(out: Path, error: BaseException) -> None:
@@ -544,8 +626,11 @@ def fail_train_run(out: Path, error: BaseException) -> None:
     man = read_train_manifest(out)
     if man is None:
         return
-    man.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
-               error=f"{type(error).__name__}: {error}", finished_at=provenance.now())
+    man.update(
+        status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
+        error=f"{type(error).__name__}: {error}",
+        finished_at=provenance.now(),
+    )
     with contextlib.suppress(Exception):  # a full disk must not hide the first error behind a second
         _write_train_manifest(out, man)
 

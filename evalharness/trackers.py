@@ -45,8 +45,11 @@ def _names(value: Any) -> Any:
 
 # A spec's ``report_to:``: a list or a comma string of tracker names, or none; unknown names fail validation
 # (with the spec's file, line and field, as every spec error).
-ReportTo = Annotated[list[Literal["wandb", "mlflow", "none"]], pydantic.BeforeValidator(_names),
-                     pydantic.AfterValidator(lambda v: [n for n in dict.fromkeys(v) if n != "none"])]
+ReportTo = Annotated[
+    list[Literal["wandb", "mlflow", "none"]],
+    pydantic.BeforeValidator(_names),
+    pydantic.AfterValidator(lambda v: [n for n in dict.fromkeys(v) if n != "none"]),
+]
 
 
 def parse_report_to(value: str | Sequence[str] | None) -> list[str]:
@@ -109,8 +112,9 @@ def flatten(d: Mapping[str, Any], parent: str = "", sep: str = ".") -> dict[str,
 
 def numeric(row: Mapping[str, Any], skip: Iterable[str] = ("step",)) -> dict[str, float]:
     """The numbers of a row, as trackers take them: None, text and ``skip`` (the x axis) left out."""
-    return {k: float(v) for k, v in row.items()
-            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in row.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class WandbTracker:
@@ -125,8 +129,14 @@ class WandbTracker:
             info.folder.mkdir(parents=True, exist_ok=True)
             folder = str(info.folder)
         # create_new: a run of ours never finishes (or reuses) a run the calling program has open
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "evalharness", name=info.name,
-                              group=info.group, job_type=info.kind, dir=folder, reinit="create_new")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "evalharness",
+            name=info.name,
+            group=info.group,
+            job_type=info.kind,
+            dir=folder,
+            reinit="create_new",
+        )
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         self.run.config.update(dict(config), allow_val_change=True)  # W&B shows nested config as dotted keys
@@ -169,7 +179,7 @@ def mlflow_key(key: str) -> str:
     8 hex digits of its hash so that two long names stay apart."""
     key = "/".join("_" if part in ("", ".", "..") else part for part in _MLFLOW_BAD.sub("_", key).split("/"))
     if len(key) > _MLFLOW_KEY:
-        key = f"{hashlib.sha256(key.encode()).hexdigest()[:8]}_{key[-(_MLFLOW_KEY - 9):]}"
+        key = f"{hashlib.sha256(key.encode()).hexdigest()[:8]}_{key[-(_MLFLOW_KEY - 9) :]}"
     return key
 
 
@@ -182,6 +192,7 @@ class MlflowTracker:
     def __init__(self, info: RunInfo, log: Log) -> None:
         _require("mlflow")
         from mlflow.tracking import MlflowClient
+
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:  # a local store under the results root
             info.results.mkdir(parents=True, exist_ok=True)
@@ -190,7 +201,7 @@ class MlflowTracker:
         # default ./mlruns of whatever folder the command runs in; a server or file store decides for itself.
         artifacts = None
         if uri.startswith("sqlite:///"):
-            artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+            artifacts = (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
         self.client = MlflowClient(tracking_uri=uri)
         self.uri, self._log = uri, log
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "evalharness"
@@ -203,6 +214,7 @@ class MlflowTracker:
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
+
         params, dropped = [], []
         for k, v in flatten(config).items():
             key, value = mlflow_key(k), str(v)
@@ -213,19 +225,22 @@ class MlflowTracker:
         if dropped:
             self._log(f"mlflow: {len(dropped)} config values too long for a param, not logged (first: {dropped[0]})")
         for i in range(0, len(params), 100):  # MLflow's limit per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         batch = [Metric(mlflow_key(k), v, now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
     def log_table(self, name: str, rows: list[dict[str, Any]]) -> None:
         import pandas as pd
-        self.client.log_table(self.run_id, pd.DataFrame([{k: _cell(v) for k, v in r.items()} for r in rows]),
-                              f"{name}.json")
+
+        self.client.log_table(
+            self.run_id, pd.DataFrame([{k: _cell(v) for k, v in r.items()} for r in rows]), f"{name}.json"
+        )
 
     def log_artifact(self, path: Path, folder: str = "") -> None:
         self.client.log_artifact(self.run_id, str(path), folder or None)
@@ -249,8 +264,10 @@ class Trackers:
             except Exception as e:  # a tracker's failure must never lose or stop the run whose copy it holds
                 self.active.remove(t)
                 self.failed.append(t.name)
-                self.log(f"warning: {t.name} failed at {method} ({type(e).__name__}: {e}); it is switched off for "
-                         f"the rest of this run; every number is in {self.where}")
+                self.log(
+                    f"warning: {t.name} failed at {method} ({type(e).__name__}: {e}); it is switched off for "
+                    f"the rest of this run; every number is in {self.where}"
+                )
                 if method != "finish":
                     try:  # best effort: its run says it failed rather than "running"
                         t.finish(failed=True)
@@ -303,6 +320,7 @@ def start_training(names: Sequence[str], out: Path, results: Path, log: Log = la
     """The tracker run of a training run: the train manifest as config, then the rows ``metrics.jsonl`` already
     holds (a resumed run's steps before its checkpoint), so the tracker's curve is the file's from step 1."""
     from evalharness.store import TRAIN_MANIFEST, read_jsonl
+
     if not names:
         return Trackers([])
     manifest = json.loads((out / TRAIN_MANIFEST).read_text())
@@ -318,12 +336,27 @@ def score_rows(scores: Iterable[Any]) -> list[dict[str, Any]]:
     """One row per score: value, SE, 95% CI (from the SE where only that is stored), n, n_skipped and the
     comparability key."""
     from evalharness.core.records import score_ci
+
     rows = []
     for s in scores:
         lo, hi = score_ci(s)
-        rows.append({"model": s.model, "task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr,
-                     "ci_low": lo, "ci_high": hi, "n": s.n, "n_skipped": s.n_skipped, "task_version": s.task_version,
-                     "judge_id": s.judge_id, "judge_version": s.judge_version, "baseline": s.baseline})
+        rows.append(
+            {
+                "model": s.model,
+                "task": s.task,
+                "metric": s.metric,
+                "value": s.value,
+                "stderr": s.stderr,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": s.n,
+                "n_skipped": s.n_skipped,
+                "task_version": s.task_version,
+                "judge_id": s.judge_id,
+                "judge_version": s.judge_version,
+                "baseline": s.baseline,
+            }
+        )
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
 
 
@@ -338,12 +371,20 @@ def score_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def report_evaluation(names: Sequence[str], run_path: Path, *, comparison: list[dict[str, Any]] | None = None,
-                      figures: Sequence[Path] = (), group: str | None = None, log: Log = lambda _: None) -> None:
+def report_evaluation(
+    names: Sequence[str],
+    run_path: Path,
+    *,
+    comparison: list[dict[str, Any]] | None = None,
+    figures: Sequence[Path] = (),
+    group: str | None = None,
+    log: Log = lambda _: None,
+) -> None:
     """Send a finished evaluation run to the trackers: its manifest and scores, the comparison table's rows
     (``comparison``, as ``compare.records`` gives them) and ``figures``. A sink: the callers build tables and
     figures. A tracker that cannot start is one line on ``log``, never an exception: the run is complete."""
     from evalharness.store import RunStore
+
     if not names:
         return
     store = RunStore(run_path)
@@ -354,8 +395,10 @@ def report_evaluation(names: Sequence[str], run_path: Path, *, comparison: list[
         raise
     except Exception as e:  # no login, no server: the finished run must not end in a traceback
         first = (str(e).strip().splitlines() or [""])[0]
-        log(f"error: tracker could not start ({type(e).__name__}: {first}); nothing was sent, every number is "
-            f"in {run_path}")
+        log(
+            f"error: tracker could not start ({type(e).__name__}: {first}); nothing was sent, every number is "
+            f"in {run_path}"
+        )
         return
     with t:
         t.log_config(store.manifest())

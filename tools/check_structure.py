@@ -58,8 +58,13 @@ def private_crossings(mod: str, path: Path, tree: ast.AST, mods: dict[str, Path]
                 if a.asname and a.name in mods:
                     aliases[a.asname] = a.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and _private(node.attr) and aliases[node.value.id] != mod):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and _private(node.attr)
+            and aliases[node.value.id] != mod
+        ):
             found.append(f"{path}:{node.lineno}: uses the private name {aliases[node.value.id]}.{node.attr}")
     return found
 
@@ -87,6 +92,7 @@ def violations(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
 
 if __name__ == "__main__":
     found = violations(Path(sys.argv[1] if len(sys.argv) > 1 else "evalharness").resolve())
-    print("\n".join(found) or "structure: no private name crosses a module; no function over "
-          f"{MAX_FUNCTION_LINES} lines")
+    print(
+        "\n".join(found) or f"structure: no private name crosses a module; no function over {MAX_FUNCTION_LINES} lines"
+    )
     sys.exit(1 if found else 0)

@@ -22,21 +22,44 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from evalharness.analysis.text import render_grid
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.paths import results_root
 from evalharness.core.records import KEY_FIELDS, MAX_SKIPPED_SHARE, Score, score_ci
-from evalharness.analysis.text import render_grid
 from evalharness.core.stats import holm
-from evalharness.store import DAMAGED, RunStore, checkpoint_manifest, comparable, find_run, index_scores, latest_run_of, manifest_models, unfinished_runs_of
+from evalharness.store import (
+    DAMAGED,
+    RunStore,
+    checkpoint_manifest,
+    comparable,
+    find_run,
+    index_scores,
+    latest_run_of,
+    manifest_models,
+    unfinished_runs_of,
+)
 from evalharness.tasks.base import ModelRecords
 
 ALPHA = 0.05
 # Shown unless asked for (--metrics): secondary numbers of a task, there in `show` and --format json.
-SECONDARY = {"kl_k3", "discrete_win_rate", "turn1", "turn2", "avg_length",
-             *(f"contingency_{c}" for c in ("ww", "wl", "lw", "ll")), *(f"reward_margin_q{q}" for q in (10, 25, 50, 75, 90))}
-LABELS = {("alpaca_eval", "length_controlled_winrate"): "AlpacaEval 2 LC %", ("alpaca_eval", "win_rate"): "AlpacaEval 2 WR %",
-          ("arena_hard", "score"): "Arena-Hard %", ("arena_hard", "score_style_controlled"): "Arena-Hard SC %",
-          ("mt_bench", "score"): "MT-Bench", ("kl", "kl"): "KL (nats)", ("kl", "kl_k3"): "KL k3 (nats)"}
+SECONDARY = {
+    "kl_k3",
+    "discrete_win_rate",
+    "turn1",
+    "turn2",
+    "avg_length",
+    *(f"contingency_{c}" for c in ("ww", "wl", "lw", "ll")),
+    *(f"reward_margin_q{q}" for q in (10, 25, 50, 75, 90)),
+}
+LABELS = {
+    ("alpaca_eval", "length_controlled_winrate"): "AlpacaEval 2 LC %",
+    ("alpaca_eval", "win_rate"): "AlpacaEval 2 WR %",
+    ("arena_hard", "score"): "Arena-Hard %",
+    ("arena_hard", "score_style_controlled"): "Arena-Hard SC %",
+    ("mt_bench", "score"): "MT-Bench",
+    ("kl", "kl"): "KL (nats)",
+    ("kl", "kl_k3"): "KL k3 (nats)",
+}
 # Schema-1 eval runs named the task after the prompt file; their metrics name the task module.
 _V1_MODULES = {"sentiment": "sentiment", "toxicity": "toxicity", "kl": "kl", "kl_k3": "kl", "length": "sentiment"}
 
@@ -104,10 +127,14 @@ def run_entries(store: RunStore, models: list[str] | None = None) -> list[Entry]
     if models is not None:
         missing = [m for m in models if m not in names]
         if missing:
-            raise EvalHarnessError(f"run {store.run_id} has no scores for {missing[0]!r}; its models: {', '.join(names)}")
+            raise EvalHarnessError(
+                f"run {store.run_id} has no scores for {missing[0]!r}; its models: {', '.join(names)}"
+            )
         names = models
-    return [Entry(store, m, [s for s in scores if s.model == m], checkpoint_manifest(infos.get(m, {"spec": m})), m)
-            for m in names]
+    return [
+        Entry(store, m, [s for s in scores if s.model == m], checkpoint_manifest(infos.get(m, {"spec": m})), m)
+        for m in names
+    ]
 
 
 def _run_folder(ref: str, root: Path) -> Path | None:
@@ -134,10 +161,12 @@ def _resolve_one(ref: str, root: Path) -> list[Entry]:
     if unfinished:
         last = unfinished[-1]
         state = {"stale": "killed"}.get(last["status"], last["status"])
-        raise EvalHarnessError(f"model '{ref}' has no finished run; its run {last['run_id']} is {state}: "
-                               f"{last['resume']}")
-    raise EvalHarnessError(f"'{ref}' is neither a run (id or folder under {root}) nor a model with a "
-                           "finished run in the results index")
+        raise EvalHarnessError(
+            f"model '{ref}' has no finished run; its run {last['run_id']} is {state}: {last['resume']}"
+        )
+    raise EvalHarnessError(
+        f"'{ref}' is neither a run (id or folder under {root}) nor a model with a finished run in the results index"
+    )
 
 
 def resolve(refs: list[str], results_dir: str | Path | None = None) -> list[Entry]:
@@ -183,9 +212,13 @@ def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None
     fn = getattr(importlib.import_module(f"evalharness.tasks.{module}"), "paired", None)
     if fn is None:
         raise EvalHarnessError(f"task {column.task} has no paired comparison")
-    return fn(column.metric, ModelRecords(a.store, a.model, task_a, config_a),
-              ModelRecords(b.store, b.model, task_b, config_b), seed=seed,
-              **({} if rounds is None else {"rounds": rounds}))
+    return fn(
+        column.metric,
+        ModelRecords(a.store, a.model, task_a, config_a),
+        ModelRecords(b.store, b.model, task_b, config_b),
+        seed=seed,
+        **({} if rounds is None else {"rounds": rounds}),
+    )
 
 
 def _label(task: str, metric: str) -> str:
@@ -196,8 +229,10 @@ def _label(task: str, metric: str) -> str:
 
 MIXED_HINT = "pass --allow-mixed to show them in separate, labelled columns"
 # Paired tests that refit a model per bootstrap round: minutes, so they say so on the log (stderr) first.
-SLOW = {("alpaca_eval", "length_controlled_winrate"): "a GLM refit per round", ("arena_hard", "score"):
-        "a Bradley-Terry refit per round"}
+SLOW = {
+    ("alpaca_eval", "length_controlled_winrate"): "a GLM refit per round",
+    ("arena_hard", "score"): "a Bradley-Terry refit per round",
+}
 
 
 def _metric_key(m: str) -> tuple[str | None, str]:
@@ -221,16 +256,19 @@ def _groups(entries: list[Entry], metrics: list[str] | None) -> dict[tuple[str, 
         missing = [m for m in metrics if _metric_key(m) not in present]
         if missing:
             known = sorted({f"{s.task}/{s.metric}" for e in entries for s in e.scores})
-            raise InputError(f"no scores for {', '.join(missing)}; metrics of these rows: {', '.join(known) or 'none'}",
-                             field="--metrics")
+            raise InputError(
+                f"no scores for {', '.join(missing)}; metrics of these rows: {', '.join(known) or 'none'}",
+                field="--metrics",
+            )
     else:
         for k in [k for k in groups if k[1] == "length"][1:]:
             del groups[k]
     return groups
 
 
-def _columns(entries: list[Entry], groups: dict[tuple[str, str], list[tuple[int, Score]]], *, allow_mixed: bool,
-             mixed_hint: str) -> Table:
+def _columns(
+    entries: list[Entry], groups: dict[tuple[str, str], list[tuple[int, Score]]], *, allow_mixed: bool, mixed_hint: str
+) -> Table:
     """One column per (task, metric) and comparability key (``store.comparable`` decides; refused unless mixed)."""
     columns: list[Column] = []
     cells: dict[tuple[int, int], Cell] = {}
@@ -241,8 +279,10 @@ def _columns(entries: list[Entry], groups: dict[tuple[str, str], list[tuple[int,
             by_key[rep].append((i, s))
         if len(by_key) > 1 and not allow_mixed:
             (ia, a), (ib, b) = (members[0] for members in list(by_key.values())[:2])
-            raise EvalHarnessError(f"{task}/{metric}: scores of {entries[ia].label} and {entries[ib].label} are not "
-                                   f"comparable ({comparable(a, b)[1]}); {mixed_hint}")
+            raise EvalHarnessError(
+                f"{task}/{metric}: scores of {entries[ia].label} and {entries[ib].label} are not "
+                f"comparable ({comparable(a, b)[1]}); {mixed_hint}"
+            )
         for key, members in by_key.items():
             label = _label(task, metric) + (key_suffix(members[0][1], list(by_key)) if len(by_key) > 1 else "")
             columns.append(Column(task, metric, key, label, members[0][1].higher_is_better))
@@ -257,10 +297,18 @@ def key_suffix(score: Score, keys: list[tuple[Any, ...]]) -> str:
     return " [" + ", ".join(f"{f}={_short(score, f)}" for f in diff) + "]"
 
 
-def build_table(entries: list[Entry], *, against: str | None = None, metrics: list[str] | None = None,
-                allow_mixed: bool = False, rounds: int | None = None, seed: int = 0,
-                max_skipped: float | None = None, mixed_hint: str = MIXED_HINT,
-                log: Callable[[str], None] | None = None) -> Table:
+def build_table(
+    entries: list[Entry],
+    *,
+    against: str | None = None,
+    metrics: list[str] | None = None,
+    allow_mixed: bool = False,
+    rounds: int | None = None,
+    seed: int = 0,
+    max_skipped: float | None = None,
+    mixed_hint: str = MIXED_HINT,
+    log: Callable[[str], None] | None = None,
+) -> Table:
     """Columns per (task, metric), refused (or, ``allow_mixed``, split and labelled) where keys differ;
     with ``against`` (a row's label or model), paired differences and Holm over the table's tests.
     ``max_skipped``: a cell over that failed share (``Score.unmeasured``) is marked and not tested."""
@@ -275,8 +323,9 @@ def build_table(entries: list[Entry], *, against: str | None = None, metrics: li
     if against is not None:
         matches = [i for i, e in enumerate(entries) if against in (e.label, e.model)]
         if len(matches) != 1:
-            raise EvalHarnessError(f"--against {against!r} names {len(matches)} rows; rows: "
-                                   f"{', '.join(e.label for e in entries)}")
+            raise EvalHarnessError(
+                f"--against {against!r} names {len(matches)} rows; rows: {', '.join(e.label for e in entries)}"
+            )
         _pair_against(table, matches[0], rounds=rounds, seed=seed, log=log or (lambda _: None))
     return table
 
@@ -285,6 +334,7 @@ def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log:
     """Each row's paired difference to row ``ref``, Holm over every test; failures as a short cell reason
     with the detail once in the notes."""
     import time
+
     table.against = ref
     tested: list[Cell] = []
     details: dict[str, str] = {}
@@ -298,8 +348,10 @@ def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log:
                 continue
             start = time.monotonic()
             if (col.task, col.metric) in SLOW:
-                log(f"{col.label}: paired bootstrap of {row.label} vs {table.rows[ref].label} "
-                    f"({SLOW[(col.task, col.metric)]}; {rounds or 'default'} rounds)...")
+                log(
+                    f"{col.label}: paired bootstrap of {row.label} vs {table.rows[ref].label} "
+                    f"({SLOW[(col.task, col.metric)]}; {rounds or 'default'} rounds)..."
+                )
             try:
                 cell.paired = paired_cell(col, row, table.rows[ref], rounds=rounds, seed=seed)
                 tested.append(cell)
@@ -310,9 +362,11 @@ def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log:
                 log(f"{col.label}: {row.label} done in {time.monotonic() - start:.0f}s")
     for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
         cell.p_holm = None if p is None or math.isnan(p) else p
-    table.notes.append(f"Δ: paired difference to {table.rows[ref].label} over shared items; * Holm-adjusted "
-                       f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
-                       "with 80% power")
+    table.notes.append(
+        f"Δ: paired difference to {table.rows[ref].label} over shared items; * Holm-adjusted "
+        f"p < {ALPHA} over the table's {len(tested)} tests; MDE: the difference detectable "
+        "with 80% power"
+    )
     table.notes += [f"not paired: {d}" for d in details.values()]
 
 
@@ -359,8 +413,9 @@ def cell_text(table: Table, i: int, j: int) -> tuple[str, str]:
     d = _digits(table.columns[j])
     s = cell.score
     lo, hi = score_ci(s)
-    value = _num(s.value, d) + (f" [{_num(lo, d)}, {_num(hi, d)}]" if lo is not None and hi is not None
-                                and not math.isnan(lo) else "")
+    value = _num(s.value, d) + (
+        f" [{_num(lo, d)}, {_num(hi, d)}]" if lo is not None and hi is not None and not math.isnan(lo) else ""
+    )
     if cell.paired is None:
         return value, (f"({cell.error})" if cell.error else "")
     r = cell.paired
@@ -378,7 +433,12 @@ def _p(p: float | None) -> str:
 
 
 def _head(e: Entry) -> list[str]:
-    return [e.label, e.algorithm, " ".join(f"{k}={v}" for k, v in e.setting.items()), "" if e.step is None else str(e.step)]
+    return [
+        e.label,
+        e.algorithm,
+        " ".join(f"{k}={v}" for k, v in e.setting.items()),
+        "" if e.step is None else str(e.step),
+    ]
 
 
 def records(table: Table) -> list[dict[str, Any]]:
@@ -387,16 +447,37 @@ def records(table: Table) -> list[dict[str, Any]]:
     for (i, j), cell in sorted(table.cells.items()):
         e, col, s = table.rows[i], table.columns[j], cell.score
         lo, hi = score_ci(s)
-        rec: dict[str, Any] = {"model": e.label, "run": e.store.run_id, "algorithm": e.algorithm, "step": e.step,
-                               "task": col.task, "metric": col.metric, "column": col.label, "value": s.value,
-                               "ci_low": lo, "ci_high": hi, "n": s.n, "n_skipped": s.n_skipped}
+        rec: dict[str, Any] = {
+            "model": e.label,
+            "run": e.store.run_id,
+            "algorithm": e.algorithm,
+            "step": e.step,
+            "task": col.task,
+            "metric": col.metric,
+            "column": col.label,
+            "value": s.value,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": s.n,
+            "n_skipped": s.n_skipped,
+        }
         if table.against is not None and i != table.against:
             r = cell.paired
-            rec.update({"delta": r.delta if r else None, "delta_ci_low": r.ci_low if r else None,
-                        "delta_ci_high": r.ci_high if r else None, "p_value": r.p_value if r else None,
-                        "p_holm": cell.p_holm, "n_paired": r.n_paired if r else None, "mde": r.mde if r else None,
-                        "n_only_model": r.n_only_a if r else None, "n_only_against": r.n_only_b if r else None,
-                        "method": r.method if r else None, "error": cell.error})
+            rec.update(
+                {
+                    "delta": r.delta if r else None,
+                    "delta_ci_low": r.ci_low if r else None,
+                    "delta_ci_high": r.ci_high if r else None,
+                    "p_value": r.p_value if r else None,
+                    "p_holm": cell.p_holm,
+                    "n_paired": r.n_paired if r else None,
+                    "mde": r.mde if r else None,
+                    "n_only_model": r.n_only_a if r else None,
+                    "n_only_against": r.n_only_b if r else None,
+                    "method": r.method if r else None,
+                    "error": cell.error,
+                }
+            )
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
     return out
 
@@ -404,8 +485,14 @@ def records(table: Table) -> list[dict[str, Any]]:
 def render(table: Table, fmt: str = "table") -> str:
     """The SimPO-paper layout: a row per model, a column per (task, metric), value [95% CI] and Δ."""
     if fmt == "json":
-        return json.dumps({"rows": records(table), "against": None if table.against is None else
-                           table.rows[table.against].label, "notes": table.notes}, indent=2)
+        return json.dumps(
+            {
+                "rows": records(table),
+                "against": None if table.against is None else table.rows[table.against].label,
+                "notes": table.notes,
+            },
+            indent=2,
+        )
     if fmt == "csv":
         recs = records(table)
         buf = io.StringIO()
@@ -446,8 +533,11 @@ def best_checkpoint(table: Table, metric: str, *, base: str = "sft") -> dict[str
     if j is None or table.against is None:
         return None
     sign = -1.0 if table.columns[j].higher_is_better is False else 1.0
-    trained = [(i, table.cells[(i, j)]) for i in range(len(table.rows))
-               if i != table.against and (i, j) in table.cells and table.cells[(i, j)].paired is not None]
+    trained = [
+        (i, table.cells[(i, j)])
+        for i in range(len(table.rows))
+        if i != table.against and (i, j) in table.cells and table.cells[(i, j)].paired is not None
+    ]
     if not trained:
         return None
     ps = holm([c.paired.p_value for _, c in trained])
@@ -458,22 +548,38 @@ def best_checkpoint(table: Table, metric: str, *, base: str = "sft") -> dict[str
     r = best.paired
     beats = bool(sign * r.delta > 0 and p_adj is not None and p_adj < ALPHA and sign * r.delta > half)
     e = table.rows[i]
-    return {"best_model": e.label, "best_run": e.info.get("run_name"), "best_step": e.step, "metric": metric,
-            "best_reward": best.score.value, "sft_reward": ref.value, "sft_ci_halfwidth": half,
-            "paired_delta": {"delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value,
-                             "n_prompts": r.n_paired},
-            "p_holm_over_checkpoints": p_adj, "k_checkpoints": len(trained), "beats_sft": beats,
-            "selection": f"best of {len(trained)} checkpoints on the evaluation prompts; its paired p-value "
-                         f"Holm-adjusted over the {len(trained)} checkpoint tests"}
+    return {
+        "best_model": e.label,
+        "best_run": e.info.get("run_name"),
+        "best_step": e.step,
+        "metric": metric,
+        "best_reward": best.score.value,
+        "sft_reward": ref.value,
+        "sft_ci_halfwidth": half,
+        "paired_delta": {
+            "delta": r.delta,
+            "ci_low": r.ci_low,
+            "ci_high": r.ci_high,
+            "p_value": r.p_value,
+            "n_prompts": r.n_paired,
+        },
+        "p_holm_over_checkpoints": p_adj,
+        "k_checkpoints": len(trained),
+        "beats_sft": beats,
+        "selection": f"best of {len(trained)} checkpoints on the evaluation prompts; its paired p-value "
+        f"Holm-adjusted over the {len(trained)} checkpoint tests",
+    }
 
 
 def verdict_line(v: dict[str, Any]) -> str:
     d = v["paired_delta"]
     word = "beats" if v["beats_sft"] else "does NOT clearly beat"
-    return (f"best checkpoint: {v['best_model']}: {v['metric']} {v['best_reward']:.3f} vs SFT {v['sft_reward']:.3f} "
-            f"(SFT 95% CI ±{v['sft_ci_halfwidth']:.3f}); paired Δ {d['delta']:+.3f} [{d['ci_low']:+.3f}, "
-            f"{d['ci_high']:+.3f}] over {d['n_prompts']} prompts, p = {_p(d['p_value'])}, Holm over "
-            f"{v['k_checkpoints']} checkpoints p = {_p(v['p_holm_over_checkpoints'])}: {word} SFT")
+    return (
+        f"best checkpoint: {v['best_model']}: {v['metric']} {v['best_reward']:.3f} vs SFT {v['sft_reward']:.3f} "
+        f"(SFT 95% CI ±{v['sft_ci_halfwidth']:.3f}); paired Δ {d['delta']:+.3f} [{d['ci_low']:+.3f}, "
+        f"{d['ci_high']:+.3f}] over {d['n_prompts']} prompts, p = {_p(d['p_value'])}, Holm over "
+        f"{v['k_checkpoints']} checkpoints p = {_p(v['p_holm_over_checkpoints'])}: {word} SFT"
+    )
 
 
 # ---------------------------------------------------------------- regression gate
@@ -488,13 +594,24 @@ def known_unavailable(entries: list[Entry]) -> dict[tuple[str, str], str]:
     for k, e in enumerate(entries):
         for s in e.scores:
             by_metric.setdefault((s.task, s.metric), [None] * len(entries))[k] = s
-    return {m: str(ss[0].extra["unavailable"]) for m, ss in by_metric.items()
-            if all(s is not None and s.value is None and s.extra.get("unavailable") for s in ss)}
+    return {
+        m: str(ss[0].extra["unavailable"])
+        for m, ss in by_metric.items()
+        if all(s is not None and s.value is None and s.extra.get("unavailable") for s in ss)
+    }
 
 
-def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = None,
-            margins: dict[str, float] | None = None, rounds: int | None = None, seed: int = 0,
-            max_skipped: float = MAX_SKIPPED_SHARE, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def regress(
+    baseline: Entry,
+    candidate: Entry,
+    *,
+    metrics: list[str] | None = None,
+    margins: dict[str, float] | None = None,
+    rounds: int | None = None,
+    seed: int = 0,
+    max_skipped: float = MAX_SKIPPED_SHARE,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Per metric: FAIL (significantly worse, Holm over the metrics checked), PASS (the CI of the change
     clears -margin), INCONCLUSIVE (with the MDE), or NOT MEASURED (a side scored nothing, too many failed
     judgments, or lacks the metric: with its reason). The change is oriented so that + is better."""
@@ -505,20 +622,34 @@ def regress(baseline: Entry, candidate: Entry, *, metrics: list[str] | None = No
     if metrics is None:
         for (task, metric), why in known_unavailable([baseline, candidate]).items():
             log(f"left out {task}/{metric}: neither side has it ({why})")
-            baseline, candidate = (replace(e, scores=[s for s in e.scores if (s.task, s.metric) != (task, metric)])
-                                   for e in (baseline, candidate))
-    table = build_table([baseline, candidate], against=baseline.label, metrics=metrics, rounds=rounds, seed=seed,
-                        max_skipped=max_skipped, mixed_hint=REGRESS_HINT, log=log)
+            baseline, candidate = (
+                replace(e, scores=[s for s in e.scores if (s.task, s.metric) != (task, metric)])
+                for e in (baseline, candidate)
+            )
+    table = build_table(
+        [baseline, candidate],
+        against=baseline.label,
+        metrics=metrics,
+        rounds=rounds,
+        seed=seed,
+        max_skipped=max_skipped,
+        mixed_hint=REGRESS_HINT,
+        log=log,
+    )
     margins = margins or {}
     known = {f"{c.task}/{c.metric}" for c in table.columns} | {c.metric for c in table.columns}
     for k in margins:
         if k not in known:
             raise InputError(f"--margin {k}: no such metric; metrics: {', '.join(sorted(known))}", field="--margin")
-    rows = [_gate_row(table, j, margins) for j, col in enumerate(table.columns)
-            if col.higher_is_better is not None or metrics is not None]  # no direction (length): not gated
+    rows = [
+        _gate_row(table, j, margins)
+        for j, col in enumerate(table.columns)
+        if col.higher_is_better is not None or metrics is not None
+    ]  # no direction (length): not gated
     if not rows:  # a gate that checks nothing must not pass
-        raise EvalHarnessError("no metric to gate: no shared score has a direction (higher or lower is better); "
-                               "name them with --metrics")
+        raise EvalHarnessError(
+            "no metric to gate: no shared score has a direction (higher or lower is better); name them with --metrics"
+        )
     drops = [r for r in rows if "_change_ci" in r]
     for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
         rec["p_holm"] = p
@@ -538,9 +669,13 @@ def _gate_row(table: Table, j: int, margins: dict[str, float]) -> dict[str, Any]
     col = table.columns[j]
     head = {"task": col.task, "metric": col.metric}
     sides = (("baseline", table.cells.get((0, j))), ("candidate", table.cells.get((1, j))))
-    why = [f"{side}: no {col.task}/{col.metric} score (the other side has one)" if cell is None
-           else f"{side}: {cell.score.extra.get('unavailable') or cell.unmeasured}"
-           for side, cell in sides if cell is None or cell.unmeasured]
+    why = [
+        f"{side}: no {col.task}/{col.metric} score (the other side has one)"
+        if cell is None
+        else f"{side}: {cell.score.extra.get('unavailable') or cell.unmeasured}"
+        for side, cell in sides
+        if cell is None or cell.unmeasured
+    ]
     cell = sides[1][1]
     if not why and (cell is None or cell.paired is None):
         why = [f"no paired difference: {cell.error if cell else 'not paired'}"]
@@ -550,10 +685,20 @@ def _gate_row(table: Table, j: int, margins: dict[str, float]) -> dict[str, Any]
     sign = -1.0 if col.higher_is_better is False else 1.0
     change, lo, hi = sign * r.delta, *sorted((sign * r.ci_low, sign * r.ci_high))
     p_drop = r.p_value / 2 if change < 0 else 1 - r.p_value / 2  # one-sided: H0 "no drop"
-    return {**head, "higher_is_better": col.higher_is_better, "delta": r.delta, "delta_ci_low": r.ci_low,
-            "delta_ci_high": r.ci_high, "p_value": r.p_value, "p_drop": p_drop, "n_paired": r.n_paired, "mde": r.mde,
-            "margin": margins.get(f"{col.task}/{col.metric}", margins.get(col.metric, 0.0)),
-            "_change_ci": (lo, hi), "method": r.method}
+    return {
+        **head,
+        "higher_is_better": col.higher_is_better,
+        "delta": r.delta,
+        "delta_ci_low": r.ci_low,
+        "delta_ci_high": r.ci_high,
+        "p_value": r.p_value,
+        "p_drop": p_drop,
+        "n_paired": r.n_paired,
+        "mde": r.mde,
+        "margin": margins.get(f"{col.task}/{col.metric}", margins.get(col.metric, 0.0)),
+        "_change_ci": (lo, hi),
+        "method": r.method,
+    }
 
 
 def gate_exit(rows: list[dict[str, Any]], *, strict: bool = False) -> int:
@@ -565,9 +710,15 @@ def gate_exit(rows: list[dict[str, Any]], *, strict: bool = False) -> int:
 
 
 # ---------------------------------------------------------------- history
-def history(model: str | None, *, task: str | None = None, metric: str | None = None,
-            results_dir: str | Path | None = None, max_skipped: float = MAX_SKIPPED_SHARE,
-            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def history(
+    model: str | None,
+    *,
+    task: str | None = None,
+    metric: str | None = None,
+    results_dir: str | Path | None = None,
+    max_skipped: float = MAX_SKIPPED_SHARE,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Every indexed score of a lineage, oldest first: ``model`` itself across runs, and the checkpoints
     trained from it (their manifests name it as base), with step and finish time. Each point names its
     ``series``: scores share one only if ``store.comparable`` says so. A point that is not a measurement
@@ -582,8 +733,15 @@ def history(model: str | None, *, task: str | None = None, metric: str | None = 
         point = _history_point(row, model, runs, log)
         if point is not None:
             out.append(point)
-    out.sort(key=lambda r: (r["task"], r["metric"], r["run_name"] or "", r["step"] if r["step"] is not None else -1,
-                            r["finished_at"] or ""))
+    out.sort(
+        key=lambda r: (
+            r["task"],
+            r["metric"],
+            r["run_name"] or "",
+            r["step"] if r["step"] is not None else -1,
+            r["finished_at"] or "",
+        )
+    )
     _split_series(out)
     for point in out:
         score = point.pop("score")
@@ -612,8 +770,9 @@ def _split_series(points: list[dict[str, Any]]) -> None:
                 p["series"] = name
 
 
-def _run_scores(path: str, runs: dict[str, dict[tuple[str, str, str], Score] | None],
-                log: Callable[[str], None]) -> dict[tuple[str, str, str], Score] | None:
+def _run_scores(
+    path: str, runs: dict[str, dict[tuple[str, str, str], Score] | None], log: Callable[[str], None]
+) -> dict[tuple[str, str, str], Score] | None:
     """A run's full scores by (model, task, metric), read once; None (warned once) when its files are damaged."""
     if path not in runs:
         try:
@@ -624,8 +783,9 @@ def _run_scores(path: str, runs: dict[str, dict[tuple[str, str, str], Score] | N
     return runs[path]
 
 
-def _history_point(row: dict[str, Any], model: str | None, runs: dict[str, Any],
-                   log: Callable[[str], None]) -> dict[str, Any] | None:
+def _history_point(
+    row: dict[str, Any], model: str | None, runs: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, Any] | None:
     """One index row as a history point of ``model``'s lineage (None: not of it, or its run is unreadable)."""
     try:
         manifest = json.loads(row["manifest"])
@@ -645,11 +805,30 @@ def _history_point(row: dict[str, Any], model: str | None, runs: dict[str, Any],
     score = None if scores is None else scores.get((name, row["task"], row["metric"]))
     if score is None:
         return None
-    point = {k: row[k] for k in ("run", "path", "task", "metric", "model", "value", "ci_low", "ci_high", "n",
-                                 "n_skipped", "finished_at")}
-    return {**point, "step": info.get("step"), "run_name": info.get("run_name"),
-            "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
-            "higher_is_better": score.higher_is_better, "score": score}
+    point = {
+        k: row[k]
+        for k in (
+            "run",
+            "path",
+            "task",
+            "metric",
+            "model",
+            "value",
+            "ci_low",
+            "ci_high",
+            "n",
+            "n_skipped",
+            "finished_at",
+        )
+    }
+    return {
+        **point,
+        "step": info.get("step"),
+        "run_name": info.get("run_name"),
+        "algorithm": info.get("algorithm") or ("sft" if name in ("sft", model) else None),
+        "higher_is_better": score.higher_is_better,
+        "score": score,
+    }
 
 
 def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = True, rounds: int = 200) -> None:
@@ -671,13 +850,23 @@ def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = 
             p, delta, paired = r.p_value, r.delta, True
         except (EvalHarnessError, ValueError, OSError, StopIteration, KeyError):
             delta = (cur["value"] or 0) - (prev["value"] or 0)
-            ses = [(x["ci_high"] - x["ci_low"]) / (2 * 1.96) for x in (prev, cur)
-                   if x["ci_low"] is not None and x["ci_high"] is not None]
+            ses = [
+                (x["ci_high"] - x["ci_low"]) / (2 * 1.96)
+                for x in (prev, cur)
+                if x["ci_low"] is not None and x["ci_high"] is not None
+            ]
             if len(ses) == 2 and math.hypot(*ses) > 0:
                 from scipy.stats import norm
+
                 p = float(2 * norm.sf(abs(delta) / math.hypot(*ses)))
-        cur.update({"drop": bool(sign * delta < 0 and p == p and p < ALPHA), "drop_p": None if p != p else p,
-                    "paired": paired, "delta_prev": delta})
+        cur.update(
+            {
+                "drop": bool(sign * delta < 0 and p == p and p < ALPHA),
+                "drop_p": None if p != p else p,
+                "paired": paired,
+                "delta_prev": delta,
+            }
+        )
 
 
 def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -696,13 +885,21 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
 
 
 # ---------------------------------------------------------------- to experiment trackers
-def report_to_trackers(names: list[str], run_path: Path, *, table: Table | None = None, figures: list[Path] = (),
-                       against: str | None = None, group: str | None = None,
-                       log: Callable[[str], None] = lambda _: None) -> None:
+def report_to_trackers(
+    names: list[str],
+    run_path: Path,
+    *,
+    table: Table | None = None,
+    figures: list[Path] = (),
+    against: str | None = None,
+    group: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> None:
     """Send a finished run to the trackers with its comparison table (``table``, else built from the run, paired
     against ``against`` or the run's reference model when it is a row) and trend figures (into ``RUN/figures``)."""
     from evalharness import trackers
     from evalharness.analysis.plot import trend_figures
+
     if not names:
         return
     if table is None:

@@ -26,18 +26,32 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from evalharness.core import provenance
-from evalharness.analysis.compare import ALPHA, Entry, Table, best_checkpoint, build_table, cell_text, mark_drops, records, resolve, stored_task
-from evalharness.core.errors import EvalHarnessError
+from evalharness.analysis.compare import (
+    ALPHA,
+    Entry,
+    Table,
+    best_checkpoint,
+    build_table,
+    cell_text,
+    mark_drops,
+    records,
+    resolve,
+    stored_task,
+)
 from evalharness.analysis.plot import NOT_REWARDS, plot_history
+from evalharness.core import provenance
+from evalharness.core.errors import EvalHarnessError
 from evalharness.core.records import GenRecord, Verdict
 from evalharness.store import RunStore
-from evalharness.tasks.prompted import PromptSetTask, per_prompt
 from evalharness.tasks.base import GenerationSettings, ModelRecords, RunEnv, Session, Task, task_class
+from evalharness.tasks.prompted import PromptSetTask, per_prompt
 
 # Per-item scores on a readable scale: AlpacaEval's preference 1..2 as the policy's win %, Arena-Hard's game
 # score 0..1 as %; ``FLIP_AT``: the midpoint whose crossing is a flipped verdict (a win became a loss).
-ITEM_SCALE: dict[str, Callable[[float], float]] = {"alpaca_eval": lambda v: 100 * (v - 1), "arena_hard": lambda v: 100 * v}
+ITEM_SCALE: dict[str, Callable[[float], float]] = {
+    "alpaca_eval": lambda v: 100 * (v - 1),
+    "arena_hard": lambda v: 100 * v,
+}
 FLIP_AT = {"alpaca_eval": 50.0, "arena_hard": 50.0}
 # MT-Bench judges each turn (item id "QID:TURN", request id "QID:tTURN"); its pairing unit is the question.
 UNIT_OF: dict[str, Callable[[str], str]] = {"mt_bench": lambda item: item.split(":", 1)[0]}
@@ -63,11 +77,17 @@ def _rebuild_task(store: RunStore, name: str) -> tuple[str, Task | None]:
         cls = task_class(module)
         known = {f.name for f in fields(cls.Config)}
         cfg = cls.Config(**{k: v for k, v in config.items() if k in known})
-        gen = GenerationSettings(**{k: v for k, v in (ident.get("generation") or {}).items()
-                                    if k in GenerationSettings.__dataclass_fields__})
+        gen = GenerationSettings(
+            **{k: v for k, v in (ident.get("generation") or {}).items() if k in GenerationSettings.__dataclass_fields__}
+        )
         judge = manifest.get("judge") or {}
-        env = RunEnv(generation=gen, out_dir=store.path, judge_name=str(judge.get("name") or ""),
-                     reference_name=manifest.get("reference"), progress=False)
+        env = RunEnv(
+            generation=gen,
+            out_dir=store.path,
+            judge_name=str(judge.get("name") or ""),
+            reference_name=manifest.get("reference"),
+            progress=False,
+        )
         task = cls(name, cfg, env, gen)
         if isinstance(task, PromptSetTask):
             PromptSetTask.setup(task)  # the prompt items only: reading answers needs no classifier
@@ -80,12 +100,14 @@ def _rebuild_task(store: RunStore, name: str) -> tuple[str, Task | None]:
 
 def _session(store: RunStore, model: str, records: list[GenRecord]) -> Session:
     """The model's Session as the run loop built it (its identity from the manifest), never loading it."""
-    ident = next((dict(m) for m in (store.manifest().get("config") or {}).get("models", []) if m.get("name") == model),
-                 {})
+    ident = next(
+        (dict(m) for m in (store.manifest().get("config") or {}).get("models", []) if m.get("name") == model), {}
+    )
     ident.pop("name", None)
 
     def no_backend() -> Any:
         raise EvalHarnessError("the report reads stored records; it never loads a model")
+
     return Session(model, ident, no_backend, records)
 
 
@@ -106,8 +128,11 @@ def _probabilities(v: Verdict) -> dict[str, float] | None:
         logps = {str(k): float(x) for k, x in v.meta["choice_logprobs"].items()}
     elif isinstance(v.raw, dict):
         content = ((v.raw.get("logprobs") or {}).get("content") or [{}])[0] or {}
-        logps = {str(t["token"]): float(t["logprob"]) for t in content.get("top_logprobs") or []
-                 if isinstance(t, dict) and "token" in t and "logprob" in t}
+        logps = {
+            str(t["token"]): float(t["logprob"])
+            for t in content.get("top_logprobs") or []
+            if isinstance(t, dict) and "token" in t and "logprob" in t
+        }
     if not logps:
         return None
     top = max(logps.values())
@@ -117,14 +142,25 @@ def _probabilities(v: Verdict) -> dict[str, float] | None:
 
 def _judgment(v: Verdict, scale: Callable[[float], float]) -> dict[str, Any]:
     raw = v.raw if isinstance(v.raw, str) or v.raw is None else json.dumps(v.raw, ensure_ascii=False)
-    return {"status": v.status, "value": v.value, "score": scale(v.value) if v.value is not None else None,
-            "order": v.order, "raw": raw, "error": v.error, "probs": _probabilities(v), "sample": v.sample_index,
-            "label": v.meta.get("label"), "game": v.meta.get("game"), "turn": v.meta.get("turn"),
-            "item": v.item_id}
+    return {
+        "status": v.status,
+        "value": v.value,
+        "score": scale(v.value) if v.value is not None else None,
+        "order": v.order,
+        "raw": raw,
+        "error": v.error,
+        "probs": _probabilities(v),
+        "sample": v.sample_index,
+        "label": v.meta.get("label"),
+        "game": v.meta.get("game"),
+        "turn": v.meta.get("turn"),
+        "item": v.item_id,
+    }
 
 
-def task_items(entry: Entry, name: str, module: str, task: Task | None,
-               prompts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def task_items(
+    entry: Entry, name: str, module: str, task: Task | None, prompts: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     """One model's items of one task: unit -> answers, judgments and the per-item score (the mean of its ok
     judgments on the task's readable scale, as ``per_prompt`` pairs prompt-set tasks), plus the prompts."""
     store, model = entry.store, entry.model
@@ -184,8 +220,14 @@ def _item_extras(module: str, task: Task | None) -> dict[str, tuple[str | None, 
 
 
 def _answer(g: GenRecord, request_id: str, sample: int) -> dict[str, Any]:
-    return {"key": g.key, "request": request_id, "sample": sample, "text": g.text, "n_tokens": g.n_tokens,
-            "finish": g.finish_reason}
+    return {
+        "key": g.key,
+        "request": request_id,
+        "sample": sample,
+        "text": g.text,
+        "n_tokens": g.n_tokens,
+        "finish": g.finish_reason,
+    }
 
 
 # ---------------------------------------------------------------- figures
@@ -194,25 +236,44 @@ def _data_uri(path: Path) -> str:
     return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def figures(table: Table, entries: list[Entry], items: dict[str, list[dict[str, Any]]], work: Path,
-            results_dir: str | Path | None) -> tuple[list[dict[str, str]], list[str]]:
+def figures(
+    table: Table,
+    entries: list[Entry],
+    items: dict[str, list[dict[str, Any]]],
+    work: Path,
+    results_dir: str | Path | None,
+) -> tuple[list[dict[str, str]], list[str]]:
     """(figures as {title, uri, note}, notes on figures left out): the frontier, the trends over checkpoints,
     and each task's answer length against its score per model (a length exploit shows as a slope)."""
     out, notes = [], []
     metrics = {c.metric for c in table.columns}
     # The frontier's y axis: a classifier reward (its judge described, as plot.py labels its axis).
-    reward = next((c.metric for j, c in enumerate(table.columns) if c.metric not in NOT_REWARDS and any(
-        cell.score.extra.get("judge_desc") for (_, jj), cell in table.cells.items() if jj == j)), None)
+    reward = next(
+        (
+            c.metric
+            for j, c in enumerate(table.columns)
+            if c.metric not in NOT_REWARDS
+            and any(cell.score.extra.get("judge_desc") for (_, jj), cell in table.cells.items() if jj == j)
+        ),
+        None,
+    )
     if "kl" in metrics and reward is not None:
         from evalharness.analysis.plot import frontier_points, plot_frontier
+
         try:
             runs = list(dict.fromkeys(str(e.store.path) for e in entries))
-            points, meta = frontier_points(runs, reward_metric=reward,
-                                           results_dir=Path(results_dir) if results_dir else None)
+            points, meta = frontier_points(
+                runs, reward_metric=reward, results_dir=Path(results_dir) if results_dir else None
+            )
             if points:
                 files = plot_frontier(points, meta, work / "frontier")
-                out.append({"title": "Reward vs KL frontier", "uri": _data_uri(files[1]),
-                            "note": f"{len(points)} models; {meta['skipped']} left out"})
+                out.append(
+                    {
+                        "title": "Reward vs KL frontier",
+                        "uri": _data_uri(files[1]),
+                        "note": f"{len(points)} models; {meta['skipped']} left out",
+                    }
+                )
         except EvalHarnessError as e:
             notes.append(f"no frontier: {e}")
     stepped = [i for i, e in enumerate(entries) if e.step is not None]
@@ -226,16 +287,32 @@ def figures(table: Table, entries: list[Entry], items: dict[str, list[dict[str, 
                 if cell is None or cell.score.value is None or (e.step is None and i != table.against):
                     continue
                 s = cell.score
-                pts.append({"run": e.store.run_id, "path": str(e.store.path), "task": col.task, "metric": col.metric,
-                            "model": e.model, "step": e.step, "run_name": e.info.get("run_name"), "value": s.value,
-                            "ci_low": s.ci_low, "ci_high": s.ci_high})
+                pts.append(
+                    {
+                        "run": e.store.run_id,
+                        "path": str(e.store.path),
+                        "task": col.task,
+                        "metric": col.metric,
+                        "model": e.model,
+                        "step": e.step,
+                        "run_name": e.info.get("run_name"),
+                        "value": s.value,
+                        "ci_low": s.ci_low,
+                        "ci_high": s.ci_high,
+                    }
+                )
             pts.sort(key=lambda p: (p["run_name"] or "", p["step"] if p["step"] is not None else -1))
             if len(pts) < 2:
                 continue
             mark_drops(pts, higher_is_better=col.higher_is_better)
             files = plot_history(pts, work / f"trend-{j}", title=col.label)
-            out.append({"title": f"Trend over checkpoints: {col.label}", "uri": _data_uri(files[1]),
-                        "note": "red circles: a significant drop from the previous checkpoint"})
+            out.append(
+                {
+                    "title": f"Trend over checkpoints: {col.label}",
+                    "uri": _data_uri(files[1]),
+                    "note": "red circles: a significant drop from the previous checkpoint",
+                }
+            )
     for task, per_model in items.items():
         fig = _length_scatter(task, entries, per_model, work / f"length-{len(out)}")
         if fig is not None:
@@ -243,9 +320,11 @@ def figures(table: Table, entries: list[Entry], items: dict[str, list[dict[str, 
     return out, notes
 
 
-def _length_scatter(task: str, entries: list[Entry], per_model: list[dict[str, Any]],
-                    out: Path) -> dict[str, str] | None:
+def _length_scatter(
+    task: str, entries: list[Entry], per_model: list[dict[str, Any]], out: Path
+) -> dict[str, str] | None:
     from evalharness.analysis.plot import new_figure, save_figure
+
     series = []
     for e, its in zip(entries, per_model):
         pts = [(it["chars"], it["score"]) for it in its.values() if it["chars"] is not None and it["score"] is not None]
@@ -266,25 +345,48 @@ def _length_scatter(task: str, entries: list[Entry], per_model: list[dict[str, A
     ax.legend(fontsize=7, loc="best")
     files = save_figure(fig, out)
     # PNG, not SVG: thousands of item dots make an SVG of megabytes (1.5 MiB at 10 x 805), the PNG ~100 KiB.
-    return {"title": f"Length vs score: {task}", "uri": _data_uri(files[0]),
-            "note": "a model whose mean moves right and up together with its items may be winning on length"}
+    return {
+        "title": f"Length vs score: {task}",
+        "uri": _data_uri(files[0]),
+        "note": "a model whose mean moves right and up together with its items may be winning on length",
+    }
 
 
 # ---------------------------------------------------------------- the data blob
 def _table_data(table: Table) -> dict[str, Any]:
-    cols = [{"label": c.label, "arrow": {True: "↑", False: "↓"}.get(c.higher_is_better, ""), "task": c.task,
-             "metric": c.metric} for c in table.columns]
+    cols = [
+        {
+            "label": c.label,
+            "arrow": {True: "↑", False: "↓"}.get(c.higher_is_better, ""),
+            "task": c.task,
+            "metric": c.metric,
+        }
+        for c in table.columns
+    ]
     rows = []
     for i, e in enumerate(table.rows):
         cells = []
         for j in range(len(table.columns)):
             value, delta = cell_text(table, i, j)
             cell = table.cells.get((i, j))
-            cells.append({"value": value, "delta": "(reference)" if i == table.against else delta,
-                          "sig": bool(cell is not None and cell.significant),
-                          "n": cell.score.n if cell else None, "skipped": cell.score.n_skipped if cell else None})
-        rows.append({"label": e.label, "algorithm": e.algorithm, "step": e.step,
-                     "setting": " ".join(f"{k}={v}" for k, v in e.setting.items()), "cells": cells})
+            cells.append(
+                {
+                    "value": value,
+                    "delta": "(reference)" if i == table.against else delta,
+                    "sig": bool(cell is not None and cell.significant),
+                    "n": cell.score.n if cell else None,
+                    "skipped": cell.score.n_skipped if cell else None,
+                }
+            )
+        rows.append(
+            {
+                "label": e.label,
+                "algorithm": e.algorithm,
+                "step": e.step,
+                "setting": " ".join(f"{k}={v}" for k, v in e.setting.items()),
+                "cells": cells,
+            }
+        )
     return {"columns": cols, "rows": rows, "notes": table.notes, "records": records(table), "alpha": ALPHA}
 
 
@@ -293,20 +395,43 @@ def _provenance(entries: list[Entry]) -> list[dict[str, Any]]:
     for store in dict.fromkeys(e.store.path for e in entries):
         m = RunStore(store).manifest()
         cfg = m.get("config") or {}
-        out.append({"run": m.get("run_id", store.name), "kind": m.get("kind"), "status": m.get("status"),
-                    "started_at": m.get("started_at"), "finished_at": m.get("finished_at"),
-                    "git": m.get("git"), "backend": m.get("backend"), "judge": m.get("judge"),
-                    "reference": m.get("reference"), "generation": cfg.get("generation"),
-                    "models": [{"name": x.get("name"), "spec": x.get("spec"), "revision": x.get("revision")}
-                               for x in m.get("models", [])],
-                    "tasks": {k: {"module": v.get("module"), "version": v.get("version"),
-                                  "decoding": (cfg.get("tasks") or {}).get(k, {}).get("generation")}
-                              for k, v in (m.get("tasks") or {}).items()}})
+        out.append(
+            {
+                "run": m.get("run_id", store.name),
+                "kind": m.get("kind"),
+                "status": m.get("status"),
+                "started_at": m.get("started_at"),
+                "finished_at": m.get("finished_at"),
+                "git": m.get("git"),
+                "backend": m.get("backend"),
+                "judge": m.get("judge"),
+                "reference": m.get("reference"),
+                "generation": cfg.get("generation"),
+                "models": [
+                    {"name": x.get("name"), "spec": x.get("spec"), "revision": x.get("revision")}
+                    for x in m.get("models", [])
+                ],
+                "tasks": {
+                    k: {
+                        "module": v.get("module"),
+                        "version": v.get("version"),
+                        "decoding": (cfg.get("tasks") or {}).get(k, {}).get("generation"),
+                    }
+                    for k, v in (m.get("tasks") or {}).items()
+                },
+            }
+        )
     return out
 
 
-def report_data(refs: list[str], *, against: str | None = None, results_dir: str | Path | None = None,
-                work: Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def report_data(
+    refs: list[str],
+    *,
+    against: str | None = None,
+    results_dir: str | Path | None = None,
+    work: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data: resolved and tabulated exactly as ``compare`` does
     (``log``: progress of the long paired bootstraps)."""
     entries = resolve(refs, results_dir)
@@ -339,14 +464,31 @@ def report_data(refs: list[str], *, against: str | None = None, results_dir: str
         figs, fig_notes = figures(table, entries, items, Path(tmp), results_dir)
     against_row = table.against if table.against is not None else 0
     default_b = best["row"] if best else (1 if len(entries) > 1 and against_row == 0 else 0)
-    return {"generated_at": provenance.now(), "refs": refs,
-            "models": [{"label": e.label, "run": e.store.run_id, "model": e.model, "algorithm": e.algorithm,
-                        "step": e.step} for e in entries],
-            "against": table.against, "best": best, "default_a": against_row, "default_b": default_b,
-            "table": _table_data(table), "figures": figs, "figure_notes": fig_notes,
-            "tasks": {n: {"module": modules.get(n, n), "flip_at": FLIP_AT.get(modules.get(n, n)),
-                          "prompts": prompts[n], "items": items[n]} for n in items},
-            "provenance": _provenance(entries)}
+    return {
+        "generated_at": provenance.now(),
+        "refs": refs,
+        "models": [
+            {"label": e.label, "run": e.store.run_id, "model": e.model, "algorithm": e.algorithm, "step": e.step}
+            for e in entries
+        ],
+        "against": table.against,
+        "best": best,
+        "default_a": against_row,
+        "default_b": default_b,
+        "table": _table_data(table),
+        "figures": figs,
+        "figure_notes": fig_notes,
+        "tasks": {
+            n: {
+                "module": modules.get(n, n),
+                "flip_at": FLIP_AT.get(modules.get(n, n)),
+                "prompts": prompts[n],
+                "items": items[n],
+            }
+            for n in items
+        },
+        "provenance": _provenance(entries),
+    }
 
 
 # ---------------------------------------------------------------- the page
@@ -377,26 +519,37 @@ def _asset(name: str) -> str:
 def render_html(data: dict[str, Any], *, title: str = "evalharness report") -> str:
     """The page: a strict CSP, the inline style and script (one nonce), and the data blob."""
     nonce = secrets.token_urlsafe(18)
-    csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data:; "
-           "base-uri 'none'; form-action 'none'; connect-src 'none'; frame-src 'none'; object-src 'none'")
+    csp = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data:; "
+        "base-uri 'none'; form-action 'none'; connect-src 'none'; frame-src 'none'; object-src 'none'"
+    )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{csp}\">\n"
-        "<meta name=\"referrer\" content=\"no-referrer\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{html.escape(title)}</title>\n<style nonce=\"{nonce}\">\n{_asset('report.css')}</style>\n</head>\n"
-        "<body>\n<div id=\"app\"><p id=\"loading\">Loading report…</p></div>\n"
-        f"<script id=\"report-data\" type=\"application/json\">{script_json(_clean(data))}</script>\n"
-        f"<script nonce=\"{nonce}\">\n{_asset('report.js')}</script>\n</body>\n</html>\n")
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<title>{html.escape(title)}</title>\n<style nonce="{nonce}">\n{_asset("report.css")}</style>\n</head>\n'
+        '<body>\n<div id="app"><p id="loading">Loading report…</p></div>\n'
+        f'<script id="report-data" type="application/json">{script_json(_clean(data))}</script>\n'
+        f'<script nonce="{nonce}">\n{_asset("report.js")}</script>\n</body>\n</html>\n'
+    )
 
 
-def write_report(refs: list[str], out: str | Path, *, against: str | None = None,
-                 results_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> Path:
+def write_report(
+    refs: list[str],
+    out: str | Path,
+    *,
+    against: str | None = None,
+    results_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Build the report of ``refs`` (as ``evalharness compare`` reads them) into ``out``, written atomically."""
     from evalharness.store import write_text_atomic
+
     out = Path(out)
-    data = report_data(refs, against=against, results_dir=results_dir, log=log,
-                       work=out.parent if out.parent.is_dir() else None)
+    data = report_data(
+        refs, against=against, results_dir=results_dir, log=log, work=out.parent if out.parent.is_dir() else None
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, render_html(data, title=f"evalharness report: {', '.join(refs)}"))
     return out

@@ -35,34 +35,49 @@ def _compute(bench: str, path: Path, **options: Any) -> tuple[dict[str, Any], li
     opts = {k: v for k, v in options.items() if v is not None}
     if bench == "alpaca-eval":
         from evalharness.tasks.alpaca_eval import metric as m
+
         metrics = m.metrics_from_annotations_file(path, **opts)
         return metrics, m.to_scores(metrics, metrics["model"])
     if bench == "arena-hard":
         from evalharness.tasks.arena_hard import metric as a
+
         metrics = a.metrics_from_file(path, **opts)
         return metrics, a.to_scores(metrics)
     if bench == "mt-bench":
         from evalharness.tasks.mt_bench import metric as t
+
         metrics = t.metrics_from_file(path, **opts)
         return metrics, t.to_scores(metrics)
     raise InputError(f"unknown benchmark '{bench}'; one of {', '.join(BENCHES)}")
 
 
-def import_run(bench: str, path: str | Path, metrics: dict[str, Any], scores: list[Score],
-               results_dir: str | Path | None = None) -> Path:
+def import_run(
+    bench: str, path: str | Path, metrics: dict[str, Any], scores: list[Score], results_dir: str | Path | None = None
+) -> Path:
     """Store recomputed official metrics as a run ``import-<bench>-<file hash>`` (idempotent)."""
     digest = hashlib.sha256(Path(path).read_bytes() if Path(path).is_file() else str(path).encode()).hexdigest()
     run_id = f"import-{bench}-{digest[:10]}"
-    manifest = {"run_id": run_id, "kind": "import", "schema_version": SCHEMA_VERSION, "started_at": provenance.now(),
-                "config": {"bench": bench, "source": str(Path(path).resolve()), "sha256": digest},
-                **provenance.environment(), "models": [{"spec": s.model, "revision": None} for s in scores]}
+    manifest = {
+        "run_id": run_id,
+        "kind": "import",
+        "schema_version": SCHEMA_VERSION,
+        "started_at": provenance.now(),
+        "config": {"bench": bench, "source": str(Path(path).resolve()), "sha256": digest},
+        **provenance.environment(),
+        "models": [{"spec": s.model, "revision": None} for s in scores],
+    }
     task = bench.replace("-", "_")
     manifest["tasks"] = {task: {"module": f"evalharness.tasks.{task}", "version": "imported"}}
     store = RunStore.open(run_id, manifest, Path(results_dir) if results_dir else None)
     with store.recording_failure():
         _store_records(store, bench, Path(path), metrics, scores)
-        summary = {"run_id": run_id, "path": str(store.path), "task": bench, "metrics": metrics,
-                   "scores": [s.to_dict() for s in scores]}
+        summary = {
+            "run_id": run_id,
+            "path": str(store.path),
+            "task": bench,
+            "metrics": metrics,
+            "scores": [s.to_dict() for s in scores],
+        }
         store.finish(scores, summary, provenance.now())
     return store.path
 
@@ -76,18 +91,21 @@ def _store_records(store: RunStore, bench: str, path: Path, metrics: dict[str, A
     if bench == "alpaca-eval":
         from evalharness.tasks.alpaca_eval import metric as m
         from evalharness.tasks.base import file_name
+
         rows = m.load_annotations(path)
         model = metrics["model"]
         mine = [r for r in rows if r.get("generator_2", model) == model] or rows
         write_json_atomic(store.path / "alpaca_eval" / file_name(model) / "annotations.json", mine)
     elif bench == "mt-bench":
         from evalharness.tasks.mt_bench import metric as t
+
         verdicts = t.load_judgments(path)
         for v in verdicts:
             v.task, v.model, v.key = "mt_bench", v.meta["model"], f"{v.meta['question_id']}:t{v.meta['turn']}"
         store.add_verdicts(verdicts)
     elif bench == "arena-hard":
         from evalharness.tasks.arena_hard import metric as a
+
         if not (path.is_dir() or a.is_judgment_file(path)):
             return  # battles carry no per-game judgment to store
         verdicts = a.load_judgments(path, baseline=metrics["baseline"])

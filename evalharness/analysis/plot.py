@@ -66,26 +66,35 @@ def _load_run(run: str | Path, results_dir: Path | None) -> tuple[str, dict[str,
     manifest_models(manifest, path)  # a models field of the wrong shape names the file here
     run_id = manifest.get("run_id", path.name)
     if manifest.get("kind") not in ("eval", "run"):
-        raise EvalHarnessError(f"run '{run_id}' ({path}) is a '{manifest.get('kind')}' run; the frontier needs "
-                               "evaluation runs with a kl task (`evalharness eval` or `evalharness run`)")
+        raise EvalHarnessError(
+            f"run '{run_id}' ({path}) is a '{manifest.get('kind')}' run; the frontier needs "
+            "evaluation runs with a kl task (`evalharness eval` or `evalharness run`)"
+        )
     return run_id, manifest, store.scores()
 
 
 def _pick_reward_metric(runs: list[tuple[str, dict[str, Any], list[Score]]], wanted: str | None) -> str:
-    present = sorted({s.metric for _, _, scores in runs for s in scores}
-                     | {f"{s.task}/{s.metric}" for _, _, scores in runs for s in scores})
+    present = sorted(
+        {s.metric for _, _, scores in runs for s in scores}
+        | {f"{s.task}/{s.metric}" for _, _, scores in runs for s in scores}
+    )
     rewards = [m for m in present if "/" not in m and m not in NOT_REWARDS]
     if wanted is not None:
         if wanted in NOT_REWARDS:
-            raise EvalHarnessError(f"'{wanted}' is not a reward; reward metrics present: {', '.join(rewards) or 'none'}")
+            raise EvalHarnessError(
+                f"'{wanted}' is not a reward; reward metrics present: {', '.join(rewards) or 'none'}"
+            )
         if wanted not in present:
-            raise EvalHarnessError(f"no '{wanted}' scores in these runs; reward metrics present: "
-                                   f"{', '.join(rewards) or 'none'}")
+            raise EvalHarnessError(
+                f"no '{wanted}' scores in these runs; reward metrics present: {', '.join(rewards) or 'none'}"
+            )
         return wanted
     if not rewards:
         raise EvalHarnessError("these runs have no reward metric (only " + ", ".join(present or ["no scores"]) + ")")
     if len(rewards) > 1:
-        raise EvalHarnessError(f"several reward metrics in these runs: {', '.join(rewards)}; pick one with --reward-metric")
+        raise EvalHarnessError(
+            f"several reward metrics in these runs: {', '.join(rewards)}; pick one with --reward-metric"
+        )
     return rewards[0]
 
 
@@ -96,8 +105,10 @@ def _check_one_key(what: str, used: list[tuple[str, Score]]) -> tuple[str, ...] 
         ok, why = comparable(used[0][1], s)
         if not ok:
             fields_ = [f for f in KEY_FIELDS if f"{f}: " in why]
-            raise EvalHarnessError(f"{what} scores differ in {', '.join(fields_)} and cannot share one plot: {why} "
-                                   f"(runs {used[0][0]} and {run_id})")
+            raise EvalHarnessError(
+                f"{what} scores differ in {', '.join(fields_)} and cannot share one plot: {why} "
+                f"(runs {used[0][0]} and {run_id})"
+            )
     return used[0][1].key if used else None
 
 
@@ -107,12 +118,15 @@ def _check_comparable_configs(runs: list[tuple[str, dict[str, Any], list[Score]]
     for name in COMPARABLE_CONFIG:
         values = {run_id: (m.get("config") or {}).get(name) for run_id, m, _ in runs}
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
-            raise EvalHarnessError(f"runs differ in {name} ({', '.join(f'{r}: {v}' for r, v in values.items())}); "
-                                   "their rewards and KLs are not comparable on one plot")
+            raise EvalHarnessError(
+                f"runs differ in {name} ({', '.join(f'{r}: {v}' for r, v in values.items())}); "
+                "their rewards and KLs are not comparable on one plot"
+            )
 
 
-def _identity(spec: str, info: dict[str, Any],
-              is_reference: bool) -> tuple[str, str | None, int | None, dict[str, Any], str]:
+def _identity(
+    spec: str, info: dict[str, Any], is_reference: bool
+) -> tuple[str, str | None, int | None, dict[str, Any], str]:
     """(algorithm, run_name, step, hparams, label) from the checkpoint's own manifest (nanoGPT: self-describing).
 
     A model without one is the SFT point only if it is the KL reference: a checkpoint whose folder moved
@@ -139,12 +153,14 @@ def _ci(x: float | None) -> float:
 
 def _same(a: FrontierPoint, b: FrontierPoint) -> bool:
     fields_ = ("reward", "reward_lo", "reward_hi", "kl", "kl_lo", "kl_hi")
-    return all(getattr(a, f) == getattr(b, f) or (math.isnan(getattr(a, f)) and math.isnan(getattr(b, f)))
-               for f in fields_)
+    return all(
+        getattr(a, f) == getattr(b, f) or (math.isnan(getattr(a, f)) and math.isnan(getattr(b, f))) for f in fields_
+    )
 
 
-def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
-                    results_dir: Path | None = None) -> tuple[list[FrontierPoint], dict[str, Any]]:
+def frontier_points(
+    runs: list[str | Path], *, reward_metric: str | None = None, results_dir: Path | None = None
+) -> tuple[list[FrontierPoint], dict[str, Any]]:
     """One point per model with both a reward and a KL score, across eval runs (ids or folders).
 
     ``meta`` names the reward metric, both judges (id, version), the reference, the task, and the models
@@ -179,7 +195,8 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
                 if not _same(points[spec], p):
                     raise EvalHarnessError(
                         f"model '{spec}' is in runs {points[spec].run_id} and {run_id} with different scores "
-                        f"(revisions {revisions[spec]} and {info.get('revision')}); plot one of them")
+                        f"(revisions {revisions[spec]} and {info.get('revision')}); plot one of them"
+                    )
                 continue
             points[spec], revisions[spec] = p, info.get("revision")
             used_reward.append((run_id, rw))
@@ -187,27 +204,46 @@ def frontier_points(runs: list[str | Path], *, reward_metric: str | None = None,
     rkey = _check_one_key(f"reward '{metric}'", used_reward)
     kkey = _check_one_key("KL", used_kl)
     meta: dict[str, Any] = {
-        "runs": [r for r, _, _ in loaded], "reward_metric": metric,
+        "runs": [r for r, _, _ in loaded],
+        "reward_metric": metric,
         "higher_is_better": direction(list(points.values())),
         "task": rkey[0] if rkey else None,
         "reward_judge_id": rkey[3] if rkey else None,
         "reward_judge_version": _desc(used_reward[0][1]) if used_reward else None,
-        "kl_judge_id": kkey[3] if kkey else None, "kl_judge_version": _desc(used_kl[0][1]) if used_kl else None,
+        "kl_judge_id": kkey[3] if kkey else None,
+        "kl_judge_version": _desc(used_kl[0][1]) if used_kl else None,
         "reference_model": kkey[5] if kkey else None,
-        "skipped": len(skipped), "skipped_models": skipped}
+        "skipped": len(skipped),
+        "skipped_models": skipped,
+    }
     return list(points.values()), meta
 
 
 def _point(spec: str, run_id: str, rw: Score, kl: Score, infos: dict[str, dict[str, Any]]) -> FrontierPoint:
     """A model's frontier point; it is the SFT star only if it is the KL reference (by name or revision)."""
     info = infos.get(spec, {})
-    ref = kl.extra.get("reference_name") or kl.baseline  # the baseline is the reference's identity; the name is kept beside it
+    ref = (
+        kl.extra.get("reference_name") or kl.baseline
+    )  # the baseline is the reference's identity; the name is kept beside it
     ref_rev = (infos.get(ref) or {}).get("revision") if ref else None
     is_ref = spec == ref or (ref_rev is not None and info.get("revision") == ref_rev)
     algorithm, run_name, step, hparams, label = _identity(spec, info, is_ref)
-    return FrontierPoint(label, algorithm, run_name, step, hparams, float(rw.value or 0), _ci(rw.ci_low),
-                         _ci(rw.ci_high), float(kl.value or 0), _ci(kl.ci_low), _ci(kl.ci_high), spec, run_id,
-                         rw.higher_is_better is not False)
+    return FrontierPoint(
+        label,
+        algorithm,
+        run_name,
+        step,
+        hparams,
+        float(rw.value or 0),
+        _ci(rw.ci_low),
+        _ci(rw.ci_high),
+        float(kl.value or 0),
+        _ci(kl.ci_low),
+        _ci(kl.ci_high),
+        spec,
+        run_id,
+        rw.higher_is_better is not False,
+    )
 
 
 def _desc(score: Score) -> str:
@@ -330,32 +366,71 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
         yerr = list(zip(*(_err(p.reward, p.reward_lo, p.reward_hi) for p in pts)))
         if algo == SFT:
             for p in pts:
-                ax.errorbar([p.kl], [p.reward], xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
-                            yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)], fmt="*",
-                            color="black", markersize=15, elinewidth=0.8, capsize=2, zorder=5, label=p.label)
+                ax.errorbar(
+                    [p.kl],
+                    [p.reward],
+                    xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
+                    yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)],
+                    fmt="*",
+                    color="black",
+                    markersize=15,
+                    elinewidth=0.8,
+                    capsize=2,
+                    zorder=5,
+                    label=p.label,
+                )
             continue
         c = colours[algo]
-        ax.errorbar([p.kl for p in pts], [p.reward for p in pts], xerr=xerr, yerr=yerr, fmt="o", color=c,
-                    markersize=5, elinewidth=0.7, capsize=2, alpha=0.85, zorder=3,
-                    label=f"{_display(algo)} ({len(pts)})")
+        ax.errorbar(
+            [p.kl for p in pts],
+            [p.reward for p in pts],
+            xerr=xerr,
+            yerr=yerr,
+            fmt="o",
+            color=c,
+            markersize=5,
+            elinewidth=0.7,
+            capsize=2,
+            alpha=0.85,
+            zorder=3,
+            label=f"{_display(algo)} ({len(pts)})",
+        )
         front = pareto_front(pts, higher_is_better=hib)
         # The best reward reachable within a KL budget: a step at each front point, up for a
         # higher-is-better reward, down for a lower-is-better one (toxicity).
         if len(front) > 1:
-            ax.plot([p.kl for p in front], [p.reward for p in front], drawstyle="steps-post", color=c,
-                    linewidth=1.4, alpha=0.9, zorder=2)
+            ax.plot(
+                [p.kl for p in front],
+                [p.reward for p in front],
+                drawstyle="steps-post",
+                color=c,
+                linewidth=1.4,
+                alpha=0.9,
+                zorder=2,
+            )
     ax.set_xlabel(kl_axis_label(meta.get("kl_judge_version") or "", meta.get("reference_model")))
-    ax.set_ylabel(reward_axis_label(meta.get("reward_metric") or "reward", meta.get("reward_judge_id") or "?",
-                                    meta.get("reward_judge_version") or "", hib))
+    ax.set_ylabel(
+        reward_axis_label(
+            meta.get("reward_metric") or "reward",
+            meta.get("reward_judge_id") or "?",
+            meta.get("reward_judge_version") or "",
+            hib,
+        )
+    )
     ax.set_title(f"Reward vs KL frontier — task: {meta.get('task')}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     # Provenance footnote; supxlabel (unlike fig.text) gets room from the constrained layout.
     runs = list(meta.get("runs", []))
     shown = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
-    fig.supxlabel(f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
-                  f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
-                  fontsize=5, color="#555555", x=0.005, ha="left")
+    fig.supxlabel(
+        f"reward judge {meta.get('reward_judge_id')} {meta.get('reward_judge_version')}; "
+        f"KL {meta.get('kl_judge_version')}; 95% CIs; runs: {shown}",
+        fontsize=5,
+        color="#555555",
+        x=0.005,
+        ha="left",
+    )
     return save_figure(fig, out)
 
 
@@ -365,6 +440,7 @@ def new_figure(size: tuple[float, float] = (7.5, 4.5), dpi: int = 150) -> tuple[
     An Agg canvas on a bare Figure: headless, and it leaves pyplot's global backend alone (notebooks, GUIs)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
@@ -373,14 +449,18 @@ def new_figure(size: tuple[float, float] = (7.5, 4.5), dpi: int = 150) -> tuple[
 def save_figure(fig: Any, out: Path | str) -> list[Path]:
     """``out``.png and ``out``.svg, each written atomically (``paths.write_atomic``): never half-written."""
     import matplotlib
+
     png, svg = _plot_paths(out)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
-        return [write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
-                for path, fmt in ((png, "png"), (svg, "svg"))]
+        return [
+            write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
+            for path, fmt in ((png, "png"), (svg, "svg"))
+        ]
 
 
-def frontier(runs: list[str | Path], out: Path | str, *, reward_metric: str | None = None,
-             results_dir: Path | None = None) -> tuple[list[Path], list[FrontierPoint]]:
+def frontier(
+    runs: list[str | Path], out: Path | str, *, reward_metric: str | None = None, results_dir: Path | None = None
+) -> tuple[list[Path], list[FrontierPoint]]:
     """Read the runs and plot them; refuses when no model has both a reward and a KL."""
     points, meta = frontier_points(runs, reward_metric=reward_metric, results_dir=results_dir)
     if not points:
@@ -408,9 +488,18 @@ def frontier_table(points: list[FrontierPoint], *, higher_is_better: bool | None
     overall = {id(q) for q in pareto_front(points, higher_is_better=higher_is_better)}
     rows = []
     for p in sorted(points, key=lambda p: (_order(p.algorithm), p.kl)):
-        rows.append({"label": p.label, "algorithm": p.algorithm, "step": p.step, "hparams": _hparams_str(p.hparams),
-                     "reward": _with_ci(p.reward, p.reward_lo, p.reward_hi), "kl": _with_ci(p.kl, p.kl_lo, p.kl_hi),
-                     "on_front": id(p) in fronts, "on_overall_front": id(p) in overall})
+        rows.append(
+            {
+                "label": p.label,
+                "algorithm": p.algorithm,
+                "step": p.step,
+                "hparams": _hparams_str(p.hparams),
+                "reward": _with_ci(p.reward, p.reward_lo, p.reward_hi),
+                "kl": _with_ci(p.kl, p.kl_lo, p.kl_hi),
+                "on_front": id(p) in fronts,
+                "on_overall_front": id(p) in overall,
+            }
+        )
     return rows
 
 
@@ -428,8 +517,9 @@ class TemperaturePoint:
     run_id: str = ""
 
 
-def temperature_points(runs: list[str | Path], *, task: str | None = None, metric: str | None = None,
-                       results_dir: Path | None = None) -> tuple[list[TemperaturePoint], dict[str, Any]]:
+def temperature_points(
+    runs: list[str | Path], *, task: str | None = None, metric: str | None = None, results_dir: Path | None = None
+) -> tuple[list[TemperaturePoint], dict[str, Any]]:
     """Every model's score on a temperature-swept task (``generation: {temperature: [...]}``: tasks
     ``NAME@tT``), one point per model and temperature, read from finished runs.
 
@@ -448,22 +538,35 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
                 swept[swept_task(s.task)].add(float(s.decoding["temperature"]))
     if task is None:
         if len(swept) != 1:
-            raise EvalHarnessError("no temperature-swept task (generation: {temperature: [...]}) in these runs"
-                                   if not swept else f"several swept tasks: {', '.join(sorted(swept))}; pick one with --task")
+            raise EvalHarnessError(
+                "no temperature-swept task (generation: {temperature: [...]}) in these runs"
+                if not swept
+                else f"several swept tasks: {', '.join(sorted(swept))}; pick one with --task"
+            )
         task = next(iter(swept))
     elif task not in swept:
-        raise EvalHarnessError(f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}")
-    mine = [(run_id, s) for run_id, _, scores in loaded for s in scores if swept_task(s.task) == task
-            and s.task != task and s.decoding and "temperature" in s.decoding]
+        raise EvalHarnessError(
+            f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}"
+        )
+    mine = [
+        (run_id, s)
+        for run_id, _, scores in loaded
+        for s in scores
+        if swept_task(s.task) == task and s.task != task and s.decoding and "temperature" in s.decoding
+    ]
     metrics = list(dict.fromkeys(s.metric for _, s in mine if s.higher_is_better is not None and s.value is not None))
     metric = metric or (metrics[0] if metrics else None)
     used = [(r, s) for r, s in mine if s.metric == metric]
     if metric is None or not used:
         raise EvalHarnessError(f"no '{metric}' scores on {task}; metrics: {', '.join(metrics) or 'none'}")
     # One key but for the temperature: compare the scores as if they were one task at one temperature.
-    _check_one_key(f"{task} '{metric}'", [(r, replace(s, task=task, decoding={k: v for k, v in s.decoding.items()
-                                                                           if k != "temperature"}))
-                                         for r, s in used])
+    _check_one_key(
+        f"{task} '{metric}'",
+        [
+            (r, replace(s, task=task, decoding={k: v for k, v in s.decoding.items() if k != "temperature"}))
+            for r, s in used
+        ],
+    )
     points: dict[tuple[str, float], TemperaturePoint] = {}
     for run_id, s in used:
         if s.value is None or not math.isfinite(s.value):
@@ -472,12 +575,20 @@ def temperature_points(runs: list[str | Path], *, task: str | None = None, metri
         p = TemperaturePoint(s.model, float(s.decoding["temperature"]), float(s.value), _ci(lo), _ci(hi), s.n, run_id)
         k = (p.model, p.temperature)
         if k in points and points[k].value != p.value:
-            raise EvalHarnessError(f"model '{p.model}' at temperature {p.temperature:g} is in runs {points[k].run_id} "
-                                   f"and {run_id} with different scores; plot one of them")
+            raise EvalHarnessError(
+                f"model '{p.model}' at temperature {p.temperature:g} is in runs {points[k].run_id} "
+                f"and {run_id} with different scores; plot one of them"
+            )
         points.setdefault(k, p)
     first = used[0][1]
-    meta = {"runs": [r for r, _, _ in loaded], "task": task, "metric": metric, "judge_id": first.judge_id,
-            "baseline": first.baseline, "higher_is_better": first.higher_is_better is not False}
+    meta = {
+        "runs": [r for r, _, _ in loaded],
+        "task": task,
+        "metric": metric,
+        "judge_id": first.judge_id,
+        "baseline": first.baseline,
+        "higher_is_better": first.higher_is_better is not False,
+    }
     return sorted(points.values(), key=lambda p: (p.model, p.temperature)), meta
 
 
@@ -491,8 +602,17 @@ def plot_temperature(points: list[TemperaturePoint], meta: dict[str, Any], out: 
     for k, model in enumerate(models):
         pts = [p for p in points if p.model == model]
         err = list(zip(*(_err(p.value, p.lo, p.hi) for p in pts)))
-        ax.errorbar([p.temperature for p in pts], [p.value for p in pts], yerr=err, fmt="o-", capsize=3,
-                    color="black" if model == SFT else f"C{k % 10}", markersize=5, linewidth=1.2, label=model)
+        ax.errorbar(
+            [p.temperature for p in pts],
+            [p.value for p in pts],
+            yerr=err,
+            fmt="o-",
+            capsize=3,
+            color="black" if model == SFT else f"C{k % 10}",
+            markersize=5,
+            linewidth=1.2,
+            label=model,
+        )
     what = meta.get("metric") or "score"
     ax.set_xlabel("sampling temperature (0 = greedy)")
     ax.set_ylabel(what + ("" if meta.get("higher_is_better", True) else " (lower is better)"))
@@ -500,13 +620,24 @@ def plot_temperature(points: list[TemperaturePoint], meta: dict[str, Any], out: 
     ax.set_title(f"{meta.get('task')}: {what}{against} by sampling temperature")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.supxlabel(f"judge {meta.get('judge_id')}; 95% CIs; runs: {', '.join(meta.get('runs', [])[:4])}",
-                  fontsize=5, color="#555555", x=0.005, ha="left")
+    fig.supxlabel(
+        f"judge {meta.get('judge_id')}; 95% CIs; runs: {', '.join(meta.get('runs', [])[:4])}",
+        fontsize=5,
+        color="#555555",
+        x=0.005,
+        ha="left",
+    )
     return save_figure(fig, out)
 
 
-def temperature_plot(runs: list[str | Path], out: Path | str, *, task: str | None = None, metric: str | None = None,
-                     results_dir: Path | None = None) -> tuple[list[Path], list[TemperaturePoint], dict[str, Any]]:
+def temperature_plot(
+    runs: list[str | Path],
+    out: Path | str,
+    *,
+    task: str | None = None,
+    metric: str | None = None,
+    results_dir: Path | None = None,
+) -> tuple[list[Path], list[TemperaturePoint], dict[str, Any]]:
     """Read the runs and plot the swept task's metric by temperature."""
     points, meta = temperature_points(runs, task=task, metric=metric, results_dir=results_dir)
     return plot_temperature(points, meta, out), points, meta
@@ -540,8 +671,15 @@ def plot_history(points: list[dict[str, Any]], out: str | Path, *, title: str) -
         ax.plot(xr, [p["value"] for p in pts], "o-", color=color, label=run or title)
     drops = [(x, p["value"]) for x, p in zip(xs, points) if p.get("drop")]
     if drops:
-        ax.scatter(*zip(*drops), s=120, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
-                   label="significant drop from the previous point")
+        ax.scatter(
+            *zip(*drops),
+            s=120,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=2,
+            zorder=5,
+            label="significant drop from the previous point",
+        )
     ax.set_xlabel("training step" if stepped else "run (oldest first)")
     ax.set_ylabel(title)
     ax.legend(loc="best", fontsize=8)
@@ -555,9 +693,16 @@ def trend_figures(table: Any, out: Path) -> list[Path]:
         return []
     paths: list[Path] = []
     for j, col in enumerate(table.columns):
-        points = [{"step": e.step, "run_name": e.info.get("run_name"), "value": table.cells[(i, j)].score.value,
-                   **dict(zip(("ci_low", "ci_high"), score_ci(table.cells[(i, j)].score)))}
-                  for i, e in enumerate(table.rows) if (i, j) in table.cells]
+        points = [
+            {
+                "step": e.step,
+                "run_name": e.info.get("run_name"),
+                "value": table.cells[(i, j)].score.value,
+                **dict(zip(("ci_low", "ci_high"), score_ci(table.cells[(i, j)].score))),
+            }
+            for i, e in enumerate(table.rows)
+            if (i, j) in table.cells
+        ]
         points.sort(key=lambda p: (p["run_name"] is not None, p["run_name"] or "", p["step"] or 0))
         if any(p["value"] is not None for p in points):
             paths += plot_history(points, out / f"trend-{col.task}-{col.metric}", title=f"{col.task}/{col.metric}")

@@ -18,8 +18,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalharness.core.errors import InputError
 from evalharness.backends.base import Backend
+from evalharness.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,33 @@ def register(name: str, module: str, cls: str, capabilities: Capabilities | None
     _REGISTRY[name] = _Entry(module, cls, capabilities or Capabilities(local_weights=False, scores_responses=False))
 
 
-register("hf", "evalharness.backends.hf", "HFBackend", Capabilities(
-    local_weights=True, scores_responses=True,
-    options={"dtype": "float32", "batch_size": "auto", "progress": None}))
-register("vllm", "evalharness.backends.vllm", "VLLMBackend", Capabilities(
-    local_weights=True, scores_responses=True, options={"dtype": None, "progress": None}))
+register(
+    "hf",
+    "evalharness.backends.hf",
+    "HFBackend",
+    Capabilities(
+        local_weights=True, scores_responses=True, options={"dtype": "float32", "batch_size": "auto", "progress": None}
+    ),
+)
+register(
+    "vllm",
+    "evalharness.backends.vllm",
+    "VLLMBackend",
+    Capabilities(local_weights=True, scores_responses=True, options={"dtype": None, "progress": None}),
+)
 register("fake", "evalharness.backends.fake", "FakeBackend", Capabilities(local_weights=False, scores_responses=True))
-register("openai", "evalharness.backends.openai", "OpenAIBackend", Capabilities(
-    local_weights=False, scores_responses=False,  # chat endpoints return no log-probs of a given response
-    options={"progress": None}, api_key_option="api_key_env", url_option="base_url"))
+register(
+    "openai",
+    "evalharness.backends.openai",
+    "OpenAIBackend",
+    Capabilities(
+        local_weights=False,
+        scores_responses=False,  # chat endpoints return no log-probs of a given response
+        options={"progress": None},
+        api_key_option="api_key_env",
+        url_option="base_url",
+    ),
+)
 
 
 def backend_names() -> list[str]:
@@ -100,5 +118,14 @@ def get_backend(name: str, model: Any, **options: Any) -> Backend:
     return backend_class(name)(model, **options)  # type: ignore[no-any-return]
 
 
-__all__ = ["Backend", "Capabilities", "backend_class", "backend_names", "backend_options", "capabilities",
-           "get_backend", "register", "scoring_backends"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "backend_class",
+    "backend_names",
+    "backend_options",
+    "capabilities",
+    "get_backend",
+    "register",
+    "scoring_backends",
+]

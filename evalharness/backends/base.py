@@ -34,6 +34,9 @@ def request_prompt_ids(tokenizer: Any, req: GenRequest) -> list[int]:
     rendered once with the checkpoint's template (``evalharness.core.prompts.render``)."""
     if req.prompt_ids is not None:
         return list(req.prompt_ids)
-    item = PromptItem(req.id, messages=tuple((m["role"], m["content"]) for m in req.messages)
-                      if req.messages else None, prompt=req.prompt)
+    item = PromptItem(
+        req.id,
+        messages=tuple((m["role"], m["content"]) for m in req.messages) if req.messages else None,
+        prompt=req.prompt,
+    )
     return render(tokenizer, item)

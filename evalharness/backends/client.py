@@ -31,11 +31,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from evalharness.core import paths
 from evalharness.backends.http import ChatRequest, ChatResult, OpenAIChatProvider, ProviderError
+from evalharness.core import paths
 
-__all__ = ["ChatRequest", "ChatResult", "ClientConfig", "JudgeClient", "ResponseCache",
-           "cache_key", "parse_retry_after", "run_sync"]
+__all__ = [
+    "ChatRequest",
+    "ChatResult",
+    "ClientConfig",
+    "JudgeClient",
+    "ResponseCache",
+    "cache_key",
+    "parse_retry_after",
+    "run_sync",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,8 +98,11 @@ def cache_key(provider: str, base_url: str, model_revision: str, request: ChatRe
     # A shallow field dict: JSON serialises it exactly as dataclasses.asdict's deep copy would (the key
     # of every cached response is unchanged), without copying each prompt for every request. The
     # label-space fields are for local judges: an endpoint never sees them.
-    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)
-              if f.name not in ("id", "choices", "choice_prefix")}
+    fields = {
+        f.name: getattr(request, f.name)
+        for f in dataclasses.fields(request)
+        if f.name not in ("id", "choices", "choice_prefix")
+    }
     fields["stop"] = list(request.stop)
     for name in ("temperature", "top_p"):
         fields[name] = float(fields[name])  # 0 and 0.0 are the same decoding
@@ -127,8 +138,9 @@ class ResponseCache:
         self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
-                         "created REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -137,8 +149,10 @@ class ResponseCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
-                             (key, json.dumps(value, ensure_ascii=False), time.time()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                (key, json.dumps(value, ensure_ascii=False), time.time()),
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -154,10 +168,18 @@ def _pairs(rows: list[list[Any]]) -> list[tuple[str, float]]:
 
 def _from_cache(request: ChatRequest, key: str, value: dict[str, Any]) -> ChatResult:
     top, sampled = value["top_logprobs"], value["token_logprobs"]
-    return ChatResult(id=request.id, status="ok", text=value["text"], texts=value["texts"],
-                      finish_reason=value["finish_reason"], usage=value["usage"], cached=True, key=key,
-                      top_logprobs=None if top is None else [_pairs(alts) for alts in top],
-                      token_logprobs=None if sampled is None else _pairs(sampled))
+    return ChatResult(
+        id=request.id,
+        status="ok",
+        text=value["text"],
+        texts=value["texts"],
+        finish_reason=value["finish_reason"],
+        usage=value["usage"],
+        cached=True,
+        key=key,
+        top_logprobs=None if top is None else [_pairs(alts) for alts in top],
+        token_logprobs=None if sampled is None else _pairs(sampled),
+    )
 
 
 _COUNTERS = ("items", "requests", "retries", "cache_hits", "failures", "prompt_tokens", "completion_tokens")
@@ -195,21 +217,24 @@ class JudgeClient:
 
     def key(self, request: ChatRequest) -> str:
         """The cache key this client uses for ``request``."""
-        return cache_key(OpenAIChatProvider.name, self.config.base_url, self.config.model_revision,
-                         self._resolve(request))
+        return cache_key(
+            OpenAIChatProvider.name, self.config.base_url, self.config.model_revision, self._resolve(request)
+        )
 
     @property
     def caches_responses(self) -> bool:
         """Whether successes are cached (and ``refresh`` has a cache to bypass)."""
         return self._cache is not None
 
-    def complete(self, requests: Sequence[ChatRequest], progress: Any = False,
-                 refresh: bool = False) -> list[ChatResult]:
+    def complete(
+        self, requests: Sequence[ChatRequest], progress: Any = False, refresh: bool = False
+    ) -> list[ChatResult]:
         """Blocking ``acomplete``; safe to call from inside a running event loop (it then uses a thread)."""
         return run_sync(self.acomplete(requests, progress, refresh))
 
-    async def acomplete(self, requests: Sequence[ChatRequest], progress: Any = False,
-                        refresh: bool = False) -> list[ChatResult]:
+    async def acomplete(
+        self, requests: Sequence[ChatRequest], progress: Any = False, refresh: bool = False
+    ) -> list[ChatResult]:
         """One result per request, in order. Identical requests (same key) are sent once. ``refresh`` asks
         every request anew (a re-judged answer) and caches the new response; ``progress`` is a bool or a
         caller's progress bar (anything with ``update``) advanced once per request sent."""
@@ -228,8 +253,11 @@ class JudgeClient:
         if todo:
             by_key.update(await self._run(todo, progress))
         results = [replace(by_key[key], id=request.id) for request, key in zip(resolved, keys)]
-        self._count(items=len(results), cache_hits=sum(r.cached for r in results),
-                    failures=sum(r.status == "error" for r in results))
+        self._count(
+            items=len(results),
+            cache_hits=sum(r.cached for r in results),
+            failures=sum(r.status == "error" for r in results),
+        )
         return results
 
     def close(self) -> None:
@@ -244,12 +272,14 @@ class JudgeClient:
     async def _run(self, todo: dict[str, ChatRequest], progress: Any) -> dict[str, ChatResult]:
         # The provider (and its connection pool) is made per call, inside the running loop: async HTTP
         # clients are bound to the loop that made them, and ``complete`` may run a fresh loop each time.
-        provider = OpenAIChatProvider(self.config.base_url, api_key_env=self.config.api_key_env,
-                                      timeout_s=self.config.timeout_s)
+        provider = OpenAIChatProvider(
+            self.config.base_url, api_key_env=self.config.api_key_env, timeout_s=self.config.timeout_s
+        )
         semaphore = asyncio.Semaphore(self.config.concurrency)
         own = progress is True  # a caller's bar (one over a whole task) is advanced here, never closed here
         bar = _progress_bar(len(todo), self.config.model) if own else (progress or None)
         try:
+
             async def one(key: str, request: ChatRequest) -> tuple[str, ChatResult]:
                 result = await self._attempt_until_done(provider, semaphore, key, request)
                 if bar is not None:
@@ -262,8 +292,9 @@ class JudgeClient:
                 bar.close()
             await provider.aclose()
 
-    async def _attempt_until_done(self, provider: OpenAIChatProvider, semaphore: asyncio.Semaphore, key: str,
-                                  request: ChatRequest) -> ChatResult:
+    async def _attempt_until_done(
+        self, provider: OpenAIChatProvider, semaphore: asyncio.Semaphore, key: str, request: ChatRequest
+    ) -> ChatResult:
         attempts = 0
         while True:
             attempts += 1

@@ -7,8 +7,10 @@ import random
 
 from evalharness.core.records import Generation, GenRequest, ScoreRequest, SeqLogprobs
 
-_WORDS = ("the movie was great wonderful boring terrible fine acting plot loved hated and a "
-          "bit slow fun moving awful brilliant dull story cast music").split()
+_WORDS = (
+    "the movie was great wonderful boring terrible fine acting plot loved hated and a "
+    "bit slow fun moving awful brilliant dull story cast music"
+).split()
 EOS = 1
 
 
@@ -22,8 +24,9 @@ class FakeTokenizer:
         # Byte ids have no special tokens to add; the keyword is taken as HF tokenizers take it (render_response).
         return {"input_ids": [b + 2 for b in text.encode()]}
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
-                            tokenize: bool = True) -> list[int]:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True, tokenize: bool = True
+    ) -> list[int]:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self(text)["input_ids"]
 
@@ -47,8 +50,15 @@ class FakeBackend:
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
         out = []
         for req in requests:
-            ids = req.prompt_ids if req.prompt_ids is not None else (
-                self.tokenizer.apply_chat_template(req.messages) if req.messages else self.tokenizer(req.prompt or "")["input_ids"])
+            ids = (
+                req.prompt_ids
+                if req.prompt_ids is not None
+                else (
+                    self.tokenizer.apply_chat_template(req.messages)
+                    if req.messages
+                    else self.tokenizer(req.prompt or "")["input_ids"]
+                )
+            )
             p = req.params
             for si in range(p.n):
                 rng = random.Random(_h(self.model_id, ids, p.seed, p.temperature, p.top_p, 0 if p.greedy else si))
@@ -56,7 +66,7 @@ class FakeBackend:
                 toks = self.tokenizer(text)["input_ids"]
                 finish = "stop"
                 if len(toks) >= p.max_new_tokens:
-                    toks, finish = toks[:p.max_new_tokens], "length"
+                    toks, finish = toks[: p.max_new_tokens], "length"
                     text = self.tokenizer.decode(toks)
                 else:
                     toks = toks + [EOS]

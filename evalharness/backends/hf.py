@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from evalharness.backends.base import request_prompt_ids
 from evalharness.core.models import ModelRef, load, resolve, resolve_dtype
 from evalharness.core.prompts import PromptItem, render
 from evalharness.core.records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
-from evalharness.backends.base import request_prompt_ids
 
 
 def sample_seed(seed: int, request_id: str, sample_index: int) -> int:
@@ -29,14 +29,26 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: str | ModelRef, *, dtype: str = "float32", batch_size: int | str = "auto",
-                 score_batch_size: int | str = "auto", progress: bool = False,
-                 memory_budget_gb: float = 2.0) -> None:
+    def __init__(
+        self,
+        model: str | ModelRef,
+        *,
+        dtype: str = "float32",
+        batch_size: int | str = "auto",
+        score_batch_size: int | str = "auto",
+        progress: bool = False,
+        memory_budget_gb: float = 2.0,
+    ) -> None:
         self.ref = resolve(model) if isinstance(model, str) else model
         dtype = resolve_dtype(dtype)
         self.model, self.tokenizer = load(self.ref, dtype=dtype)
         self.model_id = f"{self.ref.spec}@{self.ref.revision}"
-        self.dtype, self.batch_size, self.score_batch_size, self.progress = dtype, batch_size, score_batch_size, progress
+        self.dtype, self.batch_size, self.score_batch_size, self.progress = (
+            dtype,
+            batch_size,
+            score_batch_size,
+            progress,
+        )
         self.memory_budget = memory_budget_gb * 2**30
         self._set_stop_ids()
 
@@ -98,14 +110,16 @@ class HFBackend:
         for params, group in jobs.items():
             group.sort(key=lambda j: -len(j[2]))  # similar lengths together: less padding
             size = self._gen_batch(len(group[0][2]) + params.max_new_tokens)
-            batches += [(params, group[i:i + size]) for i in range(0, len(group), size)]
+            batches += [(params, group[i : i + size]) for i in range(0, len(group), size)]
         for params, batch in _progress(batches, self.progress, "generate"):
             seeds = [sample_seed(params.seed, requests[ri].id, si) for ri, si, _ in batch]
-            for (ri, si, ids), (toks, lps, finish, tops) in zip(batch, self._decode([j[2] for j in batch], params, seeds)):
+            for (ri, si, ids), (toks, lps, finish, tops) in zip(
+                batch, self._decode([j[2] for j in batch], params, seeds)
+            ):
                 text = self.tokenizer.decode(toks, skip_special_tokens=True)
                 for s in params.stop:
                     if s in text:
-                        text = text[:text.index(s)]
+                        text = text[: text.index(s)]
                 meta: dict[str, Any] = {"token_logprobs": lps}
                 if params.top_logprobs:
                     meta["top_logprobs"] = [[(self.tokenizer.decode([t]), lp) for t, lp in step] for step in tops]
@@ -113,8 +127,9 @@ class HFBackend:
         return [out[(ri, si)] for ri, req in enumerate(requests) for si in range(req.params.n)]
 
     @torch.inference_mode()
-    def _decode(self, prompts: list[list[int]], params: SamplingParams,
-                seeds: list[int]) -> list[tuple[list[int], list[float], str, list[list[tuple[int, float]]]]]:
+    def _decode(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]
+    ) -> list[tuple[list[int], list[float], str, list[list[tuple[int, float]]]]]:
         B = len(prompts)
         ids, attn, pos = left_pad(prompts, self.pad_id)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -147,8 +162,13 @@ class HFBackend:
             nxt = nxt.masked_fill(done, self.pad_id)
             attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], 1)
             pos = pos[:, -1:] + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                             past_key_values=out.past_key_values, use_cache=True)
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=attn,
+                position_ids=pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
         return list(zip(tokens, lps, finish, tops))
 
     def _stopped(self, toks: list[int], stop: tuple[str, ...]) -> bool:
@@ -158,25 +178,29 @@ class HFBackend:
     # -- scoring ----------------------------------------------------------------------------
     @torch.inference_mode()
     def logprobs(self, requests: list[ScoreRequest]) -> list[SeqLogprobs]:
-        order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].prompt_ids) + len(requests[i].response_ids)))
+        order = sorted(
+            range(len(requests)), key=lambda i: -(len(requests[i].prompt_ids) + len(requests[i].response_ids))
+        )
         out: dict[int, SeqLogprobs] = {}
         size = self._score_batch(max((len(r.response_ids) for r in requests), default=1)) if requests else 1
-        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
         for chunk in _progress(chunks, self.progress, "score"):
             for i, res in zip(chunk, self._score([requests[i] for i in chunk])):
                 out[i] = res
         return [out[i] for i in range(len(requests))]
 
     def _score(self, reqs: list[ScoreRequest]) -> list[SeqLogprobs]:
-        tok_lp, _ = response_logprobs(self.model, [list(r.prompt_ids) for r in reqs],
-                                      [list(r.response_ids) for r in reqs], self.pad_id)
+        tok_lp, _ = response_logprobs(
+            self.model, [list(r.prompt_ids) for r in reqs], [list(r.response_ids) for r in reqs], self.pad_id
+        )
         R = tok_lp.shape[1]
         results = []
         for i, r in enumerate(reqs):
             n = len(r.response_ids)
-            vals = tok_lp[i, R - n:] if n else tok_lp[i, :0]
-            results.append(SeqLogprobs(r.id, float(vals.double().sum()), n,
-                                       vals.tolist() if r.return_token_logprobs else None))
+            vals = tok_lp[i, R - n :] if n else tok_lp[i, :0]
+            results.append(
+                SeqLogprobs(r.id, float(vals.double().sum()), n, vals.tolist() if r.return_token_logprobs else None)
+            )
         return results
 
 
@@ -195,8 +219,9 @@ def choice_logprobs(model: Any, prompt: list[int], choices: list[list[int]], pad
     rest = [c[:-1] + [pad_id] * (longest - len(c)) for c in choices]  # right-padded: pads follow real tokens
     mask = torch.tensor([[1] * len(prompt) + [1] * (len(c) - 1) + [0] * (longest - len(c)) for c in choices])
     pos = torch.arange(len(prompt), len(prompt) + longest - 1)[None, :].expand(len(choices), -1)
-    logits = model(input_ids=torch.tensor(rest), attention_mask=mask, position_ids=pos, past_key_values=cache,
-                   use_cache=False).logits.float()
+    logits = model(
+        input_ids=torch.tensor(rest), attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=False
+    ).logits.float()
     logp = torch.log_softmax(logits, -1)
     return [float(first[c[0]] + sum(logp[i, t - 1, c[t]] for t in range(1, len(c)))) for i, c in enumerate(choices)]
 
@@ -207,13 +232,14 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-        attn[i, L - len(s):] = 1
+        ids[i, L - len(s) :] = torch.tensor(s, dtype=torch.long)
+        attn[i, L - len(s) :] = 1
     return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logprobs(model: Any, prompts: list[list[int]], responses: list[list[int]],
-                      pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(
+    model: Any, prompts: list[list[int]], responses: list[list[int]], pad_id: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of each response given its prompt, shape (B, R), and the mask of real tokens.
 
     Left padding aligns every response to the right edge, so only the last R+1 positions' logits are
@@ -231,8 +257,9 @@ def response_logprobs(model: Any, prompts: list[list[int]], responses: list[list
         logits = logits / temperature
     target = ids[:, -R:]
     # cross_entropy = logsumexp - gather, fused: ~10% faster forward+backward than spelling it out
-    tok_lp = -torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                reduction="none").view(target.shape)
+    tok_lp = -torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+    ).view(target.shape)
     lengths = torch.tensor([len(r) for r in responses], device=device)
     mask = torch.arange(R, device=device)[None, :] >= (R - lengths)[:, None]
     return tok_lp.masked_fill(~mask, 0.0), mask
@@ -257,4 +284,5 @@ def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
     if not enabled or len(items) < 2:
         return items
     from tqdm import tqdm
+
     return tqdm(items, desc=desc, unit="batch", leave=False)

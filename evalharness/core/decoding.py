@@ -36,8 +36,12 @@ class Decoding:
 
     def params(self, **overrides: Any) -> SamplingParams:
         """The backend's request parameters (a task's fixed decoding, e.g. KL's temperature 1, as overrides)."""
-        base = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed}
+        base = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+        }
         return SamplingParams(**{**base, **overrides})
 
     def decoding(self, **overrides: Any) -> dict[str, Any]:
@@ -49,6 +53,7 @@ class Decoding:
 
 FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Decoding)
 
+
 def check(values: dict[str, Any], *, at: str = "") -> None:
     """Refuse a decoding value outside its field's range, naming the field (``at`` prefixes it, e.g. ``generation.``)."""
     for f in FIELDS:
@@ -56,8 +61,9 @@ def check(values: dict[str, Any], *, at: str = "") -> None:
             continue
         v = values[f.name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (f.type == "int" and not isinstance(v, int)):
-            raise InputError(f"{f.name} must be {'an integer' if f.type == 'int' else 'a number'}, got {v!r}",
-                             field=at + f.name)
+            raise InputError(
+                f"{f.name} must be {'an integer' if f.type == 'int' else 'a number'}, got {v!r}", field=at + f.name
+            )
         bad = [f"{_WORDS[op]} {b}" for op, b in f.metadata.items() if op in _OPS and not _OPS[op](v, b)]
         if bad:
             raise InputError(f"{f.name} must be {' and '.join(bad)}, got {v}", field=at + f.name)

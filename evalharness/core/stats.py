@@ -40,8 +40,14 @@ def wilson_ci(successes: float, n: int, level: float = 0.95) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float],
-                 *, rounds: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    rounds: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic`` over resampled rows (axis 0)."""
     x = np.asarray(values)
     rng = np.random.default_rng(seed)
@@ -67,8 +73,9 @@ def cluster_means(values: Sequence[float], clusters: Sequence[Hashable]) -> dict
     return {c: s / k for c, (s, k) in sums.items()}
 
 
-def cluster_mean_ci(values: Sequence[float], clusters: Sequence[Hashable],
-                    level: float = 0.95) -> tuple[float, float, float, float, int]:
+def cluster_mean_ci(
+    values: Sequence[float], clusters: Sequence[Hashable], level: float = 0.95
+) -> tuple[float, float, float, float, int]:
     """Mean over clusters of per-cluster means, its SE and t interval (df = clusters - 1), and the
     number of clusters."""
     means = cluster_means(values, clusters)

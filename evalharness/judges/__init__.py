@@ -12,6 +12,7 @@ CLASSIFIER_JUDGES = ("sentiment", "toxicity")
 def get_judge(spec: str) -> Any:
     """A text judge from its spec; ``hf:MODEL[:LABEL]`` loads a Hugging Face classifier."""
     from evalharness.judges.classifiers import HFClassifierJudge, SentimentJudge, ToxicityJudge
+
     if spec == "sentiment":
         return SentimentJudge()
     if spec == "toxicity":

@@ -49,10 +49,21 @@ class _TextJudge:
         out = []
         for g, v in zip(generations, values):
             if isinstance(v, Exception):
-                out.append(Verdict(g.id, self.judge_id, self.judge_version, "error", None,
-                                   sample_index=g.sample_index, error=f"{type(v).__name__}: {v}"))
+                out.append(
+                    Verdict(
+                        g.id,
+                        self.judge_id,
+                        self.judge_version,
+                        "error",
+                        None,
+                        sample_index=g.sample_index,
+                        error=f"{type(v).__name__}: {v}",
+                    )
+                )
             else:
-                out.append(Verdict(g.id, self.judge_id, self.judge_version, "ok", float(v), sample_index=g.sample_index))
+                out.append(
+                    Verdict(g.id, self.judge_id, self.judge_version, "ok", float(v), sample_index=g.sample_index)
+                )
         return out
 
 
@@ -67,6 +78,7 @@ class SentimentJudge(_TextJudge):
 
     def __init__(self) -> None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
         self._sia = SentimentIntensityAnalyzer()
         self.judge_id = "vader"
         self.judge_version = f"vadersentiment=={_pkg_version('vadersentiment')};reward=(compound+1)/2"
@@ -83,6 +95,7 @@ class ToxicityJudge(_TextJudge):
 
     def __init__(self) -> None:
         import profanity_check
+
         self._predict: Callable[[list[str]], Any] = profanity_check.predict_prob
         self.judge_id = "alt-profanity-check"
         self.judge_version = f"alt-profanity-check=={_pkg_version('alt-profanity-check')};p(offensive)"
@@ -98,10 +111,19 @@ class HFClassifierJudge(_TextJudge):
     (or of the last label, which is 'positive'/'toxic' for the usual binary heads).
     """
 
-    def __init__(self, model: str, *, label: str | None = None, label_scores: dict[str, float] | None = None,
-                 metric: str | None = None, batch_size: int = 16, max_length: int = 512) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        label: str | None = None,
+        label_scores: dict[str, float] | None = None,
+        metric: str | None = None,
+        batch_size: int = 16,
+        max_length: int = 512,
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         try:
             self._tok = AutoTokenizer.from_pretrained(model)
             self._model = AutoModelForSequenceClassification.from_pretrained(model).eval()
@@ -124,15 +146,22 @@ class HFClassifierJudge(_TextJudge):
         local = Path(model)
         self.judge_id = f"hf-classifier:{model}"
         self.judge_version = f"labels={json.dumps(label_scores, sort_keys=True)}:{rev}" + (
-            f";weights={_dir_rev(local)}" if local.is_dir() else "")
+            f";weights={_dir_rev(local)}" if local.is_dir() else ""
+        )
 
     def _score_batch(self, texts: list[str]) -> list[float]:
         import torch
+
         out: list[float] = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                enc = self._tok(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
+                enc = self._tok(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 probs = self._model(**enc).logits.float().softmax(-1)
                 out += (probs @ self._weights).tolist()
         return out
@@ -140,4 +169,5 @@ class HFClassifierJudge(_TextJudge):
 
 def _dir_rev(path: Path) -> str:
     from evalharness.core.models import directory_hash
+
     return directory_hash(path)

@@ -33,20 +33,42 @@ def check_same_tokenizer(policy: Backend, reference: Backend) -> None:
 
 def kl_verdicts(policy: Backend, reference: Backend, generations: list[Generation]) -> list[Verdict]:
     """One Verdict per sample: value k1 = log pi - log pi_ref; both log-probs and k3 in meta."""
-    reqs = [ScoreRequest(f"{g.id}#{g.sample_index}", list(g.prompt_ids or []), list(g.token_ids or []))
-            for g in generations]
+    reqs = [
+        ScoreRequest(f"{g.id}#{g.sample_index}", list(g.prompt_ids or []), list(g.token_ids or [])) for g in generations
+    ]
     lp_pol = policy.logprobs(reqs)
     lp_ref = reference.logprobs(reqs)  # measured even when reference is policy: 0 is a result, not a short-cut
     out = []
     for g, p, r in zip(generations, lp_pol, lp_ref):
         if not (math.isfinite(p.logprob) and math.isfinite(r.logprob)):
-            out.append(Verdict(g.id, KL_JUDGE_ID, KL_JUDGE_VERSION, "error", sample_index=g.sample_index,
-                               error=f"non-finite log-prob (policy {p.logprob}, reference {r.logprob})"))
+            out.append(
+                Verdict(
+                    g.id,
+                    KL_JUDGE_ID,
+                    KL_JUDGE_VERSION,
+                    "error",
+                    sample_index=g.sample_index,
+                    error=f"non-finite log-prob (policy {p.logprob}, reference {r.logprob})",
+                )
+            )
             continue
         d = r.logprob - p.logprob
-        out.append(Verdict(g.id, KL_JUDGE_ID, KL_JUDGE_VERSION, "ok", -d, sample_index=g.sample_index,
-                           meta={"lp_policy": p.logprob, "lp_ref": r.logprob, "n_tokens": p.n_tokens,
-                                 "k3": float(math.expm1(d) - d) if d < 700 else math.inf}))
+        out.append(
+            Verdict(
+                g.id,
+                KL_JUDGE_ID,
+                KL_JUDGE_VERSION,
+                "ok",
+                -d,
+                sample_index=g.sample_index,
+                meta={
+                    "lp_policy": p.logprob,
+                    "lp_ref": r.logprob,
+                    "n_tokens": p.n_tokens,
+                    "k3": float(math.expm1(d) - d) if d < 700 else math.inf,
+                },
+            )
+        )
     return out
 
 

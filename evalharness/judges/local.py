@@ -28,8 +28,9 @@ class LocalChatJudge:
 
     protocol = "label-logprobs"
 
-    def __init__(self, model: str, *, dtype: str = "float32", batch_size: int | str = "auto",
-                 progress: bool = False) -> None:
+    def __init__(
+        self, model: str, *, dtype: str = "float32", batch_size: int | str = "auto", progress: bool = False
+    ) -> None:
         self.ref = resolve(model)
         self.model_id = f"{self.ref.spec}@{self.ref.revision}"
         self.dtype, self.batch_size, self.progress = dtype, batch_size, progress
@@ -40,6 +41,7 @@ class LocalChatJudge:
     def backend(self) -> Any:
         if self._backend is None:
             from evalharness.backends.hf import HFBackend
+
             self._backend = HFBackend(self.ref, dtype=self.dtype, batch_size=self.batch_size, progress=self.progress)
         return self._backend
 
@@ -58,33 +60,67 @@ class LocalChatJudge:
     def _generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         if not requests:
             return []
-        gen_reqs = [GenRequest(r.id, messages=r.messages, params=SamplingParams(
-            temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_tokens, stop=tuple(r.stop), n=1,
-            seed=r.seed or 0, top_logprobs=(r.top_logprobs or 0) if r.logprobs else 0)) for r in requests]
+        gen_reqs = [
+            GenRequest(
+                r.id,
+                messages=r.messages,
+                params=SamplingParams(
+                    temperature=r.temperature,
+                    top_p=r.top_p,
+                    max_new_tokens=r.max_tokens,
+                    stop=tuple(r.stop),
+                    n=1,
+                    seed=r.seed or 0,
+                    top_logprobs=(r.top_logprobs or 0) if r.logprobs else 0,
+                ),
+            )
+            for r in requests
+        ]
         out = []
         for r, g in zip(requests, self.backend.generate(gen_reqs)):
-            out.append(ChatResult(r.id, "ok", g.text, [g.text], g.finish_reason, top_logprobs=g.meta.get("top_logprobs"),
-                                  usage={"prompt_tokens": len(g.prompt_ids or []),
-                                         "completion_tokens": len(g.token_ids or [])}))
+            out.append(
+                ChatResult(
+                    r.id,
+                    "ok",
+                    g.text,
+                    [g.text],
+                    g.finish_reason,
+                    top_logprobs=g.meta.get("top_logprobs"),
+                    usage={"prompt_tokens": len(g.prompt_ids or []), "completion_tokens": len(g.token_ids or [])},
+                )
+            )
         return out
 
     def _score_labels(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from evalharness.backends.hf import choice_logprobs
+
         b = self.backend
         tok = b.tokenizer
         out = []
         for r in requests:
             item = PromptItem(r.id, messages=tuple((m["role"], m["content"]) for m in r.messages))
-            prompt = b.render(item) + (tok(r.choice_prefix, add_special_tokens=False)["input_ids"]
-                                       if r.choice_prefix else [])
+            prompt = b.render(item) + (
+                tok(r.choice_prefix, add_special_tokens=False)["input_ids"] if r.choice_prefix else []
+            )
             ids = {c: tuple(tok(c, add_special_tokens=False)["input_ids"]) for c in r.choices}
             if len(set(ids.values())) < len(ids):  # e.g. every label an <unk>: its verdicts would mean nothing
-                raise EvalHarnessError(f"local judge {self.model_id}: its tokenizer cannot tell the labels "
-                                       f"{list(r.choices)} apart; use a judge whose vocabulary has them")
+                raise EvalHarnessError(
+                    f"local judge {self.model_id}: its tokenizer cannot tell the labels "
+                    f"{list(r.choices)} apart; use a judge whose vocabulary has them"
+                )
             got = dict(zip(r.choices, choice_logprobs(b.model, prompt, [list(ids[c]) for c in r.choices], b.pad_id)))
             best = max(got, key=lambda c: got[c])
-            out.append(ChatResult(r.id, "ok", r.choice_prefix + best, [r.choice_prefix + best], "stop",
-                                  choice_logprobs=got, usage={"prompt_tokens": len(prompt)}))
+            out.append(
+                ChatResult(
+                    r.id,
+                    "ok",
+                    r.choice_prefix + best,
+                    [r.choice_prefix + best],
+                    "stop",
+                    choice_logprobs=got,
+                    usage={"prompt_tokens": len(prompt)},
+                )
+            )
         return out
 
 

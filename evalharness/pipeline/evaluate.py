@@ -14,8 +14,8 @@ from typing import Any
 
 from evalharness.core.decoding import FRONTIER, Decoding
 from evalharness.core.errors import EvalHarnessError
-from evalharness.pipeline.preflight import check_backend
 from evalharness.core.records import Score
+from evalharness.pipeline.preflight import check_backend
 from evalharness.pipeline.runner import ModelSpec, RunPlan, run
 from evalharness.tasks.base import TaskSpec
 
@@ -58,6 +58,7 @@ class EvalResult:
 def judge_tasks(judges: list[str], prompts: str) -> list[TaskSpec]:
     """``--judges`` as tasks: a task module by name, or the ``reward`` task for ``hf:MODEL[:LABEL]``."""
     from evalharness.tasks.base import task_class
+
     out = []
     for j in (j.strip() for j in judges):
         if not j:
@@ -83,10 +84,24 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = lambda _: None) -> Ev
     tasks = judge_tasks(cfg.judges, cfg.prompts)
     if any(t.module == "kl" for t in tasks) and not cfg.reference:
         raise EvalHarnessError("the 'kl' judge needs --reference (the SFT model)")
-    options = {k: v for k, v in {"dtype": cfg.dtype, "batch_size": cfg.batch_size}.items()
-               if v is not None and k in caps.options}  # what the backend takes; the runner adds its defaults
-    plan = RunPlan(name="eval", models=[ModelSpec(m, m) for m in dict.fromkeys(cfg.models)], tasks=tasks,
-                   backend=cfg.backend, backend_options=options, reference=cfg.reference, kind="eval",
-                   generation=generation, run_id=cfg.run_id, results_dir=cfg.results_dir, progress=cfg.progress, chunk_size=cfg.chunk_size)
+    options = {
+        k: v
+        for k, v in {"dtype": cfg.dtype, "batch_size": cfg.batch_size}.items()
+        if v is not None and k in caps.options
+    }  # what the backend takes; the runner adds its defaults
+    plan = RunPlan(
+        name="eval",
+        models=[ModelSpec(m, m) for m in dict.fromkeys(cfg.models)],
+        tasks=tasks,
+        backend=cfg.backend,
+        backend_options=options,
+        reference=cfg.reference,
+        kind="eval",
+        generation=generation,
+        run_id=cfg.run_id,
+        results_dir=cfg.results_dir,
+        progress=cfg.progress,
+        chunk_size=cfg.chunk_size,
+    )
     res = run(plan, log=log)
     return EvalResult(res.path, res.scores, res.summary)

@@ -9,9 +9,9 @@ from typing import Any
 from evalharness.backends import backend_options, get_backend
 from evalharness.core.decoding import PREVIEW, Decoding
 from evalharness.core.models import resolve
-from evalharness.pipeline.preflight import check_backend
 from evalharness.core.prompts import load_prompts, prompt_hash, render, template_hash
 from evalharness.core.records import GenRequest
+from evalharness.pipeline.preflight import check_backend
 from evalharness.store import write_jsonl_atomic
 
 
@@ -42,8 +42,11 @@ def generate_file(cfg: GenerateConfig) -> Path:
     caps = check_backend(cfg.backend, {"batch_size": cfg.batch_size, **cfg.backend_options})
     items = load_prompts(cfg.prompts)
     ref = resolve(cfg.model) if caps.local_weights else cfg.model
-    b = get_backend(cfg.backend, ref, **backend_options(cfg.backend, cfg.backend_options, dtype=cfg.dtype,
-                                                        batch_size=cfg.batch_size, progress=True))
+    b = get_backend(
+        cfg.backend,
+        ref,
+        **backend_options(cfg.backend, cfg.backend_options, dtype=cfg.dtype, batch_size=cfg.batch_size, progress=True),
+    )
     if b.tokenizer is None:  # a chat endpoint renders its own prompts: it gets the messages
         reqs = [GenRequest(it.id, messages=it.chat(), prompt=it.prompt, params=params) for it in items]
         ids: dict[str, list[int]] = {}
@@ -54,8 +57,22 @@ def generate_file(cfg: GenerateConfig) -> Path:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     th = template_hash(b.tokenizer)
-    write_jsonl_atomic(out, ({"id": g.id, "sample_index": g.sample_index, "text": g.text, "model": cfg.model,
-                              "model_id": b.model_id, "n_tokens": len(g.token_ids or []), "finish_reason": g.finish_reason,
-                              "prompt_hash": prompt_hash(ids[g.id]) if ids else None, "chat_template_hash": th,
-                              "params": params.to_dict()} for g in gens))
+    write_jsonl_atomic(
+        out,
+        (
+            {
+                "id": g.id,
+                "sample_index": g.sample_index,
+                "text": g.text,
+                "model": cfg.model,
+                "model_id": b.model_id,
+                "n_tokens": len(g.token_ids or []),
+                "finish_reason": g.finish_reason,
+                "prompt_hash": prompt_hash(ids[g.id]) if ids else None,
+                "chat_template_hash": th,
+                "params": params.to_dict(),
+            }
+            for g in gens
+        ),
+    )
     return out

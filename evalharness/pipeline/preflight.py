@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from evalharness.core import decoding
 from evalharness.backends import Capabilities, capabilities
 from evalharness.backends.http import read_api_key
 from evalharness.backends.probe import check_endpoint
+from evalharness.core import decoding
 from evalharness.core.errors import InputError
 from evalharness.pipeline.spec import JudgeSpec
 
@@ -28,8 +28,11 @@ def check_backend(name: str, options: dict[str, Any] | None = None, *, probe: bo
     options = options or {}
     for key in ("batch_size", "score_batch_size"):
         value = options.get(key)
-        if value is not None and value != "auto" and (isinstance(value, bool) or not isinstance(value, int)
-                                                      or value < 1):
+        if (
+            value is not None
+            and value != "auto"
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+        ):
             raise InputError(f"{key} must be an integer >= 1 or 'auto', got {value!r}", field=f"backend_options.{key}")
     if caps.api_key_option and options.get(caps.api_key_option):
         _key(options[caps.api_key_option], f"backend_options.{caps.api_key_option}")
@@ -51,8 +54,9 @@ def check_judge(judge: JudgeSpec | None, *, probe: bool = True) -> list[str]:
         raise InputError("an openai judge needs base_url", field="judge.base_url")
     if not probe:
         return []
-    return check_endpoint(judge.base_url, judge.model, api_key_env=judge.api_key_env,
-                          timeout_s=min(judge.timeout_s, 10.0), field="judge")
+    return check_endpoint(
+        judge.base_url, judge.model, api_key_env=judge.api_key_env, timeout_s=min(judge.timeout_s, 10.0), field="judge"
+    )
 
 
 def check_data_dirs(tasks: Iterable[Any]) -> None:
@@ -60,20 +64,31 @@ def check_data_dirs(tasks: Iterable[Any]) -> None:
     for ts in tasks:
         data_dir = getattr(ts.config, "data_dir", None)
         if data_dir is not None and not Path(data_dir).is_dir():
-            raise InputError("data_dir is not a folder (give the benchmark data root, laid out like "
-                             "shared/benchdata: alpaca_eval/, arena_hard/, mt_bench/)",
-                             path=str(data_dir), field=f"tasks.{ts.name}.data_dir")
+            raise InputError(
+                "data_dir is not a folder (give the benchmark data root, laid out like "
+                "shared/benchdata: alpaca_eval/, arena_hard/, mt_bench/)",
+                path=str(data_dir),
+                field=f"tasks.{ts.name}.data_dir",
+            )
 
 
-def preflight(*, backend: str, backend_options: dict[str, Any] | None = None,
-              generation: decoding.Decoding | dict[str, Any] | None = None, judge: JudgeSpec | None = None,
-              tasks: Iterable[Any] = (), probe: bool = True) -> list[str]:
+def preflight(
+    *,
+    backend: str,
+    backend_options: dict[str, Any] | None = None,
+    generation: decoding.Decoding | dict[str, Any] | None = None,
+    judge: JudgeSpec | None = None,
+    tasks: Iterable[Any] = (),
+    probe: bool = True,
+) -> list[str]:
     """Check everything a run needs before it starts: backend, decoding (the run's and each task's), judge, data
     folders. Raises ``InputError`` naming the field; returns notes worth showing the user."""
     check_backend(backend, backend_options, probe=probe)
     tasks = list(tasks)
-    for values, at in [(generation, "generation."),
-                       *((getattr(ts, "generation", None), f"tasks.{ts.name}.generation.") for ts in tasks)]:
+    for values, at in [
+        (generation, "generation."),
+        *((getattr(ts, "generation", None), f"tasks.{ts.name}.generation.") for ts in tasks),
+    ]:
         if values is not None:
             decoding.check(values if isinstance(values, dict) else vars(values), at=at)
     check_data_dirs(tasks)

@@ -18,14 +18,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalharness.core import provenance
 from evalharness import trackers
 from evalharness.backends import backend_options, capabilities, get_backend, scoring_backends
 from evalharness.backends.base import Backend
+from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, evict, resolve, resolve_dtype
+from evalharness.core.records import (
+    MAX_SKIPPED_SHARE,
+    SCHEMA_VERSION,
+    GenRecord,
+    GenRequest,
+    Score,
+    Verdict,
+    content_hash,
+)
 from evalharness.pipeline.preflight import preflight
-from evalharness.core.records import MAX_SKIPPED_SHARE, SCHEMA_VERSION, GenRecord, GenRequest, Score, Verdict, content_hash
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
@@ -81,7 +89,9 @@ class RunResult:
     path: Path
     scores: list[Score]
     summary: dict[str, Any]
-    report_to: list[str] = field(default_factory=list)  # the trackers the caller sends it to (compare.report_to_trackers)
+    report_to: list[str] = field(
+        default_factory=list
+    )  # the trackers the caller sends it to (compare.report_to_trackers)
 
 
 @dataclass
@@ -123,8 +133,9 @@ def judging_counts(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE) -> 
     return out
 
 
-def check_judging(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE,
-                  log: Callable[[str], None] = lambda _: None) -> list[JudgingCount]:
+def check_judging(
+    path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE, log: Callable[[str], None] = lambda _: None
+) -> list[JudgingCount]:
     """Log one line per task and model of a finished run; raise ``JudgingFailed`` (exit 3) if any is not measured."""
     if not 0.0 <= max_skipped < 1.0:
         raise InputError(f"must be a share in [0, 1), got {max_skipped}", field="max-skipped")
@@ -137,7 +148,8 @@ def check_judging(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE,
         raise JudgingFailed(
             f"{len(bad)} of {len(counts)} task results are not measured ({which}); "
             f"every record is kept in {path}: run the same command again to retry failed judgments, "
-            "with --rejudge unparsed to ask unparsed ones again")
+            "with --rejudge unparsed to ask unparsed ones again"
+        )
     return counts
 
 
@@ -145,13 +157,24 @@ def make_judge(spec: JudgeSpec, progress: bool) -> tuple[Any, str]:
     """A chat judge and the name it carries in scores (``(demo judge)`` marks a demo judge)."""
     if spec.type == "local":
         from evalharness.judges.local import LocalChatJudge
+
         judge: Any = LocalChatJudge(spec.model, dtype=spec.dtype, progress=progress)
         name = f"local:{judge.model_id}"
     else:
         from evalharness.backends.client import ClientConfig, JudgeClient
-        judge = JudgeClient(ClientConfig(base_url=spec.base_url or "", model=spec.model, api_key_env=spec.api_key_env,
-                                         concurrency=spec.concurrency, max_retries=spec.max_retries,
-                                         timeout_s=spec.timeout_s, prices=spec.prices, cache=spec.cache))
+
+        judge = JudgeClient(
+            ClientConfig(
+                base_url=spec.base_url or "",
+                model=spec.model,
+                api_key_env=spec.api_key_env,
+                concurrency=spec.concurrency,
+                max_retries=spec.max_retries,
+                timeout_s=spec.timeout_s,
+                prices=spec.prices,
+                cache=spec.cache,
+            )
+        )
         name = spec.model
     return judge, name + (" (demo judge)" if spec.demo else "")
 
@@ -171,15 +194,17 @@ class _Models:
 
     def ref(self, spec: str) -> ModelRef | None:
         if spec not in self.refs:
-            self.refs[spec] = (resolve(spec) if self.caps.local_weights and spec not in self.plan.backends
-                               else None)
+            self.refs[spec] = resolve(spec) if self.caps.local_weights and spec not in self.plan.backends else None
         return self.refs[spec]
 
     def identity(self, spec: str) -> dict[str, Any]:
         """What makes this model's samples what they are: backend, revision, number-changing options."""
         ref = self.ref(spec)
-        options = {k: v for k, v in self.options.items() if k not in ("batch_size", "progress", "score_batch_size",
-                                                                      "api_key_env", "concurrency")}
+        options = {
+            k: v
+            for k, v in self.options.items()
+            if k not in ("batch_size", "progress", "score_batch_size", "api_key_env", "concurrency")
+        }
         given = self.plan.backends.get(spec)
         model = f"{ref.spec}@{ref.revision}" if ref else (given.model_id if given is not None else spec)
         return {"backend": getattr(given, "name", self.plan.backend), "model": model, "options": options}
@@ -242,8 +267,9 @@ def _plan_models(plan: RunPlan, models: _Models) -> tuple[list[ModelSpec], str |
     ref = models.ref(plan.reference)
     for m in plan.models:
         mref = models.ref(m.ref)
-        if m.ref == plan.reference or (ref is not None and mref is not None and mref.path == ref.path
-                                       and mref.revision == ref.revision):
+        if m.ref == plan.reference or (
+            ref is not None and mref is not None and mref.path == ref.path and mref.revision == ref.revision
+        ):
             return plan.models, m.ref, m.name
     return plan.models, plan.reference, plan.reference
 
@@ -254,10 +280,15 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
     for ts in plan.tasks:
         task = task_class(ts.module)(ts.name, ts.config, env, ts.generation)
         if task.needs_reference and ref_spec is None:
-            raise InputError(f"task '{ts.name}' needs a reference model (the SFT model): set reference", field="reference")
+            raise InputError(
+                f"task '{ts.name}' needs a reference model (the SFT model): set reference", field="reference"
+            )
         if task.needs_reference and not capabilities(plan.backend).scores_responses:
-            raise InputError(f"task '{ts.name}' scores the policy's responses (log-probs), which the "
-                             f"'{plan.backend}' backend cannot; use one that can: {scoring_backends()}", field="backend")
+            raise InputError(
+                f"task '{ts.name}' scores the policy's responses (log-probs), which the "
+                f"'{plan.backend}' backend cannot; use one that can: {scoring_backends()}",
+                field="backend",
+            )
         if task.needs_judge and env.judge is None:
             log(f"{ts.name}: no judge: answers are generated and written, nothing is scored")
         try:
@@ -282,28 +313,61 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     model_list, ref_spec, ref_name = _plan_models(plan, models)
     judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
     root = Path(plan.results_dir) if plan.results_dir else None
-    env = RunEnv(generation=plan.generation, out_dir=Path("."), judge=judge, judge_name=judge_name,
-                 reference=(lambda: models.backend(ref_spec)) if ref_spec else None, reference_name=ref_name,
-                 reference_id=models.reference_id(ref_spec) if ref_spec else None, progress=plan.progress, log=log)
+    env = RunEnv(
+        generation=plan.generation,
+        out_dir=Path("."),
+        judge=judge,
+        judge_name=judge_name,
+        reference=(lambda: models.backend(ref_spec)) if ref_spec else None,
+        reference_name=ref_name,
+        reference_id=models.reference_id(ref_spec) if ref_spec else None,
+        progress=plan.progress,
+        log=log,
+    )
     tasks = _setup_tasks(plan, env, ref_spec, log)
     # After the local checks (files, models), before the run folder: keys, endpoints, decoding, data folders.
-    for note in preflight(backend=plan.backend, backend_options=plan.backend_options, generation=plan.generation,
-                          judge=None if plan.chat_judge else plan.judge, tasks=plan.tasks):
+    for note in preflight(
+        backend=plan.backend,
+        backend_options=plan.backend_options,
+        generation=plan.generation,
+        judge=None if plan.chat_judge else plan.judge,
+        tasks=plan.tasks,
+    ):
         log(note)
-    identity = {"models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
-                "reference": models.identity(ref_spec) if ref_spec else None,
-                "judge": {"name": judge_name, "protocol": getattr(judge, "protocol", None)} if judge else None,
-                "generation": asdict(plan.generation), "tasks": {t.name: t.identity() for t in tasks}}
+    identity = {
+        "models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
+        "reference": models.identity(ref_spec) if ref_spec else None,
+        "judge": {"name": judge_name, "protocol": getattr(judge, "protocol", None)} if judge else None,
+        "generation": asdict(plan.generation),
+        "tasks": {t.name: t.identity() for t in tasks},
+    }
     run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
-    manifest = {"run_id": run_id, "kind": plan.kind, "schema_version": SCHEMA_VERSION, "spec_file": plan.source,
-                "config": identity, "started_at": provenance.now(), **provenance.environment(),
-                "models": [_model_entry(m, models.ref(m.ref)) for m in model_list]
-                + ([_model_entry(ModelSpec(ref_name, ref_spec), models.ref(ref_spec))]
-                   if ref_spec and ref_name not in {m.name for m in model_list} else []),
-                "reference": ref_name, "backend": plan.backend,
-                "judge": {"name": judge_name, "id": getattr(judge, "model_id", None),
-                          "protocol": getattr(judge, "protocol", None)} if judge else None,
-                "tasks": {t.name: {"module": t.identity()["module"], "version": t.VERSION} for t in tasks}, **plan.meta}
+    manifest = {
+        "run_id": run_id,
+        "kind": plan.kind,
+        "schema_version": SCHEMA_VERSION,
+        "spec_file": plan.source,
+        "config": identity,
+        "started_at": provenance.now(),
+        **provenance.environment(),
+        "models": [_model_entry(m, models.ref(m.ref)) for m in model_list]
+        + (
+            [_model_entry(ModelSpec(ref_name, ref_spec), models.ref(ref_spec))]
+            if ref_spec and ref_name not in {m.name for m in model_list}
+            else []
+        ),
+        "reference": ref_name,
+        "backend": plan.backend,
+        "judge": {
+            "name": judge_name,
+            "id": getattr(judge, "model_id", None),
+            "protocol": getattr(judge, "protocol", None),
+        }
+        if judge
+        else None,
+        "tasks": {t.name: {"module": t.identity()["module"], "version": t.VERSION} for t in tasks},
+        **plan.meta,
+    }
     store = RunStore.open(run_id, manifest, root)
     env.out_dir = store.path
     log(f"run {run_id}: {store.path}")
@@ -312,8 +376,9 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     try:
         with store.recording_failure():
             for m in model_list:
-                session = Session(m.name, models.identity(m.ref), lambda m=m: models.backend(m.ref),
-                                  store.generations(m.name))
+                session = Session(
+                    m.name, models.identity(m.ref), lambda m=m: models.backend(m.ref), store.generations(m.name)
+                )
                 sessions[m.name] = session
                 _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
                 _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
@@ -326,9 +391,15 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
             usage = getattr(judge, "usage", None)
             if usage is not None:
                 store.update_manifest(judge_usage=usage)
-            summary = {"run_id": run_id, "path": str(store.path), "task": ",".join(t.name for t in tasks),
-                       "models": [m.name for m in model_list], "judge": judge_name, "judge_usage": usage,
-                       "scores": [s.to_dict() for s in scores]}
+            summary = {
+                "run_id": run_id,
+                "path": str(store.path),
+                "task": ",".join(t.name for t in tasks),
+                "models": [m.name for m in model_list],
+                "judge": judge_name,
+                "judge_usage": usage,
+                "scores": [s.to_dict() for s in scores],
+            }
             store.finish(scores, summary, provenance.now())
     finally:
         models.close()
@@ -339,8 +410,9 @@ def _model_entry(m: ModelSpec, ref: ModelRef | None) -> dict[str, Any]:
     return {"name": m.name, **(ref.to_dict() if ref else {"spec": m.ref, "revision": None})}
 
 
-def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chunk_size: int, progress: bool,
-                      log: Callable[[str], None]) -> None:
+def _generate_missing(
+    store: RunStore, session: Session, tasks: list[Task], chunk_size: int, progress: bool, log: Callable[[str], None]
+) -> None:
     """Every task's missing samples, round after round until no task asks for a new one."""
     while True:
         todo: dict[str, GenRequest] = {}  # one request per distinct sample set; tasks asking alike share it
@@ -355,7 +427,7 @@ def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chun
         bar = _bar(len(reqs), session.name, progress)
         new_ok = 0
         for i in range(0, len(reqs), chunk_size):
-            chunk = reqs[i:i + chunk_size]
+            chunk = reqs[i : i + chunk_size]
             records = []
             gens = session.backend.generate(chunk)
             it = iter(gens)
@@ -363,12 +435,23 @@ def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chun
                 for si in range(r.params.n):
                     g = next(it)
                     failed = g.finish_reason == "error"
-                    records.append(GenRecord(
-                        key=session.key(r, si), model=session.name, item_id=r.id, sample_index=si, text=g.text,
-                        status="error" if failed else "ok", token_ids=g.token_ids, prompt_ids=g.prompt_ids,
-                        n_tokens=len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0)),
-                        finish_reason=g.finish_reason, error=g.error,
-                        params=r.params.to_dict(), model_id=session.backend.model_id))
+                    records.append(
+                        GenRecord(
+                            key=session.key(r, si),
+                            model=session.name,
+                            item_id=r.id,
+                            sample_index=si,
+                            text=g.text,
+                            status="error" if failed else "ok",
+                            token_ids=g.token_ids,
+                            prompt_ids=g.prompt_ids,
+                            n_tokens=len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0)),
+                            finish_reason=g.finish_reason,
+                            error=g.error,
+                            params=r.params.to_dict(),
+                            model_id=session.backend.model_id,
+                        )
+                    )
             store.add_generations(records)
             session.answers.update({rec.key: rec for rec in records})
             new_ok += sum(rec.status == "ok" for rec in records)
@@ -379,8 +462,14 @@ def _generate_missing(store: RunStore, session: Session, tasks: list[Task], chun
             return
 
 
-def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Callable[[str], None],
-                   rejudge: str | None = None, progress: bool = False) -> None:
+def _judge_missing(
+    store: RunStore,
+    session: Session,
+    tasks: list[Task],
+    log: Callable[[str], None],
+    rejudge: str | None = None,
+    progress: bool = False,
+) -> None:
     """Every task's judgments that have no stored verdict, or only a failed one (failures are retried), and with
     ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins)."""
     again = {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
@@ -399,13 +488,15 @@ def _judge_missing(store: RunStore, session: Session, tasks: list[Task], log: Ca
             for pending, refresh in ((fresh, False), (redo, True)):
                 task.env.refresh = refresh  # only the re-asked ones bypass the response cache
                 for i in range(0, len(pending), JUDGE_CHUNK):
-                    errors.update(_judge_chunk(store, session, task, pending[i:i + JUDGE_CHUNK], bar))
+                    errors.update(_judge_chunk(store, session, task, pending[i : i + JUDGE_CHUNK], bar))
         finally:
             task.env.refresh, task.env.judge_bar = False, None
             bar.close()
         if errors:  # once per kind of failure, with its count: an endpoint down for the whole run fails every one
-            log(f"{session.name}: {task.name}: {sum(errors.values())} of {len(todo)} judgments failed; they are "
-                "counted as skipped, not scored, and retried when the same command runs again:")
+            log(
+                f"{session.name}: {task.name}: {sum(errors.values())} of {len(todo)} judgments failed; they are "
+                "counted as skipped, not scored, and retried when the same command runs again:"
+            )
             for kind, count in errors.most_common():
                 log(f"  {count} x {kind}")
 
@@ -427,6 +518,7 @@ def failure_kind(verdict: Verdict) -> str:
     """A failed verdict's error with the numbers that differ per request (ids, timings) left out, so that
     one outage is one line however many judgments it failed."""
     import re
+
     text = ((verdict.error or "error").splitlines() or ["error"])[0]
     return re.sub(r"\b\d+(\.\d+)?s\b", "Ns", text)[:200]
 
@@ -442,8 +534,8 @@ def _bar(total: int, desc: str, enabled: bool, unit: str = "prompt") -> Any:
     if not enabled or total < 2:
         return _NoBar()
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit)
 
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def sweep_models(sweep: str | Path, results_dir: str | Path | None = None) -> tuple[str, list[ModelSpec]]:
@@ -451,13 +543,17 @@ def sweep_models(sweep: str | Path, results_dir: str | Path | None = None) -> tu
     import json
 
     from evalharness.core.paths import results_root
+
     path = Path(sweep)
     if not (path / "sweep.json").is_file():
         path = Path(results_dir or results_root()) / "train" / str(sweep)
     file = path / "sweep.json"
     if not file.is_file():
-        raise InputError("no sweep.json: not a finished training sweep (evalharness train SPEC writes it)",
-                         path=str(file), field="from_sweep")
+        raise InputError(
+            "no sweep.json: not a finished training sweep (evalharness train SPEC writes it)",
+            path=str(file),
+            field="from_sweep",
+        )
     data = json.loads(file.read_text())
     base = data["spec"]["base"]
     models = [ModelSpec("sft", base)]
@@ -471,6 +567,7 @@ def sweep_models(sweep: str | Path, results_dir: str | Path | None = None) -> tu
 def apply_task_generation(tasks: list[TaskSpec], generation: GenerationSettings) -> None:
     """A task's own ``generation:`` overrides the run's decoding for that task only."""
     from dataclasses import replace
+
     for ts in tasks:
         overrides = ts.extra.pop("generation_overrides", None)
         if overrides:
@@ -482,6 +579,7 @@ def model_option(text: str) -> ModelSpec:
     import pydantic
 
     from evalharness.pipeline.spec import ModelEntry
+
     name, sep, ref = text.partition("=")
     name, ref = (name.strip(), ref.strip()) if sep else (text.strip(), text.strip())
     if not name or not ref:
@@ -493,11 +591,17 @@ def model_option(text: str) -> ModelSpec:
     return ModelSpec(entry.name, entry.ref)
 
 
-def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, progress: bool = True,
-                   extra_models: list[ModelSpec] | None = None) -> RunPlan:
+def plan_from_spec(
+    path: str | Path,
+    *,
+    results_dir: str | Path | None = None,
+    progress: bool = True,
+    extra_models: list[ModelSpec] | None = None,
+) -> RunPlan:
     """A RunPlan from a run spec file (validated strictly; errors name file, line and field); ``extra_models``
     (``run --model``) are evaluated beside the spec's."""
     from evalharness.pipeline.spec import load_spec
+
     spec, task_specs = load_spec(path)
     reference = spec.reference
     if spec.from_sweep:
@@ -511,15 +615,33 @@ def plan_from_spec(path: str | Path, *, results_dir: str | Path | None = None, p
     models = models + list(extra_models or [])  # a name given twice fails in _plan_models, before anything runs
     generation = GenerationSettings(**spec.generation.model_dump())
     apply_task_generation(task_specs, generation)
-    return RunPlan(name=spec.name, models=models, tasks=task_specs, backend=spec.backend,
-                   backend_options=dict(spec.backend_options), generation=generation, reference=reference,
-                   judge=spec.judge, kind="run", results_dir=results_dir, progress=progress, source=str(path),
-                   report_to=spec.report_to)
+    return RunPlan(
+        name=spec.name,
+        models=models,
+        tasks=task_specs,
+        backend=spec.backend,
+        backend_options=dict(spec.backend_options),
+        generation=generation,
+        reference=reference,
+        judge=spec.judge,
+        kind="run",
+        results_dir=results_dir,
+        progress=progress,
+        source=str(path),
+        report_to=spec.report_to,
+    )
 
 
-def run_spec(path: str | Path, *, results_dir: str | Path | None = None, progress: bool = True,
-             report_to: list[str] | None = None, log: Callable[[str], None] = lambda _: None,
-             extra_models: list[ModelSpec] | None = None, rejudge: str | None = None) -> RunResult:
+def run_spec(
+    path: str | Path,
+    *,
+    results_dir: str | Path | None = None,
+    progress: bool = True,
+    report_to: list[str] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    extra_models: list[ModelSpec] | None = None,
+    rejudge: str | None = None,
+) -> RunResult:
     """``evalharness run SPEC``; ``report_to`` (None: the spec's) names the trackers the run is sent to,
     ``extra_models`` are added to the spec's models, ``rejudge`` (a REJUDGE key) re-asks stored bad verdicts."""
     if rejudge is not None and rejudge not in REJUDGE:

@@ -40,8 +40,9 @@ from pydantic import BaseModel, ConfigDict
 
 from evalharness.core import decoding
 from evalharness.core.errors import InputError, read_utf8
-from evalharness.core.records import TEMPERATURE_MARK, swept_task, temperature_task
+from evalharness.core.records import temperature_task
 from evalharness.trackers import ReportTo
+
 
 class Strict(BaseModel):
     """A spec section: unknown keys are errors (pydantic ``extra="forbid"``)."""
@@ -55,9 +56,13 @@ M = TypeVar("M", bound=BaseModel)
 def _decoding_model() -> type[BaseModel]:
     """The spec's ``generation:`` section: ``evalharness.core.decoding.Decoding``'s fields, defaults and ranges."""
     types = {"int": int, "float": float}
-    fields: dict[str, Any] = {f.name: (types[str(f.type)], pydantic.Field(f.default, description=f.metadata["help"],
-                                                                         **decoding.bounds(f.name)))
-                              for f in decoding.FIELDS}
+    fields: dict[str, Any] = {
+        f.name: (
+            types[str(f.type)],
+            pydantic.Field(f.default, description=f.metadata["help"], **decoding.bounds(f.name)),
+        )
+        for f in decoding.FIELDS
+    }
     return pydantic.create_model("GenerationSpec", __base__=Strict, **fields)
 
 
@@ -73,13 +78,16 @@ def decoding_field(name: str, preset: decoding.Decoding) -> Any:
 def _one_temperature(value: Any) -> Any:
     """A temperature list at the run's level is a sweep written in the wrong place: say where sweeps go."""
     if isinstance(value, dict) and isinstance(value.get("temperature"), list):
-        raise ValueError("the run's generation takes one temperature; a temperature sweep goes under a task's "
-                         "generation (tasks: {NAME: {generation: {temperature: [0.0, 1.0]}}})")
+        raise ValueError(
+            "the run's generation takes one temperature; a temperature sweep goes under a task's "
+            "generation (tasks: {NAME: {generation: {temperature: [0.0, 1.0]}}})"
+        )
     return value
 
 
 def _known_backend(name: str) -> str:
     from evalharness.backends import backend_names
+
     if name not in backend_names():
         raise ValueError(f"unknown backend '{name}'; available: {', '.join(backend_names())}")
     return name
@@ -106,8 +114,10 @@ def _inside_results(name: str | None) -> str | None:
         return None
     parts = name.replace("\\", "/").split("/")
     if not name.strip() or name.startswith(("/", "~")) or ".." in parts or "\x00" in name:
-        raise ValueError(f"model name '{name}' would name a path outside the results root "
-                         "(no '..' segments, absolute paths or empty names)")
+        raise ValueError(
+            f"model name '{name}' would name a path outside the results root "
+            "(no '..' segments, absolute paths or empty names)"
+        )
     return name
 
 
@@ -141,7 +151,9 @@ class RunSpec(Strict):
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _lines(node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...], int] | None = None) -> dict[tuple[Any, ...], int]:
+def _lines(
+    node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...], int] | None = None
+) -> dict[tuple[Any, ...], int]:
     """Map each key path in a YAML document to its 1-based line."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
@@ -176,8 +188,9 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
         raise InputError("malformed YAML: nested too deeply", path=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise InputError(f"malformed YAML: {getattr(e, 'problem', e)}", path=str(path),
-                         line=mark.line + 1 if mark else None) from e
+        raise InputError(
+            f"malformed YAML: {getattr(e, 'problem', e)}", path=str(path), line=mark.line + 1 if mark else None
+        ) from e
     if not isinstance(data, dict):
         raise InputError("a spec is a YAML mapping", path=str(path), line=1)
     lines = _lines(node) if node is not None else {}
@@ -187,8 +200,7 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
         # A union field (str | ModelEntry) reports one error per branch: the value check's own message says more.
         err = next((x for x in e.errors() if x["type"] == "value_error"), e.errors()[0])
         loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x[:1].isupper()))  # no union branch names
-        raise InputError(err["msg"], path=str(path), line=line_of(lines, loc),
-                         field=".".join(map(str, loc))) from e
+        raise InputError(err["msg"], path=str(path), line=line_of(lines, loc), field=".".join(map(str, loc))) from e
 
 
 def spec_path(spec_file: Path, value: str) -> str:
@@ -205,31 +217,39 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
         raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
     given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
     if len(given) != 1:
-        raise InputError("give exactly one of models, from_sweep or model", **where(given[1] if len(given) > 1 else "name"))
+        raise InputError(
+            "give exactly one of models, from_sweep or model", **where(given[1] if len(given) > 1 else "name")
+        )
     for key in ("model", "reference", "from_sweep"):
         if getattr(spec, key):
             setattr(spec, key, spec_path(path, getattr(spec, key)))
     if spec.models:
-        spec.models = [spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
-                       for m in spec.models]
+        spec.models = [
+            spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
+            for m in spec.models
+        ]
     return spec, parse_tasks(spec.tasks, path, lines, ("tasks",))
 
 
-def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict[tuple[Any, ...], int],
-                at: tuple[Any, ...]) -> list[Any]:
+def parse_tasks(
+    tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict[tuple[Any, ...], int], at: tuple[Any, ...]
+) -> list[Any]:
     """``tasks:`` of a run spec or a sweep's ``eval:``: name -> options (the module's Config fields, plus
     ``task:`` to pick the module when the name is not one, and ``generation:`` to override decoding)."""
     from evalharness.tasks.base import TaskSpec, known_tasks, task_class
+
     if not tasks:
         raise InputError("list at least one task", path=str(path), line=line_of(lines, at), field=".".join(at))
     out = []
     for name, options in tasks.items():
         options = dict(options or {})
         loc = at + (name,)
-        where = lambda *k: {"path": str(path), "line": line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731
+        where = lambda *k: {"path": str(path), "line": line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731, B023  (called within its iteration)
         module = options.pop("task", name)
         if module not in known_tasks():
-            raise InputError(f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ())))
+            raise InputError(
+                f"unknown task; known: {', '.join(known_tasks())}", **where(*(("task",) if module != name else ()))
+            )
         generations: list[dict[str, Any] | None] = [None]
         names = [name]
         if "generation" in options:
@@ -252,8 +272,9 @@ def parse_tasks(tasks: dict[str, dict[str, Any] | None], path: Path, lines: dict
         options = {k: spec_path(path, v) if isinstance(v, str) else v for k, v in options.items()}
         for key in options:
             if key not in fields:
-                raise InputError(f"unknown key; {module} takes: {', '.join(sorted(fields | {'task', 'generation'}))}",
-                                 **where(key))
+                raise InputError(
+                    f"unknown key; {module} takes: {', '.join(sorted(fields | {'task', 'generation'}))}", **where(key)
+                )
         try:
             config = pydantic.TypeAdapter(cls).validate_python(options)
         except pydantic.ValidationError as e:

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from evalharness.tasks import benchdata
 from evalharness.backends.base import Backend
 from evalharness.backends.http import ChatRequest, ChatResult
 from evalharness.core.decoding import Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.records import GenRecord, GenRequest, Score, Verdict, content_hash
+from evalharness.tasks import benchdata
 
 
 def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
@@ -49,11 +49,19 @@ def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
     if path.is_file():
         return path
     if (root / rel).is_file() and not (root / bench).is_dir():
-        warnings.warn(f"data_dir {root} is a {bench}/ folder: give its parent, the benchmark data root "
-                      "(the benchmark's own folder is deprecated as data_dir)", FutureWarning, stacklevel=2)
+        warnings.warn(
+            f"data_dir {root} is a {bench}/ folder: give its parent, the benchmark data root "
+            "(the benchmark's own folder is deprecated as data_dir)",
+            FutureWarning,
+            stacklevel=2,
+        )
         return root / rel
-    raise InputError(f"file not found: data_dir is the benchmark data root, laid out like shared/benchdata "
-                     f"(this file at {bench}/{rel})", path=str(path), field="data_dir")
+    raise InputError(
+        f"file not found: data_dir is the benchmark data root, laid out like shared/benchdata "
+        f"(this file at {bench}/{rel})",
+        path=str(path),
+        field="data_dir",
+    )
 
 
 class ChatJudge(Protocol):
@@ -91,8 +99,9 @@ class Session:
     resumes without loading any model.
     """
 
-    def __init__(self, name: str, identity: dict[str, Any], load: Callable[[], Backend],
-                 records: list[GenRecord]) -> None:
+    def __init__(
+        self, name: str, identity: dict[str, Any], load: Callable[[], Backend], records: list[GenRecord]
+    ) -> None:
         self.name, self.identity, self._load = name, identity, load
         self._backend: Backend | None = None
         self.answers: dict[str, GenRecord] = {}
@@ -113,8 +122,9 @@ class Session:
         self._backend = None
 
     def key(self, req: GenRequest, sample_index: int = 0) -> str:
-        content = req.prompt_ids if req.prompt_ids is not None else (req.messages if req.messages is not None
-                                                                    else req.prompt)
+        content = (
+            req.prompt_ids if req.prompt_ids is not None else (req.messages if req.messages is not None else req.prompt)
+        )
         return content_hash(self.identity, content, req.params.to_dict(), req.id, sample_index)
 
     def answer(self, req: GenRequest, sample_index: int = 0) -> GenRecord | None:
@@ -167,8 +177,12 @@ class Task:
     def identity(self) -> dict[str, Any]:
         """What goes into the run id: the config, the decoding and the version."""
         cfg = asdict(self.cfg) if hasattr(self.cfg, "__dataclass_fields__") else dict(self.cfg)
-        return {"module": type(self).__module__.removesuffix(".task"), "version": self.VERSION, "config": cfg,
-                "generation": asdict(self.generation)}
+        return {
+            "module": type(self).__module__.removesuffix(".task"),
+            "version": self.VERSION,
+            "config": cfg,
+            "generation": asdict(self.generation),
+        }
 
     def requests(self, session: Session) -> list[GenRequest]:
         return []
@@ -196,8 +210,17 @@ class Task:
         out = []
         for p, res in zip(pending, results):
             if res.status != "ok":
-                out.append(Verdict(p.item_id, self.env.judge_name, "", "error", sample_index=p.sample_index,
-                                   error=res.error, key=p.key))
+                out.append(
+                    Verdict(
+                        p.item_id,
+                        self.env.judge_name,
+                        "",
+                        "error",
+                        sample_index=p.sample_index,
+                        error=res.error,
+                        key=p.key,
+                    )
+                )
             else:
                 out.append(parse(p, res))
         return out
@@ -211,6 +234,7 @@ class Task:
 def file_name(name: str) -> str:
     """A file name from a model or judge name (``org/model``, ``local:/path``, ``../x``): never a path."""
     import re
+
     return re.sub(r"[^\w.@+=-]", "_", name).lstrip(".") or "_"
 
 
@@ -224,7 +248,8 @@ def stored_answers(baseline: str, relative: str) -> tuple[Path, str] | None:
     if not baseline.startswith(STORED_PREFIX):
         return None
     from evalharness.store import find_run
-    run, sep, model = baseline[len(STORED_PREFIX):].rpartition("/")
+
+    run, sep, model = baseline[len(STORED_PREFIX) :].rpartition("/")
     if not sep or not run or not model:
         raise InputError(f"a stored baseline is run:RUN/MODEL, got {baseline!r}", field="baseline")
     path = find_run(run) / relative.format(model=file_name(model))
@@ -253,8 +278,12 @@ NOT_TASKS = ("base", "prompted", "paired", "benchdata")
 
 def known_tasks() -> list[str]:
     import pkgutil
+
     from evalharness import tasks
-    return sorted(m.name for m in pkgutil.iter_modules(tasks.__path__) if m.name not in NOT_TASKS and not m.name.startswith("_"))
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(tasks.__path__) if m.name not in NOT_TASKS and not m.name.startswith("_")
+    )
 
 
 @dataclass

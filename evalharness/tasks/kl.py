@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from evalharness.judges.kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
 from evalharness.core.records import Generation, Score, Verdict
+from evalharness.judges.kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
 from evalharness.tasks.base import ModelRecords, Pending, Session
 from evalharness.tasks.prompted import PromptSetTask, paired_samples
 
@@ -40,11 +40,15 @@ class KLTask(PromptSetTask):
         assert self.env.reference is not None
         reference = self.env.reference()
         check_same_tokenizer(session.backend, reference)
-        gens = [Generation(p.item_id, p.sample_index, p.payload.text, p.payload.token_ids, p.payload.prompt_ids)
-                for p in pending]
+        gens = [
+            Generation(p.item_id, p.sample_index, p.payload.text, p.payload.token_ids, p.payload.prompt_ids)
+            for p in pending
+        ]
         version = self.judge_version(KL_JUDGE_VERSION)
-        return [replace(v, key=p.key, judge_id=self._judge_id, judge_version=version) for p, v in
-                zip(pending, kl_verdicts(session.backend, reference, gens))]
+        return [
+            replace(v, key=p.key, judge_id=self._judge_id, judge_version=version)
+            for p, v in zip(pending, kl_verdicts(session.backend, reference, gens))
+        ]
 
     @property
     def _reference(self) -> str:
@@ -57,13 +61,14 @@ class KLTask(PromptSetTask):
         return f"kl:{self._reference}"
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
-        keys = dict(judge_id=self._judge_id, baseline=self._reference, higher_is_better=False)
+        keys = {"judge_id": self._judge_id, "baseline": self._reference, "higher_is_better": False}
         k1, skipped = self.by_prompt(session, verdicts)
         k3, _ = self.by_prompt(session, verdicts, value=lambda v: v.meta["k3"])
         out = []
         for metric, values, estimator in (("kl", k1, "k1"), ("kl_k3", k3, "k3")):
-            s = self.clustered(session, metric, values, skipped,
-                               judge_version=self.judge_version(KL_JUDGE_VERSION, estimator), **keys)
+            s = self.clustered(
+                session, metric, values, skipped, judge_version=self.judge_version(KL_JUDGE_VERSION, estimator), **keys
+            )
             s.extra["judge_desc"] = f"{KL_JUDGE_VERSION};{estimator}"  # readable, for axis labels
             s.extra["reference_name"] = self.env.reference_name  # the reference's row in this run's tables
             out.append(s)

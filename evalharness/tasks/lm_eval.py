@@ -36,8 +36,9 @@ from evalharness.tasks.base import ModelRecords, Pending, Session, Task, file_na
 
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 INSTALL = "lm-evaluation-harness is not installed: pip install 'evalharness[lmeval]' (or pip install 'lm_eval>=0.4.8')"
-FIND_TASKS = ("list lm-eval's task names with `lm-eval ls tasks`; put your own task YAMLs in a folder and set "
-              "include_path")
+FIND_TASKS = (
+    "list lm-eval's task names with `lm-eval ls tasks`; put your own task YAMLs in a folder and set include_path"
+)
 
 
 @dataclass
@@ -60,6 +61,7 @@ def lm_eval_version() -> str:
     """The installed lm_eval package version, or a clear error naming the extra to install."""
     try:
         from importlib.metadata import PackageNotFoundError, version
+
         return version("lm_eval")
     except PackageNotFoundError:
         raise EvalHarnessError(INSTALL) from None
@@ -90,8 +92,11 @@ class LMEvalTask(Task):
         if cfg.model not in ("hf", "vllm"):
             raise InputError(f"model: hf or vllm, got {cfg.model!r}", field="model")
         if cfg.model_args and cfg.model == "hf":
-            raise InputError("model_args are lm-eval's model arguments of model: vllm; model: hf runs the run's "
-                             "loaded model (its dtype: backend_options)", field="model_args")
+            raise InputError(
+                "model_args are lm-eval's model arguments of model: vllm; model: hf runs the run's "
+                "loaded model (its dtype: backend_options)",
+                field="model_args",
+            )
         if cfg.include_path is not None and not Path(cfg.include_path).is_dir():
             raise InputError("include_path: no such folder", path=cfg.include_path, field="include_path")
         self.version = lm_eval_version()
@@ -99,8 +104,11 @@ class LMEvalTask(Task):
         try:  # lm-eval reads each task's dataset here (the hub's, or the datasets cache when offline)
             self.loaded: dict[str, Any] = dict(self.manager.load(list(cfg.tasks))["tasks"])
         except Exception as e:  # noqa: BLE001  (a broken YAML or a dataset that cannot be read: one clear error)
-            raise InputError(f"lm-eval cannot load {', '.join(cfg.tasks)}: {type(e).__name__}: {e} (offline: fetch "
-                             "the data first, see docs/benchmarks.md)", field="tasks") from None
+            raise InputError(
+                f"lm-eval cannot load {', '.join(cfg.tasks)}: {type(e).__name__}: {e} (offline: fetch "
+                "the data first, see docs/benchmarks.md)",
+                field="tasks",
+            ) from None
         self._runs: dict[str, dict[tuple[str, int], dict[str, Any]] | str] = {}
         self._pending: list[Pending] | None = None
 
@@ -108,6 +116,7 @@ class LMEvalTask(Task):
         """lm-eval's TaskManager; only the user's folder is indexed when it holds every task asked for (indexing
         lm-eval's 14,000 built-in names takes most of a minute), and an unknown name is one clear error."""
         from lm_eval.tasks import TaskManager
+
         if self.cfg.include_path is not None:
             own = TaskManager(include_path=self.cfg.include_path, include_defaults=False)
             if all(t in own.all_tasks for t in self.cfg.tasks):
@@ -124,13 +133,16 @@ class LMEvalTask(Task):
     def docs(self) -> dict[str, list[tuple[int, Any]]]:
         """The docs lm-eval evaluates per task under ``limit``: (doc id, doc)."""
         from lm_eval.evaluator_utils import get_sample_size
-        return {name: list(t.doc_iterator(limit=get_sample_size(t, self.cfg.limit)))
-                for name, t in self.loaded.items()}
+
+        return {name: list(t.doc_iterator(limit=get_sample_size(t, self.cfg.limit))) for name, t in self.loaded.items()}
 
     def judgments(self, session: Session) -> list[Pending]:
         if self._pending is None:
-            self._pending = [Pending(content_hash(name, doc_id, doc, length=20), f"{name}/{doc_id}", (name, doc_id))
-                             for name, docs in self.docs().items() for doc_id, doc in docs]
+            self._pending = [
+                Pending(content_hash(name, doc_id, doc, length=20), f"{name}/{doc_id}", (name, doc_id))
+                for name, docs in self.docs().items()
+                for doc_id, doc in docs
+            ]
         return self._pending
 
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
@@ -148,25 +160,45 @@ class LMEvalTask(Task):
                 continue
             meta = {k: v for k, v in sample.items() if k != "resps"}
             # value: the first metric, for a glance at the verdict file; Scores and paired read meta["metrics"]
-            out.append(Verdict(p.item_id, judge_id, self._judge_version(p.payload[0]), "ok",
-                               scalar(next(iter(sample["metrics"].values()))), raw=sample["resps"], key=p.key,
-                               meta=meta))
+            out.append(
+                Verdict(
+                    p.item_id,
+                    judge_id,
+                    self._judge_version(p.payload[0]),
+                    "ok",
+                    scalar(next(iter(sample["metrics"].values()))),
+                    raw=sample["resps"],
+                    key=p.key,
+                    meta=meta,
+                )
+            )
         return out
 
     def _evaluate(self, session: Session) -> dict[tuple[str, int], dict[str, Any]] | str:
         """One lm-eval run of every task on this model: per doc, what its verdict keeps; or the error, as text
         (a failed run is counted and retried on the next run, never a score)."""
         import lm_eval
+
         cfg = self.cfg
         try:
             results = lm_eval.simple_evaluate(
-                model=self._model(session), model_args=self._model_args(session) if cfg.model != "hf" else None,
-                tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit, batch_size=cfg.batch_size,
-                log_samples=True, apply_chat_template=cfg.apply_chat_template,
-                fewshot_as_multiturn=(cfg.apply_chat_template if cfg.fewshot_as_multiturn is None
-                                      else cfg.fewshot_as_multiturn),
-                system_instruction=cfg.system_instruction, gen_kwargs=cfg.gen_kwargs, task_manager=self.manager,
-                fewshot_random_seed=cfg.fewshot_random_seed, bootstrap_iters=0)
+                model=self._model(session),
+                model_args=self._model_args(session) if cfg.model != "hf" else None,
+                tasks=list(cfg.tasks),
+                num_fewshot=cfg.num_fewshot,
+                limit=cfg.limit,
+                batch_size=cfg.batch_size,
+                log_samples=True,
+                apply_chat_template=cfg.apply_chat_template,
+                fewshot_as_multiturn=(
+                    cfg.apply_chat_template if cfg.fewshot_as_multiturn is None else cfg.fewshot_as_multiturn
+                ),
+                system_instruction=cfg.system_instruction,
+                gen_kwargs=cfg.gen_kwargs,
+                task_manager=self.manager,
+                fewshot_random_seed=cfg.fewshot_random_seed,
+                bootstrap_iters=0,
+            )
         except (EvalHarnessError, KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001  (lm-eval's own failure on this model: counted, retried, never a score)
@@ -179,15 +211,19 @@ class LMEvalTask(Task):
         if self.cfg.model != "hf":
             return self.cfg.model
         from lm_eval.models.huggingface import HFLM
+
         backend: Any = session.backend  # our hf backend: its loaded model and tokenizer
         if getattr(backend, "model", None) is None or getattr(backend, "tokenizer", None) is None:
-            raise EvalHarnessError(f"task '{self.name}' with model: hf runs the run's loaded model: use backend: hf "
-                                   "(or model: vllm with lm-eval's vLLM installed)")
+            raise EvalHarnessError(
+                f"task '{self.name}' with model: hf runs the run's loaded model: use backend: hf "
+                "(or model: vllm with lm-eval's vLLM installed)"
+            )
         return HFLM(pretrained=backend.model, tokenizer=backend.tokenizer, batch_size=self.cfg.batch_size)
 
     def _model_args(self, session: Session) -> dict[str, Any]:
         """lm-eval's vLLM model on the model's local folder (a LoRA adapter: its base plus the adapter)."""
         from evalharness.core.models import resolve
+
         ref = resolve(str(session.identity["model"]).rsplit("@", 1)[0])
         args: dict[str, Any] = {"pretrained": ref.base.path if ref.base else ref.path}
         if ref.base is not None:
@@ -200,14 +236,27 @@ class LMEvalTask(Task):
         for name, samples in results["samples"].items():
             task = self.loaded.get(name)
             aggregation = {m: getattr(f, "__name__", str(f)) for m, f in (task.aggregation() if task else {}).items()}
-            common = {"task": name, "task_version": str(results["versions"].get(name)),
-                      "n_shot": results["n-shot"].get(name), "aggregation": aggregation}
+            common = {
+                "task": name,
+                "task_version": str(results["versions"].get(name)),
+                "n_shot": results["n-shot"].get(name),
+                "aggregation": aggregation,
+            }
             for s in samples:
-                rec = out.setdefault((name, int(s["doc_id"])), {
-                    **common, "doc_id": int(s["doc_id"]), "metrics": {}, "filtered_resps": {},
-                    "resps": _plain(s["resps"]),
-                    "target": str(s["target"]), "prompt": _plain(s["arguments"][0][0]),
-                    "doc_hash": s["doc_hash"], "prompt_hash": s["prompt_hash"]})
+                rec = out.setdefault(
+                    (name, int(s["doc_id"])),
+                    {
+                        **common,
+                        "doc_id": int(s["doc_id"]),
+                        "metrics": {},
+                        "filtered_resps": {},
+                        "resps": _plain(s["resps"]),
+                        "target": str(s["target"]),
+                        "prompt": _plain(s["arguments"][0][0]),
+                        "doc_hash": s["doc_hash"],
+                        "prompt_hash": s["prompt_hash"],
+                    },
+                )
                 rec["filtered_resps"][s["filter"]] = _plain(s["filtered_resps"])
                 for m in s["metrics"]:
                     rec["metrics"][f"{m},{s['filter']}"] = _plain(s[m])
@@ -226,8 +275,15 @@ class LMEvalTask(Task):
     def _judge_version(self, lm_task: str, *parts: Any) -> str:
         """What changes lm-eval's prompts, decoding and scoring besides the task and its version."""
         cfg = self.cfg
-        return self.judge_version(lm_task, cfg.apply_chat_template, cfg.fewshot_as_multiturn, cfg.system_instruction,
-                                  cfg.gen_kwargs, cfg.fewshot_random_seed, *parts)
+        return self.judge_version(
+            lm_task,
+            cfg.apply_chat_template,
+            cfg.fewshot_as_multiturn,
+            cfg.system_instruction,
+            cfg.gen_kwargs,
+            cfg.fewshot_random_seed,
+            *parts,
+        )
 
     def task_version(self, lm_task: str, version: Any, n_shot: Any) -> str:
         """The comparability key's task part: lm-eval's task, its version, the few-shot setting, the doc set."""
@@ -246,28 +302,38 @@ class LMEvalTask(Task):
         out = []
         for name, task in self.loaded.items():
             mine = sorted((v for v in ok if v.meta["task"] == name), key=lambda v: v.meta["doc_id"])
-            metric_keys = list(dict.fromkeys(k for v in mine for k in v.meta["metrics"])) or \
-                [f"{m},none" for m in task.aggregation()]
+            metric_keys = list(dict.fromkeys(k for v in mine for k in v.meta["metrics"])) or [
+                f"{m},none" for m in task.aggregation()
+            ]
             version = mine[0].meta["task_version"] if mine else getattr(task, "VERSION", None)
             n_shot = mine[0].meta["n_shot"] if mine else None
             for key in metric_keys:
-                out.append(self._score(session, name, task, key, mine, n_docs[name],
-                                       self.task_version(name, version, n_shot)))
+                out.append(
+                    self._score(session, name, task, key, mine, n_docs[name], self.task_version(name, version, n_shot))
+                )
         return out
 
-    def _score(self, session: Session, name: str, task: Any, key: str, verdicts: list[Verdict], n_docs: int,
-               task_version: str) -> Score:
+    def _score(
+        self, session: Session, name: str, task: Any, key: str, verdicts: list[Verdict], n_docs: int, task_version: str
+    ) -> Score:
         """One metric of one lm-eval task: lm-eval's aggregation over the docs' values, in doc order."""
         from lm_eval.api.metrics import mean
+
         metric, _, filter_key = key.partition(",")
         values = [v.meta["metrics"][key] for v in verdicts if key in v.meta["metrics"]]
         agg = task.aggregation().get(metric, mean)
         common: dict[str, Any] = {
-            "task": self.name, "metric": metric_name(name, metric, filter_key), "model": session.name,
-            "n": len(values), "n_skipped": n_docs - len(values), "task_version": task_version,
-            "judge_id": f"lm_eval {self.version}", "judge_version": self._judge_version(name, key),
+            "task": self.name,
+            "metric": metric_name(name, metric, filter_key),
+            "model": session.name,
+            "n": len(values),
+            "n_skipped": n_docs - len(values),
+            "task_version": task_version,
+            "judge_id": f"lm_eval {self.version}",
+            "judge_version": self._judge_version(name, key),
             "higher_is_better": task.higher_is_better().get(metric),
-            "extra": {"lm_eval_task": name, "lm_eval_metric": key, "aggregation": getattr(agg, "__name__", "")}}
+            "extra": {"lm_eval_task": name, "lm_eval_metric": key, "aggregation": getattr(agg, "__name__", "")},
+        }
         if not values:
             return Score(value=None, **common)
         value = float(agg(values))
@@ -300,8 +366,9 @@ def per_doc(records: ModelRecords, metric: str) -> dict[Hashable, float]:
             if metric_name(v.meta["task"], m, filter_key) != metric:
                 continue
             if v.meta["aggregation"].get(m, "mean") not in ("mean", "agg_inst_level_acc"):
-                raise EvalHarnessError(f"{metric}: a corpus-level metric ({v.meta['aggregation'][m]}) has no "
-                                       "per-doc paired test")
+                raise EvalHarnessError(
+                    f"{metric}: a corpus-level metric ({v.meta['aggregation'][m]}) has no per-doc paired test"
+                )
             out[v.item_id] = scalar(value)
     return out
 
@@ -310,6 +377,7 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Doc by doc over the docs both models answered: exact McNemar when every value is 0 or 1 (accuracy, exact
     match), else paired t (IFEval's instruction-level accuracy: its per-doc mean)."""
     from evalharness.tasks.paired import mcnemar_paired, paired_t
+
     va, vb = per_doc(a, metric), per_doc(b, metric)
     if all(x in (0.0, 1.0) for x in [*va.values(), *vb.values()]):
         return mcnemar_paired(va, vb)

@@ -50,17 +50,20 @@ from typing import Any
 import numpy as np
 
 from evalharness.core.errors import EvalHarnessError, InputError, parse_json
-from evalharness.judges.kl import check_same_tokenizer
 from evalharness.core.prompts import render, render_response
 from evalharness.core.records import Score, ScoreRequest, Verdict, content_hash
 from evalharness.core.stats import bootstrap_ci, mean_ci, wilson_ci
+from evalharness.judges.kl import check_same_tokenizer
+from evalharness.tasks.base import ModelRecords, Pending, Session, Task
 from evalharness.training.algorithms import ALGORITHMS
 from evalharness.training.data import PreferencePair, data_hash, load_preferences
 from evalharness.training.trainer import MANIFEST
-from evalharness.tasks.base import ModelRecords, Pending, Session, Task
 
-DEFINITIONS = {"dpo": "beta (log pi - log pi_ref), summed", "simpo": "beta / |y| log pi, reference-free",
-               "cpo": "beta log pi, summed, reference-free"}
+DEFINITIONS = {
+    "dpo": "beta (log pi - log pi_ref), summed",
+    "simpo": "beta / |y| log pi, reference-free",
+    "cpo": "beta log pi, summed, reference-free",
+}
 REFERENCE_BASED = {"dpo"}
 # algorithm -> (reward definition, the manifest hyperparameter that is its scale): each algorithm's implicit reward,
 # from its row in train/algorithms.py (the trainer's logged rewards, implicit_rewards). The DPO family's extra terms
@@ -112,8 +115,10 @@ class PreferenceAccuracyTask(Task):
         reqs = []
         for p in pending:
             prompt = render(tok, p.payload.prompt)
-            reqs += [ScoreRequest(f"{p.item_id}/chosen", prompt, render_response(tok, p.payload.chosen)),
-                     ScoreRequest(f"{p.item_id}/rejected", prompt, render_response(tok, p.payload.rejected))]
+            reqs += [
+                ScoreRequest(f"{p.item_id}/chosen", prompt, render_response(tok, p.payload.chosen)),
+                ScoreRequest(f"{p.item_id}/rejected", prompt, render_response(tok, p.payload.rejected)),
+            ]
         lp = policy.logprobs(reqs)
         # The reference model scored as a policy: its own numbers, so every DPO-style reward is exactly 0.
         ref = lp if reference is policy else reference.logprobs(reqs)
@@ -122,15 +127,39 @@ class PreferenceAccuracyTask(Task):
         for k, p in enumerate(pending):
             w, l, rw, rl = lp[2 * k], lp[2 * k + 1], ref[2 * k], ref[2 * k + 1]
             if not all(math.isfinite(x.logprob) for x in (w, l, rw, rl)):
-                out.append(Verdict(p.item_id, self._judge_id, version, "error", key=p.key,
-                                   error=f"non-finite log-prob (policy {w.logprob}, {l.logprob}; reference "
-                                         f"{rw.logprob}, {rl.logprob})"))
+                out.append(
+                    Verdict(
+                        p.item_id,
+                        self._judge_id,
+                        version,
+                        "error",
+                        key=p.key,
+                        error=f"non-finite log-prob (policy {w.logprob}, {l.logprob}; reference "
+                        f"{rw.logprob}, {rl.logprob})",
+                    )
+                )
                 continue
-            meta = {"logp_chosen": w.logprob, "logp_rejected": l.logprob, "ref_logp_chosen": rw.logprob,
-                    "ref_logp_rejected": rl.logprob, "n_chosen": w.n_tokens, "n_rejected": l.n_tokens, "own": own}
+            meta = {
+                "logp_chosen": w.logprob,
+                "logp_rejected": l.logprob,
+                "ref_logp_chosen": rw.logprob,
+                "ref_logp_rejected": rl.logprob,
+                "n_chosen": w.n_tokens,
+                "n_rejected": l.n_tokens,
+                "own": own,
+            }
             # value: the average log-likelihood margin, defined for every model and every beta
-            out.append(Verdict(p.item_id, self._judge_id, version, "ok",
-                               w.logprob / w.n_tokens - l.logprob / l.n_tokens, key=p.key, meta=meta))
+            out.append(
+                Verdict(
+                    p.item_id,
+                    self._judge_id,
+                    version,
+                    "ok",
+                    w.logprob / w.n_tokens - l.logprob / l.n_tokens,
+                    key=p.key,
+                    meta=meta,
+                )
+            )
         return out
 
     @property
@@ -151,16 +180,21 @@ class PreferenceAccuracyTask(Task):
                 trained = manifest.get("reference_model")
                 own["trained_against_this_reference"] = self._same_reference(trained)
                 if own["trained_against_this_reference"] is False:
-                    self.env.log(f"{session.name}: trained against {trained}, scored against "
-                                 f"{self.env.reference_name}: its own reward is taken against the run's reference")
+                    self.env.log(
+                        f"{session.name}: trained against {trained}, scored against "
+                        f"{self.env.reference_name}: its own reward is taken against the run's reference"
+                    )
         else:
-            self.env.log(f"{session.name}: no checkpoint manifest: no own reward (reference-free definitions, "
-                         "and the DPO-style one against the run's reference)")
+            self.env.log(
+                f"{session.name}: no checkpoint manifest: no own reward (reference-free definitions, "
+                "and the DPO-style one against the run's reference)"
+            )
         self._own[session.name] = own
         return own
 
     def _same_reference(self, spec: str | None) -> bool | None:
         from evalharness.core.models import resolve
+
         run_ref = getattr(self.env.reference(), "ref", None) if self.env.reference else None
         if not spec or run_ref is None:
             return None
@@ -174,16 +208,24 @@ class PreferenceAccuracyTask(Task):
         keys = set(self._keys.values())
         table = PairTable.of(verdicts, keys)
         skipped = len(self.pairs) - len(table.ids)
-        common = dict(task=self.name, model=session.name, task_version=self.task_version, judge_id=self._judge_id,
-                      n_skipped=skipped)
+        common = {
+            "task": self.name,
+            "model": session.name,
+            "task_version": self.task_version,
+            "judge_id": self._judge_id,
+            "n_skipped": skipped,
+        }
         self_ref = session.name == self.env.reference_name
         out = []
         for definition in DEFINITIONS:
             extra: dict[str, Any] = {"definition": DEFINITIONS[definition]}
             if self_ref and definition in REFERENCE_BASED:
                 extra["note"] = "the model is its own reference: every reward is 0, every pair a tie (0.5)"
-            out.append(self._accuracy(f"reward_acc_{definition}", table.values(f"reward_acc_{definition}"),
-                                      definition, common, extra))
+            out.append(
+                self._accuracy(
+                    f"reward_acc_{definition}", table.values(f"reward_acc_{definition}"), definition, common, extra
+                )
+            )
         own = table.own
         if own is None:
             return out
@@ -191,61 +233,118 @@ class PreferenceAccuracyTask(Task):
         out.append(self._accuracy("reward_acc_own", table.values("reward_acc_own"), "own", common, extra))
         cells = {c: int(sum(table.values(f"contingency_{c}").values())) for c in CELLS}
         strict = sum(cells.values())
-        extra_t = {**extra, "table": cells, "n_tied": len(table.ids) - strict,
-                   "rows": "reward ranks w|l higher", "columns": "average log-likelihood ranks w|l higher"}
-        agree = self._accuracy("reward_loglik_agreement", table.values("reward_loglik_agreement"), "own",
-                               common, extra_t)
+        extra_t = {
+            **extra,
+            "table": cells,
+            "n_tied": len(table.ids) - strict,
+            "rows": "reward ranks w|l higher",
+            "columns": "average log-likelihood ranks w|l higher",
+        }
+        agree = self._accuracy(
+            "reward_loglik_agreement", table.values("reward_loglik_agreement"), "own", common, extra_t
+        )
         out.append(agree)
         for c in CELLS:
-            out.append(Score(metric=f"contingency_{c}", value=float(cells[c]) if strict else None, n=strict,
-                             judge_version=self.judge_version("contingency", c), baseline=self.env.reference_name,
-                             higher_is_better=None, extra=extra_t, **common))
+            out.append(
+                Score(
+                    metric=f"contingency_{c}",
+                    value=float(cells[c]) if strict else None,
+                    n=strict,
+                    judge_version=self.judge_version("contingency", c),
+                    baseline=self.env.reference_name,
+                    higher_is_better=None,
+                    extra=extra_t,
+                    **common,
+                )
+            )
         margins = np.array(list(table.values("reward_margin").values()))
         # One column across algorithms, like reward_acc_own: each row in its own reward's units (its extra says
         # which); the paired difference refuses two different definitions or betas.
-        keys_m = dict(judge_version=self.judge_version("margin", "own"), baseline=self.env.reference_name,
-                      higher_is_better=None)
+        keys_m = {
+            "judge_version": self.judge_version("margin", "own"),
+            "baseline": self.env.reference_name,
+            "higher_is_better": None,
+        }
         if margins.size:
             m, se, lo, hi = mean_ci(margins)
-            out.append(Score(metric="reward_margin", value=m, n=margins.size, stderr=se, ci_low=lo, ci_high=hi,
-                             extra={**extra, "quantiles": {f"q{q}": float(np.percentile(margins, q)) for q in QUANTILES}},
-                             **keys_m, **common))
+            out.append(
+                Score(
+                    metric="reward_margin",
+                    value=m,
+                    n=margins.size,
+                    stderr=se,
+                    ci_low=lo,
+                    ci_high=hi,
+                    extra={**extra, "quantiles": {f"q{q}": float(np.percentile(margins, q)) for q in QUANTILES}},
+                    **keys_m,
+                    **common,
+                )
+            )
             for q in QUANTILES:
                 lo, hi = bootstrap_ci(margins, lambda x, q=q: float(np.percentile(x, q)), rounds=BOOTSTRAP_ROUNDS)
-                out.append(Score(metric=f"reward_margin_q{q}", value=float(np.percentile(margins, q)), n=margins.size,
-                                 ci_low=lo, ci_high=hi, extra={**extra, "ci": "percentile bootstrap over pairs"},
-                                 **keys_m, **common))
+                out.append(
+                    Score(
+                        metric=f"reward_margin_q{q}",
+                        value=float(np.percentile(margins, q)),
+                        n=margins.size,
+                        ci_low=lo,
+                        ci_high=hi,
+                        extra={**extra, "ci": "percentile bootstrap over pairs"},
+                        **keys_m,
+                        **common,
+                    )
+                )
         return out
 
-    def _accuracy(self, metric: str, values: dict[str, float], definition: str, common: dict[str, Any],
-                  extra: dict[str, Any]) -> Score:
+    def _accuracy(
+        self, metric: str, values: dict[str, float], definition: str, common: dict[str, Any], extra: dict[str, Any]
+    ) -> Score:
         """Share of pairs won (a tie counts half), its Wilson 95% CI; n counts pairs."""
-        keys = dict(judge_version=self.judge_version(metric, definition), higher_is_better=True,
-                    baseline=self.env.reference_name if definition in REFERENCE_BASED | {"own"} else None)
+        keys = {
+            "judge_version": self.judge_version(metric, definition),
+            "higher_is_better": True,
+            "baseline": self.env.reference_name if definition in REFERENCE_BASED | {"own"} else None,
+        }
         x = np.array(list(values.values()), dtype=float)
         extra = {**extra, "ties": "count half", "n_ties": int((x == 0.5).sum()), "ci": "Wilson score"}
         if not x.size:
             return Score(metric=metric, value=None, n=0, extra=extra, **keys, **common)
         lo, hi = wilson_ci(float(x.sum()), x.size)
         se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-        return Score(metric=metric, value=float(x.mean()), n=x.size, stderr=se, ci_low=lo, ci_high=hi, extra=extra,
-                     **keys, **common)
+        return Score(
+            metric=metric,
+            value=float(x.mean()),
+            n=x.size,
+            stderr=se,
+            ci_low=lo,
+            ci_high=hi,
+            extra=extra,
+            **keys,
+            **common,
+        )
 
 
 def own_from_manifest(manifest: dict[str, Any], where: str, beta: float | None = None) -> dict[str, Any]:
     """A checkpoint's own reward (``OWN``): algorithm, definition, beta (``beta`` overrides the manifest's)."""
     algorithm = manifest.get("algorithm")
     if algorithm not in OWN:
-        raise InputError(f"algorithm {algorithm!r} has no reward definition (known: {', '.join(OWN)})",
-                         path=where, field="algorithm")
+        raise InputError(
+            f"algorithm {algorithm!r} has no reward definition (known: {', '.join(OWN)})", path=where, field="algorithm"
+        )
     definition, param = OWN[algorithm]
     scale = beta
     if scale is None:
-        scale = manifest.get("kl_coef") if algorithm == "ppo" and manifest.get("kl_coef") is not None else \
-            (manifest.get("hparams") or {}).get(param)
+        scale = (
+            manifest.get("kl_coef")
+            if algorithm == "ppo" and manifest.get("kl_coef") is not None
+            else (manifest.get("hparams") or {}).get(param)
+        )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise InputError(f"the own reward of {algorithm} needs hparams.{param} > 0, got {scale!r}; set the task's "
-                         "beta", path=where, field=f"hparams.{param}")
+        raise InputError(
+            f"the own reward of {algorithm} needs hparams.{param} > 0, got {scale!r}; set the task's beta",
+            path=where,
+            field=f"hparams.{param}",
+        )
     return {"algorithm": algorithm, "definition": definition, "beta": float(scale)}
 
 
@@ -272,8 +371,9 @@ class PairTable:
     def values(self, metric: str) -> dict[str, float]:
         """pair id -> the metric's per-pair value, for the pairs it counts."""
         if metric not in self.per_pair:
-            raise EvalHarnessError(f"no per-pair values of {metric}" + (" (no own reward: not a checkpoint)"
-                                                                        if self.own is None else ""))
+            raise EvalHarnessError(
+                f"no per-pair values of {metric}" + (" (no own reward: not a checkpoint)" if self.own is None else "")
+            )
         return {i: float(x) for i, x in zip(self.ids, self.per_pair[metric]) if not math.isnan(x)}
 
 
@@ -282,10 +382,18 @@ def _rewards(definition: str, beta: float, m: dict[str, np.ndarray]) -> tuple[np
     import torch
 
     from evalharness.training.losses import implicit_rewards
+
     t = {k: torch.tensor(v, dtype=torch.float64) for k, v in m.items()}
-    w, l = implicit_rewards(definition, chosen_logps=t["logp_chosen"], rejected_logps=t["logp_rejected"],
-                            ref_chosen_logps=t["ref_logp_chosen"], ref_rejected_logps=t["ref_logp_rejected"],
-                            chosen_lengths=t["n_chosen"], rejected_lengths=t["n_rejected"], beta=beta)
+    w, l = implicit_rewards(
+        definition,
+        chosen_logps=t["logp_chosen"],
+        rejected_logps=t["logp_rejected"],
+        ref_chosen_logps=t["ref_logp_chosen"],
+        ref_rejected_logps=t["ref_logp_rejected"],
+        chosen_lengths=t["n_chosen"],
+        rejected_lengths=t["n_rejected"],
+        beta=beta,
+    )
     return w.numpy(), l.numpy()
 
 
@@ -320,6 +428,7 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Accuracies, agreement and contingency cells: per-pair outcomes, exact McNemar (a cell's delta in counts
     over the shared pairs); ``reward_margin``: paired t over pairs, only under one reward definition and beta."""
     from evalharness.tasks.paired import mcnemar_paired, pair_items, paired_t
+
     ta, tb = PairTable.of(a.verdicts()), PairTable.of(b.verdicts())
     if metric.startswith("reward_margin_q"):
         raise EvalHarnessError("no paired test of a margin quantile: compare reward_margin")

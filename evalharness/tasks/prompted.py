@@ -23,8 +23,9 @@ class PromptSetTask(Task):
     def setup(self) -> None:
         self.items: list[PromptItem] = load_prompts(self.cfg.prompts)
         self.prompts_hash = file_hash(self.cfg.prompts)
-        self._requests = [GenRequest(it.id, messages=it.chat(), prompt=it.prompt, params=self.params())
-                          for it in self.items]
+        self._requests = [
+            GenRequest(it.id, messages=it.chat(), prompt=it.prompt, params=self.params()) for it in self.items
+        ]
 
     def params(self) -> Any:
         return self.generation.params(n=self.generation.n)
@@ -47,23 +48,39 @@ class PromptSetTask(Task):
         """One judgment per stored sample; a failed generation is never judged (it is counted as skipped)."""
         return [Pending(g.key, req.id, g, si) for req, si, g in self.samples(session) if g is not None]
 
-    def clustered(self, session: Session, metric: str, values: dict[str, list[float]], n_skipped: int,
-                  **keys: Any) -> Score:
+    def clustered(
+        self, session: Session, metric: str, values: dict[str, list[float]], n_skipped: int, **keys: Any
+    ) -> Score:
         """Mean over prompts of the per-prompt mean, SE and t-CI over prompts; n counts samples."""
         n = sum(len(v) for v in values.values())
-        common = dict(task=self.name, metric=metric, model=session.name, task_version=self.task_version,
-                      decoding=self.generation.decoding(**self.decoding_overrides()), **keys)
+        common = dict(
+            task=self.name,
+            metric=metric,
+            model=session.name,
+            task_version=self.task_version,
+            decoding=self.generation.decoding(**self.decoding_overrides()),
+            **keys,
+        )
         if not values:
             return Score(value=None, n=0, n_skipped=n_skipped, **common)
         m, se, lo, hi = mean_ci([float(np.mean(v)) for v in values.values()])
-        return Score(value=m, n=n, n_skipped=n_skipped, stderr=se, ci_low=lo, ci_high=hi,
-                     extra={"n_prompts": len(values), "prompts": str(self.cfg.prompts)}, **common)
+        return Score(
+            value=m,
+            n=n,
+            n_skipped=n_skipped,
+            stderr=se,
+            ci_low=lo,
+            ci_high=hi,
+            extra={"n_prompts": len(values), "prompts": str(self.cfg.prompts)},
+            **common,
+        )
 
     def decoding_overrides(self) -> dict[str, Any]:
         return {}
 
-    def by_prompt(self, session: Session, verdicts: list[Verdict],
-                  value: Any = lambda v: v.value) -> tuple[dict[str, list[float]], int]:
+    def by_prompt(
+        self, session: Session, verdicts: list[Verdict], value: Any = lambda v: v.value
+    ) -> tuple[dict[str, list[float]], int]:
         """Per-prompt values of the ok verdicts on this task's current samples, and how many samples have
         no ok verdict (failed generation, failed or missing judgment)."""
         by_key = {v.key: v for v in verdicts}
@@ -99,4 +116,5 @@ def per_prompt(records: ModelRecords, value: Any = lambda v: v.value) -> dict[st
 def paired_samples(a: ModelRecords, b: ModelRecords, value: Any = lambda v: v.value) -> Any:
     """Per-prompt difference of sample means, paired t over prompts (evalharness.tasks.paired)."""
     from evalharness.tasks.paired import sample_means_paired
+
     return sample_means_paired(per_prompt(a, value), per_prompt(b, value))

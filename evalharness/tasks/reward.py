@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from evalharness.judges import get_judge
 from evalharness.core.records import Generation, Score, Verdict
+from evalharness.judges import get_judge
 from evalharness.tasks.base import ModelRecords, Pending, Session
 from evalharness.tasks.prompted import PromptSetTask, paired_samples
 
@@ -36,17 +36,33 @@ class RewardTask(PromptSetTask):
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
         gens = [Generation(p.item_id, p.sample_index, p.payload.text) for p in pending]
         version = self.judge_version(self.classifier.judge_version)
-        return [replace(v, key=p.key, judge_version=version, meta={**v.meta, "n_tokens": p.payload.n_tokens})
-                for p, v in zip(pending, self.classifier.judge(gens))]
+        return [
+            replace(v, key=p.key, judge_version=version, meta={**v.meta, "n_tokens": p.payload.n_tokens})
+            for p, v in zip(pending, self.classifier.judge(gens))
+        ]
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         c = self.classifier
         values, skipped = self.by_prompt(session, verdicts)
-        reward = self.clustered(session, c.metric, values, skipped, judge_id=c.judge_id,
-                                judge_version=self.judge_version(c.judge_version), higher_is_better=c.higher_is_better)
+        reward = self.clustered(
+            session,
+            c.metric,
+            values,
+            skipped,
+            judge_id=c.judge_id,
+            judge_version=self.judge_version(c.judge_version),
+            higher_is_better=c.higher_is_better,
+        )
         reward.extra["judge_desc"] = c.judge_version  # readable: package version and transform (plot axis labels)
-        length = self.clustered(session, "length", self.lengths(session), 0, judge_id="tokens",
-                                judge_version="response tokens incl. EOS", higher_is_better=None)
+        length = self.clustered(
+            session,
+            "length",
+            self.lengths(session),
+            0,
+            judge_id="tokens",
+            judge_version="response tokens incl. EOS",
+            higher_is_better=None,
+        )
         return [reward, length]
 
 

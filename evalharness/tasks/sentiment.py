@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evalharness.tasks.reward import RewardTask, paired
+from evalharness.tasks.reward import RewardTask
 
 
 @dataclass

@@ -109,8 +109,15 @@ def request_text(body: dict[str, Any]) -> str:
 class FakeOpenAI:
     """OpenAI-compatible chat server on 127.0.0.1:0 with scripted replies, faults and request stats."""
 
-    def __init__(self, responder: Responder | None = None, *, default_text: str = "ok",
-                 latency_s: float = 0.0, models: tuple[str, ...] = ("fake-model",), port: int = 0) -> None:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        default_text: str = "ok",
+        latency_s: float = 0.0,
+        models: tuple[str, ...] = ("fake-model",),
+        port: int = 0,
+    ) -> None:
         self.port = port  # 0: a free one; a fixed one brings an endpoint "back" at the same URL
         self.responder, self.default_text, self.latency_s, self.models = responder, default_text, latency_s, models
         self._lock = threading.Lock()
@@ -134,8 +141,9 @@ class FakeOpenAI:
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
         self._stop.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -241,11 +249,22 @@ class FakeOpenAI:
         if fault.kind == "malformed":
             return 200, {}, b'{"id": "chatcmpl-broken", "choices": [{"message": '
         if fault.kind == "no_choices":
-            return 200, {}, json.dumps({"id": "chatcmpl-x", "object": "chat.completion", "created": 0,
-                                        "model": body.get("model", "")}).encode()
+            return (
+                200,
+                {},
+                json.dumps(
+                    {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": body.get("model", "")}
+                ).encode(),
+            )
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-        error = {"error": {"message": f"injected fault: HTTP {fault.status}", "type": "fake_fault",
-                           "param": None, "code": str(fault.status)}}
+        error = {
+            "error": {
+                "message": f"injected fault: HTTP {fault.status}",
+                "type": "fake_fault",
+                "param": None,
+                "code": str(fault.status),
+            }
+        }
         return fault.status, headers, json.dumps(error).encode()
 
 
@@ -270,8 +289,7 @@ class FakeOpenAIProcess:
     be picklable (a module-level function): the child is spawned, not forked.
     """
 
-    def __init__(self, responder: Responder | None = None, *, default_text: str = "ok",
-                 latency_s: float = 0.0) -> None:
+    def __init__(self, responder: Responder | None = None, *, default_text: str = "ok", latency_s: float = 0.0) -> None:
         self._args = (responder, default_text, latency_s)
         self._proc: Any = None
         self._conn: Any = None
@@ -351,8 +369,13 @@ def _serve_child(conn: Any, responder: Responder | None, default_text: str, late
                 conn.send(None)
             elif command == "stats":
                 with server._lock:
-                    conn.send({"requests": server.requests, "max_in_flight": server.max_in_flight,
-                               "cpu_s": time.process_time()})
+                    conn.send(
+                        {
+                            "requests": server.requests,
+                            "max_in_flight": server.max_in_flight,
+                            "cpu_s": time.process_time(),
+                        }
+                    )
 
 
 def _synth_logprobs(text: str) -> list[TokenAlternatives]:
@@ -368,22 +391,42 @@ def completion_body(reply: Reply, request: dict[str, Any]) -> dict[str, Any]:
     top_n = int(request.get("top_logprobs") or 0)
     choices = []
     for i, text in enumerate(texts[:n]):
-        choice: dict[str, Any] = {"index": i, "finish_reason": reply.finish_reason, "logprobs": None,
-                                  "message": {"role": "assistant", "content": text, "refusal": None}}
+        choice: dict[str, Any] = {
+            "index": i,
+            "finish_reason": reply.finish_reason,
+            "logprobs": None,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+        }
         if want_logprobs:
             per_token = reply.top_logprobs if reply.top_logprobs is not None else _synth_logprobs(text)
-            choice["logprobs"] = {"refusal": None, "content": [
-                {"token": alts[0][0], "logprob": alts[0][1], "bytes": list(alts[0][0].encode()),
-                 "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts[:top_n]]}
-                for alts in per_token]}
+            choice["logprobs"] = {
+                "refusal": None,
+                "content": [
+                    {
+                        "token": alts[0][0],
+                        "logprob": alts[0][1],
+                        "bytes": list(alts[0][0].encode()),
+                        "top_logprobs": [
+                            {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts[:top_n]
+                        ],
+                    }
+                    for alts in per_token
+                ],
+            }
         choices.append(choice)
     usage = reply.usage or {
         "prompt_tokens": len(request_text(request).split()),
         "completion_tokens": sum(len(t.split()) for t in texts[:n]),
     }
     usage = {**usage, "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)}
-    return {"id": f"chatcmpl-fake-{time.monotonic_ns()}", "object": "chat.completion", "created": int(time.time()),
-            "model": request.get("model", ""), "choices": choices, "usage": usage}
+    return {
+        "id": f"chatcmpl-fake-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", ""),
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 _CUT = "x-fake-cut"  # internal marker header: the handler resets or truncates instead of answering

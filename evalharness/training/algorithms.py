@@ -266,19 +266,23 @@ class PPOConfig(_Config):
 # the reference's, lengths |y|, scores; h() the summed log-ratio difference) and returns the per-pair loss, unreduced.
 # torch is imported inside, so reading the table (names, colours, quickstart settings) does not load it.
 
+
 def _dpo(c: Any, p: Any) -> Any:
     import torch.nn.functional as F
+
     return -F.logsigmoid(c.beta * p.h())  # Rafailov et al. Eq. 7
 
 
 def _cdpo(c: Any, p: Any) -> Any:
     import torch.nn.functional as F
+
     z, eps = c.beta * p.h(), c.label_smoothing
     return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # Mitchell note Eq. 3: labels flipped w.p. eps
 
 
 def _hinge(c: Any, p: Any) -> Any:
     import torch
+
     return torch.relu(1 - c.beta * p.h())  # SLiC-HF calibration hinge, TRL loss_type="hinge"
 
 
@@ -292,6 +296,7 @@ def _ipo(c: Any, p: Any) -> Any:
 def _odpo(c: Any, p: Any) -> Any:
     import torch
     import torch.nn.functional as F
+
     z = c.beta * p.h()
     diff = p.score_chosen - p.score_rejected
     if c.offset_fn == "identity":
@@ -308,12 +313,14 @@ def _odpo(c: Any, p: Any) -> Any:
 
 def _simpo(c: Any, p: Any) -> Any:
     import torch.nn.functional as F
+
     z = c.beta * p.chosen / p.len_chosen - c.beta * p.rejected / p.len_rejected
     return -F.logsigmoid(z - c.gamma)  # Meng et al. Eq. 6, gamma absolute
 
 
 def _rdpo(c: Any, p: Any) -> Any:
     import torch.nn.functional as F
+
     # Reward beta*log-ratio - alpha*|y| in the Bradley-Terry loss: the length terms enter as +alpha(|y_w| - |y_l|).
     return -F.logsigmoid(c.beta * p.h() + c.alpha * (p.len_chosen - p.len_rejected))
 
@@ -321,6 +328,7 @@ def _rdpo(c: Any, p: Any) -> Any:
 def log_odds(logps: Any, lengths: Any) -> Any:
     """log(p / (1 - p)) with log p = a the token-averaged log-prob (ORPO Eq. 7), stable as a -> 0."""
     import torch
+
     a = logps / lengths
     # a == 0 (p = 1) has infinite odds and would give inf - inf = NaN; clamp to the largest representable a < 0.
     a = a.clamp(max=-torch.finfo(a.dtype).eps)
@@ -329,6 +337,7 @@ def log_odds(logps: Any, lengths: Any) -> Any:
 
 def _orpo(c: Any, p: Any) -> Any:
     import torch.nn.functional as F
+
     nll = -p.chosen / p.len_chosen
     ratio = log_odds(p.chosen, p.len_chosen) - log_odds(p.rejected, p.len_rejected)
     return nll - c.lam * F.logsigmoid(ratio)  # Hong et al. Eq. 6 (total) with L_OR from Eq. 7
@@ -336,6 +345,7 @@ def _orpo(c: Any, p: Any) -> Any:
 
 def _cpo(c: Any, p: Any) -> Any:
     import torch.nn.functional as F
+
     nll = -p.chosen / p.len_chosen
     return -F.logsigmoid(c.beta * (p.chosen - p.rejected)) + c.nll_weight * nll  # Xu et al. Eq. 6 + Eq. 7 -> Eq. 8
 
@@ -354,6 +364,7 @@ REWARD_USES_LENGTHS = ("simpo",)
 
 
 # -- the table --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
@@ -381,40 +392,184 @@ class AlgorithmSpec:
         return self.reward[0] in REWARD_USES_LENGTHS
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
-    AlgorithmSpec("dpo", DPOConfig, True, False, False, False, "Rafailov et al. 2023, arXiv:2305.18290, Eq. 7",
-                  _dpo, ("dpo", "beta"), "DPO", "#1f77b4", {"beta": 0.1}),
-    AlgorithmSpec("cdpo", CDPOConfig, True, False, False, False, "Mitchell 2023, ericmitchell.ai/cdpo.pdf, Eq. 3",
-                  _cdpo, ("dpo", "beta"), "cDPO", "#393b79", {"beta": 0.1, "label_smoothing": 0.1}),
-    AlgorithmSpec("hinge", HingeConfig, True, False, False, False, "Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425",
-                  _hinge, ("dpo", "beta"), "hinge", "#637939", {"beta": 0.1}),
-    AlgorithmSpec("ipo", IPOConfig, True, False, False, False, "Azar et al. 2023, arXiv:2310.12036, Eq. 17",
-                  _ipo, ("dpo", "beta"), "IPO", "#ff7f0e", {"beta": 0.1}),
-    AlgorithmSpec("odpo", ODPOConfig, True, True, False, False, "Amini et al. 2024, arXiv:2402.10571",
-                  _odpo, ("dpo", "beta"), "ODPO", "#2ca02c", {"beta": 0.1, "alpha": 1.0, "offset_fn": "identity"}),
-    AlgorithmSpec("simpo", SimPOConfig, False, False, False, True, "Meng et al. 2024, arXiv:2405.14734, Eq. 6",
-                  _simpo, ("simpo", "beta"), "SimPO", "#d62728", {"beta": 2.0, "gamma": 1.0}),
-    AlgorithmSpec("rdpo", RDPOConfig, True, False, False, True, "Park et al. 2024, arXiv:2403.19159",
-                  _rdpo, ("dpo", "beta"), "R-DPO", "#9467bd", {"beta": 0.1, "alpha": 0.01}),
-    # ORPO's reward is lam times the average log-probability (TRL's ORPO logging; its log-odds are monotone in it).
-    AlgorithmSpec("orpo", ORPOConfig, False, False, False, True, "Hong et al. 2024, arXiv:2403.07691, Eq. 6-7",
-                  _orpo, ("simpo", "lam"), "ORPO", "#e377c2", {"lam": 0.1}),
-    AlgorithmSpec("cpo", CPOConfig, False, False, False, True, "Xu et al. 2024, arXiv:2401.08417, Eq. 6-8",
-                  _cpo, ("cpo", "beta"), "CPO", "#bcbd22", {"beta": 0.1}),
-    AlgorithmSpec("kto", KTOConfig, True, False, True, False, "Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 8",
-                  None, ("dpo", "beta"), "KTO", "#8c564b", {"beta": 0.1}),
-    # PPO at three KL coefficients (the DPO paper's PPO points), on the pairs' training prompts with their judge;
-    # rollouts at temperature 1 like the evaluation's samples. Rollout batches of 32 (8 x 4 minibatches; batches of
-    # 8 were too noisy to move the held-out reward beyond its CI), 24 of them (6 passes over the 128 prompts),
-    # 2 PPO epochs, a constant learning rate, bf16 (rollouts sampled from a bf16 copy of the actor) to keep it within
-    # about an hour per run. tests/test_ppo_bundled.py is the kl_coef 0.05 point.
-    AlgorithmSpec("ppo", PPOConfig, True, False, False, False,
-                  "Schulman et al. 2017, arXiv:1707.06347, Eq. 7; Ziegler et al. 2019, arXiv:1909.08593",
-                  None, ("dpo", "kl_coef"), "PPO", "#17becf",
-                  {"reward": "sentiment", "kl_coef": [0.02, 0.05, 0.2], "response_length": 40, "temperature": 1.0,
-                   "num_ppo_epochs": 2, "num_mini_batches": 4, "learning_rate": 5.0e-5, "max_steps": 24,
-                   "warmup_ratio": 0.0, "schedule": "constant", "dtype": "bfloat16"}, online=True),
-]}
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    s.name: s
+    for s in [
+        AlgorithmSpec(
+            "dpo",
+            DPOConfig,
+            True,
+            False,
+            False,
+            False,
+            "Rafailov et al. 2023, arXiv:2305.18290, Eq. 7",
+            _dpo,
+            ("dpo", "beta"),
+            "DPO",
+            "#1f77b4",
+            {"beta": 0.1},
+        ),
+        AlgorithmSpec(
+            "cdpo",
+            CDPOConfig,
+            True,
+            False,
+            False,
+            False,
+            "Mitchell 2023, ericmitchell.ai/cdpo.pdf, Eq. 3",
+            _cdpo,
+            ("dpo", "beta"),
+            "cDPO",
+            "#393b79",
+            {"beta": 0.1, "label_smoothing": 0.1},
+        ),
+        AlgorithmSpec(
+            "hinge",
+            HingeConfig,
+            True,
+            False,
+            False,
+            False,
+            "Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425",
+            _hinge,
+            ("dpo", "beta"),
+            "hinge",
+            "#637939",
+            {"beta": 0.1},
+        ),
+        AlgorithmSpec(
+            "ipo",
+            IPOConfig,
+            True,
+            False,
+            False,
+            False,
+            "Azar et al. 2023, arXiv:2310.12036, Eq. 17",
+            _ipo,
+            ("dpo", "beta"),
+            "IPO",
+            "#ff7f0e",
+            {"beta": 0.1},
+        ),
+        AlgorithmSpec(
+            "odpo",
+            ODPOConfig,
+            True,
+            True,
+            False,
+            False,
+            "Amini et al. 2024, arXiv:2402.10571",
+            _odpo,
+            ("dpo", "beta"),
+            "ODPO",
+            "#2ca02c",
+            {"beta": 0.1, "alpha": 1.0, "offset_fn": "identity"},
+        ),
+        AlgorithmSpec(
+            "simpo",
+            SimPOConfig,
+            False,
+            False,
+            False,
+            True,
+            "Meng et al. 2024, arXiv:2405.14734, Eq. 6",
+            _simpo,
+            ("simpo", "beta"),
+            "SimPO",
+            "#d62728",
+            {"beta": 2.0, "gamma": 1.0},
+        ),
+        AlgorithmSpec(
+            "rdpo",
+            RDPOConfig,
+            True,
+            False,
+            False,
+            True,
+            "Park et al. 2024, arXiv:2403.19159",
+            _rdpo,
+            ("dpo", "beta"),
+            "R-DPO",
+            "#9467bd",
+            {"beta": 0.1, "alpha": 0.01},
+        ),
+        # ORPO's reward is lam times the average log-probability (TRL's ORPO logging; its log-odds are monotone in it).
+        AlgorithmSpec(
+            "orpo",
+            ORPOConfig,
+            False,
+            False,
+            False,
+            True,
+            "Hong et al. 2024, arXiv:2403.07691, Eq. 6-7",
+            _orpo,
+            ("simpo", "lam"),
+            "ORPO",
+            "#e377c2",
+            {"lam": 0.1},
+        ),
+        AlgorithmSpec(
+            "cpo",
+            CPOConfig,
+            False,
+            False,
+            False,
+            True,
+            "Xu et al. 2024, arXiv:2401.08417, Eq. 6-8",
+            _cpo,
+            ("cpo", "beta"),
+            "CPO",
+            "#bcbd22",
+            {"beta": 0.1},
+        ),
+        AlgorithmSpec(
+            "kto",
+            KTOConfig,
+            True,
+            False,
+            True,
+            False,
+            "Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 8",
+            None,
+            ("dpo", "beta"),
+            "KTO",
+            "#8c564b",
+            {"beta": 0.1},
+        ),
+        # PPO at three KL coefficients (the DPO paper's PPO points), on the pairs' training prompts with their judge;
+        # rollouts at temperature 1 like the evaluation's samples. Rollout batches of 32 (8 x 4 minibatches; batches of
+        # 8 were too noisy to move the held-out reward beyond its CI), 24 of them (6 passes over the 128 prompts),
+        # 2 PPO epochs, a constant learning rate, bf16 (rollouts sampled from a bf16 copy of the actor) to keep it within
+        # about an hour per run. tests/test_ppo_bundled.py is the kl_coef 0.05 point.
+        AlgorithmSpec(
+            "ppo",
+            PPOConfig,
+            True,
+            False,
+            False,
+            False,
+            "Schulman et al. 2017, arXiv:1707.06347, Eq. 7; Ziegler et al. 2019, arXiv:1909.08593",
+            None,
+            ("dpo", "kl_coef"),
+            "PPO",
+            "#17becf",
+            {
+                "reward": "sentiment",
+                "kl_coef": [0.02, 0.05, 0.2],
+                "response_length": 40,
+                "temperature": 1.0,
+                "num_ppo_epochs": 2,
+                "num_mini_batches": 4,
+                "learning_rate": 5.0e-5,
+                "max_steps": 24,
+                "warmup_ratio": 0.0,
+                "schedule": "constant",
+                "dtype": "bfloat16",
+            },
+            online=True,
+        ),
+    ]
+}
 
 
 def get_spec(algorithm: str) -> AlgorithmSpec:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _opt(default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
-         flags: tuple[str, ...] = ()) -> Any:
+def _opt(
+    default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None, flags: tuple[str, ...] = ()
+) -> Any:
     """A field with its help text; ``flags``: command-line names it also answers to (the first is its own)."""
     meta = {"help": help, "flags": flags}
     if factory is not None:
@@ -29,9 +30,12 @@ class TrainConfig:
     algorithm: str = _opt(help="dpo cdpo hinge ipo odpo simpo rdpo orpo cpo kto ppo")
     base: str = _opt(help="the SFT model: bundled alias, local directory or HF id")
     data: str = _opt(help="pairs JSONL (unpaired rows for KTO) or hf:NAME[:SPLIT]; prompts JSONL for PPO")
-    hparams: dict[str, Any] = _opt(factory=dict, flags=("--hp",),
-                                   help="the algorithm's hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1; "
-                                        "the rest take their defaults (algorithms.py)")
+    hparams: dict[str, Any] = _opt(
+        factory=dict,
+        flags=("--hp",),
+        help="the algorithm's hyperparameter KEY=VALUE (repeatable), e.g. beta=0.1; "
+        "the rest take their defaults (algorithms.py)",
+    )
     reference: str | None = _opt(None, "reference model (default: the base)")
     learning_rate: float = _opt(5e-6, "peak learning rate", flags=("--learning-rate", "--lr"))
     epochs: float = _opt(1.0, "passes over the data (fractions allowed)")
@@ -51,8 +55,9 @@ class TrainConfig:
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha")
     lora_dropout: float = _opt(0.0, "LoRA dropout")
-    lora_target_modules: list[str] = _opt(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                          help="modules that get a LoRA adapter, comma list")
+    lora_target_modules: list[str] = _opt(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], help="modules that get a LoRA adapter, comma list"
+    )
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward (less memory)")
     # Bookkeeping, not identity (they change no number beyond float tolerance):
     run_name: str | None = _opt(None, "the run's folder name (default: algorithm, hyperparameters, seed)")
@@ -64,8 +69,10 @@ class TrainConfig:
     # FSDP2 (torch fully_shard) of our own when launched with torchrun: parameters, gradients and optimizer state
     # sharded over the processes. Under `accelerate launch` with an FSDP or DeepSpeed config, accelerate shards.
     fsdp: bool = _opt(False, "FSDP2-shard the model over torchrun's processes")
-    report_to: list[str] = _opt(factory=list, help="experiment trackers, comma list: wandb, mlflow, or none "
-                                                    "(default: the spec's report_to, else none)")
+    report_to: list[str] = _opt(
+        factory=list,
+        help="experiment trackers, comma list: wandb, mlflow, or none (default: the spec's report_to, else none)",
+    )
 
     def identity(self) -> dict[str, Any]:
         """The fields that make the run what it is (a finished run with the same identity is not trained again)."""

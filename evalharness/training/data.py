@@ -36,8 +36,12 @@ class PreferencePair:
     score_rejected: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": self.id, "prompt": _prompt_out(self.prompt), "chosen": self.chosen,
-                             "rejected": self.rejected}
+        d: dict[str, Any] = {
+            "id": self.id,
+            "prompt": _prompt_out(self.prompt),
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+        }
         if self.score_chosen is not None:
             d.update(score_chosen=self.score_chosen, score_rejected=self.score_rejected)
         return d
@@ -53,8 +57,12 @@ class UnpairedExample:
     desirable: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": _prompt_out(self.prompt), "completion": self.completion,
-                "label": self.desirable}
+        return {
+            "id": self.id,
+            "prompt": _prompt_out(self.prompt),
+            "completion": self.completion,
+            "label": self.desirable,
+        }
 
 
 def _prompt_out(p: PromptItem) -> Any:
@@ -78,8 +86,9 @@ def _rows(source: str | Path, split: str) -> tuple[str, Iterator[tuple[int | Non
             try:
                 ds = datasets.load_dataset(name, split=sp or split)
             except Exception as e:  # offline, unknown name, missing split: one clean line
-                raise InputError(f"cannot load Hugging Face dataset '{name}' split '{sp or split}': {e}".splitlines()[0],
-                                 path=src) from e
+                raise InputError(
+                    f"cannot load Hugging Face dataset '{name}' split '{sp or split}': {e}".splitlines()[0], path=src
+                ) from e
         return src, ((i + 1, row) for i, row in enumerate(ds))
     path = Path(src)
     if not path.is_file():
@@ -90,6 +99,7 @@ def _rows(source: str | Path, split: str) -> tuple[str, Iterator[tuple[int | Non
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     yield lineno, parse_json(line, path=src, line=lineno)
+
     return src, lines()
 
 
@@ -121,8 +131,9 @@ def _response(row: dict[str, Any], field: str, where: dict[str, Any]) -> tuple[s
     return msgs[-1][1], msgs[:-1] or None
 
 
-def _prompt(row: dict[str, Any], pid: str, context: tuple[tuple[str, str], ...] | None,
-            where: dict[str, Any]) -> PromptItem:
+def _prompt(
+    row: dict[str, Any], pid: str, context: tuple[tuple[str, str], ...] | None, where: dict[str, Any]
+) -> PromptItem:
     if "prompt" in row:
         p = row["prompt"]
         if isinstance(p, str):
@@ -177,8 +188,11 @@ def load_preferences(source: str | Path, *, split: str = "train") -> list[Prefer
         prompt = _prompt(row, pid, ctx_c, where)
         sc, sr = _score(row, "score_chosen", where), _score(row, "score_rejected", where)
         if (sc is None) != (sr is None):
-            raise InputError("give both score_chosen and score_rejected, or neither",
-                             field="score_rejected" if sr is None else "score_chosen", **where)
+            raise InputError(
+                "give both score_chosen and score_rejected, or neither",
+                field="score_rejected" if sr is None else "score_chosen",
+                **where,
+            )
         pairs.append(PreferencePair(pid, prompt, chosen, rejected, sc, sr))
     if not pairs:
         raise InputError("preference data is empty", path=name)
@@ -220,4 +234,3 @@ def data_hash(examples: list[PreferencePair] | list[UnpairedExample]) -> str:
         h.update(json.dumps(e.to_dict(), sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return "sha256:" + h.hexdigest()[:16]
-

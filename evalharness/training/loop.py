@@ -25,13 +25,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from evalharness.core import provenance
 from evalharness import trackers
+from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, load_fresh, resolve
 from evalharness.core.paths import atomic_dir, results_root, write_atomic
 from evalharness.core.prompts import file_hash, load_prompts
-from evalharness.store import TRAIN_MANIFEST, TRAIN_METRICS, append_train_metrics, fail_train_run, finish_train_run, read_jsonl, read_train_manifest, record_train_checkpoint, resume_train_run, start_train_run, write_json_atomic
+from evalharness.store import (
+    TRAIN_MANIFEST,
+    TRAIN_METRICS,
+    append_train_metrics,
+    fail_train_run,
+    finish_train_run,
+    read_jsonl,
+    read_train_manifest,
+    record_train_checkpoint,
+    resume_train_run,
+    start_train_run,
+    write_json_atomic,
+)
 from evalharness.training.algorithms import get_spec, make_config
 from evalharness.training.config import TrainConfig, TrainResult, default_run_name
 from evalharness.training.data import PreferencePair, UnpairedExample, data_hash, load_preferences, load_unpaired
@@ -44,8 +56,22 @@ KILL_ENV = "EVALHARNESS_TEST_KILL"
 # says which a checkpoint still has (its key is the file's stem).
 RESUME_ONLY = ("optimizer.pt", "critic.safetensors")
 
-__all__ = ["TRAIN_MANIFEST", "TRAIN_METRICS", "MANIFEST", "STATE_DIR", "REFERENCE_LOGPS", "KILL_ENV", "TrainConfig",
-           "TrainResult", "Plan", "make_plan", "Steps", "Course", "run", "drive"]
+__all__ = [
+    "TRAIN_MANIFEST",
+    "TRAIN_METRICS",
+    "MANIFEST",
+    "STATE_DIR",
+    "REFERENCE_LOGPS",
+    "KILL_ENV",
+    "TrainConfig",
+    "TrainResult",
+    "Plan",
+    "make_plan",
+    "Steps",
+    "Course",
+    "run",
+    "drive",
+]
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -91,11 +117,20 @@ class Plan:
 
     def manifest(self) -> dict[str, Any]:
         """The train manifest's description of the run (status and checkpoints are added by the store)."""
-        return {"run_name": self.run_name, "identity": self.ident, "algorithm": self.cfg.algorithm,
-                "hparams": self.hparams, "paper": self.spec.paper, **self.extra, "base_model": base_spec(self.base),
-                "base": self.base.to_dict(),
-                "reference": self.reference.to_dict() if self.spec.needs_reference else None,
-                "data": self.data_info(), "started_at": provenance.now(), **provenance.environment()}
+        return {
+            "run_name": self.run_name,
+            "identity": self.ident,
+            "algorithm": self.cfg.algorithm,
+            "hparams": self.hparams,
+            "paper": self.spec.paper,
+            **self.extra,
+            "base_model": base_spec(self.base),
+            "base": self.base.to_dict(),
+            "reference": self.reference.to_dict() if self.spec.needs_reference else None,
+            "data": self.data_info(),
+            "started_at": provenance.now(),
+            **provenance.environment(),
+        }
 
     def data_info(self) -> dict[str, Any]:
         """The data's source, hash and size (and kind, for prompts)."""
@@ -117,18 +152,29 @@ def make_plan(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> Plan:
     if spec.needs_scores:
         missing = [e.id for e in data if isinstance(e, PreferencePair) and e.score_chosen is None]
         if missing:
-            raise InputError(f"{cfg.algorithm} needs score_chosen and score_rejected on every pair; "
-                             f"{len(missing)} lack them (first: id '{missing[0]}')", path=cfg.data, field="score_chosen")
+            raise InputError(
+                f"{cfg.algorithm} needs score_chosen and score_rejected on every pair; "
+                f"{len(missing)} lack them (first: id '{missing[0]}')",
+                path=cfg.data,
+                field="score_chosen",
+            )
     base = resolve(cfg.base)
     reference = resolve(cfg.reference) if cfg.reference else base
     run_name = cfg.run_name or default_run_name(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else results_root() / "train" / run_name
-    ident = {**cfg.identity(), "hparams": hparams, "data_hash": dhash, "base_revision": base.revision,
-             "reference_revision": reference.revision if spec.needs_reference else None, **(extra or {})}
+    ident = {
+        **cfg.identity(),
+        "hparams": hparams,
+        "data_hash": dhash,
+        "base_revision": base.revision,
+        "reference_revision": reference.revision if spec.needs_reference else None,
+        **(extra or {}),
+    }
     return Plan(cfg, spec, hparams, data, base, reference, run_name, out, ident, dict(extra or {}))
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------
+
 
 class Steps(Protocol):
     """What an algorithm plugs into the loop."""
@@ -170,6 +216,7 @@ def index_stream(n: int, total: int, global_batch: int, seed: int) -> list[int]:
     """One seeded permutation of ``range(n)`` per epoch, concatenated, long enough for ``total`` steps. It depends
     only on the seed, the data and the global batch, so a resumed run continues it at step * global_batch."""
     import torch
+
     g = torch.Generator().manual_seed(seed)
     stream: list[int] = []
     while len(stream) < total * global_batch:
@@ -194,6 +241,7 @@ def run(plan: Plan, local_batch: int, setup: Setup, log: Callable[[str], None]) 
     import torch
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
+
     out = plan.out
     done = finished(out, plan.ident)
     if done is not None:
@@ -222,8 +270,9 @@ def run(plan: Plan, local_batch: int, setup: Setup, log: Callable[[str], None]) 
         raise
 
 
-def drive(plan: Plan, accel: Any, steps: Steps, course: Course, tracker: trackers.Trackers,
-          log: Callable[[str], None]) -> TrainResult:
+def drive(
+    plan: Plan, accel: Any, steps: Steps, course: Course, tracker: trackers.Trackers, log: Callable[[str], None]
+) -> TrainResult:
     """Step from ``course.start`` to the end: log, checkpoint every ``save_every`` steps and at the end, finish."""
     cfg, out, rank = plan.cfg, plan.out, accel.process_index
     G, total = course.global_batch, course.total
@@ -233,11 +282,16 @@ def drive(plan: Plan, accel: Any, steps: Steps, course: Course, tracker: tracker
     t_start = time.perf_counter() - course.elapsed_s
     for step in range(course.start + 1, total + 1):
         t0 = time.perf_counter()
-        row = steps.step(step, course.stream[(step - 1) * G:step * G])
+        row = steps.step(step, course.stream[(step - 1) * G : step * G])
         fault("after_optimizer", step, rank)
         dt = time.perf_counter() - t0
-        row.update(step=step, epoch=step / course.steps_per_epoch, step_time_s=dt, **{course.rate_key: G / dt},
-                   elapsed_s=time.perf_counter() - t_start)
+        row.update(
+            step=step,
+            epoch=step / course.steps_per_epoch,
+            step_time_s=dt,
+            **{course.rate_key: G / dt},
+            elapsed_s=time.perf_counter() - t_start,
+        )
         history.append(row)
         since_save.append(row)
         if accel.is_main_process and (step % cfg.log_every == 0 or step == total):
@@ -248,25 +302,45 @@ def drive(plan: Plan, accel: Any, steps: Steps, course: Course, tracker: tracker
         if (cfg.save_every and step % cfg.save_every == 0) or step == total:
             ck = out / f"checkpoint-{step}"
             man_extra, state_extra = steps.checkpoint_extra()
-            steps.save(ck, {**checkpoint_manifest(plan, step, total, G, row, steps.parallel()), **man_extra,
-                            "metrics_since_last_checkpoint": mean_rows(since_save)},
-                       {"step": step, "samples_seen": step * G, "global_batch": G,
-                        "num_processes": accel.num_processes, "elapsed_s": row["elapsed_s"], "total_steps": total,
-                        **state_extra})
+            steps.save(
+                ck,
+                {
+                    **checkpoint_manifest(plan, step, total, G, row, steps.parallel()),
+                    **man_extra,
+                    "metrics_since_last_checkpoint": mean_rows(since_save),
+                },
+                {
+                    "step": step,
+                    "samples_seen": step * G,
+                    "global_batch": G,
+                    "num_processes": accel.num_processes,
+                    "elapsed_s": row["elapsed_s"],
+                    "total_steps": total,
+                    **state_extra,
+                },
+            )
             if accel.is_main_process:
                 checkpoints.append(ck)
                 fault("after_checkpoint", step, 0)
                 record_train_checkpoint(out, [c.name for c in checkpoints])
             since_save = []
     if accel.is_main_process:
-        finish_train_run(out, train_time_s=time.perf_counter() - t_start, final_metrics=history[-1],
-                         **steps.finish_extra())
+        finish_train_run(
+            out, train_time_s=time.perf_counter() - t_start, final_metrics=history[-1], **steps.finish_extra()
+        )
     accel.wait_for_everyone()
     return TrainResult(out, checkpoints, history)
 
 
-def resumed_course(plan: Plan, course: Course, resume: Path | None, state: dict[str, Any] | None,
-                   restored: tuple[bool, dict[str, Any]] | None, log: Callable[[str], None], note: str = "") -> Course:
+def resumed_course(
+    plan: Plan,
+    course: Course,
+    resume: Path | None,
+    state: dict[str, Any] | None,
+    restored: tuple[bool, dict[str, Any]] | None,
+    log: Callable[[str], None],
+    note: str = "",
+) -> Course:
     """``course`` starting after the resumed checkpoint's step, with the rows logged up to it; ``restored`` is
     what ``restore`` gave (whether the optimizer state was there)."""
     if resume is None:
@@ -274,22 +348,41 @@ def resumed_course(plan: Plan, course: Course, resume: Path | None, state: dict[
     assert state is not None and restored is not None
     course.start, course.elapsed_s = state["step"], state["elapsed_s"]
     course.history = [r for r in read_jsonl(plan.out / TRAIN_METRICS) if r["step"] <= course.start]
-    log(f"{plan.run_name}: resuming after step {course.start} from {resume.name}"
-        + ("" if restored[0] else " (no optimizer state saved: Adam moments start again from zero)") + note)
+    log(
+        f"{plan.run_name}: resuming after step {course.start} from {resume.name}"
+        + ("" if restored[0] else " (no optimizer state saved: Adam moments start again from zero)")
+        + note
+    )
     return course
 
 
-def checkpoint_manifest(plan: Plan, step: int, total: int, global_batch: int, row: dict[str, Any],
-                        parallel: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_manifest(
+    plan: Plan, step: int, total: int, global_batch: int, row: dict[str, Any], parallel: dict[str, Any]
+) -> dict[str, Any]:
     """What a checkpoint folder says about itself (``evalharness_manifest.json``)."""
     cfg = plan.cfg
-    return {"kind": "checkpoint", "run_name": plan.run_name, "algorithm": cfg.algorithm, "hparams": plan.hparams,
-            "paper": plan.spec.paper, **plan.extra, "step": step, "epoch": row["epoch"], "total_steps": total,
-            "samples_seen": step * global_batch, "base_model": base_spec(plan.base),
-            "base_revision": plan.base.revision,
-            "reference_model": base_spec(plan.reference) if plan.spec.needs_reference else None,
-            "lora": cfg.lora, "parallel": parallel, "data": plan.data_info(), "train_config": cfg.identity(),
-            "metrics": row, "created_at": provenance.now(), **provenance.environment()}
+    return {
+        "kind": "checkpoint",
+        "run_name": plan.run_name,
+        "algorithm": cfg.algorithm,
+        "hparams": plan.hparams,
+        "paper": plan.spec.paper,
+        **plan.extra,
+        "step": step,
+        "epoch": row["epoch"],
+        "total_steps": total,
+        "samples_seen": step * global_batch,
+        "base_model": base_spec(plan.base),
+        "base_revision": plan.base.revision,
+        "reference_model": base_spec(plan.reference) if plan.spec.needs_reference else None,
+        "lora": cfg.lora,
+        "parallel": parallel,
+        "data": plan.data_info(),
+        "train_config": cfg.identity(),
+        "metrics": row,
+        "created_at": provenance.now(),
+        **provenance.environment(),
+    }
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -304,14 +397,16 @@ def mean_rows(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 # -- the run folder ---------------------------------------------------------------------------------------------
 
+
 def finished(out: Path, ident: dict[str, Any]) -> TrainResult | None:
     """The finished run in ``out``, if it has this identity; a finished run of another identity is an error."""
     man = read_train_manifest(out)
     if man is None or man.get("status") != "finished":
         return None
     if man.get("identity") != json.loads(json.dumps(ident)):
-        raise EvalHarnessError(f"{out} holds a finished run with a different configuration; "
-                               "give another --run-name or --output-dir")
+        raise EvalHarnessError(
+            f"{out} holds a finished run with a different configuration; give another --run-name or --output-dir"
+        )
     metrics = read_jsonl(out / TRAIN_METRICS)
     return TrainResult(out, [out / c for c in man["checkpoints"]], metrics, skipped=True)
 
@@ -319,8 +414,11 @@ def finished(out: Path, ident: dict[str, Any]) -> TrainResult | None:
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoint folders in step order. A half-written one is a hidden temporary (``atomic_dir``) whose
     name never matches; ``state.json``, written last, marks a folder the loop finished."""
-    found = [p for p in out.glob("checkpoint-*")
-             if p.name.removeprefix("checkpoint-").isdigit() and (p / STATE_DIR / "state.json").is_file()]
+    found = [
+        p
+        for p in out.glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit() and (p / STATE_DIR / "state.json").is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint-")))
 
 
@@ -341,7 +439,8 @@ def read_state(ck: Path, global_batch: int) -> dict[str, Any]:
     if state["global_batch"] != global_batch:
         raise EvalHarnessError(
             f"{ck} was written with a global batch of {state['global_batch']} ({state['num_processes']} processes); "
-            f"this launch has {global_batch}: resume with the same number of processes, or give another --output-dir")
+            f"this launch has {global_batch}: resume with the same number of processes, or give another --output-dir"
+        )
     return state
 
 
@@ -349,6 +448,7 @@ def open_run_dir(plan: Plan, resume: Path | None, state: dict[str, Any] | None, 
     """Rank 0: a fresh run folder, or the killed run's folder put back to its checkpoint: temporaries removed,
     metrics after the checkpoint's step cut (they are recomputed), the resume recorded in the manifest."""
     import shutil
+
     out = plan.out
     if resume is None:
         if out.exists():
@@ -358,9 +458,12 @@ def open_run_dir(plan: Plan, resume: Path | None, state: dict[str, Any] | None, 
     assert state is not None
     for tmp in out.glob(".checkpoint-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-    resume_train_run(out, state["step"], [c.name for c in list_checkpoints(out)],
-                     {"from": resume.name, "step": state["step"], "at": provenance.now(),
-                      "optimizer": state["optimizer"]})
+    resume_train_run(
+        out,
+        state["step"],
+        [c.name for c in list_checkpoints(out)],
+        {"from": resume.name, "step": state["step"], "at": provenance.now(), "optimizer": state["optimizer"]},
+    )
 
 
 def fault(point: str, step: int, rank: int) -> None:
@@ -378,8 +481,16 @@ def fault(point: str, step: int, rank: int) -> None:
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
 
-def save_checkpoint(model: Any, tok: Any, path: Path, manifest: dict[str, Any], *,
-                    state_dict: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None) -> None:
+
+def save_checkpoint(
+    model: Any,
+    tok: Any,
+    path: Path,
+    manifest: dict[str, Any],
+    *,
+    state_dict: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> None:
     """A loadable model folder, written to a temporary sibling and renamed: never half-written. ``state_dict`` is
     the full state gathered from a sharded model; ``extra`` writes more files into the folder before the rename."""
     with atomic_dir(path) as tmp:
@@ -391,20 +502,34 @@ def save_checkpoint(model: Any, tok: Any, path: Path, manifest: dict[str, Any], 
         write_json_atomic(tmp / MANIFEST, manifest)
 
 
-def save_resumable(accel: Any, model: Any, tok: Any, opt: Any, sched: Any, ck: Path, manifest: dict[str, Any],
-                   state: dict[str, Any], *, save_optimizer: bool, full: dict[str, Any] | None = None,
-                   actor: Any = None, more: dict[str, Any] | None = None,
-                   files: Callable[[Path], None] | None = None) -> None:
+def save_resumable(
+    accel: Any,
+    model: Any,
+    tok: Any,
+    opt: Any,
+    sched: Any,
+    ck: Path,
+    manifest: dict[str, Any],
+    state: dict[str, Any],
+    *,
+    save_optimizer: bool,
+    full: dict[str, Any] | None = None,
+    actor: Any = None,
+    more: dict[str, Any] | None = None,
+    files: Callable[[Path], None] | None = None,
+) -> None:
     """A checkpoint a run resumes from. Every process takes part (optimizer state and RNG gathered to rank 0);
     rank 0 writes the folder atomically: the model (``actor`` when the unwrapped ``model`` holds more, as PPO's
     actor and critic; ``full``: its gathered state dict), and ``training_state/``: the optimizer state, the
     scheduler, every process's RNG and ``more`` (an algorithm's own state) in trainer_state.pt, the files that
     ``files(folder)`` writes, and state.json last."""
     import torch
+
     optim = optimizer_state(model, opt, accel) if save_optimizer else None
     rng = rng_state()
     if accel.num_processes > 1:
         import torch.distributed as dist
+
         ranks: list[Any] = [None] * accel.num_processes
         dist.all_gather_object(ranks, rng)
     else:
@@ -445,17 +570,21 @@ def optimizer_state(model: Any, opt: Any, accel: Any) -> dict[str, Any] | None:
     """The full optimizer state keyed by parameter name (gathered from FSDP shards), on rank 0; None under
     DeepSpeed, whose engine owns its partitioned state."""
     from accelerate.utils import DistributedType
+
     if accel.distributed_type == DistributedType.DEEPSPEED:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(model, getattr(opt, "optimizer", opt),
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    return get_optimizer_state_dict(
+        model, getattr(opt, "optimizer", opt), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def restore(ck: Path, model: Any, opt: Any, sched: Any, accel: Any, sharded: bool) -> tuple[bool, dict[str, Any]]:
     """Optimizer, scheduler and this process's RNG from a checkpoint (the weights were loaded with the model).
     True when the optimizer state was there to restore; and trainer_state.pt (with an algorithm's own state)."""
     import torch
+
     st = ck / STATE_DIR
     trainer_state = torch.load(st / "trainer_state.pt", weights_only=True)
     sched.load_state_dict(trainer_state["scheduler"])
@@ -463,11 +592,13 @@ def restore(ck: Path, model: Any, opt: Any, sched: Any, accel: Any, sharded: boo
     has_optim = (st / "optimizer.pt").is_file()
     if has_optim:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
         # Sharded: rank 0 reads the file and broadcasts each tensor, so no other process holds the full state.
         from_rank0 = sharded and accel.num_processes > 1
         osd = torch.load(st / "optimizer.pt", weights_only=True) if accel.is_main_process or not from_rank0 else {}
-        set_optimizer_state_dict(model, inner, osd, options=StateDictOptions(full_state_dict=True,
-                                                                             broadcast_from_rank0=from_rank0))
+        set_optimizer_state_dict(
+            model, inner, osd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0)
+        )
     for group, lr in zip(inner.param_groups, sched.get_last_lr()):
         group["lr"] = lr
     rng = trainer_state["rng"]
@@ -481,10 +612,14 @@ def rng_state() -> dict[str, Any]:
 
     import numpy as np
     import torch
+
     npst = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [npst[0], npst[1].tolist(), *npst[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "numpy": [npst[0], npst[1].tolist(), *npst[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(s: dict[str, Any]) -> None:
@@ -493,6 +628,7 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
     import numpy as np
     import torch
+
     random.setstate(s["python"])
     np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
     torch.set_rng_state(s["torch"])
@@ -503,10 +639,12 @@ def set_rng_state(s: dict[str, Any]) -> None:
 def save_tensor(t: Any, path: Path) -> None:
     """torch.save, atomically."""
     import torch
+
     write_atomic(path, lambda f: torch.save(t, f), binary=True)
 
 
 # -- models and optimizers --------------------------------------------------------------------------------------
+
 
 def load_policy(plan: Plan, resume: Path | None) -> tuple[Any, Any]:
     """The model to train, on CPU: the base, or the resumed checkpoint's weights (LoRA: base + saved adapter)."""
@@ -521,6 +659,7 @@ def load_policy(plan: Plan, resume: Path | None) -> tuple[Any, Any]:
         if resume is not None:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
+
             set_peft_model_state_dict(model, load_file(str(resume / "adapter_model.safetensors")))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -536,15 +675,25 @@ def lora_wrap(model: Any, cfg: TrainConfig, task_type: str | None) -> Any:
         from peft import LoraConfig, get_peft_model
     except ImportError as e:
         from evalharness.core.errors import MissingExtraError
+
         raise MissingExtraError("peft", "train") from e
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_target_modules), task_type=task_type))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            task_type=task_type,
+        ),
+    )
 
 
 def disable_dropout(model: Any) -> Any:
     """Dropout off, as in the DPO reference code and TRL: the reference log-probs (computed without dropout)
     must equal the policy's at step 0, and the loss should not be noisier than the data."""
     import torch
+
     keys = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
     for m in [model, *model.modules()]:
         if isinstance(m, torch.nn.Dropout):
@@ -560,6 +709,7 @@ def adamw(params: list[Any], cfg: TrainConfig, fused: bool = True) -> Any:
     """AdamW, fused where torch has the kernel (measured 5x faster per step than the default on this CPU;
     ``fused=False`` for FSDP2's DTensor parameters on CPU)."""
     import torch
+
     if fused:
         try:
             return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
@@ -579,18 +729,21 @@ def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else max(0.0, 1 - progress)
+
     return f
 
 
 def scheduler(opt: Any, cfg: TrainConfig, total: int) -> Any:
     """The run's LambdaLR over ``opt`` (stepped once per optimizer step; PPO: once per rollout batch, as TRL)."""
     import torch
+
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
 
 
 def autocast(cfg: TrainConfig, accel: Any) -> Any:
     """bf16 autocast on the run's device when ``cfg.dtype`` is bfloat16, else a no-op context."""
     import torch
+
     return torch.autocast(accel.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
 

@@ -51,12 +51,16 @@ def _as_tensor(name: str, value: Number, like: Tensor) -> Tensor:
 def _prepare(algorithm: str, hparams: dict[str, Any], args: dict[str, Any], *, for_loss: bool) -> tuple[Any, _Pair]:
     """Validate the algorithm, its hyperparameters and that every input it uses is given; convert the inputs."""
     if algorithm == "kto":
-        raise EvalHarnessError("kto is unpaired (one response per example, labelled desirable or undesirable): "
-                               "use kto_loss(logps=..., ref_logps=..., desirable=..., kl=..., beta=...)")
+        raise EvalHarnessError(
+            "kto is unpaired (one response per example, labelled desirable or undesirable): "
+            "use kto_loss(logps=..., ref_logps=..., desirable=..., kl=..., beta=...)"
+        )
     spec = get_spec(algorithm)
     if spec.online:
-        raise EvalHarnessError(f"{algorithm} trains on its own rollouts, not pairs: use evalharness.training.ppo "
-                               "(policy_loss, value_loss, gae, whiten)")
+        raise EvalHarnessError(
+            f"{algorithm} trains on its own rollouts, not pairs: use evalharness.training.ppo "
+            "(policy_loss, value_loss, gae, whiten)"
+        )
     cfg = make_config(algorithm, **hparams)
     need = list(_REFERENCE) if spec.needs_reference else []
     if for_loss:
@@ -77,15 +81,31 @@ def _prepare(algorithm: str, hparams: dict[str, Any], args: dict[str, Any], *, f
     for n in _LENGTHS:
         if conv[n] is not None and bool((conv[n] <= 0).any()):
             raise EvalHarnessError(f"{algorithm}: {n} must count response tokens (> 0)")
-    return cfg, _Pair(chosen, conv["rejected_logps"], conv["ref_chosen_logps"], conv["ref_rejected_logps"],
-                      conv["chosen_lengths"], conv["rejected_lengths"], conv["chosen_scores"], conv["rejected_scores"])
+    return cfg, _Pair(
+        chosen,
+        conv["rejected_logps"],
+        conv["ref_chosen_logps"],
+        conv["ref_rejected_logps"],
+        conv["chosen_lengths"],
+        conv["rejected_lengths"],
+        conv["chosen_scores"],
+        conv["rejected_scores"],
+    )
 
 
-def preference_loss(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Tensor,
-                    ref_chosen_logps: Tensor | None = None, ref_rejected_logps: Tensor | None = None,
-                    chosen_lengths: Number | None = None, rejected_lengths: Number | None = None,
-                    chosen_scores: Number | None = None, rejected_scores: Number | None = None,
-                    **hparams: Any) -> Tensor:
+def preference_loss(
+    algorithm: str,
+    *,
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    ref_chosen_logps: Tensor | None = None,
+    ref_rejected_logps: Tensor | None = None,
+    chosen_lengths: Number | None = None,
+    rejected_lengths: Number | None = None,
+    chosen_scores: Number | None = None,
+    rejected_scores: Number | None = None,
+    **hparams: Any,
+) -> Tensor:
     """Per-pair loss of ``algorithm``, shape (B,), unreduced, in the input dtype; unset hparams take the defaults.
 
     With h the summed log-ratio difference (module docstring) and |y| a response's token count:
@@ -109,27 +129,49 @@ def preference_loss(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Ten
                                                                            Xu et al. 2024, Eq. 6-8
     KTO is unpaired: use kto_loss.
     """
-    args = dict(chosen_logps=chosen_logps, rejected_logps=rejected_logps, ref_chosen_logps=ref_chosen_logps,
-                ref_rejected_logps=ref_rejected_logps, chosen_lengths=chosen_lengths,
-                rejected_lengths=rejected_lengths, chosen_scores=chosen_scores, rejected_scores=rejected_scores)
+    args = {
+        "chosen_logps": chosen_logps,
+        "rejected_logps": rejected_logps,
+        "ref_chosen_logps": ref_chosen_logps,
+        "ref_rejected_logps": ref_rejected_logps,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
+        "chosen_scores": chosen_scores,
+        "rejected_scores": rejected_scores,
+    }
     cfg, pair = _prepare(algorithm, hparams, args, for_loss=True)
     return get_spec(algorithm).loss(cfg, pair)  # type: ignore[misc]  # None only for kto and ppo, refused above
 
 
-def implicit_rewards(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Tensor,
-                     ref_chosen_logps: Tensor | None = None, ref_rejected_logps: Tensor | None = None,
-                     chosen_lengths: Number | None = None, rejected_lengths: Number | None = None,
-                     chosen_scores: Number | None = None, rejected_scores: Number | None = None,
-                     **hparams: Any) -> tuple[Tensor, Tensor]:
+def implicit_rewards(
+    algorithm: str,
+    *,
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    ref_chosen_logps: Tensor | None = None,
+    ref_rejected_logps: Tensor | None = None,
+    chosen_lengths: Number | None = None,
+    rejected_lengths: Number | None = None,
+    chosen_scores: Number | None = None,
+    rejected_scores: Number | None = None,
+    **hparams: Any,
+) -> tuple[Tensor, Tensor]:
     """Detached (chosen, rejected) rewards per pair, the quantity each loss compares (TRL's logging convention).
 
     Each algorithm's row in ``algorithms.ALGORITHMS`` names its definition in ``REWARDS`` and scale: reference-based
     (dpo cdpo hinge ipo odpo rdpo): beta (log pi - log pi_ref) on summed log-probs, also for length-normalized IPO;
     simpo: beta log pi / |y|; cpo: beta log pi; orpo: lam log pi / |y|. Scores are not used.
     """
-    args = dict(chosen_logps=chosen_logps, rejected_logps=rejected_logps, ref_chosen_logps=ref_chosen_logps,
-                ref_rejected_logps=ref_rejected_logps, chosen_lengths=chosen_lengths,
-                rejected_lengths=rejected_lengths, chosen_scores=chosen_scores, rejected_scores=rejected_scores)
+    args = {
+        "chosen_logps": chosen_logps,
+        "rejected_logps": rejected_logps,
+        "ref_chosen_logps": ref_chosen_logps,
+        "ref_rejected_logps": ref_rejected_logps,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
+        "chosen_scores": chosen_scores,
+        "rejected_scores": rejected_scores,
+    }
     c, p = _prepare(algorithm, hparams, args, for_loss=False)
     definition, scale = get_spec(algorithm).reward
     w, l = REWARDS[definition](getattr(c, scale), p)
@@ -139,15 +181,29 @@ def implicit_rewards(algorithm: str, *, chosen_logps: Tensor, rejected_logps: Te
 def reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, float]:
     """Batch means of the rewards, their margin, and the fraction of pairs with chosen STRICTLY above rejected."""
     if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.numel() == 0:
-        raise EvalHarnessError(f"reward_metrics needs two equal, non-empty shapes; got {tuple(chosen_rewards.shape)} "
-                               f"and {tuple(rejected_rewards.shape)}")
+        raise EvalHarnessError(
+            f"reward_metrics needs two equal, non-empty shapes; got {tuple(chosen_rewards.shape)} "
+            f"and {tuple(rejected_rewards.shape)}"
+        )
     w, l = chosen_rewards.detach().double(), rejected_rewards.detach().double()
-    return {"rewards/chosen": w.mean().item(), "rewards/rejected": l.mean().item(),
-            "rewards/margins": (w - l).mean().item(), "rewards/accuracies": (w > l).double().mean().item()}
+    return {
+        "rewards/chosen": w.mean().item(),
+        "rewards/rejected": l.mean().item(),
+        "rewards/margins": (w - l).mean().item(),
+        "rewards/accuracies": (w > l).double().mean().item(),
+    }
 
 
-def kto_loss(*, logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl: Tensor | float, beta: float,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> Tensor:
+def kto_loss(
+    *,
+    logps: Tensor,
+    ref_logps: Tensor,
+    desirable: Tensor,
+    kl: Tensor | float,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> Tensor:
     """KTO loss per example (Ethayarajh et al. 2024, Eq. 8), unreduced, in the input dtype.
 
     z = max(kl, 0), detached: the reference point is a batch KL estimate that the policy must not push on.
@@ -164,8 +220,11 @@ def kto_loss(*, logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl: Tensor 
         raise EvalHarnessError(f"kto: kl must be a scalar (the batch KL estimate); got shape {tuple(z.shape)}")
     z = z.reshape(()).clamp(min=0)
     ratio = logps - ref
-    return torch.where(desirable, c.desirable_weight * (1 - torch.sigmoid(c.beta * (ratio - z))),
-                       c.undesirable_weight * (1 - torch.sigmoid(c.beta * (z - ratio))))
+    return torch.where(
+        desirable,
+        c.desirable_weight * (1 - torch.sigmoid(c.beta * (ratio - z))),
+        c.undesirable_weight * (1 - torch.sigmoid(c.beta * (z - ratio))),
+    )
 
 
 def kto_rewards(logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:

@@ -40,7 +40,28 @@ from typing import TYPE_CHECKING, Any
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.prompts import render
 from evalharness.training.algorithms import PPOConfig, make_config
-from evalharness.training.loop import STATE_DIR, Course, NullContext, Plan, TrainConfig, TrainResult, adamw, autocast, check_config, disable_dropout, index_stream, load_policy, lora_wrap, make_plan, restore, resumed_course, run, save_resumable, scheduler, total_steps
+from evalharness.training.loop import (
+    STATE_DIR,
+    Course,
+    NullContext,
+    Plan,
+    TrainConfig,
+    TrainResult,
+    adamw,
+    autocast,
+    check_config,
+    disable_dropout,
+    index_stream,
+    load_policy,
+    lora_wrap,
+    make_plan,
+    restore,
+    resumed_course,
+    run,
+    save_resumable,
+    scheduler,
+    total_steps,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -50,9 +71,11 @@ __all__ = ["PPOConfig", "gae", "whiten", "policy_loss", "value_loss", "kl_penalt
 
 # -- the PPO functions ------------------------------------------------------------------------------------------
 
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` over the entries where ``mask`` is 1 (the batch's response tokens)."""
     import torch
+
     m = mask.bool()
     return torch.where(m, x, torch.zeros_like(x)).sum() / m.sum()
 
@@ -61,6 +84,7 @@ def whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
     """(x - mean) / sqrt(var + 1e-8) over the masked entries, with the unbiased variance (TRL's masked_whiten);
     ``shift_mean=False`` keeps the mean (whitening rewards rescales them without recentring). 0 outside the mask."""
     import torch
+
     m = mask.bool()
     n = m.sum()
     if int(n) < 2:
@@ -77,6 +101,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: flo
     """Generalized advantage estimation (Schulman et al. 2016, Eq. 16): delta_t = r_t + gamma V_{t+1} - V_t with
     V = 0 after the last response token, A_t = delta_t + gamma lam A_{t+1}; returns R = A + V. 0 outside the mask."""
     import torch
+
     m = mask.to(values.dtype)
     v, r = values * m, rewards * m
     T = r.shape[1]
@@ -90,11 +115,13 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: flo
     return adv, (adv + v) * m
 
 
-def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
-                cliprange: float) -> tuple[Tensor, Tensor]:
+def policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *, cliprange: float
+) -> tuple[Tensor, Tensor]:
     """The clipped surrogate (Schulman et al. 2017, Eq. 7, as a loss): masked mean of
     max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), rho = exp(log pi - log pi_old); and the fraction of tokens clipped."""
     import torch
+
     m = mask.bool()
     ratio = torch.exp(torch.where(m, logprobs - old_logprobs, torch.zeros_like(logprobs)))
     pg1 = -advantages * ratio
@@ -108,10 +135,12 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     return _value_loss(values, old_values, returns, mask, cliprange_value)[0]
 
 
-def _value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
-                cliprange_value: float) -> tuple[Tensor, Tensor]:
+def _value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+) -> tuple[Tensor, Tensor]:
     """value_loss and the fraction of tokens where the clipped term is the larger (TRL's val/clipfrac)."""
     import torch
+
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     l1, l2 = (values - returns) ** 2, (clipped - returns) ** 2
     return 0.5 * masked_mean(torch.max(l1, l2), mask), masked_mean((l2 > l1).to(values.dtype), mask).detach()
@@ -121,6 +150,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: 
     """Per-token KL estimate (Schulman, "Approximating KL Divergence"): k1 = log pi - log pi_ref, or
     k3 = (r - 1) - log r with r = pi_ref / pi (non-negative, lower variance). 0 outside the mask."""
     import torch
+
     logr = torch.where(mask.bool(), ref_logprobs - logprobs, torch.zeros_like(logprobs))
     return -logr if estimator == "k1" else torch.expm1(logr) - logr
 
@@ -133,6 +163,7 @@ def update_kl_coef(kl_coef: float, kl: float, *, target: float, horizon: float, 
 
 
 # -- models -----------------------------------------------------------------------------------------------------
+
 
 def _critic_class() -> type:
     import torch
@@ -150,10 +181,11 @@ def _critic_class() -> type:
 
         def forward(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Tensor:
             from evalharness.backends.hf import left_pad
+
             R = max(1, max(len(r) for r in responses))
             dev = self.head.weight.device
             ids, attn, pos = (t.to(dev) for t in left_pad([p + r for p, r in zip(prompts, responses)], pad_id))
-            h = self.body(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -R - 1:-1]
+            h = self.body(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, -R - 1 : -1]
             return self.head(h).squeeze(-1).float()  # position t-1's state is the one that chooses token t
 
     return Critic
@@ -169,9 +201,11 @@ def _wrapper_class() -> type:
             super().__init__()
             self.policy, self.critic = policy, critic
 
-        def forward(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
-                    temperature: float) -> tuple[Tensor, Tensor]:
+        def forward(
+            self, prompts: list[list[int]], responses: list[list[int]], pad_id: int, temperature: float
+        ) -> tuple[Tensor, Tensor]:
             from evalharness.backends.hf import response_logprobs
+
             lp, _ = response_logprobs(self.policy, prompts, responses, pad_id, temperature)
             return lp, self.critic(prompts, responses, pad_id)
 
@@ -179,6 +213,7 @@ def _wrapper_class() -> type:
 
 
 # -- rollouts ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Rollout:
@@ -204,6 +239,7 @@ def _sampler(policy: Any, cfg: TrainConfig) -> Any | None:
     import copy
 
     import torch
+
     if cfg.dtype != "bfloat16" or cfg.lora:
         return None
     return copy.deepcopy(policy).to(torch.bfloat16).eval().requires_grad_(False)
@@ -211,19 +247,31 @@ def _sampler(policy: Any, cfg: TrainConfig) -> Any | None:
 
 def _sync_sampler(sampler: Any, policy: Any) -> None:
     import torch
+
     with torch.no_grad():
         for dst, src in zip(sampler.parameters(), policy.parameters(), strict=True):
             dst.copy_(src)
 
 
-def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: list[tuple[str, list[int]]],
-              hp: PPOConfig, seed: int, cfg: TrainConfig, accel: Any, sampler: Any | None = None) -> list[_Rollout]:
+def _rollouts(
+    model: Any,
+    ref_model: Any | None,
+    tok: Any,
+    judge: Any,
+    prompts: list[tuple[str, list[int]]],
+    hp: PPOConfig,
+    seed: int,
+    cfg: TrainConfig,
+    accel: Any,
+    sampler: Any | None = None,
+) -> list[_Rollout]:
     """Sample (from ``sampler`` when given, else the policy), judge and score this process's prompts under the
     current policy (no gradients)."""
     import torch
 
     from evalharness.backends.hf import HFBackend, response_logprobs
     from evalharness.core.records import GenRequest, SamplingParams
+
     if not prompts:
         return []
     policy, critic = model.policy, model.critic
@@ -238,7 +286,7 @@ def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: 
     bs = cfg.batch_size
     with torch.no_grad(), autocast(cfg, accel):
         for s in range(0, len(P), bs):
-            p, r = P[s:s + bs], Rs[s:s + bs]
+            p, r = P[s : s + bs], Rs[s : s + bs]
             lp, _ = response_logprobs(policy, p, r, tok.pad_token_id, hp.temperature)
             if ref_model is None:  # LoRA: the reference is the base, i.e. the policy with its adapter disabled
                 with policy.disable_adapter():
@@ -253,7 +301,7 @@ def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: 
                     score = float(verdict.value) if judge.higher_is_better else 1.0 - float(verdict.value)
                     if g.finish_reason != "stop":
                         score -= hp.missing_eos_penalty
-                cut = lambda t: t[i, t.shape[1] - n:].float().tolist()  # noqa: E731 (right-aligned)
+                cut = lambda t: t[i, t.shape[1] - n :].float().tolist()  # noqa: E731, B023  (called within its iteration) (right-aligned)
                 out.append(_Rollout(p[i], r[i], g.finish_reason == "stop", score, cut(lp), cut(ref_lp), cut(v)))
     return out
 
@@ -261,14 +309,15 @@ def _rollouts(model: Any, ref_model: Any | None, tok: Any, judge: Any, prompts: 
 def _buffer(rows: list[_Rollout]) -> dict[str, Any]:
     """The batch as right-aligned [N, R] tensors; a row whose judgment failed gets an all-zero mask."""
     import torch
+
     N, R = len(rows), max(len(r.response_ids) for r in rows)
     t = {k: torch.zeros(N, R) for k in ("logprobs", "ref_logprobs", "values")}
     mask = torch.zeros(N, R, dtype=torch.bool)
     for i, r in enumerate(rows):
         n = len(r.response_ids)
         for k in t:
-            t[k][i, R - n:] = torch.tensor(getattr(r, k))
-        mask[i, R - n:] = r.score is not None
+            t[k][i, R - n :] = torch.tensor(getattr(r, k))
+        mask[i, R - n :] = r.score is not None
     ok = torch.tensor([r.score is not None for r in rows])
     scores = torch.tensor([r.score if r.score is not None else 0.0 for r in rows])
     return {**t, "mask": mask, "ok": ok, "scores": scores}
@@ -285,11 +334,16 @@ def train_ppo(cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> 
     run with the same identity is skipped, an unfinished one resumes from its newest complete checkpoint (the
     training loop's machinery: actor, critic, optimizer, scheduler, KL coefficient, RNG, prompt-stream position)."""
     from evalharness.judges import get_judge
+
     check_config(cfg)
     hp: PPOConfig = make_config(cfg.algorithm, **cfg.hparams)
     judge = get_judge(hp.reward)
-    reward = {"spec": hp.reward, "id": judge.judge_id, "version": judge.judge_version,
-              "direction": "score" if judge.higher_is_better else "1 - score"}
+    reward = {
+        "spec": hp.reward,
+        "id": judge.judge_id,
+        "version": judge.judge_version,
+        "direction": "score" if judge.higher_is_better else "1 - score",
+    }
     plan = make_plan(cfg, {"reward": reward})
     local = cfg.batch_size * cfg.grad_accum * hp.num_mini_batches  # TRL's local_batch_size
     return run(plan, local, lambda *a: _setup(plan, hp, judge, *a, log=log), log)
@@ -302,6 +356,7 @@ def _load_models(plan: Plan, resume: Path | None, accel: Any) -> tuple[Any, Any,
     from safetensors.torch import load_file
 
     from evalharness.core.models import load_fresh
+
     cfg = plan.cfg
     policy, tok = load_policy(plan, resume)
     lm = disable_dropout(load_fresh(plan.base, dtype="float32")[0])
@@ -318,8 +373,10 @@ def _load_models(plan: Plan, resume: Path | None, accel: Any) -> tuple[Any, Any,
         saved = load_file(str(resume / STATE_DIR / CRITIC))
         trainable = {n for n, p in critic.named_parameters() if p.requires_grad}
         if set(saved) != trainable:
-            raise EvalHarnessError(f"{resume / STATE_DIR / CRITIC} does not hold this run's critic "
-                                   f"({len(set(saved) ^ trainable)} tensors differ)")
+            raise EvalHarnessError(
+                f"{resume / STATE_DIR / CRITIC} does not hold this run's critic "
+                f"({len(set(saved) ^ trainable)} tensors differ)"
+            )
         critic.load_state_dict(saved, strict=False)
     ref_model = None
     if not (cfg.lora and plan.reference is plan.base):
@@ -333,11 +390,21 @@ def _critic_weights(critic: Any) -> dict[str, Any]:
     return {n: p.detach().cpu().contiguous() for n, p in critic.named_parameters() if p.requires_grad}
 
 
-def _setup(plan: Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | None, state: dict[str, Any] | None,
-           G: int, *, log: Callable[[str], None]) -> tuple[_PPOSteps, Course]:
+def _setup(
+    plan: Plan,
+    hp: PPOConfig,
+    judge: Any,
+    accel: Any,
+    resume: Path | None,
+    state: dict[str, Any] | None,
+    G: int,
+    *,
+    log: Callable[[str], None],
+) -> tuple[_PPOSteps, Course]:
     """Actor, critic, reference, optimizer and resumed state: the steps the loop drives, and their course (G is
     the episodes per step over all processes)."""
     import torch
+
     cfg, items, P = plan.cfg, plan.data, accel.num_processes
     torch.manual_seed(cfg.seed)
     model, ref_model, tok = _load_models(plan, resume, accel)
@@ -349,20 +416,44 @@ def _setup(plan: Plan, hp: PPOConfig, judge: Any, accel: Any, resume: Path | Non
     prompt_len = max(1, min(cfg.max_prompt_length, cfg.max_length - hp.response_length))
     # The prompt stream depends only on the seed, the data and G, so a resumed run continues it at step * G; the
     # minibatch shuffles draw from their own generator, whose state a checkpoint keeps.
-    steps = _PPOSteps(plan, hp, judge, accel, model, wrapped, ref_model, tok, opt, sched, params,
-                      _sampler(model.policy, cfg), [render(tok, it)[-prompt_len:] for it in items],
-                      torch.Generator().manual_seed(cfg.seed + 1), hp.kl_coef, G // P)
+    steps = _PPOSteps(
+        plan,
+        hp,
+        judge,
+        accel,
+        model,
+        wrapped,
+        ref_model,
+        tok,
+        opt,
+        sched,
+        params,
+        _sampler(model.policy, cfg),
+        [render(tok, it)[-prompt_len:] for it in items],
+        torch.Generator().manual_seed(cfg.seed + 1),
+        hp.kl_coef,
+        G // P,
+    )
     course = Course(total, G, steps_per_epoch, index_stream(len(items), total, G, cfg.seed), rate_key="eps")
     restored = restore(resume, model, opt, sched, accel, sharded=False) if resume is not None else None
     if restored is not None:
         steps.kl_coef = restored[1]["ppo"]["kl_coef"]
         steps.g_mb.set_state(restored[1]["ppo"]["minibatch_rng"])
     no_critic = state is not None and not state.get("critic")
-    course = resumed_course(plan, course, resume, state, restored, log,
-                            " (no critic saved: it starts again from its zeroed head)" if no_critic else "")
-    log(f"{plan.run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
+    course = resumed_course(
+        plan,
+        course,
+        resume,
+        state,
+        restored,
+        log,
+        " (no critic saved: it starts again from its zeroed head)" if no_critic else "",
+    )
+    log(
+        f"{plan.run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
         f"{hp.num_mini_batches} minibatches each, reward {plan.extra['reward']['id']} "
-        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {plan.out}")
+        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {plan.out}"
+    )
     return steps, course
 
 
@@ -403,29 +494,42 @@ class _PPOSteps:
         row = self.metrics(step, rows, buf, kl, non_score, stats)
         row.update(lr=lr, grad_norm=grad_norm, rollout_time_s=t_rollout)
         if hp.adaptive_kl:
-            self.kl_coef = update_kl_coef(self.kl_coef, row["objective/kl"], target=hp.target_kl,
-                                          horizon=hp.horizon, n_episodes=len(rows))
+            self.kl_coef = update_kl_coef(
+                self.kl_coef, row["objective/kl"], target=hp.target_kl, horizon=hp.horizon, n_episodes=len(rows)
+            )
         return row
 
     def rollout(self, step: int, idx: list[int]) -> list[_Rollout]:
         """This process's share of the step's prompts sampled, judged and scored; then every process's rows."""
         from accelerate.utils import gather_object
+
         items, rank = self.plan.data, self.accel.process_index
         # the request key is the position in the step's batch: unique even if a prompt repeats, and the same
         # whichever process samples it; the sampling seed is the step's, so a resumed step samples the same
         mine = [(f"{j}:{items[i].id}", self.rendered[i]) for j, i in enumerate(idx)]
-        mine = mine[rank * self.local:(rank + 1) * self.local]
+        mine = mine[rank * self.local : (rank + 1) * self.local]
         self.model.eval()
         if self.sampler is not None:
             _sync_sampler(self.sampler, self.model.policy)
-        rows = _rollouts(self.model, self.ref_model, self.tok, self.judge, mine, self.hp,
-                         self.plan.cfg.seed * 1_000_003 + step - 1, self.plan.cfg, self.accel, self.sampler)
+        rows = _rollouts(
+            self.model,
+            self.ref_model,
+            self.tok,
+            self.judge,
+            mine,
+            self.hp,
+            self.plan.cfg.seed * 1_000_003 + step - 1,
+            self.plan.cfg,
+            self.accel,
+            self.sampler,
+        )
         self.model.train()
         return gather_object(rows) if self.accel.num_processes > 1 else rows
 
     def advantages(self, buf: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-token KL, the KL part of the reward, whitened GAE advantages and the returns."""
         import torch
+
         hp, mask = self.hp, buf["mask"]
         with torch.no_grad():
             kl = kl_penalty(buf["logprobs"], buf["ref_logprobs"], mask, hp.kl_estimator)
@@ -438,11 +542,13 @@ class _PPOSteps:
             adv = whiten(adv, mask) if int(mask.sum()) >= 2 else adv
         return kl, non_score, adv, returns
 
-    def update(self, rows: list[_Rollout], buf: dict[str, Any], adv: Tensor,
-               returns: Tensor) -> tuple[Tensor, float | None]:
+    def update(
+        self, rows: list[_Rollout], buf: dict[str, Any], adv: Tensor, returns: Tensor
+    ) -> tuple[Tensor, float | None]:
         """num_ppo_epochs passes over freshly shuffled minibatches, one optimizer step each: the token-weighted
         sums of the losses and fractions (``STATS``) over all processes, and the last gradient norm."""
         import torch
+
         hp, cfg, accel = self.hp, self.plan.cfg, self.accel
         stats = torch.zeros(len(STATS) + 1, dtype=torch.float64)
         grad_norm = None
@@ -450,7 +556,7 @@ class _PPOSteps:
         for _ in range(hp.num_ppo_epochs):
             perm = torch.randperm(len(rows), generator=self.g_mb)
             for mb in range(hp.num_mini_batches):
-                mb_idx = perm[mb * M:(mb + 1) * M]
+                mb_idx = perm[mb * M : (mb + 1) * M]
                 n_mb = int(buf["mask"][mb_idx].sum())
                 if n_mb == 0:
                     continue  # every judgment of the minibatch failed: nothing to learn from (the same on all ranks)
@@ -466,20 +572,33 @@ class _PPOSteps:
             stats = accel.reduce(stats.to(accel.device), reduction="sum").cpu()
         return stats, grad_norm
 
-    def micro_batch(self, rows: list[_Rollout], buf: dict[str, Any], adv: Tensor, returns: Tensor, mb_idx: Tensor,
-                    micro: int, n_mb: int) -> Tensor | None:
+    def micro_batch(
+        self,
+        rows: list[_Rollout],
+        buf: dict[str, Any],
+        adv: Tensor,
+        returns: Tensor,
+        mb_idx: Tensor,
+        micro: int,
+        n_mb: int,
+    ) -> Tensor | None:
         """Forward and backward of this process's slice of one micro-batch; its token-weighted stats (None when
         every row of it failed)."""
         import torch
+
         hp, cfg, accel, P = self.hp, self.plan.cfg, self.accel, self.accel.num_processes
         lo = (micro * P + accel.process_index) * cfg.batch_size
-        rr = mb_idx[lo:lo + cfg.batch_size]
+        rr = mb_idx[lo : lo + cfg.batch_size]
         sync = micro == cfg.grad_accum - 1
         stats = None
-        with (accel.no_sync(self.wrapped) if not sync and P > 1 else NullContext()):
+        with accel.no_sync(self.wrapped) if not sync and P > 1 else NullContext():
             with autocast(cfg, accel):
-                new_lp, new_v = self.wrapped([rows[i].prompt_ids for i in rr], [rows[i].response_ids for i in rr],
-                                             self.tok.pad_token_id, hp.temperature)
+                new_lp, new_v = self.wrapped(
+                    [rows[i].prompt_ids for i in rr],
+                    [rows[i].response_ids for i in rr],
+                    self.tok.pad_token_id,
+                    hp.temperature,
+                )
             R, dev = new_lp.shape[1], accel.device  # this micro-batch's longest response: the buffer's last R columns
             m = buf["mask"][rr, -R:].to(dev)
             old_lp, old_v = buf["logprobs"][rr, -R:].to(dev), buf["values"][rr, -R:].to(dev)
@@ -492,38 +611,55 @@ class _PPOSteps:
                 loss = (pg + hp.vf_coef * vf) * (n / n_mb * P)
                 with torch.no_grad():
                     diff = torch.where(m, new_lp - old_lp, torch.zeros_like(new_lp))
-                    approxkl = 0.5 * masked_mean(diff ** 2, m)
+                    approxkl = 0.5 * masked_mean(diff**2, m)
                     ratio = masked_mean(torch.exp(diff), m)
-                    stats = torch.tensor([float(x) * n for x in (pg, vf, pg_clip, vf_clip, approxkl, ratio)] + [n],
-                                         dtype=torch.float64)
+                    stats = torch.tensor(
+                        [float(x) * n for x in (pg, vf, pg_clip, vf_clip, approxkl, ratio)] + [n], dtype=torch.float64
+                    )
             else:  # every row failed: still a backward, so DDP's gradient all-reduce lines up
                 loss = new_lp.sum() * 0.0 + new_v.sum() * 0.0
             accel.backward(loss)
         return stats
 
-    def metrics(self, step: int, rows: list[_Rollout], buf: dict[str, Any], kl: Tensor, non_score: Tensor,
-                stats: Tensor) -> dict[str, Any]:
+    def metrics(
+        self, step: int, rows: list[_Rollout], buf: dict[str, Any], kl: Tensor, non_score: Tensor, stats: Tensor
+    ) -> dict[str, Any]:
         """The step's row: TRL's PPO metric names, means over the responses whose judgment succeeded."""
         hp, mask, ok = self.hp, buf["mask"], buf["ok"]
         n_ok = int(ok.sum())
-        s = stats[:len(STATS)] / max(1.0, float(stats[len(STATS)]))
+        s = stats[: len(STATS)] / max(1.0, float(stats[len(STATS)]))
         okf = ok.float()
         seq_kl = (kl.sum(1) * okf).sum() / n_ok
         seq_ns = (non_score.sum(1) * okf).sum() / n_ok
         score = (buf["scores"] * okf).sum() / n_ok
-        return {"step": step, "episode": step * len(rows), "epoch": None, "loss": float(s[0] + hp.vf_coef * s[1]),
-                "objective/kl": float(seq_kl), "objective/entropy": float((-buf["logprobs"] * mask).sum() / n_ok),
-                "objective/non_score_reward": float(seq_ns), "objective/rlhf_reward": float(seq_ns + score),
-                "objective/scores": float(score), "objective/kl_coef": self.kl_coef,
-                "policy/approxkl_avg": float(s[4]), "policy/clipfrac_avg": float(s[2]),
-                "loss/policy_avg": float(s[0]), "loss/value_avg": float(s[1]), "val/clipfrac_avg": float(s[3]),
-                "val/ratio": float(s[5]), "val/num_eos_tokens": sum(r.eos for r in rows),
-                "val/response_length": float(mask.sum() / n_ok), "failed_judgments": len(rows) - n_ok}
+        return {
+            "step": step,
+            "episode": step * len(rows),
+            "epoch": None,
+            "loss": float(s[0] + hp.vf_coef * s[1]),
+            "objective/kl": float(seq_kl),
+            "objective/entropy": float((-buf["logprobs"] * mask).sum() / n_ok),
+            "objective/non_score_reward": float(seq_ns),
+            "objective/rlhf_reward": float(seq_ns + score),
+            "objective/scores": float(score),
+            "objective/kl_coef": self.kl_coef,
+            "policy/approxkl_avg": float(s[4]),
+            "policy/clipfrac_avg": float(s[2]),
+            "loss/policy_avg": float(s[0]),
+            "loss/value_avg": float(s[1]),
+            "val/clipfrac_avg": float(s[3]),
+            "val/ratio": float(s[5]),
+            "val/num_eos_tokens": sum(r.eos for r in rows),
+            "val/response_length": float(mask.sum() / n_ok),
+            "failed_judgments": len(rows) - n_ok,
+        }
 
     def describe(self, row: dict[str, Any]) -> str:
         """Score, KL and its coefficient, the two losses, the rollouts' time."""
-        return (f"score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f} (coef {row['objective/kl_coef']:.4f})"
-                f" pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}, rollouts {row['rollout_time_s']:.1f}s")
+        return (
+            f"score {row['objective/scores']:.3f} kl {row['objective/kl']:.3f} (coef {row['objective/kl_coef']:.4f})"
+            f" pg {row['loss/policy_avg']:.4f} vf {row['loss/value_avg']:.4f}, rollouts {row['rollout_time_s']:.1f}s"
+        )
 
     def parallel(self) -> dict[str, Any]:
         """Processes and strategy, for the checkpoint manifest."""
@@ -536,10 +672,21 @@ class _PPOSteps:
     def save(self, ck: Path, manifest: dict[str, Any], state: dict[str, Any]) -> None:
         """The actor as the model folder; the critic, the KL coefficient and the minibatch generator for a resume."""
         from safetensors.torch import save_file
-        save_resumable(self.accel, self.model, self.tok, self.opt, self.sched, ck, manifest, state,
-                       save_optimizer=self.plan.cfg.save_optimizer, actor=self.model.policy,
-                       more={"ppo": {"kl_coef": self.kl_coef, "minibatch_rng": self.g_mb.get_state()}},
-                       files=lambda st: save_file(_critic_weights(self.model.critic), str(st / CRITIC)))
+
+        save_resumable(
+            self.accel,
+            self.model,
+            self.tok,
+            self.opt,
+            self.sched,
+            ck,
+            manifest,
+            state,
+            save_optimizer=self.plan.cfg.save_optimizer,
+            actor=self.model.policy,
+            more={"ppo": {"kl_coef": self.kl_coef, "minibatch_rng": self.g_mb.get_state()}},
+            files=lambda st: save_file(_critic_weights(self.model.critic), str(st / CRITIC)),
+        )
 
     def finish_extra(self) -> dict[str, Any]:
         """The final KL coefficient, for the train manifest."""

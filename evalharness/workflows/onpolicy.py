@@ -17,13 +17,12 @@ from typing import Any
 
 from evalharness.core.decoding import PAIRS, Decoding
 from evalharness.core.errors import EvalHarnessError
-from evalharness.judges import CLASSIFIER_JUDGES, get_judge
 from evalharness.core.models import ModelRef, resolve
 from evalharness.core.prompts import load_prompts, render
 from evalharness.core.records import GenRequest
+from evalharness.judges import CLASSIFIER_JUDGES, get_judge
 from evalharness.store import write_json_atomic, write_jsonl_atomic
 from evalharness.training.data import PreferencePair, data_hash
-
 
 RANK_MODES = ("score", "rating", "pairwise")
 
@@ -52,9 +51,12 @@ class PairsConfig:
     chat_judge: dict[str, Any] | None = None
 
 
-def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None) -> tuple[list[PreferencePair], dict[str, Any]]:
+def build_pairs(
+    cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None
+) -> tuple[list[PreferencePair], dict[str, Any]]:
     """Pairs and statistics (prompts, kept, ties, failed judgments, mean score gap)."""
     from evalharness.backends import backend_options, capabilities, get_backend
+
     if cfg.k < 2:
         raise EvalHarnessError(f"on-policy pairs need k >= 2 samples per prompt, got {cfg.k}")
     if cfg.rank not in RANK_MODES:
@@ -68,15 +70,20 @@ def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None
     backend = get_backend(cfg.backend, ref, **backend_options(cfg.backend, dtype=cfg.dtype, batch_size=cfg.batch_size))
     params = Decoding(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, cfg.k).params(n=cfg.k)
     log(f"sampling {cfg.k} responses for each of {len(items)} prompts from {getattr(ref, 'spec', ref)}")
-    gens = backend.generate([GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items])
+    gens = backend.generate(
+        [GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items]
+    )
     gens = [g for g in gens if g.finish_reason != "error" and g.text.strip()]
     if judge is not None:
         # Pairs rank by reward, higher is better: a lower-is-better judge (toxicity) is read as 1 - p, as PPO's
         # reward is, so the chosen sample is the less toxic one and ODPO's offset s_w - s_l stays positive.
         flip = not judge.higher_is_better
         values = [(1.0 - v.value if flip else v.value) if v.status == "ok" else None for v in judge.judge(gens)]
-        judge_info: dict[str, Any] = {"id": judge.judge_id, "version": judge.judge_version,
-                                      "score": f"1 - {judge.metric}" if flip else judge.metric}
+        judge_info: dict[str, Any] = {
+            "id": judge.judge_id,
+            "version": judge.judge_version,
+            "score": f"1 - {judge.metric}" if flip else judge.metric,
+        }
     else:
         values, judge_info = chat_scores(cfg, items, gens)
     by_prompt: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
@@ -99,34 +106,50 @@ def build_pairs(cfg: PairsConfig, *, log: Callable[[str], None] = lambda _: None
             continue
         gaps.append(best[0] - worst[0])
         pairs.append(PreferencePair(it.id, it, best[2], worst[2], best[0], worst[0]))
-    stats = {"prompts": len(items), "pairs": len(pairs), "ties_dropped": ties, "too_few_scored": too_few,
-             "failed_judgments": failed, "samples": len(gens),
-             "mean_gap": sum(gaps) / len(gaps) if gaps else None,
-             "judge": judge_info,
-             "model": ref.to_dict() if isinstance(ref, ModelRef) else ref}
+    stats = {
+        "prompts": len(items),
+        "pairs": len(pairs),
+        "ties_dropped": ties,
+        "too_few_scored": too_few,
+        "failed_judgments": failed,
+        "samples": len(gens),
+        "mean_gap": sum(gaps) / len(gaps) if gaps else None,
+        "judge": judge_info,
+        "model": ref.to_dict() if isinstance(ref, ModelRef) else ref,
+    }
     log(f"kept {len(pairs)} pairs ({ties} ties, {too_few} prompts with < 2 scored samples, {failed} failed judgments)")
     return pairs, stats
 
 
-def write_pairs(pairs: list[PreferencePair], path: str | Path, cfg: PairsConfig | None = None,
-                stats: dict[str, Any] | None = None, identity: dict[str, Any] | None = None) -> Path:
+def write_pairs(
+    pairs: list[PreferencePair],
+    path: str | Path,
+    cfg: PairsConfig | None = None,
+    stats: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+) -> Path:
     """Pairs as JSONL, with a sidecar ``<file>.meta.json`` saying how they were made."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(path, [p.to_dict() for p in pairs])
-    write_json_atomic(path.with_name(path.name + ".meta.json"),
-                      {"config": asdict(cfg) if cfg else None, "identity": identity, "stats": stats,
-                       "data_hash": data_hash(pairs)})
+    write_json_atomic(
+        path.with_name(path.name + ".meta.json"),
+        {"config": asdict(cfg) if cfg else None, "identity": identity, "stats": stats, "data_hash": data_hash(pairs)},
+    )
     return path
 
 
 def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = lambda _: None) -> Path:
     """Build pairs into ``path`` unless it already holds pairs built the same way (resume)."""
     from evalharness.core.prompts import file_hash
+
     path = Path(path)
     meta = path.with_name(path.name + ".meta.json")
-    ident = {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"},  # batching changes no sample
-             "prompts_hash": file_hash(cfg.prompts), "model_revision": resolve(cfg.model).revision}
+    ident = {
+        **{k: v for k, v in asdict(cfg).items() if k != "batch_size"},  # batching changes no sample
+        "prompts_hash": file_hash(cfg.prompts),
+        "model_revision": resolve(cfg.model).revision,
+    }
     if cfg.rank == "score" and cfg.judge in CLASSIFIER_JUDGES and not get_judge(cfg.judge).higher_is_better:
         ident["score"] = f"1 - {cfg.judge}"  # pairs once ranked by the raw score (more toxic chosen) are rebuilt
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("identity") == ident:
@@ -143,21 +166,24 @@ def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = 
 _RATING_PROMPT = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the "
     "user question displayed below. Consider helpfulness, relevance, accuracy, depth and level of detail. Begin with a "
-    "short explanation, then rate the response on a scale of 1 to 10 in exactly this format: \"[[rating]]\", for "
-    "example \"Rating: [[5]]\".\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
-    "[The End of Assistant's Answer]")
+    'short explanation, then rate the response on a scale of 1 to 10 in exactly this format: "[[rating]]", for '
+    'example "Rating: [[5]]".\n\n[Question]\n{question}\n\n[The Start of Assistant\'s Answer]\n{answer}\n'
+    "[The End of Assistant's Answer]"
+)
 _PAIRWISE_PROMPT = (
     "Please act as an impartial judge and compare the responses of two AI assistants to the user question below. "
     "Do not let the order of the responses, their length or the assistants' names influence you. After a short "
-    "explanation, give your verdict in exactly this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if "
-    "assistant B is better, \"[[C]]\" for a tie.\n\n[User Question]\n{question}\n\n"
+    'explanation, give your verdict in exactly this format: "[[A]]" if assistant A is better, "[[B]]" if '
+    'assistant B is better, "[[C]]" for a tie.\n\n[User Question]\n{question}\n\n'
     "[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n"
-    "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]")
+    "[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
+)
 
 
 def parse_pairwise(text: str) -> str | None:
     """The LAST [[A]], [[B]] or [[C]] in a judgment (the last-verdict rule our MT-Bench parser uses), else None."""
     import re
+
     found = re.findall(r"\[\[([ABC])\]\]", text or "")
     return found[-1] if found else None
 
@@ -172,17 +198,23 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
     import hashlib
 
     from evalharness.backends.http import ChatRequest
-    from evalharness.tasks.mt_bench.metric import parse_rating
     from evalharness.pipeline.runner import make_judge
     from evalharness.pipeline.spec import JudgeSpec
+    from evalharness.tasks.mt_bench.metric import parse_rating
+
     client, name = make_judge(JudgeSpec(**(cfg.chat_judge or {})), False)
     question = {it.id: it.messages[-1][1] if it.messages else str(it.prompt) for it in items}
     template = _RATING_PROMPT if cfg.rank == "rating" else _PAIRWISE_PROMPT
     version = hashlib.sha256(template.encode()).hexdigest()[:12]
 
     def ask(key: str, text: str) -> Any:
-        return ChatRequest(id=key, messages=[{"role": "user", "content": text}], temperature=0.0, max_tokens=512,
-                           template_version=version)
+        return ChatRequest(
+            id=key,
+            messages=[{"role": "user", "content": text}],
+            temperature=0.0,
+            max_tokens=512,
+            template_version=version,
+        )
 
     counts = {"ok": 0, "failed": 0, "unparsed": 0}
 
@@ -192,18 +224,28 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
         return value
 
     if cfg.rank == "rating":
-        requests = [ask(f"{g.id}#{g.sample_index}", template.format(question=question[g.id], answer=g.text))
-                    for g in gens]
+        requests = [
+            ask(f"{g.id}#{g.sample_index}", template.format(question=question[g.id], answer=g.text)) for g in gens
+        ]
         scores: list[float | None] = [parsed(r, parse_rating) for r in client.complete(requests)]
     else:
         by_prompt: dict[str, list[int]] = defaultdict(list)
         for i, g in enumerate(gens):
             by_prompt[g.id].append(i)
-        games = [(a, b) for rows in by_prompt.values() for x, i in enumerate(rows) for j in rows[x + 1:]
-                 for a, b in ((i, j), (j, i))]
-        requests = [ask(f"{gens[a].id}#{gens[a].sample_index}-{gens[b].sample_index}",
-                        template.format(question=question[gens[a].id], a=gens[a].text, b=gens[b].text))
-                    for a, b in games]
+        games = [
+            (a, b)
+            for rows in by_prompt.values()
+            for x, i in enumerate(rows)
+            for j in rows[x + 1 :]
+            for a, b in ((i, j), (j, i))
+        ]
+        requests = [
+            ask(
+                f"{gens[a].id}#{gens[a].sample_index}-{gens[b].sample_index}",
+                template.format(question=question[gens[a].id], a=gens[a].text, b=gens[b].text),
+            )
+            for a, b in games
+        ]
         points, played = [0.0] * len(gens), [0] * len(gens)
         for (a, b), res in zip(games, client.complete(requests)):
             verdict = parsed(res, parse_pairwise)
@@ -212,5 +254,9 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
                 points[a], points[b] = points[a] + win_a, points[b] + 1.0 - win_a
                 played[a], played[b] = played[a] + 1, played[b] + 1
         scores = [points[i] / played[i] if played[i] else None for i in range(len(gens))]
-    return scores, {"id": name, "version": f"{cfg.rank}:{version}", "mode": cfg.rank,
-                    "judgments": {"requests": len(requests), **counts}}
+    return scores, {
+        "id": name,
+        "version": f"{cfg.rank}:{version}",
+        "mode": cfg.rank,
+        "judgments": {"requests": len(requests), **counts},
+    }

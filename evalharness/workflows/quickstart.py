@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evalharness.data.movie_reviews import movie_review_split
-from evalharness.data.rude_prompts import rude_prompt_split
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.paths import results_root
 from evalharness.core.prompts import write_prompts
+from evalharness.data.movie_reviews import movie_review_split
+from evalharness.data.rude_prompts import rude_prompt_split
 from evalharness.training.algorithms import ALGORITHMS
 from evalharness.workflows.sweep import DataSpec, EvalSpec, OnPolicySpec, SweepResult, TrainSpec, expand, run_sweep
 
@@ -27,8 +27,15 @@ BUNDLED = "smollm2-135m-instruct"
 
 # Settings chosen so the whole job takes minutes on 2 CPU cores and the effect is well outside the CI.
 # Hyperparameters follow the papers' recommendations scaled to a tiny model and a short run.
-TRAIN = {"learning_rate": 5.0e-5, "epochs": 2, "batch_size": 8, "save_every": 8, "max_length": 160,
-         "warmup_ratio": 0.1, "schedule": "cosine"}
+TRAIN = {
+    "learning_rate": 5.0e-5,
+    "epochs": 2,
+    "batch_size": 8,
+    "save_every": 8,
+    "max_length": 160,
+    "warmup_ratio": 0.1,
+    "schedule": "cosine",
+}
 # Each algorithm's own quickstart settings are its row's ``quick`` (train/algorithms.py).
 QUICK_ALGORITHMS: dict[str, dict[str, Any]] = {name: spec.quick for name, spec in ALGORITHMS.items()}
 
@@ -38,7 +45,8 @@ QUICK_ALGORITHMS: dict[str, dict[str, Any]] = {name: spec.quick for name, spec i
 # against ODPO (its offset from the pairs' score gap). Pairs rank by the judge's direction (train.onpolicy).
 QUICK_TASKS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], str, str]] = {
     "sentiment": (movie_review_split, "movie_reviews", "dpo,simpo"),
-    "toxicity": (rude_prompt_split, "rude_prompts", "dpo,odpo")}
+    "toxicity": (rude_prompt_split, "rude_prompts", "dpo,odpo"),
+}
 
 
 def quickstart_spec(root: Path, algorithms: str | None = None, seed: int = 0, task: str = "sentiment") -> TrainSpec:
@@ -54,19 +62,31 @@ def quickstart_spec(root: Path, algorithms: str | None = None, seed: int = 0, ta
         raise EvalHarnessError(f"unknown algorithm(s) {unknown}; choose from {', '.join(ALGORITHMS)} or 'all'")
     train_prompts = write_prompts(split("train"), root / "inputs" / f"{stem}_train.jsonl")
     heldout = write_prompts(split("heldout"), root / "inputs" / f"{stem}_heldout.jsonl")
-    chosen = {a: {**QUICK_ALGORITHMS[a], **({"reward": task} if "reward" in QUICK_ALGORITHMS[a] else {})}
-              for a in names}  # PPO's reward is the task's judge
+    chosen = {
+        a: {**QUICK_ALGORITHMS[a], **({"reward": task} if "reward" in QUICK_ALGORITHMS[a] else {})} for a in names
+    }  # PPO's reward is the task's judge
     return TrainSpec(
-        name=f"quickstart-{task}", base=BUNDLED,
-        data=DataSpec(on_policy=OnPolicySpec(prompts=str(train_prompts), judge=task, k=4, max_new_tokens=40,
-                                             seed=seed)),
-        train=TRAIN, algorithms=chosen, seeds=[seed],
-        eval=EvalSpec(prompts=str(heldout), judges=[task, "kl"], max_new_tokens=40, seed=seed))
+        name=f"quickstart-{task}",
+        base=BUNDLED,
+        data=DataSpec(
+            on_policy=OnPolicySpec(prompts=str(train_prompts), judge=task, k=4, max_new_tokens=40, seed=seed)
+        ),
+        train=TRAIN,
+        algorithms=chosen,
+        seeds=[seed],
+        eval=EvalSpec(prompts=str(heldout), judges=[task, "kl"], max_new_tokens=40, seed=seed),
+    )
 
 
-def quickstart(*, algorithms: str | None = None, seed: int = 0, task: str = "sentiment",
-               results_dir: str | None = None, progress: bool = True,
-               log: Callable[[str], None] = lambda _: None) -> SweepResult:
+def quickstart(
+    *,
+    algorithms: str | None = None,
+    seed: int = 0,
+    task: str = "sentiment",
+    results_dir: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> SweepResult:
     """Run the sentiment- (or toxicity-) control sweep on the bundled model; resumes where a previous run stopped."""
     root = Path(results_dir) if results_dir else results_root()
     spec = quickstart_spec(root, algorithms, seed, task)

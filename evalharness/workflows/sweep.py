@@ -33,16 +33,31 @@ from typing import Any
 import pydantic
 
 from evalharness import trackers
+from evalharness.core.decoding import PAIRS, Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.paths import results_root
-from evalharness.core.decoding import PAIRS, Decoding
-from evalharness.pipeline.spec import JudgeSpec, line_of, Strict, decoding_field, load_yaml_model, parse_tasks, spec_path
+from evalharness.pipeline.spec import (
+    JudgeSpec,
+    Strict,
+    decoding_field,
+    line_of,
+    load_yaml_model,
+    parse_tasks,
+    spec_path,
+)
 from evalharness.store import RunStore, write_json_atomic
 from evalharness.training.algorithms import ALGORITHMS, get_spec, make_config
 from evalharness.training.trainer import TrainConfig, TrainResult
 
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"algorithm", "base", "data", "hparams",
-                                                                     "run_name", "output_dir", "report_to"}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {
+    "algorithm",
+    "base",
+    "data",
+    "hparams",
+    "run_name",
+    "output_dir",
+    "report_to",
+}
 
 
 class OnPolicySpec(Strict):
@@ -116,11 +131,16 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
     where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
     d = spec.data
     online = [a for a in spec.algorithms if a in ALGORITHMS and get_spec(a).online]
-    if d.path is not None and d.on_policy is not None or (
-            len(online) < len(spec.algorithms) and d.path is None and d.on_policy is None):
+    if (
+        d.path is not None
+        and d.on_policy is not None
+        or (len(online) < len(spec.algorithms) and d.path is None and d.on_policy is None)
+    ):
         raise InputError("give exactly one of data.path or data.on_policy", **where("data"))
     if online and d.prompts is None and d.on_policy is None:
-        raise InputError(f"{', '.join(online)} train on prompts: give data.prompts (or data.on_policy)", **where("data"))
+        raise InputError(
+            f"{', '.join(online)} train on prompts: give data.prompts (or data.on_policy)", **where("data")
+        )
     if d.path:
         d.path = spec_path(path, d.path)
     if d.prompts:
@@ -135,8 +155,10 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
             ev.prompts = spec_path(path, ev.prompts)
         if ev.tasks:
             parse_tasks(ev.tasks, path, lines, ("eval", "tasks"))  # every error named before anything trains
-            ev.tasks = {name: {k: spec_path(path, v) if isinstance(v, str) else v for k, v in (o or {}).items()}
-                        for name, o in ev.tasks.items()}
+            ev.tasks = {
+                name: {k: spec_path(path, v) if isinstance(v, str) else v for k, v in (o or {}).items()}
+                for name, o in ev.tasks.items()
+            }
         if ev.judge and ev.judge.type == "local":
             ev.judge.model = spec_path(path, ev.judge.model)
     spec.base = spec_path(path, spec.base)
@@ -148,7 +170,9 @@ def expand(spec: TrainSpec, where: Callable[..., dict[str, Any]] | None = None) 
     where = where or (lambda *loc: {"field": ".".join(map(str, loc))})
     for key in spec.train:
         if key not in _TRAIN_FIELDS:
-            raise InputError(f"unknown training option; known: {', '.join(sorted(_TRAIN_FIELDS))}", **where("train", key))
+            raise InputError(
+                f"unknown training option; known: {', '.join(sorted(_TRAIN_FIELDS))}", **where("train", key)
+            )
     if not spec.algorithms:
         raise InputError("list at least one algorithm", **where("algorithms"))
     runs: list[PlannedRun] = []
@@ -174,7 +198,8 @@ def expand(spec: TrainSpec, where: Callable[..., dict[str, Any]] | None = None) 
                 name = "-".join([algo] + [f"{k}{v}" for k, v in values.items()] + [f"s{seed}"])
                 try:
                     cfg = pydantic.TypeAdapter(TrainConfig).validate_python(
-                        {"algorithm": algo, "base": spec.base, "data": "", "hparams": hp, "run_name": name, **opts})
+                        {"algorithm": algo, "base": spec.base, "data": "", "hparams": hp, "run_name": name, **opts}
+                    )
                 except pydantic.ValidationError as e:
                     err = e.errors()[0]
                     key = str(err["loc"][0]) if err["loc"] else ""
@@ -187,11 +212,18 @@ def expand(spec: TrainSpec, where: Callable[..., dict[str, Any]] | None = None) 
     return runs
 
 
-def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Path | None = None, progress: bool = True,
-              log: Callable[[str], None] = lambda _: None) -> SweepResult:
+def run_sweep(
+    spec: TrainSpec,
+    runs: list[PlannedRun],
+    *,
+    results_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> SweepResult:
     """Build the data (on-policy if asked), train every run, evaluate its checkpoints, compare, plot."""
-    from evalharness.workflows.onpolicy import PairsConfig, pairs_file
     from evalharness.training.trainer import train
+    from evalharness.workflows.onpolicy import PairsConfig, pairs_file
+
     trackers.check(spec.report_to)
     for note in preflight_sweep(spec):
         log(note)
@@ -203,41 +235,87 @@ def run_sweep(spec: TrainSpec, runs: list[PlannedRun], *, results_dir: str | Pat
     data = None
     if spec.data.on_policy and offline:
         op = spec.data.on_policy
-        data = str(pairs_file(PairsConfig(model=op.model or spec.base, prompts=op.prompts, judge=op.judge, k=op.k,
-                                          temperature=op.temperature, top_p=op.top_p, max_new_tokens=op.max_new_tokens,
-                                          seed=op.seed, min_gap=op.min_gap), sweep_dir / "pairs.jsonl", log=log))
+        data = str(
+            pairs_file(
+                PairsConfig(
+                    model=op.model or spec.base,
+                    prompts=op.prompts,
+                    judge=op.judge,
+                    k=op.k,
+                    temperature=op.temperature,
+                    top_p=op.top_p,
+                    max_new_tokens=op.max_new_tokens,
+                    seed=op.seed,
+                    min_gap=op.min_gap,
+                ),
+                sweep_dir / "pairs.jsonl",
+                log=log,
+            )
+        )
     elif spec.data.path:
         data = str(spec.data.path)
     done: list[tuple[PlannedRun, TrainResult]] = []
     for run in runs:
         source = prompts if get_spec(run.config.algorithm).online else data
-        cfg = dataclasses.replace(run.config, data=str(source), output_dir=str(sweep_dir / run.name),
-                                  report_to=spec.report_to)
+        cfg = dataclasses.replace(
+            run.config, data=str(source), output_dir=str(sweep_dir / run.name), report_to=spec.report_to
+        )
         done.append((run, train(cfg, log=log)))
     result = SweepResult(sweep_dir, done, {}, [], None, [])
     if spec.eval:
         evaluate_sweep(spec, result, root, progress=progress, log=log)
-    write_json_atomic(sweep_dir / "sweep.json", {
-        "name": spec.name, "spec": spec.model_dump(), "data": data, "prompts": prompts,
-        "runs": [{"name": r.name, "grid": r.grid, "output_dir": str(t.output_dir),
-                  "checkpoints": [str(c) for c in t.checkpoints]} for r, t in done],
-        "eval_runs": {k: str(v) for k, v in result.eval_runs.items()}, "table": result.table,
-        "verdict": result.verdict, "plots": [str(p) for p in result.plots]})
+    write_json_atomic(
+        sweep_dir / "sweep.json",
+        {
+            "name": spec.name,
+            "spec": spec.model_dump(),
+            "data": data,
+            "prompts": prompts,
+            "runs": [
+                {
+                    "name": r.name,
+                    "grid": r.grid,
+                    "output_dir": str(t.output_dir),
+                    "checkpoints": [str(c) for c in t.checkpoints],
+                }
+                for r, t in done
+            ],
+            "eval_runs": {k: str(v) for k, v in result.eval_runs.items()},
+            "table": result.table,
+            "verdict": result.verdict,
+            "plots": [str(p) for p in result.plots],
+        },
+    )
     if result.eval_runs:
         from evalharness.analysis.compare import report_to_trackers
-        report_to_trackers(spec.report_to, next(iter(result.eval_runs.values())), table=result.comparison,
-                                   figures=result.plots, against="sft", group=spec.name, log=log)
+
+        report_to_trackers(
+            spec.report_to,
+            next(iter(result.eval_runs.values())),
+            table=result.comparison,
+            figures=result.plots,
+            against="sft",
+            group=spec.name,
+            log=log,
+        )
     return result
 
 
-def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress: bool = True,
-                   log: Callable[[str], None] = lambda _: None) -> None:
+def evaluate_sweep(
+    spec: TrainSpec,
+    result: SweepResult,
+    root: Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> None:
     """The base (named ``sft``) and every checkpoint through the eval tasks in one run (the reference
     loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
     from evalharness.analysis.compare import best_checkpoint, build_table, records, run_entries
     from evalharness.analysis.html_report import write_report
     from evalharness.analysis.plot import frontier
     from evalharness.pipeline.runner import ModelSpec, RunPlan, run
+
     ev = spec.eval
     assert ev is not None
     tasks, generation, options = eval_setup(spec)
@@ -245,9 +323,21 @@ def evaluate_sweep(spec: TrainSpec, result: SweepResult, root: Path, *, progress
     for planned, t in result.runs:
         cks = t.checkpoints if ev.checkpoints == "all" else t.checkpoints[-1:]
         models += [ModelSpec(f"{planned.name}@{c.name.rsplit('-', 1)[-1]}", str(c.resolve())) for c in cks]
-    res = run(RunPlan(name=f"{spec.name}-eval", models=models, tasks=tasks, backend_options=options,
-                      generation=generation, reference=spec.base, judge=ev.judge, results_dir=root, progress=progress,
-                      meta={"sweep": str(result.path)}), log=log)
+    res = run(
+        RunPlan(
+            name=f"{spec.name}-eval",
+            models=models,
+            tasks=tasks,
+            backend_options=options,
+            generation=generation,
+            reference=spec.base,
+            judge=ev.judge,
+            results_dir=root,
+            progress=progress,
+            meta={"sweep": str(result.path)},
+        ),
+        log=log,
+    )
     result.eval_runs = {m.name: res.path for m in models}
     metric = ev.reward or _reward_metric(res.scores)
     if metric is None:
@@ -265,6 +355,7 @@ def eval_setup(spec: TrainSpec) -> tuple[list[Any], Decoding, dict[str, Any]]:
     """The sweep's evaluation tasks (each with its decoding), the run's decoding and the backend options."""
     from evalharness.pipeline.evaluate import judge_tasks
     from evalharness.pipeline.runner import apply_task_generation
+
     ev = spec.eval
     assert ev is not None
     if ev.checkpoints not in ("all", "final"):
@@ -282,6 +373,7 @@ def eval_setup(spec: TrainSpec) -> tuple[list[Any], Decoding, dict[str, Any]]:
 def preflight_sweep(spec: TrainSpec) -> list[str]:
     """Check the sweep's evaluation (decoding, judge key and endpoint, data folders) before anything trains."""
     from evalharness.pipeline.preflight import preflight
+
     if spec.eval is None:
         return []
     tasks, generation, options = eval_setup(spec)
@@ -290,5 +382,13 @@ def preflight_sweep(spec: TrainSpec) -> list[str]:
 
 def _reward_metric(scores: list[Any]) -> str | None:
     """The frontier's default y axis: the first classifier reward of the run (higher or lower is better)."""
-    return next((s.metric for s in scores if s.task not in ("kl",) and s.metric not in ("length", "kl", "kl_k3")
-                 and s.extra.get("judge_desc") is not None), None)
+    return next(
+        (
+            s.metric
+            for s in scores
+            if s.task not in ("kl",)
+            and s.metric not in ("length", "kl", "kl_k3")
+            and s.extra.get("judge_desc") is not None
+        ),
+        None,
+    )

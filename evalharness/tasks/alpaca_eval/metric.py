@@ -45,10 +45,13 @@ LC_FEATURES = ("np.tanh(std_delta_len)", "instruction_difficulty", "not_gamed_ba
 LC_LAMBDA = 0.2  # regularize_to_baseline_lambda; gamed rows weigh LC_LAMBDA / 2 (two gamed baselines)
 LC_N_SPLITS, LC_SEED, LC_CS = 5, 123, np.logspace(-4, 4, 10)  # GroupKFold, liblinear seed, LogisticRegressionCV grid
 HF_DATASET = "tatsu-lab/alpaca_eval"  # home of the GLM's side files (pinned in evalharness.tasks.benchdata)
-LC_SUPPORT_FILES = {"df_gamed.csv": "alpaca_eval/lc/df_gamed",
-                    "instruction_difficulty.csv": "alpaca_eval/lc/instruction_difficulty"}
-_SKLEARN_L1 = ({"l1_ratio": 1.0} if tuple(map(int, re.findall(r"\d+", sklearn.__version__)[:2])) >= (1, 8)
-               else {"penalty": "l1"})  # `penalty` is deprecated from 1.8
+LC_SUPPORT_FILES = {
+    "df_gamed.csv": "alpaca_eval/lc/df_gamed",
+    "instruction_difficulty.csv": "alpaca_eval/lc/instruction_difficulty",
+}
+_SKLEARN_L1 = (
+    {"l1_ratio": 1.0} if tuple(map(int, re.findall(r"\d+", sklearn.__version__)[:2])) >= (1, 8) else {"penalty": "l1"}
+)  # `penalty` is deprecated from 1.8
 
 
 # ---------------------------------------------------------------- loading and checking input
@@ -77,8 +80,10 @@ def load_annotations(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     records = []
     for i, (line, rec) in enumerate(_read_json_records(path)):
+
         def bad(msg: str, field: str | None = None) -> InputError:
-            return InputError(f"record {i}: {msg}", path=str(path), line=line, field=field)
+            return InputError(f"record {i}: {msg}", path=str(path), line=line, field=field)  # noqa: B023  (called within its iteration)
+
         if not isinstance(rec, dict):
             raise bad(f"expected an object, got {type(rec).__name__}")
         for key in ("instruction", "output_1", "output_2"):
@@ -100,8 +105,9 @@ def load_annotations(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def check_against_eval_set(outputs: Sequence[Mapping[str, Any]], eval_set: Sequence[Mapping[str, Any]],
-                           *, path: str | None = None) -> list[dict[str, Any]]:
+def check_against_eval_set(
+    outputs: Sequence[Mapping[str, Any]], eval_set: Sequence[Mapping[str, Any]], *, path: str | None = None
+) -> list[dict[str, Any]]:
     """Check ``outputs`` cover the eval set's instructions exactly once each; return them in eval-set order.
 
     Unknown, duplicated or missing instructions are an InputError, never a silent drop (the official
@@ -114,16 +120,21 @@ def check_against_eval_set(outputs: Sequence[Mapping[str, Any]], eval_set: Seque
     for i, rec in enumerate(outputs):
         ins = rec.get("instruction")
         if not isinstance(ins, str) or ins not in order:
-            raise InputError(f"record {i}: instruction not in the eval set: {str(ins)[:80]!r}",
-                             path=path, field="instruction")
+            raise InputError(
+                f"record {i}: instruction not in the eval set: {str(ins)[:80]!r}", path=path, field="instruction"
+            )
         if ins in seen:
-            raise InputError(f"record {i}: duplicate instruction (also record {seen[ins]})",
-                             path=path, field="instruction")
+            raise InputError(
+                f"record {i}: duplicate instruction (also record {seen[ins]})", path=path, field="instruction"
+            )
         seen[ins] = i
     missing = [ins for ins in order if ins not in seen]
     if missing:
-        raise InputError(f"{len(missing)} of {len(order)} eval-set instructions have no record, "
-                         f"e.g. {missing[0][:80]!r}", path=path, field="instruction")
+        raise InputError(
+            f"{len(missing)} of {len(order)} eval-set instructions have no record, e.g. {missing[0][:80]!r}",
+            path=path,
+            field="instruction",
+        )
     return [dict(r) for r in sorted(outputs, key=lambda r: order[r["instruction"]])]
 
 
@@ -173,17 +184,22 @@ def unswap_preference(preference: float | None, swapped: bool) -> float | None:
     return None if preference is None else (3 - preference if swapped else preference)
 
 
-def verdict_from_completion(item_id: str, instruction: str, raw_completion: Any, *,
-                            seed: int = SWAP_SEED) -> Verdict:
+def verdict_from_completion(item_id: str, instruction: str, raw_completion: Any, *, seed: int = SWAP_SEED) -> Verdict:
     """One judgment as a Verdict: value in baseline/model order, ``order`` BA when the swap applied.
 
     The official never asks the judge about identical outputs: it records 1.5; callers do the same.
     """
     swapped = is_swapped(instruction, seed)
     p = unswap_preference(preference_from_completion(raw_completion), swapped)
-    return Verdict(item_id=item_id, judge_id=ANNOTATOR, judge_version=JUDGE_MODEL,
-                   status="ok" if p is not None else "unparsed", value=p, raw=raw_completion,
-                   order="BA" if swapped else "AB")
+    return Verdict(
+        item_id=item_id,
+        judge_id=ANNOTATOR,
+        judge_version=JUDGE_MODEL,
+        status="ok" if p is not None else "unparsed",
+        value=p,
+        raw=raw_completion,
+        order="BA" if swapped else "AB",
+    )
 
 
 def _evaluators_dir(config_dir: str | Path | None) -> Path:
@@ -201,8 +217,9 @@ def judge_config(config_dir: str | Path | None = None) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text(encoding="utf-8"))[ANNOTATOR])
 
 
-def render_judge_prompt(instruction: str, output_1: str, output_2: str, *,
-                        config_dir: str | Path | None = None) -> list[dict[str, str]]:
+def render_judge_prompt(
+    instruction: str, output_1: str, output_2: str, *, config_dir: str | Path | None = None
+) -> list[dict[str, str]]:
     """The chat messages the official judge sends for this pair, in the order given.
 
     The template is read from the installed alpaca-eval package (or ``config_dir``). Each placeholder
@@ -295,10 +312,12 @@ def load_lc_support(directory: str | Path) -> LCSupport:
     """Read df_gamed.csv (required) and instruction_difficulty.csv (optional) from ``directory``."""
     path = Path(directory) / "df_gamed.csv"
     if not path.is_file():
-        raise InputError(f"missing: download df_gamed.csv and instruction_difficulty.csv from the HF dataset "
-                         f"{HF_DATASET} into {path.parent}, or set the alpaca_eval task's lc_support_dir "
-                         "(`evalharness metrics alpaca-eval --lc-support-dir`) to a folder that holds them",
-                         path=str(path))
+        raise InputError(
+            f"missing: download df_gamed.csv and instruction_difficulty.csv from the HF dataset "
+            f"{HF_DATASET} into {path.parent}, or set the alpaca_eval task's lc_support_dir "
+            "(`evalharness metrics alpaca-eval --lc-support-dir`) to a folder that holds them",
+            path=str(path),
+        )
     df = pd.read_csv(path)
     for col in ("index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline"):
         if col not in df.columns:
@@ -307,11 +326,18 @@ def load_lc_support(directory: str | Path) -> LCSupport:
         raise InputError("expected True/False values", path=str(path), field="not_gamed_baseline")
     first = df.drop_duplicates("index")["instruction_difficulty"]
     diff_path = Path(directory) / "instruction_difficulty.csv"
-    difficulty_csv = (pd.read_csv(diff_path, index_col=0).squeeze("columns").to_numpy(float)
-                      if diff_path.is_file() else None)
-    return LCSupport(df["preference"].to_numpy(float), df["std_delta_len"].to_numpy(float),
-                     df["instruction_difficulty"].to_numpy(float), df["not_gamed_baseline"].to_numpy(bool),
-                     df["index"].to_numpy(int), dict(zip(first.index.tolist(), first.tolist())), difficulty_csv)
+    difficulty_csv = (
+        pd.read_csv(diff_path, index_col=0).squeeze("columns").to_numpy(float) if diff_path.is_file() else None
+    )
+    return LCSupport(
+        df["preference"].to_numpy(float),
+        df["std_delta_len"].to_numpy(float),
+        df["instruction_difficulty"].to_numpy(float),
+        df["not_gamed_baseline"].to_numpy(bool),
+        df["index"].to_numpy(int),
+        dict(zip(first.index.tolist(), first.tolist())),
+        difficulty_csv,
+    )
 
 
 def fetch_lc_support_files(local_dir: str | Path | None = None) -> Path:
@@ -324,8 +350,9 @@ def fetch_lc_support_files(local_dir: str | Path | None = None) -> Path:
 
 
 def _liblinear_l1(X: np.ndarray, y: np.ndarray, sw: np.ndarray, C: float, seed: Any) -> np.ndarray:
-    model = LogisticRegression(C=C, solver="liblinear", fit_intercept=False, tol=1e-4, max_iter=100,
-                               random_state=seed, **_SKLEARN_L1)
+    model = LogisticRegression(
+        C=C, solver="liblinear", fit_intercept=False, tol=1e-4, max_iter=100, random_state=seed, **_SKLEARN_L1
+    )
     return model.fit(X, y, sample_weight=sw).coef_[0]
 
 
@@ -356,8 +383,9 @@ def _design(std_delta_len: np.ndarray, difficulty: np.ndarray, not_gamed: np.nda
     return np.column_stack([np.tanh(std_delta_len), difficulty, not_gamed.astype(float)])
 
 
-def _lc_fit(rows: Sequence[Mapping[str, Any]], support: LCSupport, positions: np.ndarray,
-            gamed_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lc_fit(
+    rows: Sequence[Mapping[str, Any]], support: LCSupport, positions: np.ndarray, gamed_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(GLM weights, predicted preferences at zero length difference) for annotation rows at ``positions``."""
     delta = np.array([len(rows[g]["output_1"]) - len(rows[g]["output_2"]) for g in positions], float)
     if not delta.std(ddof=1) > 0:
@@ -370,8 +398,12 @@ def _lc_fit(rows: Sequence[Mapping[str, Any]], support: LCSupport, positions: np
         raise ValueError(f"df_gamed.csv has no instruction difficulty for annotation row {e}") from None
     ones = np.ones(len(positions), bool)
     s = support
-    X = np.vstack([_design(s.gamed_std_delta_len[gamed_rows], s.gamed_difficulty[gamed_rows],
-                           s.gamed_not_gamed[gamed_rows]), _design(delta / delta.std(ddof=1), diff, ones)])
+    X = np.vstack(
+        [
+            _design(s.gamed_std_delta_len[gamed_rows], s.gamed_difficulty[gamed_rows], s.gamed_not_gamed[gamed_rows]),
+            _design(delta / delta.std(ddof=1), diff, ones),
+        ]
+    )
     p = np.r_[s.gamed_preference[gamed_rows], pref]
     not_gamed = np.r_[s.gamed_not_gamed[gamed_rows], ones]
     w = np.where(not_gamed, 1.0, LC_LAMBDA / 2)
@@ -402,13 +434,16 @@ def length_controlled_winrate(annotations: Sequence[Mapping[str, Any]], support:
         positions = np.arange(len(annotations))
         coef, pred = _lc_fit(annotations, support, positions, np.arange(len(support.gamed_preference)))
     pred = pred[~np.isnan(pred)]
-    return {"length_controlled_winrate": float(pred.mean() * 100),
-            "lc_standard_error": float(pred.std(ddof=1) / math.sqrt(pred.size) * 100) if pred.size > 1 else None,
-            "lc_weights": dict(zip(LC_FEATURES, coef.tolist()))}
+    return {
+        "length_controlled_winrate": float(pred.mean() * 100),
+        "lc_standard_error": float(pred.std(ddof=1) / math.sqrt(pred.size) * 100) if pred.size > 1 else None,
+        "lc_weights": dict(zip(LC_FEATURES, coef.tolist())),
+    }
 
 
-def predict_lc_winrate(weights: Mapping[str, float], baseline_weights: Mapping[str, float],
-                       instruction_difficulty: Sequence[float]) -> float:
+def predict_lc_winrate(
+    weights: Mapping[str, float], baseline_weights: Mapping[str, float], instruction_difficulty: Sequence[float]
+) -> float:
     """LC win rate (percent) of one model against another from fitted GLM weights (glm_winrate.predict_winrate).
 
     100 mean sigmoid(dc + db d) over instruction_difficulty.csv, with d* the weight differences. The
@@ -419,8 +454,14 @@ def predict_lc_winrate(weights: Mapping[str, float], baseline_weights: Mapping[s
     return float(expit(delta[LC_FEATURES[2]] + delta[LC_FEATURES[1]] * d).mean() * 100)
 
 
-def lc_winrate_bootstrap_ci(annotations: Sequence[Mapping[str, Any]], support: LCSupport, *,
-                            rounds: int = 100, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def lc_winrate_bootstrap_ci(
+    annotations: Sequence[Mapping[str, Any]],
+    support: LCSupport,
+    *,
+    rounds: int = 100,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the LC win rate; not part of the official tool.
 
     Each round resamples instructions with replacement (their annotation rows and the gamed rows of
@@ -428,8 +469,13 @@ def lc_winrate_bootstrap_ci(annotations: Sequence[Mapping[str, Any]], support: L
     """
     if _is_baseline(annotations):
         return 50.0, 50.0
-    return stats.bootstrap_ci(np.arange(len(annotations)), lambda pos: lc_winrate_resampled(annotations, support, pos),
-                              rounds=rounds, level=level, seed=seed)
+    return stats.bootstrap_ci(
+        np.arange(len(annotations)),
+        lambda pos: lc_winrate_resampled(annotations, support, pos),
+        rounds=rounds,
+        level=level,
+        seed=seed,
+    )
 
 
 def lc_winrate_resampled(annotations: Sequence[Mapping[str, Any]], support: LCSupport, positions: np.ndarray) -> float:
@@ -445,9 +491,14 @@ def lc_winrate_resampled(annotations: Sequence[Mapping[str, Any]], support: LCSu
 
 
 # ---------------------------------------------------------------- entry points
-def metrics_from_annotations(annotations: Sequence[Mapping[str, Any]], *,
-                             model_outputs: Sequence[str] | None = None, lc_support: LCSupport | None = None,
-                             lc_bootstrap_rounds: int = 0, seed: int = 0) -> dict[str, Any]:
+def metrics_from_annotations(
+    annotations: Sequence[Mapping[str, Any]],
+    *,
+    model_outputs: Sequence[str] | None = None,
+    lc_support: LCSupport | None = None,
+    lc_bootstrap_rounds: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Leaderboard columns of one model's annotations, plus ``n_skipped``.
 
     LC columns need ``lc_support``; ``lc_bootstrap_rounds`` > 0 adds ``lc_ci_low``/``lc_ci_high``.
@@ -455,21 +506,28 @@ def metrics_from_annotations(annotations: Sequence[Mapping[str, Any]], *,
     """
     out = winrate_metrics([r["preference"] for r in annotations])
     n_skipped = out.pop("n_skipped")
-    out["avg_length"] = avg_length(list(model_outputs) if model_outputs is not None
-                                   else [r["output_2"] for r in annotations])
+    out["avg_length"] = avg_length(
+        list(model_outputs) if model_outputs is not None else [r["output_2"] for r in annotations]
+    )
     if lc_support is not None:
         out.update(length_controlled_winrate(annotations, lc_support))
         if lc_bootstrap_rounds > 0:
             out["lc_ci_low"], out["lc_ci_high"] = lc_winrate_bootstrap_ci(
-                annotations, lc_support, rounds=lc_bootstrap_rounds, seed=seed)
+                annotations, lc_support, rounds=lc_bootstrap_rounds, seed=seed
+            )
     out["n_skipped"] = n_skipped
     return out
 
 
-def metrics_from_annotations_file(path: str | Path, *, model: str | None = None,
-                                  lc_support_dir: str | Path | None = None,
-                                  eval_set: str | Path | None = None, model_outputs: str | Path | None = None,
-                                  lc_bootstrap_rounds: int = 0) -> dict[str, Any]:
+def metrics_from_annotations_file(
+    path: str | Path,
+    *,
+    model: str | None = None,
+    lc_support_dir: str | Path | None = None,
+    eval_set: str | Path | None = None,
+    model_outputs: str | Path | None = None,
+    lc_bootstrap_rounds: int = 0,
+) -> dict[str, Any]:
     """AlpacaEval 2 metrics of an annotations file: what ``evalharness metrics alpaca-eval FILE`` prints.
 
     ``model`` selects rows by ``generator_2`` when the file holds several models, and otherwise only
@@ -481,8 +539,7 @@ def metrics_from_annotations_file(path: str | Path, *, model: str | None = None,
     models = sorted({r["generator_2"] for r in rows if "generator_2" in r})
     if len(models) > 1:
         if model is None:
-            raise InputError(f"annotations of several models {models}: choose one", path=str(path),
-                             field="generator_2")
+            raise InputError(f"annotations of several models {models}: choose one", path=str(path), field="generator_2")
         rows = [r for r in rows if r.get("generator_2") == model]
         if not rows:
             raise InputError(f"no rows for model {model!r}; present: {models}", path=str(path), field="generator_2")
@@ -494,15 +551,22 @@ def metrics_from_annotations_file(path: str | Path, *, model: str | None = None,
         rows = check_against_eval_set(rows, items, path=str(path))
     outputs = None
     if model_outputs is not None:
-        items = check_against_eval_set([r for _, r in _read_json_records(Path(model_outputs))], rows,
-                                       path=str(model_outputs))
+        items = check_against_eval_set(
+            [r for _, r in _read_json_records(Path(model_outputs))], rows, path=str(model_outputs)
+        )
         outputs = [str(r.get("output", "")) for r in items]
     support = load_lc_support(lc_support_dir) if lc_support_dir is not None else None
-    head = {"model": model or (models[0] if models else "model"),
-            "reference_model": rows[0].get("generator_1", BASELINE) if rows else BASELINE,
-            "annotator": rows[0].get("annotator", ANNOTATOR) if rows else ANNOTATOR}
-    return {**head, **metrics_from_annotations(rows, model_outputs=outputs, lc_support=support,
-                                               lc_bootstrap_rounds=lc_bootstrap_rounds)}
+    head = {
+        "model": model or (models[0] if models else "model"),
+        "reference_model": rows[0].get("generator_1", BASELINE) if rows else BASELINE,
+        "annotator": rows[0].get("annotator", ANNOTATOR) if rows else ANNOTATOR,
+    }
+    return {
+        **head,
+        **metrics_from_annotations(
+            rows, model_outputs=outputs, lc_support=support, lc_bootstrap_rounds=lc_bootstrap_rounds
+        ),
+    }
 
 
 def to_scores(metrics: Mapping[str, Any], model: str) -> list[Score]:
@@ -511,18 +575,40 @@ def to_scores(metrics: Mapping[str, Any], model: str) -> list[Score]:
     The official lc_standard_error is not a sampling error, so it goes to ``extra``, not ``stderr``;
     ``lc_ci_low``/``lc_ci_high`` (from :func:`lc_winrate_bootstrap_ci`) become the LC score's CI.
     """
-    keys = dict(task="alpaca_eval", task_version="2", model=model,
-                judge_id=metrics.get("annotator", ANNOTATOR), judge_version=JUDGE_MODEL,
-                baseline=metrics.get("reference_model", BASELINE))
+    keys = {
+        "task": "alpaca_eval",
+        "task_version": "2",
+        "model": model,
+        "judge_id": metrics.get("annotator", ANNOTATOR),
+        "judge_version": JUDGE_MODEL,
+        "baseline": metrics.get("reference_model", BASELINE),
+    }
     n, skipped = metrics["n_total"], metrics.get("n_skipped", 0)
     counts = {k: metrics[k] for k in ("n_wins", "n_wins_base", "n_draws", "avg_length")}
-    scores = [Score(metric="win_rate", value=metrics["win_rate"], n=n, n_skipped=skipped,
-                    stderr=metrics["standard_error"], extra=counts, **keys),
-              Score(metric="discrete_win_rate", value=metrics["discrete_win_rate"], n=n, n_skipped=skipped, **keys)]
+    scores = [
+        Score(
+            metric="win_rate",
+            value=metrics["win_rate"],
+            n=n,
+            n_skipped=skipped,
+            stderr=metrics["standard_error"],
+            extra=counts,
+            **keys,
+        ),
+        Score(metric="discrete_win_rate", value=metrics["discrete_win_rate"], n=n, n_skipped=skipped, **keys),
+    ]
     if "length_controlled_winrate" in metrics:
-        scores.append(Score(metric="length_controlled_winrate", value=metrics["length_controlled_winrate"],
-                            n=n, n_skipped=skipped, ci_low=metrics.get("lc_ci_low"), ci_high=metrics.get("lc_ci_high"),
-                            extra={"lc_standard_error": metrics.get("lc_standard_error"),
-                                   "lc_weights": metrics.get("lc_weights")}, **keys))
+        scores.append(
+            Score(
+                metric="length_controlled_winrate",
+                value=metrics["length_controlled_winrate"],
+                n=n,
+                n_skipped=skipped,
+                ci_low=metrics.get("lc_ci_low"),
+                ci_high=metrics.get("lc_ci_high"),
+                extra={"lc_standard_error": metrics.get("lc_standard_error"), "lc_weights": metrics.get("lc_weights")},
+                **keys,
+            )
+        )
     scores.append(Score(metric="avg_length", value=float(metrics["avg_length"]), n=n + skipped, **keys))
     return scores

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from evalharness.tasks import benchdata
 from evalharness.backends.http import ChatRequest, ChatResult
 from evalharness.core.errors import EvalHarnessError, InputError
-from evalharness.tasks.alpaca_eval import metric as ae
 from evalharness.core.records import GenRequest, Score, Verdict
 from evalharness.store import write_json_atomic
+from evalharness.tasks import benchdata
+from evalharness.tasks.alpaca_eval import metric as ae
 from evalharness.tasks.base import ModelRecords, Pending, Session, Task, file_name, stored_answers
 
 TASK = "alpaca_eval"
@@ -56,16 +56,23 @@ class AlpacaEvalTask(Task):
     def setup(self) -> None:
         cfg = self.cfg
         self.items, full_set = load_items(cfg)
-        self.imported = (imported_outputs(Path(cfg.model_outputs), self.items, full_set)
-                         if cfg.model_outputs is not None else None)
+        self.imported = (
+            imported_outputs(Path(cfg.model_outputs), self.items, full_set) if cfg.model_outputs is not None else None
+        )
         self.template = template_version(cfg)
         # A subset is another benchmark: its scores must not share a table column with full runs.
         version = cfg.task_version if len(self.items) == len(full_set) else f"{cfg.task_version}/first{len(self.items)}"
         if cfg.eval_set:  # never in one column with the official eval set
             version += "/custom:" + hashlib.sha256(Path(cfg.eval_set).read_bytes()).hexdigest()[:8]
         self.task_version = version
-        self._requests = [GenRequest(id=_key(it["instruction"]), params=self.generation.params(),
-                                     messages=[{"role": "user", "content": it["instruction"]}]) for it in self.items]
+        self._requests = [
+            GenRequest(
+                id=_key(it["instruction"]),
+                params=self.generation.params(),
+                messages=[{"role": "user", "content": it["instruction"]}],
+            )
+            for it in self.items
+        ]
 
     def requests(self, session: Session) -> list[GenRequest]:
         return [] if self.imported is not None else self._requests
@@ -86,13 +93,26 @@ class AlpacaEvalTask(Task):
             ins, swapped = it["instruction"], ae.is_swapped(it["instruction"], cfg.swap_seed)
             shown = (output, it["baseline"]) if swapped else (it["baseline"], output)
             messages = ae.render_judge_prompt(ins, *shown, config_dir=cfg.judge_config_dir)
-            digest = hashlib.sha256(json.dumps([self.env.judge_name, messages, cfg.judge_temperature,
-                                                cfg.judge_max_tokens, cfg.judge_top_logprobs]).encode()).hexdigest()[:12]
+            digest = hashlib.sha256(
+                json.dumps(
+                    [self.env.judge_name, messages, cfg.judge_temperature, cfg.judge_max_tokens, cfg.judge_top_logprobs]
+                ).encode()
+            ).hexdigest()[:12]
             key = f"{_key(ins)}/{digest}"  # a changed output, template or judge is judged anew
-            request = None if output == it["baseline"] else ChatRequest(
-                id=key, messages=messages, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens,
-                logprobs=True, top_logprobs=cfg.judge_top_logprobs, template_version=self.template,
-                choices=("m", "M"))
+            request = (
+                None
+                if output == it["baseline"]
+                else ChatRequest(
+                    id=key,
+                    messages=messages,
+                    temperature=cfg.judge_temperature,
+                    max_tokens=cfg.judge_max_tokens,
+                    logprobs=True,
+                    top_logprobs=cfg.judge_top_logprobs,
+                    template_version=self.template,
+                    choices=("m", "M"),
+                )
+            )
             out.append(Pending(key, _key(ins), (ins, request)))
         return out
 
@@ -102,9 +122,16 @@ class AlpacaEvalTask(Task):
         for p in pending:
             ins, request = p.payload
             if request is None:  # the official records a tie without asking the judge
-                done[p.key] = Verdict(p.item_id, self.env.judge_name, version, "ok", 1.5, key=p.key,
-                                      order="BA" if ae.is_swapped(ins, self.cfg.swap_seed) else "AB",
-                                      meta={"identical_outputs": True})
+                done[p.key] = Verdict(
+                    p.item_id,
+                    self.env.judge_name,
+                    version,
+                    "ok",
+                    1.5,
+                    key=p.key,
+                    order="BA" if ae.is_swapped(ins, self.cfg.swap_seed) else "AB",
+                    meta={"identical_outputs": True},
+                )
         asked = [Pending(p.key, p.item_id, p.payload[1]) for p in pending if p.key not in done]
         instruction = {p.key: p.payload[0] for p in pending}
 
@@ -122,8 +149,9 @@ class AlpacaEvalTask(Task):
 
     def _judge_version(self) -> str:
         cfg = self.cfg
-        return self.judge_version(self.template, cfg.judge_temperature, cfg.judge_max_tokens, cfg.judge_top_logprobs,
-                                  cfg.swap_seed)
+        return self.judge_version(
+            self.template, cfg.judge_temperature, cfg.judge_max_tokens, cfg.judge_top_logprobs, cfg.swap_seed
+        )
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         """Official-format annotations and outputs for this model, then the official metric functions on them."""
@@ -133,9 +161,18 @@ class AlpacaEvalTask(Task):
         # Under the task's own name: two AlpacaEval-style tasks of one run (a custom set, a temperature sweep's
         # summarize@t0.5 and @t1) must not overwrite each other's files; the official task's folder is alpaca_eval/.
         folder = self.env.out_dir / file_name(self.name) / file_name(session.name)
-        write_json_atomic(folder / "model_outputs.json",
-                          [{"dataset": it["dataset"], "instruction": it["instruction"], "output": out or "",
-                            "generator": session.name} for it, out in zip(self.items, outputs)])
+        write_json_atomic(
+            folder / "model_outputs.json",
+            [
+                {
+                    "dataset": it["dataset"],
+                    "instruction": it["instruction"],
+                    "output": out or "",
+                    "generator": session.name,
+                }
+                for it, out in zip(self.items, outputs)
+            ],
+        )
         if self.env.judge is None:
             self.env.log(f"{TASK}: no judge: outputs written to {folder / 'model_outputs.json'}, nothing scored")
             return []
@@ -143,56 +180,87 @@ class AlpacaEvalTask(Task):
         for it, out in zip(self.items, outputs):
             v = by_key.get(keys.get(_key(it["instruction"]), ""))
             judged.append(v)
-            annotations.append({"instruction": it["instruction"], "dataset": it["dataset"],
-                                "output_1": it["baseline"], "generator_1": it["generator"],
-                                "output_2": out or "", "generator_2": session.name, "annotator": ae.ANNOTATOR,
-                                "preference": v.value if v is not None else None,
-                                "raw_completion": v.raw if v is not None else None})
+            annotations.append(
+                {
+                    "instruction": it["instruction"],
+                    "dataset": it["dataset"],
+                    "output_1": it["baseline"],
+                    "generator_1": it["generator"],
+                    "output_2": out or "",
+                    "generator_2": session.name,
+                    "annotator": ae.ANNOTATOR,
+                    "preference": v.value if v is not None else None,
+                    "raw_completion": v.raw if v is not None else None,
+                }
+            )
         write_json_atomic(folder / "annotations.json", annotations)
-        metrics = {**ae.metrics_from_annotations(annotations, model_outputs=[o or "" for o in outputs]),
-                   "reference_model": self.items[0]["generator"], "annotator": ae.ANNOTATOR}
+        metrics = {
+            **ae.metrics_from_annotations(annotations, model_outputs=[o or "" for o in outputs]),
+            "reference_model": self.items[0]["generator"],
+            "annotator": ae.ANNOTATOR,
+        }
         lc_reason = _add_lc(self.cfg, metrics, annotations)
-        counts = {"n_unparsed": sum(v is not None and v.status == "unparsed" for v in judged),
-                  "n_error": sum(v is not None and v.status == "error" for v in judged),
-                  "n_not_generated": sum(o is None for o in outputs)}
-        keys_ = dict(task=self.name, task_version=self.task_version, judge_id=self.env.judge_name,
-                     judge_version=self._judge_version(), baseline=self.items[0]["generator"],
-                     decoding=self.generation.decoding(n=1), higher_is_better=True)
-        scores = [replace(s, **keys_, extra={**s.extra, **counts})
-                  for s in ae.to_scores(metrics, session.name)]
+        counts = {
+            "n_unparsed": sum(v is not None and v.status == "unparsed" for v in judged),
+            "n_error": sum(v is not None and v.status == "error" for v in judged),
+            "n_not_generated": sum(o is None for o in outputs),
+        }
+        keys_ = {
+            "task": self.name,
+            "task_version": self.task_version,
+            "judge_id": self.env.judge_name,
+            "judge_version": self._judge_version(),
+            "baseline": self.items[0]["generator"],
+            "decoding": self.generation.decoding(n=1),
+            "higher_is_better": True,
+        }
+        scores = [replace(s, **keys_, extra={**s.extra, **counts}) for s in ae.to_scores(metrics, session.name)]
         for s in scores:
             if s.metric == "avg_length":
                 s.higher_is_better = None
         if lc_reason is not None:
             self.env.log(f"{TASK}: {lc_reason}")
             win = scores[0]
-            scores.insert(2, replace(win, metric="length_controlled_winrate", value=None, stderr=None,
-                                     extra={**counts, "unavailable": lc_reason}))
+            scores.insert(
+                2,
+                replace(
+                    win,
+                    metric="length_controlled_winrate",
+                    value=None,
+                    stderr=None,
+                    extra={**counts, "unavailable": lc_reason},
+                ),
+            )
         return scores
 
 
 def annotations_of(records: ModelRecords) -> list[dict[str, Any]]:
     """A model's official-format annotations in a run folder (runs before schema 2 kept one model's at the top)."""
-    for path in (records.folder / file_name(records.task or TASK) / file_name(records.model) / "annotations.json",
-                 records.folder / TASK / "annotations.json"):
+    for path in (
+        records.folder / file_name(records.task or TASK) / file_name(records.model) / "annotations.json",
+        records.folder / TASK / "annotations.json",
+    ):
         if path.is_file():
             return list(json.loads(path.read_text(encoding="utf-8")))
     raise EvalHarnessError(f"run {records.folder.name} has no AlpacaEval annotations for {records.model}")
 
 
-def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None = None, seed: int = 0,
-           **_: Any) -> Any:
+def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None = None, seed: int = 0, **_: Any) -> Any:
     """Win rate: per-instruction preference difference (paired t); discrete win rate: exact McNemar; LC:
     paired bootstrap over instructions with the GLM refit each round; avg_length: per-instruction lengths."""
     from evalharness.tasks import paired as pr
+
     ra, rb = annotations_of(a), annotations_of(b)
     if metric == "win_rate":
         return pr.alpaca_winrate_paired(ra, rb)
     if metric == "discrete_win_rate":
         return pr.alpaca_discrete_paired(ra, rb)
     if metric == "avg_length":
-        return pr.paired_t({r["instruction"]: float(len(r["output_2"])) for r in ra},
-                           {r["instruction"]: float(len(r["output_2"])) for r in rb}, method="paired t over lengths")
+        return pr.paired_t(
+            {r["instruction"]: float(len(r["output_2"])) for r in ra},
+            {r["instruction"]: float(len(r["output_2"])) for r in rb},
+            method="paired t over lengths",
+        )
     if metric == "length_controlled_winrate":
         cfg = Config(**{k: v for k, v in a.config.items() if k in Config.__dataclass_fields__})
         support = ae.load_lc_support(_lc_support_dir(cfg))
@@ -207,8 +275,11 @@ TASK_CLASS = AlpacaEvalTask
 def _records(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     try:
-        rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
-                else json.loads(text))
+        rows = (
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+            if path.suffix == ".jsonl"
+            else json.loads(text)
+        )
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -219,16 +290,29 @@ def _records(path: Path) -> list[dict[str, Any]]:
 def load_items(cfg: Config) -> tuple[list[dict[str, Any]], set[str]]:
     """The first ``limit`` eval-set items (instruction, dataset, baseline output, baseline generator) in
     eval-set order, and the full eval set's instructions. The baseline must cover the eval set exactly."""
-    eval_set = _records(Path(cfg.eval_set) if cfg.eval_set else benchdata.fetch("alpaca_eval/eval_set", local_dir=cfg.data_dir))
+    eval_set = _records(
+        Path(cfg.eval_set) if cfg.eval_set else benchdata.fetch("alpaca_eval/eval_set", local_dir=cfg.data_dir)
+    )
     stored = stored_answers(cfg.baseline, f"{TASK}/{{model}}/model_outputs.json")
-    path = (stored[0] if stored else Path(cfg.baseline) if cfg.baseline.endswith((".json", ".jsonl"))
-            else benchdata.fetch(f"alpaca_eval/outputs/{cfg.baseline}", local_dir=cfg.data_dir))
+    path = (
+        stored[0]
+        if stored
+        else Path(cfg.baseline)
+        if cfg.baseline.endswith((".json", ".jsonl"))
+        else benchdata.fetch(f"alpaca_eval/outputs/{cfg.baseline}", local_dir=cfg.data_dir)
+    )
     baseline = ae.check_against_eval_set(_records(path), eval_set, path=str(path))
     if cfg.limit is not None and cfg.limit < 1:
         raise InputError("must be at least 1 (or null for the whole eval set)", field="limit")
-    items = [{"instruction": e["instruction"], "dataset": e.get("dataset", ""), "baseline": str(b["output"]),
-              "generator": str(b.get("generator", cfg.baseline))}
-             for e, b in list(zip(eval_set, baseline))[:cfg.limit]]
+    items = [
+        {
+            "instruction": e["instruction"],
+            "dataset": e.get("dataset", ""),
+            "baseline": str(b["output"]),
+            "generator": str(b.get("generator", cfg.baseline)),
+        }
+        for e, b in list(zip(eval_set, baseline))[: cfg.limit]
+    ]
     return items, {e["instruction"] for e in eval_set}
 
 
@@ -265,12 +349,19 @@ def raw_completion(result: ChatResult) -> dict[str, Any]:
         content = [{"top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}]
     elif result.top_logprobs is not None:
         sampled = result.token_logprobs or [None] * len(result.top_logprobs)
-        content = [{**({"token": s[0], "logprob": s[1]} if s else {}),
-                    "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}
-                   for s, alts in zip(sampled, result.top_logprobs)]
-    return {"finish_reason": result.finish_reason, "index": 0,
-            "message": {"role": "assistant", "content": result.text},
-            "logprobs": None if content is None else {"content": content}}
+        content = [
+            {
+                **({"token": s[0], "logprob": s[1]} if s else {}),
+                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts],
+            }
+            for s, alts in zip(sampled, result.top_logprobs)
+        ]
+    return {
+        "finish_reason": result.finish_reason,
+        "index": 0,
+        "message": {"role": "assistant", "content": result.text},
+        "logprobs": None if content is None else {"content": content},
+    }
 
 
 # ------------------------------------------------------------------ length control
@@ -288,7 +379,8 @@ def _add_lc(cfg: Config, metrics: dict[str, Any], annotations: list[dict[str, An
         metrics.update(ae.length_controlled_winrate(annotations, support))
         if cfg.lc_bootstrap_rounds > 0:
             metrics["lc_ci_low"], metrics["lc_ci_high"] = ae.lc_winrate_bootstrap_ci(
-                annotations, support, rounds=cfg.lc_bootstrap_rounds)
+                annotations, support, rounds=cfg.lc_bootstrap_rounds
+            )
     except (EvalHarnessError, ValueError, OSError) as e:
         return f"length-controlled win rate unavailable: {e}"
     return None

@@ -33,11 +33,21 @@ OFFICIAL_SEED = 42  # show_result.py: np.random.seed(42) before the bootstrap
 DECISIVE_WEIGHT = 3  # show_result.py --weight: one A>>B game counts as three battles
 LABEL_PATTERN = r"\[\[([AB<>=]+)\]\]"  # judge_config.yaml regex_pattern
 # Label -> (score of assistant A, decisive). The aliases are those v2 show_result's label_to_score accepts.
-LABELS = {"A>>B": (1.0, True), "A>B": (1.0, False), "A=B": (0.5, False), "B>A": (0.0, False),
-           "B>>A": (0.0, True), "B<<A": (1.0, True), "B<A": (1.0, False), "B=A": (0.5, False),
-           "A<B": (0.0, False), "A<<B": (0.0, True)}
-_CANONICAL = {label: next(c for c in ("A>>B", "A>B", "A=B", "B>A", "B>>A") if LABELS[c] == v)
-              for label, v in LABELS.items()}
+LABELS = {
+    "A>>B": (1.0, True),
+    "A>B": (1.0, False),
+    "A=B": (0.5, False),
+    "B>A": (0.0, False),
+    "B>>A": (0.0, True),
+    "B<<A": (1.0, True),
+    "B<A": (1.0, False),
+    "B=A": (0.5, False),
+    "A<B": (0.0, False),
+    "A<<B": (0.0, True),
+}
+_CANONICAL = {
+    label: next(c for c in ("A>>B", "A>B", "A=B", "B>A", "B>>A") if LABELS[c] == v) for label, v in LABELS.items()
+}
 STYLE_FEATURES = ("length", "headers", "lists", "bold")
 _WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 
@@ -56,8 +66,6 @@ def parse_verdict(judgment_text: str, patterns: Sequence[str] = (LABEL_PATTERN,)
         if labels:
             return _CANONICAL[labels[-1]]
     return None
-
-
 
 
 def _field(row: dict[str, Any], names: tuple[str, ...], path: Path, line: int) -> Any:
@@ -94,14 +102,28 @@ def load_judgments(path: str | Path, *, baseline: str = DEFAULT_BASELINE, repars
                     text = text.get("answer") or ""
                 raw = parse_verdict(str(text)) if reparse else game.get("score")
                 label = _CANONICAL.get(raw.strip()) if isinstance(raw, str) else None
-                meta = {"model": model, "baseline": base, "game": g + 1, "label": label,
-                        "decisive": label is not None and LABELS[label][1]}
+                meta = {
+                    "model": model,
+                    "baseline": base,
+                    "game": g + 1,
+                    "label": label,
+                    "decisive": label is not None and LABELS[label][1],
+                }
                 value = None
                 if label is not None:  # the model is A only in game 2
                     value = LABELS[label][0] if g == 1 else 1.0 - LABELS[label][0]
-                verdicts.append(Verdict(item_id=qid, judge_id=str(row.get("judge", "")), judge_version="",
-                                        status="ok" if label else "unparsed", value=value,
-                                        raw=game.get("judgment", raw), order="BA" if g == 1 else "AB", meta=meta))
+                verdicts.append(
+                    Verdict(
+                        item_id=qid,
+                        judge_id=str(row.get("judge", "")),
+                        judge_version="",
+                        status="ok" if label else "unparsed",
+                        value=value,
+                        raw=game.get("judgment", raw),
+                        order="BA" if g == 1 else "AB",
+                        meta=meta,
+                    )
+                )
     return verdicts
 
 
@@ -130,13 +152,13 @@ def load_battles(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["question_id", "model_a", "model_b", "winner"])
 
 
-def _newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float,
-            theta0: np.ndarray | None = None) -> np.ndarray:
+def _newton(X: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float, theta0: np.ndarray | None = None) -> np.ndarray:
     """argmin sum_i w_i [log(1+e^z_i) - y_i z_i] + ridge/2 |theta|^2, z = X theta (soft labels y).
 
     ``theta0`` starts the iteration there (a warm start); the loss is strictly convex, so the optimum
     reached is the same one to the solver's precision (Elo ratings agree to about 1e-6).
     """
+
     def loss(t: np.ndarray) -> float:
         z = X @ t
         return float(np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * ridge * t @ t)
@@ -175,8 +197,14 @@ def _encode(battles: pd.DataFrame, baseline: str) -> _Encoded:
     return _Encoded(models, battles.model_a.map(index).to_numpy(), battles.model_b.map(index).to_numpy(), y)
 
 
-def _fit(enc: _Encoded, baseline: str, counts: np.ndarray, features: np.ndarray | None,
-         ridge: float, theta0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fit(
+    enc: _Encoded,
+    baseline: str,
+    counts: np.ndarray,
+    features: np.ndarray | None,
+    ridge: float,
+    theta0: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Elo ratings (baseline = INIT_RATING) and feature coefficients, as compute_mle_elo / fit_bt.
 
     compute_mle_elo duplicates every battle (a win is two A wins, a tie one A win + one B win) with
@@ -201,11 +229,12 @@ def _fit(enc: _Encoded, baseline: str, counts: np.ndarray, features: np.ndarray 
     if ridge == 0:
         beta[base] = 0.0
     elo = SCALE * beta + INIT_RATING
-    return elo + (INIT_RATING - elo[base]), theta[int(free.sum()):], theta
+    return elo + (INIT_RATING - elo[base]), theta[int(free.sum()) :], theta
 
 
-def fit_bt(battles: pd.DataFrame, *, baseline: str = DEFAULT_BASELINE, features: np.ndarray | None = None,
-           ridge: float = 0.0) -> tuple[dict[str, float], np.ndarray]:
+def fit_bt(
+    battles: pd.DataFrame, *, baseline: str = DEFAULT_BASELINE, features: np.ndarray | None = None, ridge: float = 0.0
+) -> tuple[dict[str, float], np.ndarray]:
     """Bradley-Terry Elo ratings (baseline anchored at INIT_RATING) and style coefficients, if any.
 
     P(A beats B) = 1 / (1 + BASE ** ((r_B - r_A) / SCALE)), fitted by maximum likelihood on battle
@@ -221,10 +250,17 @@ def win_rate(elo: float | np.ndarray, baseline_elo: float = INIT_RATING) -> Any:
     return 1.0 / (1.0 + BASE ** ((baseline_elo - np.asarray(elo)) / SCALE))
 
 
-def bootstrap_elo(battles: pd.DataFrame, *, baseline: str = DEFAULT_BASELINE, rounds: int = 100,
-                  seed: int = OFFICIAL_SEED, unit: Literal["battle", "question"] = "battle",
-                  features: np.ndarray | None = None, ridge: float = 0.0,
-                  warm_start: bool = False) -> pd.DataFrame:
+def bootstrap_elo(
+    battles: pd.DataFrame,
+    *,
+    baseline: str = DEFAULT_BASELINE,
+    rounds: int = 100,
+    seed: int = OFFICIAL_SEED,
+    unit: Literal["battle", "question"] = "battle",
+    features: np.ndarray | None = None,
+    ridge: float = 0.0,
+    warm_start: bool = False,
+) -> pd.DataFrame:
     """Elo ratings refitted on ``rounds`` resamples (rows: rounds, columns: models).
 
     ``unit="battle"`` draws battle rows with replacement exactly as ``battles.sample(frac=1.0,
@@ -258,12 +294,15 @@ def style_metadata(answer_text: str, count_tokens: Callable[[str], int]) -> dict
     text = answer_text
     for block in re.findall(r"```([^`]*)```", answer_text):
         text = text.replace(block, "")
-    return {"token_len": count_tokens(answer_text),
-            "header_count": {f"h{i}": len(re.findall(rf"^#{{{i}}}\s", text, re.M)) for i in range(1, 7)},
-            "list_count": {"ordered": len(re.findall(r"^\s*\d+\.\s", text, re.M)),
-                           "unordered": len(re.findall(r"^\s*[-*+]\s", text, re.M))},
-            "bold_count": {"**": len(re.findall(r"\*\*[^*\n]+\*\*", text)),
-                           "__": len(re.findall(r"__[^_\n]+__", text))}}
+    return {
+        "token_len": count_tokens(answer_text),
+        "header_count": {f"h{i}": len(re.findall(rf"^#{{{i}}}\s", text, re.M)) for i in range(1, 7)},
+        "list_count": {
+            "ordered": len(re.findall(r"^\s*\d+\.\s", text, re.M)),
+            "unordered": len(re.findall(r"^\s*[-*+]\s", text, re.M)),
+        },
+        "bold_count": {"**": len(re.findall(r"\*\*[^*\n]+\*\*", text)), "__": len(re.findall(r"__[^_\n]+__", text))},
+    }
 
 
 def load_answer_metadata(paths: str | Path | Sequence[str | Path]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -280,8 +319,11 @@ def load_answer_metadata(paths: str | Path | Sequence[str | Path]) -> dict[str, 
     return meta
 
 
-def style_features(battles: pd.DataFrame, metadata: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                   variant: Literal["v0.1", "v2"] = "v0.1") -> np.ndarray:
+def style_features(
+    battles: pd.DataFrame,
+    metadata: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    variant: Literal["v0.1", "v2"] = "v0.1",
+) -> np.ndarray:
     """Standardised style differences (A minus B) per battle row, columns STYLE_FEATURES.
 
     v0.1 (utils_math.construct_style_matrices): (a - b) / (a + b + 1) on token length and on header,
@@ -290,13 +332,16 @@ def style_features(battles: pd.DataFrame, metadata: Mapping[str, Mapping[str, Ma
     v2 sample std); a constant column is set to 0 where the official would divide by zero. Centering
     makes a style-controlled score depend on the other models in the table, as in the official.
     """
+
     def vec(model: str, qid: str) -> list[float]:
         try:
             m = metadata[model][qid]
         except KeyError:
             raise InputError(f"no style metadata for model '{model}' question '{qid}'", field="metadata") from None
-        return [float(v if isinstance(v, (int, float)) else sum(v.values()))
-                for v in (m["token_len"], m["header_count"], m["list_count"], m["bold_count"])]
+        return [
+            float(v if isinstance(v, (int, float)) else sum(v.values()))
+            for v in (m["token_len"], m["header_count"], m["list_count"], m["bold_count"])
+        ]
 
     a = np.array([vec(m, q) for m, q in zip(battles.model_a, battles.question_id)])
     b = np.array([vec(m, q) for m, q in zip(battles.model_b, battles.question_id)])
@@ -335,12 +380,22 @@ def is_judgment_file(path: Path) -> bool:
     raise InputError("empty file", path=str(path))
 
 
-def metrics_from_file(path: str | Path, *, baseline: str | None = None, bootstrap_rounds: int = 100,
-                      seed: int = OFFICIAL_SEED, bootstrap_unit: Literal["battle", "question"] = "battle",
-                      style_control: bool = False, style_variant: Literal["v0.1", "v2"] = "v0.1",
-                      answers: str | Path | Sequence[str | Path] | None = None, weight: int = DECISIVE_WEIGHT,
-                      reparse: bool = False, ci_level: float = 0.95, judge: str | None = None,
-                      bench: str = "arena-hard-v0.1") -> dict[str, Any]:
+def metrics_from_file(
+    path: str | Path,
+    *,
+    baseline: str | None = None,
+    bootstrap_rounds: int = 100,
+    seed: int = OFFICIAL_SEED,
+    bootstrap_unit: Literal["battle", "question"] = "battle",
+    style_control: bool = False,
+    style_variant: Literal["v0.1", "v2"] = "v0.1",
+    answers: str | Path | Sequence[str | Path] | None = None,
+    weight: int = DECISIVE_WEIGHT,
+    reparse: bool = False,
+    ci_level: float = 0.95,
+    judge: str | None = None,
+    bench: str = "arena-hard-v0.1",
+) -> dict[str, Any]:
     """Arena-Hard scores from a battles JSONL, a judgment JSONL, or a judgment folder.
 
     Per model: ``score`` = 100 * win_rate(BT Elo) vs the baseline and its percentile bootstrap CI
@@ -367,17 +422,30 @@ def metrics_from_file(path: str | Path, *, baseline: str | None = None, bootstra
         if answers is None:
             raise InputError("style control needs the model answers' style metadata", field="answers")
         metadata = load_answer_metadata(answers)
-    return score_battles(battles, counts, baseline=baseline, bootstrap_rounds=bootstrap_rounds, seed=seed,
-                         bootstrap_unit=bootstrap_unit, style_metadata=metadata, style_variant=style_variant,
-                         ci_level=ci_level, judge=judge, bench=bench)
+    return score_battles(
+        battles,
+        counts,
+        baseline=baseline,
+        bootstrap_rounds=bootstrap_rounds,
+        seed=seed,
+        bootstrap_unit=bootstrap_unit,
+        style_metadata=metadata,
+        style_variant=style_variant,
+        ci_level=ci_level,
+        judge=judge,
+        bench=bench,
+    )
 
 
 def _recorded_baseline(verdicts: Sequence[Verdict], path: Path) -> str:
     """The baseline every judgment row names (rows without one: gpt-4-0314); several are refused."""
     bases = sorted({str(v.meta["baseline"]) for v in verdicts})
     if len(bases) > 1:
-        raise InputError(f"judgments against {len(bases)} baselines ({', '.join(bases)}); pick one with --baseline",
-                         path=str(path), field="baseline")
+        raise InputError(
+            f"judgments against {len(bases)} baselines ({', '.join(bases)}); pick one with --baseline",
+            path=str(path),
+            field="baseline",
+        )
     return bases[0] if bases else DEFAULT_BASELINE
 
 
@@ -391,12 +459,20 @@ def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, int] | N
     return counts
 
 
-def score_battles(battles: pd.DataFrame, counts: Mapping[str, tuple[int, int] | None], *,
-                  baseline: str = DEFAULT_BASELINE, bootstrap_rounds: int = 100, seed: int = OFFICIAL_SEED,
-                  bootstrap_unit: Literal["battle", "question"] = "battle",
-                  style_metadata: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
-                  style_variant: Literal["v0.1", "v2"] = "v0.1", ci_level: float = 0.95, judge: str | None = None,
-                  bench: str = "arena-hard-v0.1") -> dict[str, Any]:
+def score_battles(
+    battles: pd.DataFrame,
+    counts: Mapping[str, tuple[int, int] | None],
+    *,
+    baseline: str = DEFAULT_BASELINE,
+    bootstrap_rounds: int = 100,
+    seed: int = OFFICIAL_SEED,
+    bootstrap_unit: Literal["battle", "question"] = "battle",
+    style_metadata: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    style_variant: Literal["v0.1", "v2"] = "v0.1",
+    ci_level: float = 0.95,
+    judge: str | None = None,
+    bench: str = "arena-hard-v0.1",
+) -> dict[str, Any]:
     """The one Arena-Hard metric computation, for official files and for our own runs' verdicts alike.
 
     Per model: ``score`` = 100 * win_rate(BT Elo) vs the baseline and its percentile bootstrap CI
@@ -409,8 +485,15 @@ def score_battles(battles: pd.DataFrame, counts: Mapping[str, tuple[int, int] | 
         features = style_features(battles, style_metadata, style_variant)
         ridge = 1.0 if style_variant == "v0.1" else 0.0
     elo, coefs = fit_bt(battles, baseline=baseline, features=features, ridge=ridge)
-    boot = bootstrap_elo(battles, baseline=baseline, rounds=bootstrap_rounds, seed=seed, unit=bootstrap_unit,
-                         features=features, ridge=ridge)
+    boot = bootstrap_elo(
+        battles,
+        baseline=baseline,
+        rounds=bootstrap_rounds,
+        seed=seed,
+        unit=bootstrap_unit,
+        features=features,
+        ridge=ridge,
+    )
     q = [50 * (1 - ci_level), 50 * (1 + ci_level)]
     models: dict[str, Any] = {}
     for m, rating in elo.items():
@@ -419,32 +502,62 @@ def score_battles(battles: pd.DataFrame, counts: Mapping[str, tuple[int, int] | 
         lo, hi = (float(x) for x in np.nanpercentile(boot[m], q)) if bootstrap_rounds else (None, None)
         n_games, n_unparsed = counts.get(m) or (None, None)
         pct = lambda e: None if e is None else 100 * float(win_rate(e))  # noqa: E731
-        models[m] = {"score": pct(rating), "ci_low": pct(lo), "ci_high": pct(hi), "elo": rating, "elo_ci": [lo, hi],
-                     "n_battles": int(((battles.model_a == m) | (battles.model_b == m)).sum()),
-                     "n_games": n_games, "n_unparsed": n_unparsed}
+        models[m] = {
+            "score": pct(rating),
+            "ci_low": pct(lo),
+            "ci_high": pct(hi),
+            "elo": rating,
+            "elo_ci": [lo, hi],
+            "n_battles": int(((battles.model_a == m) | (battles.model_b == m)).sum()),
+            "n_games": n_games,
+            "n_unparsed": n_unparsed,
+        }
     totals = [c for c in counts.values() if c is not None]
     known = len(totals) == len(counts)
-    return {"task": "arena_hard", "bench": bench, "baseline": baseline, "judge": judge, "models": models,
-            "n_games": sum(c[0] for c in totals) if known else None,
-            "n_unparsed": sum(c[1] for c in totals) if known else None,
-            "bootstrap": {"rounds": bootstrap_rounds, "seed": seed, "unit": bootstrap_unit, "ci_level": ci_level},
-            "style_control": ({"variant": style_variant, "coefficients": dict(zip(STYLE_FEATURES, map(float, coefs)))}
-                              if style_metadata is not None else None)}
+    return {
+        "task": "arena_hard",
+        "bench": bench,
+        "baseline": baseline,
+        "judge": judge,
+        "models": models,
+        "n_games": sum(c[0] for c in totals) if known else None,
+        "n_unparsed": sum(c[1] for c in totals) if known else None,
+        "bootstrap": {"rounds": bootstrap_rounds, "seed": seed, "unit": bootstrap_unit, "ci_level": ci_level},
+        "style_control": (
+            {"variant": style_variant, "coefficients": dict(zip(STYLE_FEATURES, map(float, coefs)))}
+            if style_metadata is not None
+            else None
+        ),
+    }
 
 
 def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
     """One Score per judged model (value in percent, with its baseline)."""
     sc = metrics.get("style_control")
     # n counts scored games only (a failed or unparsed game is in n_skipped, never in n as well).
-    return [Score(task="arena_hard", metric="score_style_controlled" if sc else "score", model=m,
-                  value=r["score"], n=r["n_games"] - (r["n_unparsed"] or 0) if r["n_games"] is not None
-                  else r["n_battles"],
-                  n_skipped=r["n_unparsed"] or 0, ci_low=r["ci_low"], ci_high=r["ci_high"],
-                  ci_level=metrics["bootstrap"]["ci_level"], task_version=metrics["bench"],
-                  judge_id=metrics.get("judge") or "", baseline=metrics["baseline"],
-                  extra={"elo": r["elo"], "n_battles": r["n_battles"], "bootstrap": metrics["bootstrap"],
-                         **({"style_control": sc} if sc else {})})
-            for m, r in metrics["models"].items()]
+    return [
+        Score(
+            task="arena_hard",
+            metric="score_style_controlled" if sc else "score",
+            model=m,
+            value=r["score"],
+            n=r["n_games"] - (r["n_unparsed"] or 0) if r["n_games"] is not None else r["n_battles"],
+            n_skipped=r["n_unparsed"] or 0,
+            ci_low=r["ci_low"],
+            ci_high=r["ci_high"],
+            ci_level=metrics["bootstrap"]["ci_level"],
+            task_version=metrics["bench"],
+            judge_id=metrics.get("judge") or "",
+            baseline=metrics["baseline"],
+            extra={
+                "elo": r["elo"],
+                "n_battles": r["n_battles"],
+                "bootstrap": metrics["bootstrap"],
+                **({"style_control": sc} if sc else {}),
+            },
+        )
+        for m, r in metrics["models"].items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -461,8 +574,9 @@ class JudgeConfig:
     max_tokens: int | None = None
 
 
-def load_judge_config(path: str | Path, *, settings: str | Path | None = None,
-                      category: str | None = None) -> JudgeConfig:
+def load_judge_config(
+    path: str | Path, *, settings: str | Path | None = None, category: str | None = None
+) -> JudgeConfig:
     """Read an official judge config: v0.1 ``judge_config.yaml`` (system_prompt inside) or a
     ``config/arena-hard-v*.yaml`` whose system prompt and baseline live in ``settings`` (JUDGE_SETTINGS
     of utils/judge_utils.py, as JSON), keyed by ``category`` (default: the config's bench_name)."""
@@ -479,17 +593,25 @@ def load_judge_config(path: str | Path, *, settings: str | Path | None = None,
     system, baseline = cfg.get("system_prompt"), cfg.get("baseline_model")
     if system is None:
         if settings is None:
-            raise InputError("no system_prompt here: pass settings= (JUDGE_SETTINGS JSON)", path=str(path),
-                             field="system_prompt")
+            raise InputError(
+                "no system_prompt here: pass settings= (JUDGE_SETTINGS JSON)", path=str(path), field="system_prompt"
+            )
         table = json.loads(Path(settings).read_text(encoding="utf-8"))
         table = table.get("JUDGE_SETTINGS", table)
         key = category or cfg.get("bench_name")
         if key not in table:
             raise InputError(f"no settings for category '{key}'", path=str(settings), field="JUDGE_SETTINGS")
         system, baseline = table[key]["system_prompt"], table[key].get("baseline")
-    return JudgeConfig(system_prompt=system, prompt_templates=templates, regex_patterns=tuple(patterns),
-                       judge_model=cfg.get("judge_model"), baseline=baseline, bench_name=cfg.get("bench_name"),
-                       temperature=cfg.get("temperature"), max_tokens=cfg.get("max_tokens"))
+    return JudgeConfig(
+        system_prompt=system,
+        prompt_templates=templates,
+        regex_patterns=tuple(patterns),
+        judge_model=cfg.get("judge_model"),
+        baseline=baseline,
+        bench_name=cfg.get("bench_name"),
+        temperature=cfg.get("temperature"),
+        max_tokens=cfg.get("max_tokens"),
+    )
 
 
 def render_judge_messages(question: str, answer_a: str, answer_b: str, config: JudgeConfig) -> list[dict[str, str]]:
@@ -498,18 +620,28 @@ def render_judge_messages(question: str, answer_a: str, answer_b: str, config: J
     Both placeholder styles are filled: v0.1 ``{question_1}/{answer_1}/{answer_2}`` and v2
     ``{QUESTION}/{ANSWER_A}/{ANSWER_B}``.
     """
-    args = {"question_1": question, "answer_1": answer_a, "answer_2": answer_b,
-            "QUESTION": question, "ANSWER_A": answer_a, "ANSWER_B": answer_b}
-    return [{"role": "system", "content": config.system_prompt},
-            *({"role": "user", "content": t.format(**args)} for t in config.prompt_templates)]
+    args = {
+        "question_1": question,
+        "answer_1": answer_a,
+        "answer_2": answer_b,
+        "QUESTION": question,
+        "ANSWER_A": answer_a,
+        "ANSWER_B": answer_b,
+    }
+    return [
+        {"role": "system", "content": config.system_prompt},
+        *({"role": "user", "content": t.format(**args)} for t in config.prompt_templates),
+    ]
 
 
 def format_report(metrics: Mapping[str, Any]) -> str:
     """A plain-text table for the CLI."""
     b = metrics["bootstrap"]
-    lines = [f"Arena-Hard ({metrics['bench']}) vs {metrics['baseline']}, judge {metrics.get('judge') or '?'}, "
-             f"{b['rounds']} bootstrap rounds by {b['unit']}, {100 * b['ci_level']:.0f}% CI"
-             + (f", style control {metrics['style_control']['variant']}" if metrics.get("style_control") else "")]
+    lines = [
+        f"Arena-Hard ({metrics['bench']}) vs {metrics['baseline']}, judge {metrics.get('judge') or '?'}, "
+        f"{b['rounds']} bootstrap rounds by {b['unit']}, {100 * b['ci_level']:.0f}% CI"
+        + (f", style control {metrics['style_control']['variant']}" if metrics.get("style_control") else "")
+    ]
     for m, r in sorted(metrics["models"].items(), key=lambda kv: -kv[1]["score"]):
         ci = f"({r['ci_low']:.2f}, {r['ci_high']:.2f})" if r["ci_low"] is not None else "(no bootstrap)"
         lines.append(f"{m:<40} {r['score']:6.2f}  {ci}  games {r['n_games']}  unparsed {r['n_unparsed']}")

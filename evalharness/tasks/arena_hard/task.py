@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-
 from evalharness.backends.http import ChatRequest, ChatResult
 from evalharness.core.errors import InputError
-from evalharness.tasks.arena_hard import metric as ah
 from evalharness.core.jsonl import iter_jsonl
 from evalharness.core.records import GenRequest, Score, Verdict, content_hash
 from evalharness.store import write_jsonl_atomic
+from evalharness.tasks.arena_hard import metric as ah
 from evalharness.tasks.base import ModelRecords, Pending, Session, Task, data_file, file_name, stored_answers
 
 TASK = "arena_hard"
@@ -35,8 +34,10 @@ DEFAULT_CI_LEVEL = {"v0.1": 0.95, "v2.0": 0.90}  # show_result.py: 2.5/97.5 (v0.
 # The official judge configs: v0.1's judge_config.yaml (the leaderboard's, system prompt inside); v2.0's
 # config yaml with the system prompts and baselines of JUDGE_SETTINGS (utils/judge_utils.py) as JSON.
 # version -> (config file, its benchdata name), (settings file, its name) or None.
-JUDGE_FILES = {"v0.1": (("config/judge_config.v0.1-legacy.yaml", "judge_config"), None),
-               "v2.0": (("config/arena-hard-v2.0.yaml", "config"), ("config/judge_prompts_v2.0.json", "judge_prompts"))}
+JUDGE_FILES = {
+    "v0.1": (("config/judge_config.v0.1-legacy.yaml", "judge_config"), None),
+    "v2.0": (("config/arena-hard-v2.0.yaml", "config"), ("config/judge_prompts_v2.0.json", "judge_prompts")),
+}
 
 
 @dataclass
@@ -75,15 +76,25 @@ class ArenaHardTask(Task):
         self.baselines = {c: cfg.baseline or jc.baseline or ah.DEFAULT_BASELINE for c, jc in self.judge_cfgs.items()}
         stored = stored_answers(cfg.baseline or "", f"{TASK}/{bench}/model_answer/{{model}}.jsonl")
         if stored:  # head-to-head: another model's answers from an earlier run, named by that model
-            self.baselines = {c: stored[1] for c in self.baselines}
+            self.baselines = dict.fromkeys(self.baselines, stored[1])
             self.base_answers = {stored[1]: _answers(stored[0], self.questions, stored[1])}
         else:
-            self.base_answers = {b: _answers(_data_file(cfg, f"{bench}/model_answer/{b}.jsonl", f"answers/{b}"),
-                                             self.questions, b) for b in set(self.baselines.values())}
+            self.base_answers = {
+                b: _answers(_data_file(cfg, f"{bench}/model_answer/{b}.jsonl", f"answers/{b}"), self.questions, b)
+                for b in set(self.baselines.values())
+            }
         # A custom or partial question set is another benchmark: its scores never share the official column.
-        self.task_version = bench if complete else f"{bench}/subset:{content_hash([q['uid'] for q in self.questions], [q['prompt'] for q in self.questions], length=8)}"
-        self._requests = {q["uid"]: GenRequest(id=q["uid"], messages=[{"role": "user", "content": q["prompt"]}],
-                                               params=self.generation.params()) for q in self.questions}
+        self.task_version = (
+            bench
+            if complete
+            else f"{bench}/subset:{content_hash([q['uid'] for q in self.questions], [q['prompt'] for q in self.questions], length=8)}"
+        )
+        self._requests = {
+            q["uid"]: GenRequest(
+                id=q["uid"], messages=[{"role": "user", "content": q["prompt"]}], params=self.generation.params()
+            )
+            for q in self.questions
+        }
         self.count = _token_counter(cfg.style_tokenizer) if cfg.style_control else None
 
     def requests(self, session: Session) -> list[GenRequest]:
@@ -103,11 +114,15 @@ class ArenaHardTask(Task):
             pair = (self.base_answers[base][q["uid"]], answer)
             for game, (a, b) in ((1, pair), (2, pair[::-1])):  # game 1: baseline is A; game 2: the policy is A
                 key = f"{self.bench}:{q['uid']}:{base}:g{game}"
-                request = ChatRequest(id=key, messages=ah.render_judge_messages(q["prompt"], a, b, jc),
-                                      temperature=jc.temperature or 0.0,
-                                      max_tokens=self.cfg.judge_max_tokens or jc.max_tokens or 4096,
-                                      template_version=_version(jc), choices=LABEL_CHOICES,
-                                      choice_prefix=LABEL_PREFIX)
+                request = ChatRequest(
+                    id=key,
+                    messages=ah.render_judge_messages(q["prompt"], a, b, jc),
+                    temperature=jc.temperature or 0.0,
+                    max_tokens=self.cfg.judge_max_tokens or jc.max_tokens or 4096,
+                    template_version=_version(jc),
+                    choices=LABEL_CHOICES,
+                    choice_prefix=LABEL_PREFIX,
+                )
                 info = {"category": q["category"], "baseline": base, "game": game, "patterns": jc.regex_patterns}
                 out.append(Pending(key, q["uid"], (request, info)))
         return out
@@ -123,10 +138,22 @@ class ArenaHardTask(Task):
             if label is not None:  # LABELS: canonical label -> (assistant A's score, decisive)
                 score_a, decisive = ah.LABELS[label]
                 value = score_a if i["game"] == 2 else 1.0 - score_a  # the policy's score: 1 win, 0.5 tie, 0 loss
-            return Verdict(p.item_id, self.env.judge_name, self._judge_version(i["category"]),
-                           "ok" if label else "unparsed", value, raw=res.text, order=self._order(i), key=p.key,
-                           meta={**self._meta(session, i), "label": label, "decisive": decisive,
-                                 **({"choice_logprobs": res.choice_logprobs} if res.choice_logprobs else {})})
+            return Verdict(
+                p.item_id,
+                self.env.judge_name,
+                self._judge_version(i["category"]),
+                "ok" if label else "unparsed",
+                value,
+                raw=res.text,
+                order=self._order(i),
+                key=p.key,
+                meta={
+                    **self._meta(session, i),
+                    "label": label,
+                    "decisive": decisive,
+                    **({"choice_logprobs": res.choice_logprobs} if res.choice_logprobs else {}),
+                },
+            )
 
         verdicts = self.chat_verdicts(asked, parse)
         for p, v in zip(pending, verdicts):
@@ -157,12 +184,17 @@ class ArenaHardTask(Task):
         _write_answers(out / "model_answer", session.name, self.questions, answers, self.count)
         if self.env.judge is None:
             return []
-        _write_judgments(out / "model_judgment" / file_name(self.env.judge_name) / f"{file_name(session.name)}.jsonl",
-                         self.questions, verdicts)
+        _write_judgments(
+            out / "model_judgment" / file_name(self.env.judge_name) / f"{file_name(session.name)}.jsonl",
+            self.questions,
+            verdicts,
+        )
         metadata: dict[str, dict[str, dict[str, Any]]] | None = None
         if self.count is not None:
-            metadata = {m: {q["uid"]: ah.style_metadata(texts[q["uid"]], self.count) for q in self.questions}
-                        for m, texts in [(session.name, answers), *self.base_answers.items()]}
+            metadata = {
+                m: {q["uid"]: ah.style_metadata(texts[q["uid"]], self.count) for q in self.questions}
+                for m, texts in [(session.name, answers), *self.base_answers.items()]
+            }
             for b, texts in self.base_answers.items():
                 _write_answers(out / "model_answer", b, self.questions, texts, self.count)
         scores = []
@@ -176,45 +208,83 @@ class ArenaHardTask(Task):
             missing = 2 * n_questions[category] - counts[session.name][0]  # type: ignore[index]
             battles = ah.battles_from_verdicts(mine)
             if battles.empty:
-                metrics = {"bench": label, "baseline": base, "judge": self.env.judge_name,
-                           "bootstrap": {"rounds": cfg.bootstrap_rounds, "seed": cfg.seed, "unit": cfg.bootstrap_unit,
-                                         "ci_level": ci_level}, "style_control": None,
-                           "models": {session.name: {"score": None, "ci_low": None, "ci_high": None, "elo": None,
-                                                     "n_battles": 0, "n_games": counts[session.name][0],  # type: ignore[index]
-                                                     "n_unparsed": counts[session.name][1]}}}  # type: ignore[index]
+                metrics = {
+                    "bench": label,
+                    "baseline": base,
+                    "judge": self.env.judge_name,
+                    "bootstrap": {
+                        "rounds": cfg.bootstrap_rounds,
+                        "seed": cfg.seed,
+                        "unit": cfg.bootstrap_unit,
+                        "ci_level": ci_level,
+                    },
+                    "style_control": None,
+                    "models": {
+                        session.name: {
+                            "score": None,
+                            "ci_low": None,
+                            "ci_high": None,
+                            "elo": None,
+                            "n_battles": 0,
+                            "n_games": counts[session.name][0],  # type: ignore[index]
+                            "n_unparsed": counts[session.name][1],
+                        }
+                    },
+                }  # type: ignore[index]
             else:
-                metrics = ah.score_battles(battles, counts, baseline=base, bootstrap_rounds=cfg.bootstrap_rounds,
-                                           seed=cfg.seed, bootstrap_unit=cfg.bootstrap_unit, style_metadata=metadata,
-                                           style_variant=variant, ci_level=ci_level, judge=self.env.judge_name,
-                                           bench=label)
+                metrics = ah.score_battles(
+                    battles,
+                    counts,
+                    baseline=base,
+                    bootstrap_rounds=cfg.bootstrap_rounds,
+                    seed=cfg.seed,
+                    bootstrap_unit=cfg.bootstrap_unit,
+                    style_metadata=metadata,
+                    style_variant=variant,
+                    ci_level=ci_level,
+                    judge=self.env.judge_name,
+                    bench=label,
+                )
                 if metrics["style_control"] is not None:
                     metrics["style_control"]["tokenizer"] = cfg.style_tokenizer
             for s in ah.to_scores(metrics):
-                s.task, s.task_version = self.name, self.task_version if category == self.bench else \
-                    f"{self.task_version}/{category}"
+                s.task, s.task_version = (
+                    self.name,
+                    self.task_version if category == self.bench else f"{self.task_version}/{category}",
+                )
                 s.judge_id, s.judge_version = self.env.judge_name, self._judge_version(category)
                 s.decoding, s.higher_is_better = self.generation.decoding(n=1), True
                 s.n_skipped += missing  # games never judged because the answer failed to generate
-                s.extra |= {"category": category, "n_unparsed": sum(v.status == "unparsed" for v in mine),
-                            "n_error": sum(v.status == "error" for v in mine), "n_not_generated": missing}
-                self.env.log(f"{TASK} {label} {session.name}: {s.metric} {s.value} ({s.ci_low}, {s.ci_high}) vs {base}; "
-                             f"{s.n} games, {s.n_skipped} skipped")
+                s.extra |= {
+                    "category": category,
+                    "n_unparsed": sum(v.status == "unparsed" for v in mine),
+                    "n_error": sum(v.status == "error" for v in mine),
+                    "n_not_generated": missing,
+                }
+                self.env.log(
+                    f"{TASK} {label} {session.name}: {s.metric} {s.value} ({s.ci_low}, {s.ci_high}) vs {base}; "
+                    f"{s.n} games, {s.n_skipped} skipped"
+                )
                 scores.append(s)
         return scores
 
 
-def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int = 1000, seed: int = ah.OFFICIAL_SEED,
-           **_: Any) -> Any:
+def paired(
+    metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int = 1000, seed: int = ah.OFFICIAL_SEED, **_: Any
+) -> Any:
     """Paired cluster bootstrap over questions (both games of a question together, the same draws for both
     models), Bradley-Terry refit each round, against the baseline both were judged against."""
     from evalharness.tasks.paired import arena_hard_paired_bootstrap
+
     if metric != "score":
         raise ValueError(f"no paired test for arena_hard {metric} (style control needs the answers' metadata)")
     va, vb = a.verdicts(), b.verdicts()
     for records, vs in ((a, va), (b, vb)):
         if not any(v.status == "ok" for v in vs):  # else the battle table names it with a side prefix ('a:...')
-            raise ValueError(f"no scored games for {records.model} in run {records.folder.name} (imported official "
-                             "battles keep no per-game judgments)")
+            raise ValueError(
+                f"no scored games for {records.model} in run {records.folder.name} (imported official "
+                "battles keep no per-game judgments)"
+            )
     bases = {v.meta.get("baseline") for v in va + vb if v.status == "ok"}
     if len(bases) != 1:
         raise ValueError(f"the two models were judged against different baselines {sorted(map(str, bases))}")
@@ -222,8 +292,9 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int = 1000,
         for v in vs:
             v.meta = {**v.meta, "model": f"{side}:{v.meta['model']}"}
     battles = ah.battles_from_verdicts([*va, *vb])
-    return arena_hard_paired_bootstrap(battles, f"a:{a.model}", f"b:{b.model}", baseline=bases.pop(),
-                                       rounds=rounds, seed=seed)
+    return arena_hard_paired_bootstrap(
+        battles, f"a:{a.model}", f"b:{b.model}", baseline=bases.pop(), rounds=rounds, seed=seed
+    )
 
 
 TASK_CLASS = ArenaHardTask
@@ -252,7 +323,7 @@ def _questions(cfg: Config, bench: str) -> list[dict[str, Any]]:
             raise InputError(f"no questions in categories {sorted(unknown)}", path=str(path), field="categories")
         questions = [q for q in questions if q["category"] in wanted]
     complete = cfg.questions is None and cfg.categories is None and (cfg.limit is None or cfg.limit >= len(questions))
-    return (questions[:cfg.limit] if cfg.limit is not None else questions), complete
+    return (questions[: cfg.limit] if cfg.limit is not None else questions), complete
 
 
 def _judge_config(cfg: Config, category: str) -> ah.JudgeConfig:
@@ -276,20 +347,33 @@ def _answers(path: Path, questions: list[dict[str, Any]], model: str) -> dict[st
             texts[qid] = row["choices"][0]["turns"][0]["content"]
     missing = [q["uid"] for q in questions if q["uid"] not in texts]
     if missing:
-        raise InputError(f"baseline {model} has no answer to {len(missing)} questions (first {missing[0]})",
-                         path=str(path))
+        raise InputError(
+            f"baseline {model} has no answer to {len(missing)} questions (first {missing[0]})", path=str(path)
+        )
     return texts
 
 
 # -- official-format files --------------------------------------------------------------------------
-def _write_answers(folder: Path, model: str, questions: list[dict[str, Any]], texts: dict[str, str],
-                   count: Callable[[str], int] | None) -> None:
+def _write_answers(
+    folder: Path, model: str, questions: list[dict[str, Any]], texts: dict[str, str], count: Callable[[str], int] | None
+) -> None:
     """``model_answer/<model>.jsonl`` as gen_answer.py writes it (metadata only when style is measured)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(folder / f"{file_name(model)}.jsonl", (
-        {"uid": q["uid"], "model": model, "messages": [{"role": "user", "content": q["prompt"]},
-                                                       {"role": "assistant", "content": {"answer": texts[q["uid"]]}}],
-         **({"metadata": ah.style_metadata(texts[q["uid"]], count)} if count else {})} for q in questions))
+    write_jsonl_atomic(
+        folder / f"{file_name(model)}.jsonl",
+        (
+            {
+                "uid": q["uid"],
+                "model": model,
+                "messages": [
+                    {"role": "user", "content": q["prompt"]},
+                    {"role": "assistant", "content": {"answer": texts[q["uid"]]}},
+                ],
+                **({"metadata": ah.style_metadata(texts[q["uid"]], count)} if count else {}),
+            }
+            for q in questions
+        ),
+    )
 
 
 def _write_judgments(path: Path, questions: list[dict[str, Any]], verdicts: list[Verdict]) -> None:
@@ -302,10 +386,19 @@ def _write_judgments(path: Path, questions: list[dict[str, Any]], verdicts: list
         games = by_question.get(q["uid"])
         if not games:
             continue
-        out.append({"uid": q["uid"], "category": q["category"], "judge": games[0].judge_id,
-                    "model": games[0].meta["model"], "baseline": games[0].meta["baseline"],
-                    "games": [None if v.status == "error" else {"score": v.meta.get("label"),
-                                                                 "judgment": {"answer": v.raw}} for v in games]})
+        out.append(
+            {
+                "uid": q["uid"],
+                "category": q["category"],
+                "judge": games[0].judge_id,
+                "model": games[0].meta["model"],
+                "baseline": games[0].meta["baseline"],
+                "games": [
+                    None if v.status == "error" else {"score": v.meta.get("label"), "judgment": {"answer": v.raw}}
+                    for v in games
+                ],
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(path, out)
 
@@ -324,6 +417,3 @@ def _token_counter(name: str) -> Callable[[str], int]:
 
     encoding = tiktoken.get_encoding(name)
     return lambda text: len(encoding.encode(text, disallowed_special=()))
-
-
-

@@ -25,8 +25,16 @@ RATING_PATTERN_BACKUP = r"\[(\d+\.?\d*)\]"
 UNPARSED_SCORE = -1  # the official sentinel for "no rating found"; read as unparsed, never averaged
 NEED_REF_CATS = ("math", "reasoning", "coding")  # common.py: reference-guided grading
 # common.py temperature_config: sampling temperature for model answers per question category.
-TEMPERATURE_CONFIG = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
-                      "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+TEMPERATURE_CONFIG = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+}
 
 
 def parse_rating(text: str, *, fallback_single_brackets: bool = False) -> float | None:
@@ -70,8 +78,10 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
                 if row.get(name) in (None, ""):
                     raise InputError("missing field", field=name, **where)
             # The TSV transcription has no judge column; FastChat names files <judge>_single.jsonl.
-            judge = row.get("judge") or [file.name.split("_single")[0] if "_single" in file.name else "",
-                                         row.get("judge_prompt", "")]
+            judge = row.get("judge") or [
+                file.name.split("_single")[0] if "_single" in file.name else "",
+                row.get("judge_prompt", ""),
+            ]
             if not isinstance(judge, (list, tuple)) or len(judge) < 2:
                 raise InputError("judge must be [judge model, prompt name]", field="judge", **where)
             if reparse:
@@ -88,16 +98,23 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
                 turn = int(row["turn"])
             except (TypeError, ValueError):
                 raise InputError("turn must be 1 or 2", field="turn", **where) from None
-            verdicts.append(Verdict(item_id=f"{row['question_id']}:{turn}", judge_id=str(judge[0]),
-                                    judge_version=str(judge[1]), status="ok" if rating is not None else "unparsed",
-                                    value=rating, raw=row.get("judgment"),
-                                    meta={"model": str(row["model"]), "question_id": str(row["question_id"]),
-                                          "turn": turn}))
+            verdicts.append(
+                Verdict(
+                    item_id=f"{row['question_id']}:{turn}",
+                    judge_id=str(judge[0]),
+                    judge_version=str(judge[1]),
+                    status="ok" if rating is not None else "unparsed",
+                    value=rating,
+                    raw=row.get("judgment"),
+                    meta={"model": str(row["model"]), "question_id": str(row["question_id"]), "turn": turn},
+                )
+            )
     return verdicts
 
 
-def aggregate(verdicts: Sequence[Verdict], *, model: str | None = None,
-              turns: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+def aggregate(
+    verdicts: Sequence[Verdict], *, model: str | None = None, turns: Sequence[int] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per model: overall and per-turn means over parsed rows, as show_result.display_result_single.
 
     The official filters ``score != -1`` and takes ``groupby(model).mean()`` over rows, so the overall
@@ -120,11 +137,20 @@ def aggregate(verdicts: Sequence[Verdict], *, model: str | None = None,
         if any(not by_turn.get(t) for t in asked):
             mean, se, lo, hi = None, None, None, None
         bad = {t: sum(v.status != "ok" and v.meta["turn"] == t for v in vs) for t in (1, 2)}
-        out[m] = {"score": mean, "turn1": sum(by_turn[1]) / len(by_turn[1]) if by_turn[1] else None,
-                  "turn2": sum(by_turn[2]) / len(by_turn[2]) if by_turn[2] else None,
-                  "n": len(ok), "n_turn1": len(by_turn[1]), "n_turn2": len(by_turn[2]),
-                  "n_unparsed": len(vs) - len(ok), "n_unparsed_turn1": bad[1], "n_unparsed_turn2": bad[2],
-                  "stderr": se, "ci_low": lo, "ci_high": hi}
+        out[m] = {
+            "score": mean,
+            "turn1": sum(by_turn[1]) / len(by_turn[1]) if by_turn[1] else None,
+            "turn2": sum(by_turn[2]) / len(by_turn[2]) if by_turn[2] else None,
+            "n": len(ok),
+            "n_turn1": len(by_turn[1]),
+            "n_turn2": len(by_turn[2]),
+            "n_unparsed": len(vs) - len(ok),
+            "n_unparsed_turn1": bad[1],
+            "n_unparsed_turn2": bad[2],
+            "stderr": se,
+            "ci_low": lo,
+            "ci_high": hi,
+        }
     return out
 
 
@@ -135,8 +161,13 @@ def metrics_from_file(path: str | Path, *, model: str | None = None, reparse: bo
     models = aggregate(verdicts, model=model)
     if model is not None and not models:
         raise InputError(f"no judgment for model '{model}'", path=str(path), field="model")
-    return {"task": "mt_bench", "judge": judges[0][0] if judges else "", "judge_prompts": [j[1] for j in judges],
-            "reparsed": reparse, "models": models}
+    return {
+        "task": "mt_bench",
+        "judge": judges[0][0] if judges else "",
+        "judge_prompts": [j[1] for j in judges],
+        "reparsed": reparse,
+        "models": models,
+    }
 
 
 def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
@@ -147,10 +178,21 @@ def to_scores(metrics: Mapping[str, Any]) -> list[Score]:
             overall = metric == "score"
             # Each row counts its own unparsed judgments (metrics written before the per-turn counts: none).
             skipped = r["n_unparsed"] if overall else r.get(f"n_unparsed_{metric}", 0)
-            scores.append(Score(task="mt_bench", metric=metric, model=m, value=r[metric], n=n, n_skipped=skipped,
-                                stderr=r["stderr"] if overall else None, ci_low=r["ci_low"] if overall else None,
-                                ci_high=r["ci_high"] if overall else None, judge_id=metrics["judge"],
-                                judge_version=",".join(metrics["judge_prompts"])))
+            scores.append(
+                Score(
+                    task="mt_bench",
+                    metric=metric,
+                    model=m,
+                    value=r[metric],
+                    n=n,
+                    n_skipped=skipped,
+                    stderr=r["stderr"] if overall else None,
+                    ci_low=r["ci_low"] if overall else None,
+                    ci_high=r["ci_high"] if overall else None,
+                    judge_id=metrics["judge"],
+                    judge_version=",".join(metrics["judge_prompts"]),
+                )
+            )
     return scores
 
 
@@ -174,9 +216,13 @@ def select_judge_prompt(category: str, turn: int, judge_prompts: Mapping[str, Ma
     return judge_prompts[name]
 
 
-def render_judge_messages(question: Mapping[str, Any], answers: Sequence[str], turn: int,
-                          judge_prompts: Mapping[str, Mapping[str, Any]],
-                          reference: Sequence[str] | None = None) -> list[dict[str, str]]:
+def render_judge_messages(
+    question: Mapping[str, Any],
+    answers: Sequence[str],
+    turn: int,
+    judge_prompts: Mapping[str, Mapping[str, Any]],
+    reference: Sequence[str] | None = None,
+) -> list[dict[str, str]]:
     """System and user messages for grading ``answers`` (the model's turns) at ``turn``, as run_judge_single.
 
     ``question`` is an official question record (``category``, ``turns``); ``reference`` holds the
@@ -193,10 +239,16 @@ def render_judge_messages(question: Mapping[str, Any], answers: Sequence[str], t
     if turn == 1:
         kwargs |= {"question": question["turns"][0], "answer": answers[0]}
     else:
-        kwargs |= {"question_1": question["turns"][0], "question_2": question["turns"][1],
-                   "answer_1": answers[0], "answer_2": answers[1]}
-    return [{"role": "system", "content": prompt["system_prompt"]},
-            {"role": "user", "content": prompt["prompt_template"].format(**kwargs)}]
+        kwargs |= {
+            "question_1": question["turns"][0],
+            "question_2": question["turns"][1],
+            "answer_1": answers[0],
+            "answer_2": answers[1],
+        }
+    return [
+        {"role": "system", "content": prompt["system_prompt"]},
+        {"role": "user", "content": prompt["prompt_template"].format(**kwargs)},
+    ]
 
 
 def format_report(metrics: Mapping[str, Any]) -> str:
@@ -204,6 +256,8 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     lines = [f"MT-Bench, judge {metrics['judge'] or '?'}" + (" (re-parsed: last [[N]])" if metrics["reparsed"] else "")]
     for m, r in sorted(metrics["models"].items(), key=lambda kv: -(kv[1]["score"] or 0)):
         fmt = lambda x: "  n/a" if x is None else f"{x:5.2f}"  # noqa: E731
-        lines.append(f"{m:<40} {fmt(r['score'])}  turn1 {fmt(r['turn1'])}  turn2 {fmt(r['turn2'])}  "
-                     f"n {r['n']}  unparsed {r['n_unparsed']}")
+        lines.append(
+            f"{m:<40} {fmt(r['score'])}  turn1 {fmt(r['turn1'])}  turn2 {fmt(r['turn2'])}  "
+            f"n {r['n']}  unparsed {r['n_unparsed']}"
+        )
     return "\n".join(lines)

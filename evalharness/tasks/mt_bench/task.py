@@ -19,12 +19,12 @@ from typing import Any
 
 from evalharness.backends.http import ChatRequest, ChatResult
 from evalharness.core.errors import InputError
-from evalharness.tasks.mt_bench import metric as mt
-from evalharness.judges.local import choice_probabilities
 from evalharness.core.jsonl import iter_jsonl
 from evalharness.core.records import GenRequest, Score, Verdict, content_hash
+from evalharness.judges.local import choice_probabilities
 from evalharness.store import write_jsonl_atomic
 from evalharness.tasks.base import ModelRecords, Pending, Session, Task, data_file, file_name
+from evalharness.tasks.mt_bench import metric as mt
 
 TASK = "mt_bench"
 DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py: a category outside temperature_config
@@ -54,26 +54,39 @@ class MTBenchTask(Task):
         cfg = self.cfg
         self.questions, complete = _questions(cfg)
         self._judged: dict[str, list[Verdict]] = {}  # model -> its verdicts, for the one judgment file
-        self.prompts = mt.load_judge_prompts(cfg.judge_prompts or _data_file(cfg, "judge_prompts.jsonl", "judge_prompts"))
-        ref_path = (Path(cfg.reference_answers) if cfg.reference_answers
-                    else _data_file(cfg, "reference_answer/gpt-4.jsonl", "reference/gpt-4"))
+        self.prompts = mt.load_judge_prompts(
+            cfg.judge_prompts or _data_file(cfg, "judge_prompts.jsonl", "judge_prompts")
+        )
+        ref_path = (
+            Path(cfg.reference_answers)
+            if cfg.reference_answers
+            else _data_file(cfg, "reference_answer/gpt-4.jsonl", "reference/gpt-4")
+        )
         self.refs, self.ref_model = _references(ref_path)
-        missing = [q["question_id"] for q in self.questions
-                   if q["category"] in mt.NEED_REF_CATS and q["question_id"] not in self.refs]
+        missing = [
+            q["question_id"]
+            for q in self.questions
+            if q["category"] in mt.NEED_REF_CATS and q["question_id"] not in self.refs
+        ]
         if missing:  # checked before generating: reference-guided grading cannot run without them
             raise InputError(f"no reference answer for questions {missing}", path=str(ref_path))
         # A custom or partial question set is another benchmark: never in one column with the official 80.
         ids = [q["question_id"] for q in self.questions]
-        self.task_version = self.VERSION if complete else \
-            f"{self.VERSION}/subset:{content_hash(ids, [q['turns'] for q in self.questions], length=8)}"
+        self.task_version = (
+            self.VERSION
+            if complete
+            else f"{self.VERSION}/subset:{content_hash(ids, [q['turns'] for q in self.questions], length=8)}"
+        )
 
     def _turn_request(self, q: dict[str, Any], answers: list[str], turn: int) -> GenRequest:
         history: list[dict[str, str]] = []
         for question_turn, answer in zip(q["turns"], answers):  # the model's own earlier turns
             history += [{"role": "user", "content": question_turn}, {"role": "assistant", "content": answer}]
-        return GenRequest(id=f"{q['question_id']}:t{turn}",
-                          messages=[*history, {"role": "user", "content": q["turns"][turn - 1]}],
-                          params=self.generation.params(temperature=_temperature(q)))
+        return GenRequest(
+            id=f"{q['question_id']}:t{turn}",
+            messages=[*history, {"role": "user", "content": q["turns"][turn - 1]}],
+            params=self.generation.params(temperature=_temperature(q)),
+        )
 
     def answers(self, session: Session) -> dict[int, list[str]]:
         """Each question's answered turns, in order: turn 2 is asked once turn 1 is answered."""
@@ -90,10 +103,15 @@ class MTBenchTask(Task):
 
     def requests(self, session: Session) -> list[GenRequest]:
         answers = self.answers(session)
-        return [self._turn_request(q, answers[q["question_id"]], len(answers[q["question_id"]]) + 1)
-                for q in self.questions if len(answers[q["question_id"]]) < len(q["turns"])] + \
-               [self._turn_request(q, answers[q["question_id"]][:t - 1], t) for q in self.questions
-                for t in range(1, len(answers[q["question_id"]]) + 1)]
+        return [
+            self._turn_request(q, answers[q["question_id"]], len(answers[q["question_id"]]) + 1)
+            for q in self.questions
+            if len(answers[q["question_id"]]) < len(q["turns"])
+        ] + [
+            self._turn_request(q, answers[q["question_id"]][: t - 1], t)
+            for q in self.questions
+            for t in range(1, len(answers[q["question_id"]]) + 1)
+        ]
 
     def judgments(self, session: Session) -> list[Pending]:
         if self.env.judge is None:
@@ -105,11 +123,25 @@ class MTBenchTask(Task):
             for turn in range(1, len(answers[qid]) + 1):
                 reference = self.refs.get(qid) if q["category"] in mt.NEED_REF_CATS else None
                 prompt = mt.select_judge_prompt(q["category"], turn, self.prompts)["name"]
-                request = ChatRequest(id=f"{qid}:t{turn}", temperature=0.0, max_tokens=self.cfg.judge_max_tokens,
-                                      messages=mt.render_judge_messages(q, answers[qid], turn, self.prompts, reference),
-                                      template_version=prompt, choices=RATING_CHOICES, choice_prefix=RATING_PREFIX)
-                out.append(Pending(f"{qid}:t{turn}", f"{qid}:{turn}", (request, {
-                    "question_id": qid, "category": q["category"], "turn": turn, "judge_prompt": prompt})))
+                request = ChatRequest(
+                    id=f"{qid}:t{turn}",
+                    temperature=0.0,
+                    max_tokens=self.cfg.judge_max_tokens,
+                    messages=mt.render_judge_messages(q, answers[qid], turn, self.prompts, reference),
+                    template_version=prompt,
+                    choices=RATING_CHOICES,
+                    choice_prefix=RATING_PREFIX,
+                )
+                out.append(
+                    Pending(
+                        f"{qid}:t{turn}",
+                        f"{qid}:{turn}",
+                        (
+                            request,
+                            {"question_id": qid, "category": q["category"], "turn": turn, "judge_prompt": prompt},
+                        ),
+                    )
+                )
         return out
 
     def _turns(self) -> tuple[int, ...]:
@@ -117,8 +149,11 @@ class MTBenchTask(Task):
         return tuple(range(1, min(2, max(len(q["turns"]) for q in self.questions)) + 1))  # FastChat grades two
 
     def _judge_version(self) -> str:
-        return self.judge_version(sorted((k, v.get("system_prompt"), v.get("prompt_template"))
-                                         for k, v in self.prompts.items()), self.cfg.judge_max_tokens, self.ref_model)
+        return self.judge_version(
+            sorted((k, v.get("system_prompt"), v.get("prompt_template")) for k, v in self.prompts.items()),
+            self.cfg.judge_max_tokens,
+            self.ref_model,
+        )
 
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
         info = {p.key: p.payload[1] for p in pending}
@@ -132,8 +167,16 @@ class MTBenchTask(Task):
                 meta["rating_probabilities"] = probs
             else:
                 rating = mt.parse_rating(res.text or "")
-            return Verdict(p.item_id, self.env.judge_name, version, "unparsed" if rating is None else "ok", rating,
-                           raw=res.text, key=p.key, meta=meta)
+            return Verdict(
+                p.item_id,
+                self.env.judge_name,
+                version,
+                "unparsed" if rating is None else "ok",
+                rating,
+                raw=res.text,
+                key=p.key,
+                meta=meta,
+            )
 
         verdicts = self.chat_verdicts([Pending(p.key, p.item_id, p.payload[0]) for p in pending], parse)
         for p, v in zip(pending, verdicts):
@@ -151,15 +194,22 @@ class MTBenchTask(Task):
             return []
         # One file per judge holding every model's judgments, as FastChat's gen_judgment.py writes it.
         self._judged[session.name] = verdicts
-        _write_judgments(out / "model_judgment" / f"{file_name(self.env.judge_name)}_single.jsonl",
-                         [v for vs in self._judged.values() for v in vs])
-        metrics = {"task": TASK, "judge": self.env.judge_name, "reparsed": False,
-                   "judge_prompts": sorted({str(v.meta["judge_prompt"]) for v in verdicts}),
-                   "models": (mt.aggregate(verdicts, model=session.name, turns=self._turns())
-                              or {session.name: _empty()})}
+        _write_judgments(
+            out / "model_judgment" / f"{file_name(self.env.judge_name)}_single.jsonl",
+            [v for vs in self._judged.values() for v in vs],
+        )
+        metrics = {
+            "task": TASK,
+            "judge": self.env.judge_name,
+            "reparsed": False,
+            "judge_prompts": sorted({str(v.meta["judge_prompt"]) for v in verdicts}),
+            "models": (mt.aggregate(verdicts, model=session.name, turns=self._turns()) or {session.name: _empty()}),
+        }
         n_error = sum(v.status == "error" for v in verdicts)
-        asked = {"score": sum(len(q["turns"]) for q in self.questions),
-                 **{f"turn{t}": sum(len(q["turns"]) >= t for q in self.questions) for t in (1, 2)}}
+        asked = {
+            "score": sum(len(q["turns"]) for q in self.questions),
+            **{f"turn{t}": sum(len(q["turns"]) >= t for q in self.questions) for t in (1, 2)},
+        }
         scores = mt.to_scores(metrics)
         for s in scores:
             s.task, s.task_version, s.judge_version = self.name, self.task_version, self._judge_version()
@@ -168,17 +218,22 @@ class MTBenchTask(Task):
             s.n_skipped = asked[s.metric] - s.n  # unparsed, failed calls and turns never generated
             turn = None if s.metric == "score" else int(s.metric[-1])
             mine = [v for v in verdicts if turn is None or v.meta["turn"] == turn]
-            s.extra |= {"n_unparsed": sum(v.status == "unparsed" for v in mine),
-                        "n_error": sum(v.status == "error" for v in mine)}
+            s.extra |= {
+                "n_unparsed": sum(v.status == "unparsed" for v in mine),
+                "n_error": sum(v.status == "error" for v in mine),
+            }
         r = metrics["models"][session.name]
-        self.env.log(f"{TASK} {session.name}: score {r['score']} (turn 1 {r['turn1']}, turn 2 {r['turn2']}); "
-                     f"{r['n']} graded, {asked['score'] - r['n']} skipped ({n_error} failed calls)")
+        self.env.log(
+            f"{TASK} {session.name}: score {r['score']} (turn 1 {r['turn1']}, turn 2 {r['turn2']}); "
+            f"{r['n']} graded, {asked['score'] - r['n']} skipped ({n_error} failed calls)"
+        )
         return scores
 
 
 def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Per-question difference of the mean over both turns (the question is the cluster), or of one turn."""
     from evalharness.tasks.paired import mt_bench_paired, mt_bench_scores
+
     turn = {"score": None, "turn1": 1, "turn2": 2}[metric]
     return mt_bench_paired(mt_bench_scores(a.verdicts(), a.model), mt_bench_scores(b.verdicts(), b.model), turn=turn)
 
@@ -190,8 +245,18 @@ RATING_CHOICES = tuple(f"{i}]]" for i in range(1, 11))
 
 
 def _empty() -> dict[str, Any]:
-    return {"score": None, "turn1": None, "turn2": None, "n": 0, "n_turn1": 0, "n_turn2": 0, "n_unparsed": 0,
-            "stderr": None, "ci_low": None, "ci_high": None}
+    return {
+        "score": None,
+        "turn1": None,
+        "turn2": None,
+        "n": 0,
+        "n_turn1": 0,
+        "n_turn2": 0,
+        "n_unparsed": 0,
+        "stderr": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
 
 
 def _temperature(question: dict[str, Any]) -> float:
@@ -219,9 +284,13 @@ def _questions(cfg: Config) -> list[dict[str, Any]]:
         questions = [q for q in questions if q["question_id"] in cfg.question_ids]
     if not questions:
         raise InputError("no question left after the categories / question_ids filters", path=str(path))
-    complete = (cfg.questions is None and cfg.categories is None and cfg.question_ids is None
-                and (cfg.limit is None or cfg.limit >= len(questions)))
-    return (questions[:cfg.limit] if cfg.limit is not None else questions), complete
+    complete = (
+        cfg.questions is None
+        and cfg.categories is None
+        and cfg.question_ids is None
+        and (cfg.limit is None or cfg.limit >= len(questions))
+    )
+    return (questions[: cfg.limit] if cfg.limit is not None else questions), complete
 
 
 def _references(path: Path) -> tuple[dict[int, list[str]], str]:
@@ -240,15 +309,30 @@ def _references(path: Path) -> tuple[dict[int, list[str]], str]:
 def _write_answers(path: Path, model: str, answers: dict[int, list[str]]) -> None:
     """``model_answer/<model>.jsonl`` as gen_model_answer.py writes it (one choice)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, ({"question_id": qid, "answer_id": f"{qid}", "model_id": model,
-                               "choices": [{"index": 0, "turns": turns}]} for qid, turns in answers.items()))
+    write_jsonl_atomic(
+        path,
+        (
+            {"question_id": qid, "answer_id": f"{qid}", "model_id": model, "choices": [{"index": 0, "turns": turns}]}
+            for qid, turns in answers.items()
+        ),
+    )
 
 
 def _write_judgments(path: Path, verdicts: list[Verdict]) -> None:
     """``model_judgment/<judge>_single.jsonl`` as gen_judgment.py writes it (-1: no rating; $ERROR$: failed call)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, ({"question_id": v.meta["question_id"], "model": v.meta["model"],
-                               "judge": [v.judge_id, v.meta["judge_prompt"]],
-                               "judgment": API_ERROR_OUTPUT if v.status == "error" else v.raw,
-                               "score": v.value if v.status == "ok" else mt.UNPARSED_SCORE,
-                               "turn": v.meta["turn"], "tstamp": time.time()} for v in verdicts))
+    write_jsonl_atomic(
+        path,
+        (
+            {
+                "question_id": v.meta["question_id"],
+                "model": v.meta["model"],
+                "judge": [v.judge_id, v.meta["judge_prompt"]],
+                "judgment": API_ERROR_OUTPUT if v.status == "error" else v.raw,
+                "score": v.value if v.status == "ok" else mt.UNPARSED_SCORE,
+                "turn": v.meta["turn"],
+                "tstamp": time.time(),
+            }
+            for v in verdicts
+        ),
+    )
