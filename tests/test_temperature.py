@@ -16,7 +16,8 @@ from evalharness.analysis.compare import build_table, resolve, score_ci
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.analysis.plot import temperature_plot, temperature_points
 from evalharness.pipeline.runner import plan_from_spec, run
-from evalharness.pipeline.spec import load_spec, swept_task, temperature_task
+from evalharness.core.records import swept_task, temperature_task
+from evalharness.pipeline.spec import load_spec
 from evalharness.store import RunStore, comparable
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
