@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-fast test-long test-vllm vllm-venv demo perf reliability clean-venv
+.PHONY: install quickstart test lint docs test-fast test-long test-vllm vllm-venv demo perf reliability clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +28,21 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/evalharness quickstart
 
-test: $(STAMP)
+test: $(STAMP) lint docs
 	$(BIN)/python -m pytest -q -rs --durations=15
+
+# The habits that catch the next person's mistakes before review: lint and format, types, the layer contract and
+# the private-name / function-length rules (tests/test_structure.py plants violations to show each one fails).
+lint: $(STAMP)
+	$(BIN)/ruff check evalharness tools
+	$(BIN)/ruff format --check evalharness tools
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tools/check_structure.py evalharness
+
+# The manual (docs/): a broken link or anchor, or a page missing from the nav, fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -82,3 +82,12 @@ def test_length_check_fails_on_a_planted_long_function(tmp_path: Path) -> None:
     (root / "evalharness" / "core" / "long.py").write_text(f"def too_long() -> None:\n{body}\n")
     found = _checker().violations(root / "evalharness")
     assert any("too_long is 71 lines" in f for f in found), found
+
+
+def test_the_package_root_exports_the_library_entry_points() -> None:
+    import evalharness
+
+    for name in evalharness.__all__:
+        assert callable(getattr(evalharness, name)), name
+    # the README's library example imports these from the root
+    from evalharness import build_table, regress, resolve, run_spec  # noqa: F401
