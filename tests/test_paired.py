@@ -17,8 +17,11 @@ from test_metrics_arena_hard import BATTLES
 
 from evalharness.tasks import paired
 from evalharness.tasks.alpaca_eval import metric as ae
+from evalharness.tasks.alpaca_eval import paired_stats as ae_paired
 from evalharness.tasks.arena_hard import metric as ah
+from evalharness.tasks.arena_hard import paired_stats as ah_paired
 from evalharness.tasks.mt_bench import metric as mt
+from evalharness.tasks.mt_bench import paired_stats as mt_paired
 
 T975_3 = 3.182446305284263  # Student t 0.975 quantile, 3 df
 
@@ -83,23 +86,23 @@ def test_mt_bench_clusters_by_question() -> None:
          ("q4", 1): 2.0}
     b = {("q1", 1): 7.0, ("q1", 2): 4.0, ("q2", 1): 5.0, ("q3", 1): 3.0, ("q3", 2): 6.0, ("q4", 1): 4.0,
          ("q4", 2): 1.0}
-    r = paired.mt_bench_paired(a, b)
+    r = mt_paired.mt_bench_paired(a, b)
     # paired turns per question: q1 (1, 2) -> 1.5; q2 (turn 1 only: b lacks turn 2) -> 0; q3 (4, 1) -> 2.5; q4 -> -2
     d = np.array([1.5, 0.0, 2.5, -2.0])
     assert r.delta == pytest.approx(d.mean()) and r.se == pytest.approx(d.std(ddof=1) / 2)
     assert (r.n_paired, r.n_only_a, r.n_only_b) == (4, 1, 1)
     assert r.value_a == pytest.approx(np.mean([7, 5, 7, 2])) and r.value_b == pytest.approx(np.mean([5.5, 5, 4.5, 4]))
-    t2 = paired.mt_bench_paired(a, b, turn=2)
+    t2 = mt_paired.mt_bench_paired(a, b, turn=2)
     assert (t2.delta, t2.n_paired, t2.n_only_a, t2.n_only_b) == (pytest.approx(1.5), 2, 1, 1)  # q1: 2, q3: 1
-    t1 = paired.mt_bench_paired(a, b, turn=1)
+    t1 = mt_paired.mt_bench_paired(a, b, turn=1)
     assert t1.delta == pytest.approx(np.mean([1, 0, 4, -2])) and t1.n_paired == 4
 
 
 def test_mt_bench_official_judgments(benchdata: Path) -> None:
     root = benchdata / "mt_bench/model_judgment/official_derived"
     verdicts = mt.load_judgments(root)
-    a, b = paired.mt_bench_scores(verdicts, "gpt-4"), paired.mt_bench_scores(verdicts, "alpaca-13b")
-    r = paired.mt_bench_paired(a, b)
+    a, b = mt_paired.mt_bench_scores(verdicts, "gpt-4"), mt_paired.mt_bench_scores(verdicts, "alpaca-13b")
+    r = mt_paired.mt_bench_paired(a, b)
     # by hand from the TSVs: per-question mean of both turns, then the difference
     per_q: dict[str, dict[str, list[float]]] = {}
     for f in root.glob("*.tsv"):
@@ -148,7 +151,7 @@ def _synthetic_outcomes(seed: int, n: int = 40) -> dict[str, list[tuple[float, f
 
 def test_arena_hard_bootstrap_equals_closed_form_on_the_same_question_draws() -> None:
     battles = _battles(_synthetic_outcomes(0))
-    r = paired.arena_hard_paired_bootstrap(battles, "x", "y", baseline="base", rounds=60, seed=7)
+    r = ah_paired.arena_hard_paired_bootstrap(battles, "x", "y", baseline="base", rounds=60, seed=7)
     assert r.value_a == pytest.approx(_closed_form_score(battles, "x"), abs=1e-6)
     assert r.delta == pytest.approx(_closed_form_score(battles, "x") - _closed_form_score(battles, "y"), abs=1e-6)
     # the same question draws for both models, redrawn here independently of the implementation
@@ -169,29 +172,29 @@ def test_arena_hard_bootstrap_equals_closed_form_on_the_same_question_draws() ->
 def test_arena_hard_self_shift_seed_and_unpaired_questions() -> None:
     outcomes = _synthetic_outcomes(1)
     battles = _battles(outcomes)
-    same = paired.arena_hard_paired_bootstrap(battles, "x", "x", baseline="base", rounds=30)
+    same = ah_paired.arena_hard_paired_bootstrap(battles, "x", "x", baseline="base", rounds=30)
     assert (same.delta, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
     # known shift: a copy of x with 5 decisive game-1 wins turned into decisive losses: 15 of its battles flip
     wins = [i for i, (g1, _) in enumerate(outcomes["x"]) if g1 == 1.0][:5]
     worse = [((0.0 if i in wins else g1), g2) for i, (g1, g2) in enumerate(outcomes["x"])]
     shifted = _battles({"x": outcomes["x"], "x_worse": worse})
-    r = paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=3)
+    r = ah_paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=3)
     n_battles = len(shifted[shifted.model_b == "x"])  # the flip keeps the battle count (3 rows each way)
     assert r.delta == pytest.approx(100 * 5 * 3 / n_battles, abs=1e-6)
     assert r.ci_low > 0 and r.p_percentile == pytest.approx(2 / 41)  # every round favours x
     assert r.p_value == pytest.approx(2 * st.norm.sf(r.delta / r.se))
     assert r.p_value < r.p_percentile  # the z test on the bootstrap SE has no 2 / (B + 1) floor
-    again = paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=3)
+    again = ah_paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=3)
     assert again == r
-    assert paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=4) != r
+    assert ah_paired.arena_hard_paired_bootstrap(shifted, "x", "x_worse", baseline="base", rounds=40, seed=4) != r
     # y lacks 4 questions: counted, and x's battles on them are left out of the comparison
     partial = battles[~((battles.model_b == "y") & battles.question_id.isin(["q0", "q1", "q2", "q3"]))]
-    p = paired.arena_hard_paired_bootstrap(partial.reset_index(drop=True), "x", "y", baseline="base", rounds=20)
+    p = ah_paired.arena_hard_paired_bootstrap(partial.reset_index(drop=True), "x", "y", baseline="base", rounds=20)
     assert (p.n_paired, p.n_only_a, p.n_only_b) == (36, 4, 0)
     kept = partial[~partial.question_id.isin(["q0", "q1", "q2", "q3"])].reset_index(drop=True)
     assert p.value_a == pytest.approx(_closed_form_score(kept, "x"), abs=1e-6)
     # against the baseline itself (score 50 by construction), which lacks no question
-    vs = paired.arena_hard_paired_bootstrap(partial.reset_index(drop=True), "y", "base", baseline="base", rounds=20)
+    vs = ah_paired.arena_hard_paired_bootstrap(partial.reset_index(drop=True), "y", "base", baseline="base", rounds=20)
     assert (vs.value_b, vs.n_paired, vs.n_only_a, vs.n_only_b) == (50.0, 36, 0, 0)
     assert vs.delta == pytest.approx(_closed_form_score(kept, "y") - 50, abs=1e-6)
 
@@ -205,7 +208,7 @@ def test_arena_hard_warm_start_gives_the_same_numbers() -> None:
 
 def test_arena_hard_official_battles(benchdata: Path) -> None:
     battles = ah.load_battles(benchdata / BATTLES)
-    r = paired.arena_hard_paired_bootstrap(battles, "gpt-4-0613", "gpt-3.5-turbo-0125", rounds=200)
+    r = ah_paired.arena_hard_paired_bootstrap(battles, "gpt-4-0613", "gpt-3.5-turbo-0125", rounds=200)
     assert (r.value_a, r.value_b) == (pytest.approx(37.90, abs=0.005), pytest.approx(23.34, abs=0.005))  # official
     assert r.delta == pytest.approx(r.value_a - r.value_b) and r.ci_low < r.delta < r.ci_high
     assert r.ci_low > 0 and r.p_percentile == pytest.approx(2 / 201) and r.n_paired == 500
@@ -234,7 +237,7 @@ def _annotations(name: str, seed: int, n: int = 120, shift: float = 0.0, base: s
 def test_alpaca_winrate_paired_by_hand_and_unparsed_rows() -> None:
     a, b = _annotations("a", 1, n=40, shift=0.5), _annotations("b", 2, n=40)
     a[3]["preference"], b[7]["preference"], b[8]["preference"] = None, None, 0  # b[8]: legacy tie
-    r = paired.alpaca_winrate_paired(a, b)
+    r = ae_paired.alpaca_winrate_paired(a, b)
     keep = [i for i in range(40) if i not in (3, 7)]
     wb = {i: (0.5 if b[i]["preference"] == 0 else b[i]["preference"] - 1) for i in keep}
     d = np.array([100 * (a[i]["preference"] - 1 - wb[i]) for i in keep])
@@ -242,37 +245,37 @@ def test_alpaca_winrate_paired_by_hand_and_unparsed_rows() -> None:
     assert (r.n_paired, r.n_only_a, r.n_only_b) == (38, 1, 1)  # a's 7 and b's 3 are judged on one side only
     assert r.p_value == pytest.approx(st.ttest_1samp(d, 0).pvalue)
     with pytest.raises(ValueError, match="different baselines"):
-        paired.alpaca_winrate_paired(a, _annotations("c", 3, n=40, base="other"))
+        ae_paired.alpaca_winrate_paired(a, _annotations("c", 3, n=40, base="other"))
     with pytest.raises(ValueError, match="repeated"):
-        paired.alpaca_winrate_paired(a + a[:1], b)
+        ae_paired.alpaca_winrate_paired(a + a[:1], b)
 
 
 def test_lc_paired_bootstrap_shares_draws_and_refits(support_dir: Path) -> None:  # noqa: F811
     support = ae.load_lc_support(support_dir)
     a, b = _annotations("a", 1, shift=0.6), _annotations("b", 2)
     baseline = [{**r, "generator_2": "base", "output_2": r["output_1"], "preference": 1.5} for r in a]
-    r = paired.alpaca_lc_paired_bootstrap(a, b, support, rounds=4, seed=5)
+    r = ae_paired.alpaca_lc_paired_bootstrap(a, b, support, rounds=4, seed=5)
     lc = {name: ae.length_controlled_winrate(rows, support)["length_controlled_winrate"] for name, rows in
           (("a", a), ("b", b))}
     assert r.delta == pytest.approx(lc["a"] - lc["b"]) and (r.value_a, r.value_b) == (lc["a"], lc["b"])
     assert (r.n_paired, r.n_only_a, r.n_only_b, r.rounds) == (120, 0, 0, 4)
     # against the baseline (LC 50 every round) the delta's CI is the marginal LC bootstrap CI minus 50:
     # the same draws and the same refit as lc_winrate_bootstrap_ci
-    vs_base = paired.alpaca_lc_paired_bootstrap(a, baseline, support, rounds=4, seed=5)
+    vs_base = ae_paired.alpaca_lc_paired_bootstrap(a, baseline, support, rounds=4, seed=5)
     low, high = ae.lc_winrate_bootstrap_ci(a, support, rounds=4, seed=5)
     assert (vs_base.ci_low, vs_base.ci_high) == pytest.approx((low - 50, high - 50))
     assert vs_base.value_b == 50.0
     # several models against one reference: the same results, and the reference against itself is exactly 0
-    many = paired.alpaca_lc_against(b, {"a": a, "b": b}, support, rounds=4, seed=5)
+    many = ae_paired.alpaca_lc_against(b, {"a": a, "b": b}, support, rounds=4, seed=5)
     assert many["a"] == r
     same = many["b"]
     assert (same.delta, same.ci_low, same.ci_high, same.p_value, same.se) == (0.0, 0.0, 0.0, 1.0, 0.0)
     # swapping the models negates the delta and mirrors the CI; the seed reproduces
-    swapped = paired.alpaca_lc_paired_bootstrap(b, a, support, rounds=4, seed=5)
+    swapped = ae_paired.alpaca_lc_paired_bootstrap(b, a, support, rounds=4, seed=5)
     assert (swapped.delta, swapped.ci_low, swapped.ci_high) == pytest.approx((-r.delta, -r.ci_high, -r.ci_low))
     assert (swapped.p_value, swapped.p_percentile) == (pytest.approx(r.p_value), r.p_percentile)
     with pytest.raises(ValueError, match="in the same"):
-        paired.alpaca_lc_paired_bootstrap(a, b[::-1], support, rounds=2)
+        ae_paired.alpaca_lc_paired_bootstrap(a, b[::-1], support, rounds=2)
 
 
 def _official(benchdata: Path, model: str) -> dict[str, dict[str, Any]]:
@@ -282,7 +285,7 @@ def _official(benchdata: Path, model: str) -> dict[str, dict[str, Any]]:
 def test_alpaca_paired_difference_on_official_annotations(benchdata: Path) -> None:
     a_name, b_name = "claude-2.1", "gpt-3.5-turbo-1106"
     a, b = (ae.load_annotations(annotations_path(benchdata, m)) for m in (a_name, b_name))
-    r = paired.alpaca_winrate_paired(a, b)
+    r = ae_paired.alpaca_winrate_paired(a, b)
     # by hand from the JSON files: per-instruction preference - 1 in percent, paired by instruction
     ra, rb = _official(benchdata, a_name), _official(benchdata, b_name)
     shared = [k for k in ra if k in rb and ra[k]["preference"] is not None and rb[k]["preference"] is not None]
@@ -303,7 +306,7 @@ def test_alpaca_paired_difference_on_official_annotations(benchdata: Path) -> No
     # discrete win rate: exact McNemar on the discordant instructions, counted by hand
     disc = lambda p: 0.5 if p == 1.5 else float(round(p) - 1)  # noqa: E731
     da, db = (np.array([disc(r[k]["preference"]) for k in shared]) for r in (ra, rb))
-    m = paired.alpaca_discrete_paired(a, b)
+    m = ae_paired.alpaca_discrete_paired(a, b)
     n_a, n_b = int((da > db).sum()), int((da < db).sum())
     assert m.p_value == pytest.approx(st.binomtest(n_a, n_a + n_b).pvalue)
     assert m.delta == pytest.approx(100 * (da.mean() - db.mean()))

@@ -1,7 +1,7 @@
 """Speed of the paired statistics: Arena-Hard's paired bootstrap against the official bootstrap, and
 a compare-style set of paired tests over 10 models.
 
-Part 1 times one round of ``evalharness.tasks.paired.arena_hard_paired_bootstrap`` (draw questions, refit
+Part 1 times one round of ``evalharness.tasks.ah_paired.arena_hard_paired_bootstrap`` (draw questions, refit
 one Bradley-Terry over both models, warm-started) against one round of the official arena-hard-auto
 bootstrap (``battles.sample(frac=1.0, replace=True)`` then ``compute_mle_elo`` with sklearn's
 LogisticRegression), on the same official battles file, and prints the ratio (goal >= 1.0x).
@@ -36,10 +36,13 @@ import pandas as pd
 import sklearn
 from sklearn.linear_model import LogisticRegression
 
-from evalharness.tasks import paired
 from evalharness.core import stats
+from evalharness.tasks import paired
 from evalharness.tasks.alpaca_eval import metric as ae
+from evalharness.tasks.alpaca_eval import paired_stats as ae_paired
 from evalharness.tasks.arena_hard import metric as ah
+from evalharness.tasks.arena_hard import paired_stats as ah_paired
+from evalharness.tasks.mt_bench import paired_stats as mt_paired
 from evalharness.testing.lc_support import write_synthetic_lc_support
 
 GOAL_SPEEDUP = 1.0
@@ -119,10 +122,10 @@ def per_round(battles: pd.DataFrame, rounds: int, official_rounds: int) -> dict[
         boot = official_get_bootstrap_result(battles, official_compute_mle_elo, official_rounds)
         official_s = (time.perf_counter() - t) / official_rounds
     t = time.perf_counter()
-    ours = paired.arena_hard_paired_bootstrap(battles, MODEL_A, MODEL_B, rounds=rounds)
+    ours = ah_paired.arena_hard_paired_bootstrap(battles, MODEL_A, MODEL_B, rounds=rounds)
     ours_s = (time.perf_counter() - t) / rounds
     t = time.perf_counter()
-    cold = paired.arena_hard_paired_bootstrap(battles, MODEL_A, MODEL_B, rounds=rounds, warm_start=False)
+    cold = ah_paired.arena_hard_paired_bootstrap(battles, MODEL_A, MODEL_B, rounds=rounds, warm_start=False)
     cold_s = (time.perf_counter() - t) / rounds
     official_delta = 100 * (ah.win_rate(boot[MODEL_A]) - ah.win_rate(boot[MODEL_B]))
     return {
@@ -181,22 +184,22 @@ def compare_set(data: dict[str, Any], arena_rounds: int, lc_rounds: int) -> dict
 
     t = time.perf_counter()
     for m in others:
-        results.append(paired.alpaca_winrate_paired(data["alpaca"][m], data["alpaca"][ref]))
-        results.append(paired.alpaca_discrete_paired(data["alpaca"][m], data["alpaca"][ref]))
+        results.append(ae_paired.alpaca_winrate_paired(data["alpaca"][m], data["alpaca"][ref]))
+        results.append(ae_paired.alpaca_discrete_paired(data["alpaca"][m], data["alpaca"][ref]))
     seconds["alpaca_eval_winrate_and_discrete"] = time.perf_counter() - t
     t = time.perf_counter()
-    lc = paired.alpaca_lc_against(data["alpaca"][ref], {m: data["alpaca"][m] for m in others}, data["lc_support"],
+    lc = ae_paired.alpaca_lc_against(data["alpaca"][ref], {m: data["alpaca"][m] for m in others}, data["lc_support"],
                                   rounds=lc_rounds)
     results += lc.values()
     seconds["alpaca_eval_lc_bootstrap"] = time.perf_counter() - t
     t = time.perf_counter()
     for m in others:
         for turn in (None, 1, 2):
-            results.append(paired.mt_bench_paired(data["mt"][m], data["mt"][ref], turn=turn))
+            results.append(mt_paired.mt_bench_paired(data["mt"][m], data["mt"][ref], turn=turn))
     seconds["mt_bench"] = time.perf_counter() - t
     t = time.perf_counter()
     for m in others:
-        results.append(paired.arena_hard_paired_bootstrap(data["arena"], m, ref, rounds=arena_rounds))
+        results.append(ah_paired.arena_hard_paired_bootstrap(data["arena"], m, ref, rounds=arena_rounds))
     seconds["arena_hard_bootstrap"] = time.perf_counter() - t
     t = time.perf_counter()
     holm = stats.holm([r.p_value for r in results])
@@ -209,9 +212,9 @@ def compare_set(data: dict[str, Any], arena_rounds: int, lc_rounds: int) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=paired.ARENA_ROUNDS, help="our bootstrap rounds (part 1 and 2)")
+    ap.add_argument("--rounds", type=int, default=ah_paired.ARENA_ROUNDS, help="our bootstrap rounds (part 1 and 2)")
     ap.add_argument("--official-rounds", type=int, default=100, help="official bootstrap rounds (its default)")
-    ap.add_argument("--lc-rounds", type=int, default=paired.LC_ROUNDS, help="LC bootstrap rounds in part 2")
+    ap.add_argument("--lc-rounds", type=int, default=ae_paired.LC_ROUNDS, help="LC bootstrap rounds in part 2")
     ap.add_argument("--benchdata", type=Path,
                     default=Path(os.environ.get("EVALHARNESS_BENCHDATA", REPO.parent / "shared" / "benchdata")))
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -41,7 +41,7 @@ from evalharness.analysis import compare
 from evalharness.core import provenance
 from evalharness.tasks.alpaca_eval import metric as ae
 from evalharness.tasks.arena_hard import metric as ah
-from evalharness.tasks.paired import LC_ROUNDS
+from evalharness.tasks.alpaca_eval.paired_stats import LC_ROUNDS
 from evalharness.core.records import SCHEMA_VERSION, Score, Verdict
 from evalharness.core.stats import cluster_means, mean_ci
 from evalharness.store import RunStore, write_json_atomic

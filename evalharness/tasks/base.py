@@ -269,7 +269,7 @@ def task_class(module: str) -> type[Task]:
     cls = getattr(mod, "TASK_CLASS", None)
     if cls is None:
         raise InputError(f"evalharness.tasks.{module} is not a task module (no TASK_CLASS)")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 # Modules of the tasks package that hold shared machinery, not a task.

@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -208,7 +209,7 @@ class PreferenceAccuracyTask(Task):
         keys = set(self._keys.values())
         table = PairTable.of(verdicts, keys)
         skipped = len(self.pairs) - len(table.ids)
-        common = {
+        common: dict[str, Any] = {
             "task": self.name,
             "model": session.name,
             "task_version": self.task_version,
@@ -260,13 +261,13 @@ class PreferenceAccuracyTask(Task):
         margins = np.array(list(table.values("reward_margin").values()))
         # One column across algorithms, like reward_acc_own: each row in its own reward's units (its extra says
         # which); the paired difference refuses two different definitions or betas.
-        keys_m = {
+        keys_m: dict[str, Any] = {
             "judge_version": self.judge_version("margin", "own"),
             "baseline": self.env.reference_name,
             "higher_is_better": None,
         }
         if margins.size:
-            m, se, lo, hi = mean_ci(margins)
+            m, se, lo, hi = mean_ci(cast("Sequence[float]", margins))  # mean_ci takes any array-like (np.asarray)
             out.append(
                 Score(
                     metric="reward_margin",
@@ -281,7 +282,11 @@ class PreferenceAccuracyTask(Task):
                 )
             )
             for q in QUANTILES:
-                lo, hi = bootstrap_ci(margins, lambda x, q=q: float(np.percentile(x, q)), rounds=BOOTSTRAP_ROUNDS)
+
+                def quantile(x: np.ndarray, q: int = q) -> float:
+                    return float(np.percentile(x, q))
+
+                lo, hi = bootstrap_ci(margins, quantile, rounds=BOOTSTRAP_ROUNDS)
                 out.append(
                     Score(
                         metric=f"reward_margin_q{q}",
@@ -300,7 +305,7 @@ class PreferenceAccuracyTask(Task):
         self, metric: str, values: dict[str, float], definition: str, common: dict[str, Any], extra: dict[str, Any]
     ) -> Score:
         """Share of pairs won (a tie counts half), its Wilson 95% CI; n counts pairs."""
-        keys = {
+        keys: dict[str, Any] = {
             "judge_version": self.judge_version(metric, definition),
             "higher_is_better": True,
             "baseline": self.env.reference_name if definition in REFERENCE_BASED | {"own"} else None,
@@ -434,7 +439,8 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
         raise EvalHarnessError("no paired test of a margin quantile: compare reward_margin")
     va, vb = ta.values(metric), tb.values(metric)
     if metric == "reward_margin":
-        da, db = ({k: own[k] for k in ("definition", "beta")} for own in (ta.own, tb.own))  # type: ignore[union-attr]
+        assert ta.own is not None and tb.own is not None  # values("reward_margin") raised above without an own reward
+        da, db = ({k: own[k] for k in ("definition", "beta")} for own in (ta.own, tb.own))
         if da != db:
             raise EvalHarnessError(f"margins in different reward units ({da} vs {db}): compare reward_acc_*")
         return paired_t(va, vb, method="paired t over pairs")

@@ -8,7 +8,7 @@ prompts of the per-prompt mean. The response length in tokens (EOS included) is 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from evalharness.core.records import Generation, Score, Verdict
 from evalharness.judges import get_judge
@@ -23,7 +23,7 @@ class Config:
 
 
 class RewardTask(PromptSetTask):
-    Config = Config
+    Config: ClassVar[type] = Config
     VERSION = "1"
 
     def setup(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -249,12 +250,13 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None 
     """Win rate: per-instruction preference difference (paired t); discrete win rate: exact McNemar; LC:
     paired bootstrap over instructions with the GLM refit each round; avg_length: per-instruction lengths."""
     from evalharness.tasks import paired as pr
+    from evalharness.tasks.alpaca_eval import paired_stats as ae_pr
 
     ra, rb = annotations_of(a), annotations_of(b)
     if metric == "win_rate":
-        return pr.alpaca_winrate_paired(ra, rb)
+        return ae_pr.alpaca_winrate_paired(ra, rb)
     if metric == "discrete_win_rate":
-        return pr.alpaca_discrete_paired(ra, rb)
+        return ae_pr.alpaca_discrete_paired(ra, rb)
     if metric == "avg_length":
         return pr.paired_t(
             {r["instruction"]: float(len(r["output_2"])) for r in ra},
@@ -264,7 +266,7 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None 
     if metric == "length_controlled_winrate":
         cfg = Config(**{k: v for k, v in a.config.items() if k in Config.__dataclass_fields__})
         support = ae.load_lc_support(_lc_support_dir(cfg))
-        return pr.alpaca_lc_paired_bootstrap(ra, rb, support, rounds=rounds or pr.LC_ROUNDS, seed=seed)
+        return ae_pr.alpaca_lc_paired_bootstrap(ra, rb, support, rounds=rounds or ae_pr.LC_ROUNDS, seed=seed)
     raise ValueError(f"no paired test for alpaca_eval {metric}")
 
 
@@ -343,12 +345,12 @@ def raw_completion(result: ChatResult) -> dict[str, Any]:
     """A ChatResult as the official ``raw_completion`` (an OpenAI choice), which ae.preference_from_completion
     parses; the sampled token is left out when the judge does not report it (local judges). A label-space
     judge's log-probs of ``m`` and ``M`` become the first token's alternatives."""
-    content = None
+    content: list[dict[str, Any]] | None = None
     if result.choice_logprobs is not None:
         alts = sorted(result.choice_logprobs.items(), key=lambda kv: -kv[1])
         content = [{"top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts]}]
     elif result.top_logprobs is not None:
-        sampled = result.token_logprobs or [None] * len(result.top_logprobs)
+        sampled: Sequence[tuple[str, float] | None] = result.token_logprobs or [None] * len(result.top_logprobs)
         content = [
             {
                 **({"token": s[0], "logprob": s[1]} if s else {}),

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -365,7 +365,7 @@ def _game_counts(battles: pd.DataFrame, baseline: str, weight: int) -> dict[str,
     out: dict[str, tuple[int, int] | None] = {}
     for m, sizes in battles.groupby([model, battles.question_id]).size().groupby(level=0):
         parts = [table.get(int(r)) for r in sizes]
-        out[str(m)] = None if None in parts else tuple(map(sum, zip(*parts)))  # type: ignore[arg-type]
+        out[str(m)] = None if None in parts else cast("tuple[int, int]", tuple(map(sum, zip(*parts))))
     return out
 
 

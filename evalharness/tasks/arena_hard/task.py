@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from evalharness.backends.http import ChatRequest, ChatResult
 from evalharness.core.errors import InputError
@@ -205,8 +205,11 @@ class ArenaHardTask(Task):
             mine = [v for v in verdicts if v.meta["category"] == category]
             label = self.bench if category == self.bench else f"{self.bench}/{category}"
             counts = ah.verdict_counts(mine) or {session.name: (0, 0)}
-            missing = 2 * n_questions[category] - counts[session.name][0]  # type: ignore[index]
+            own = counts[session.name]
+            assert own is not None  # verdict_counts never stores None
+            missing = 2 * n_questions[category] - own[0]
             battles = ah.battles_from_verdicts(mine)
+            metrics: dict[str, Any]
             if battles.empty:
                 metrics = {
                     "bench": label,
@@ -226,11 +229,11 @@ class ArenaHardTask(Task):
                             "ci_high": None,
                             "elo": None,
                             "n_battles": 0,
-                            "n_games": counts[session.name][0],  # type: ignore[index]
-                            "n_unparsed": counts[session.name][1],
+                            "n_games": own[0],
+                            "n_unparsed": own[1],
                         }
                     },
-                }  # type: ignore[index]
+                }
             else:
                 metrics = ah.score_battles(
                     battles,
@@ -274,7 +277,7 @@ def paired(
 ) -> Any:
     """Paired cluster bootstrap over questions (both games of a question together, the same draws for both
     models), Bradley-Terry refit each round, against the baseline both were judged against."""
-    from evalharness.tasks.paired import arena_hard_paired_bootstrap
+    from evalharness.tasks.arena_hard.paired_stats import arena_hard_paired_bootstrap
 
     if metric != "score":
         raise ValueError(f"no paired test for arena_hard {metric} (style control needs the answers' metadata)")
@@ -293,7 +296,7 @@ def paired(
             v.meta = {**v.meta, "model": f"{side}:{v.meta['model']}"}
     battles = ah.battles_from_verdicts([*va, *vb])
     return arena_hard_paired_bootstrap(
-        battles, f"a:{a.model}", f"b:{b.model}", baseline=bases.pop(), rounds=rounds, seed=seed
+        battles, f"a:{a.model}", f"b:{b.model}", baseline=cast(str, bases.pop()), rounds=rounds, seed=seed
     )
 
 
@@ -309,7 +312,7 @@ def _data_file(cfg: Config, rel: str, name: str) -> Path:
     return data_file(cfg.data_dir, rel, f"arena_hard/{cfg.version}/{name}")
 
 
-def _questions(cfg: Config, bench: str) -> list[dict[str, Any]]:
+def _questions(cfg: Config, bench: str) -> tuple[list[dict[str, Any]], bool]:
     path = Path(cfg.questions) if cfg.questions else _data_file(cfg, f"{bench}/question.jsonl", "questions")
     questions = []
     for i, q in iter_jsonl(path):
@@ -329,7 +332,7 @@ def _questions(cfg: Config, bench: str) -> list[dict[str, Any]]:
 def _judge_config(cfg: Config, category: str) -> ah.JudgeConfig:
     config_file, settings_file = JUDGE_FILES[cfg.version]
     path = cfg.judge_config or _data_file(cfg, *config_file)
-    settings = cfg.judge_settings
+    settings: str | Path | None = cfg.judge_settings
     if settings is None and cfg.judge_config is None and settings_file is not None:
         settings = _data_file(cfg, *settings_file)
     return ah.load_judge_config(path, settings=settings, category=category)

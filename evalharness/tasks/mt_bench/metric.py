@@ -73,7 +73,7 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
     verdicts = []
     for file in files:
         for line, row in _rows(file):
-            where = {"path": str(file), "line": line}
+            where: dict[str, Any] = {"path": str(file), "line": line}
             for name in ("question_id", "model", "turn"):
                 if row.get(name) in (None, ""):
                     raise InputError("missing field", field=name, **where)

@@ -198,7 +198,7 @@ class MTBenchTask(Task):
             out / "model_judgment" / f"{file_name(self.env.judge_name)}_single.jsonl",
             [v for vs in self._judged.values() for v in vs],
         )
-        metrics = {
+        metrics: dict[str, Any] = {
             "task": TASK,
             "judge": self.env.judge_name,
             "reparsed": False,
@@ -232,7 +232,7 @@ class MTBenchTask(Task):
 
 def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Per-question difference of the mean over both turns (the question is the cluster), or of one turn."""
-    from evalharness.tasks.paired import mt_bench_paired, mt_bench_scores
+    from evalharness.tasks.mt_bench.paired_stats import mt_bench_paired, mt_bench_scores
 
     turn = {"score": None, "turn1": 1, "turn2": 2}[metric]
     return mt_bench_paired(mt_bench_scores(a.verdicts(), a.model), mt_bench_scores(b.verdicts(), b.model), turn=turn)
@@ -271,7 +271,7 @@ def _data_file(cfg: Config, rel: str, name: str) -> Path:
     return data_file(cfg.data_dir, rel, f"mt_bench/{name}")
 
 
-def _questions(cfg: Config) -> list[dict[str, Any]]:
+def _questions(cfg: Config) -> tuple[list[dict[str, Any]], bool]:
     path = Path(cfg.questions) if cfg.questions else _data_file(cfg, "question.jsonl", "questions")
     questions = []
     for i, q in iter_jsonl(path):
