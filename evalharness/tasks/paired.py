@@ -70,7 +70,12 @@ def pair_items(a: Mapping[K, float], b: Mapping[K, float]) -> tuple[list[K], int
 
 
 def _t_result(
-    xa: Sequence[float], xb: Sequence[float], n_only_a: int, n_only_b: int, method: str, level: float
+    xa: Sequence[float] | np.ndarray,
+    xb: Sequence[float] | np.ndarray,
+    n_only_a: int,
+    n_only_b: int,
+    method: str,
+    level: float,
 ) -> PairedResult:
     """Paired t over aligned units (xa[i], xb[i])."""
     ya, yb = np.asarray(xa, dtype=float), np.asarray(xb, dtype=float)

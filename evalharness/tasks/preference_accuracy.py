@@ -232,6 +232,12 @@ class PreferenceAccuracyTask(Task):
             return out
         extra = {k: own[k] for k in ("algorithm", "definition", "beta")}
         out.append(self._accuracy("reward_acc_own", table.values("reward_acc_own"), "own", common, extra))
+        out += self._contingency_scores(table, common, extra)
+        out += self._margin_scores(table, common, extra)
+        return out
+
+    def _contingency_scores(self, table: PairTable, common: dict[str, Any], extra: dict[str, Any]) -> list[Score]:
+        """Under the own reward: its agreement with the average log-likelihood order, then the 2x2 table's cells."""
         cells = {c: int(sum(table.values(f"contingency_{c}").values())) for c in CELLS}
         strict = sum(cells.values())
         extra_t = {
@@ -244,7 +250,7 @@ class PreferenceAccuracyTask(Task):
         agree = self._accuracy(
             "reward_loglik_agreement", table.values("reward_loglik_agreement"), "own", common, extra_t
         )
-        out.append(agree)
+        out = [agree]
         for c in CELLS:
             out.append(
                 Score(
@@ -258,6 +264,11 @@ class PreferenceAccuracyTask(Task):
                     **common,
                 )
             )
+        return out
+
+    def _margin_scores(self, table: PairTable, common: dict[str, Any], extra: dict[str, Any]) -> list[Score]:
+        """Under the own reward: the mean margin r_w - r_l (t CI), then its quantiles (percentile bootstrap CIs)."""
+        out: list[Score] = []
         margins = np.array(list(table.values("reward_margin").values()))
         # One column across algorithms, like reward_acc_own: each row in its own reward's units (its extra says
         # which); the paired difference refuses two different definitions or betas.

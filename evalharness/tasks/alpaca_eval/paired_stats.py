@@ -31,7 +31,7 @@ def alpaca_wins(annotations: Sequence[Mapping[str, Any]]) -> tuple[dict[str, flo
 
 
 def _check_same_baseline(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> None:
-    refs = {r.get("generator_1") for r in [*a, *b]} - {None}
+    refs = {str(r["generator_1"]) for r in [*a, *b] if r.get("generator_1") is not None}
     if len(refs) > 1:
         raise ValueError(f"annotations against different baselines {sorted(refs)}: not comparable")
 

@@ -162,38 +162,12 @@ class AlpacaEvalTask(Task):
         # Under the task's own name: two AlpacaEval-style tasks of one run (a custom set, a temperature sweep's
         # summarize@t0.5 and @t1) must not overwrite each other's files; the official task's folder is alpaca_eval/.
         folder = self.env.out_dir / file_name(self.name) / file_name(session.name)
-        write_json_atomic(
-            folder / "model_outputs.json",
-            [
-                {
-                    "dataset": it["dataset"],
-                    "instruction": it["instruction"],
-                    "output": out or "",
-                    "generator": session.name,
-                }
-                for it, out in zip(self.items, outputs)
-            ],
-        )
+        write_json_atomic(folder / "model_outputs.json", _model_outputs(self.items, outputs, session.name))
         if self.env.judge is None:
             self.env.log(f"{TASK}: no judge: outputs written to {folder / 'model_outputs.json'}, nothing scored")
             return []
-        annotations, judged = [], []
-        for it, out in zip(self.items, outputs):
-            v = by_key.get(keys.get(_key(it["instruction"]), ""))
-            judged.append(v)
-            annotations.append(
-                {
-                    "instruction": it["instruction"],
-                    "dataset": it["dataset"],
-                    "output_1": it["baseline"],
-                    "generator_1": it["generator"],
-                    "output_2": out or "",
-                    "generator_2": session.name,
-                    "annotator": ae.ANNOTATOR,
-                    "preference": v.value if v is not None else None,
-                    "raw_completion": v.raw if v is not None else None,
-                }
-            )
+        judged = [by_key.get(keys.get(_key(it["instruction"]), "")) for it, _ in zip(self.items, outputs)]
+        annotations = _annotations(self.items, outputs, judged, session.name)
         write_json_atomic(folder / "annotations.json", annotations)
         metrics = {
             **ae.metrics_from_annotations(annotations, model_outputs=[o or "" for o in outputs]),
@@ -206,6 +180,12 @@ class AlpacaEvalTask(Task):
             "n_error": sum(v is not None and v.status == "error" for v in judged),
             "n_not_generated": sum(o is None for o in outputs),
         }
+        return self._scores(metrics, session.name, counts, lc_reason)
+
+    def _scores(
+        self, metrics: dict[str, Any], model: str, counts: dict[str, int], lc_reason: str | None
+    ) -> list[Score]:
+        """The official metrics as Scores with this run's keys; an unavailable LC win rate becomes a None row."""
         keys_ = {
             "task": self.name,
             "task_version": self.task_version,
@@ -215,7 +195,7 @@ class AlpacaEvalTask(Task):
             "decoding": self.generation.decoding(n=1),
             "higher_is_better": True,
         }
-        scores = [replace(s, **keys_, extra={**s.extra, **counts}) for s in ae.to_scores(metrics, session.name)]
+        scores = [replace(s, **keys_, extra={**s.extra, **counts}) for s in ae.to_scores(metrics, model)]
         for s in scores:
             if s.metric == "avg_length":
                 s.higher_is_better = None
@@ -233,6 +213,40 @@ class AlpacaEvalTask(Task):
                 ),
             )
         return scores
+
+
+def _model_outputs(items: list[dict[str, Any]], outputs: Sequence[str | None], model: str) -> list[dict[str, Any]]:
+    """The official ``model_outputs.json`` rows: one per eval item, a failed generation as an empty output."""
+    return [
+        {
+            "dataset": it["dataset"],
+            "instruction": it["instruction"],
+            "output": out or "",
+            "generator": model,
+        }
+        for it, out in zip(items, outputs)
+    ]
+
+
+def _annotations(
+    items: list[dict[str, Any]], outputs: Sequence[str | None], judged: Sequence[Verdict | None], model: str
+) -> list[dict[str, Any]]:
+    """The official ``annotations.json`` rows: the baseline as output_1, the model as output_2, the judge's
+    preference (None where the item has no verdict)."""
+    return [
+        {
+            "instruction": it["instruction"],
+            "dataset": it["dataset"],
+            "output_1": it["baseline"],
+            "generator_1": it["generator"],
+            "output_2": out or "",
+            "generator_2": model,
+            "annotator": ae.ANNOTATOR,
+            "preference": v.value if v is not None else None,
+            "raw_completion": v.raw if v is not None else None,
+        }
+        for it, out, v in zip(items, outputs, judged)
+    ]
 
 
 def annotations_of(records: ModelRecords) -> list[dict[str, Any]]:

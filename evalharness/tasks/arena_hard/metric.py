@@ -494,24 +494,9 @@ def score_battles(
         features=features,
         ridge=ridge,
     )
-    q = [50 * (1 - ci_level), 50 * (1 + ci_level)]
-    models: dict[str, Any] = {}
-    for m, rating in elo.items():
-        if m == baseline:
-            continue
-        lo, hi = (float(x) for x in np.nanpercentile(boot[m], q)) if bootstrap_rounds else (None, None)
-        n_games, n_unparsed = counts.get(m) or (None, None)
-        pct = lambda e: None if e is None else 100 * float(win_rate(e))  # noqa: E731
-        models[m] = {
-            "score": pct(rating),
-            "ci_low": pct(lo),
-            "ci_high": pct(hi),
-            "elo": rating,
-            "elo_ci": [lo, hi],
-            "n_battles": int(((battles.model_a == m) | (battles.model_b == m)).sum()),
-            "n_games": n_games,
-            "n_unparsed": n_unparsed,
-        }
+    models = _model_rows(
+        battles, elo, boot, counts, baseline=baseline, ci_level=ci_level, bootstrapped=bool(bootstrap_rounds)
+    )
     totals = [c for c in counts.values() if c is not None]
     known = len(totals) == len(counts)
     return {
@@ -529,6 +514,38 @@ def score_battles(
             else None
         ),
     }
+
+
+def _model_rows(
+    battles: pd.DataFrame,
+    elo: Mapping[str, float],
+    boot: pd.DataFrame,
+    counts: Mapping[str, tuple[int, int] | None],
+    *,
+    baseline: str,
+    ci_level: float,
+    bootstrapped: bool,
+) -> dict[str, Any]:
+    """Per model but the baseline: score and CI in percent (Elo percentiles through win_rate), Elo and counts."""
+    q = [50 * (1 - ci_level), 50 * (1 + ci_level)]
+    models: dict[str, Any] = {}
+    for m, rating in elo.items():
+        if m == baseline:
+            continue
+        lo, hi = (float(x) for x in np.nanpercentile(boot[m], q)) if bootstrapped else (None, None)
+        n_games, n_unparsed = counts.get(m) or (None, None)
+        pct = lambda e: None if e is None else 100 * float(win_rate(e))  # noqa: E731
+        models[m] = {
+            "score": pct(rating),
+            "ci_low": pct(lo),
+            "ci_high": pct(hi),
+            "elo": rating,
+            "elo_ci": [lo, hi],
+            "n_battles": int(((battles.model_a == m) | (battles.model_b == m)).sum()),
+            "n_games": n_games,
+            "n_unparsed": n_unparsed,
+        }
+    return models
 
 
 def to_scores(metrics: Mapping[str, Any]) -> list[Score]:

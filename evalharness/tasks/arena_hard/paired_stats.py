@@ -16,6 +16,29 @@ def _questions(battles: pd.DataFrame, model: str) -> set[str]:
     return set(battles.question_id[(battles.model_a == model) | (battles.model_b == model)])
 
 
+def _paired_questions(battles: pd.DataFrame, a: str, b: str, baseline: str) -> tuple[set[str], set[str]]:
+    """The questions each model has battles on (the baseline, as anchor, has the other model's questions)."""
+    qa, qb = _questions(battles, a), _questions(battles, b)
+    if baseline in (a, b):  # the anchor plays every question of the other model; it lacks none
+        qa = qb if a == baseline else qa
+        qb = qa if b == baseline else qb
+    if not qa or not qb:
+        raise ValueError(f"no battle for {a if not qa else b!r}")
+    return qa, qb
+
+
+def _shared_battles(
+    battles: pd.DataFrame, models: set[str], questions: set[str], features: np.ndarray | None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The battles among ``models`` on ``questions`` (renumbered from 0), and their rows of ``features``."""
+    keep = (
+        battles.model_a.isin(models) & battles.model_b.isin(models) & battles.question_id.isin(questions)
+    ).to_numpy()
+    sub = battles[keep].reset_index(drop=True)
+    feats = None if features is None else np.asarray(features)[keep]
+    return sub, feats
+
+
 def arena_hard_paired_bootstrap(
     battles: pd.DataFrame,
     a: str,
@@ -38,19 +61,8 @@ def arena_hard_paired_bootstrap(
     delta = 100 (win_rate(elo_a) - win_rate(elo_b)). ``features`` (style control) are rows of
     ``battles``. ``n_paired`` counts questions, ``n_only_*`` questions one model lacks.
     """
-    qa, qb = _questions(battles, a), _questions(battles, b)
-    if baseline in (a, b):  # the anchor plays every question of the other model; it lacks none
-        qa = qb if a == baseline else qa
-        qb = qa if b == baseline else qb
-    if not qa or not qb:
-        raise ValueError(f"no battle for {a if not qa else b!r}")
-    keep = (
-        battles.model_a.isin({a, b, baseline})
-        & battles.model_b.isin({a, b, baseline})
-        & battles.question_id.isin(qa & qb)
-    ).to_numpy()
-    sub = battles[keep].reset_index(drop=True)
-    feats = None if features is None else np.asarray(features)[keep]
+    qa, qb = _paired_questions(battles, a, b, baseline)
+    sub, feats = _shared_battles(battles, {a, b, baseline}, qa & qb, features)
     elo, _ = ah.fit_bt(sub, baseline=baseline, features=feats, ridge=ridge)
     boot = ah.bootstrap_elo(
         sub,

@@ -176,7 +176,6 @@ class ArenaHardTask(Task):
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         """Official-format answer and judgment files, then per category the one metric function on the battles."""
-        cfg = self.cfg
         current = {p.key for p in self.judgments(session)}
         verdicts = [v for v in verdicts if v.key in current]
         answers = {uid: text or "" for uid, text in self.answers(session).items()}
@@ -189,17 +188,8 @@ class ArenaHardTask(Task):
             self.questions,
             verdicts,
         )
-        metadata: dict[str, dict[str, dict[str, Any]]] | None = None
-        if self.count is not None:
-            metadata = {
-                m: {q["uid"]: ah.style_metadata(texts[q["uid"]], self.count) for q in self.questions}
-                for m, texts in [(session.name, answers), *self.base_answers.items()]
-            }
-            for b, texts in self.base_answers.items():
-                _write_answers(out / "model_answer", b, self.questions, texts, self.count)
+        metadata = self._style_metadata(session.name, answers, out / "model_answer")
         scores = []
-        ci_level = cfg.ci_level or DEFAULT_CI_LEVEL[cfg.version]
-        variant: Literal["v0.1", "v2"] = "v0.1" if cfg.version == "v0.1" else "v2"
         n_questions = {c: sum(q["category"] == c for q in self.questions) for c in self.baselines}
         for category, base in self.baselines.items():
             mine = [v for v in verdicts if v.meta["category"] == category]
@@ -208,67 +198,91 @@ class ArenaHardTask(Task):
             own = counts[session.name]
             assert own is not None  # verdict_counts never stores None
             missing = 2 * n_questions[category] - own[0]
-            battles = ah.battles_from_verdicts(mine)
-            metrics: dict[str, Any]
-            if battles.empty:
-                metrics = {
-                    "bench": label,
-                    "baseline": base,
-                    "judge": self.env.judge_name,
-                    "bootstrap": {
-                        "rounds": cfg.bootstrap_rounds,
-                        "seed": cfg.seed,
-                        "unit": cfg.bootstrap_unit,
-                        "ci_level": ci_level,
-                    },
-                    "style_control": None,
-                    "models": {
-                        session.name: {
-                            "score": None,
-                            "ci_low": None,
-                            "ci_high": None,
-                            "elo": None,
-                            "n_battles": 0,
-                            "n_games": own[0],
-                            "n_unparsed": own[1],
-                        }
-                    },
-                }
-            else:
-                metrics = ah.score_battles(
-                    battles,
-                    counts,
-                    baseline=base,
-                    bootstrap_rounds=cfg.bootstrap_rounds,
-                    seed=cfg.seed,
-                    bootstrap_unit=cfg.bootstrap_unit,
-                    style_metadata=metadata,
-                    style_variant=variant,
-                    ci_level=ci_level,
-                    judge=self.env.judge_name,
-                    bench=label,
-                )
-                if metrics["style_control"] is not None:
-                    metrics["style_control"]["tokenizer"] = cfg.style_tokenizer
-            for s in ah.to_scores(metrics):
-                s.task, s.task_version = (
-                    self.name,
-                    self.task_version if category == self.bench else f"{self.task_version}/{category}",
-                )
-                s.judge_id, s.judge_version = self.env.judge_name, self._judge_version(category)
-                s.decoding, s.higher_is_better = self.generation.decoding(n=1), True
-                s.n_skipped += missing  # games never judged because the answer failed to generate
-                s.extra |= {
-                    "category": category,
-                    "n_unparsed": sum(v.status == "unparsed" for v in mine),
-                    "n_error": sum(v.status == "error" for v in mine),
-                    "n_not_generated": missing,
-                }
-                self.env.log(
-                    f"{TASK} {label} {session.name}: {s.metric} {s.value} ({s.ci_low}, {s.ci_high}) vs {base}; "
-                    f"{s.n} games, {s.n_skipped} skipped"
-                )
-                scores.append(s)
+            metrics = self._category_metrics(mine, counts, session.name, base, label, metadata)
+            scores += self._category_scores(metrics, session.name, category, base, label, mine, missing)
+        return scores
+
+    def _style_metadata(
+        self, model: str, answers: dict[str, str], folder: Path
+    ) -> dict[str, dict[str, dict[str, Any]]] | None:
+        """With style control: model -> question -> style metadata (the baselines' answer files written too)."""
+        if self.count is None:
+            return None
+        metadata = {
+            m: {q["uid"]: ah.style_metadata(texts[q["uid"]], self.count) for q in self.questions}
+            for m, texts in [(model, answers), *self.base_answers.items()]
+        }
+        for b, texts in self.base_answers.items():
+            _write_answers(folder, b, self.questions, texts, self.count)
+        return metadata
+
+    def _category_metrics(
+        self,
+        mine: list[Verdict],
+        counts: dict[str, tuple[int, int] | None],
+        model: str,
+        base: str,
+        label: str,
+        metadata: dict[str, dict[str, dict[str, Any]]] | None,
+    ) -> dict[str, Any]:
+        """One category's metrics: ``score_battles`` on its battles, or an empty row where none was parsed."""
+        cfg = self.cfg
+        ci_level = cfg.ci_level or DEFAULT_CI_LEVEL[cfg.version]
+        variant: Literal["v0.1", "v2"] = "v0.1" if cfg.version == "v0.1" else "v2"
+        bootstrap = {"rounds": cfg.bootstrap_rounds, "seed": cfg.seed, "unit": cfg.bootstrap_unit, "ci_level": ci_level}
+        battles = ah.battles_from_verdicts(mine)
+        if battles.empty:
+            own = counts[model]
+            assert own is not None  # verdict_counts never stores None
+            return _empty_metrics(label, base, self.env.judge_name, bootstrap, model, own)
+        metrics = ah.score_battles(
+            battles,
+            counts,
+            baseline=base,
+            bootstrap_rounds=cfg.bootstrap_rounds,
+            seed=cfg.seed,
+            bootstrap_unit=cfg.bootstrap_unit,
+            style_metadata=metadata,
+            style_variant=variant,
+            ci_level=ci_level,
+            judge=self.env.judge_name,
+            bench=label,
+        )
+        if metrics["style_control"] is not None:
+            metrics["style_control"]["tokenizer"] = cfg.style_tokenizer
+        return metrics
+
+    def _category_scores(
+        self,
+        metrics: dict[str, Any],
+        model: str,
+        category: str,
+        base: str,
+        label: str,
+        mine: list[Verdict],
+        missing: int,
+    ) -> list[Score]:
+        """One category's Scores with this run's keys and its unparsed, failed and never-generated game counts."""
+        scores = []
+        for s in ah.to_scores(metrics):
+            s.task, s.task_version = (
+                self.name,
+                self.task_version if category == self.bench else f"{self.task_version}/{category}",
+            )
+            s.judge_id, s.judge_version = self.env.judge_name, self._judge_version(category)
+            s.decoding, s.higher_is_better = self.generation.decoding(n=1), True
+            s.n_skipped += missing  # games never judged because the answer failed to generate
+            s.extra |= {
+                "category": category,
+                "n_unparsed": sum(v.status == "unparsed" for v in mine),
+                "n_error": sum(v.status == "error" for v in mine),
+                "n_not_generated": missing,
+            }
+            self.env.log(
+                f"{TASK} {label} {model}: {s.metric} {s.value} ({s.ci_low}, {s.ci_high}) vs {base}; "
+                f"{s.n} games, {s.n_skipped} skipped"
+            )
+            scores.append(s)
         return scores
 
 
@@ -354,6 +368,30 @@ def _answers(path: Path, questions: list[dict[str, Any]], model: str) -> dict[st
             f"baseline {model} has no answer to {len(missing)} questions (first {missing[0]})", path=str(path)
         )
     return texts
+
+
+def _empty_metrics(
+    bench: str, baseline: str, judge: str, bootstrap: dict[str, Any], model: str, own: tuple[int, int]
+) -> dict[str, Any]:
+    """``score_battles``' shape for a category without one parsed game: no score, the model's game counts."""
+    return {
+        "bench": bench,
+        "baseline": baseline,
+        "judge": judge,
+        "bootstrap": bootstrap,
+        "style_control": None,
+        "models": {
+            model: {
+                "score": None,
+                "ci_low": None,
+                "ci_high": None,
+                "elo": None,
+                "n_battles": 0,
+                "n_games": own[0],
+                "n_unparsed": own[1],
+            }
+        },
+    }
 
 
 # -- official-format files --------------------------------------------------------------------------
