@@ -85,7 +85,7 @@ class Scorer:
     def __init__(self, path: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     def prompt_ids(self, text: str) -> list[int]:
         out = self.tok.apply_chat_template(_chat(text), add_generation_prompt=True, tokenize=True)
@@ -116,6 +116,7 @@ def expected_loss(algorithm: str, hp: dict, pol: Scorer, ref: Scorer) -> float:
     if algorithm == "kto":  # Ethayarajh et al. 2024, Eq. 8, z0 = max(0, batch KL estimate), detached
         ratios = [pol(KTO_PROMPT, c)[0] - ref(KTO_PROMPT, c)[0] for c, _ in KTO_ROWS]
         z0 = max(0.0, sum(ratios) / len(ratios))
+        assert z0 > 0.1  # these two models put the reference point to work
         losses = [hp["desirable_weight"] * (1 - _sig(hp["beta"] * (r - z0))) if lab
                   else hp["undesirable_weight"] * (1 - _sig(hp["beta"] * (z0 - r)))
                   for r, (_, lab) in zip(ratios, KTO_ROWS)]
