@@ -16,10 +16,10 @@ import multiprocessing
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
+import forkcli
 import pytest
 
 from evalharness.testing.fake_openai import FakeOpenAI, Reply
@@ -42,7 +42,7 @@ def _judge(body: dict) -> Reply:
 
 def _spec(tmp: Path, url: str) -> Path:
     prompts = tmp / "prompts.jsonl"
-    words = "the movie was great terrible fine good bad plot acting".split()
+    words = ["the", "movie", "was", "great", "terrible", "fine", "good", "bad", "plot", "acting"]
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": " ".join(words[(i * 7 + j) % 10] for j in range(4))})
                                + "\n" for i in range(N_PROMPTS)))
     spec = tmp / "spec.yaml"
@@ -67,26 +67,9 @@ tasks:
     return spec
 
 
-def _child(spec: str, results: str, out: str) -> None:
-    """`evalharness run SPEC --json` in this forked process, its stdout and stderr to files."""
-    os.environ.update(EVALHARNESS_RESULTS=results, EVALHARNESS_CACHE=results + "-cache")
-    sys.stdout, sys.stderr = open(out, "w"), open(out + ".err", "w")  # noqa: SIM115 (the process ends below)
-    sys.argv = ["evalharness", "run", spec, "--json"]
-    from evalharness.cli import main
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _start(spec: Path, results: Path, out: Path) -> multiprocessing.process.BaseProcess:
-    p = multiprocessing.get_context("fork").Process(target=_child, args=(str(spec), str(results), str(out)))
-    p.start()
-    return p
+    env = {"EVALHARNESS_RESULTS": str(results), "EVALHARNESS_CACHE": str(results) + "-cache"}
+    return forkcli.start(["run", str(spec), "--json"], results.parent, env, out)
 
 
 def _lines(path: Path) -> int:
@@ -94,10 +77,6 @@ def _lines(path: Path) -> int:
         return path.read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
-
-
-def _scores(out: Path) -> list[dict]:
-    return json.loads(out.read_text())["scores"]
 
 
 def _check_records(run: Path) -> None:
@@ -168,9 +147,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_scores(setup, phase, seed):
     else:
         assert _lines(run / "generations.jsonl") == total_gens
 
-    again = _start(spec, results, out)
-    again.join(120)
-    assert again.exitcode == 0, Path(str(out) + ".err").read_text()[-3000:]
-    assert _scores(out) == want
+    done = forkcli.finish(_start(spec, results, out), out)
+    assert done.code == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["scores"] == want
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
     _check_records(run)
