@@ -63,8 +63,8 @@ def test_local_judge_label_logprobs_are_summed_forward_pass_logprobs(tiny_model)
 
 
 def _cfg(base: Path, data: Path, out: Path, **kw) -> TrainConfig:
-    opts = {"algorithm": "simpo", "base": str(base), "data": str(data), "learning_rate": 5e-3, "max_steps": 2, "batch_size": 4,
-                "warmup_ratio": 0.0, "output_dir": str(out)}
+    opts = {"algorithm": "simpo", "base": str(base), "data": str(data), "learning_rate": 5e-3, "max_steps": 2,
+            "batch_size": 4, "warmup_ratio": 0.0, "output_dir": str(out)}
     return TrainConfig(**{**opts, **kw})
 
 
