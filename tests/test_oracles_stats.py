@@ -128,3 +128,50 @@ def test_score_ci_from_a_stored_se_is_scipys_t_interval():
 def test_update_kl_coef_is_ziegler_adaptive_controller(kl, want):
     """Ziegler et al. 2019, Sec. 2.2: beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) n / horizon)."""
     assert update_kl_coef(0.1, kl, target=6.0, horizon=10000.0, n_episodes=256) == pytest.approx(want, rel=1e-12)
+
+
+def _construct_style_matrices(df: pd.DataFrame, meta: dict, BASE=10) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """utils_math.construct_style_matrices (commit 561534a) with apply_ratio [1, 1, 1, 1] and add_one, transcribed;
+    conv_metadata joined per battle as show_result.get_battles_from_row does (commit 0489bf3)."""
+    models = pd.concat([df["model_a"], df["model_b"]]).unique()
+    models = pd.Series(np.arange(len(models)), index=models)
+    df = pd.concat([df, df], ignore_index=True)
+    p, n, k = len(models.index), df.shape[0], 4
+    X = np.zeros([n, p + k])
+    X[np.arange(n), models[df["model_a"]]] = +math.log(BASE)
+    X[np.arange(n), models[df["model_b"]]] = -math.log(BASE)
+
+    def elements(model: str, qid: str) -> list[float]:
+        d = meta[model][qid]
+        return [d["token_len"], sum(d["header_count"].values()), sum(d["list_count"].values()),
+                sum(d["bold_count"].values())]
+    a = np.array([elements(m, q) for m, q in zip(df.model_a, df.question_id)], dtype=float).T
+    b = np.array([elements(m, q) for m, q in zip(df.model_b, df.question_id)], dtype=float).T
+    style_diff = (a - b) / (a + b + 1)
+    X[:, -k:] = ((style_diff - style_diff.mean(axis=1)[:, None]) / style_diff.std(axis=1)[:, None]).T
+    Y = np.zeros(n)
+    Y[df["winner"] == "model_a"] = 1.0
+    tie_idx = (df["winner"] == "tie") | (df["winner"] == "tie (bothbad)")
+    tie_idx[len(tie_idx) // 2:] = False
+    Y[tie_idx] = 1.0
+    return X, Y, models
+
+
+def test_arena_hard_style_control_golden_value_from_the_official_fit(benchdata):
+    """Backs test_metrics_arena_hard.py's self-produced 37.11 (gpt-4-0613, style control): utils_math.fit_bt's
+    logistic regression (C = 1, no intercept; tol tightened from sklearn's 1e-4 to reach the same optimum to 1e-6)
+    on the official style matrix, the model's Elo against the baseline's mapped by predict_win_rate."""
+    from sklearn.linear_model import LogisticRegression
+    battles = pd.read_json(benchdata / BATTLES, lines=True)
+    answers = benchdata / "arena_hard/arena-hard-v0.1/model_answer_more"
+    meta = {}
+    for f in answers.glob("*.jsonl"):
+        rows = pd.read_json(f, lines=True)
+        meta[rows.model_id[0]] = dict(zip(rows.question_id, rows.conv_metadata))
+    X, Y, models = _construct_style_matrices(battles, meta)
+    lr = LogisticRegression(fit_intercept=False, C=1.0, tol=1e-10, max_iter=10000).fit(X, Y)
+    elo = 400 * lr.coef_[0][:len(models)] + 1000
+    score = 100 / (1 + 10 ** ((elo[models[BASELINE]] - elo[models["gpt-4-0613"]]) / 400))
+    assert round(score, 2) == 37.11
+    ours = ah.metrics_from_file(benchdata / BATTLES, style_control=True, answers=answers, bootstrap_rounds=5)
+    assert ours["models"]["gpt-4-0613"]["score"] == pytest.approx(score, abs=1e-3)
