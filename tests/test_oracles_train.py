@@ -168,3 +168,28 @@ def test_step_one_loss_is_the_papers_formula(models, tmp_path, algorithm, hp):
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["step"] == 1 and logged["loss"] == res.metrics[0]["loss"]
     assert logged["loss"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_ppo_first_update_is_at_ratio_one_and_the_kl_controller_is_wired(models, tmp_path):
+    """What PPO's log exposes: with one PPO epoch of one minibatch, the update is at ratio 1 (the training forward
+    gives the rollout's own log-probs: no approx-KL, nothing clipped, and -mean of the whitened advantages, 0, as
+    the policy loss); and each step's logged kl_coef is the previous one moved by Ziegler's controller, written out
+    here, on the previous step's logged KL (G = 8 episodes per step)."""
+    policy, reference = models
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n"
+                               for i, p in enumerate(["the movie was", "the plot", "i really", "the acting"] * 2)))
+    hp = {"reward": "sentiment", "response_length": 6, "temperature": 0.7, "num_ppo_epochs": 1,
+          "num_mini_batches": 1, "adaptive_kl": True, "target_kl": 0.05, "horizon": 40.0, "kl_coef": 0.1}
+    res = train(TrainConfig(algorithm="ppo", base=str(policy), reference=str(reference), data=str(prompts),
+                            hparams=hp, batch_size=8, max_steps=3, learning_rate=1e-3, warmup_ratio=0.0,
+                            schedule="constant", output_dir=str(tmp_path / "ppo")))
+    rows = res.metrics
+    for r in rows:
+        assert r["val/ratio"] == pytest.approx(1.0, abs=1e-5) and r["policy/approxkl_avg"] == pytest.approx(0, abs=1e-6)
+        assert r["policy/clipfrac_avg"] == 0 and r["loss/policy_avg"] == pytest.approx(0, abs=1e-5)
+    assert rows[0]["objective/kl_coef"] == 0.1
+    for prev, cur in zip(rows, rows[1:]):
+        err = min(max(prev["objective/kl"] / 0.05 - 1, -0.2), 0.2)
+        assert cur["objective/kl_coef"] == pytest.approx(prev["objective/kl_coef"] * (1 + err * 8 / 40.0), rel=1e-12)
+    assert rows[-1]["objective/kl_coef"] != 0.1  # the controller moved it
