@@ -101,13 +101,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs fork")
     tmp = tmp_path_factory.mktemp("kill")
-    with FakeOpenAI(responder=_judge) as server:
+    with FakeOpenAI(responder=_judge) as server, pytest.MonkeyPatch.context() as mp:
         spec = _spec(tmp, server.url)
         # The uninterrupted run, in this process first (imports everything the children then inherit).
         from typer.testing import CliRunner
 
         from evalharness.cli import app
-        os.environ["EVALHARNESS_CACHE"] = str(tmp / "cache")
+        mp.setenv("EVALHARNESS_CACHE", str(tmp / "cache"))
         r = CliRunner().invoke(app, ["run", str(spec), "--json", "--results-dir", str(tmp / "full")])
         assert r.exit_code == 0, r.output
         want = json.loads(r.stdout)["scores"]
