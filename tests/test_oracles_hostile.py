@@ -60,6 +60,12 @@ READERS = {
         "--batch-size", "2", "--results-dir", str(r), "--output-dir", str(r / "train")]),
     "pairs prompts": ("prompts.jsonl", "jsonl", lambda f, r, w: [
         "pairs", "--model", str(w / "model"), "--prompts", str(f), "--out", str(r / "pairs.jsonl")]),
+    "MT-Bench questions": ("questions.jsonl", "jsonl", lambda f, r, w: [
+        "run", str(_task_spec(f, "mt_bench.questions")), "--results-dir", str(r)]),
+    "MT-Bench judge prompts": ("judge_prompts.jsonl", "jsonl", lambda f, r, w: [
+        "run", str(_task_spec(f, "mt_bench.judge_prompts")), "--results-dir", str(r)]),
+    "Arena-Hard questions": ("questions.jsonl", "jsonl", lambda f, r, w: [
+        "run", str(_task_spec(f, "arena_hard.questions")), "--results-dir", str(r)]),
     "AlpacaEval annotations": ("annotations.json", "json", lambda f, r, w: [
         "metrics", "alpaca-eval", str(f), "--save", "--results-dir", str(r)]),
     "Arena-Hard judgments": ("judgment.jsonl", "jsonl", lambda f, r, w: [
@@ -71,6 +77,21 @@ READERS = {
     "MT-Bench judgments": ("gpt-4_single.jsonl", "jsonl", lambda f, r, w: [
         "metrics", "mt-bench", str(f), "--save", "--results-dir", str(r)]),
 }
+
+
+def _task_spec(f: Path, task: str) -> Path:
+    """A run spec whose one task reads the hostile file ``f`` (the other inputs are the demo data's)."""
+    demo = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_data"
+    files = {"mt_bench": {"questions": demo / "mt_bench/questions.jsonl",
+                          "judge_prompts": demo / "mt_bench/judge_prompts.jsonl",
+                          "reference_answers": demo / "mt_bench/reference_answer/demo-reference.jsonl"},
+             "arena_hard": {"data_dir": demo / "arena_hard", "questions": demo / "arena_hard/questions.jsonl",
+                            "baseline": "demo-baseline"}}[task.split(".")[0]]
+    files[task.split(".")[1]] = f
+    spec = {"name": "h", "model": "a", "backend": "fake", "generation": {"max_new_tokens": 8},
+            "judge": {"type": "openai", "model": "j", "base_url": "http://127.0.0.1:9"},
+            "tasks": {task.split(".")[0]: {k: str(v) for k, v in files.items()}}}
+    return _write(f.with_name("spec.yaml"), yaml.safe_dump(spec))
 
 
 def _write(path: Path, text: str) -> Path:
