@@ -333,6 +333,8 @@ def _questions(cfg: Config, bench: str) -> tuple[list[dict[str, Any]], bool]:
         if not isinstance(q.get("prompt"), str) or not q.get("uid"):
             raise InputError("a question needs uid and prompt", path=str(path), line=i)
         questions.append({"uid": str(q["uid"]), "category": q.get("category") or bench, "prompt": q["prompt"]})
+    if not questions:
+        raise InputError("no questions in the file (empty)", path=str(path))
     wanted = cfg.categories if cfg.categories is not None else DEFAULT_CATEGORIES[cfg.version]
     if wanted is not None:
         unknown = set(wanted) - {q["category"] for q in questions}

@@ -157,6 +157,8 @@ def aggregate(
 def metrics_from_file(path: str | Path, *, model: str | None = None, reparse: bool = False) -> dict[str, Any]:
     """MT-Bench scores per model from an official judgment file (JSONL or derived TSV) or a folder of them."""
     verdicts = load_judgments(path, reparse=reparse)
+    if not verdicts:  # an empty file is a mistake, not a model with no scores (as Arena-Hard and AlpacaEval say)
+        raise InputError("no judgments in the file (empty)", path=str(path))
     judges = sorted({(v.judge_id, v.judge_version) for v in verdicts})
     models = aggregate(verdicts, model=model)
     if model is not None and not models:

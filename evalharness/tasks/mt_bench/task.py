@@ -54,9 +54,14 @@ class MTBenchTask(Task):
         cfg = self.cfg
         self.questions, complete = _questions(cfg)
         self._judged: dict[str, list[Verdict]] = {}  # model -> its verdicts, for the one judgment file
-        self.prompts = mt.load_judge_prompts(
-            cfg.judge_prompts or _data_file(cfg, "judge_prompts.jsonl", "judge_prompts")
-        )
+        prompts_path = cfg.judge_prompts or _data_file(cfg, "judge_prompts.jsonl", "judge_prompts")
+        self.prompts = mt.load_judge_prompts(prompts_path)
+        for q in self.questions:  # checked before generating: a missing judge prompt would fail every judgment
+            for turn in range(1, min(2, len(q["turns"])) + 1):
+                try:
+                    mt.select_judge_prompt(q["category"], turn, self.prompts)
+                except InputError as e:
+                    raise InputError(e.reason, path=str(prompts_path), field=e.field) from None
         ref_path = (
             Path(cfg.reference_answers)
             if cfg.reference_answers

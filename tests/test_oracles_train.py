@@ -1,0 +1,195 @@
+"""Independent oracles for the trainer: its logged step-1 loss against the paper's formula on a plain forward pass.
+
+The trainer logs, for step 1, the loss at the initial weights. Here the same number is recomputed without any
+evalharness code: the tokenizer and model are loaded again with ``transformers``, each (prompt, response) is scored
+by one unpadded forward pass (sum of response-token log-probs, EOS included, as DESIGN.md fixes), and each paper's
+loss is written out below on those sums, with the lengths (response tokens + EOS) and scores of the data. A
+separate reference model (another seed) makes the log-ratios non-zero, so a swapped or missing reference, length
+or score changes the number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from evalharness.training.algorithms import ALGORITHMS, get_spec
+from evalharness.training.trainer import TrainConfig, train
+
+# Prompts differ per pair; responses differ in length (chosen vs rejected and across pairs); scores all favour
+# the chosen answer by varying gaps (ODPO's offset is log(s_w - s_l)).
+PAIRS = [
+    ("write a short review about the movie", "the movie was great and i loved it", "bad", 0.9, 0.2),
+    ("write a review", "fun", "the plot was dull and the acting was bad", 0.7, 0.6),
+    ("continue this review the cast", "was very good", "was not good and the music was dull", 0.95, 0.1),
+    ("write about the plot", "the plot is fine and the story is fun", "the plot is bad", 0.5, 0.45),
+    ("write a short review", "loved it", "hated it really", 0.8, 0.3),
+    ("review the music", "the music was really great", "dull", 0.6, 0.05),
+]
+# KTO: one prompt for every row, so the batch KL reference point (mean log-ratio over mismatched (x_i, y_j), a
+# derangement of the batch) is the mean over all completions whatever the derangement.
+KTO_PROMPT = "write a short review about the movie"
+KTO_ROWS = [("the movie was great and i loved it", True), ("bad", False), ("really fun story", True),
+            ("the plot was dull and the acting was bad", False), ("good music", True)]
+
+# (algorithm, hyperparameters): non-default values where a default would hide a term
+CASES = [
+    ("dpo", {"beta": 0.3}),
+    ("cdpo", {"beta": 0.3, "label_smoothing": 0.2}),
+    ("hinge", {"beta": 0.3}),
+    ("ipo", {"beta": 0.4}),
+    ("ipo", {"beta": 0.4, "length_normalized": True}),
+    ("odpo", {"beta": 0.3, "alpha": 0.7}),
+    ("simpo", {"beta": 2.0, "gamma": 0.5}),
+    ("rdpo", {"beta": 0.3, "alpha": 0.05}),
+    ("orpo", {"lam": 0.4}),
+    ("cpo", {"beta": 0.3, "nll_weight": 0.7}),
+    ("kto", {"beta": 0.3, "desirable_weight": 1.3, "undesirable_weight": 0.8}),
+]
+
+
+def test_cases_cover_every_offline_algorithm():
+    assert {a for a, _ in CASES} == {a for a in ALGORITHMS if not get_spec(a).online}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tiny import build_model
+    d = tmp_path_factory.mktemp("oracle")
+    return build_model(d / "policy", seed=11, logit_scale=3.0), build_model(d / "reference", seed=12, logit_scale=3.0)
+
+
+def _chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _data(tmp: Path, algorithm: str) -> Path:
+    path = tmp / "data.jsonl"
+    if algorithm == "kto":
+        rows = [{"id": f"k{i}", "prompt": _chat(KTO_PROMPT), "completion": c, "label": lab}
+                for i, (c, lab) in enumerate(KTO_ROWS)]
+    else:
+        rows = [{"id": f"p{i}", "prompt": _chat(p), "chosen": c, "rejected": r, "score_chosen": sc, "score_rejected": sr}
+                for i, (p, c, r, sc, sr) in enumerate(PAIRS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class Scorer:
+    """Summed response log-probs (EOS included) and response lengths, by a plain unpadded forward pass."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def prompt_ids(self, text: str) -> list[int]:
+        out = self.tok.apply_chat_template(_chat(text), add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def response_ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+
+    def __call__(self, prompt: str, response: str) -> tuple[float, int]:
+        p, r = self.prompt_ids(prompt), self.response_ids(response)
+        with torch.no_grad():
+            logits = self.model(torch.tensor([p + r])).logits[0].double()
+        lp = torch.log_softmax(logits, -1)
+        total = sum(float(lp[len(p) - 1 + i, t]) for i, t in enumerate(r))  # position j predicts token j + 1
+        return total, len(r)
+
+
+def _logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def _sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def expected_loss(algorithm: str, hp: dict, pol: Scorer, ref: Scorer) -> float:
+    """The batch-mean loss at the initial weights, each paper's formula written out per pair."""
+    if algorithm == "kto":  # Ethayarajh et al. 2024, Eq. 8, z0 = max(0, batch KL estimate), detached
+        ratios = [pol(KTO_PROMPT, c)[0] - ref(KTO_PROMPT, c)[0] for c, _ in KTO_ROWS]
+        z0 = max(0.0, sum(ratios) / len(ratios))
+        assert z0 > 0.1  # these two models put the reference point to work
+        losses = [hp["desirable_weight"] * (1 - _sig(hp["beta"] * (r - z0))) if lab
+                  else hp["undesirable_weight"] * (1 - _sig(hp["beta"] * (z0 - r)))
+                  for r, (_, lab) in zip(ratios, KTO_ROWS)]
+        return sum(losses) / len(losses)
+    losses = []
+    for prompt, chosen, rejected, s_w, s_l in PAIRS:
+        (w, nw), (l, nl) = pol(prompt, chosen), pol(prompt, rejected)
+        rw, rl = ref(prompt, chosen)[0], ref(prompt, rejected)[0]
+        h = (w - rw) - (l - rl)
+        b = hp.get("beta")
+        if algorithm == "dpo":  # Rafailov et al. Eq. 7
+            loss = -_logsig(b * h)
+        elif algorithm == "cdpo":  # Mitchell, Eq. 3
+            e = hp["label_smoothing"]
+            loss = -(1 - e) * _logsig(b * h) - e * _logsig(-b * h)
+        elif algorithm == "hinge":  # SLiC-HF on the DPO log-ratio
+            loss = max(0.0, 1 - b * h)
+        elif algorithm == "ipo":  # Azar et al. Eq. 17 (beta = tau); per-token log-ratios when length-normalised
+            hh = (w - rw) / nw - (l - rl) / nl if hp.get("length_normalized") else h
+            loss = (hh - 1 / (2 * b)) ** 2
+        elif algorithm == "odpo":  # Amini et al.: offset alpha * log(s_w - s_l)
+            loss = -_logsig(b * h - hp["alpha"] * math.log(s_w - s_l))
+        elif algorithm == "simpo":  # Meng et al. Eq. 6
+            loss = -_logsig(b * w / nw - b * l / nl - hp["gamma"])
+        elif algorithm == "rdpo":  # Park et al. 2024 Eq. 9: the length term enters as + (alpha |y_w| - alpha |y_l|)
+            loss = -_logsig(b * (w - rw) - b * (l - rl) + (hp["alpha"] * nw - hp["alpha"] * nl))
+        elif algorithm == "orpo":  # Hong et al. Eq. 6-7: odds of the token-mean probability
+            def log_odds(a: float) -> float:
+                return math.log(math.exp(a) / (1 - math.exp(a)))
+            loss = -w / nw - hp["lam"] * _logsig(log_odds(w / nw) - log_odds(l / nl))
+        elif algorithm == "cpo":  # Xu et al. Eq. 6-8
+            loss = -_logsig(b * (w - l)) + hp["nll_weight"] * (-w / nw)
+        else:
+            raise AssertionError(algorithm)
+        losses.append(loss)
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("algorithm,hp", CASES, ids=[f"{a}{'-ln' if h.get('length_normalized') else ''}"
+                                                      for a, h in CASES])
+def test_step_one_loss_is_the_papers_formula(models, tmp_path, algorithm, hp):
+    policy, reference = models
+    data = _data(tmp_path, algorithm)
+    n = len(KTO_ROWS) if algorithm == "kto" else len(PAIRS)
+    res = train(TrainConfig(algorithm=algorithm, base=str(policy), reference=str(reference), data=str(data),
+                            hparams=hp, batch_size=n, max_steps=1, learning_rate=1e-3, warmup_ratio=0.0,
+                            output_dir=str(tmp_path / "run")))
+    want = expected_loss(algorithm, hp, Scorer(policy), Scorer(reference))
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["step"] == 1 and logged["loss"] == res.metrics[0]["loss"]
+    assert logged["loss"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_ppo_first_update_is_at_ratio_one_and_the_kl_controller_is_wired(models, tmp_path):
+    """What PPO's log exposes: with one PPO epoch of one minibatch, the update is at ratio 1 (the training forward
+    gives the rollout's own log-probs: no approx-KL, nothing clipped, and -mean of the whitened advantages, 0, as
+    the policy loss); and each step's logged kl_coef is the previous one moved by Ziegler's controller, written out
+    here, on the previous step's logged KL (G = 8 episodes per step)."""
+    policy, reference = models
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n"
+                               for i, p in enumerate(["the movie was", "the plot", "i really", "the acting"] * 2)))
+    hp = {"reward": "sentiment", "response_length": 6, "temperature": 0.7, "num_ppo_epochs": 1,
+          "num_mini_batches": 1, "adaptive_kl": True, "target_kl": 0.05, "horizon": 40.0, "kl_coef": 0.1}
+    res = train(TrainConfig(algorithm="ppo", base=str(policy), reference=str(reference), data=str(prompts),
+                            hparams=hp, batch_size=8, max_steps=3, learning_rate=1e-3, warmup_ratio=0.0,
+                            schedule="constant", output_dir=str(tmp_path / "ppo")))
+    rows = res.metrics
+    for r in rows:
+        assert r["val/ratio"] == pytest.approx(1.0, abs=1e-5) and r["policy/approxkl_avg"] == pytest.approx(0, abs=1e-6)
+        assert r["policy/clipfrac_avg"] == 0 and r["loss/policy_avg"] == pytest.approx(0, abs=1e-5)
+    assert rows[0]["objective/kl_coef"] == 0.1
+    for prev, cur in zip(rows, rows[1:]):
+        err = min(max(prev["objective/kl"] / 0.05 - 1, -0.2), 0.2)
+        assert cur["objective/kl_coef"] == pytest.approx(prev["objective/kl_coef"] * (1 + err * 8 / 40.0), rel=1e-12)
+    assert rows[-1]["objective/kl_coef"] != 0.1  # the controller moved it
