@@ -465,8 +465,8 @@ def plot_temperature(
             f"{meta['task']} {meta['metric']}  {p.model:<24} T={p.temperature:<5g} {p.value:.4f} "
             f"[{p.lo:.4f}, {p.hi:.4f}]  n={p.n}"
         )
-    for p in paths:
-        typer.echo(str(p))
+    for path in paths:
+        typer.echo(str(path))
 
 
 @app.command("run")
@@ -589,10 +589,10 @@ def regress(
         raise EvalHarnessError(f"--max-skipped {max_skipped}: a share of judgments, from 0 to below 1")
     pair = []
     for what, ref in (("baseline", baseline), ("candidate", candidate)):
-        rows = resolve([ref], results_dir)
-        if len(rows) != 1:
-            raise EvalHarnessError(f"--{what} {ref!r} names {len(rows)} models; use RUN:MODEL")
-        pair.append(rows[0])
+        found = resolve([ref], results_dir)
+        if len(found) != 1:
+            raise EvalHarnessError(f"--{what} {ref!r} names {len(found)} models; use RUN:MODEL")
+        pair.append(found[0])
     rows = gate(
         pair[0],
         pair[1],

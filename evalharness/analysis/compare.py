@@ -17,10 +17,10 @@ import io
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from evalharness.analysis.text import render_grid
 from evalharness.core.errors import EvalHarnessError, InputError
@@ -191,7 +191,7 @@ def stored_task(store: RunStore, task: str, metric: str | None = None) -> tuple[
     tests, the report's item viewer)."""
     manifest = store.manifest()
     configs = (manifest.get("config") or {}).get("tasks") or {}
-    ident = configs.get(task) if isinstance(configs.get(task), dict) else {}
+    ident = got if isinstance(got := configs.get(task), dict) else {}
     module = ident.get("module") or ((manifest.get("tasks") or {}).get(task) or {}).get("module")
     if module:
         return str(module).rsplit(".", 1)[-1], task, dict(ident.get("config") or {})
@@ -503,7 +503,8 @@ def render(table: Table, fmt: str = "table") -> str:
     head = ["model", "algorithm", "setting", "step"]
     cols: list[str] = []
     for c in table.columns:
-        cols.append(c.label + {True: " ↑", False: " ↓"}.get(c.higher_is_better, ""))
+        arrows: dict[bool | None, str] = {True: " ↑", False: " ↓"}
+        cols.append(c.label + arrows.get(c.higher_is_better, ""))
         if table.against is not None:
             cols.append(f"Δ {c.label}")
     body = []
@@ -595,7 +596,7 @@ def known_unavailable(entries: list[Entry]) -> dict[tuple[str, str], str]:
         for s in e.scores:
             by_metric.setdefault((s.task, s.metric), [None] * len(entries))[k] = s
     return {
-        m: str(ss[0].extra["unavailable"])
+        m: str(cast(Score, ss[0]).extra["unavailable"])  # all() below: every s is a Score
         for m, ss in by_metric.items()
         if all(s is not None and s.value is None and s.extra.get("unavailable") for s in ss)
     }
@@ -886,11 +887,11 @@ def _steps(points: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
 
 # ---------------------------------------------------------------- to experiment trackers
 def report_to_trackers(
-    names: list[str],
+    names: Sequence[str],
     run_path: Path,
     *,
     table: Table | None = None,
-    figures: list[Path] = (),
+    figures: Sequence[Path] = (),
     against: str | None = None,
     group: str | None = None,
     log: Callable[[str], None] = lambda _: None,

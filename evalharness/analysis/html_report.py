@@ -196,8 +196,8 @@ def task_items(
     for item_id, xs in values.items():
         merged[_unit(module, item_id)] += [scale(x) for x in xs]
     for unit, it in items.items():
-        xs = merged.get(unit)
-        it["score"] = sum(xs) / len(xs) if xs else None
+        unit_scores = merged.get(unit)
+        it["score"] = sum(unit_scores) / len(unit_scores) if unit_scores else None
         it["chars"] = sum(len(a["text"]) for a in it["answers"]) / len(it["answers"]) if it["answers"] else None
         it["failed"] = sum(j["status"] == "error" for j in it["judgments"])
         it["unparsed"] = sum(j["status"] == "unparsed" for j in it["judgments"])
@@ -274,8 +274,8 @@ def figures(
                         "note": f"{len(points)} models; {meta['skipped']} left out",
                     }
                 )
-        except EvalHarnessError as e:
-            notes.append(f"no frontier: {e}")
+        except EvalHarnessError as err:
+            notes.append(f"no frontier: {err}")
     stepped = [i for i, e in enumerate(entries) if e.step is not None]
     if len(stepped) >= 2:  # the rows form a lineage: one trend per tracked metric
         for j, col in enumerate(table.columns):
@@ -353,11 +353,14 @@ def _length_scatter(
 
 
 # ---------------------------------------------------------------- the data blob
+_ARROWS: dict[bool | None, str] = {True: "↑", False: "↓"}
+
+
 def _table_data(table: Table) -> dict[str, Any]:
     cols = [
         {
             "label": c.label,
-            "arrow": {True: "↑", False: "↓"}.get(c.higher_is_better, ""),
+            "arrow": _ARROWS.get(c.higher_is_better, ""),
             "task": c.task,
             "metric": c.metric,
         }

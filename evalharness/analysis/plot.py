@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +161,7 @@ def _same(a: FrontierPoint, b: FrontierPoint) -> bool:
 
 
 def frontier_points(
-    runs: list[str | Path], *, reward_metric: str | None = None, results_dir: Path | None = None
+    runs: Sequence[str | Path], *, reward_metric: str | None = None, results_dir: Path | None = None
 ) -> tuple[list[FrontierPoint], dict[str, Any]]:
     """One point per model with both a reward and a KL score, across eval runs (ids or folders).
 
@@ -453,13 +455,13 @@ def save_figure(fig: Any, out: Path | str) -> list[Path]:
     png, svg = _plot_paths(out)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
         return [
-            write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt), binary=True)
+            write_atomic(path, partial(fig.savefig, format=fmt), binary=True)
             for path, fmt in ((png, "png"), (svg, "svg"))
         ]
 
 
 def frontier(
-    runs: list[str | Path], out: Path | str, *, reward_metric: str | None = None, results_dir: Path | None = None
+    runs: Sequence[str | Path], out: Path | str, *, reward_metric: str | None = None, results_dir: Path | None = None
 ) -> tuple[list[Path], list[FrontierPoint]]:
     """Read the runs and plot them; refuses when no model has both a reward and a KL."""
     points, meta = frontier_points(runs, reward_metric=reward_metric, results_dir=results_dir)
@@ -518,7 +520,7 @@ class TemperaturePoint:
 
 
 def temperature_points(
-    runs: list[str | Path], *, task: str | None = None, metric: str | None = None, results_dir: Path | None = None
+    runs: Sequence[str | Path], *, task: str | None = None, metric: str | None = None, results_dir: Path | None = None
 ) -> tuple[list[TemperaturePoint], dict[str, Any]]:
     """Every model's score on a temperature-swept task (``generation: {temperature: [...]}``: tasks
     ``NAME@tT``), one point per model and temperature, read from finished runs.
@@ -563,7 +565,7 @@ def temperature_points(
     _check_one_key(
         f"{task} '{metric}'",
         [
-            (r, replace(s, task=task, decoding={k: v for k, v in s.decoding.items() if k != "temperature"}))
+            (r, replace(s, task=task, decoding={k: v for k, v in (s.decoding or {}).items() if k != "temperature"}))
             for r, s in used
         ],
     )
@@ -571,6 +573,7 @@ def temperature_points(
     for run_id, s in used:
         if s.value is None or not math.isfinite(s.value):
             continue
+        assert s.decoding is not None  # mine: scores with a decoding that has a temperature
         lo, hi = score_ci(s)
         p = TemperaturePoint(s.model, float(s.decoding["temperature"]), float(s.value), _ci(lo), _ci(hi), s.n, run_id)
         k = (p.model, p.temperature)
@@ -631,7 +634,7 @@ def plot_temperature(points: list[TemperaturePoint], meta: dict[str, Any], out: 
 
 
 def temperature_plot(
-    runs: list[str | Path],
+    runs: Sequence[str | Path],
     out: Path | str,
     *,
     task: str | None = None,

@@ -76,7 +76,8 @@ def score_grid(scores: list[Score]) -> tuple[list[str], list[list[str]], int]:
     head = ["task"] * many_tasks + ["model", "metric", "mean", "± SE", "95% CI", "n", "skipped", "judge"]
     body = []
     for s in scores:
-        arrow = {True: " ↑", False: " ↓"}.get(s.higher_is_better, "")
+        arrows: dict[bool | None, str] = {True: " ↑", False: " ↓"}
+        arrow = arrows.get(s.higher_is_better, "")
         digits = 1 if s.metric == "length" else 4
         ci = f"[{_fmt(s.ci_low, digits)}, {_fmt(s.ci_high, digits)}]" if s.ci_low is not None else "—"
         body.append(

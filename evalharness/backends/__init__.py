@@ -110,12 +110,12 @@ def backend_class(name: str) -> type:
     """The class registered as ``name`` (imported on first use)."""
     capabilities(name)
     entry = _REGISTRY[name]
-    return getattr(importlib.import_module(entry.module), entry.cls)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(entry.module), entry.cls)
 
 
 def get_backend(name: str, model: Any, **options: Any) -> Backend:
     """Instantiate backend ``name`` for ``model`` (a spec string or ModelRef)."""
-    return backend_class(name)(model, **options)  # type: ignore[no-any-return]
+    return backend_class(name)(model, **options)
 
 
 __all__ = [

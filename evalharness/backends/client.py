@@ -277,7 +277,7 @@ class JudgeClient:
         )
         semaphore = asyncio.Semaphore(self.config.concurrency)
         own = progress is True  # a caller's bar (one over a whole task) is advanced here, never closed here
-        bar = _progress_bar(len(todo), self.config.model) if own else (progress or None)
+        bar: Any = _progress_bar(len(todo), self.config.model) if own else (progress or None)
         try:
 
             async def one(key: str, request: ChatRequest) -> tuple[str, ChatResult]:

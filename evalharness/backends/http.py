@@ -129,6 +129,8 @@ class OpenAIChatProvider:
         }
         # HTTP(S)_PROXY / NO_PROXY apply, as they did through the SDK (httpx honours them). Looked up
         # once here: aiohttp's trust_env would look up the proxy and ~/.netrc in a thread per request.
+        self._proxy: URL | None
+        self._proxy_auth: aiohttp.BasicAuth | None
         try:
             self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(self._url))
         except LookupError:

@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from evalharness.backends.base import request_prompt_ids
 from evalharness.backends.hf import sample_seed
@@ -225,7 +225,7 @@ class VLLMBackend:
         for (ri, si, ids, _), res in zip(jobs, outputs):
             params = requests[ri].params
             toks = [int(t) for t in res["token_ids"]]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            text = cast(str, self.tokenizer.decode(toks, skip_special_tokens=True))  # one sequence: a str
             for s in params.stop:  # as the hf backend: the text ends before the first stop string
                 if s in text:
                     text = text[: text.index(s)]

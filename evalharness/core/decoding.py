@@ -73,7 +73,7 @@ _OPS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: 
 _WORDS = {"ge": ">=", "gt": ">", "le": "<="}
 
 
-def bounds(name: str) -> dict[str, float]:
+def bounds(name: str) -> dict[str, Any]:
     """A field's range as pydantic ``Field`` keywords (``ge``, ``gt``, ``le``)."""
     f = next(f for f in FIELDS if f.name == name)
     return {k: v for k, v in f.metadata.items() if k in _OPS}

@@ -89,7 +89,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
     with atomic_dir(target) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The dequantized weights are plain float tensors; drop the GGUF quantizer so they save.
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")

@@ -216,7 +216,7 @@ class Score(Record):
             data["baseline"] = data.pop("reference_model")
         if data.get("higher_is_better") is None and isinstance(data.get("extra"), dict):
             data["higher_is_better"] = data["extra"].get("higher_is_better")
-        return super().from_dict(data)  # type: ignore[misc, no-any-return]
+        return super().from_dict(data)
 
     def unmeasured(self, max_skipped_share: float = MAX_SKIPPED_SHARE) -> str | None:
         """Why this score is not a measurement (nothing scored, too many failures, no value), or None."""

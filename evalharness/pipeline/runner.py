@@ -15,6 +15,7 @@ import gc
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +354,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         "models": [_model_entry(m, models.ref(m.ref)) for m in model_list]
         + (
             [_model_entry(ModelSpec(ref_name, ref_spec), models.ref(ref_spec))]
-            if ref_spec and ref_name not in {m.name for m in model_list}
+            if ref_spec and ref_name is not None and ref_name not in {m.name for m in model_list}
             else []
         ),
         "reference": ref_name,
@@ -377,7 +378,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         with store.recording_failure():
             for m in model_list:
                 session = Session(
-                    m.name, models.identity(m.ref), lambda m=m: models.backend(m.ref), store.generations(m.name)
+                    m.name, models.identity(m.ref), partial(models.backend, m.ref), store.generations(m.name)
                 )
                 sessions[m.name] = session
                 _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
@@ -628,7 +629,7 @@ def plan_from_spec(
         results_dir=results_dir,
         progress=progress,
         source=str(path),
-        report_to=spec.report_to,
+        report_to=list(spec.report_to),
     )
 
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -66,7 +67,15 @@ def _decoding_model() -> type[BaseModel]:
     return pydantic.create_model("GenerationSpec", __base__=Strict, **fields)
 
 
-GenerationSpec = _decoding_model()
+if TYPE_CHECKING:
+
+    class GenerationSpec(Strict):
+        """What type checkers see of the model ``_decoding_model`` builds: Decoding's fields, each read as Any."""
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    GenerationSpec = _decoding_model()
 
 
 def decoding_field(name: str, preset: decoding.Decoding) -> Any:
@@ -141,7 +150,7 @@ class RunSpec(Strict):
     reference: str | None = None  # the SFT model, for kl
     backend: str = "hf"  # a name registered in evalharness.backends (hf, vllm, openai, fake, ...)
     backend_options: dict[str, Any] = {}
-    generation: GenerationSpec = GenerationSpec()  # type: ignore[valid-type]
+    generation: GenerationSpec = GenerationSpec()
     judge: JudgeSpec | None = None
     tasks: dict[str, dict[str, Any] | None]
     report_to: ReportTo = []  # experiment trackers the finished run is sent to: wandb, mlflow
@@ -212,7 +221,11 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
     """The validated spec and its tasks (``TaskSpec``s with each task module's Config object)."""
     path = Path(path)
     spec, lines = load_yaml_model(path, RunSpec)
-    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    where: Callable[..., dict[str, Any]] = lambda *loc: {  # noqa: E731
+        "path": str(path),
+        "line": line_of(lines, loc),
+        "field": ".".join(map(str, loc)),
+    }
     if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
         raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
     given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
@@ -244,7 +257,11 @@ def parse_tasks(
     for name, options in tasks.items():
         options = dict(options or {})
         loc = at + (name,)
-        where = lambda *k: {"path": str(path), "line": line_of(lines, loc + k), "field": ".".join(map(str, loc + k))}  # noqa: E731, B023  (called within its iteration)
+        where: Callable[..., dict[str, Any]] = lambda *k: {  # noqa: E731
+            "path": str(path),
+            "line": line_of(lines, loc + k),  # noqa: B023  (called within its iteration)
+            "field": ".".join(map(str, loc + k)),  # noqa: B023
+        }
         module = options.pop("task", name)
         if module not in known_tasks():
             raise InputError(
@@ -276,7 +293,7 @@ def parse_tasks(
                     f"unknown key; {module} takes: {', '.join(sorted(fields | {'task', 'generation'}))}", **where(key)
                 )
         try:
-            config = pydantic.TypeAdapter(cls).validate_python(options)
+            config: Any = pydantic.TypeAdapter(cls).validate_python(options)
         except pydantic.ValidationError as e:
             err = e.errors()[0]
             raise InputError(err["msg"], **where(*err["loc"][:1])) from e

@@ -438,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def fake(self) -> FakeOpenAI:
-        return self.server.fake  # type: ignore[attr-defined,no-any-return]
+        return self.server.fake  # type: ignore[attr-defined]  # set on the server by FakeOpenAI
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass

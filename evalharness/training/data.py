@@ -201,8 +201,8 @@ def load_preferences(source: str | Path, *, split: str = "train") -> list[Prefer
 
 def load_unpaired(source: str | Path, *, split: str = "train") -> list[UnpairedExample]:
     """Read KTO's unpaired format (prompt, completion, label); a paired file is unpaired on the fly."""
-    name, rows = _rows(source, split)
-    rows = list(rows)
+    name, row_iter = _rows(source, split)
+    rows = list(row_iter)
     if rows and isinstance(rows[0][1], dict) and "chosen" in rows[0][1]:
         return unpair(load_preferences(source, split=split))
     out: list[UnpairedExample] = []

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from evalharness import trackers
 from evalharness.core import provenance
@@ -613,7 +613,7 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    npst = np.random.get_state()
+    npst = cast(tuple[Any, ...], np.random.get_state())  # the legacy (default) form: a tuple
     return {
         "python": random.getstate(),
         "numpy": [npst[0], npst[1].tolist(), *npst[2:]],

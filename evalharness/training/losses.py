@@ -9,7 +9,7 @@ Throughout, h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -79,11 +79,12 @@ def _prepare(algorithm: str, hparams: dict[str, Any], args: dict[str, Any], *, f
         raise EvalHarnessError("chosen_logps must be a floating-point tensor of summed response log-probs")
     conv = {n: (_as_tensor(n, args[n], chosen) if args[n] is not None else None) for n in args if n != "chosen_logps"}
     for n in _LENGTHS:
-        if conv[n] is not None and bool((conv[n] <= 0).any()):
+        lengths = conv[n]
+        if lengths is not None and bool((lengths <= 0).any()):
             raise EvalHarnessError(f"{algorithm}: {n} must count response tokens (> 0)")
     return cfg, _Pair(
         chosen,
-        conv["rejected_logps"],
+        cast(Tensor, conv["rejected_logps"]),  # a required argument (typed Tensor) of every caller
         conv["ref_chosen_logps"],
         conv["ref_rejected_logps"],
         conv["chosen_lengths"],

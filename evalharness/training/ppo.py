@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from evalharness.core.errors import EvalHarnessError
-from evalharness.core.prompts import render
+from evalharness.core.prompts import PromptItem, render
 from evalharness.training.algorithms import PPOConfig, make_config
 from evalharness.training.loop import (
     STATE_DIR,
@@ -405,7 +405,7 @@ def _setup(
     the episodes per step over all processes)."""
     import torch
 
-    cfg, items, P = plan.cfg, plan.data, accel.num_processes
+    cfg, items, P = plan.cfg, cast("list[PromptItem]", plan.data), accel.num_processes  # PPO's data: prompts
     torch.manual_seed(cfg.seed)
     model, ref_model, tok = _load_models(plan, resume, accel)
     params = [p for p in model.parameters() if p.requires_grad]

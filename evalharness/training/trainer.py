@@ -420,7 +420,7 @@ def _loss(
     unpaired: bool,
     pad_id: int,
     accel: Any,
-) -> tuple[Any, dict[str, float]]:
+) -> tuple[Any, dict[str, float | None]]:
     import torch
 
     from evalharness.training.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics

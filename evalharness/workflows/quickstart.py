@@ -62,7 +62,7 @@ def quickstart_spec(root: Path, algorithms: str | None = None, seed: int = 0, ta
         raise EvalHarnessError(f"unknown algorithm(s) {unknown}; choose from {', '.join(ALGORITHMS)} or 'all'")
     train_prompts = write_prompts(split("train"), root / "inputs" / f"{stem}_train.jsonl")
     heldout = write_prompts(split("heldout"), root / "inputs" / f"{stem}_heldout.jsonl")
-    chosen = {
+    chosen: dict[str, dict[str, Any] | None] = {
         a: {**QUICK_ALGORITHMS[a], **({"reward": task} if "reward" in QUICK_ALGORITHMS[a] else {})} for a in names
     }  # PPO's reward is the task's judge
     return TrainSpec(

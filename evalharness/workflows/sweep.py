@@ -91,7 +91,7 @@ class EvalSpec(Strict):
     seed: int = PAIRS.seed
     checkpoints: str = "all"  # all | final
     dtype: str = "float32"
-    batch_size: int | None = pydantic.Field(None, ge=1)  # None: sized from a memory budget
+    batch_size: int | None = pydantic.Field(default=None, ge=1)  # None: sized from a memory budget
 
 
 class TrainSpec(Strict):
@@ -128,7 +128,11 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
     """Validate a sweep spec and expand it; any problem names the file, line and field."""
     path = Path(path)
     spec, lines = load_yaml_model(path, TrainSpec)
-    where = lambda *loc: {"path": str(path), "line": line_of(lines, loc), "field": ".".join(map(str, loc))}  # noqa: E731
+    where: Callable[..., dict[str, Any]] = lambda *loc: {  # noqa: E731
+        "path": str(path),
+        "line": line_of(lines, loc),
+        "field": ".".join(map(str, loc)),
+    }
     d = spec.data
     online = [a for a in spec.algorithms if a in ALGORITHMS and get_spec(a).online]
     if (
@@ -191,11 +195,11 @@ def expand(spec: TrainSpec, where: Callable[..., dict[str, Any]] | None = None) 
                     except EvalHarnessError as e:
                         raise InputError(str(e), **where("algorithms", algo, key)) from None
         for combo in itertools.product(*axes.values()):
-            values = dict(zip(axes, combo))
+            setting = dict(zip(axes, combo))
             for seed in spec.seeds:
-                hp = {k: v for k, v in values.items() if k not in _TRAIN_FIELDS}
-                opts = {**spec.train, **{k: v for k, v in values.items() if k in _TRAIN_FIELDS}, "seed": seed}
-                name = "-".join([algo] + [f"{k}{v}" for k, v in values.items()] + [f"s{seed}"])
+                hp = {k: v for k, v in setting.items() if k not in _TRAIN_FIELDS}
+                opts = {**spec.train, **{k: v for k, v in setting.items() if k in _TRAIN_FIELDS}, "seed": seed}
+                name = "-".join([algo] + [f"{k}{v}" for k, v in setting.items()] + [f"s{seed}"])
                 try:
                     cfg = pydantic.TypeAdapter(TrainConfig).validate_python(
                         {"algorithm": algo, "base": spec.base, "data": "", "hparams": hp, "run_name": name, **opts}
@@ -203,9 +207,9 @@ def expand(spec: TrainSpec, where: Callable[..., dict[str, Any]] | None = None) 
                 except pydantic.ValidationError as e:
                     err = e.errors()[0]
                     key = str(err["loc"][0]) if err["loc"] else ""
-                    loc = ("algorithms", algo, key) if key in values else ("train", key)
+                    loc = ("algorithms", algo, key) if key in setting else ("train", key)
                     raise InputError(err["msg"], **where(*loc)) from None
-                runs.append(PlannedRun(name, cfg, values))
+                runs.append(PlannedRun(name, cfg, setting))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise InputError("two runs get the same name", **where("algorithms"))
@@ -258,7 +262,7 @@ def run_sweep(
     for run in runs:
         source = prompts if get_spec(run.config.algorithm).online else data
         cfg = dataclasses.replace(
-            run.config, data=str(source), output_dir=str(sweep_dir / run.name), report_to=spec.report_to
+            run.config, data=str(source), output_dir=str(sweep_dir / run.name), report_to=list(spec.report_to)
         )
         done.append((run, train(cfg, log=log)))
     result = SweepResult(sweep_dir, done, {}, [], None, [])
