@@ -91,3 +91,16 @@ def test_the_package_root_exports_the_library_entry_points() -> None:
         assert callable(getattr(evalharness, name)), name
     # the README's library example imports these from the root
     from evalharness import build_table, regress, resolve, run_spec  # noqa: F401
+
+
+def test_every_task_module_exposes_its_paired_comparison() -> None:
+    """compare and regress find a task's paired test by name (``evalharness.tasks.<name>.paired``): a re-export
+    that a linter's autofix removed would silently turn every Δ cell into "no paired comparison"."""
+    import importlib
+
+    from evalharness.tasks.base import known_tasks
+
+    for name in known_tasks():
+        module = importlib.import_module(f"evalharness.tasks.{name}")
+        assert callable(getattr(module, "paired", None)), name
+        assert getattr(module, "TASK_CLASS", None) is not None, name

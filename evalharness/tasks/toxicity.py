@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evalharness.tasks.reward import RewardTask
+from evalharness.tasks.reward import RewardTask, paired
 
 
 @dataclass
@@ -18,3 +18,5 @@ class ToxicityTask(RewardTask):
 
 
 TASK_CLASS = ToxicityTask
+
+__all__ = ["TASK_CLASS", "Config", "paired"]  # paired: the reward task's comparison, found by task name
