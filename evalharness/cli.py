@@ -674,10 +674,12 @@ def history(
             if not files:
                 _err(f"no trend plot for {name}: no measured point")
     training = _training_of(points, results_dir)
+    for p in points:  # a checkpoint's point carries its training run's own logged metrics at that step
+        row = next((r for r in training.get(p["model"].split("@")[0], []) if r["step"] == p["step"]), None)
+        if row is not None:
+            p["training"] = {k: row[k] for k in ("loss", "reward_accuracy", "kl")}
     if json_out:
-        typer.echo(
-            json.dumps(points + [{"training_run": k, "steps": v} for k, v in training.items()], indent=2, default=str)
-        )
+        typer.echo(json.dumps(points, indent=2, default=str))
         return
     for name, pts in series.items():
         typer.echo(name)
@@ -687,23 +689,21 @@ def history(
             ),
             nl=False,
         )
-    for run, rows in training.items():  # the training run's own logged metrics, at the evaluated steps
-        steps = {p["step"] for p in points if p["model"].split("@")[0] == run} | {rows[-1]["step"]}
-        g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731
-        typer.echo(f"training run {run} (its own log)")
-        typer.echo(
-            render_grid(
-                ["step", "loss", "reward accuracy", "kl"],
-                [
-                    [str(r["step"]), g(r["loss"]), g(r["reward_accuracy"]), g(r["kl"])]
-                    for r in rows
-                    if r["step"] in steps
-                ],
-                left=2,
-                width=240,
-            ),
-            nl=False,
-        )
+    for run, rows in training.items():
+        _print_training(run, rows, {p["step"] for p in points if p["model"].split("@")[0] == run})
+
+
+def _print_training(run: str, rows: list[dict], steps: set[int]) -> None:
+    """A training run's own logged metrics at its evaluated steps and its last step."""
+    from evalharness.analysis.text import render_grid
+
+    def g(x: object) -> str:
+        return "—" if x is None else format(x, ".4g")
+
+    typer.echo(f"training run {run} (its own log)")
+    shown = [r for r in rows if r["step"] in steps | {rows[-1]["step"]}]
+    cells = [[str(r["step"]), g(r["loss"]), g(r["reward_accuracy"]), g(r["kl"])] for r in shown]
+    typer.echo(render_grid(["step", "loss", "reward accuracy", "kl"], cells, left=2, width=240), nl=False)
 
 
 def _training_of(points: list[dict], results_dir: Path | None) -> dict[str, list[dict]]:

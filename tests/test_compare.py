@@ -400,6 +400,11 @@ def test_history_over_a_sweeps_checkpoints(tmp_path: Path, tiny_model: Path) -> 
     assert [x["step"] for x in points if x["algorithm"] == "dpo"] == [1, 2]
     assert {x["model"]: x["value"] for x in points} == scores and len(points) == 3
     assert all(x["paired"] and x["drop_p"] is not None for x in points[1:])
+    # each checkpoint's point carries its training run's own logged loss at that step (the run is in the index)
+    logged = {r["step"]: r["loss"] for r in read_jsonl(next((root / "train").glob("*/dpo*")) / "metrics.jsonl")}
+    assert [x["training"]["loss"] for x in points if x["algorithm"] == "dpo"] == [logged[1], logged[2]]
+    text = cli("history", "--model", tiny_model, "--task", "sentiment", "--metric", "sentiment", "--results-dir", root)
+    assert "training run dpo" in text.stdout and "reward accuracy" in text.stdout
     assert [f.suffix for f in (tmp_path / "sweep-trend.png", tmp_path / "sweep-trend.svg") if f.stat().st_size] == \
         [".png", ".svg"]
     # the sweep's table against SFT is this module's table
