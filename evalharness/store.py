@@ -471,50 +471,12 @@ def index_run(root: Path, manifest: dict[str, Any], scores: list[Score] | None) 
         db.executescript(_SCHEMA)
         db.execute("BEGIN IMMEDIATE")
         rid = manifest["run_id"]
-        git = manifest.get("git") or {}
-        db.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                rid,
-                str(root / rid),
-                manifest.get("kind"),
-                manifest.get("status"),
-                manifest.get("started_at"),
-                manifest.get("finished_at"),
-                git.get("commit"),
-                int(bool(git.get("dirty"))),
-                json.dumps(manifest, default=str),
-            ),
-        )
+        db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)", _run_row(root, manifest))
         if scores is None:
             db.execute("COMMIT")
             return
         db.execute("DELETE FROM scores WHERE run_id = ?", (rid,))
-        revisions = {m.get("name") or m.get("spec"): m.get("revision") for m in manifest.get("models", [])}
-        db.executemany(
-            "INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    rid,
-                    s.task,
-                    s.task_version,
-                    s.metric,
-                    s.model,
-                    revisions.get(s.model),
-                    s.value,
-                    s.stderr,
-                    s.ci_low,
-                    s.ci_high,
-                    s.n,
-                    s.n_skipped,
-                    s.judge_id,
-                    s.judge_version,
-                    s.baseline,
-                    manifest.get("finished_at"),
-                )
-                for s in scores
-            ],
-        )
+        db.executemany("INSERT INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _score_rows(manifest, scores))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -522,6 +484,49 @@ def index_run(root: Path, manifest: dict[str, Any], scores: list[Score] | None) 
         raise
     finally:
         db.close()
+
+
+def _run_row(root: Path, manifest: dict[str, Any]) -> tuple[Any, ...]:
+    """The run's row of the index's ``runs`` table, read from its manifest."""
+    rid = manifest["run_id"]
+    git = manifest.get("git") or {}
+    return (
+        rid,
+        str(root / rid),
+        manifest.get("kind"),
+        manifest.get("status"),
+        manifest.get("started_at"),
+        manifest.get("finished_at"),
+        git.get("commit"),
+        int(bool(git.get("dirty"))),
+        json.dumps(manifest, default=str),
+    )
+
+
+def _score_rows(manifest: dict[str, Any], scores: list[Score]) -> list[tuple[Any, ...]]:
+    """The run's rows of the index's ``scores`` table, each with its model's revision from the manifest."""
+    revisions = {m.get("name") or m.get("spec"): m.get("revision") for m in manifest.get("models", [])}
+    return [
+        (
+            manifest["run_id"],
+            s.task,
+            s.task_version,
+            s.metric,
+            s.model,
+            revisions.get(s.model),
+            s.value,
+            s.stderr,
+            s.ci_low,
+            s.ci_high,
+            s.n,
+            s.n_skipped,
+            s.judge_id,
+            s.judge_version,
+            s.baseline,
+            manifest.get("finished_at"),
+        )
+        for s in scores
+    ]
 
 
 # -- training runs -------------------------------------------------------------------------------------------------

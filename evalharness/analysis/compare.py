@@ -38,7 +38,7 @@ from evalharness.store import (
     manifest_models,
     unfinished_runs_of,
 )
-from evalharness.tasks.base import ModelRecords
+from evalharness.tasks.base import ModelRecords, display_of
 
 ALPHA = 0.05
 # Shown unless asked for (--metrics): secondary numbers of a task, there in `show` and --format json.
@@ -50,15 +50,6 @@ SECONDARY = {
     "avg_length",
     *(f"contingency_{c}" for c in ("ww", "wl", "lw", "ll")),
     *(f"reward_margin_q{q}" for q in (10, 25, 50, 75, 90)),
-}
-LABELS = {
-    ("alpaca_eval", "length_controlled_winrate"): "AlpacaEval 2 LC %",
-    ("alpaca_eval", "win_rate"): "AlpacaEval 2 WR %",
-    ("arena_hard", "score"): "Arena-Hard %",
-    ("arena_hard", "score_style_controlled"): "Arena-Hard SC %",
-    ("mt_bench", "score"): "MT-Bench",
-    ("kl", "kl"): "KL (nats)",
-    ("kl", "kl_k3"): "KL k3 (nats)",
 }
 # Schema-1 eval runs named the task after the prompt file; their metrics name the task module.
 _V1_MODULES = {"sentiment": "sentiment", "toxicity": "toxicity", "kl": "kl", "kl_k3": "kl", "length": "sentiment"}
@@ -222,17 +213,14 @@ def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None
 
 
 def _label(task: str, metric: str) -> str:
-    if (task, metric) in LABELS:
-        return LABELS[(task, metric)]
+    """A column's label: the task module's ``DISPLAY`` names it (a benchmark keeps its labels in its folder)."""
+    label = display_of(task).labels.get(metric)
+    if label is not None:
+        return label
     return metric if metric == task or metric == "length" else f"{task} {metric}"
 
 
 MIXED_HINT = "pass --allow-mixed to show them in separate, labelled columns"
-# Paired tests that refit a model per bootstrap round: minutes, so they say so on the log (stderr) first.
-SLOW = {
-    ("alpaca_eval", "length_controlled_winrate"): "a GLM refit per round",
-    ("arena_hard", "score"): "a Bradley-Terry refit per round",
-}
 
 
 def _metric_key(m: str) -> tuple[str | None, str]:
@@ -347,10 +335,12 @@ def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log:
             if i == ref or cell is None or cell.unmeasured:
                 continue
             start = time.monotonic()
-            if (col.task, col.metric) in SLOW:
+            # paired tests that refit a model per bootstrap round take minutes: they say so on stderr first
+            slow = display_of(col.task).slow.get(col.metric)
+            if slow:
                 log(
                     f"{col.label}: paired bootstrap of {row.label} vs {table.rows[ref].label} "
-                    f"({SLOW[(col.task, col.metric)]}; {rounds or 'default'} rounds)..."
+                    f"({slow}; {rounds or 'default'} rounds)..."
                 )
             try:
                 cell.paired = paired_cell(col, row, table.rows[ref], rounds=rounds, seed=seed)
@@ -358,7 +348,7 @@ def _pair_against(table: Table, ref: int, *, rounds: int | None, seed: int, log:
             except (ValueError, EvalHarnessError, OSError) as e:
                 cell.error = short_reason(e)
                 details.setdefault(str(e), f"{col.label}, {row.label}: {e}")
-            if (col.task, col.metric) in SLOW:
+            if slow:
                 log(f"{col.label}: {row.label} done in {time.monotonic() - start:.0f}s")
     for cell, p in zip(tested, holm([c.paired.p_value for c in tested])):
         cell.p_holm = None if p is None or math.isnan(p) else p
@@ -390,13 +380,10 @@ def _short(score: Score, field_: str) -> str:
 def _digits(col: Column) -> int:
     if col.metric.startswith("contingency_"):  # counts of pairs (preference_accuracy)
         return 0
-    if col.metric in ("length", "avg_length") or col.task == "kl":
+    if col.metric in ("length", "avg_length"):
         return 1
-    if col.task in ("alpaca_eval", "arena_hard"):
-        return 1
-    if col.task == "mt_bench":
-        return 2
-    return 3
+    digits = display_of(col.task).digits
+    return 3 if digits is None else digits
 
 
 def _num(x: float | None, d: int, sign: bool = False) -> str:
@@ -621,12 +608,7 @@ def regress(
         baseline = replace(baseline, label=f"baseline:{baseline.label}")
         candidate = replace(candidate, label=f"candidate:{candidate.label}")
     if metrics is None:
-        for (task, metric), why in known_unavailable([baseline, candidate]).items():
-            log(f"left out {task}/{metric}: neither side has it ({why})")
-            baseline, candidate = (
-                replace(e, scores=[s for s in e.scores if (s.task, s.metric) != (task, metric)])
-                for e in (baseline, candidate)
-            )
+        baseline, candidate = _drop_known_unavailable(baseline, candidate, log)
     table = build_table(
         [baseline, candidate],
         against=baseline.label,
@@ -651,6 +633,24 @@ def regress(
         raise EvalHarnessError(
             "no metric to gate: no shared score has a direction (higher or lower is better); name them with --metrics"
         )
+    _assign_verdicts(rows)
+    # NaN (undefined with too few items) is not JSON: None
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
+
+
+def _drop_known_unavailable(baseline: Entry, candidate: Entry, log: Callable[[str], None]) -> tuple[Entry, Entry]:
+    """Leave out of both sides each metric that neither side has, logging why."""
+    for (task, metric), why in known_unavailable([baseline, candidate]).items():
+        log(f"left out {task}/{metric}: neither side has it ({why})")
+        baseline, candidate = (
+            replace(e, scores=[s for s in e.scores if (s.task, s.metric) != (task, metric)])
+            for e in (baseline, candidate)
+        )
+    return baseline, candidate
+
+
+def _assign_verdicts(rows: list[dict[str, Any]]) -> None:
+    """Set FAIL/PASS/INCONCLUSIVE on the measured rows, in place, with Holm over their drop p-values."""
     drops = [r for r in rows if "_change_ci" in r]
     for rec, p in zip(drops, holm([r["p_drop"] for r in drops])):
         rec["p_holm"] = p
@@ -661,8 +661,6 @@ def regress(
             rec["verdict"] = "PASS"
         else:
             rec["verdict"] = "INCONCLUSIVE"
-    # NaN (undefined with too few items) is not JSON: None
-    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
 
 
 def _gate_row(table: Table, j: int, margins: dict[str, float]) -> dict[str, Any]:

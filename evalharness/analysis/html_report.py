@@ -43,22 +43,14 @@ from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.records import GenRecord, Verdict
 from evalharness.store import RunStore
-from evalharness.tasks.base import GenerationSettings, ModelRecords, RunEnv, Session, Task, task_class
+from evalharness.tasks.base import GenerationSettings, ModelRecords, RunEnv, Session, Task, display_of, task_class
 from evalharness.tasks.prompted import PromptSetTask, per_prompt
-
-# Per-item scores on a readable scale: AlpacaEval's preference 1..2 as the policy's win %, Arena-Hard's game
-# score 0..1 as %; ``FLIP_AT``: the midpoint whose crossing is a flipped verdict (a win became a loss).
-ITEM_SCALE: dict[str, Callable[[float], float]] = {
-    "alpaca_eval": lambda v: 100 * (v - 1),
-    "arena_hard": lambda v: 100 * v,
-}
-FLIP_AT = {"alpaca_eval": 50.0, "arena_hard": 50.0}
-# MT-Bench judges each turn (item id "QID:TURN", request id "QID:tTURN"); its pairing unit is the question.
-UNIT_OF: dict[str, Callable[[str], str]] = {"mt_bench": lambda item: item.split(":", 1)[0]}
 
 
 def _unit(module: str, item_id: str) -> str:
-    return UNIT_OF.get(module, lambda i: i)(item_id)
+    """The unit an item is paired and shown on (MT-Bench: the question of a turn), from the task's DISPLAY."""
+    unit_of = display_of(module).unit_of
+    return unit_of(item_id) if unit_of else item_id
 
 
 # ---------------------------------------------------------------- tasks as the run recorded them
@@ -165,7 +157,7 @@ def task_items(
     judgments on the task's readable scale, as ``per_prompt`` pairs prompt-set tasks), plus the prompts."""
     store, model = entry.store, entry.model
     records = store.generations(model)
-    scale = ITEM_SCALE.get(module, lambda v: v)
+    scale = display_of(module).item_scale or (lambda v: v)  # per-item scores on the task's readable scale
     items: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": [], "judgments": []})
     if task is not None:
         session = _session(store, model, records)
@@ -188,7 +180,7 @@ def task_items(
         category = v.meta.get("category")
         if category:
             prompts.setdefault(unit, {"text": [], "category": ""})["category"] = str(category)
-    for unit, (category, baseline) in _item_extras(module, task).items():
+    for unit, (category, baseline) in (task.item_extras() if task is not None else {}).items():
         if unit in prompts:
             prompts[unit].update({"baseline": baseline, **({"category": category} if category else {})})
     values = per_prompt(ModelRecords(store, model, name))
@@ -202,21 +194,6 @@ def task_items(
         it["failed"] = sum(j["status"] == "error" for j in it["judgments"])
         it["unparsed"] = sum(j["status"] == "unparsed" for j in it["judgments"])
     return dict(items)
-
-
-def _item_extras(module: str, task: Task | None) -> dict[str, tuple[str | None, str]]:
-    """unit -> (category, the baseline's answer the judge compared against) for the pairwise benchmarks:
-    AlpacaEval's eval-set dataset and baseline output, Arena-Hard's baseline answer of the question."""
-    out: dict[str, tuple[str | None, str]] = {}
-    if module == "alpaca_eval" and task is not None:
-        for it, req in zip(getattr(task, "items", []), getattr(task, "_requests", [])):
-            out[req.id] = (str(it.get("dataset") or "") or None, str(it["baseline"]))
-    elif module == "arena_hard" and task is not None:
-        for q in getattr(task, "questions", []):
-            answers = task.base_answers.get(task.baselines[q["category"]], {})  # type: ignore[attr-defined]
-            if q["uid"] in answers:
-                out[q["uid"]] = (None, str(answers[q["uid"]]))
-    return out
 
 
 def _answer(g: GenRecord, request_id: str, sample: int) -> dict[str, Any]:
@@ -245,10 +222,18 @@ def figures(
 ) -> tuple[list[dict[str, str]], list[str]]:
     """(figures as {title, uri, note}, notes on figures left out): the frontier, the trends over checkpoints,
     and each task's answer length against its score per model (a length exploit shows as a slope)."""
-    out, notes = [], []
-    metrics = {c.metric for c in table.columns}
-    # The frontier's y axis: a classifier reward (its judge described, as plot.py labels its axis).
-    reward = next(
+    out, notes = _frontier_figure(table, entries, work, results_dir)
+    out.extend(_trend_figures(table, entries, work))
+    for task, per_model in items.items():
+        fig = _length_scatter(task, entries, per_model, work / f"length-{len(out)}")
+        if fig is not None:
+            out.append(fig)
+    return out, notes
+
+
+def _frontier_reward(table: Table) -> str | None:
+    """The first column that is a classifier reward (its cells carry a judge description), or None."""
+    return next(
         (
             c.metric
             for j, c in enumerate(table.columns)
@@ -257,6 +242,17 @@ def figures(
         ),
         None,
     )
+
+
+def _frontier_figure(
+    table: Table, entries: list[Entry], work: Path, results_dir: str | Path | None
+) -> tuple[list[dict[str, str]], list[str]]:
+    """(the reward vs KL frontier figure if one can be drawn, the note saying why not if it failed)."""
+    out: list[dict[str, str]] = []
+    notes: list[str] = []
+    metrics = {c.metric for c in table.columns}
+    # The frontier's y axis: a classifier reward (its judge described, as plot.py labels its axis).
+    reward = _frontier_reward(table)
     if "kl" in metrics and reward is not None:
         from evalharness.analysis.plot import frontier_points, plot_frontier
 
@@ -276,32 +272,18 @@ def figures(
                 )
         except EvalHarnessError as err:
             notes.append(f"no frontier: {err}")
+    return out, notes
+
+
+def _trend_figures(table: Table, entries: list[Entry], work: Path) -> list[dict[str, str]]:
+    """One trend-over-checkpoints figure per tracked metric, when the rows form a lineage."""
+    out: list[dict[str, str]] = []
     stepped = [i for i, e in enumerate(entries) if e.step is not None]
     if len(stepped) >= 2:  # the rows form a lineage: one trend per tracked metric
         for j, col in enumerate(table.columns):
             if col.higher_is_better is None:
                 continue
-            pts = []
-            for i, e in enumerate(entries):
-                cell = table.cells.get((i, j))
-                if cell is None or cell.score.value is None or (e.step is None and i != table.against):
-                    continue
-                s = cell.score
-                pts.append(
-                    {
-                        "run": e.store.run_id,
-                        "path": str(e.store.path),
-                        "task": col.task,
-                        "metric": col.metric,
-                        "model": e.model,
-                        "step": e.step,
-                        "run_name": e.info.get("run_name"),
-                        "value": s.value,
-                        "ci_low": s.ci_low,
-                        "ci_high": s.ci_high,
-                    }
-                )
-            pts.sort(key=lambda p: (p["run_name"] or "", p["step"] if p["step"] is not None else -1))
+            pts = _trend_points(table, entries, j)
             if len(pts) < 2:
                 continue
             mark_drops(pts, higher_is_better=col.higher_is_better)
@@ -313,11 +295,34 @@ def figures(
                     "note": "red circles: a significant drop from the previous checkpoint",
                 }
             )
-    for task, per_model in items.items():
-        fig = _length_scatter(task, entries, per_model, work / f"length-{len(out)}")
-        if fig is not None:
-            out.append(fig)
-    return out, notes
+    return out
+
+
+def _trend_points(table: Table, entries: list[Entry], j: int) -> list[dict[str, Any]]:
+    """Column ``j``'s scored checkpoints (and the reference row), ordered by run name then step."""
+    col = table.columns[j]
+    pts = []
+    for i, e in enumerate(entries):
+        cell = table.cells.get((i, j))
+        if cell is None or cell.score.value is None or (e.step is None and i != table.against):
+            continue
+        s = cell.score
+        pts.append(
+            {
+                "run": e.store.run_id,
+                "path": str(e.store.path),
+                "task": col.task,
+                "metric": col.metric,
+                "model": e.model,
+                "step": e.step,
+                "run_name": e.info.get("run_name"),
+                "value": s.value,
+                "ci_low": s.ci_low,
+                "ci_high": s.ci_high,
+            }
+        )
+    pts.sort(key=lambda p: (p["run_name"] or "", p["step"] if p["step"] is not None else -1))
+    return pts
 
 
 def _length_scatter(
@@ -439,30 +444,8 @@ def report_data(
     (``log``: progress of the long paired bootstraps)."""
     entries = resolve(refs, results_dir)
     table = build_table(entries, against=against, log=log)
-    best = None
-    for col in table.columns:
-        if col.higher_is_better is not None and table.against is not None:
-            v = best_checkpoint(table, col.metric)
-            if v is not None:
-                best = {**v, "row": next(i for i, e in enumerate(entries) if e.label == v["best_model"])}
-                break
-    items: dict[str, list[dict[str, Any]]] = {}
-    prompts: dict[str, dict[str, dict[str, Any]]] = {}
-    modules: dict[str, str] = {}
-    rebuilt: dict[tuple[Path, str], tuple[str, Task | None]] = {}
-    for name in dict.fromkeys(s.task for e in entries for s in e.scores):
-        items[name] = []
-        prompts[name] = {}
-        for e in entries:
-            if name not in {s.task for s in e.scores}:
-                items[name].append({})
-                continue
-            key = (e.store.path, name)
-            if key not in rebuilt:
-                rebuilt[key] = _rebuild_task(e.store, name)
-            module, task = rebuilt[key]
-            modules[name] = module
-            items[name].append(task_items(e, name, module, task, prompts[name]))
+    best = _best_checkpoint_row(table, entries)
+    items, prompts, modules = _all_task_items(entries)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         figs, fig_notes = figures(table, entries, items, Path(tmp), results_dir)
     against_row = table.against if table.against is not None else 0
@@ -484,7 +467,7 @@ def report_data(
         "tasks": {
             n: {
                 "module": modules.get(n, n),
-                "flip_at": FLIP_AT.get(modules.get(n, n)),
+                "flip_at": display_of(modules.get(n, n)).flip_at,
                 "prompts": prompts[n],
                 "items": items[n],
             }
@@ -492,6 +475,41 @@ def report_data(
         },
         "provenance": _provenance(entries),
     }
+
+
+def _best_checkpoint_row(table: Table, entries: list[Entry]) -> dict[str, Any] | None:
+    """The best checkpoint on the first directed metric (with its row), or None without a reference."""
+    for col in table.columns:
+        if col.higher_is_better is not None and table.against is not None:
+            v = best_checkpoint(table, col.metric)
+            if v is not None:
+                return {**v, "row": next(i for i, e in enumerate(entries) if e.label == v["best_model"])}
+    return None
+
+
+def _all_task_items(
+    entries: list[Entry],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, dict[str, Any]]], dict[str, str]]:
+    """(per task, each model's items; per task, its prompts; per task, its module), each task rebuilt once
+    per run."""
+    items: dict[str, list[dict[str, Any]]] = {}
+    prompts: dict[str, dict[str, dict[str, Any]]] = {}
+    modules: dict[str, str] = {}
+    rebuilt: dict[tuple[Path, str], tuple[str, Task | None]] = {}
+    for name in dict.fromkeys(s.task for e in entries for s in e.scores):
+        items[name] = []
+        prompts[name] = {}
+        for e in entries:
+            if name not in {s.task for s in e.scores}:
+                items[name].append({})
+                continue
+            key = (e.store.path, name)
+            if key not in rebuilt:
+                rebuilt[key] = _rebuild_task(e.store, name)
+            module, task = rebuilt[key]
+            modules[name] = module
+            items[name].append(task_items(e, name, module, task, prompts[name]))
+    return items, prompts, modules
 
 
 # ---------------------------------------------------------------- the page

@@ -364,52 +364,67 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
     fig, ax = new_figure((7.5, 5.2))
     for algo in algorithms:
         pts = [p for p in points if p.algorithm == algo]
-        xerr = list(zip(*(_err(p.kl, p.kl_lo, p.kl_hi) for p in pts)))
-        yerr = list(zip(*(_err(p.reward, p.reward_lo, p.reward_hi) for p in pts)))
         if algo == SFT:
-            for p in pts:
-                ax.errorbar(
-                    [p.kl],
-                    [p.reward],
-                    xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
-                    yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)],
-                    fmt="*",
-                    color="black",
-                    markersize=15,
-                    elinewidth=0.8,
-                    capsize=2,
-                    zorder=5,
-                    label=p.label,
-                )
-            continue
-        c = colours[algo]
+            _draw_sft_points(ax, pts)
+        else:
+            _draw_algorithm_front(ax, pts, f"{_display(algo)} ({len(pts)})", colours[algo], hib)
+    _label_frontier(fig, ax, meta, hib)
+    return save_figure(fig, out)
+
+
+def _draw_sft_points(ax: Any, pts: list[FrontierPoint]) -> None:
+    """Each SFT model as its own black star with its CIs, labelled by name."""
+    for p in pts:
         ax.errorbar(
-            [p.kl for p in pts],
-            [p.reward for p in pts],
-            xerr=xerr,
-            yerr=yerr,
-            fmt="o",
-            color=c,
-            markersize=5,
-            elinewidth=0.7,
+            [p.kl],
+            [p.reward],
+            xerr=[[e] for e in _err(p.kl, p.kl_lo, p.kl_hi)],
+            yerr=[[e] for e in _err(p.reward, p.reward_lo, p.reward_hi)],
+            fmt="*",
+            color="black",
+            markersize=15,
+            elinewidth=0.8,
             capsize=2,
-            alpha=0.85,
-            zorder=3,
-            label=f"{_display(algo)} ({len(pts)})",
+            zorder=5,
+            label=p.label,
         )
-        front = pareto_front(pts, higher_is_better=hib)
-        # The best reward reachable within a KL budget: a step at each front point, up for a
-        # higher-is-better reward, down for a lower-is-better one (toxicity).
-        if len(front) > 1:
-            ax.plot(
-                [p.kl for p in front],
-                [p.reward for p in front],
-                drawstyle="steps-post",
-                color=c,
-                linewidth=1.4,
-                alpha=0.9,
-                zorder=2,
-            )
+
+
+def _draw_algorithm_front(ax: Any, pts: list[FrontierPoint], label: str, c: str, hib: bool) -> None:
+    """One algorithm's points with their CIs, and its Pareto front as a step line."""
+    xerr = list(zip(*(_err(p.kl, p.kl_lo, p.kl_hi) for p in pts)))
+    yerr = list(zip(*(_err(p.reward, p.reward_lo, p.reward_hi) for p in pts)))
+    ax.errorbar(
+        [p.kl for p in pts],
+        [p.reward for p in pts],
+        xerr=xerr,
+        yerr=yerr,
+        fmt="o",
+        color=c,
+        markersize=5,
+        elinewidth=0.7,
+        capsize=2,
+        alpha=0.85,
+        zorder=3,
+        label=label,
+    )
+    front = pareto_front(pts, higher_is_better=hib)
+    # The best reward reachable within a KL budget: a step at each front point, up for a
+    # higher-is-better reward, down for a lower-is-better one (toxicity).
+    if len(front) > 1:
+        ax.plot(
+            [p.kl for p in front],
+            [p.reward for p in front],
+            drawstyle="steps-post",
+            color=c,
+            linewidth=1.4,
+            alpha=0.9,
+            zorder=2,
+        )
+
+
+def _label_frontier(fig: Any, ax: Any, meta: dict[str, Any], hib: bool) -> None:
+    """The frontier's axis labels, title, grid, legend and provenance footnote."""
     ax.set_xlabel(kl_axis_label(meta.get("kl_judge_version") or "", meta.get("reference_model")))
     ax.set_ylabel(
         reward_axis_label(
@@ -433,7 +448,6 @@ def plot_frontier(points: list[FrontierPoint], meta: dict[str, Any], out: Path |
         x=0.005,
         ha="left",
     )
-    return save_figure(fig, out)
 
 
 def new_figure(size: tuple[float, float] = (7.5, 4.5), dpi: int = 150) -> tuple[Any, Any]:
@@ -533,23 +547,7 @@ def temperature_points(
     if not runs:
         raise EvalHarnessError("no runs given")
     loaded = [_load_run(r, results_dir) for r in runs]
-    swept: dict[str, set[float]] = defaultdict(set)
-    for _, _, scores in loaded:
-        for s in scores:
-            if swept_task(s.task) != s.task and s.decoding and "temperature" in s.decoding:
-                swept[swept_task(s.task)].add(float(s.decoding["temperature"]))
-    if task is None:
-        if len(swept) != 1:
-            raise EvalHarnessError(
-                "no temperature-swept task (generation: {temperature: [...]}) in these runs"
-                if not swept
-                else f"several swept tasks: {', '.join(sorted(swept))}; pick one with --task"
-            )
-        task = next(iter(swept))
-    elif task not in swept:
-        raise EvalHarnessError(
-            f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}"
-        )
+    task = _pick_swept_task(loaded, task)
     mine = [
         (run_id, s)
         for run_id, _, scores in loaded
@@ -569,20 +567,7 @@ def temperature_points(
             for r, s in used
         ],
     )
-    points: dict[tuple[str, float], TemperaturePoint] = {}
-    for run_id, s in used:
-        if s.value is None or not math.isfinite(s.value):
-            continue
-        assert s.decoding is not None  # mine: scores with a decoding that has a temperature
-        lo, hi = score_ci(s)
-        p = TemperaturePoint(s.model, float(s.decoding["temperature"]), float(s.value), _ci(lo), _ci(hi), s.n, run_id)
-        k = (p.model, p.temperature)
-        if k in points and points[k].value != p.value:
-            raise EvalHarnessError(
-                f"model '{p.model}' at temperature {p.temperature:g} is in runs {points[k].run_id} "
-                f"and {run_id} with different scores; plot one of them"
-            )
-        points.setdefault(k, p)
+    points = _temperature_point_map(used)
     first = used[0][1]
     meta = {
         "runs": [r for r, _, _ in loaded],
@@ -593,6 +578,47 @@ def temperature_points(
         "higher_is_better": first.higher_is_better is not False,
     }
     return sorted(points.values(), key=lambda p: (p.model, p.temperature)), meta
+
+
+def _pick_swept_task(loaded: list[tuple[str, dict[str, Any], list[Score]]], task: str | None) -> str:
+    """The temperature-swept task to plot: ``task`` if it was swept, else the only swept one (or refuse)."""
+    swept: dict[str, set[float]] = defaultdict(set)
+    for _, _, scores in loaded:
+        for s in scores:
+            if swept_task(s.task) != s.task and s.decoding and "temperature" in s.decoding:
+                swept[swept_task(s.task)].add(float(s.decoding["temperature"]))
+    if task is None:
+        if len(swept) != 1:
+            raise EvalHarnessError(
+                "no temperature-swept task (generation: {temperature: [...]}) in these runs"
+                if not swept
+                else f"several swept tasks: {', '.join(sorted(swept))}; pick one with --task"
+            )
+        return next(iter(swept))
+    if task not in swept:
+        raise EvalHarnessError(
+            f"task '{task}' was not run at several temperatures; swept: {', '.join(sorted(swept)) or 'none'}"
+        )
+    return task
+
+
+def _temperature_point_map(used: list[tuple[str, Score]]) -> dict[tuple[str, float], TemperaturePoint]:
+    """One point per (model, temperature) from the finite scores; refuses two runs that disagree on one."""
+    points: dict[tuple[str, float], TemperaturePoint] = {}
+    for run_id, s in used:
+        if s.value is None or not math.isfinite(s.value):
+            continue
+        assert s.decoding is not None  # used: scores with a decoding that has a temperature
+        lo, hi = score_ci(s)
+        p = TemperaturePoint(s.model, float(s.decoding["temperature"]), float(s.value), _ci(lo), _ci(hi), s.n, run_id)
+        k = (p.model, p.temperature)
+        if k in points and points[k].value != p.value:
+            raise EvalHarnessError(
+                f"model '{p.model}' at temperature {p.temperature:g} is in runs {points[k].run_id} "
+                f"and {run_id} with different scores; plot one of them"
+            )
+        points.setdefault(k, p)
+    return points
 
 
 def plot_temperature(points: list[TemperaturePoint], meta: dict[str, Any], out: Path | str) -> list[Path]:

@@ -102,22 +102,14 @@ class VLLMBackend:
         server_args: list[str] | None = None,
         progress: bool = False,
     ) -> None:
-        if mode not in ("auto", "inprocess", "server"):
-            raise EvalHarnessError(f"vllm backend: mode must be auto, inprocess or server, not '{mode}'")
-        if lora not in ("adapter", "merged"):
-            raise EvalHarnessError(f"vllm backend: lora must be 'adapter' or 'merged', not '{lora}'")
+        _check_options(mode, lora)
         self.ref = resolve(model) if isinstance(model, str) else model
         self.model_id = f"{self.ref.spec}@{self.ref.revision}"
         self.dtype = resolve_dtype(dtype)
         self.progress = progress
         self.lora_mode = lora if self.ref.kind == "lora" else None
         weights = self._weights_dir()
-        from transformers import AutoTokenizer  # the harness's tokenizer renders; vLLM never re-renders
-
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            weights.path, **({"revision": weights.revision} if weights.kind == "hub" else {})
-        )
-        self.eos_ids = _eos_ids(self.tokenizer, weights.path)
+        self.tokenizer, self.eos_ids = _load_tokenizer(weights)
         engine = {
             "dtype": self.dtype,
             "tensor_parallel_size": tensor_parallel_size,
@@ -129,29 +121,19 @@ class VLLMBackend:
         lora_path = self.ref.path if self.lora_mode == "adapter" else None
         if lora_path is not None:
             engine["max_lora_rank"] = max_lora_rank or _lora_rank(Path(lora_path))
-        # Offline LLM cannot run data-parallel in one process (vLLM refuses it): DP > 1 goes to a server.
-        inprocess = mode == "inprocess" or (mode == "auto" and vllm_importable() and data_parallel_size == 1)
-        if inprocess:
-            if not vllm_importable():
-                raise EvalHarnessError(f"vllm backend mode 'inprocess': vllm does not import here; {INSTALL_HINT}")
-            self.mode = "inprocess"
-            self._engine: _Engine = _InProcessEngine(weights, engine, lora_path, progress)
-        else:
-            py = vllm_python(python) or (Path(sys.executable) if vllm_importable() else None)
-            if py is None:
-                raise EvalHarnessError(INSTALL_HINT)
-            self.mode = "server"
-            self._engine = _ServerEngine(
-                py,
-                weights,
-                engine,
-                lora_path,
-                concurrency=concurrency,
-                startup_timeout_s=startup_timeout_s,
-                request_timeout_s=request_timeout_s,
-                env=env or {},
-                extra_args=server_args or [],
-            )
+        self.mode, self._engine = _open_engine(
+            mode,
+            python,
+            weights,
+            engine,
+            lora_path,
+            progress,
+            concurrency=concurrency,
+            startup_timeout_s=startup_timeout_s,
+            request_timeout_s=request_timeout_s,
+            env=env or {},
+            server_args=server_args or [],
+        )
 
     def _weights_dir(self) -> ModelRef:
         """What vLLM loads: the checkpoint, or for a LoRA ref its base (adapter mode) or a merged copy."""
@@ -679,6 +661,63 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- engine set-up -----------------------------------------------------------------------------------
+def _check_options(mode: str, lora: str) -> None:
+    """Refuse an unknown engine ``mode`` or LoRA handling ``lora`` before anything loads."""
+    if mode not in ("auto", "inprocess", "server"):
+        raise EvalHarnessError(f"vllm backend: mode must be auto, inprocess or server, not '{mode}'")
+    if lora not in ("adapter", "merged"):
+        raise EvalHarnessError(f"vllm backend: lora must be 'adapter' or 'merged', not '{lora}'")
+
+
+def _load_tokenizer(weights: ModelRef) -> tuple[Any, set[int]]:
+    """(the checkpoint's tokenizer, its end-of-sequence token ids)."""
+    from transformers import AutoTokenizer  # the harness's tokenizer renders; vLLM never re-renders
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        weights.path, **({"revision": weights.revision} if weights.kind == "hub" else {})
+    )
+    return tokenizer, _eos_ids(tokenizer, weights.path)
+
+
+def _open_engine(
+    mode: str,
+    python: str | None,
+    weights: ModelRef,
+    engine: dict[str, Any],
+    lora_path: str | None,
+    progress: bool,
+    *,
+    concurrency: int,
+    startup_timeout_s: float,
+    request_timeout_s: float,
+    env: dict[str, str],
+    server_args: list[str],
+) -> tuple[str, _Engine]:
+    """(the mode chosen, its engine): vLLM in this process, or a managed server in a vLLM interpreter."""
+    # Offline LLM cannot run data-parallel in one process (vLLM refuses it): DP > 1 goes to a server.
+    data_parallel_size = engine["data_parallel_size"]
+    inprocess = mode == "inprocess" or (mode == "auto" and vllm_importable() and data_parallel_size == 1)
+    if inprocess:
+        if not vllm_importable():
+            raise EvalHarnessError(f"vllm backend mode 'inprocess': vllm does not import here; {INSTALL_HINT}")
+        return "inprocess", _InProcessEngine(weights, engine, lora_path, progress)
+    py = vllm_python(python) or (Path(sys.executable) if vllm_importable() else None)
+    if py is None:
+        raise EvalHarnessError(INSTALL_HINT)
+    return "server", _ServerEngine(
+        py,
+        weights,
+        engine,
+        lora_path,
+        concurrency=concurrency,
+        startup_timeout_s=startup_timeout_s,
+        request_timeout_s=request_timeout_s,
+        env=env,
+        extra_args=server_args,
+    )
 
 
 # -- checkpoint helpers ------------------------------------------------------------------------------

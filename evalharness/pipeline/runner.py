@@ -313,7 +313,6 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
     judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
-    root = Path(plan.results_dir) if plan.results_dir else None
     env = RunEnv(
         generation=plan.generation,
         out_dir=Path("."),
@@ -326,7 +325,25 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         log=log,
     )
     tasks = _setup_tasks(plan, env, ref_spec, log)
-    # After the local checks (files, models), before the run folder: keys, endpoints, decoding, data folders.
+    _log_preflight(plan, log)
+    identity = _run_identity(plan, models, model_list, ref_spec, judge, judge_name, tasks)
+    run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
+    manifest = _run_manifest(plan, models, run_id, identity, model_list, ref_spec, ref_name, judge, judge_name, tasks)
+    store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
+    env.out_dir = store.path
+    log(f"run {run_id}: {store.path}")
+    try:
+        with store.recording_failure():
+            sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log)
+            scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name)
+    finally:
+        models.close()
+    return RunResult(store.path, scores, summary, list(plan.report_to))
+
+
+def _log_preflight(plan: RunPlan, log: Callable[[str], None]) -> None:
+    """Log the preflight notes: after the local checks (files, models), before the run folder, the checks of
+    keys, endpoints, decoding and data folders."""
     for note in preflight(
         backend=plan.backend,
         backend_options=plan.backend_options,
@@ -335,15 +352,41 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         tasks=plan.tasks,
     ):
         log(note)
-    identity = {
+
+
+def _run_identity(
+    plan: RunPlan,
+    models: _Models,
+    model_list: list[ModelSpec],
+    ref_spec: str | None,
+    judge: Any,
+    judge_name: str,
+    tasks: list[Task],
+) -> dict[str, Any]:
+    """What makes the run what it is (models, reference, judge, decoding, tasks): its hash names the run."""
+    return {
         "models": [{"name": m.name, **models.identity(m.ref)} for m in model_list],
         "reference": models.identity(ref_spec) if ref_spec else None,
         "judge": {"name": judge_name, "protocol": getattr(judge, "protocol", None)} if judge else None,
         "generation": asdict(plan.generation),
         "tasks": {t.name: t.identity() for t in tasks},
     }
-    run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
-    manifest = {
+
+
+def _run_manifest(
+    plan: RunPlan,
+    models: _Models,
+    run_id: str,
+    identity: dict[str, Any],
+    model_list: list[ModelSpec],
+    ref_spec: str | None,
+    ref_name: str | None,
+    judge: Any,
+    judge_name: str,
+    tasks: list[Task],
+) -> dict[str, Any]:
+    """The run folder's manifest: the identity, provenance, resolved models, judge and task versions."""
+    return {
         "run_id": run_id,
         "kind": plan.kind,
         "schema_version": SCHEMA_VERSION,
@@ -369,42 +412,58 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         "tasks": {t.name: {"module": t.identity()["module"], "version": t.VERSION} for t in tasks},
         **plan.meta,
     }
-    store = RunStore.open(run_id, manifest, root)
-    env.out_dir = store.path
-    log(f"run {run_id}: {store.path}")
+
+
+def _run_models(
+    plan: RunPlan,
+    store: RunStore,
+    models: _Models,
+    model_list: list[ModelSpec],
+    ref_spec: str | None,
+    tasks: list[Task],
+    log: Callable[[str], None],
+) -> dict[str, Session]:
+    """Generate then judge what is missing for each model in turn, releasing each (but the reference) after."""
     keep = {ref_spec} if ref_spec else set()
     sessions: dict[str, Session] = {}
-    try:
-        with store.recording_failure():
-            for m in model_list:
-                session = Session(
-                    m.name, models.identity(m.ref), partial(models.backend, m.ref), store.generations(m.name)
-                )
-                sessions[m.name] = session
-                _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
-                _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
-                session.release()
-                models.release(m.ref, keep)
-            scores: list[Score] = []
-            for task in tasks:
-                for m in model_list:
-                    scores += task.aggregate(sessions[m.name], store.verdicts(task.name, m.name))
-            usage = getattr(judge, "usage", None)
-            if usage is not None:
-                store.update_manifest(judge_usage=usage)
-            summary = {
-                "run_id": run_id,
-                "path": str(store.path),
-                "task": ",".join(t.name for t in tasks),
-                "models": [m.name for m in model_list],
-                "judge": judge_name,
-                "judge_usage": usage,
-                "scores": [s.to_dict() for s in scores],
-            }
-            store.finish(scores, summary, provenance.now())
-    finally:
-        models.close()
-    return RunResult(store.path, scores, summary, list(plan.report_to))
+    for m in model_list:
+        session = Session(m.name, models.identity(m.ref), partial(models.backend, m.ref), store.generations(m.name))
+        sessions[m.name] = session
+        _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
+        _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
+        session.release()
+        models.release(m.ref, keep)
+    return sessions
+
+
+def _finish_run(
+    store: RunStore,
+    run_id: str,
+    model_list: list[ModelSpec],
+    tasks: list[Task],
+    sessions: dict[str, Session],
+    judge: Any,
+    judge_name: str,
+) -> tuple[list[Score], dict[str, Any]]:
+    """Aggregate every task's verdicts into scores, record the judge's usage, and write scores and summary."""
+    scores: list[Score] = []
+    for task in tasks:
+        for m in model_list:
+            scores += task.aggregate(sessions[m.name], store.verdicts(task.name, m.name))
+    usage = getattr(judge, "usage", None)
+    if usage is not None:
+        store.update_manifest(judge_usage=usage)
+    summary = {
+        "run_id": run_id,
+        "path": str(store.path),
+        "task": ",".join(t.name for t in tasks),
+        "models": [m.name for m in model_list],
+        "judge": judge_name,
+        "judge_usage": usage,
+        "scores": [s.to_dict() for s in scores],
+    }
+    store.finish(scores, summary, provenance.now())
+    return scores, summary
 
 
 def _model_entry(m: ModelSpec, ref: ModelRef | None) -> dict[str, Any]:

@@ -171,6 +171,11 @@ class Task:
         self.name, self.cfg, self.env = name, cfg, env
         self.generation = generation or env.generation
 
+    def item_extras(self) -> dict[str, tuple[str | None, str]]:
+        """Per-item facts the HTML report's viewer shows beside the answers: unit -> (category, the baseline's
+        answer the judge compared against). Pairwise benchmarks override it; other tasks have none."""
+        return {}
+
     def setup(self) -> None:
         """Load and validate items; raise InputError before anything is written."""
 
@@ -270,6 +275,29 @@ def task_class(module: str) -> type[Task]:
     if cls is None:
         raise InputError(f"evalharness.tasks.{module} is not a task module (no TASK_CLASS)")
     return cls
+
+
+@dataclass(frozen=True)
+class Display:
+    """How the analysis layer shows a task's numbers: a task module's ``DISPLAY``, so that an official benchmark
+    keeps its display facts in its own folder and compare / report need no per-benchmark branch."""
+
+    labels: dict[str, str] = field(default_factory=dict)  # metric -> column label
+    digits: int | None = None  # decimals in tables (None: by metric kind)
+    item_scale: Callable[[float], float] | None = None  # a verdict's value as the per-item score shown
+    flip_at: float | None = None  # the midpoint whose crossing is a flipped verdict (a win became a loss)
+    unit_of: Callable[[str], str] | None = None  # item id -> the unit items are paired on
+    slow: dict[str, str] = field(default_factory=dict)  # metric -> why its paired test takes minutes
+
+
+def display_of(module: str) -> Display:
+    """The display facts of task module ``module`` (a task name that is not a module has the defaults)."""
+    try:
+        mod = importlib.import_module(f"evalharness.tasks.{module}")
+    except (ModuleNotFoundError, ValueError):
+        return Display()
+    found = getattr(mod, "DISPLAY", None)
+    return found if isinstance(found, Display) else Display()
 
 
 # Modules of the tasks package that hold shared machinery, not a task.

@@ -13,7 +13,7 @@ from typing import Any
 
 from evalharness.core.records import Generation, Score, Verdict
 from evalharness.judges.kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
-from evalharness.tasks.base import ModelRecords, Pending, Session
+from evalharness.tasks.base import Display, ModelRecords, Pending, Session
 from evalharness.tasks.prompted import PromptSetTask, paired_samples
 
 
@@ -79,5 +79,7 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Per-prompt difference of the sample means of k1 (``kl``) or k3 (``kl_k3``)."""
     return paired_samples(a, b, (lambda v: v.meta.get("k3")) if metric == "kl_k3" else (lambda v: v.value))
 
+
+DISPLAY = Display(labels={"kl": "KL (nats)", "kl_k3": "KL k3 (nats)"}, digits=1)
 
 TASK_CLASS = KLTask

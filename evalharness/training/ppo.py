@@ -435,12 +435,33 @@ def _setup(
         G // P,
     )
     course = Course(total, G, steps_per_epoch, index_stream(len(items), total, G, cfg.seed), rate_key="eps")
-    restored = restore(resume, model, opt, sched, accel, sharded=False) if resume is not None else None
+    course = _resume(plan, steps, course, resume, state, log)
+    log(
+        f"{plan.run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
+        f"{hp.num_mini_batches} minibatches each, reward {plan.extra['reward']['id']} "
+        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {plan.out}"
+    )
+    return steps, course
+
+
+def _resume(
+    plan: Plan,
+    steps: _PPOSteps,
+    course: Course,
+    resume: Path | None,
+    state: dict[str, Any] | None,
+    log: Callable[[str], None],
+) -> Course:
+    """Restore a checkpoint's optimizer, scheduler, RNG, KL coefficient and minibatch generator into ``steps``, and
+    continue ``course`` after its step (unchanged without ``resume``)."""
+    restored = (
+        restore(resume, steps.model, steps.opt, steps.sched, steps.accel, sharded=False) if resume is not None else None
+    )
     if restored is not None:
         steps.kl_coef = restored[1]["ppo"]["kl_coef"]
         steps.g_mb.set_state(restored[1]["ppo"]["minibatch_rng"])
     no_critic = state is not None and not state.get("critic")
-    course = resumed_course(
+    return resumed_course(
         plan,
         course,
         resume,
@@ -449,12 +470,6 @@ def _setup(
         log,
         " (no critic saved: it starts again from its zeroed head)" if no_critic else "",
     )
-    log(
-        f"{plan.run_name}: ppo on {len(items)} prompts, {total} steps of {G} episodes, {hp.num_ppo_epochs} epochs x "
-        f"{hp.num_mini_batches} minibatches each, reward {plan.extra['reward']['id']} "
-        f"({'LoRA' if cfg.lora else 'full'}, {cfg.dtype}, {P} process{'es' if P > 1 else ''}) -> {plan.out}"
-    )
-    return steps, course
 
 
 @dataclass

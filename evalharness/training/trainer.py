@@ -421,12 +421,9 @@ def _loss(
     pad_id: int,
     accel: Any,
 ) -> tuple[Any, dict[str, float | None]]:
+    """A micro-batch's mean loss and its metrics: the forward passes under autocast, the loss outside it."""
     import torch
 
-    from evalharness.training.losses import implicit_rewards, kto_loss, kto_rewards, preference_loss, reward_metrics
-
-    B = len(batch)
-    dev = accel.device
     with autocast(cfg, accel):
         if unpaired:
             from evalharness.backends.hf import response_logprobs
@@ -438,22 +435,61 @@ def _loss(
         else:
             logps, lengths = _seq_logps(model, batch, unpaired, pad_id)
     if unpaired:
-        r = ref[batch_idx].to(dev)
-        kl = (kl_lp.sum(-1).float() - r[:, 1]).mean().detach()
-        kl = accel.reduce(kl, reduction="mean") if accel.num_processes > 1 else kl
-        desirable = torch.tensor([bool(e.desirable) for e in batch], device=dev)
-        losses = kto_loss(logps=logps.float(), ref_logps=r[:, 0], desirable=desirable, kl=kl, **hp)
-        rewards = kto_rewards(logps.detach().float(), r[:, 0], hp["beta"])
-        d, u = rewards[desirable], rewards[~desirable]
-        metrics = {
-            "loss": float(losses.detach().mean()),
-            "kl": float(kl),
-            "logps/chosen": float(logps.detach().mean()),
-            "rewards/desirable": float(d.mean()) if len(d) else None,
-            "rewards/undesirable": float(u.mean()) if len(u) else None,
-            "n": B,
-        }
-        return losses.mean(), metrics
+        return _kto_loss(batch, batch_idx, ref, hp, accel, logps, kl_lp)
+    return _pair_loss(batch, batch_idx, ref, cfg, hp, accel, logps, lengths)
+
+
+def _kto_loss(
+    batch: list[_Example],
+    batch_idx: list[int],
+    ref: Any,
+    hp: dict[str, Any],
+    accel: Any,
+    logps: Any,
+    kl_lp: Any,
+) -> tuple[Any, dict[str, float | None]]:
+    """KTO's mean loss and metrics from the completions' and the KL-mismatch pairs' token log-probs."""
+    import torch
+
+    from evalharness.training.losses import kto_loss, kto_rewards
+
+    B = len(batch)
+    dev = accel.device
+    r = ref[batch_idx].to(dev)
+    kl = (kl_lp.sum(-1).float() - r[:, 1]).mean().detach()
+    kl = accel.reduce(kl, reduction="mean") if accel.num_processes > 1 else kl
+    desirable = torch.tensor([bool(e.desirable) for e in batch], device=dev)
+    losses = kto_loss(logps=logps.float(), ref_logps=r[:, 0], desirable=desirable, kl=kl, **hp)
+    rewards = kto_rewards(logps.detach().float(), r[:, 0], hp["beta"])
+    d, u = rewards[desirable], rewards[~desirable]
+    metrics = {
+        "loss": float(losses.detach().mean()),
+        "kl": float(kl),
+        "logps/chosen": float(logps.detach().mean()),
+        "rewards/desirable": float(d.mean()) if len(d) else None,
+        "rewards/undesirable": float(u.mean()) if len(u) else None,
+        "n": B,
+    }
+    return losses.mean(), metrics
+
+
+def _pair_loss(
+    batch: list[_Example],
+    batch_idx: list[int],
+    ref: Any,
+    cfg: TrainConfig,
+    hp: dict[str, Any],
+    accel: Any,
+    logps: Any,
+    lengths: Any,
+) -> tuple[Any, dict[str, float | None]]:
+    """A pairwise preference loss's mean and metrics from the sequence log-probs (chosen first, then rejected)."""
+    import torch
+
+    from evalharness.training.losses import implicit_rewards, preference_loss, reward_metrics
+
+    B = len(batch)
+    dev = accel.device
     logps = logps.float()
     kw: dict[str, Any] = {
         "chosen_logps": logps[:B],
@@ -472,7 +508,7 @@ def _loss(
     losses = preference_loss(cfg.algorithm, **kw, **hp)
     with torch.no_grad():
         rc, rr = implicit_rewards(cfg.algorithm, **{k: v.detach() for k, v in kw.items()}, **hp)
-    metrics = {
+    metrics: dict[str, float | None] = {
         "loss": float(losses.detach().mean()),
         **reward_metrics(rc, rr),
         "logps/chosen": float(logps[:B].detach().mean()),

@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,7 @@ def build_pairs(
     """Pairs and statistics (prompts, kept, ties, failed judgments, mean score gap)."""
     from evalharness.backends import backend_options, capabilities, get_backend
 
-    if cfg.k < 2:
-        raise EvalHarnessError(f"on-policy pairs need k >= 2 samples per prompt, got {cfg.k}")
-    if cfg.rank not in RANK_MODES:
-        raise EvalHarnessError(f"rank must be one of {', '.join(RANK_MODES)}, got '{cfg.rank}'")
-    if (cfg.rank == "score") != (cfg.chat_judge is None):
-        raise EvalHarnessError("rank 'rating' or 'pairwise' needs a chat judge, and rank 'score' takes none")
+    _check_config(cfg)
     items = load_prompts(cfg.prompts)
     judge = get_judge(cfg.judge) if cfg.rank == "score" else None
     caps = capabilities(cfg.backend)
@@ -74,18 +70,52 @@ def build_pairs(
         [GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items]
     )
     gens = [g for g in gens if g.finish_reason != "error" and g.text.strip()]
-    if judge is not None:
-        # Pairs rank by reward, higher is better: a lower-is-better judge (toxicity) is read as 1 - p, as PPO's
-        # reward is, so the chosen sample is the less toxic one and ODPO's offset s_w - s_l stays positive.
-        flip = not judge.higher_is_better
-        values = [(1.0 - v.value if flip else v.value) if v.status == "ok" else None for v in judge.judge(gens)]
-        judge_info: dict[str, Any] = {
-            "id": judge.judge_id,
-            "version": judge.judge_version,
-            "score": f"1 - {judge.metric}" if flip else judge.metric,
-        }
-    else:
-        values, judge_info = chat_scores(cfg, items, gens)
+    values, judge_info = _text_judge_scores(judge, gens) if judge is not None else chat_scores(cfg, items, gens)
+    pairs, ties, too_few, failed, gaps = _best_vs_worst(cfg, items, gens, values)
+    stats = {
+        "prompts": len(items),
+        "pairs": len(pairs),
+        "ties_dropped": ties,
+        "too_few_scored": too_few,
+        "failed_judgments": failed,
+        "samples": len(gens),
+        "mean_gap": sum(gaps) / len(gaps) if gaps else None,
+        "judge": judge_info,
+        "model": ref.to_dict() if isinstance(ref, ModelRef) else ref,
+    }
+    log(f"kept {len(pairs)} pairs ({ties} ties, {too_few} prompts with < 2 scored samples, {failed} failed judgments)")
+    return pairs, stats
+
+
+def _check_config(cfg: PairsConfig) -> None:
+    """Reject a config that cannot make pairs: fewer than two samples, an unknown rank, a judge of the wrong kind."""
+    if cfg.k < 2:
+        raise EvalHarnessError(f"on-policy pairs need k >= 2 samples per prompt, got {cfg.k}")
+    if cfg.rank not in RANK_MODES:
+        raise EvalHarnessError(f"rank must be one of {', '.join(RANK_MODES)}, got '{cfg.rank}'")
+    if (cfg.rank == "score") != (cfg.chat_judge is None):
+        raise EvalHarnessError("rank 'rating' or 'pairwise' needs a chat judge, and rank 'score' takes none")
+
+
+def _text_judge_scores(judge: Any, gens: list[Any]) -> tuple[list[float | None], dict[str, Any]]:
+    """One reward per generation from a text judge (None: a failed judgment), and the judge's identity."""
+    # Pairs rank by reward, higher is better: a lower-is-better judge (toxicity) is read as 1 - p, as PPO's
+    # reward is, so the chosen sample is the less toxic one and ODPO's offset s_w - s_l stays positive.
+    flip = not judge.higher_is_better
+    values = [(1.0 - v.value if flip else v.value) if v.status == "ok" else None for v in judge.judge(gens)]
+    judge_info: dict[str, Any] = {
+        "id": judge.judge_id,
+        "version": judge.judge_version,
+        "score": f"1 - {judge.metric}" if flip else judge.metric,
+    }
+    return values, judge_info
+
+
+def _best_vs_worst(
+    cfg: PairsConfig, items: list[Any], gens: list[Any], values: list[float | None]
+) -> tuple[list[PreferencePair], int, int, int, list[float]]:
+    """Each prompt's best vs worst scored sample as a pair; with the ties dropped, the prompts with fewer than
+    two scored samples, the failed judgments, and the kept pairs' score gaps."""
     by_prompt: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     failed = 0
     for g, value in zip(gens, values):
@@ -106,19 +136,7 @@ def build_pairs(
             continue
         gaps.append(best[0] - worst[0])
         pairs.append(PreferencePair(it.id, it, best[2], worst[2], best[0], worst[0]))
-    stats = {
-        "prompts": len(items),
-        "pairs": len(pairs),
-        "ties_dropped": ties,
-        "too_few_scored": too_few,
-        "failed_judgments": failed,
-        "samples": len(gens),
-        "mean_gap": sum(gaps) / len(gaps) if gaps else None,
-        "judge": judge_info,
-        "model": ref.to_dict() if isinstance(ref, ModelRef) else ref,
-    }
-    log(f"kept {len(pairs)} pairs ({ties} ties, {too_few} prompts with < 2 scored samples, {failed} failed judgments)")
-    return pairs, stats
+    return pairs, ties, too_few, failed, gaps
 
 
 def write_pairs(
@@ -197,7 +215,6 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
     """
     import hashlib
 
-    from evalharness.backends.http import ChatRequest
     from evalharness.pipeline.runner import make_judge
     from evalharness.pipeline.spec import JudgeSpec
     from evalharness.tasks.mt_bench.metric import parse_rating
@@ -206,16 +223,7 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
     question = {it.id: it.messages[-1][1] if it.messages else str(it.prompt) for it in items}
     template = _RATING_PROMPT if cfg.rank == "rating" else _PAIRWISE_PROMPT
     version = hashlib.sha256(template.encode()).hexdigest()[:12]
-
-    def ask(key: str, text: str) -> Any:
-        return ChatRequest(
-            id=key,
-            messages=[{"role": "user", "content": text}],
-            temperature=0.0,
-            max_tokens=512,
-            template_version=version,
-        )
-
+    ask = partial(_chat_request, version=version)
     counts = {"ok": 0, "failed": 0, "unparsed": 0}
 
     def parsed(res: Any, parse: Callable[[str], Any]) -> Any:
@@ -229,16 +237,7 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
         ]
         scores: list[float | None] = [parsed(r, parse_rating) for r in client.complete(requests)]
     else:
-        by_prompt: dict[str, list[int]] = defaultdict(list)
-        for i, g in enumerate(gens):
-            by_prompt[g.id].append(i)
-        games = [
-            (a, b)
-            for rows in by_prompt.values()
-            for x, i in enumerate(rows)
-            for j in rows[x + 1 :]
-            for a, b in ((i, j), (j, i))
-        ]
+        games = _pairwise_games(gens)
         requests = [
             ask(
                 f"{gens[a].id}#{gens[a].sample_index}-{gens[b].sample_index}",
@@ -246,17 +245,49 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
             )
             for a, b in games
         ]
-        points, played = [0.0] * len(gens), [0] * len(gens)
-        for (a, b), res in zip(games, client.complete(requests)):
-            verdict = parsed(res, parse_pairwise)
-            if verdict is not None:
-                win_a = {"A": 1.0, "B": 0.0, "C": 0.5}[verdict]
-                points[a], points[b] = points[a] + win_a, points[b] + 1.0 - win_a
-                played[a], played[b] = played[a] + 1, played[b] + 1
-        scores = [points[i] / played[i] if played[i] else None for i in range(len(gens))]
+        verdicts = [parsed(res, parse_pairwise) for _, res in zip(games, client.complete(requests))]
+        scores = _pairwise_scores(games, verdicts, len(gens))
     return scores, {
         "id": name,
         "version": f"{cfg.rank}:{version}",
         "mode": cfg.rank,
         "judgments": {"requests": len(requests), **counts},
     }
+
+
+def _chat_request(key: str, text: str, *, version: str) -> Any:
+    """One judge request: ``text`` as the user turn, greedy, under the judge prompt's ``version``."""
+    from evalharness.backends.http import ChatRequest
+
+    return ChatRequest(
+        id=key,
+        messages=[{"role": "user", "content": text}],
+        temperature=0.0,
+        max_tokens=512,
+        template_version=version,
+    )
+
+
+def _pairwise_games(gens: list[Any]) -> list[tuple[int, int]]:
+    """Every two samples of a prompt (indices into ``gens``), each pair in both orders, positions swapped."""
+    by_prompt: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(gens):
+        by_prompt[g.id].append(i)
+    return [
+        (a, b)
+        for rows in by_prompt.values()
+        for x, i in enumerate(rows)
+        for j in rows[x + 1 :]
+        for a, b in ((i, j), (j, i))
+    ]
+
+
+def _pairwise_scores(games: list[tuple[int, int]], verdicts: list[str | None], n: int) -> list[float | None]:
+    """Each of ``n`` samples' share of the points of its parsed games (win 1, tie 1/2); None where none parsed."""
+    points, played = [0.0] * n, [0] * n
+    for (a, b), verdict in zip(games, verdicts):
+        if verdict is not None:
+            win_a = {"A": 1.0, "B": 0.0, "C": 0.5}[verdict]
+            points[a], points[b] = points[a] + win_a, points[b] + 1.0 - win_a
+            played[a], played[b] = played[a] + 1, played[b] + 1
+    return [points[i] / played[i] if played[i] else None for i in range(n)]

@@ -226,7 +226,6 @@ def run_sweep(
 ) -> SweepResult:
     """Build the data (on-policy if asked), train every run, evaluate its checkpoints, compare, plot."""
     from evalharness.training.trainer import train
-    from evalharness.workflows.onpolicy import PairsConfig, pairs_file
 
     trackers.check(spec.report_to)
     for note in preflight_sweep(spec):
@@ -234,8 +233,40 @@ def run_sweep(
     root = Path(results_dir) if results_dir else results_root()
     sweep_dir = root / "train" / spec.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    offline = any(not get_spec(r.config.algorithm).online for r in runs)
     prompts = spec.data.prompts or (spec.data.on_policy.prompts if spec.data.on_policy else None)
+    data = _offline_data(spec, runs, sweep_dir, log)
+    done: list[tuple[PlannedRun, TrainResult]] = []
+    for run in runs:
+        source = prompts if get_spec(run.config.algorithm).online else data
+        cfg = dataclasses.replace(
+            run.config, data=str(source), output_dir=str(sweep_dir / run.name), report_to=list(spec.report_to)
+        )
+        done.append((run, train(cfg, log=log)))
+    result = SweepResult(sweep_dir, done, {}, [], None, [])
+    if spec.eval:
+        evaluate_sweep(spec, result, root, progress=progress, log=log)
+    _write_sweep_json(spec, sweep_dir, data, prompts, done, result)
+    if result.eval_runs:
+        from evalharness.analysis.compare import report_to_trackers
+
+        report_to_trackers(
+            spec.report_to,
+            next(iter(result.eval_runs.values())),
+            table=result.comparison,
+            figures=result.plots,
+            against="sft",
+            group=spec.name,
+            log=log,
+        )
+    return result
+
+
+def _offline_data(spec: TrainSpec, runs: list[PlannedRun], sweep_dir: Path, log: Callable[[str], None]) -> str | None:
+    """The offline algorithms' preference data: on-policy pairs built (or found built) in the sweep folder when
+    some run needs pairs, else the spec's data path (None without one)."""
+    from evalharness.workflows.onpolicy import PairsConfig, pairs_file
+
+    offline = any(not get_spec(r.config.algorithm).online for r in runs)
     data = None
     if spec.data.on_policy and offline:
         op = spec.data.on_policy
@@ -258,16 +289,18 @@ def run_sweep(
         )
     elif spec.data.path:
         data = str(spec.data.path)
-    done: list[tuple[PlannedRun, TrainResult]] = []
-    for run in runs:
-        source = prompts if get_spec(run.config.algorithm).online else data
-        cfg = dataclasses.replace(
-            run.config, data=str(source), output_dir=str(sweep_dir / run.name), report_to=list(spec.report_to)
-        )
-        done.append((run, train(cfg, log=log)))
-    result = SweepResult(sweep_dir, done, {}, [], None, [])
-    if spec.eval:
-        evaluate_sweep(spec, result, root, progress=progress, log=log)
+    return data
+
+
+def _write_sweep_json(
+    spec: TrainSpec,
+    sweep_dir: Path,
+    data: str | None,
+    prompts: str | None,
+    done: list[tuple[PlannedRun, TrainResult]],
+    result: SweepResult,
+) -> None:
+    """Write sweep.json: the spec, the data trained on, every run's checkpoints, the eval runs, table and plots."""
     write_json_atomic(
         sweep_dir / "sweep.json",
         {
@@ -290,19 +323,6 @@ def run_sweep(
             "plots": [str(p) for p in result.plots],
         },
     )
-    if result.eval_runs:
-        from evalharness.analysis.compare import report_to_trackers
-
-        report_to_trackers(
-            spec.report_to,
-            next(iter(result.eval_runs.values())),
-            table=result.comparison,
-            figures=result.plots,
-            against="sft",
-            group=spec.name,
-            log=log,
-        )
-    return result
 
 
 def evaluate_sweep(

@@ -23,7 +23,7 @@ from evalharness.core.records import GenRequest, Score, Verdict
 from evalharness.store import write_json_atomic
 from evalharness.tasks import benchdata
 from evalharness.tasks.alpaca_eval import metric as ae
-from evalharness.tasks.base import ModelRecords, Pending, Session, Task, file_name, stored_answers
+from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, file_name, stored_answers
 
 TASK = "alpaca_eval"
 
@@ -50,6 +50,13 @@ class Config:
 
 
 class AlpacaEvalTask(Task):
+    def item_extras(self) -> dict[str, tuple[str | None, str]]:
+        """The eval set's dataset (category) and the baseline's output of each instruction."""
+        return {
+            req.id: (str(it.get("dataset") or "") or None, str(it["baseline"]))
+            for it, req in zip(getattr(self, "items", []), getattr(self, "_requests", []))
+        }
+
     Config = Config
     VERSION = "2"
     needs_judge = True
@@ -282,6 +289,16 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None 
         support = ae.load_lc_support(_lc_support_dir(cfg))
         return ae_pr.alpaca_lc_paired_bootstrap(ra, rb, support, rounds=rounds or ae_pr.LC_ROUNDS, seed=seed)
     raise ValueError(f"no paired test for alpaca_eval {metric}")
+
+
+# Per-item scores as the policy's win % (preference 1..2); a crossing of 50 is a flipped verdict.
+DISPLAY = Display(
+    labels={"length_controlled_winrate": "AlpacaEval 2 LC %", "win_rate": "AlpacaEval 2 WR %"},
+    digits=1,
+    item_scale=lambda v: 100 * (v - 1),
+    flip_at=50.0,
+    slow={"length_controlled_winrate": "a GLM refit per round"},
+)
 
 
 TASK_CLASS = AlpacaEvalTask

@@ -1,5 +1,5 @@
 """Arena-Hard in one folder: the task (``task``), the official metric (``metric``), its paired statistics."""
 
-from evalharness.tasks.arena_hard.task import TASK_CLASS, paired
+from evalharness.tasks.arena_hard.task import DISPLAY, TASK_CLASS, paired
 
-__all__ = ["TASK_CLASS", "paired"]
+__all__ = ["DISPLAY", "TASK_CLASS", "paired"]

@@ -24,7 +24,7 @@ from evalharness.core.jsonl import iter_jsonl
 from evalharness.core.records import GenRequest, Score, Verdict, content_hash
 from evalharness.store import write_jsonl_atomic
 from evalharness.tasks.arena_hard import metric as ah
-from evalharness.tasks.base import ModelRecords, Pending, Session, Task, data_file, file_name, stored_answers
+from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, data_file, file_name, stored_answers
 
 TASK = "arena_hard"
 BENCHES = {"v0.1": "arena-hard-v0.1", "v2.0": "arena-hard-v2.0"}
@@ -64,6 +64,15 @@ class Config:
 
 
 class ArenaHardTask(Task):
+    def item_extras(self) -> dict[str, tuple[str | None, str]]:
+        """The baseline's answer of each question."""
+        out: dict[str, tuple[str | None, str]] = {}
+        for q in getattr(self, "questions", []):
+            answers = self.base_answers.get(self.baselines[q["category"]], {})
+            if q["uid"] in answers:
+                out[q["uid"]] = (None, str(answers[q["uid"]]))
+        return out
+
     Config = Config
     VERSION = "1"
     needs_judge = True
@@ -312,6 +321,16 @@ def paired(
     return arena_hard_paired_bootstrap(
         battles, f"a:{a.model}", f"b:{b.model}", baseline=cast(str, bases.pop()), rounds=rounds, seed=seed
     )
+
+
+# Per-item game scores 0..1 as %; a crossing of 50 is a flipped verdict.
+DISPLAY = Display(
+    labels={"score": "Arena-Hard %", "score_style_controlled": "Arena-Hard SC %"},
+    digits=1,
+    item_scale=lambda v: 100 * v,
+    flip_at=50.0,
+    slow={"score": "a Bradley-Terry refit per round"},
+)
 
 
 TASK_CLASS = ArenaHardTask

@@ -23,7 +23,7 @@ from evalharness.core.jsonl import iter_jsonl
 from evalharness.core.records import GenRequest, Score, Verdict, content_hash
 from evalharness.judges.local import choice_probabilities
 from evalharness.store import write_jsonl_atomic
-from evalharness.tasks.base import ModelRecords, Pending, Session, Task, data_file, file_name
+from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, data_file, file_name
 from evalharness.tasks.mt_bench import metric as mt
 
 TASK = "mt_bench"
@@ -241,6 +241,10 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
 
     turn = {"score": None, "turn1": 1, "turn2": 2}[metric]
     return mt_bench_paired(mt_bench_scores(a.verdicts(), a.model), mt_bench_scores(b.verdicts(), b.model), turn=turn)
+
+
+# Each turn is judged (item id "QID:TURN"); items are paired on the question.
+DISPLAY = Display(labels={"score": "MT-Bench"}, digits=2, unit_of=lambda item: item.split(":", 1)[0])
 
 
 TASK_CLASS = MTBenchTask
