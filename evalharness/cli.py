@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from evalharness.core.decoding import FRONTIER, PREVIEW, Decoding
+from evalharness.core.decoding import FRONTIER, PAIRS, PREVIEW, Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.records import MAX_SKIPPED_SHARE
 
@@ -58,9 +58,12 @@ def _trackers(value: str | None) -> list[str] | None:
     return None if value is None else parse_report_to(value)
 
 
-def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def _decoding_options(
+    preset: Decoding, skip: tuple[str, ...] = ()
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command one option per ``Decoding`` field (help and range from the field, default from ``preset``)
-    and call it with a checked ``decoding=Decoding(...)``: the options are built from the config, not copied."""
+    and call it with a checked ``decoding=Decoding(...)``: the options are built from the config, not copied.
+    A field in ``skip`` gets no option and keeps the preset's value (``pairs`` samples ``--k``, not ``--n``)."""
     import functools
     import inspect
     from typing import get_type_hints
@@ -69,7 +72,11 @@ def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Calla
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
         types = {"int": int, "float": float}
-        added = {f.name: Annotated[types[str(f.type)], typer.Option(help=f.metadata["help"])] for f in FIELDS}
+        added = {
+            f.name: Annotated[types[str(f.type)], typer.Option(help=f.metadata["help"])]
+            for f in FIELDS
+            if f.name not in skip
+        }
         sig = inspect.signature(command, eval_str=True)
         params = [p for p in sig.parameters.values() if p.name != "decoding"]
         params += [
@@ -79,7 +86,7 @@ def _decoding_options(preset: Decoding) -> Callable[[Callable[..., None]], Calla
 
         @functools.wraps(command)
         def run(**kwargs: object) -> None:
-            values = {f.name: kwargs.pop(f.name) for f in FIELDS}
+            values = {f.name: kwargs.pop(f.name) if f.name in added else getattr(preset, f.name) for f in FIELDS}
             try:
                 chosen = Decoding(**values)  # type: ignore[arg-type]
             except InputError as e:  # name the flag the user typed
@@ -377,16 +384,13 @@ def _scalar(text: str) -> object:
 
 
 @app.command()
+@_decoding_options(PAIRS, skip=("n",))
 def pairs(
     model: Annotated[str, typer.Option(help="policy to sample from (the SFT model for on-policy data)")],
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     out: Annotated[Path, typer.Option(help="output pairs JSONL (a .meta.json sidecar records how)")],
     judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL]")] = "sentiment",
     k: Annotated[int, typer.Option(help="samples per prompt")] = 4,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",
     backend: Annotated[str, typer.Option(help="hf or vllm")] = "hf",
@@ -395,6 +399,8 @@ def pairs(
     judge_base_url: Annotated[str | None, typer.Option(help="chat judge endpoint (OpenAI-compatible)")] = None,
     judge_api_key_env: Annotated[str | None, typer.Option(help="NAME of the variable holding its key")] = None,
     judge_type: Annotated[str, typer.Option(help="openai (an endpoint) or local (an in-process model)")] = "openai",
+    *,
+    decoding: Decoding,
 ) -> None:
     """Build on-policy preference pairs: sample k responses, score them, keep best vs worst (scores kept)."""
     from evalharness.workflows.onpolicy import PairsConfig, pairs_file
@@ -411,10 +417,10 @@ def pairs(
             prompts=str(prompts),
             judge=judge,
             k=k,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            max_new_tokens=decoding.max_new_tokens,
+            seed=decoding.seed,
             min_gap=min_gap,
             dtype=dtype,
             backend=backend,
@@ -436,7 +442,7 @@ def plot_frontier(
     runs: Annotated[list[str], typer.Argument(help="eval run ids or folders (checkpoints and the SFT model)")],
     out: Annotated[Path, typer.Option(help="output path without suffix; writes .png and .svg")] = Path("frontier"),
     reward_metric: Annotated[str | None, typer.Option(help="y axis metric (default: the one reward present)")] = None,
-    results_dir: Annotated[Path | None, typer.Option(help="results root (default ./results)")] = None,
+    results_dir: _RESULTS = None,
 ) -> None:
     """Reward vs KL to the reference: one colour per algorithm, one point per checkpoint, Pareto fronts."""
     from evalharness.analysis.plot import frontier, frontier_table
