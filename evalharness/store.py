@@ -200,7 +200,7 @@ class RunStore:
                 raise EvalHarnessError(
                     f"run {self.run_id} is still running (its process is alive); wait for it to finish"
                 )
-            state = {"stale": "killed (its process is gone)"}.get(status, status)
+            state = {"stale": "stale: killed, its process is gone"}.get(status, status)
             raise EvalHarnessError(f"run {self.run_id} has no scores yet ({state}): {resume_hint(manifest)}")
         rows = read_json_object(path).get("scores", [])
         if not isinstance(rows, list):
@@ -242,9 +242,16 @@ def resume_hint(manifest: dict[str, Any]) -> str:
     import shlex
 
     argv = manifest.get("argv")
-    if isinstance(argv, list) and len(argv) > 1 and all(isinstance(a, str) for a in argv):
+    if isinstance(argv, list) and len(argv) > 1 and all(isinstance(a, str) for a in argv) and _is_cli(argv[0]):
         return f"resume it with `evalharness {shlex.join(argv[1:])}`"
     return "run the command that started it again to resume it"
+
+
+def _is_cli(program: str) -> bool:
+    """Whether a recorded argv[0] is the evalharness command (the console script, or ``python -m evalharness``),
+    so that its arguments are a command a user can run again; a library caller's script is not."""
+    path = Path(program)
+    return path.name == "evalharness" or (path.name in ("cli.py", "__main__.py") and path.parent.name == "evalharness")
 
 
 def manifest_models(manifest: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
