@@ -1,5 +1,8 @@
 """`evalharness ARGS` in a forked child process: a real process, with its own exit code, stdout and stderr, that
-starts in milliseconds because it inherits this process's imports (a fresh interpreter spends seconds on torch)."""
+starts in milliseconds because it inherits this process's imports (a fresh interpreter spends seconds on torch).
+
+Only for commands that run no torch computation (errors, the fake backend, readers): a fork of a process whose
+OpenMP threads are live can hang in the child's first matmul; a command that runs a model needs a subprocess."""
 
 from __future__ import annotations
 

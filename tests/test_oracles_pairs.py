@@ -4,9 +4,12 @@ on a file that must not be empty (an `all(...)` over no lines proves nothing).""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-import forkcli
 from evalharness.testing import FakeOpenAI
 from evalharness.testing.fake_openai import request_text
 
@@ -33,11 +36,15 @@ def test_cli_pairwise_pairs_follow_the_judge(tiny_model, tmp_path):
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
                                for i, q in enumerate(QUESTIONS)))
     out = tmp_path / "pairs.jsonl"
+    # A fresh interpreter, not forkcli's fork: this child runs torch, and a fork of a process whose OpenMP
+    # threads are live (earlier tests ran torch here) can hang in its first matmul.
+    env = {**os.environ, "EVALHARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
     with FakeOpenAI(judge) as server:
-        done = forkcli.run(["pairs", "--model", str(tiny_model), "--prompts", str(prompts), "--out", str(out), "--k",
-                            "4", "--max-new-tokens", "8", "--rank", "pairwise", "--judge-model", "fake-model",
-                            "--judge-base-url", server.url], tmp_path, {"EVALHARNESS_CACHE": str(tmp_path / "cache")})
-    assert done.code == 0, done.stderr[-2000:]
+        done = subprocess.run([sys.executable, "-m", "evalharness", "pairs", "--model", str(tiny_model), "--prompts",
+                               str(prompts), "--out", str(out), "--k", "4", "--max-new-tokens", "8", "--rank",
+                               "pairwise", "--judge-model", "fake-model", "--judge-base-url", server.url],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) >= 2  # not vacuous
     assert all(quality(r["chosen"]) > quality(r["rejected"]) for r in rows)
