@@ -14,7 +14,7 @@ import typer
 
 from evalharness.core.decoding import FRONTIER, PAIRS, PREVIEW, Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
-from evalharness.core.records import MAX_SKIPPED_SHARE
+from evalharness.core.records import MAX_SKIPPED_SHARE, check_max_skipped
 
 if TYPE_CHECKING:
     from evalharness.training.config import TrainConfig
@@ -591,8 +591,8 @@ def regress(
     from evalharness.analysis.compare import regress as gate
     from evalharness.core.records import MAX_SKIPPED_SHARE
 
-    if max_skipped is not None and not 0 <= max_skipped < 1:
-        raise EvalHarnessError(f"--max-skipped {max_skipped}: a share of judgments, from 0 to below 1")
+    if max_skipped is not None:
+        check_max_skipped(max_skipped)
     pair = []
     for what, ref in (("baseline", baseline), ("candidate", candidate)):
         found = resolve([ref], results_dir)
@@ -660,6 +660,7 @@ def history(
     from evalharness.analysis.plot import plot_history
     from evalharness.analysis.text import render_grid
 
+    check_max_skipped(max_skipped)
     points = query(model, task=task, metric=metric, results_dir=results_dir, max_skipped=max_skipped, log=_err)
     if not points:
         raise EvalHarnessError("no score matches" + (f" model {model!r}" if model else ""))

@@ -804,22 +804,7 @@ def _history_point(
     score = None if scores is None else scores.get((name, row["task"], row["metric"]))
     if score is None:
         return None
-    point = {
-        k: row[k]
-        for k in (
-            "run",
-            "path",
-            "task",
-            "metric",
-            "model",
-            "value",
-            "ci_low",
-            "ci_high",
-            "n",
-            "n_skipped",
-            "finished_at",
-        )
-    }
+    point = {k: v for k, v in row.items() if k != "manifest"}  # the index row, less the manifest text
     return {
         **point,
         "step": info.get("step"),

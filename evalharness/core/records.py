@@ -161,6 +161,15 @@ class Verdict(Record):
 MAX_SKIPPED_SHARE = 0.10
 
 
+def check_max_skipped(share: float) -> float:
+    """``share`` as a ``--max-skipped`` value: a share of judgments in [0, 1); else an error naming the flag."""
+    from evalharness.core.errors import InputError
+
+    if not 0.0 <= share < 1.0:
+        raise InputError(f"must be a share of judgments in [0, 1), got {share}", field="--max-skipped")
+    return share
+
+
 def unmeasured_reason(n: int, n_skipped: int, max_skipped_share: float = MAX_SKIPPED_SHARE) -> str | None:
     """Why a result of ``n`` scored and ``n_skipped`` failed-or-unparsed units is not a measurement, or None.
 

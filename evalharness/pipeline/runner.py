@@ -32,6 +32,7 @@ from evalharness.core.records import (
     GenRequest,
     Score,
     Verdict,
+    check_max_skipped,
     content_hash,
 )
 from evalharness.pipeline.preflight import preflight
@@ -138,9 +139,7 @@ def check_judging(
     path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE, log: Callable[[str], None] = lambda _: None
 ) -> list[JudgingCount]:
     """Log one line per task and model of a finished run; raise ``JudgingFailed`` (exit 3) if any is not measured."""
-    if not 0.0 <= max_skipped < 1.0:
-        raise InputError(f"must be a share in [0, 1), got {max_skipped}", field="max-skipped")
-    counts = judging_counts(path, max_skipped)
+    counts = judging_counts(path, check_max_skipped(max_skipped))
     for c in counts:
         log(c.line())
     bad = [c for c in counts if c.unmeasured]
