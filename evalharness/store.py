@@ -131,8 +131,14 @@ class RunStore:
             yield self
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            status = getattr(e, "run_status", status)  # e.g. 'stopped' by the judge budget (pipeline.budget)
             with contextlib.suppress(Exception):  # a full disk must not hide the first error behind a second
-                self.update_manifest(status=status, error=f"{type(e).__name__}: {e}", finished_at=provenance.now())
+                self.update_manifest(
+                    status=status,
+                    error=f"{type(e).__name__}: {e}",
+                    finished_at=provenance.now(),
+                    **getattr(e, "manifest_fields", {}),
+                )
                 index_run(self.path.parent, self.manifest(), None)
             self._release()
             raise

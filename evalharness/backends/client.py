@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from evalharness.backends.http import ChatRequest, ChatResult, OpenAIChatProvider, ProviderError
 from evalharness.core import paths
+from evalharness.core.prices import cost_usd, price_of
 
 __all__ = [
     "ChatRequest",
@@ -75,6 +76,11 @@ class ClientConfig:
     cache: bool = True
     cache_dir: str | Path | None = None
     prices: dict[str, tuple[float, float]] | None = None
+    # The OpenAI Batch API (backends.batch) instead of one request per judgment: billed at the batch rate.
+    batch: bool = False
+    batch_poll_s: float = 30.0
+    batch_window: str = "24h"
+    batch_dir: str | Path | None = None  # where batch state is kept (a run's batches/); None: the cache's
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
@@ -199,7 +205,7 @@ class JudgeClient:
             self._cache = ResponseCache(folder / "chat.sqlite")
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._cost: float | None = 0.0 if config.prices else None
+        self._cost: float | None = 0.0 if config.prices or price_of(config.model) else None
         self._unpriced: set[str] = set()
         self._rng = random.Random()  # jitter only; never affects an output
 
@@ -251,7 +257,7 @@ class JudgeClient:
             else:
                 todo[key] = request
         if todo:
-            by_key.update(await self._run(todo, progress))
+            by_key.update(await (self._batch(todo, progress) if self.config.batch else self._run(todo, progress)))
         results = [replace(by_key[key], id=request.id) for request, key in zip(resolved, keys)]
         self._count(
             items=len(results),
@@ -291,6 +297,36 @@ class JudgeClient:
             if own:
                 bar.close()
             await provider.aclose()
+
+    async def _batch(self, todo: dict[str, ChatRequest], progress: Any) -> dict[str, ChatResult]:
+        """``todo`` through the Batch API; successes are accounted at the batch rate and cached as usual."""
+        from evalharness.backends.batch import BatchTransport
+
+        provider = OpenAIChatProvider(
+            self.config.base_url, api_key_env=self.config.api_key_env, timeout_s=self.config.timeout_s
+        )
+        folder = Path(self.config.batch_dir) if self.config.batch_dir is not None else paths.cache_dir("batches")
+        transport = BatchTransport(
+            provider,
+            folder,
+            poll_s=self.config.batch_poll_s,
+            window=self.config.batch_window,
+            max_retries=self.config.max_retries,
+            count=self._count,
+        )
+        try:
+            results = await transport.complete(todo)
+        finally:
+            await provider.aclose()
+        for key, result in results.items():
+            if result.status == "ok":
+                self._account(todo[key].model, result.usage, batch=True)
+                if self._cache is not None:
+                    self._cache.put(key, {name: getattr(result, name) for name in _CACHED_FIELDS})
+        bar = progress if progress is not True and progress else None
+        if bar is not None:
+            bar.update(len(todo))
+        return results
 
     async def _attempt_until_done(
         self, provider: OpenAIChatProvider, semaphore: asyncio.Semaphore, key: str, request: ChatRequest
@@ -333,19 +369,17 @@ class JudgeClient:
         backoff = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
         return backoff * self._rng.uniform(0.5, 1.0)
 
-    def _account(self, model: str, usage: dict[str, int]) -> None:
+    def _account(self, model: str, usage: dict[str, int], *, batch: bool = False) -> None:
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         self._count(prompt_tokens=prompt, completion_tokens=completion)
-        if self.config.prices is None:
-            return
-        price = self.config.prices.get(model)
+        cost = cost_usd(model, prompt, completion, self.config.prices, batch=batch)
         with self._lock:
-            if price is None:
-                if model not in self._unpriced:
+            if cost is None:
+                if model not in self._unpriced and self.config.prices is not None:
                     self._unpriced.add(model)
                     log.warning("no price for model %s: its tokens are not in cost_usd", model)
                 return
-            self._cost = (self._cost or 0.0) + (prompt * price[0] + completion * price[1]) / 1e6
+            self._cost = (self._cost or 0.0) + cost
 
     def _count(self, **deltas: int) -> None:
         with self._lock:

@@ -118,7 +118,8 @@ class OpenAIChatProvider:
 
         key = read_api_key(api_key_env)
         self._secret = key
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._base = base_url.rstrip("/")
+        self._url = self._base + "/chat/completions"
         # No key: send a placeholder, as the SDK-based provider did, rather than nothing or an ambient
         # $OPENAI_API_KEY that would hand a real secret to whatever local server base_url points at.
         headers = {
@@ -156,6 +157,21 @@ class OpenAIChatProvider:
         )
         return parse_completion(request.id, completion)
 
+    async def call(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None) -> bytes:
+        """One other call to the same API (``path`` under ``base_url``, e.g. ``/files``): the raw reply body, or
+        ``ProviderError`` as for a chat request. The Batch API transport (``backends.batch``) uses it."""
+        headers = {"Content-Type": content_type} if content_type else None
+        return await send_request(
+            self._session,
+            method,
+            self._base + path,
+            data,
+            headers=headers,
+            redact=self._redact,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+        )
+
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
@@ -165,11 +181,36 @@ async def post_json(
 ) -> Any:
     """POST ``payload`` as JSON on an aiohttp session; the decoded JSON reply, or ``ProviderError`` saying
     whether a retry could help (timeouts, connection failures, 408/429/5xx and unreadable bodies can)."""
+    raw = await send_request(
+        session, "POST", url, json.dumps(payload).encode(), redact=redact, proxy=proxy, proxy_auth=proxy_auth
+    )
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # not JSON, or cut off
+        hide = redact or (lambda text: text)
+        raise ProviderError(hide(f"malformed response body: {exc}: {raw[:200]!r}"), retryable=True) from None
+
+
+async def send_request(
+    session: Any,
+    method: str,
+    url: str,
+    data: bytes | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    redact: Any = None,
+    proxy: Any = None,
+    proxy_auth: Any = None,
+) -> bytes:
+    """One HTTP call on an aiohttp session; the raw reply body, or ``ProviderError`` saying whether a retry
+    could help (timeouts, connection failures and 408/429/5xx can)."""
     import aiohttp
 
     hide = redact or (lambda text: text)
     try:
-        async with session.post(url, data=json.dumps(payload), proxy=proxy, proxy_auth=proxy_auth) as response:
+        async with session.request(
+            method, url, data=data, headers=headers, proxy=proxy, proxy_auth=proxy_auth
+        ) as response:
             status, raw = response.status, await response.read()
             retry_after = response.headers.get("retry-after")
     except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -184,10 +225,7 @@ async def post_json(
             status_code=status,
             retry_after=retry_after,
         )
-    try:
-        return json.loads(raw)
-    except ValueError as exc:  # not JSON, or cut off
-        raise ProviderError(hide(f"malformed response body: {exc}: {raw[:200]!r}"), retryable=True) from None
+    return bytes(raw)
 
 
 def _error_message(body: str) -> str:

@@ -35,6 +35,7 @@ from evalharness.core.records import (
     check_max_skipped,
     content_hash,
 )
+from evalharness.pipeline.budget import Budget
 from evalharness.pipeline.preflight import preflight
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
@@ -173,6 +174,9 @@ def make_judge(spec: JudgeSpec, progress: bool) -> tuple[Any, str]:
                 timeout_s=spec.timeout_s,
                 prices=spec.prices,
                 cache=spec.cache,
+                batch=spec.batch,
+                batch_poll_s=spec.batch_poll_s,
+                batch_window=spec.batch_completion_window,
             )
         )
         name = spec.model
@@ -325,15 +329,20 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     )
     tasks = _setup_tasks(plan, env, ref_spec, log)
     _log_preflight(plan, log)
+    budget = None if plan.chat_judge else Budget.of(plan.judge, judge)
     identity = _run_identity(plan, models, model_list, ref_spec, judge, judge_name, tasks)
     run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
     manifest = _run_manifest(plan, models, run_id, identity, model_list, ref_spec, ref_name, judge, judge_name, tasks)
     store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
     env.out_dir = store.path
     log(f"run {run_id}: {store.path}")
+    if plan.judge is not None and plan.judge.batch and not plan.chat_judge:
+        judge.config.batch_dir = store.path / "batches"  # a killed run polls its batches again, never resends
+    if budget is not None:
+        budget.open(store.path)
     try:
         with store.recording_failure():
-            sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log)
+            sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log, budget)
             scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name)
     finally:
         models.close()
@@ -421,6 +430,7 @@ def _run_models(
     ref_spec: str | None,
     tasks: list[Task],
     log: Callable[[str], None],
+    budget: Budget | None = None,
 ) -> dict[str, Session]:
     """Generate then judge what is missing for each model in turn, releasing each (but the reference) after."""
     keep = {ref_spec} if ref_spec else set()
@@ -429,7 +439,7 @@ def _run_models(
         session = Session(m.name, models.identity(m.ref), partial(models.backend, m.ref), store.generations(m.name))
         sessions[m.name] = session
         _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
-        _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
+        _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress, budget)
         session.release()
         models.release(m.ref, keep)
     return sessions
@@ -528,6 +538,7 @@ def _judge_missing(
     log: Callable[[str], None],
     rejudge: str | None = None,
     progress: bool = False,
+    budget: Budget | None = None,
 ) -> None:
     """Every task's judgments that have no stored verdict, or only a failed one (failures are retried), and with
     ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins)."""
@@ -546,8 +557,15 @@ def _judge_missing(
             fresh = [p for p in todo if stored.get(p.key) not in again - {"error"}]
             for pending, refresh in ((fresh, False), (redo, True)):
                 task.env.refresh = refresh  # only the re-asked ones bypass the response cache
-                for i in range(0, len(pending), JUDGE_CHUNK):
-                    errors.update(_judge_chunk(store, session, task, pending[i : i + JUDGE_CHUNK], bar))
+                i = 0
+                while i < len(pending):
+                    chunk = pending[i : i + JUDGE_CHUNK]
+                    if budget is not None:  # cut to what the budget holds; BudgetStop when nothing fits
+                        chunk = budget.fit(chunk, f"{task.name} for {session.name}", len(pending) - i)
+                    errors.update(_judge_chunk(store, session, task, chunk, bar))
+                    if budget is not None:
+                        budget.record(chunk)
+                    i += len(chunk)
         finally:
             task.env.refresh, task.env.judge_bar = False, None
             bar.close()

@@ -114,6 +114,19 @@ class JudgeSpec(Strict):
     cache: bool = True  # the response cache ($EVALHARNESS_CACHE/responses); failures are never cached
     demo: bool = False  # label every score as coming from a demo judge
     dtype: str = "float32"  # local judges
+    # The run's judge budget, across its resumes (pipeline.budget, docs/budget.md): USD and HTTP requests.
+    max_cost: float | None = pydantic.Field(None, gt=0)
+    max_requests: int | None = pydantic.Field(None, gt=0)
+    # The OpenAI Batch API (backends.batch): half price, results within the completion window.
+    batch: bool = False
+    batch_poll_s: float = pydantic.Field(30.0, gt=0)
+    batch_completion_window: str = "24h"
+
+    @pydantic.model_validator(mode="after")
+    def _endpoint_only(self) -> JudgeSpec:
+        if self.type == "local" and (self.batch or self.max_cost is not None or self.max_requests is not None):
+            raise ValueError("batch, max_cost and max_requests are for an openai judge; a local judge is not billed")
+        return self
 
 
 def _inside_results(name: str | None) -> str | None:

@@ -127,6 +127,7 @@ class FakeOpenAI:
         self._rules: list[tuple[str, Item]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batch_delay_s = 0.0  # the Batch API: how long a batch stays in_progress before it completes
         self.reset()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -197,6 +198,9 @@ class FakeOpenAI:
             self.max_in_flight = 0
             self.received: list[dict[str, Any]] = []
             self.headers: list[dict[str, str]] = []
+            self.files: dict[str, dict[str, Any]] = {}  # the Batch API's uploaded and output files
+            self.batches: dict[str, dict[str, Any]] = {}
+            self.batch_lines = 0  # batch request lines answered
 
     def _choose(self, body: dict[str, Any]) -> Item:
         text = request_text(body)
@@ -476,7 +480,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        if self.path.rstrip("/").endswith("/models"):
+        answer = batch_api(self.fake, "GET", self.path, dict(self.headers.items()), b"")
+        if answer is not None:
+            self._send(*answer)
+        elif self.path.rstrip("/").endswith("/models"):
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.fake.models]
             self._send(200, json.dumps({"object": "list", "data": data}).encode())
         else:
@@ -484,6 +491,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        answer = batch_api(self.fake, "POST", self.path, dict(self.headers.items()), raw)
+        if answer is not None:
+            self._send(*answer)
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send(404, b'{"error": {"message": "not found"}}')
             return
@@ -498,3 +509,137 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, payload, headers)
         finally:
             self.fake._leave()
+
+
+# -- the Batch API: /v1/files and /v1/batches ----------------------------------------------------------
+
+
+def batch_api(
+    fake: FakeOpenAI, method: str, path: str, headers: dict[str, str], raw: bytes
+) -> tuple[int, bytes] | None:
+    """The Batch API's endpoints as OpenAI serves them (file upload and content, batch create and retrieve);
+    None for any other path. Each batch line is answered like a chat request (scripts, rules, responder)."""
+    parts = path.split("?")[0].rstrip("/").split("/")
+    tail = parts[parts.index("v1") + 1 :] if "v1" in parts else parts[1:]
+    if method == "POST" and tail == ["files"]:
+        return _upload(fake, headers, raw)
+    if method == "POST" and tail == ["batches"]:
+        return _create_batch(fake, json.loads(raw or b"{}"))
+    if method == "GET" and len(tail) == 2 and tail[0] == "batches":
+        return _retrieve_batch(fake, tail[1])
+    if method == "GET" and len(tail) == 3 and tail[0] == "files" and tail[2] == "content":
+        with fake._lock:
+            file = fake.files.get(tail[1])
+        return (200, file["content"]) if file else _not_found(f"No such File object: {tail[1]}")
+    return None
+
+
+def _not_found(message: str) -> tuple[int, bytes]:
+    return 404, json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+
+
+def _file_object(file_id: str, content: bytes, purpose: str, filename: str) -> dict[str, Any]:
+    return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+            "filename": filename, "purpose": purpose}  # fmt: skip
+
+
+def _new_file(fake: FakeOpenAI, content: bytes, purpose: str, filename: str) -> dict[str, Any]:
+    with fake._lock:
+        file_id = f"file-{len(fake.files) + 1}"
+        fake.files[file_id] = {**_file_object(file_id, content, purpose, filename), "content": content}
+    return _file_object(file_id, content, purpose, filename)
+
+
+def _upload(fake: FakeOpenAI, headers: dict[str, str], raw: bytes) -> tuple[int, bytes]:
+    """``POST /v1/files``: multipart/form-data with ``purpose`` and ``file``."""
+    import email.parser
+    import email.policy
+
+    ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {ctype}\r\n\r\n".encode() + raw
+    )
+    fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+    if "file" not in fields or "purpose" not in fields:
+        return 400, json.dumps({"error": {"message": "multipart form needs file and purpose"}}).encode()
+    content = fields["file"].get_payload(decode=True) or b""
+    purpose = (fields["purpose"].get_payload(decode=True) or b"").decode()
+    filename = str(fields["file"].get_filename() or "upload.jsonl")
+    return 200, json.dumps(_new_file(fake, content, purpose, filename)).encode()
+
+
+def _create_batch(fake: FakeOpenAI, body: dict[str, Any]) -> tuple[int, bytes]:
+    """``POST /v1/batches``: a batch over an uploaded file, in_progress for ``fake.batch_delay_s``."""
+    with fake._lock:
+        source = fake.files.get(str(body.get("input_file_id")))
+        if source is None or source["purpose"] != "batch":
+            return _not_found(f"No such batch input file: {body.get('input_file_id')}")
+        batch_id = f"batch_{len(fake.batches) + 1}"
+        fake.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body.get("endpoint"),
+            "errors": None,
+            "input_file_id": body.get("input_file_id"),
+            "completion_window": body.get("completion_window"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "completed_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+            "_created": time.monotonic(),
+        }
+    return _retrieve_batch(fake, batch_id)
+
+
+def _retrieve_batch(fake: FakeOpenAI, batch_id: str) -> tuple[int, bytes]:
+    """``GET /v1/batches/{id}``: the batch, run to completion once its delay has passed."""
+    with fake._lock:
+        batch = fake.batches.get(batch_id)
+        if batch is None:
+            return _not_found(f"No such Batch object: {batch_id}")
+        due = time.monotonic() - batch["_created"] >= fake.batch_delay_s
+        run = batch["status"] in ("validating", "in_progress") and due
+        if run or not due:
+            batch["status"] = "finalizing" if run else "in_progress"  # one caller runs it
+        content = fake.files[batch["input_file_id"]]["content"] if run else b""
+    if run:
+        _run_batch(fake, batch, content)
+    with fake._lock:
+        return 200, json.dumps({k: v for k, v in batch.items() if not k.startswith("_")}).encode()
+
+
+def _run_batch(fake: FakeOpenAI, batch: dict[str, Any], content: bytes) -> None:
+    """Answer every line: a reply goes to the output file, an injected fault to the error file."""
+    out, errors = [], []
+    for n, line in enumerate(content.decode().splitlines()):
+        request = json.loads(line)
+        body = request["body"]
+        item = fake._choose(body)
+        reply = Reply(item) if isinstance(item, str) else item
+        row: dict[str, Any] = {"id": f"batch_req_{batch['id']}_{n}", "custom_id": request["custom_id"], "error": None}
+        if isinstance(reply, Reply):
+            answer = completion_body(reply, body)
+            row["response"] = {"status_code": 200, "request_id": f"req_{n}", "body": answer}
+            out.append(row)
+        else:
+            status = reply.status if reply.kind == "http" else 500
+            error = {"message": f"injected fault: HTTP {status}", "type": "fake_fault", "code": str(status)}
+            row["response"] = {"status_code": status, "request_id": f"req_{n}", "body": {"error": error}}
+            errors.append(row)
+    files = {
+        name: _new_file(fake, "".join(json.dumps(r) + "\n" for r in rows).encode(), "batch_output", name)["id"]
+        for name, rows in (("output.jsonl", out), ("errors.jsonl", errors))
+        if rows
+    }
+    with fake._lock:
+        fake.batch_lines += len(out) + len(errors)
+        batch.update(
+            status="completed",
+            output_file_id=files.get("output.jsonl"),
+            error_file_id=files.get("errors.jsonl"),
+            completed_at=int(time.time()),
+            request_counts={"total": len(out) + len(errors), "completed": len(out), "failed": len(errors)},
+        )
