@@ -5,12 +5,10 @@ bigger budget resumes to the same scores as an unbudgeted run, paying nothing tw
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import forkcli
 import pytest
 
 from evalharness.pipeline.budget import BUDGET_FILE, BudgetStop
@@ -50,11 +48,13 @@ def spec_file(tmp_path: Path, url: str, judge: str = "", *, name: str = "spec.ya
     return spec
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EVALHARNESS_RESULTS": str(cwd / "results"), "EVALHARNESS_CACHE": str(cwd / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "evalharness", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+def cli_env(cwd: Path) -> dict[str, str]:
+    return {"EVALHARNESS_RESULTS": str(cwd / "results"), "EVALHARNESS_CACHE": str(cwd / "cache")}
+
+
+def cli(*args: str, cwd: Path) -> forkcli.Done:
+    """``evalharness ARGS`` in a real (forked) process: its own exit code and stderr, started in milliseconds."""
+    return forkcli.run(list(args), cwd, cli_env(cwd))
 
 
 def scores_of(path: Path) -> dict[tuple[str, str], tuple[Any, ...]]:
@@ -81,7 +81,7 @@ def test_max_cost_stops_cleanly_and_a_bigger_budget_resumes_to_the_unbudgeted_sc
         budget = round(total * 0.4, 4)
         small = spec_file(tmp_path, server.url, f", max_cost: {budget}")
         stopped = cli("run", str(small), cwd=tmp_path)
-        assert stopped.returncode == 4, stopped.stderr
+        assert stopped.code == 4, stopped.stderr
         assert "Traceback" not in stopped.stderr
         [run] = (tmp_path / "results").glob("budgeted-*")
         manifest = json.loads((run / "manifest.json").read_text())
@@ -95,10 +95,10 @@ def test_max_cost_stops_cleanly_and_a_bigger_budget_resumes_to_the_unbudgeted_sc
         assert spent["requests"] == spent["judgments"] == first
         assert hand_cost(server.received) <= budget
         again = cli("run", str(small), cwd=tmp_path)  # the same budget: stops at once, asks nothing
-        assert again.returncode == 4 and len(server.received) == first
+        assert again.code == 4 and len(server.received) == first
         bigger = spec_file(tmp_path, server.url, f", max_cost: {total * 2}")
         done = cli("run", str(bigger), cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
+        assert done.code == 0, done.stderr
     assert len(server.received) == 20  # nothing judged twice (no response cache: the run folder resumed)
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
     # The budget is the run's, across its invocations: all that was spent, counted once.
@@ -130,7 +130,7 @@ def test_a_budget_needs_a_priced_judge_and_an_endpoint_judge(tmp_path: Path) -> 
         spec = tmp_path / "unpriced.yaml"
         spec.write_text(spec_file(tmp_path, server.url, ", max_cost: 1").read_text().replace("judge-x: [", "other: ["))
         r = cli("run", str(spec), cwd=tmp_path)
-        assert r.returncode == 2 and "judge.max_cost" in r.stderr and "'judge-x'" in r.stderr, r.stderr
+        assert r.code == 2 and "judge.max_cost" in r.stderr and "'judge-x'" in r.stderr, r.stderr
         assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("budgeted-*"))
         local = tmp_path / "local.yaml"
         local.write_text(
@@ -138,5 +138,5 @@ def test_a_budget_needs_a_priced_judge_and_an_endpoint_judge(tmp_path: Path) -> 
             f"tasks:\n{TASKS}"
         )
         r = cli("run", str(local), cwd=tmp_path)
-        assert r.returncode == 2 and f"{local}:4" in r.stderr and "openai judge" in r.stderr, r.stderr
+        assert r.code == 2 and f"{local}:4" in r.stderr and "openai judge" in r.stderr, r.stderr
         assert server.received == []
