@@ -57,9 +57,9 @@ def test_batch_run_gives_the_per_request_scores_at_the_batch_rate(tmp_path: Path
     assert usage["cost_usd"] == pytest.approx(hand_cost(bodies, rate=0.5))  # half the standard rate
     assert usage["requests"] == 20 and usage["failures"] == 0
     states = [json.loads(p.read_text()) for p in (path / "batches").glob("*.json")]
-    assert len(states) == 2 and {s["step"] for s in states} == {"done"} and {s["status"] for s in states} == {
-        "completed"
-    }
+    assert (
+        len(states) == 2 and {s["step"] for s in states} == {"done"} and {s["status"] for s in states} == {"completed"}
+    )
 
 
 def test_a_run_killed_while_its_batch_runs_polls_the_same_batch(tmp_path: Path) -> None:

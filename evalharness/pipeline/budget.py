@@ -114,7 +114,7 @@ class Budget:
         """The leading judgments of ``chunk`` that the estimate says fit in the budget; ``BudgetStop`` when none
         does. ``where`` names the task and model, ``left`` counts their judgments still to make."""
         spent = self.spent()
-        cost, requests = spent.cost_usd, spent.requests
+        cost, requests = spent.cost_usd, float(spent.requests)
         for n, pending in enumerate(chunk):
             c, r = self.estimate(pending, spent)
             over_cost = self.spec.max_cost is not None and cost + c > self.spec.max_cost

@@ -336,7 +336,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
     env.out_dir = store.path
     log(f"run {run_id}: {store.path}")
-    if plan.judge is not None and plan.judge.batch and not plan.chat_judge:
+    if plan.judge is not None and plan.judge.batch and not plan.chat_judge and judge is not None:
         judge.config.batch_dir = store.path / "batches"  # a killed run polls its batches again, never resends
     if budget is not None:
         budget.open(store.path)

@@ -562,10 +562,11 @@ def _upload(fake: FakeOpenAI, headers: dict[str, str], raw: bytes) -> tuple[int,
     fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
     if "file" not in fields or "purpose" not in fields:
         return 400, json.dumps({"error": {"message": "multipart form needs file and purpose"}}).encode()
-    content = fields["file"].get_payload(decode=True) or b""
-    purpose = (fields["purpose"].get_payload(decode=True) or b"").decode()
+    content, purpose = (fields[name].get_payload(decode=True) for name in ("file", "purpose"))
+    if not isinstance(content, bytes) or not isinstance(purpose, bytes):
+        return 400, json.dumps({"error": {"message": "file and purpose must be plain form fields"}}).encode()
     filename = str(fields["file"].get_filename() or "upload.jsonl")
-    return 200, json.dumps(_new_file(fake, content, purpose, filename)).encode()
+    return 200, json.dumps(_new_file(fake, content, purpose.decode(), filename)).encode()
 
 
 def _create_batch(fake: FakeOpenAI, body: dict[str, Any]) -> tuple[int, bytes]:
