@@ -495,7 +495,8 @@ def run_(
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
 ) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
-    Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input."""
+    Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input,
+    4 when the judge budget (judge.max_cost, max_requests) stopped it: rerun with a bigger one to resume."""
     from evalharness.analysis.text import print_scores
     from evalharness.pipeline.runner import check_judging, model_option, run_spec
 
