@@ -13,7 +13,6 @@ stopped and counts what was spent before toward it. Cached answers cost nothing 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from evalharness.backends.client import ChatRequest
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.prices import cost_usd, price_of
 from evalharness.pipeline.spec import JudgeSpec
-from evalharness.store import write_json_atomic
+from evalharness.store import DAMAGED, read_json_object, write_json_atomic
 from evalharness.tasks.base import Pending
 
 __all__ = ["BUDGET_FILE", "Budget", "BudgetStop", "Spend", "chat_request"]
@@ -84,7 +83,10 @@ class Budget:
         """Start counting in run folder ``folder``, from what its earlier invocations spent."""
         self.folder = folder
         path = folder / BUDGET_FILE
-        self.before = Spend(**json.loads(path.read_text())) if path.is_file() else Spend()
+        try:
+            self.before = Spend(**read_json_object(path)) if path.is_file() else Spend()
+        except TypeError as e:
+            raise InputError(f"not a budget record ({e}); {DAMAGED}", path=str(path)) from None
         self.start = dict(self.judge.usage)
 
     def spent(self, chars: int = 0) -> Spend:

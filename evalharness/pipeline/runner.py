@@ -338,10 +338,10 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     log(f"run {run_id}: {store.path}")
     if plan.judge is not None and plan.judge.batch and not plan.chat_judge and judge is not None:
         judge.config.batch_dir = store.path / "batches"  # a killed run polls its batches again, never resends
-    if budget is not None:
-        budget.open(store.path)
     try:
         with store.recording_failure():
+            if budget is not None:
+                budget.open(store.path)
             sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log, budget)
             scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name)
     finally:
