@@ -140,3 +140,18 @@ def test_a_budget_needs_a_priced_judge_and_an_endpoint_judge(tmp_path: Path) -> 
         r = cli("run", str(local), cwd=tmp_path)
         assert r.code == 2 and f"{local}:4" in r.stderr and "openai judge" in r.stderr, r.stderr
         assert server.received == []
+
+
+def test_a_damaged_budget_record_is_an_error_naming_it(tmp_path: Path) -> None:
+    from evalharness.core.errors import InputError
+
+    with FakeOpenAI(responder=judge_reply) as server:
+        spec = spec_file(tmp_path, server.url, ", max_requests: 2")
+        with pytest.raises(BudgetStop):
+            run_spec(spec, results_dir=tmp_path / "r", progress=False)
+        [record] = (tmp_path / "r").glob(f"*/{BUDGET_FILE}")
+        for damage in ('{"dollars": 1}', "{not json"):
+            record.write_text(damage)
+            with pytest.raises(InputError, match=BUDGET_FILE):
+                run_spec(spec, results_dir=tmp_path / "r", progress=False)
+        assert len(server.received) == 2  # nothing sent on a record it cannot read
