@@ -94,11 +94,12 @@ def test_max_cost_stops_cleanly_and_a_bigger_budget_resumes_to_the_unbudgeted_sc
         assert spent["cost_usd"] == pytest.approx(hand_cost(server.received))  # (c): the endpoint's usage x price
         assert spent["requests"] == spent["judgments"] == first
         assert hand_cost(server.received) <= budget
-        again = cli("run", str(small), cwd=tmp_path)  # the same budget: stops at once, asks nothing
-        assert again.code == 4 and len(server.received) == first
+        results = tmp_path / "results"
+        with pytest.raises(BudgetStop):  # the same budget: stops at once, asks nothing
+            run_spec(small, results_dir=results, progress=False)
+        assert len(server.received) == first
         bigger = spec_file(tmp_path, server.url, f", max_cost: {total * 2}")
-        done = cli("run", str(bigger), cwd=tmp_path)
-        assert done.code == 0, done.stderr
+        assert run_spec(bigger, results_dir=results, progress=False).path == run
     assert len(server.received) == 20  # nothing judged twice (no response cache: the run folder resumed)
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
     # The budget is the run's, across its invocations: all that was spent, counted once.
@@ -126,19 +127,21 @@ def test_max_requests_is_cumulative_over_resumes(tmp_path: Path) -> None:
 
 
 def test_a_budget_needs_a_priced_judge_and_an_endpoint_judge(tmp_path: Path) -> None:
+    from evalharness.core.errors import InputError
+
     with FakeOpenAI(responder=judge_reply) as server:
         spec = tmp_path / "unpriced.yaml"
         spec.write_text(spec_file(tmp_path, server.url, ", max_cost: 1").read_text().replace("judge-x: [", "other: ["))
-        r = cli("run", str(spec), cwd=tmp_path)
-        assert r.code == 2 and "judge.max_cost" in r.stderr and "'judge-x'" in r.stderr, r.stderr
-        assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("budgeted-*"))
+        with pytest.raises(InputError, match="judge.max_cost.*'judge-x'"):  # exit 2, before anything is written
+            run_spec(spec, results_dir=tmp_path / "r", progress=False)
+        assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("budgeted-*"))
         local = tmp_path / "local.yaml"
         local.write_text(
             "name: l\nmodel: p\nbackend: fake\njudge: {type: local, model: smollm2-135m-instruct, batch: true}\n"
             f"tasks:\n{TASKS}"
         )
-        r = cli("run", str(local), cwd=tmp_path)
-        assert r.code == 2 and f"{local}:4" in r.stderr and "openai judge" in r.stderr, r.stderr
+        with pytest.raises(InputError, match=f"{local}:4.*openai judge"):
+            run_spec(local, results_dir=tmp_path / "r", progress=False)
         assert server.received == []
 
 
