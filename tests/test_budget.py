@@ -158,3 +158,27 @@ def test_a_damaged_budget_record_is_an_error_naming_it(tmp_path: Path) -> None:
             with pytest.raises(InputError, match=BUDGET_FILE):
                 run_spec(spec, results_dir=tmp_path / "r", progress=False)
         assert len(server.received) == 2  # nothing sent on a record it cannot read
+
+
+def test_the_estimate_is_the_worst_case_then_the_running_average_at_the_batch_rate_for_batches() -> None:
+    from evalharness.backends.client import ChatRequest, ClientConfig, JudgeClient
+    from evalharness.pipeline.budget import Budget, Spend
+    from evalharness.pipeline.spec import JudgeSpec
+    from evalharness.tasks.base import Pending
+
+    request = ChatRequest(id="q", messages=[{"role": "user", "content": "x" * 400}], max_tokens=100)
+    pending = Pending("k", "q", (request, {"game": 1}))  # a task's facts beside the request
+    for batch, rate in ((False, 1.0), (True, 0.5)):
+        spec = JudgeSpec(model="judge-x", base_url="http://127.0.0.1:9/v1", prices={"judge-x": PRICE}, max_cost=1.0,
+                         batch=batch)  # fmt: skip
+        budget = Budget.of(
+            spec, JudgeClient(ClientConfig(base_url="http://127.0.0.1:9/v1", model="judge-x", cache=False))
+        )
+        assert budget is not None
+        # Nothing paid yet: 400 characters / 4 = 100 prompt tokens, and max_tokens 100 completion tokens.
+        assert budget.estimate(pending, Spend()) == (pytest.approx(rate * (100 * PRICE[0] + 100 * PRICE[1]) / 1e6), 1.0)
+        # Paid: 2 judgments of 1000 characters in 250 prompt tokens, 30 completion tokens, 3 requests.
+        paid = Spend(cost_usd=0.1, requests=3, judgments=2, prompt_chars=1000, prompt_tokens=250, completion_tokens=30)
+        cost, requests = budget.estimate(pending, paid)
+        assert cost == pytest.approx(rate * (400 * 250 / 1000 * PRICE[0] + 15 * PRICE[1]) / 1e6) and requests == 1.5
+    assert budget.estimate(Pending("k", "q", "a classifier's sample"), paid) == (0.0, 0.0)
