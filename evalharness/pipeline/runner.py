@@ -35,10 +35,11 @@ from evalharness.core.records import (
     check_max_skipped,
     content_hash,
 )
-from evalharness.pipeline.preflight import preflight
+from evalharness.pipeline.preflight import check_judge, preflight
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
+from evalharness.tasks.ensemble import Panel
 
 JUDGE_CHUNK = 64
 # What ``--rejudge`` re-asks: the statuses whose stored verdicts are asked again (bypassing the response
@@ -71,7 +72,8 @@ class RunPlan:
     backend_options: dict[str, Any] = field(default_factory=dict)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     reference: str | None = None  # the KL reference (a model ref; named like the model with the same ref)
-    judge: JudgeSpec | None = None
+    judge: JudgeSpec | list[JudgeSpec] | None = None  # a list: an ensemble, combined by ``ensemble``
+    ensemble: str | None = None  # evalharness.tasks.ensemble RULES
     kind: str = "run"
     run_id: str | None = None
     results_dir: str | Path | None = None
@@ -311,7 +313,10 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     trackers.check(plan.report_to)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
-    judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+    panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in plan.judge]) if isinstance(plan.judge, list) else None
+    judge, judge_name = plan.chat_judge or (
+        (panel.judges[0][0], panel.name) if panel else make_judge(plan.judge, plan.progress) if plan.judge else (None, "")
+    )
     env = RunEnv(
         generation=plan.generation,
         out_dir=Path("."),
@@ -324,17 +329,19 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         log=log,
     )
     tasks = _setup_tasks(plan, env, ref_spec, log)
+    tasks = panel.expand(tasks) if panel else tasks
     _log_preflight(plan, log)
     identity = _run_identity(plan, models, model_list, ref_spec, judge, judge_name, tasks)
     run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
     manifest = _run_manifest(plan, models, run_id, identity, model_list, ref_spec, ref_name, judge, judge_name, tasks)
     store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
-    env.out_dir = store.path
+    for t in tasks:  # a panel's per-judge copies hold their own env
+        t.env.out_dir = store.path
     log(f"run {run_id}: {store.path}")
     try:
         with store.recording_failure():
             sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log)
-            scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name)
+            scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name, panel)
     finally:
         models.close()
     return RunResult(store.path, scores, summary, list(plan.report_to))
@@ -343,13 +350,14 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
 def _log_preflight(plan: RunPlan, log: Callable[[str], None]) -> None:
     """Log the preflight notes: after the local checks (files, models), before the run folder, the checks of
     keys, endpoints, decoding and data folders."""
+    judges = plan.judge if isinstance(plan.judge, list) else [plan.judge]
     for note in preflight(
         backend=plan.backend,
         backend_options=plan.backend_options,
         generation=plan.generation,
-        judge=None if plan.chat_judge else plan.judge,
+        judge=None if plan.chat_judge else judges[0],
         tasks=plan.tasks,
-    ):
+    ) + [n for j in judges[1:] if not plan.chat_judge for n in check_judge(j)]:
         log(note)
 
 
@@ -443,13 +451,19 @@ def _finish_run(
     sessions: dict[str, Session],
     judge: Any,
     judge_name: str,
+    panel: Panel | None = None,
 ) -> tuple[list[Score], dict[str, Any]]:
-    """Aggregate every task's verdicts into scores, record the judge's usage, and write scores and summary."""
+    """Aggregate every task's verdicts into scores (and a panel's ensemble), record the judge's usage, and write
+    scores and summary."""
     scores: list[Score] = []
     for task in tasks:
         for m in model_list:
             scores += task.aggregate(sessions[m.name], store.verdicts(task.name, m.name))
-    usage = getattr(judge, "usage", None)
+    if panel:
+        scores += [s for m in model_list for s in panel.aggregate(m.name, scores, store.verdicts)]
+    usage = (
+        {name: getattr(j, "usage", None) for j, name in panel.judges} if panel else getattr(judge, "usage", None)
+    )
     if usage is not None:
         store.update_manifest(judge_usage=usage)
     summary = {
@@ -683,6 +697,7 @@ def plan_from_spec(
         generation=generation,
         reference=reference,
         judge=spec.judge,
+        ensemble=spec.ensemble,
         kind="run",
         results_dir=results_dir,
         progress=progress,
