@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
+from taskkit import POLICY, RecordingBackend
 
 from evalharness.core.errors import InputError
 from evalharness.core.records import Score, Verdict
@@ -22,7 +23,6 @@ from evalharness.tasks import ensemble
 from evalharness.tasks.arena_hard import task as arena_hard
 from evalharness.tasks.base import GenerationSettings, TaskSpec
 from evalharness.testing import FakeOpenAI, Fault
-from taskkit import POLICY, RecordingBackend
 
 LABELS = ["[[A>>B]]", "[[A>B]]", "[[A=B]]", "[[B>A]]", "[[B>>A]]"]
 

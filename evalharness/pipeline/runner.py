@@ -38,6 +38,7 @@ from evalharness.core.records import (
 from evalharness.pipeline.preflight import check_judge, preflight
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
+from evalharness.tasks import controls
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
 from evalharness.tasks.ensemble import Panel
 
@@ -74,6 +75,8 @@ class RunPlan:
     reference: str | None = None  # the KL reference (a model ref; named like the model with the same ref)
     judge: JudgeSpec | list[JudgeSpec] | None = None  # a list: an ensemble, combined by ``ensemble``
     ensemble: str | None = None  # evalharness.tasks.ensemble RULES
+    controls: list[str] = field(default_factory=list)  # evalharness.tasks.controls CONTROLS: null, longest
+    null_answer: str | None = None  # the null control's answer; None: controls.NULL_ANSWER
     kind: str = "run"
     run_id: str | None = None
     results_dir: str | Path | None = None
@@ -246,6 +249,16 @@ class _Models:
             self.release(spec, set())
 
 
+def _add_null_control(plan: RunPlan) -> None:
+    """``controls: [null]``: the constant-answer model joins the run's models (once), answering from its text."""
+    if "null" not in plan.controls or any(m.name == controls.NULL_MODEL for m in plan.models):
+        return
+    from evalharness.backends.constant import ConstantBackend
+
+    plan.models = [*plan.models, ModelSpec(controls.NULL_MODEL, controls.NULL_REF)]
+    plan.backends = {**plan.backends, controls.NULL_REF: ConstantBackend(plan.null_answer or controls.NULL_ANSWER)}
+
+
 def _ref_identity(ref: ModelRef) -> str:
     own = f"{ref.path}@{ref.revision}" if ref.kind == "hub" else ref.revision
     return f"{own}+{_ref_identity(ref.base)}" if ref.base is not None else own
@@ -311,12 +324,10 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
 def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
     """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
     trackers.check(plan.report_to)
+    _add_null_control(plan)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
-    panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in plan.judge]) if isinstance(plan.judge, list) else None
-    judge, judge_name = plan.chat_judge or (
-        (panel.judges[0][0], panel.name) if panel else make_judge(plan.judge, plan.progress) if plan.judge else (None, "")
-    )
+    panel, (judge, judge_name) = _judges(plan)
     env = RunEnv(
         generation=plan.generation,
         out_dir=Path("."),
@@ -341,10 +352,21 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     try:
         with store.recording_failure():
             sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log)
-            scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name, panel)
+            scores, summary = _finish_run(
+                store, run_id, model_list, tasks, sessions, judge, judge_name, panel, "longest" in plan.controls
+            )
     finally:
         models.close()
     return RunResult(store.path, scores, summary, list(plan.report_to))
+
+
+def _judges(plan: RunPlan) -> tuple[Panel | None, tuple[Any, str]]:
+    """The run's chat judge and its name; with a list of judges, the panel too (the first judge stands for the
+    panel where one judge is asked for: its protocol; the name is the ensemble's)."""
+    if isinstance(plan.judge, list):
+        panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in plan.judge])
+        return panel, plan.chat_judge or (panel.judges[0][0], panel.name)
+    return None, plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
 
 
 def _log_preflight(plan: RunPlan, log: Callable[[str], None]) -> None:
@@ -436,8 +458,9 @@ def _run_models(
     for m in model_list:
         session = Session(m.name, models.identity(m.ref), partial(models.backend, m.ref), store.generations(m.name))
         sessions[m.name] = session
-        _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
-        _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
+        mine = controls.judged_only(m.name, tasks)
+        _generate_missing(store, session, mine, plan.chunk_size, plan.progress, log)
+        _judge_missing(store, session, mine, log, plan.rejudge, plan.progress)
         session.release()
         models.release(m.ref, keep)
     return sessions
@@ -452,18 +475,20 @@ def _finish_run(
     judge: Any,
     judge_name: str,
     panel: Panel | None = None,
+    longest: bool = False,
 ) -> tuple[list[Score], dict[str, Any]]:
     """Aggregate every task's verdicts into scores (and a panel's ensemble), record the judge's usage, and write
     scores and summary."""
     scores: list[Score] = []
     for task in tasks:
         for m in model_list:
-            scores += task.aggregate(sessions[m.name], store.verdicts(task.name, m.name))
+            if task in controls.judged_only(m.name, tasks):
+                verdicts = store.verdicts(task.name, m.name)
+                own = task.aggregate(sessions[m.name], verdicts)
+                scores += own + (controls.length_scores(task, sessions[m.name], verdicts, own) if longest else [])
     if panel:
         scores += [s for m in model_list for s in panel.aggregate(m.name, scores, store.verdicts)]
-    usage = (
-        {name: getattr(j, "usage", None) for j, name in panel.judges} if panel else getattr(judge, "usage", None)
-    )
+    usage = {name: getattr(j, "usage", None) for j, name in panel.judges} if panel else getattr(judge, "usage", None)
     if usage is not None:
         store.update_manifest(judge_usage=usage)
     summary = {
@@ -698,6 +723,8 @@ def plan_from_spec(
         reference=reference,
         judge=spec.judge,
         ensemble=spec.ensemble,
+        controls=list(spec.controls),
+        null_answer=spec.null_answer,
         kind="run",
         results_dir=results_dir,
         progress=progress,

@@ -147,6 +147,9 @@ class RunSpec(Strict):
     _names_inside = pydantic.field_validator("model_name")(_inside_results)
     _backend_known = pydantic.field_validator("backend")(_known_backend)
     _generation_one = pydantic.field_validator("generation", mode="before")(_one_temperature)
+    _null_control = pydantic.field_validator("controls", mode="before")(
+        lambda v: ["null" if c is None else c for c in v] if isinstance(v, list) else v  # YAML reads null as None
+    )
     reference: str | None = None  # the SFT model, for kl
     backend: str = "hf"  # a name registered in evalharness.backends (hf, vllm, openai, fake, ...)
     backend_options: dict[str, Any] = {}
@@ -219,8 +222,10 @@ def check_panel(spec: RunSpec, where: Callable[..., dict[str, Any]]) -> None:
     """A list of judges needs an ensemble rule and distinct judges; a rule needs a list of two or more."""
     panel = spec.judge if isinstance(spec.judge, list) else None
     if panel is not None and (len(panel) < 2 or spec.ensemble is None):
-        raise InputError("a list of judges needs two or more judges and ensemble: mean | vote | arena_hard_v2",
-                         **where("judge" if spec.ensemble is None or len(panel) < 2 else "ensemble"))
+        raise InputError(
+            "a list of judges needs two or more judges and ensemble: mean | vote | arena_hard_v2",
+            **where("judge" if spec.ensemble is None or len(panel) < 2 else "ensemble"),
+        )
     if panel is None and spec.ensemble is not None:
         raise InputError("ensemble combines a list of judges: give judge: [{...}, {...}]", **where("ensemble"))
     names = [j.model for j in panel or []]

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from evalharness.core import stats
 from evalharness.core.records import Score, Verdict, content_hash
-from evalharness.tasks.base import RunEnv, Session, Task, display_of, file_name
+from evalharness.tasks.base import Task, display_of, file_name
 
 Rule = Literal["mean", "vote", "arena_hard_v2"]
 RULES: tuple[str, ...] = ("mean", "vote", "arena_hard_v2")
@@ -118,7 +118,9 @@ def item_ensemble(
         if any(v is None or v.status != "ok" or v.value is None for v in got):
             skipped += 1
             continue
-        values[u] = combine([scale(float(v.value)) for v in got if v is not None and v.value is not None], rule, midpoint)
+        values[u] = combine(
+            [scale(float(v.value)) for v in got if v is not None and v.value is not None], rule, midpoint
+        )
     return ItemEnsemble(values, skipped, failed)
 
 
@@ -230,7 +232,9 @@ class Panel:
             items = list(ens.values)
             value = se = lo = hi = None
             if items:
-                value, se, lo, hi, _ = stats.cluster_mean_ci([ens.values[u] for u in items], [unit(u[0]) for u in items])
+                value, se, lo, hi, _ = stats.cluster_mean_ci(
+                    [ens.values[u] for u in items], [unit(u[0]) for u in items]
+                )
             out.append(
                 replace(
                     head,
@@ -247,7 +251,9 @@ class Panel:
             )
         return out
 
-    def _agreement_scores(self, task: str, module: str, per_judge: dict[str, list[Verdict]], head: Score) -> list[Score]:
+    def _agreement_scores(
+        self, task: str, module: str, per_judge: dict[str, list[Verdict]], head: Score
+    ) -> list[Score]:
         show = display_of(module)
         scale = show.item_scale or (lambda v: v)
         out = []
@@ -280,10 +286,7 @@ def _version_of(v: Verdict, head: Score) -> bool:
     return category_ is None or head.extra.get("category") in (None, category_)
 
 
-
-def arena_hard_ensemble(
-    per_judge: dict[str, list[Verdict]], heads: list[Score], cfg: Any, judge: str
-) -> list[Score]:
+def arena_hard_ensemble(per_judge: dict[str, list[Verdict]], heads: list[Score], cfg: Any, judge: str) -> list[Score]:
     """The ``arena_hard_v2`` rule: per category, every judge's kept battles in one ``score_battles`` fit
     (two players, so the score is the mean battle score, as show_result.py's), bootstrap as the task's config."""
     from evalharness.tasks.arena_hard import metric as ah
