@@ -84,11 +84,11 @@ def test_arena_hard_v2_two_judges_match_show_result(tmp_path: Path, benchdata: P
         res = run(plan(tmp_path, server, cfg, "arena_hard_v2"))
     store = RunStore(res.path)
     scores = res.scores
-    a, b = (by(scores, f"arena_hard[{j}]", "score") for j in ("judge-a", "judge-b"))
-    ens = by(scores, "arena_hard", "score")
+    a, b = (by(scores, f"arena_hard:{j}", "score") for j in ("judge-a", "judge-b"))
+    ens = by(scores, "arena_hard", "ensemble_arena_hard_v2")
     # Each judge keeps its own verdicts and its own score, under its own comparability key.
-    assert {v.judge_id for v in store.verdicts("arena_hard[judge-a]", POLICY)} == {"judge-a"}
-    vb = store.verdicts("arena_hard[judge-b]", POLICY)
+    assert {v.judge_id for v in store.verdicts("arena_hard:judge-a", POLICY)} == {"judge-a"}
+    vb = store.verdicts("arena_hard:judge-b", POLICY)
     assert sum(v.status == "error" for v in vb) == 2 and b.n_skipped == 2 and b.extra["n_error"] == 2
     assert (a.judge_id, b.judge_id) == ("judge-a", "judge-b")
     assert ens.judge_id == "ensemble(arena_hard_v2: judge-a, judge-b)"
@@ -106,7 +106,7 @@ def test_arena_hard_v2_two_judges_match_show_result(tmp_path: Path, benchdata: P
     assert a.value == pytest.approx(100 * only_a.scores.astype(float).mean(), abs=1e-6)
     # Agreement: the games both judged, against sklearn's kappa on the same win/tie/loss labels.
     agree, kappa = by(scores, "arena_hard", "judge_agreement"), by(scores, "arena_hard", "judge_kappa")
-    va = {ensemble.unit_of(v): v for v in store.verdicts("arena_hard[judge-a]", POLICY)}
+    va = {ensemble.unit_of(v): v for v in store.verdicts("arena_hard:judge-a", POLICY)}
     pairs = [(va[ensemble.unit_of(v)].value, v.value) for v in vb if v.status == "ok"]
     lab = lambda x: "win" if x > 0.5 else "loss" if x < 0.5 else "tie"  # noqa: E731
     la, lb = [lab(p[0]) for p in pairs], [lab(p[1]) for p in pairs]
@@ -157,3 +157,36 @@ def test_spec_shape(tmp_path: Path) -> None:
         with pytest.raises(InputError) as e:
             load_spec(tmp_path / f"{name}.yaml")
         assert e.value.field == field and e.value.line is not None, (name, e.value)
+
+
+def rating_judges(body: dict[str, Any]) -> Any:
+    """Ratings from a hash of (judge, request); judge-b fails on the question asking for a travel blog."""
+    text = body["messages"][-1]["content"]
+    if body["model"] == "judge-b" and "travel blog" in text:
+        return Fault.http(400)
+    return f"Rating: [[{1 + int(hashlib.sha256((body['model'] + text).encode()).hexdigest(), 16) % 10}]]"
+
+
+def test_mt_bench_mean_ensemble_over_real_http(tmp_path: Path, benchdata: Path) -> None:
+    from evalharness.tasks.mt_bench import task as mt_bench
+
+    cfg = mt_bench.Config(data_dir=str(benchdata), question_ids=(81, 111, 145))
+    with FakeOpenAI(rating_judges) as server:
+        res = run(plan(tmp_path, server, cfg, "mean", module="mt_bench"))
+    store = RunStore(res.path)
+    va = {v.item_id: v.value for v in store.verdicts("mt_bench:judge-a", POLICY)}
+    vb = {v.item_id: v.value for v in store.verdicts("mt_bench:judge-b", POLICY) if v.status == "ok"}
+    assert len(va) == 6 and len(vb) == 4  # question 81 (the travel blog) failed for judge-b, both turns
+    ens = by(res.scores, "mt_bench", "ensemble_mean")
+    # Items both judged, averaged; then the mean over questions of their turns' means (the question is the unit).
+    per_q: dict[str, list[float]] = {}
+    for item, b in vb.items():
+        per_q.setdefault(item.split(":")[0], []).append((va[item] + b) / 2)
+    assert ens.value == pytest.approx(sum(sum(v) / len(v) for v in per_q.values()) / len(per_q))
+    assert (ens.n, ens.n_skipped, ens.extra["n_failed_by_judge"]) == (4, 2, {"judge-a": 0, "judge-b": 2})
+    assert ens.judge_id == "ensemble(mean: judge-a, judge-b)" and ens.task_version == by(
+        res.scores, "mt_bench:judge-a", "score").task_version
+    kappa = by(res.scores, "mt_bench", "judge_kappa")
+    items = list(vb)
+    assert kappa.n == 4 and kappa.value == pytest.approx(
+        cohen_kappa_score([va[i] for i in items], [vb[i] for i in items]))

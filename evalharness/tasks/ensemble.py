@@ -1,7 +1,7 @@
 """Judge ensembles: several chat judges judge the same answers, each on its own, and a rule combines them.
 
 A run spec's ``judge:`` may be a list of judges with ``ensemble: mean | vote | arena_hard_v2``. Every
-judged task then runs once per judge, as its own task named ``<task>[<judge>]``: each judge's verdicts are
+judged task then runs once per judge, as its own task named ``<task>:<judge>``: each judge's verdicts are
 stored under that name (inspectable, resumable, retried on failure like any verdict), and each judge's own
 scores carry that judge's comparability key. After the per-judge scores, ``Panel.aggregate`` adds, under the
 task's plain name:
@@ -34,6 +34,7 @@ hash the judge's name).
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
@@ -51,7 +52,7 @@ Unit = tuple[str, int, str]
 
 def judged_name(task: str, judge: str) -> str:
     """The name one judge's copy of a task carries (its verdicts and scores are stored under it)."""
-    return f"{task}[{file_name(judge)}]"
+    return f"{task}:{file_name(judge)}"
 
 
 def ensemble_name(rule: str, judges: list[str]) -> str:
@@ -169,7 +170,7 @@ class Panel:
         return ensemble_name(self.rule, [n for _, n in self.judges])
 
     def expand(self, tasks: list[Task]) -> list[Task]:
-        """Each judged task becomes one copy per judge (sharing the loaded items), named ``<task>[<judge>]``."""
+        """Each judged task becomes one copy per judge (sharing the loaded items), named ``<task>:<judge>``."""
         out: list[Task] = []
         for task in tasks:
             if not task.needs_judge:
@@ -215,7 +216,7 @@ class Panel:
         else:
             out = self._item_scores(module, per_judge, own[first.env.judge_name])
         for s in out:
-            s.task, s.judge_id = task, self.name
+            s.task, s.judge_id, s.metric = task, self.name, f"ensemble_{self.rule}"
             s.judge_version = self._version(own, s.task_version)
             s.extra = {**s.extra, "ensemble": {"rule": self.rule, "judges": [n for _, n in self.judges]}}
         return out
@@ -238,7 +239,6 @@ class Panel:
             out.append(
                 replace(
                     head,
-                    metric=f"ensemble_{self.rule}",
                     value=value,
                     stderr=se,
                     ci_low=lo,
@@ -276,7 +276,7 @@ class Panel:
                 extra={"judges": [ja, jb]},
             )
             out.append(replace(base, metric="judge_agreement" + suffix, value=None if n == 0 else share))
-            out.append(replace(base, metric="judge_kappa" + suffix, value=None if n == 0 else kappa))
+            out.append(replace(base, metric="judge_kappa" + suffix, value=None if math.isnan(kappa) else kappa))
         return out
 
 
