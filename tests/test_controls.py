@@ -86,6 +86,12 @@ def test_null_control_and_length_confound_on_arena_hard(tmp_path: Path, benchdat
     assert ruler.value == 100 * np.mean([d > 0 for d in x]) and ruler.judge_id == controls.RULER_ID
     # The null control has the same pair of control scores, beside its floor.
     assert by(res.scores, controls.NULL_MODEL, "length_ruler").value == 0.0
+    # compare (text, --format json and the HTML report share its notes) states the floor and the confound.
+    from evalharness.analysis.compare import build_table, render, run_entries
+
+    table = build_table(run_entries(store))
+    assert f"floor of Arena-Hard %: {floor.value:.1f} (null-control" in "\n".join(table.notes)
+    assert f"{POLICY} {confound.value:+.2f} [{confound.ci_low:+.2f}, {confound.ci_high:+.2f}]" in render(table, "json")
 
 
 def _extras(cfg: Any, tmp_path: Path) -> dict[str, tuple[str | None, str]]:
