@@ -163,3 +163,27 @@ def test_spec_controls(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         load_spec(tmp_path / "bad.yaml")
     assert e.value.field == "controls.0" and e.value.line == 5
+    from evalharness.pipeline.runner import plan_from_spec
+
+    plan = plan_from_spec(tmp_path / "ok.yaml", results_dir=tmp_path)
+    assert (plan.controls, plan.null_answer, plan.ensemble) == (["null", "longest"], "N/A", None)
+
+
+def test_length_confound_script_reads_the_official_annotations(benchdata: Path) -> None:
+    """benchmarks/length_confound.py (the docs' table): its per-model win rate is the official leaderboard's, so
+    the preference's side is read right; the correlation is scipy's on the same items."""
+    import csv
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "length_confound.py"
+    spec = importlib.util.spec_from_file_location("length_confound", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    board = benchdata / "alpaca_eval/leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv"
+    official = {r[""]: float(r["win_rate"]) for r in csv.DictReader(board.open())}
+    for model in ("NullModel", "alpaca-7b"):
+        data = mod.items(benchdata / f"alpaca_eval/results/{model}/weighted_alpaca_eval_gpt4_turbo/annotations.json")
+        assert 100 * np.mean([d[1] for d in data]) == pytest.approx(official[model], abs=1e-6)
+        c = controls.correlation([d[2] for d in data], [d[1] for d in data])
+        assert c["r"] == pytest.approx(st.pearsonr([d[2] for d in data], [d[1] for d in data]).statistic)

@@ -9,6 +9,8 @@
     reference: smollm2-135m-instruct  # for kl
     generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
     judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
+    # or judge: [{model: gpt-4.1, ...}, {model: gemini-2.5-pro, ...}] with ensemble: mean | vote | arena_hard_v2
+    controls: [null, longest]         # the floor (a constant-answer model) and the length confound (tasks.controls)
     tasks:
       sentiment: {prompts: ./sentiment/prompts_heldout.jsonl, generation: {max_new_tokens: 40, temperature: 1.0}}
       kl: {prompts: ./sentiment/prompts_heldout.jsonl}
