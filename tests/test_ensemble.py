@@ -102,6 +102,10 @@ def test_arena_hard_v2_two_judges_match_show_result(tmp_path: Path, benchdata: P
     assert ens.value == pytest.approx(100 * battles.scores.astype(float).mean(), abs=1e-6)
     # judge-b's failed question is dropped whole for judge-b; judge-a's games of it still count.
     assert ens.n_skipped == 2 and ens.n == 12 + 10 and ens.extra["n_games_dropped"] == 2
+    from evalharness.pipeline.runner import judging_counts
+
+    counts = {(c.task, c.model): (c.scored, c.failed) for c in judging_counts(res.path)}
+    assert counts[("arena_hard", POLICY)] == (22, 2) and counts[("arena_hard:judge-b", POLICY)] == (10, 2)
     only_a = official_battles(folder, ["judge-a"])
     assert a.value == pytest.approx(100 * only_a.scores.astype(float).mean(), abs=1e-6)
     # Agreement: the games both judged, against sklearn's kappa on the same win/tie/loss labels.

@@ -134,7 +134,8 @@ def judging_counts(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE) -> 
         statuses.setdefault((v.task, v.model), Counter())[v.status] += 1
     out = []
     for (task, model), scores in heads.items():
-        c = statuses.get((task, model), Counter())
+        # No verdicts of its own (an ensemble's scores, over its judges' verdicts): its scores count its units.
+        c = statuses.get((task, model)) or Counter(ok=sum(s.n for s in scores), error=sum(s.n_skipped for s in scores))
         reasons = [f"{s.metric}: {r}" for s in scores if (r := s.unmeasured(max_skipped)) is not None]
         out.append(JudgingCount(task, model, c["ok"], c["error"], c["unparsed"], "; ".join(reasons) or None))
     return out
