@@ -194,3 +194,16 @@ def test_mt_bench_mean_ensemble_over_real_http(tmp_path: Path, benchdata: Path) 
     items = list(vb)
     assert kappa.n == 4 and kappa.value == pytest.approx(
         cohen_kappa_score([va[i] for i in items], [vb[i] for i in items]))
+
+
+def test_arena_rule_refuses_other_tasks_before_anything_runs(tmp_path: Path, benchdata: Path) -> None:
+    from evalharness.tasks.mt_bench import task as mt_bench
+
+    cfg = mt_bench.Config(data_dir=str(benchdata), question_ids=(81,))
+    with FakeOpenAI(rating_judges) as server:
+        with pytest.raises(InputError, match="arena_hard_v2 is Arena-Hard's rule"):
+            run(plan(tmp_path, server, cfg, "arena_hard_v2", module="mt_bench"))
+        with pytest.raises(InputError, match="ensemble must be one of"):
+            run(plan(tmp_path, server, cfg, "median", module="mt_bench"))
+        assert server.requests == 0
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("ens-*"))

@@ -42,6 +42,7 @@ from itertools import combinations
 from typing import Any, Literal
 
 from evalharness.core import stats
+from evalharness.core.errors import InputError
 from evalharness.core.records import Score, Verdict, content_hash
 from evalharness.tasks.base import Task, display_of, file_name
 
@@ -165,6 +166,10 @@ class Panel:
     judges: list[tuple[Any, str]]  # (chat judge, its name)
     groups: dict[str, list[Task]] = field(default_factory=dict)  # task name -> its per-judge copies
 
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise InputError(f"ensemble must be one of {', '.join(RULES)}, got {self.rule!r}", field="ensemble")
+
     @property
     def name(self) -> str:
         return ensemble_name(self.rule, [n for _, n in self.judges])
@@ -176,6 +181,12 @@ class Panel:
             if not task.needs_judge:
                 out.append(task)
                 continue
+            if self.rule == "arena_hard_v2" and _module(task) != "arena_hard":
+                raise InputError(
+                    f"ensemble arena_hard_v2 is Arena-Hard's rule; task '{task.name}' is {_module(task)}: "
+                    "use mean or vote",
+                    field="ensemble",
+                )
             copies = []
             for judge, name in self.judges:
                 t = copy.copy(task)
@@ -196,9 +207,11 @@ class Panel:
             first = own[copies[0].env.judge_name]
             if not first:
                 continue
-            module = type(copies[0]).__module__.removeprefix("evalharness.tasks.").removesuffix(".task")
+            module = _module(copies[0])
             out += self._ensemble_scores(task_name, module, per_judge, own, copies[0])
-            out += self._agreement_scores(task_name, module, per_judge, first[0])
+            for head in {s.task_version: s for s in first}.values():  # an Arena-Hard category is its own version
+                mine = {j: [v for v in vs if _version_of(v, head)] for j, vs in per_judge.items()}
+                out += self._agreement_scores(task_name, module, mine, head)
         return out
 
     def _version(self, own: dict[str, list[Score]], task_version: str) -> str:
@@ -209,8 +222,6 @@ class Panel:
         self, task: str, module: str, per_judge: dict[str, list[Verdict]], own: dict[str, list[Score]], first: Task
     ) -> list[Score]:
         if self.rule == "arena_hard_v2":
-            if module != "arena_hard":
-                raise ValueError(f"ensemble arena_hard_v2 applies to arena_hard tasks, not {module} ({task})")
             heads = own[first.env.judge_name]
             out = arena_hard_ensemble(per_judge, heads, first.cfg, self.name)
         else:
@@ -278,6 +289,10 @@ class Panel:
             out.append(replace(base, metric="judge_agreement" + suffix, value=None if n == 0 else share))
             out.append(replace(base, metric="judge_kappa" + suffix, value=None if math.isnan(kappa) else kappa))
         return out
+
+
+def _module(task: Task) -> str:
+    return type(task).__module__.removeprefix("evalharness.tasks.").removesuffix(".task")
 
 
 def _version_of(v: Verdict, head: Score) -> bool:
