@@ -207,3 +207,45 @@ def test_arena_rule_refuses_other_tasks_before_anything_runs(tmp_path: Path, ben
             run(plan(tmp_path, server, cfg, "median", module="mt_bench"))
         assert server.requests == 0
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("ens-*"))
+
+
+def test_alpaca_eval_vote_ensemble_with_controls(tmp_path: Path, benchdata: Path) -> None:
+    """AlpacaEval through two judges (the same scripted preferences), a vote, and both controls."""
+    from scipy import stats as st
+    from test_task_alpaca_eval import N, judge_responder
+
+    from evalharness.tasks import controls
+    from evalharness.tasks.alpaca_eval import task as alpaca
+
+    cfg = alpaca.Config(data_dir=str(benchdata), limit=N, lc_support_dir=str(tmp_path / "no-lc"))
+    items, _ = alpaca.load_items(cfg)
+    with FakeOpenAI(judge_responder(items)) as server:
+        p = plan(tmp_path, server, cfg, "vote", module="alpaca_eval")
+        p.controls = ["null", "longest"]
+        res = run(p)
+    store = RunStore(res.path)
+    for model in (POLICY, controls.NULL_MODEL):
+        vote = by([s for s in res.scores if s.model == model], "alpaca_eval", "ensemble_vote")
+        assert (vote.n, vote.n_skipped) == (N - 1, 1)  # item 10 unparsed by both judges: skipped, counted
+        single = by([s for s in res.scores if s.model == model], "alpaca_eval:judge-a", "win_rate")
+        assert vote.judge_id != single.judge_id and vote.task_version == single.task_version
+        agree = by([s for s in res.scores if s.model == model], "alpaca_eval", "judge_agreement")
+        assert agree.value == 100.0 and agree.n == N - 1
+    # The null control's answers went to the judges; its floor is a real score of their verdicts.
+    assert {g.text for g in store.generations(controls.NULL_MODEL)} == {controls.NULL_ANSWER}
+    confound = by([s for s in res.scores if s.model == POLICY], "alpaca_eval:judge-b", "length_confound")
+    out = {g.item_id: g.text for g in store.generations(POLICY)}
+    baseline = {req: text for req, (_, text) in _alpaca_extras(cfg, tmp_path).items()}
+    vs = [v for v in store.verdicts("alpaca_eval:judge-b", POLICY) if v.status == "ok"]
+    x = [len(out[v.item_id]) - len(baseline[v.item_id]) for v in vs]
+    y = [100 * (v.value - 1) for v in vs]
+    assert confound.value == pytest.approx(st.pearsonr(x, y).statistic, abs=1e-9) and confound.n == N - 1
+
+
+def _alpaca_extras(cfg: Any, tmp_path: Path) -> dict[str, tuple[str | None, str]]:
+    from evalharness.tasks.alpaca_eval import task as alpaca
+    from evalharness.tasks.base import RunEnv
+
+    t = alpaca.AlpacaEvalTask("alpaca_eval", cfg, RunEnv(GenerationSettings(), tmp_path))
+    t.setup()
+    return t.item_extras()
