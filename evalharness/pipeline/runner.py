@@ -252,6 +252,9 @@ class _Models:
 
 def _add_null_control(plan: RunPlan) -> None:
     """``controls: [null]``: the constant-answer model joins the run's models (once), answering from its text."""
+    unknown = sorted(set(plan.controls) - set(controls.CONTROLS))
+    if unknown:
+        raise InputError(f"unknown controls {unknown}; known: {', '.join(controls.CONTROLS)}", field="controls")
     if "null" not in plan.controls or any(m.name == controls.NULL_MODEL for m in plan.models):
         return
     from evalharness.backends.constant import ConstantBackend
