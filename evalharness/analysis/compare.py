@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+from evalharness.analysis.floors import floor_notes
 from evalharness.analysis.text import render_grid
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.paths import results_root
@@ -305,6 +306,7 @@ def build_table(
     if rounds is not None and rounds < 2:
         raise InputError(f"--rounds {rounds}: a bootstrap needs at least 2 rounds", field="rounds")
     table = _columns(entries, _groups(entries, metrics), allow_mixed=allow_mixed, mixed_hint=mixed_hint)
+    table.notes += floor_notes(table)
     if max_skipped is not None:
         for cell in table.cells.values():
             cell.unmeasured = cell.score.unmeasured(max_skipped)

@@ -36,10 +36,12 @@ from evalharness.core.records import (
     content_hash,
 )
 from evalharness.pipeline.budget import Budget
-from evalharness.pipeline.preflight import preflight
+from evalharness.pipeline.preflight import check_judge, preflight
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
+from evalharness.tasks import controls
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
+from evalharness.tasks.ensemble import Panel
 
 JUDGE_CHUNK = 64
 # What ``--rejudge`` re-asks: the statuses whose stored verdicts are asked again (bypassing the response
@@ -72,7 +74,10 @@ class RunPlan:
     backend_options: dict[str, Any] = field(default_factory=dict)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     reference: str | None = None  # the KL reference (a model ref; named like the model with the same ref)
-    judge: JudgeSpec | None = None
+    judge: JudgeSpec | list[JudgeSpec] | None = None  # a list: an ensemble, combined by ``ensemble``
+    ensemble: str | None = None  # evalharness.tasks.ensemble RULES
+    controls: list[str] = field(default_factory=list)  # evalharness.tasks.controls CONTROLS: null, longest
+    null_answer: str | None = None  # the null control's answer; None: controls.NULL_ANSWER
     kind: str = "run"
     run_id: str | None = None
     results_dir: str | Path | None = None
@@ -130,7 +135,8 @@ def judging_counts(path: str | Path, max_skipped: float = MAX_SKIPPED_SHARE) -> 
         statuses.setdefault((v.task, v.model), Counter())[v.status] += 1
     out = []
     for (task, model), scores in heads.items():
-        c = statuses.get((task, model), Counter())
+        # No verdicts of its own (an ensemble's scores, over its judges' verdicts): its scores count its units.
+        c = statuses.get((task, model)) or Counter(ok=sum(s.n for s in scores), error=sum(s.n_skipped for s in scores))
         reasons = [f"{s.metric}: {r}" for s in scores if (r := s.unmeasured(max_skipped)) is not None]
         out.append(JudgingCount(task, model, c["ok"], c["error"], c["unparsed"], "; ".join(reasons) or None))
     return out
@@ -248,6 +254,19 @@ class _Models:
             self.release(spec, set())
 
 
+def _add_null_control(plan: RunPlan) -> None:
+    """``controls: [null]``: the constant-answer model joins the run's models (once), answering from its text."""
+    unknown = sorted(set(plan.controls) - set(controls.CONTROLS))
+    if unknown:
+        raise InputError(f"unknown controls {unknown}; known: {', '.join(controls.CONTROLS)}", field="controls")
+    if "null" not in plan.controls or any(m.name == controls.NULL_MODEL for m in plan.models):
+        return
+    from evalharness.backends.constant import ConstantBackend
+
+    plan.models = [*plan.models, ModelSpec(controls.NULL_MODEL, controls.NULL_REF)]
+    plan.backends = {**plan.backends, controls.NULL_REF: ConstantBackend(plan.null_answer or controls.NULL_ANSWER)}
+
+
 def _ref_identity(ref: ModelRef) -> str:
     own = f"{ref.path}@{ref.revision}" if ref.kind == "hub" else ref.revision
     return f"{own}+{_ref_identity(ref.base)}" if ref.base is not None else own
@@ -313,9 +332,10 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
 def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
     """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
     trackers.check(plan.report_to)
+    _add_null_control(plan)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
-    judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+    panel, (judge, judge_name) = _judges(plan)
     env = RunEnv(
         generation=plan.generation,
         out_dir=Path("."),
@@ -328,37 +348,51 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
         log=log,
     )
     tasks = _setup_tasks(plan, env, ref_spec, log)
+    tasks = panel.expand(tasks) if panel else tasks
     _log_preflight(plan, log)
-    budget = None if plan.chat_judge else Budget.of(plan.judge, judge)
+    budget = None if plan.chat_judge or isinstance(plan.judge, list) else Budget.of(plan.judge, judge)
     identity = _run_identity(plan, models, model_list, ref_spec, judge, judge_name, tasks)
     run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
     manifest = _run_manifest(plan, models, run_id, identity, model_list, ref_spec, ref_name, judge, judge_name, tasks)
     store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
-    env.out_dir = store.path
+    for t in tasks:  # a panel's per-judge copies hold their own env
+        t.env.out_dir = store.path
     log(f"run {run_id}: {store.path}")
-    if plan.judge is not None and plan.judge.batch and not plan.chat_judge and judge is not None:
+    if isinstance(plan.judge, JudgeSpec) and plan.judge.batch and not plan.chat_judge and judge is not None:
         judge.config.batch_dir = store.path / "batches"  # a killed run polls its batches again, never resends
     try:
         with store.recording_failure():
             if budget is not None:
                 budget.open(store.path)
             sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log, budget)
-            scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name)
+            scores, summary = _finish_run(
+                store, run_id, model_list, tasks, sessions, judge, judge_name, panel, "longest" in plan.controls
+            )
     finally:
         models.close()
     return RunResult(store.path, scores, summary, list(plan.report_to))
 
 
+def _judges(plan: RunPlan) -> tuple[Panel | None, tuple[Any, str]]:
+    """The run's chat judge and its name; with a list of judges, the panel too (the first judge stands for the
+    panel where one judge is asked for: its protocol; the name is the ensemble's)."""
+    if isinstance(plan.judge, list):
+        panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in plan.judge])
+        return panel, plan.chat_judge or (panel.judges[0][0], panel.name)
+    return None, plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+
+
 def _log_preflight(plan: RunPlan, log: Callable[[str], None]) -> None:
     """Log the preflight notes: after the local checks (files, models), before the run folder, the checks of
     keys, endpoints, decoding and data folders."""
+    judges = plan.judge if isinstance(plan.judge, list) else [plan.judge]
     for note in preflight(
         backend=plan.backend,
         backend_options=plan.backend_options,
         generation=plan.generation,
-        judge=None if plan.chat_judge else plan.judge,
+        judge=None if plan.chat_judge else judges[0],
         tasks=plan.tasks,
-    ):
+    ) + [n for j in judges[1:] if not plan.chat_judge for n in check_judge(j)]:
         log(note)
 
 
@@ -438,8 +472,9 @@ def _run_models(
     for m in model_list:
         session = Session(m.name, models.identity(m.ref), partial(models.backend, m.ref), store.generations(m.name))
         sessions[m.name] = session
-        _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
-        _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress, budget)
+        mine = controls.judged_only(m.name, tasks)
+        _generate_missing(store, session, mine, plan.chunk_size, plan.progress, log)
+        _judge_missing(store, session, mine, log, plan.rejudge, plan.progress, budget)
         session.release()
         models.release(m.ref, keep)
     return sessions
@@ -453,13 +488,21 @@ def _finish_run(
     sessions: dict[str, Session],
     judge: Any,
     judge_name: str,
+    panel: Panel | None = None,
+    longest: bool = False,
 ) -> tuple[list[Score], dict[str, Any]]:
-    """Aggregate every task's verdicts into scores, record the judge's usage, and write scores and summary."""
+    """Aggregate every task's verdicts into scores (and a panel's ensemble), record the judge's usage, and write
+    scores and summary."""
     scores: list[Score] = []
     for task in tasks:
         for m in model_list:
-            scores += task.aggregate(sessions[m.name], store.verdicts(task.name, m.name))
-    usage = getattr(judge, "usage", None)
+            if task in controls.judged_only(m.name, tasks):
+                verdicts = store.verdicts(task.name, m.name)
+                own = task.aggregate(sessions[m.name], verdicts)
+                scores += own + (controls.length_scores(task, sessions[m.name], verdicts, own) if longest else [])
+    if panel:
+        scores += [s for m in model_list for s in panel.aggregate(m.name, scores, store.verdicts)]
+    usage = {name: getattr(j, "usage", None) for j, name in panel.judges} if panel else getattr(judge, "usage", None)
     if usage is not None:
         store.update_manifest(judge_usage=usage)
     summary = {
@@ -701,6 +744,9 @@ def plan_from_spec(
         generation=generation,
         reference=reference,
         judge=spec.judge,
+        ensemble=spec.ensemble,
+        controls=list(spec.controls),
+        null_answer=spec.null_answer,
         kind="run",
         results_dir=results_dir,
         progress=progress,

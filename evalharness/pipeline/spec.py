@@ -9,6 +9,8 @@
     reference: smollm2-135m-instruct  # for kl
     generation: {max_new_tokens: 1024, temperature: 0.0, seed: 0}
     judge: {type: openai, model: gpt-4-1106-preview, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}
+    # or judge: [{model: gpt-4.1, ...}, {model: gemini-2.5-pro, ...}] with ensemble: mean | vote | arena_hard_v2
+    controls: [null, longest]         # the floor (a constant-answer model) and the length confound (tasks.controls)
     tasks:
       sentiment: {prompts: ./sentiment/prompts_heldout.jsonl, generation: {max_new_tokens: 40, temperature: 1.0}}
       kl: {prompts: ./sentiment/prompts_heldout.jsonl}
@@ -160,11 +162,17 @@ class RunSpec(Strict):
     _names_inside = pydantic.field_validator("model_name")(_inside_results)
     _backend_known = pydantic.field_validator("backend")(_known_backend)
     _generation_one = pydantic.field_validator("generation", mode="before")(_one_temperature)
+    _null_control = pydantic.field_validator("controls", mode="before")(
+        lambda v: ["null" if c is None else c for c in v] if isinstance(v, list) else v  # YAML reads null as None
+    )
     reference: str | None = None  # the SFT model, for kl
     backend: str = "hf"  # a name registered in evalharness.backends (hf, vllm, openai, fake, ...)
     backend_options: dict[str, Any] = {}
     generation: GenerationSpec = GenerationSpec()
-    judge: JudgeSpec | None = None
+    judge: JudgeSpec | list[JudgeSpec] | None = None  # a list: an ensemble (evalharness.tasks.ensemble)
+    ensemble: Literal["mean", "vote", "arena_hard_v2"] | None = None  # how a list of judges is combined
+    controls: list[Literal["null", "longest"]] = []  # the benchmark's floor and length ruler (tasks.controls)
+    null_answer: str | None = None  # the null control's constant answer; None: controls.NULL_ANSWER
     tasks: dict[str, dict[str, Any] | None]
     report_to: ReportTo = []  # experiment trackers the finished run is sent to: wandb, mlflow
 
@@ -225,6 +233,28 @@ def load_yaml_model(path: str | Path, cls: type[M]) -> tuple[M, dict[tuple[Any, 
         raise InputError(err["msg"], path=str(path), line=line_of(lines, loc), field=".".join(map(str, loc))) from e
 
 
+def check_panel(spec: RunSpec, where: Callable[..., dict[str, Any]]) -> None:
+    """A list of judges needs an ensemble rule and distinct judges; a rule needs a list of two or more."""
+    panel = spec.judge if isinstance(spec.judge, list) else None
+    if panel is not None and (len(panel) < 2 or spec.ensemble is None):
+        raise InputError(
+            "a list of judges needs two or more judges and ensemble: mean | vote | arena_hard_v2",
+            **where("judge" if spec.ensemble is None or len(panel) < 2 else "ensemble"),
+        )
+    if panel is None and spec.ensemble is not None:
+        raise InputError("ensemble combines a list of judges: give judge: [{...}, {...}]", **where("ensemble"))
+    names = [j.model for j in panel or []]
+    if len(set(names)) != len(names):
+        raise InputError("the ensemble's judges must be distinct models", **where("judge"))
+    for i, j in enumerate(panel or []):
+        for key in ("max_cost", "max_requests", "batch"):
+            if getattr(j, key):
+                raise InputError(
+                    f"{key} is not supported for an ensemble's judges yet: budget or batch one judge at a time",
+                    **where("judge", i, key),
+                )
+
+
 def spec_path(spec_file: Path, value: str) -> str:
     """Paths written "./x" or "../x" in a spec are relative to the spec file, so specs travel with their data."""
     return str((spec_file.parent / value).resolve()) if value.startswith(("./", "../")) else value
@@ -239,8 +269,12 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
         "line": line_of(lines, loc),
         "field": ".".join(map(str, loc)),
     }
-    if spec.judge and spec.judge.type == "openai" and not spec.judge.base_url:
-        raise InputError("an openai judge needs base_url", **where("judge", "base_url"))
+    judges = spec.judge if isinstance(spec.judge, list) else [spec.judge] if spec.judge else []
+    for i, j in enumerate(judges):
+        if j.type == "openai" and not j.base_url:
+            loc = ("judge", i, "base_url") if isinstance(spec.judge, list) else ("judge", "base_url")
+            raise InputError("an openai judge needs base_url", **where(*loc))
+    check_panel(spec, where)
     given = [k for k in ("models", "from_sweep", "model") if getattr(spec, k)]
     if len(given) != 1:
         raise InputError(
