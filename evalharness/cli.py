@@ -582,13 +582,24 @@ def regress(
     rounds: Annotated[
         int | None, typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")
     ] = None,
+    sequential: Annotated[
+        bool, typer.Option(help="replay the stored verdicts in a seeded order, chunk by chunk, and stop when decided")
+    ] = False,
+    chunk: Annotated[int, typer.Option(help="--sequential: items a chunk (a look after each)")] = 50,
+    seed: Annotated[int, typer.Option(help="--sequential: the seed of the item order")] = 0,
+    replays: Annotated[
+        int, typer.Option(help="--sequential: seeded orders to replay (the first gives the verdict)")
+    ] = 1,
     results_dir: _RESULTS = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
     MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
     INCONCLUSIVE, 1 on FAIL (or, with --strict, INCONCLUSIVE), 2 on bad input, 3 on NOT MEASURED (FAIL wins)."""
+    from functools import partial
+
     from evalharness.analysis.compare import gate_exit, resolve
     from evalharness.analysis.compare import regress as gate
+    from evalharness.analysis.sequential import sequential_line, sequential_regress
     from evalharness.core.records import MAX_SKIPPED_SHARE
 
     if max_skipped is not None:
@@ -599,7 +610,7 @@ def regress(
         if len(found) != 1:
             raise EvalHarnessError(f"--{what} {ref!r} names {len(found)} models; use RUN:MODEL")
         pair.append(found[0])
-    rows = gate(
+    rows = (partial(sequential_regress, chunk=chunk, seed=seed, replays=replays) if sequential else gate)(
         pair[0],
         pair[1],
         metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
@@ -610,6 +621,8 @@ def regress(
     )
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
+    elif sequential:
+        typer.echo("\n".join(sequential_line(r) for r in rows))
     else:
         for r in rows:
             if "delta" not in r:
