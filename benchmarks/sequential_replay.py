@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
-from evalharness.analysis.compare import resolve
+from evalharness.analysis.compare import ALPHA, resolve
 from evalharness.analysis.interop import compute, import_run
-from evalharness.analysis.sequential import sequential_regress
+from evalharness.analysis.sequential import item_changes, sequential_regress
+from evalharness.core.sequential import checkpoints, confidence_sequence
 
 MODELS = (
     "gpt4_1106_preview",
@@ -74,6 +76,52 @@ def replay_pairs(
     return out
 
 
+def null_rates(changes: np.ndarray, *, reps: int, chunk: int, seed: int = 0) -> tuple[float, float, float]:
+    """False-FAIL rates under the null, each per-item change multiplied by a fair random sign (so the true mean
+    is 0 and the per-item spread is the real one): the sequential gate looking after every chunk, a one-sided
+    t test at alpha re-run at every look (the fixed-n gate's FAIL rule, peeked at), and that test run once."""
+    n = changes.size
+    d = changes * np.random.default_rng(seed).choice([-1.0, 1.0], size=(reps, n))
+    _, upper = confidence_sequence(d, -100.0, 100.0, alpha_lower=ALPHA / 2, alpha_upper=ALPHA)
+    looks = np.array(checkpoints(n, chunk)) - 1
+    t = np.arange(1, n + 1)
+    mean = np.cumsum(d, axis=1) / t
+    var = (np.cumsum(d**2, axis=1) - t * mean**2) / np.maximum(t - 1, 1)
+    t_upper = mean + sps.t.ppf(1 - ALPHA, np.maximum(t - 1, 1)) * np.sqrt(var / t)
+    return (
+        float((upper[:, looks] < 0).any(axis=1).mean()),
+        float((t_upper[:, looks[looks > 0]] < 0).any(axis=1).mean()),
+        float((t_upper[:, -1] < 0).mean()),
+    )
+
+
+def null_table(runs: dict[str, str], results: Path, *, reps: int, chunk: int) -> str:
+    lines = [
+        f"null simulation: per-item changes of each pair with random signs, {reps} sequences per pair, a look "
+        f"every {chunk} items; false-FAIL rate (nominal {ALPHA})",
+        "",
+        "| baseline | candidate | sequential gate | repeated t test (every look) | t test once (all items) |",
+        "|---|---|---|---|---|",
+    ]
+    rates = []
+    for base, cand in itertools.combinations(MODELS, 2):
+        b, c = (resolve([runs[m]], results)[0] for m in (base, cand))
+        changes, _, _ = item_changes("alpaca_eval", "win_rate", b, c)
+        if not changes.any():
+            continue
+        r = null_rates(changes, reps=reps, chunk=chunk)
+        rates.append(r)
+        lines.append(f"| {base} | {cand} | " + " | ".join(f"{100 * x:.2f}%" for x in r) + " |")
+    avg = np.mean(rates, axis=0)
+    se = np.sqrt(ALPHA * (1 - ALPHA) / reps)
+    lines += [
+        "",
+        f"mean over {len(rates)} pairs: sequential {100 * avg[0]:.2f}%, repeated t {100 * avg[1]:.2f}%, "
+        f"t once {100 * avg[2]:.2f}% (binomial SE of one pair's rate at {ALPHA}: {100 * se:.2f} points)",
+    ]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], *, replays: int, chunk: int, margin: float) -> str:
     lines = [
         f"win rate (percent points), margin {margin:g}, chunk {chunk}, {replays} seeded orders per pair",
@@ -106,6 +154,7 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=200)
     ap.add_argument("--chunk", type=int, default=50)
     ap.add_argument("--margin", type=float, default=0.0)
+    ap.add_argument("--null-reps", type=int, default=2000, help="null sequences per pair (0: skip)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if not (args.benchdata / "alpaca_eval" / "results").is_dir():
@@ -114,7 +163,9 @@ def main() -> None:
         results = Path(tmp)
         runs = import_models(args.benchdata, results)
         rows = replay_pairs(runs, results, replays=args.replays, chunk=args.chunk, margin=args.margin)
-    print(table(rows, replays=args.replays, chunk=args.chunk, margin=args.margin))
+        print(table(rows, replays=args.replays, chunk=args.chunk, margin=args.margin))
+        if args.null_reps:
+            print("\n" + null_table(runs, results, reps=args.null_reps, chunk=args.chunk))
     if args.out:
         args.out.write_text(
             json.dumps({"replays": args.replays, "chunk": args.chunk, "margin": args.margin, "pairs": rows}, indent=2)

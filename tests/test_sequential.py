@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -226,3 +227,90 @@ def test_replay_of_official_alpaca_eval_annotations_agrees_with_the_full_data(
     ]
     by_hand = 100 * np.mean([prefs[1][k] - prefs[0][k] for k in prefs[0]])
     assert row["sequential"]["n_total"] == 805 and row["delta"] == pytest.approx(by_hand)
+
+
+# ---------------------------------------------------------------- live: run --sequential-gate
+ITEMS = 160
+
+
+def _alpaca_spec(tmp: Path, name: str, url: str) -> Path:
+    """One model on a 160-instruction AlpacaEval-format set against a baseline whose answers say BASELINE."""
+    data = tmp / "data"
+    if not data.exists():
+        data.mkdir()
+        rows = [{"instruction": f"Question number {i}: say something.", "dataset": "t"} for i in range(ITEMS)]
+        (data / "eval_set.json").write_text(json.dumps(rows))
+        base = [{**r, "output": f"BASELINE ANSWER {i}", "generator": "base-gen"} for i, r in enumerate(rows)]
+        (data / "baseline.json").write_text(json.dumps(base))
+        (data / "no-lc").mkdir()
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(
+        f"name: {name}\nmodels: [a]\nbackend: fake\ngeneration: {{max_new_tokens: 8, n: 1}}\n"
+        f'judge: {{type: openai, model: judge-x, base_url: "{url}", max_retries: 0, concurrency: 4, cache: false}}\n'
+        f"tasks:\n  alpaca_eval: {{eval_set: {data}/eval_set.json, baseline: {data}/baseline.json, "
+        f"lc_support_dir: {data}/no-lc}}\n"
+    )
+    return spec
+
+
+def _judge_with_win_rate(percent: int, salt: str) -> Any:
+    """An AlpacaEval judge that prefers the policy's answer (p 0.9) on ``percent`` of the instructions, by a
+    hash of the instruction, and the baseline's (p 0.9) on the rest; whichever position each answer is in."""
+    import hashlib
+    import re
+
+    from evalharness.testing.fake_openai import Reply, request_text
+
+    def respond(body: dict[str, Any]) -> Any:
+        text = request_text(body)
+        at_m, at_big_m = text.index('"model_identifier": "m"'), text.index('"model_identifier": "M"')
+        policy, other = ("M", "m") if at_m < text.index("BASELINE ANSWER") < at_big_m else ("m", "M")
+        number = re.search(r"Question number (\d+)", text).group(1)  # type: ignore[union-attr]
+        wins = int(hashlib.sha256(f"{salt}{number}".encode()).hexdigest(), 16) % 100 < percent
+        best, worst = (policy, other) if wins else (other, policy)
+        return Reply(best, top_logprobs=[[(best, math.log(0.9)), (worst, math.log(0.1))]])
+
+    return respond
+
+
+def test_live_gate_stops_judging_once_decided_and_a_plain_rerun_completes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evalharness.pipeline.runner import run_spec
+    from evalharness.store import RunStore
+    from evalharness.testing import FakeOpenAI
+
+    res = tmp_path / "results"
+    with FakeOpenAI(_judge_with_win_rate(50, "base")) as server:
+        base = run_spec(_alpaca_spec(tmp_path, "base", server.url), results_dir=res, progress=False).path
+        assert server.requests == ITEMS
+    with FakeOpenAI(_judge_with_win_rate(15, "cand")) as server:
+        spec = _alpaca_spec(tmp_path, "cand", server.url)
+        code, _, err = cli(capsys, "run", spec, "--sequential-gate", f"{base.name}:a", "--results-dir", res)
+        asked = server.requests
+        assert 0 < asked < ITEMS / 2 and asked % 64 == 0, (asked, err)
+        assert "stopped after" in err and "alpaca_eval/win_rate FAIL" in err
+        (run,) = [p for p in res.iterdir() if p.name.startswith("cand-")]
+        stop = RunStore(run).manifest()["stopped_early"]["alpaca_eval"]["a"]
+        assert stop["judged"] == asked and stop["total"] == ITEMS and "FAIL" in stop["reason"]
+        score = next(s for s in RunStore(run).scores() if s.metric == "win_rate")
+        assert score.extra["stopped_early"] == stop and score.value < 40
+        code, out, _ = cli(
+            capsys,
+            "regress",
+            "--baseline",
+            f"{base.name}:a",
+            "--candidate",
+            f"{run.name}:a",
+            "--metrics",
+            "alpaca_eval/win_rate",
+            "--results-dir",
+            res,
+        )
+        assert code == 1 and out.startswith("FAIL"), (out, score)
+        # the same command without the gate judges the rest and clears the mark
+        code, _, err = cli(capsys, "run", spec, "--results-dir", res)
+        assert server.requests == ITEMS, err
+        assert "stopped_early" not in RunStore(run).manifest().get("stopped_early", {}).get("alpaca_eval", {})
+        score = next(s for s in RunStore(run).scores() if s.metric == "win_rate")
+        assert "stopped_early" not in score.extra and score.n == ITEMS

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from evalharness.analysis.compare import ALPHA, Entry, regress, stored_task
+from evalharness.core.errors import EvalHarnessError
 from evalharness.core.records import MAX_SKIPPED_SHARE
-from evalharness.core.sequential import SequentialResult, sequential_gate
-from evalharness.tasks.base import ModelRecords
+from evalharness.core.sequential import SequentialResult, confidence_sequence, look, sequential_gate
+from evalharness.tasks.base import ModelRecords, Pending, Task, display_of
 from evalharness.tasks.paired import pair_items
 
 DEFAULT_CHUNK = 50
@@ -192,3 +193,87 @@ def sequential_line(r: dict[str, Any]) -> str:
             f"{100 * rep['agreement']:.0f}% agree with the full data"
         )
     return line
+
+
+# ---------------------------------------------------------------- live: stop judging once decided
+PRIMARY = {"alpaca_eval": "win_rate", "mt_bench": "score", **{m: m for m in REWARD_MODULES}}
+
+
+def verdict_units(verdicts: list[Any], module: str) -> dict[str, float]:
+    """Unit -> the mean of its ok verdicts on the task's readable per-item scale (``Display.item_scale``,
+    ``Display.unit_of``: AlpacaEval's win in percent per instruction, MT-Bench's rating per question)."""
+    shown = display_of(module)
+    scale, unit_of = shown.item_scale or (lambda v: v), shown.unit_of or (lambda i: i)
+    units: dict[str, list[float]] = {}
+    for v in verdicts:
+        if v.status == "ok":
+            units.setdefault(unit_of(v.item_id), []).append(scale(float(v.value)))
+    return {u: float(np.mean(xs)) for u, xs in units.items()}
+
+
+def _rank(seed: int, item: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{seed}\x00{item}".encode()).hexdigest()
+
+
+class LiveGate:
+    """``run --sequential-gate BASELINE``: judge each task's items in a seeded random order and stop a model's
+    judging once the sequential gate against ``baseline`` (a finished run of the same task) decides its
+    headline metric (``PRIMARY``). A unit enters the sequence when all its judgments are in; units of one
+    chunk enter in their seeded order. FAIL is one-sided at alpha / (tasks gated)."""
+
+    def __init__(self, baseline: Entry, *, margins: dict[str, float] | None = None, seed: int = 0) -> None:
+        self.baseline, self.margins, self.seed = baseline, margins or {}, seed
+        self.sequence: dict[tuple[str, str], list[str]] = {}
+        self.gated = {s.task: s for s in baseline.scores if s.metric == PRIMARY.get(self._module(s.task) or "")}
+        if not self.gated:
+            raise EvalHarnessError(
+                f"--sequential-gate {baseline.label or baseline.model}: no score of "
+                f"{', '.join(f'{t}/{m}' for t, m in PRIMARY.items())} to gate against"
+            )
+
+    def _module(self, task: str) -> str | None:
+        try:
+            return stored_task(self.baseline.store, task)[0]
+        except EvalHarnessError:
+            return None
+
+    def order(self, task: Task, pending: list[Pending]) -> list[Pending]:
+        """Units in seeded random order (the turns of a question together)."""
+        unit_of = display_of(self._module(task.name) or "").unit_of or (lambda i: i)
+        return sorted(pending, key=lambda p: (_rank(self.seed, unit_of(p.item_id)), p.item_id, p.key))
+
+    def __call__(self, progress: Any) -> str | None:
+        """A ``pipeline.stops.StopCheck`` (analysis does not import pipeline: the CLI hands it over)."""
+        name, model = progress.task.name, progress.session.name
+        score = self.gated.get(name)
+        module = self._module(name)
+        if (
+            score is None
+            or module is None
+            or (model == self.baseline.model and progress.store.path == self.baseline.store.path)
+        ):
+            return None
+        base = verdict_units(list(self.baseline.store.verdicts(name, self.baseline.model)), module)
+        cand = verdict_units(list(progress.store.verdicts(name, model)), module)
+        unit_of = display_of(module).unit_of or (lambda i: i)
+        open_units = {unit_of(p.item_id) for p in progress.left}
+        seq = self.sequence.setdefault((name, model), [])
+        seen = set(seq)
+        seq += sorted(
+            (u for u in cand if u in base and u not in open_units and u not in seen), key=lambda u: _rank(self.seed, u)
+        )
+        if not seq:
+            return None
+        sign = -1.0 if score.higher_is_better is False else 1.0
+        _, lo, hi = _SOURCES[(module, score.metric)]
+        change = sign * np.array([cand[u] - base[u] for u in seq])
+        lower, upper = confidence_sequence(
+            change, lo - hi, hi - lo, alpha_lower=ALPHA / 2, alpha_upper=ALPHA / len(self.gated)
+        )
+        margin = self.margins.get(f"{name}/{score.metric}", self.margins.get(score.metric, 0.0))
+        res = look(float(change.mean()), float(lower[-1]), float(upper[-1]), len(seq), len(base), margin)
+        if res is None:
+            return None
+        return f"sequential gate vs {self.baseline.label or self.baseline.model}: {name}/{score.metric} {res.decision}, {res.reason}"

@@ -126,12 +126,22 @@ def sequential_gate(
     lower, upper = confidence_sequence(change, lo, hi, alpha_lower=alpha_pass, alpha_upper=alpha_fail)
     means = np.cumsum(change) / np.arange(1, n + 1)
     for t in checkpoints(n, chunk):
-        lb, ub, m = float(lower[t - 1]), float(upper[t - 1]), float(means[t - 1])
-        if ub < 0:
-            return SequentialResult(FAIL, t, n, m, lb, ub, f"upper bound {ub:+.4g} < 0 after {t} of {n}")
-        if lb >= -margin:
-            return SequentialResult(PASS, t, n, m, lb, ub, f"lower bound {lb:+.4g} >= -{margin:g} after {t} of {n}")
-        if t == n or (futility and _futile(m, lb, ub, t, n, margin)):
-            why = "all items used" if t == n else f"neither side reachable in the {n - t} items left"
-            return SequentialResult(INCONCLUSIVE, t, n, m, lb, ub, why)
+        res = look(float(means[t - 1]), float(lower[t - 1]), float(upper[t - 1]), t, n, margin, futility=futility)
+        if res is not None:
+            return res
     raise AssertionError("unreachable: the last look decides")
+
+
+def look(
+    mean: float, lower: float, upper: float, t: int, n: int, margin: float, *, futility: bool = True
+) -> SequentialResult | None:
+    """The gate's answer after ``t`` of ``n`` items with the sequence at [lower, upper]; None: go on."""
+    if upper < 0:
+        return SequentialResult(FAIL, t, n, mean, lower, upper, f"upper bound {upper:+.4g} < 0 after {t} of {n}")
+    if lower >= -margin:
+        why = f"lower bound {lower:+.4g} >= -{margin:g} after {t} of {n}"
+        return SequentialResult(PASS, t, n, mean, lower, upper, why)
+    if t >= n or (futility and _futile(mean, lower, upper, t, n, margin)):
+        why = "all items used" if t >= n else f"neither side reachable in the {n - t} items left"
+        return SequentialResult(INCONCLUSIVE, t, n, mean, lower, upper, why)
+    return None
