@@ -67,7 +67,7 @@ def item_changes(task: str, metric: str, baseline: Entry, candidate: Entry) -> t
     Raises ValueError where the metric has no bounded per-item mean."""
     module, name_b, config_b = stored_task(baseline.store, task, metric)
     _, name_c, config_c = stored_task(candidate.store, task, metric)
-    source = _SOURCES.get((module, metric)) or (_SOURCES.get((module, module)) if metric == task else None)
+    source = _SOURCES.get((module, metric))
     if source is None:
         raise ValueError(f"{task}/{metric} is not a mean of bounded per-item values (a refit metric)")
     read, lo, hi = source
@@ -225,7 +225,8 @@ class LiveGate:
 
     def __init__(self, baseline: Entry, *, margins: dict[str, float] | None = None, seed: int = 0) -> None:
         self.baseline, self.margins, self.seed = baseline, margins or {}, seed
-        self.sequence: dict[tuple[str, str], list[str]] = {}
+        self.sequence: dict[tuple[str, str], list[str]] = {}  # (task, model) -> units in the order they entered
+        self.base: dict[str, dict[str, float]] = {}
         self.gated = {s.task: s for s in baseline.scores if s.metric == PRIMARY.get(self._module(s.task) or "")}
         if not self.gated:
             raise EvalHarnessError(
@@ -255,7 +256,9 @@ class LiveGate:
             or (model == self.baseline.model and progress.store.path == self.baseline.store.path)
         ):
             return None
-        base = verdict_units(list(self.baseline.store.verdicts(name, self.baseline.model)), module)
+        if name not in self.base:  # the baseline is finished: read once
+            self.base[name] = verdict_units(list(self.baseline.store.verdicts(name, self.baseline.model)), module)
+        base = self.base[name]
         cand = verdict_units(list(progress.store.verdicts(name, model)), module)
         unit_of = display_of(module).unit_of or (lambda i: i)
         open_units = {unit_of(p.item_id) for p in progress.left}
@@ -269,9 +272,12 @@ class LiveGate:
         sign = -1.0 if score.higher_is_better is False else 1.0
         _, lo, hi = _SOURCES[(module, score.metric)]
         change = sign * np.array([cand[u] - base[u] for u in seq])
-        lower, upper = confidence_sequence(
-            change, lo - hi, hi - lo, alpha_lower=ALPHA / 2, alpha_upper=ALPHA / len(self.gated)
-        )
+        try:
+            lower, upper = confidence_sequence(
+                change, lo - hi, hi - lo, alpha_lower=ALPHA / 2, alpha_upper=ALPHA / len(self.gated)
+            )
+        except ValueError as e:  # a per-item value off its scale: the gate cannot hold, say so rather than go on
+            raise EvalHarnessError(f"--sequential-gate: {name}/{score.metric}: {e}") from None
         margin = self.margins.get(f"{name}/{score.metric}", self.margins.get(score.metric, 0.0))
         res = look(float(change.mean()), float(lower[-1]), float(upper[-1]), len(seq), len(base), margin)
         if res is None:
