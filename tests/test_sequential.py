@@ -314,3 +314,46 @@ def test_live_gate_stops_judging_once_decided_and_a_plain_rerun_completes(
         assert "stopped_early" not in RunStore(run).manifest().get("stopped_early", {}).get("alpaca_eval", {})
         score = next(s for s in RunStore(run).scores() if s.metric == "win_rate")
         assert "stopped_early" not in score.extra and score.n == ITEMS
+
+
+def test_replay_of_official_mt_bench_ratings_pairs_turns_within_questions(
+    tmp_path: Path, benchdata: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gpt-4 against alpaca-13b on the official GPT-4 single-grading scores: the unit is the question (the mean
+    of the turns both have), 80 of them, a change of about -4.5 on the 1-10 scale: FAIL by the second chunk of 20."""
+    folder = benchdata / "mt_bench" / "model_judgment" / "official_derived"
+    res, runs, ratings = tmp_path / "results", [], {}
+    for m in ("gpt-4", "alpaca-13b"):
+        path = folder / f"gpt-4_single.scores.{m}.tsv"
+        code, _, err = cli(capsys, "metrics", "mt-bench", path, "--save", "--results-dir", res)
+        assert code == 0, err
+        runs.append(err.strip().splitlines()[-1].split("imported into ")[1].rsplit("/", 1)[-1])
+        lines = path.read_text().splitlines()
+        head = lines[0].split("\t")
+        rows = [dict(zip(head, ln.split("\t"))) for ln in lines[1:]]
+        ratings[m] = {(r["question_id"], r["turn"]): float(r["score"]) for r in rows if float(r["score"]) != -1}
+    code, out, err = cli(
+        capsys,
+        "regress",
+        "--baseline",
+        runs[0],
+        "--candidate",
+        runs[1],
+        "--sequential",
+        "--json",
+        "--chunk",
+        "20",
+        "--metrics",
+        "mt_bench/score",
+        "--results-dir",
+        res,
+    )
+    (row,) = json.loads(out)
+    assert code == 1 and row["verdict"] == row["full_verdict"] == FAIL, err
+    a, b = ratings["alpaca-13b"], ratings["gpt-4"]
+    per_q: dict[str, list[float]] = {}
+    for k in a.keys() & b.keys():
+        per_q.setdefault(k[0], []).append(a[k] - b[k])
+    by_hand = np.mean([np.mean(v) for v in per_q.values()])
+    assert row["sequential"]["n_total"] == len(per_q) == 80 and row["delta"] == pytest.approx(by_hand)
+    assert row["sequential"]["n_used"] <= 40 and row["sequential"]["change_upper"] < 0  # half the questions at most
