@@ -17,6 +17,7 @@ from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.records import MAX_SKIPPED_SHARE, check_max_skipped
 
 if TYPE_CHECKING:
+    from evalharness.analysis.compare import Entry
     from evalharness.training.config import TrainConfig
 
 app = typer.Typer(
@@ -475,6 +476,18 @@ def plot_temperature(
         typer.echo(str(path))
 
 
+_SEQUENTIAL_GATE = Annotated[
+    str | None,
+    typer.Option(
+        help="RUN:MODEL, a finished run of the same tasks: judge in a seeded order and stop each model's "
+        "judging once the sequential gate against it decides (the same command without it completes the run)"
+    ),
+]
+_GATE_MARGIN = Annotated[
+    list[str] | None, typer.Option(help="--sequential-gate: TASK/METRIC=DELTA, a drop within DELTA passes")
+]
+
+
 @app.command("run")
 def run_(
     spec: Annotated[Path, typer.Argument(help="run spec YAML (see benchmarks/*.yaml)")],
@@ -493,6 +506,8 @@ def run_(
         typer.Option(help="ask stored judgments again, past the response cache: unparsed, failed or all-bad"),
     ] = None,
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
+    sequential_gate: _SEQUENTIAL_GATE = None,
+    gate_margin: _GATE_MARGIN = None,
 ) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
     Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input,
@@ -502,6 +517,13 @@ def run_(
 
     _quiet_libraries()
     extra = [model_option(m) for m in model or []]
+    from evalharness.analysis.sequential import LiveGate
+
+    gate = None
+    if sequential_gate is not None:
+        gate = LiveGate(
+            _one_model("--sequential-gate", sequential_gate, results_dir), margins=_margins(gate_margin or [])
+        )
     res = run_spec(
         spec,
         results_dir=results_dir,
@@ -510,6 +532,8 @@ def run_(
         log=_err,
         extra_models=extra,
         rejudge=rejudge,
+        stops=[gate] if gate else None,
+        judge_order=gate.order if gate else None,
     )
     if json_out:
         typer.echo((res.path / "summary.json").read_text())
@@ -566,6 +590,22 @@ def report(
     typer.echo(f"report: {write_report(refs, out, against=against, results_dir=results_dir, log=_err)}")
 
 
+_SEQUENTIAL = Annotated[
+    bool, typer.Option(help="replay the stored verdicts in a seeded order, chunk by chunk, and stop when decided")
+]
+_REPLAYS = Annotated[int, typer.Option(help="--sequential: seeded orders to replay (the first gives the verdict)")]
+
+
+def _one_model(option: str, ref: str, results_dir: Path | None) -> Entry:
+    """The one model ``ref`` names (RUN:MODEL, MODEL, or a run with one model), else an error naming ``option``."""
+    from evalharness.analysis.compare import resolve
+
+    found = resolve([ref], results_dir)
+    if len(found) != 1:
+        raise EvalHarnessError(f"{option} {ref!r} names {len(found)} models; use RUN:MODEL")
+    return found[0]
+
+
 @app.command()
 def regress(
     baseline: Annotated[str, typer.Option(help="RUN:MODEL, MODEL, or a run with one model")],
@@ -583,24 +623,25 @@ def regress(
     rounds: Annotated[
         int | None, typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")
     ] = None,
+    sequential: _SEQUENTIAL = False,
+    chunk: Annotated[int, typer.Option(help="--sequential: items a chunk (a look after each)")] = 50,
+    seed: Annotated[int, typer.Option(help="--sequential: the seed of the item order")] = 0,
+    replays: _REPLAYS = 1,
     results_dir: _RESULTS = None,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
     MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
     INCONCLUSIVE, 1 on FAIL (or, with --strict, INCONCLUSIVE), 2 on bad input, 3 on NOT MEASURED (FAIL wins)."""
-    from evalharness.analysis.compare import gate_exit, resolve
+    from evalharness.analysis.compare import gate_exit
     from evalharness.analysis.compare import regress as gate
+    from evalharness.analysis.sequential import sequential_line, sequential_regress
     from evalharness.core.records import MAX_SKIPPED_SHARE
 
     if max_skipped is not None:
         check_max_skipped(max_skipped)
-    pair = []
-    for what, ref in (("baseline", baseline), ("candidate", candidate)):
-        found = resolve([ref], results_dir)
-        if len(found) != 1:
-            raise EvalHarnessError(f"--{what} {ref!r} names {len(found)} models; use RUN:MODEL")
-        pair.append(found[0])
-    rows = gate(
+    pair = [_one_model(f"--{w}", ref, results_dir) for w, ref in (("baseline", baseline), ("candidate", candidate))]
+    seq = lambda *a, **k: sequential_regress(*a, chunk=chunk, seed=seed, replays=replays, **k)  # noqa: E731
+    rows = (seq if sequential else gate)(
         pair[0],
         pair[1],
         metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
@@ -611,6 +652,8 @@ def regress(
     )
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
+    elif sequential:
+        typer.echo("\n".join(sequential_line(r) for r in rows))
     else:
         for r in rows:
             if "delta" not in r:

@@ -38,6 +38,7 @@ from evalharness.core.records import (
 from evalharness.pipeline.budget import Budget
 from evalharness.pipeline.preflight import check_judge, preflight
 from evalharness.pipeline.spec import JudgeSpec
+from evalharness.pipeline.stops import JudgeOrder, JudgingProgress, StopCheck, first_stop, mark_scores, record_stop
 from evalharness.store import RunStore
 from evalharness.tasks import controls
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
@@ -90,6 +91,9 @@ class RunPlan:
     # Library use: models already in memory (model ref -> backend), and a ready chat judge (judge, name).
     backends: dict[str, Backend] = field(default_factory=dict)
     chat_judge: tuple[Any, str] | None = None
+    # Checks between judging chunks that may stop a task's judging early, and the order judgments go in (stops.py).
+    stops: list[StopCheck] = field(default_factory=list)
+    judge_order: JudgeOrder | None = None
 
 
 @dataclass
@@ -474,7 +478,7 @@ def _run_models(
         sessions[m.name] = session
         mine = controls.judged_only(m.name, tasks)
         _generate_missing(store, session, mine, plan.chunk_size, plan.progress, log)
-        _judge_missing(store, session, mine, log, plan.rejudge, plan.progress, budget)
+        _judge_missing(store, session, mine, log, plan.rejudge, plan.progress, plan.stops, plan.judge_order, budget)
         session.release()
         models.release(m.ref, keep)
     return sessions
@@ -502,6 +506,7 @@ def _finish_run(
                 scores += own + (controls.length_scores(task, sessions[m.name], verdicts, own) if longest else [])
     if panel:
         scores += [s for m in model_list for s in panel.aggregate(m.name, scores, store.verdicts)]
+    mark_scores(store, scores)
     usage = {name: getattr(j, "usage", None) for j, name in panel.judges} if panel else getattr(judge, "usage", None)
     if usage is not None:
         store.update_manifest(judge_usage=usage)
@@ -581,12 +586,16 @@ def _judge_missing(
     log: Callable[[str], None],
     rejudge: str | None = None,
     progress: bool = False,
+    stops: list[StopCheck] | None = None,
+    order: JudgeOrder | None = None,
     budget: Budget | None = None,
 ) -> None:
     """Every task's judgments that have no stored verdict, or only a failed one (failures are retried), and with
-    ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins)."""
+    ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins).
+    ``stops`` are asked after each chunk; the first reason ends the task's judging for this model (stops.py)."""
     again = {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
     for task in tasks:
+        record_stop(store, task.name, session.name, None)  # judging it again: a former early stop is undone
         stored = {v.key: v.status for v in store.verdicts(task.name, session.name)}
         todo: list[Pending] = [p for p in task.judgments(session) if stored.get(p.key, "error") in again]
         if not todo:
@@ -595,20 +604,13 @@ def _judge_missing(
         log(f"{session.name}: {task.name}: {len(todo)} judgments" + (f" ({len(redo)} asked again)" if redo else ""))
         bar = _bar(len(todo), f"{session.name}: judging {task.name}", progress, unit="judgment")
         task.env.judge_bar = bar if progress else None
-        errors: Counter[str] = Counter()
         try:
             fresh = [p for p in todo if stored.get(p.key) not in again - {"error"}]
-            for pending, refresh in ((fresh, False), (redo, True)):
-                task.env.refresh = refresh  # only the re-asked ones bypass the response cache
-                i = 0
-                while i < len(pending):
-                    chunk = pending[i : i + JUDGE_CHUNK]
-                    if budget is not None:  # cut to what the budget holds; BudgetStop when nothing fits
-                        chunk = budget.fit(chunk, f"{task.name} for {session.name}", len(pending) - i)
-                    errors.update(_judge_chunk(store, session, task, chunk, bar))
-                    if budget is not None:
-                        budget.record(chunk)
-                    i += len(chunk)
+            fresh, redo = (order(task, fresh), order(task, redo)) if order else (fresh, redo)
+            errors, stop, judged = _judge_in_chunks(store, session, task, fresh, redo, stops or [], bar, budget)
+            if stop:
+                log(f"{session.name}: {task.name}: stopped after {judged} of {len(todo)} judgments: {stop}")
+                record_stop(store, task.name, session.name, {"reason": stop, "judged": judged, "total": len(todo)})
         finally:
             task.env.refresh, task.env.judge_bar = False, None
             bar.close()
@@ -619,6 +621,40 @@ def _judge_missing(
             )
             for kind, count in errors.most_common():
                 log(f"  {count} x {kind}")
+
+
+def _judge_in_chunks(
+    store: RunStore,
+    session: Session,
+    task: Task,
+    fresh: list[Pending],
+    redo: list[Pending],
+    stops: list[StopCheck],
+    bar: Any,
+    budget: Budget | None = None,
+) -> tuple[Counter[str], str | None, int]:
+    """Judge ``fresh`` then ``redo`` (re-asked past the response cache) chunk by chunk, asking ``stops`` after
+    each chunk: the failures by kind, the reason it stopped early (None: all judged), the judgments sent.
+    ``budget`` cuts each chunk to what it still holds before it is sent, and halts the run (BudgetStop) when
+    not one judgment fits: a stop is the answer being known, a budget is the money running out."""
+    errors: Counter[str] = Counter()
+    total, judged = len(fresh) + len(redo), 0
+    for pending, refresh in ((fresh, False), (redo, True)):
+        task.env.refresh = refresh  # only the re-asked ones bypass the response cache
+        i = 0
+        while i < len(pending):
+            chunk = pending[i : i + JUDGE_CHUNK]
+            if budget is not None:
+                chunk = budget.fit(chunk, f"{task.name} for {session.name}", len(pending) - i)
+            errors.update(_judge_chunk(store, session, task, chunk, bar))
+            if budget is not None:
+                budget.record(chunk)
+            judged, i = judged + len(chunk), i + len(chunk)
+            left = pending[i:] + ([] if refresh else redo)
+            stop = first_stop(stops, JudgingProgress(store, session, task, judged, total, left)) if left else None
+            if stop:
+                return errors, stop, judged
+    return errors, None, judged
 
 
 def _judge_chunk(store: RunStore, session: Session, task: Task, chunk: list[Pending], bar: Any) -> Counter[str]:
@@ -764,13 +800,17 @@ def run_spec(
     log: Callable[[str], None] = lambda _: None,
     extra_models: list[ModelSpec] | None = None,
     rejudge: str | None = None,
+    stops: list[StopCheck] | None = None,
+    judge_order: JudgeOrder | None = None,
 ) -> RunResult:
     """``evalharness run SPEC``; ``report_to`` (None: the spec's) names the trackers the run is sent to,
-    ``extra_models`` are added to the spec's models, ``rejudge`` (a REJUDGE key) re-asks stored bad verdicts."""
+    ``extra_models`` are added to the spec's models, ``rejudge`` (a REJUDGE key) re-asks stored bad verdicts;
+    ``stops`` and ``judge_order`` may end a task's judging early (``stops.py``)."""
     if rejudge is not None and rejudge not in REJUDGE:
         raise InputError(f"must be one of {', '.join(REJUDGE)}, got {rejudge!r}", field="--rejudge")
     plan = plan_from_spec(path, results_dir=results_dir, progress=progress, extra_models=extra_models)
     if report_to is not None:
         plan.report_to = report_to
     plan.rejudge = rejudge
+    plan.stops, plan.judge_order = list(stops or []), judge_order
     return run(plan, log=log)
