@@ -389,7 +389,7 @@ def pairs(
     model: Annotated[str, typer.Option(help="policy to sample from (the SFT model for on-policy data)")],
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     out: Annotated[Path, typer.Option(help="output pairs JSONL (a .meta.json sidecar records how)")],
-    judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL]")] = "sentiment",
+    judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL], rm:MODEL[?options]")] = "sentiment",
     k: Annotated[int, typer.Option(help="samples per prompt")] = 4,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",
