@@ -246,14 +246,15 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=900, check=False)
 
 
-def _reward_run(tmp_path: Path, model: str, rm_query: str = "") -> subprocess.CompletedProcess:
+def _reward_run(tmp_path: Path, model: str, rm_query: str = "", kl: bool = False) -> subprocess.CompletedProcess:
     build_rm(tmp_path / "rm")
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": q}]})
                                               + "\n" for i, q in enumerate(["write a short review", "the plot",
                                                                             "review the movie"])))
     (tmp_path / "spec.yaml").write_text(
         f"name: rmrun\nmodels: [{model}]\nbackend: hf\ngeneration: {{max_new_tokens: 8, temperature: 1.0, n: 2}}\n"
-        f"tasks:\n  helpfulness: {{task: reward, judge: \"rm:./rm{rm_query}\", prompts: ./p.jsonl}}\n")
+        f"tasks:\n  helpfulness: {{task: reward, judge: \"rm:./rm{rm_query}\", prompts: ./p.jsonl}}\n"
+        + (f"  kl: {{prompts: ./p.jsonl}}\nreference: {model}\n" if kl else ""))
     return _cli("run", "spec.yaml", "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
 
 
@@ -277,15 +278,25 @@ def _check_reward_run(tmp_path: Path) -> None:
     assert score.judge_id == f"rm:{tmp_path / 'rm'}"  # rm:./rm is the spec folder's
 
 
-def test_run_with_a_reward_model_task(tiny_model, tmp_path):
-    r = _reward_run(tmp_path, str(tiny_model))
+def test_run_with_a_reward_model_task_and_its_frontier_axis(tiny_model, tmp_path):
+    from evalharness.analysis.plot import frontier_points, reward_axis_label
+    from evalharness.store import RunStore
+
+    r = _reward_run(tmp_path, str(tiny_model), kl=True)
     assert r.returncode == 0, r.stderr[-3000:]
     _check_reward_run(tmp_path)
+    run_dir = next((tmp_path / "res").glob("rmrun-*"))
+    (point,), meta = frontier_points([run_dir])  # the reward axis defaults to the reward model's score
+    score = next(s for s in RunStore(run_dir).scores() if s.metric == "reward")
+    assert meta["reward_metric"] == "reward" and point.reward == score.value and point.kl == pytest.approx(0, abs=1e-4)
+    label = reward_axis_label("reward", meta["reward_judge_id"], meta["reward_judge_version"])
+    assert label == f"reward: rm:{tmp_path / 'rm'} logit", label
 
 
 def test_run_with_a_bad_head_exits_2_naming_it(tiny_model, tmp_path):
     r = _reward_run(tmp_path, str(tiny_model), "?head=nope")
-    assert r.returncode == 2 and "no output 'nope'" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "spec.yaml field 'tasks.helpfulness': judge 'rm:" in r.stderr and "no output 'nope'" in r.stderr
 
 
 @pytest.mark.slow

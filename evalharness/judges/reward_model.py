@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evalharness.core.errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.prompts import PromptItem
 from evalharness.core.records import Generation, Verdict
 from evalharness.judges.classifiers import judge_each
@@ -37,18 +37,18 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def parse_rm_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``rm:MODEL?k=v&k=v`` -> (MODEL, options); an unknown or repeated option is an error naming it."""
     if not spec.startswith("rm:") or len(spec) == 3:
-        raise EvalHarnessError(f"a reward-model judge is rm:MODEL[?option=value&...], got '{spec}'")
+        raise InputError(f"a reward-model judge is rm:MODEL[?option=value&...], got '{spec}'")
     model, _, query = spec[3:].partition("?")
     options: dict[str, str] = {}
     for part in filter(None, query.split("&")):
         key, sep, value = part.partition("=")
         if not sep or key not in OPTIONS:
-            raise EvalHarnessError(f"judge '{spec}': unknown option '{part}'; options: {', '.join(OPTIONS)}")
+            raise InputError(f"judge '{spec}': unknown option '{part}'; options: {', '.join(OPTIONS)}")
         if key in options:
-            raise EvalHarnessError(f"judge '{spec}': option '{key}' given twice")
+            raise InputError(f"judge '{spec}': option '{key}' given twice")
         options[key] = value
     if "head" in options and "weights" in options:
-        raise EvalHarnessError(f"judge '{spec}': give head or weights, not both")
+        raise InputError(f"judge '{spec}': give head or weights, not both")
     return model, options
 
 
@@ -89,12 +89,12 @@ class RewardModelJudge:
         path, opts = parse_rm_spec(spec)
         dtype = opts.get("dtype", "float32")
         if dtype not in _DTYPES:
-            raise EvalHarnessError(f"judge '{spec}': dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'")
+            raise InputError(f"judge '{spec}': dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         except OSError as e:
-            raise EvalHarnessError(f"cannot load reward model '{path}': {str(e).splitlines()[0]}") from e
+            raise InputError(f"cannot load reward model '{path}': {str(e).splitlines()[0]}") from e
         self.spec, self.path = spec, path
         self.batch_size = _positive(spec, opts, "batch_size", 8)
         self.max_length = _positive(spec, opts, "max_length", _context(self.model, self.tokenizer))
@@ -175,7 +175,7 @@ def _positive(spec: str, opts: dict[str, str], key: str, default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise EvalHarnessError(f"judge '{spec}': {key} must be a positive integer, got '{opts[key]}'")
+        raise InputError(f"judge '{spec}': {key} must be a positive integer, got '{opts[key]}'")
     return value
 
 
@@ -197,16 +197,16 @@ def _head(spec: str, config: Any, opts: dict[str, str]) -> tuple[Any, str]:
         try:
             weights = {name: float(w) for name, _, w in pairs}
         except ValueError:
-            raise EvalHarnessError(f"judge '{spec}': weights are NAME:NUMBER,..., got '{opts['weights']}'") from None
+            raise InputError(f"judge '{spec}': weights are NAME:NUMBER,..., got '{opts['weights']}'") from None
         unknown = sorted(set(weights) - set(names)) or ([] if weights else ["(none)"])
         if unknown:
-            raise EvalHarnessError(f"judge '{spec}': reward model has no output(s) {unknown}; outputs: {names}")
+            raise InputError(f"judge '{spec}': reward model has no output(s) {unknown}; outputs: {names}")
         vec = torch.tensor([weights.get(n, 0.0) for n in names])
     else:
         head = opts.get("head", "0")
         index = int(head) if head.isdigit() else names.index(head) if head in names else -1
         if not 0 <= index < len(names):
-            raise EvalHarnessError(f"judge '{spec}': reward model has no output '{head}'; outputs: {names}")
+            raise InputError(f"judge '{spec}': reward model has no output '{head}'; outputs: {names}")
         vec = torch.zeros(len(names))
         vec[index] = 1.0
     # one description per weight vector, in the model's output order: one reward, one version however it was asked
@@ -227,7 +227,7 @@ def _template(spec: str, tokenizer: Any, option: str) -> tuple[str | None, str]:
     else:
         path = Path(option)
         if not path.is_file():
-            raise EvalHarnessError(f"judge '{spec}': template file not found: {option}")
+            raise InputError(f"judge '{spec}': template file not found: {option}")
         text = path.read_text(encoding="utf-8")
     return text, "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -538,7 +538,7 @@ class _PPOSteps:
             self.plan.cfg,
             self.accel,
             self.sampler,
-            {f"{j}:{items[i].id}": items[i] for j, i in enumerate(idx)},
+            {f"{j}:{items[i].id}": cast("PromptItem", items[i]) for j, i in enumerate(idx)},
         )
         self.model.train()
         return gather_object(rows) if self.accel.num_processes > 1 else rows
