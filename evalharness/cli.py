@@ -156,7 +156,7 @@ def eval_(
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     reference: Annotated[str | None, typer.Option(help="reference (SFT) model for KL")] = None,
     judges: Annotated[
-        str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")
+        str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL], rm:MODEL")
     ] = "sentiment,toxicity,kl",
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP + " (KL scores responses: not an openai endpoint)")] = "hf",
     batch_size: Annotated[int | None, typer.Option(help="default: sized from a memory budget")] = None,
