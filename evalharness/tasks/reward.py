@@ -1,8 +1,8 @@
 """A classifier reward on sampled continuations: ``judge`` is sentiment, toxicity, hf:MODEL[:LABEL] or rm:MODEL.
 
 The DPO and ODPO papers' controlled-generation rewards: the policy continues each prompt (``n``
-samples at the run's decoding), a classifier (or a reward model, reading the prompt too) scores each sample, and the score is the mean over
-prompts of the per-prompt mean. The response length in tokens (EOS included) is reported beside it.
+samples at the run's decoding), a classifier (or a reward model, which reads the prompt too) scores
+each sample, and the score is the mean over prompts of the per-prompt mean. The response length in tokens (EOS included) is reported beside it.
 """
 
 from __future__ import annotations
