@@ -6,7 +6,8 @@ One training step is one rollout batch:
 1. **Rollouts.** Each process samples responses for its slice of the step's prompts from the current policy at
    ``temperature`` (seeded per sample, so a sample does not depend on how prompts are split across processes).
    The reward judge scores each response (a text judge its text, a reward model ``rm:`` prompt and response); a
-   response without EOS loses ``missing_eos_penalty``. A failed judgment never becomes a score: its row stays in the batch with an empty mask and is counted.
+   response without EOS loses ``missing_eos_penalty``. A failed judgment never becomes a score: its row stays in
+   the batch with an empty mask and is counted.
 2. **Old log-probs, reference log-probs, values**, from no-grad forwards; every log-prob from logits / temperature.
    The processes then share their rollouts, so each one holds the whole batch: advantages are whitened over the
    global batch and minibatches are the same whatever the number of processes.
