@@ -160,7 +160,7 @@ def test_version_hashes_weights_template_and_head(rm, multi, tmp_path):
     assert len({get_judge(f"rm:{multi}?{q}").judge_version for q in ("head=0", "head=safety", "weights=safety:1")}) == 2
 
 
-def test_bad_options_and_missing_prompts_are_clear_errors(multi):
+def test_bad_options_and_missing_prompts_are_clear_errors(multi, tiny_model):
     with pytest.raises(EvalHarnessError, match=r"no output 'nope'; outputs: \['helpfulness', 'safety', 'verbosity'\]"):
         get_judge(f"rm:{multi}?head=nope")
     with pytest.raises(EvalHarnessError, match=r"no output\(s\) \['nope'\]"):
@@ -169,6 +169,8 @@ def test_bad_options_and_missing_prompts_are_clear_errors(multi):
         get_judge(f"rm:{multi}?heads=1")
     with pytest.raises(EvalHarnessError, match="head or weights, not both"):
         get_judge(f"rm:{multi}?head=0&weights=safety:1")
+    with pytest.raises(EvalHarnessError, match=r"not a sequence-classification reward model: no weights for \['score.weight'\]"):
+        get_judge(f"rm:{tiny_model}")  # a causal LM: AutoModelForSequenceClassification would give it a random head
     with pytest.raises(EvalHarnessError, match="cannot load reward model"):
         get_judge("rm:/no/such/reward-model")
     with pytest.raises(EvalHarnessError, match="needs the prompt of every response"):

@@ -73,7 +73,7 @@ def weights_hash(model: Any) -> str:
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()[:16]
 
 
@@ -92,9 +92,17 @@ class RewardModelJudge:
             raise InputError(f"judge '{spec}': dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'")
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+            self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=getattr(torch, dtype), output_loading_info=True
+            )
         except OSError as e:
             raise InputError(f"cannot load reward model '{path}': {str(e).splitlines()[0]}") from e
+        if info.get("missing_keys"):  # e.g. a causal LM, or a custom class (ArmoRM, PairRM) loaded as a stock one
+            raise InputError(
+                f"'{path}' is not a sequence-classification reward model: no weights for "
+                f"{sorted(info['missing_keys'])[:4]} (they would be random); see docs/reward_models.md"
+            )
+        self.model.eval()
         self.spec, self.path = spec, path
         self.batch_size = _positive(spec, opts, "batch_size", 8)
         self.max_length = _positive(spec, opts, "max_length", _context(self.model, self.tokenizer))
