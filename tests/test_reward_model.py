@@ -160,6 +160,94 @@ def test_version_hashes_weights_template_and_head(rm, multi, tmp_path):
     assert len({get_judge(f"rm:{multi}?{q}").judge_version for q in ("head=0", "head=safety", "weights=safety:1")}) == 2
 
 
+CUSTOM_RM = '''
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaModel, LlamaPreTrainedModel
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class GatedOutput(ModelOutput):
+    score: torch.FloatTensor | None = None
+    rewards: torch.FloatTensor | None = None
+
+
+class TinyGatedRM(LlamaPreTrainedModel):
+    """ArmoRM's shape: objective rewards read at the last real token, and a gated mixture of them as the score."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.regression = torch.nn.Linear(config.hidden_size, 3, bias=False)
+        self.gate = torch.nn.Linear(config.hidden_size, 3, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        n = h.shape[0]
+        last = attention_mask.sum(-1) - 1 if attention_mask is not None else torch.full((n,), h.shape[1] - 1)
+        x = h[torch.arange(n), last]
+        rewards = self.regression(x)
+        return GatedOutput(score=(rewards * self.gate(x).softmax(-1)).sum(-1), rewards=rewards)
+'''
+
+
+def build_custom_rm(path: Path, tmp: Path) -> Path:
+    """A tiny custom-code reward model folder (auto_map to its own class), as ArmoRM ships."""
+    import importlib
+
+    from tiny import build_tokenizer
+    from transformers import LlamaConfig
+
+    (tmp / "tinygated_rm.py").write_text(CUSTOM_RM)
+    sys.path.insert(0, str(tmp))
+    try:
+        module = importlib.import_module("tinygated_rm")
+    finally:
+        sys.path.remove(str(tmp))
+    module.TinyGatedRM.register_for_auto_class("AutoModelForSequenceClassification")
+    tok = build_tokenizer()
+    tok.chat_template = RM_TEMPLATE
+    torch.manual_seed(5)
+    model = module.TinyGatedRM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           max_position_embeddings=128, pad_token_id=tok.pad_token_id))
+    with torch.no_grad():
+        model.regression.weight.mul_(50.0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_custom_code_reward_model_named_output(tmp_path):
+    """ArmoRM-style: trust_remote_code runs the folder's class; ``output=score`` reads its gated score, and
+    ``output=rewards`` with weights a sum of its objectives."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = build_custom_rm(tmp_path / "gated", tmp_path)
+    with pytest.raises(EvalHarnessError, match="cannot load reward model|not a sequence-classification reward model"):
+        get_judge(f"rm:{path}")  # its code is not run unless asked
+    gens, prompts, chats = all_pairs()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+    want = []
+    for chat in chats:
+        ids = tok(tok.apply_chat_template(chat, tokenize=False), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = model(torch.tensor([ids]))
+        want.append((float(out.score[0]), out.rewards[0].tolist()))
+    judge = get_judge(f"rm:{path}?trust_remote_code=true&output=score&batch_size=5")
+    assert [v.value for v in judge.judge(gens, prompts)] == pytest.approx([w[0] for w in want], abs=1e-4)
+    assert ";output=score;" in judge.judge_version and ";code=sha256:" in judge.judge_version
+    mixed = get_judge(f"rm:{path}?trust_remote_code=true&output=rewards&weights=0:0.5,2:-1")
+    assert [v.value for v in mixed.judge(gens, prompts)] == pytest.approx(
+        [0.5 * w[1][0] - w[1][2] for w in want], abs=1e-4)
+    with pytest.raises(EvalHarnessError, match=r"has no tensor 'nope'; it has \['score', 'rewards'\]"):
+        get_judge(f"rm:{path}?trust_remote_code=true&output=nope")
+
+
 def test_bad_options_and_missing_prompts_are_clear_errors(multi, tiny_model):
     with pytest.raises(EvalHarnessError, match=r"no output 'nope'; outputs: \['helpfulness', 'safety', 'verbosity'\]"):
         get_judge(f"rm:{multi}?head=nope")

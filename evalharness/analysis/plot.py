@@ -281,7 +281,7 @@ def _transform(judge_version: str) -> str:
     """The reward's meaning from a judge version; package pins and weight hashes are provenance, not meaning."""
     parts = []
     for part in (p.strip() for p in judge_version.split(";")):
-        if not part or "==" in part or part.startswith(("weights=", "template=", "max_length=", "dtype=")):
+        if not part or "==" in part or part.startswith(("weights=", "template=", "max_length=", "dtype=", "code=")):
             continue
         if part.startswith("reward="):
             part = part.removeprefix("reward=")

@@ -12,7 +12,10 @@ Options (query string, ``&``-separated): ``head`` = output index or ``id2label``
 only output of a one-logit head); ``weights`` = ``NAME:W,NAME:W`` (a weighted sum of the outputs;
 not with ``head``); ``template`` = ``auto`` (the model's chat template, plain text if it has none) |
 ``none`` (plain text: the prompt, then the response) | a Jinja file; ``max_length`` (tokens; a longer
-conversation is a failed judgment, counted, never cut); ``batch_size``; ``dtype``.
+conversation is a failed judgment, counted, never cut); ``batch_size``; ``dtype``; ``output`` = a named output of
+the model's forward (e.g. ArmoRM's ``score``: a custom class that pools itself) instead of ``logits``, its width
+weighed by ``head``/``weights`` as indices; ``trust_remote_code`` = ``true`` to run a model folder's own code (its
+``.py`` files are hashed into the version).
 
 The judge version hashes the loaded weights (every state_dict tensor), the template text and the head
 options, so a changed weight, template or head is another column.
@@ -30,7 +33,7 @@ from evalharness.core.prompts import PromptItem
 from evalharness.core.records import Generation, Verdict
 from evalharness.judges.classifiers import judge_each
 
-OPTIONS = ("head", "weights", "template", "max_length", "batch_size", "dtype")
+OPTIONS = ("head", "weights", "template", "max_length", "batch_size", "dtype", "output", "trust_remote_code")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -84,42 +87,44 @@ class RewardModelJudge:
 
     def __init__(self, spec: str) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path, opts = parse_rm_spec(spec)
         dtype = opts.get("dtype", "float32")
         if dtype not in _DTYPES:
             raise InputError(f"judge '{spec}': dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'")
-        try:
-            self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-            self.model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=getattr(torch, dtype), output_loading_info=True
-            )
-        except OSError as e:
-            raise InputError(f"cannot load reward model '{path}': {str(e).splitlines()[0]}") from e
-        if info.get("missing_keys"):  # e.g. a causal LM, or a custom class (ArmoRM, PairRM) loaded as a stock one
-            raise InputError(
-                f"'{path}' is not a sequence-classification reward model: no weights for "
-                f"{sorted(info['missing_keys'])[:4]} (they would be random); see docs/reward_models.md"
-            )
-        self.model.eval()
-        self.spec, self.path = spec, path
+        trust = opts.get("trust_remote_code", "false").lower()
+        if trust not in ("true", "false"):
+            raise InputError(f"judge '{spec}': trust_remote_code must be true or false, got '{trust}'")
+        self.tokenizer, self.model = _load(path, dtype, trust == "true")
+        self.spec, self.path, self.output = spec, path, opts.get("output", "logits")
         self.batch_size = _positive(spec, opts, "batch_size", 8)
         self.max_length = _positive(spec, opts, "max_length", _context(self.model, self.tokenizer))
-        self.head, self.head_desc = _head(spec, self.model.config, opts)
         self.template, template_desc = _template(spec, self.tokenizer, opts.get("template", "auto"))
         if self.model.config.pad_token_id is None:  # batches need one; the read position never depends on it
             pad = self.tokenizer.pad_token_id
             self.model.config.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
         self.pad_id = int(self.model.config.pad_token_id or 0)
+        weights = weights_hash(self.model)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.head, head_desc = _head(spec, self.output_names(), opts)
         self.metric = "reward"
         self.judge_id = f"rm:{path}"
         self.judge_version = (
-            f"reward={self.head_desc};template={template_desc};max_length={self.max_length};dtype={dtype}"
-            f";weights={weights_hash(self.model)}"
+            f"reward={head_desc}"
+            + (f";output={self.output}" if self.output != "logits" else "")
+            + f";template={template_desc};max_length={self.max_length};dtype={dtype};weights={weights}"
+            + (f";code={_code_hash(Path(path))}" if trust == "true" else "")
         )
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(self.device)
+
+    def output_names(self) -> list[str]:
+        """The names of the outputs a head rule weighs: ``id2label`` for ``logits``; indices for a named output,
+        whose width a forward pass on a one-turn conversation tells (an unknown output name fails here)."""
+        config = self.model.config
+        if self.output == "logits":
+            return [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
+        probe = self.encode(conversation(PromptItem("probe", prompt="hello"), "hello"))
+        return [str(i) for i in range(self.outputs([probe]).shape[-1])]
 
     def judge(self, generations: list[Generation], prompts: Mapping[str, PromptItem] | None = None) -> list[Verdict]:
         """One Verdict per generation; ``prompts`` maps each generation's id to its prompt (required)."""
@@ -154,7 +159,12 @@ class RewardModelJudge:
         return out
 
     def forward(self, batch: list[list[int]]) -> list[float]:
-        """One right-padded forward pass; the head's outputs at each row's last real token, then the head rule."""
+        """The rewards of one batch: the outputs, weighed by the head rule."""
+        return (self.outputs(batch).float() @ self.head.to(self.device)).tolist()
+
+    def outputs(self, batch: list[list[int]]) -> Any:
+        """One right-padded forward pass: ``[rows, outputs]``, read at each row's last real token (``logits``), or
+        the model's own named output (a custom class that pools itself, as ArmoRM's ``score``)."""
         import torch
 
         n = max(len(ids) for ids in batch)
@@ -162,17 +172,26 @@ class RewardModelJudge:
         mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in batch], device=self.device)
         last = torch.tensor([len(x) - 1 for x in batch], device=self.device)
         per_position: list[Any] = []
-        head = getattr(self.model, "score", None)
-        hook = head.register_forward_hook(lambda *a: per_position.append(a[2])) if head is not None else None
+        head: Any = getattr(self.model, "score", None)
+        gather = head is not None and self.output == "logits"
+        hook = head.register_forward_hook(lambda *a: per_position.append(a[2])) if gather else None
         try:
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                out = self.model(input_ids=ids, attention_mask=mask)
         finally:
             if hook is not None:
                 hook.remove()
+        if self.output != "logits":
+            value = getattr(out, self.output, None)
+            if not isinstance(value, torch.Tensor):
+                have = [k for k, v in out.items() if isinstance(v, torch.Tensor)] if hasattr(out, "items") else []
+                raise InputError(
+                    f"judge '{self.spec}': the model's output has no tensor '{self.output}'; it has {have}"
+                )
+            return value.reshape(len(batch), -1)
         if per_position and per_position[0].dim() == 3:  # a decoder classifier's head ran on every position
-            logits = per_position[0][torch.arange(len(batch), device=self.device), last]
-        return (logits.float() @ self.head.to(self.device)).tolist()
+            return per_position[0][torch.arange(len(batch), device=self.device), last]
+        return out.logits
 
 
 def _positive(spec: str, opts: dict[str, str], key: str, default: int) -> int:
@@ -195,11 +214,10 @@ def _context(model: Any, tokenizer: Any) -> int:
     return 4096
 
 
-def _head(spec: str, config: Any, opts: dict[str, str]) -> tuple[Any, str]:
+def _head(spec: str, names: list[str], opts: dict[str, str]) -> tuple[Any, str]:
     """The weight vector over the model's outputs and its readable form (``logit``, ``logit[name]``, a sum)."""
     import torch
 
-    names = [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
     if "weights" in opts:
         pairs = [p.rpartition(":") for p in opts["weights"].split(",") if p]
         try:
@@ -238,6 +256,34 @@ def _template(spec: str, tokenizer: Any, option: str) -> tuple[str | None, str]:
             raise InputError(f"judge '{spec}': template file not found: {option}")
         text = path.read_text(encoding="utf-8")
     return text, "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load(path: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """(tokenizer, model in eval mode); a model whose head weights are missing (they would be random) is refused."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=getattr(torch, dtype), output_loading_info=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load reward model '{path}': {str(e).splitlines()[0]}") from e
+    if info.get("missing_keys"):  # e.g. a causal LM, or a custom class (ArmoRM, PairRM) loaded as a stock one
+        raise InputError(
+            f"'{path}' is not a sequence-classification reward model: no weights for "
+            f"{sorted(info['missing_keys'])[:4]} (they would be random); see docs/reward_models.md"
+        )
+    return tokenizer, model.eval()
+
+
+def _code_hash(path: Path) -> str:
+    """sha256 of the model folder's Python files: the code that trust_remote_code runs."""
+    h = hashlib.sha256()
+    for p in sorted(path.glob("*.py")) if path.is_dir() else []:
+        h.update(p.name.encode() + p.read_bytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 _loaded: dict[tuple[str, str], RewardModelJudge] = {}
