@@ -157,7 +157,7 @@ def eval_(
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     reference: Annotated[str | None, typer.Option(help="reference (SFT) model for KL")] = None,
     judges: Annotated[
-        str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL]")
+        str, typer.Option(help="comma list: sentiment, toxicity, kl, hf:MODEL[:LABEL], rm:MODEL")
     ] = "sentiment,toxicity,kl",
     backend: Annotated[str, typer.Option(help=_BACKEND_HELP + " (KL scores responses: not an openai endpoint)")] = "hf",
     batch_size: Annotated[int | None, typer.Option(help="default: sized from a memory budget")] = None,
@@ -390,7 +390,7 @@ def pairs(
     model: Annotated[str, typer.Option(help="policy to sample from (the SFT model for on-policy data)")],
     prompts: Annotated[Path, typer.Option(help="JSONL with id and prompt or messages")],
     out: Annotated[Path, typer.Option(help="output pairs JSONL (a .meta.json sidecar records how)")],
-    judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL]")] = "sentiment",
+    judge: Annotated[str, typer.Option(help="sentiment, toxicity, hf:MODEL[:LABEL], rm:MODEL[?options]")] = "sentiment",
     k: Annotated[int, typer.Option(help="samples per prompt")] = 4,
     min_gap: Annotated[float, typer.Option(help="best - worst must exceed this (else a tie, dropped)")] = 0.0,
     dtype: str = "float32",

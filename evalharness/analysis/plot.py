@@ -281,7 +281,7 @@ def _transform(judge_version: str) -> str:
     """The reward's meaning from a judge version; package pins and weight hashes are provenance, not meaning."""
     parts = []
     for part in (p.strip() for p in judge_version.split(";")):
-        if not part or "==" in part or part.startswith("weights="):
+        if not part or "==" in part or part.startswith(("weights=", "template=", "max_length=", "dtype=", "code=")):
             continue
         if part.startswith("reward="):
             part = part.removeprefix("reward=")
@@ -300,7 +300,8 @@ def reward_axis_label(metric: str, judge_id: str, judge_version: str, higher_is_
     name = judge_id.removeprefix("hf-classifier:")
     name = _JUDGE_NAMES.get(name, name)
     transform = _transform(judge_version)
-    what = f"{metric} reward" if higher_is_better else f"{metric} (lower is better)"
+    what = metric if metric.endswith("reward") else f"{metric} reward"  # rm: judges' metric is "reward"
+    what = what if higher_is_better else f"{metric} (lower is better)"
     return f"{what}: {name}" + (f" {transform}" if transform else "")
 
 

@@ -1,4 +1,8 @@
-"""Judges by name. ``sentiment``, ``toxicity``, ``hf:MODEL[:LABEL]``; ``kl`` is measured by evalharness.judges.kl."""
+"""Judges by name. ``sentiment``, ``toxicity``, ``hf:MODEL[:LABEL]``, ``rm:MODEL[?options]`` (a reward model on
+prompt and response, evalharness.judges.reward_model); ``kl`` is measured by evalharness.judges.kl.
+
+A judge has ``judge(generations, prompts=None) -> list[Verdict]``; ``prompts`` maps a generation's id to its
+``PromptItem``: a text judge ignores it, a reward model needs it."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ CLASSIFIER_JUDGES = ("sentiment", "toxicity")
 
 
 def get_judge(spec: str) -> Any:
-    """A text judge from its spec; ``hf:MODEL[:LABEL]`` loads a Hugging Face classifier."""
+    """A judge from its spec; ``hf:MODEL[:LABEL]`` loads a Hugging Face classifier, ``rm:MODEL`` a reward model."""
     from evalharness.judges.classifiers import HFClassifierJudge, SentimentJudge, ToxicityJudge
 
     if spec == "sentiment":
@@ -23,4 +27,8 @@ def get_judge(spec: str) -> Any:
         if sep and head and "/" not in tail:
             model, label = head, tail
         return HFClassifierJudge(model, label=label)
-    raise EvalHarnessError(f"unknown judge '{spec}'; known: sentiment, toxicity, kl, hf:MODEL[:LABEL]")
+    if spec.startswith("rm:"):
+        from evalharness.judges.reward_model import reward_model_judge
+
+        return reward_model_judge(spec)
+    raise EvalHarnessError(f"unknown judge '{spec}'; known: sentiment, toxicity, kl, hf:MODEL[:LABEL], rm:MODEL")

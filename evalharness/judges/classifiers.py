@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +35,48 @@ class _TextJudge:
     def _score_batch(self, texts: list[str]) -> list[float]:
         raise NotImplementedError
 
-    def judge(self, generations: list[Generation]) -> list[Verdict]:
-        texts = [g.text for g in generations]
-        try:
-            values: list[float | Exception] = list(self._score_batch(texts))
-        except Exception:  # one bad text must not sink the batch: retry one by one
-            values = []
-            for t in texts:
-                try:
-                    values.append(self._score_batch([t])[0])
-                except Exception as e:
-                    values.append(e)
-        out = []
-        for g, v in zip(generations, values):
-            if isinstance(v, Exception):
-                out.append(
-                    Verdict(
-                        g.id,
-                        self.judge_id,
-                        self.judge_version,
-                        "error",
-                        None,
-                        sample_index=g.sample_index,
-                        error=f"{type(v).__name__}: {v}",
-                    )
+    def judge(self, generations: list[Generation], prompts: Mapping[str, Any] | None = None) -> list[Verdict]:
+        """One Verdict per generation, from its text alone (``prompts`` is for judges that read them)."""
+        return judge_each(
+            generations, [g.text for g in generations], self._score_batch, self.judge_id, self.judge_version
+        )
+
+
+def judge_each(
+    generations: list[Generation],
+    inputs: list[Any],
+    score: Callable[[list[Any]], list[float]],
+    judge_id: str,
+    version: str,
+) -> list[Verdict]:
+    """One Verdict per generation from ``score(inputs)``, batched; if the batch raises, each input is scored alone,
+    so one bad input is one failed Verdict (status 'error', counted) and never sinks the batch."""
+    try:
+        values: list[float | Exception] = list(score(inputs))
+    except Exception:
+        values = []
+        for x in inputs:
+            try:
+                values.append(score([x])[0])
+            except Exception as e:
+                values.append(e)
+    out = []
+    for g, v in zip(generations, values):
+        if isinstance(v, Exception):
+            out.append(
+                Verdict(
+                    g.id,
+                    judge_id,
+                    version,
+                    "error",
+                    None,
+                    sample_index=g.sample_index,
+                    error=f"{type(v).__name__}: {v}",
                 )
-            else:
-                out.append(
-                    Verdict(g.id, self.judge_id, self.judge_version, "ok", float(v), sample_index=g.sample_index)
-                )
-        return out
+            )
+        else:
+            out.append(Verdict(g.id, judge_id, version, "ok", float(v), sample_index=g.sample_index))
+    return out
 
 
 class SentimentJudge(_TextJudge):

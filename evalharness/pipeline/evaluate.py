@@ -56,14 +56,14 @@ class EvalResult:
 
 
 def judge_tasks(judges: list[str], prompts: str) -> list[TaskSpec]:
-    """``--judges`` as tasks: a task module by name, or the ``reward`` task for ``hf:MODEL[:LABEL]``."""
+    """``--judges`` as tasks: a task module by name, or the ``reward`` task for ``hf:MODEL[:LABEL]`` and ``rm:MODEL``."""
     from evalharness.tasks.base import task_class
 
     out = []
     for j in (j.strip() for j in judges):
         if not j:
             continue
-        if j.startswith("hf:"):
+        if j.startswith(("hf:", "rm:")):
             name, module, options = j, "reward", {"prompts": prompts, "judge": j}
         else:
             name, module, options = j, j, {"prompts": prompts}

@@ -256,7 +256,10 @@ def check_panel(spec: RunSpec, where: Callable[..., dict[str, Any]]) -> None:
 
 
 def spec_path(spec_file: Path, value: str) -> str:
-    """Paths written "./x" or "../x" in a spec are relative to the spec file, so specs travel with their data."""
+    """Paths written "./x" or "../x" in a spec are relative to the spec file, so specs travel with their data
+    (also a reward-model judge's, ``rm:./x``)."""
+    if value.startswith(("rm:./", "rm:../")):
+        return "rm:" + spec_path(spec_file, value[3:])
     return str((spec_file.parent / value).resolve()) if value.startswith(("./", "../")) else value
 
 

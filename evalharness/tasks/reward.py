@@ -1,8 +1,8 @@
-"""A classifier reward on sampled continuations: ``judge`` is sentiment, toxicity or hf:MODEL[:LABEL].
+"""A classifier reward on sampled continuations: ``judge`` is sentiment, toxicity, hf:MODEL[:LABEL] or rm:MODEL.
 
 The DPO and ODPO papers' controlled-generation rewards: the policy continues each prompt (``n``
-samples at the run's decoding), a classifier scores each sample, and the score is the mean over
-prompts of the per-prompt mean. The response length in tokens (EOS included) is reported beside it.
+samples at the run's decoding), a classifier (or a reward model, which reads the prompt too) scores
+each sample, and the score is the mean over prompts of the per-prompt mean. The response length in tokens (EOS included) is reported beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from evalharness.tasks.prompted import PromptSetTask, paired_samples
 @dataclass
 class Config:
     prompts: str  # JSONL with id and prompt or messages
-    judge: str = "sentiment"  # sentiment | toxicity | hf:MODEL[:LABEL]
+    judge: str = "sentiment"  # sentiment | toxicity | hf:MODEL[:LABEL] | rm:MODEL[?options]
 
 
 class RewardTask(PromptSetTask):
@@ -36,9 +36,10 @@ class RewardTask(PromptSetTask):
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
         gens = [Generation(p.item_id, p.sample_index, p.payload.text) for p in pending]
         version = self.judge_version(self.classifier.judge_version)
+        verdicts = self.classifier.judge(gens, prompts={it.id: it for it in self.items})
         return [
             replace(v, key=p.key, judge_version=version, meta={**v.meta, "n_tokens": p.payload.n_tokens})
-            for p, v in zip(pending, self.classifier.judge(gens))
+            for p, v in zip(pending, verdicts)
         ]
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:

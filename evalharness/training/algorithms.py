@@ -200,7 +200,7 @@ class PPOConfig(_Config):
     """
 
     _name = "ppo"
-    # The reward judge, any text judge spec (sentiment, toxicity, hf:MODEL[:LABEL]): its score on the response
+    # The reward judge, any judge spec (sentiment, toxicity, hf:MODEL[:LABEL], rm:MODEL): its score on the response
     # text is added at the last response token. A lower-is-better judge (toxicity) gives 1 - p, so rewards stay
     # in [0, 1] like sentiment's. No TRL equivalent (TRL's reward_model_path is a model).
     reward: str = "sentiment"

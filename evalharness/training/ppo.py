@@ -5,8 +5,9 @@ One training step is one rollout batch:
 
 1. **Rollouts.** Each process samples responses for its slice of the step's prompts from the current policy at
    ``temperature`` (seeded per sample, so a sample does not depend on how prompts are split across processes).
-   The reward judge scores each response text; a response without EOS loses ``missing_eos_penalty``. A failed
-   judgment never becomes a score: its row stays in the batch with an empty mask and is counted.
+   The reward judge scores each response (a text judge its text, a reward model ``rm:`` prompt and response); a
+   response without EOS loses ``missing_eos_penalty``. A failed judgment never becomes a score: its row stays in
+   the batch with an empty mask and is counted.
 2. **Old log-probs, reference log-probs, values**, from no-grad forwards; every log-prob from logits / temperature.
    The processes then share their rollouts, so each one holds the whole batch: advantages are whitened over the
    global batch and minibatches are the same whatever the number of processes.
@@ -264,9 +265,10 @@ def _rollouts(
     cfg: TrainConfig,
     accel: Any,
     sampler: Any | None = None,
+    items: dict[str, PromptItem] | None = None,
 ) -> list[_Rollout]:
     """Sample (from ``sampler`` when given, else the policy), judge and score this process's prompts under the
-    current policy (no gradients)."""
+    current policy (no gradients); ``items`` (request key -> prompt) is for a judge that reads the prompt."""
     import torch
 
     from evalharness.backends.hf import HFBackend, response_logprobs
@@ -279,7 +281,7 @@ def _rollouts(
     params = SamplingParams(temperature=hp.temperature, top_p=1.0, max_new_tokens=hp.response_length, seed=seed)
     with autocast(cfg, accel) if sampler is None else NullContext():
         gens = backend.generate([GenRequest(key, prompt_ids=ids, params=params) for key, ids in prompts])
-    verdicts = judge.judge(gens)
+    verdicts = judge.judge(gens, prompts=items)
     P = [ids for _, ids in prompts]
     Rs = [list(g.token_ids or []) for g in gens]
     out: list[_Rollout] = []
@@ -537,6 +539,7 @@ class _PPOSteps:
             self.plan.cfg,
             self.accel,
             self.sampler,
+            {f"{j}:{items[i].id}": cast("PromptItem", items[i]) for j, i in enumerate(idx)},
         )
         self.model.train()
         return gather_object(rows) if self.accel.num_processes > 1 else rows

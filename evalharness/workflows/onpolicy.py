@@ -70,7 +70,7 @@ def build_pairs(
         [GenRequest(it.id, prompt_ids=render(backend.tokenizer, it), params=params) for it in items]
     )
     gens = [g for g in gens if g.finish_reason != "error" and g.text.strip()]
-    values, judge_info = _text_judge_scores(judge, gens) if judge is not None else chat_scores(cfg, items, gens)
+    values, judge_info = _text_judge_scores(judge, items, gens) if judge is not None else chat_scores(cfg, items, gens)
     pairs, ties, too_few, failed, gaps = _best_vs_worst(cfg, items, gens, values)
     stats = {
         "prompts": len(items),
@@ -97,12 +97,14 @@ def _check_config(cfg: PairsConfig) -> None:
         raise EvalHarnessError("rank 'rating' or 'pairwise' needs a chat judge, and rank 'score' takes none")
 
 
-def _text_judge_scores(judge: Any, gens: list[Any]) -> tuple[list[float | None], dict[str, Any]]:
-    """One reward per generation from a text judge (None: a failed judgment), and the judge's identity."""
+def _text_judge_scores(judge: Any, items: list[Any], gens: list[Any]) -> tuple[list[float | None], dict[str, Any]]:
+    """One reward per generation from a text judge or a reward model (None: a failed judgment), and the judge's
+    identity."""
     # Pairs rank by reward, higher is better: a lower-is-better judge (toxicity) is read as 1 - p, as PPO's
     # reward is, so the chosen sample is the less toxic one and ODPO's offset s_w - s_l stays positive.
     flip = not judge.higher_is_better
-    values = [(1.0 - v.value if flip else v.value) if v.status == "ok" else None for v in judge.judge(gens)]
+    verdicts = judge.judge(gens, prompts={it.id: it for it in items})
+    values = [(1.0 - v.value if flip else v.value) if v.status == "ok" else None for v in verdicts]
     judge_info: dict[str, Any] = {
         "id": judge.judge_id,
         "version": judge.judge_version,
@@ -170,6 +172,8 @@ def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = 
     }
     if cfg.rank == "score" and cfg.judge in CLASSIFIER_JUDGES and not get_judge(cfg.judge).higher_is_better:
         ident["score"] = f"1 - {cfg.judge}"  # pairs once ranked by the raw score (more toxic chosen) are rebuilt
+    if cfg.rank == "score" and cfg.judge.startswith("rm:"):
+        ident["judge_version"] = get_judge(cfg.judge).judge_version  # a changed reward model is another ranking
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("identity") == ident:
         log(f"on-policy pairs already built: {path}")
         return path

@@ -151,6 +151,7 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
         d.prompts = spec_path(path, d.prompts)
     if d.on_policy:
         d.on_policy.prompts = spec_path(path, d.on_policy.prompts)
+        d.on_policy.judge = spec_path(path, d.on_policy.judge)  # rm:./x
     if spec.eval:
         ev = spec.eval
         if (ev.prompts is None) == (ev.tasks is None):
