@@ -17,6 +17,7 @@ from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.records import MAX_SKIPPED_SHARE, check_max_skipped
 
 if TYPE_CHECKING:
+    from evalharness.pipeline.runner import ModelSpec
     from evalharness.training.config import TrainConfig
 
 app = typer.Typer(
@@ -225,6 +226,7 @@ def show(
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         print_scores(scores, title=f"{summary.get('task', '')} — run {store.run_id}")
+        _print_side_by_side(store.path, False)
 
 
 @app.command()
@@ -493,6 +495,7 @@ def run_(
         typer.Option(help="ask stored judgments again, past the response cache: unparsed, failed or all-bad"),
     ] = None,
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (evalharness plan) and stop")] = False,
 ) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
     Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input."""
@@ -501,6 +504,9 @@ def run_(
 
     _quiet_libraries()
     extra = [model_option(m) for m in model or []]
+    if dry_run:
+        _print_plan(spec, results_dir, json_out, extra)
+        return
     res = run_spec(
         spec,
         results_dir=results_dir,
@@ -518,7 +524,36 @@ def run_(
     from evalharness.analysis.compare import report_to_trackers
 
     report_to_trackers(res.report_to, res.path, log=_err)  # after the table: a tracker failure must not hide it
+    _print_side_by_side(res.path, json_out)
     check_judging(res.path, max_skipped, log=_err)
+
+
+@app.command("plan")
+def plan_(
+    spec: Annotated[Path, typer.Argument(help="run spec YAML")],
+    results_dir: _RESULTS = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Before anything is sent: per task and model the generations and judge requests still missing, their
+    tokens, cost and time, and the minimum detectable difference of each comparison. Sends and writes nothing."""
+    _quiet_libraries()
+    _print_plan(spec, results_dir, json_out, [])
+
+
+def _print_plan(spec: Path, results_dir: Path | None, json_out: bool, extra: list[ModelSpec]) -> None:
+    from evalharness.pipeline.plan import render
+    from evalharness.pipeline.runner import plan_from_spec, plan_run
+
+    plan = plan_run(plan_from_spec(spec, results_dir=results_dir, progress=False, extra_models=extra), log=_err)
+    typer.echo(json.dumps(plan.to_dict(), indent=2) if json_out else render(plan))
+
+
+def _print_side_by_side(path: Path, json_out: bool) -> None:
+    from evalharness.pipeline.plan import side_by_side
+
+    text = side_by_side(path)
+    if text:
+        (_err if json_out else typer.echo)(text)
 
 
 _RUNS = Annotated[list[str], typer.Argument(help="runs (id or folder: all their models), RUN:MODEL, or MODEL")]

@@ -25,19 +25,20 @@ from evalharness.backends.base import Backend
 from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, evict, resolve, resolve_dtype
+from evalharness.core.paths import results_root
 from evalharness.core.records import (
     MAX_SKIPPED_SHARE,
     SCHEMA_VERSION,
     GenRecord,
-    GenRequest,
     Score,
     Verdict,
     check_max_skipped,
     content_hash,
 )
+from evalharness.pipeline import plan as planning
 from evalharness.pipeline.preflight import preflight
 from evalharness.pipeline.spec import JudgeSpec
-from evalharness.store import RunStore
+from evalharness.store import RunStore, write_json_atomic
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
 
 JUDGE_CHUNK = 64
@@ -306,12 +307,33 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
     return tasks
 
 
-def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
-    """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
+@dataclass
+class Prepared:
+    """A run set up and checked before its folder opens: what ``run`` executes and ``plan_run`` estimates."""
+
+    models: Any  # the run's _Models: refs resolved once, backends built on first use
+    model_list: list[ModelSpec]
+    ref_spec: str | None
+    ref_name: str | None
+    judge: Any
+    judge_name: str
+    env: RunEnv
+    tasks: list[Task]
+    identity: dict[str, Any]
+    run_id: str
+
+
+def prepare(
+    plan: RunPlan, log: Callable[[str], None] = lambda _: None, judge: tuple[Any, str] | None = None
+) -> Prepared:
+    """Resolve the models, set up every task (a bad input fails here), run the preflight checks and name the run;
+    nothing is written. ``judge`` replaces the spec's (a plan's judge that opens no cache file)."""
     trackers.check(plan.report_to)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
-    judge, judge_name = plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+    judge, judge_name = (
+        judge or plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+    )
     env = RunEnv(
         generation=plan.generation,
         out_dir=Path("."),
@@ -327,17 +349,85 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     _log_preflight(plan, log)
     identity = _run_identity(plan, models, model_list, ref_spec, judge, judge_name, tasks)
     run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
-    manifest = _run_manifest(plan, models, run_id, identity, model_list, ref_spec, ref_name, judge, judge_name, tasks)
-    store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
-    env.out_dir = store.path
-    log(f"run {run_id}: {store.path}")
+    return Prepared(models, model_list, ref_spec, ref_name, judge, judge_name, env, tasks, identity, run_id)
+
+
+def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
+    """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity.
+    The plan of what is left (``plan.json``) is written first, for ``plan.side_by_side`` after the run."""
+    p = prepare(plan, log)
+    models, tasks, judge = p.models, p.tasks, p.judge
+    manifest = _run_manifest(
+        plan, models, p.run_id, p.identity, p.model_list, p.ref_spec, p.ref_name, judge, p.judge_name, tasks
+    )
+    store = RunStore.open(p.run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
+    p.env.out_dir = store.path
+    log(f"run {p.run_id}: {store.path}")
     try:
         with store.recording_failure():
-            sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log)
-            scores, summary = _finish_run(store, run_id, model_list, tasks, sessions, judge, judge_name)
+            write_json_atomic(store.path / planning.PLAN_FILE, _estimate(plan, p, store).to_dict())
+            sessions = _run_models(plan, store, models, p.model_list, p.ref_spec, tasks, log)
+            scores, summary = _finish_run(store, p.run_id, p.model_list, tasks, sessions, judge, p.judge_name)
     finally:
         models.close()
     return RunResult(store.path, scores, summary, list(plan.report_to))
+
+
+def plan_run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> planning.RunEstimate:
+    """What ``run(plan)`` would still do and cost, with nothing sent and nothing written: the run folder of the
+    same identity, if there is one, is read for what is done; the response cache is read, never opened for writing."""
+    judge = None
+    if plan.judge is not None and plan.chat_judge is None:
+        judge = make_judge(plan.judge.model_copy(update={"cache": False}), progress=False)
+    p = prepare(plan, log, judge)
+    root = Path(plan.results_dir) if plan.results_dir else results_root()
+    folder = root / p.run_id
+    store = RunStore(folder) if (folder / "manifest.json").is_file() else None
+    return _estimate(plan, p, store)
+
+
+def _estimate(plan: RunPlan, p: Prepared, store: RunStore | None) -> planning.RunEstimate:
+    """The plan of a prepared run, from the records in ``store`` (None: nothing done yet)."""
+    sessions = {
+        m.name: Session(m.name, p.models.identity(m.ref), _no_backend, store.generations(m.name) if store else [])
+        for m in p.model_list
+    }
+    spec = plan.judge if plan.chat_judge is None else None
+    facts = planning.JudgeFacts(name=p.judge_name or None)
+    if spec is not None:
+        facts = _judge_facts(spec, p.judge, p.judge_name)
+    budget = {k: getattr(spec, k, None) for k in ("max_cost", "max_requests")}
+    root = Path(plan.results_dir) if plan.results_dir else None
+    return planning.estimate(p.tasks, sessions, store, facts, run_id=p.run_id, root=root, budget=budget)
+
+
+def _judge_facts(spec: JudgeSpec, judge: Any, name: str) -> planning.JudgeFacts:
+    """The plan's view of the spec's judge: price, concurrency, the token counter and the cache lookup."""
+    if spec.type == "local":
+        from transformers import AutoTokenizer
+
+        ref = judge.ref.base if judge.ref.base is not None else judge.ref
+        counter = planning.tokenizer_counter(AutoTokenizer.from_pretrained(str(ref.path)))
+        return planning.JudgeFacts(name=name, model=spec.model, local=True, count=counter)
+    from evalharness.backends.client import cached_keys
+
+    def cached(requests: list[Any]) -> list[bool]:
+        keys = [judge.key(r) for r in requests]
+        held = cached_keys(keys, judge.config.cache_dir)
+        return [k in held for k in keys]
+
+    return planning.JudgeFacts(
+        name=name,
+        model=spec.model,
+        concurrency=spec.concurrency,
+        batch=bool(getattr(spec, "batch", False)),
+        prices=spec.prices,
+        cached=cached if spec.cache else None,
+    )
+
+
+def _no_backend() -> Backend:
+    raise EvalHarnessError("a plan loads no model")
 
 
 def _log_preflight(plan: RunPlan, log: Callable[[str], None]) -> None:
@@ -474,14 +564,9 @@ def _generate_missing(
 ) -> None:
     """Every task's missing samples, round after round until no task asks for a new one."""
     while True:
-        todo: dict[str, GenRequest] = {}  # one request per distinct sample set; tasks asking alike share it
-        for task in tasks:
-            for req in task.requests(session):
-                if any(session.answer(req, si) is None for si in range(req.params.n)):
-                    todo.setdefault(session.key(req, 0), req)
-        if not todo:
+        reqs = [req for _, req in planning.missing_generations(session, tasks).values()]
+        if not reqs:
             return
-        reqs = list(todo.values())
         log(f"{session.name}: generating {sum(r.params.n for r in reqs)} samples for {len(reqs)} prompts")
         bar = _bar(len(reqs), session.name, progress)
         new_ok = 0
@@ -534,7 +619,7 @@ def _judge_missing(
     again = {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
     for task in tasks:
         stored = {v.key: v.status for v in store.verdicts(task.name, session.name)}
-        todo: list[Pending] = [p for p in task.judgments(session) if stored.get(p.key, "error") in again]
+        todo: list[Pending] = planning.missing_judgments(task, session, stored, again)
         if not todo:
             continue
         redo = [p for p in todo if stored.get(p.key) in again - {"error"}]
