@@ -242,6 +242,7 @@ class Earlier:
     sigma: float | None  # pooled SD of per-unit paired differences (each model against the run's first)
     source: str
     output_tokens: float | None  # mean judge output, approximated like prompts (chars / 4)
+    run: str = ""
 
 
 def module_of(task: Task) -> str:
@@ -304,7 +305,7 @@ def _earlier_task(store: RunStore, task: str, module: str, models: list[str], ru
     if sigma is None and not outs:
         return None
     source = f"run {run_id}, task {task}" + (f", {sigma[1]} paired units" if sigma else "")
-    return Earlier(sigma[0] if sigma else None, source, sum(outs) / len(outs) if outs else None)
+    return Earlier(sigma[0] if sigma else None, source, sum(outs) / len(outs) if outs else None, f"run {run_id}")
 
 
 # -- the estimate -------------------------------------------------------------------------------------
@@ -373,7 +374,7 @@ def compare_plan(task: Task, models: list[str], n: int, earlier: Earlier | None)
     """Every model against the first on this task: the MDE from the earlier run's sigma, else the typical one."""
     module = module_of(task)
     sigma: float | None
-    if earlier is not None and earlier.sigma is not None:
+    if earlier is not None and earlier.sigma:  # a zero SD (every verdict alike: a demo judge) says nothing
         sigma, source = earlier.sigma, earlier.source
     else:
         sigma, source = TYPICAL_SIGMA.get(module), TYPICAL_SIGMA_SOURCE.get(module, "no earlier run, no typical value")
@@ -441,7 +442,7 @@ def notes(judge: JudgeFacts, earlier: dict[str, Earlier], price: tuple[float, fl
             f"per message + {TOKENS_PER_REPLY} (no tokenizer for {judge.model} offline); expect within "
             f"+-{TOKEN_TOLERANCE:.0%} of the billed count on English prompts (docs/cost.md)"
         )
-        measured = ", ".join(f"{m}: {e.output_tokens:.0f} ({e.source})" for m, e in earlier.items() if e.output_tokens)
+        measured = ", ".join(f"{m} {e.output_tokens:.0f} ({e.run})" for m, e in earlier.items() if e.output_tokens)
         typical = ", ".join(f"{m} {v}" for m, v in TYPICAL_OUTPUT_TOKENS.items())
         out.append(
             "output tokens per request: "
