@@ -341,6 +341,7 @@ def train_(
     ] = None,
     results_dir: _RESULTS = None,
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the training plan and stop")] = False,
     **options: object,
 ) -> None:
     """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
@@ -351,6 +352,11 @@ def train_(
         from evalharness.workflows.sweep import load_train_spec, run_sweep
 
         sweep, runs = load_train_spec(spec)
+        if dry_run:
+            from evalharness.workflows.trainplan import render_train_plan, sweep_plan
+
+            typer.echo(render_train_plan(sweep_plan(sweep, runs)))
+            return
         if options.get("report_to") is not None:
             sweep.report_to = _trackers(str(options["report_to"]))  # type: ignore[assignment]
         _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
@@ -367,6 +373,11 @@ def train_(
     from evalharness.training.trainer import default_run_name, train
 
     cfg = _config_from_options(options)
+    if dry_run:
+        from evalharness.workflows.trainplan import render_train_plan, single_plan
+
+        typer.echo(render_train_plan(single_plan(cfg)))
+        return
     if results_dir and not cfg.output_dir:  # the results root is passed down, not set in the environment
         cfg.output_dir = str(results_dir / "train" / (cfg.run_name or default_run_name(cfg)))
     trained = train(cfg, log=_err)

@@ -249,3 +249,17 @@ def test_dry_run_sends_and_writes_nothing_and_bad_spec_exits_2(tmp_path: Path, s
         done = forkcli.run(args, work, env)
         assert done.code == 2 and "bogus" in done.stderr, done.stderr
     assert server.requests == 0 and list(results.iterdir()) == []
+
+
+def test_train_dry_run_prints_steps_and_trains_nothing(tmp_path: Path) -> None:
+    spec = REPO / "benchmarks" / "sentiment_frontier.yaml"
+    results = tmp_path / "results"
+    results.mkdir()
+    done = forkcli.run(["train", str(spec), "--dry-run"], tmp_path, {"EVALHARNESS_RESULTS": str(results)})
+    assert done.code == 0, done.stderr
+    prompts = sum(1 for line in (REPO / "benchmarks/sentiment/prompts_train.jsonl").read_text().splitlines() if line)
+    steps = math.ceil(2 * math.ceil(prompts / 8))  # epochs 2, batch 8, one pair per prompt at most
+    row = next(line.split() for line in done.stdout.splitlines() if line.startswith("dpo-"))
+    assert row[2:6] == [str(prompts), str(steps), "8", str(steps * 8 * 2)]  # examples, steps, batch, sequences
+    assert row[-2] == str(2 * prompts) and row[-1] == str(steps // 8)  # reference passes; checkpoints every 8 steps
+    assert f"generations {4 * prompts}" in done.stdout and list(results.iterdir()) == []
