@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evalharness.backends.http import ChatRequest
-from evalharness.core import stats
+from evalharness.core import prompts, stats
 from evalharness.core.prices import BATCH_DISCOUNT, PRICE_SOURCES, PRICES_DATE, cost_usd, price_of
 from evalharness.core.records import GenRecord, GenRequest, Verdict
 from evalharness.store import RunStore, indexed_runs, read_json_object
@@ -162,14 +162,15 @@ def approx_tokens(request: ChatRequest) -> int:
 
 
 def tokenizer_counter(tokenizer: Any) -> TokenCounter:
-    """Exact prompt tokens of a local judge: its chat template, plus the label prefix it appends."""
+    """Exact prompt tokens of a local judge: the prompt as it renders it (``core.prompts.render``, its chat template)
+    plus the label prefix it appends."""
 
     def count(request: ChatRequest) -> int:
-        ids = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+        item = prompts.PromptItem(request.id, messages=tuple((m["role"], m["content"]) for m in request.messages))
         prefix = (
             tokenizer(request.choice_prefix, add_special_tokens=False)["input_ids"] if request.choice_prefix else []
         )
-        return len(ids) + len(prefix)
+        return len(prompts.render(tokenizer, item)) + len(prefix)
 
     return count
 
