@@ -461,8 +461,8 @@ def notes(judge: JudgeFacts, earlier: dict[str, Earlier], price: tuple[float, fl
             + f" (table dated {PRICES_DATE}: {'; '.join(PRICE_SOURCES)}; a spec's judge.prices overrides it)"
         )
     out.append(
-        "answers not generated yet stand in for themselves at the mean length of this run's stored answers, "
-        "else max_new_tokens x 4 characters (an upper bound)"
+        "answers not generated yet stand in for themselves at the mean length of the model's stored answers "
+        "to the task, else max_new_tokens x 4 characters (an upper bound)"
     )
     out.append(
         "MDE: (z_0.975 + z_0.8) sigma / sqrt(n), two-sided alpha 0.05, 80% power, on the per-item scale "

@@ -365,7 +365,7 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     log(f"run {p.run_id}: {store.path}")
     try:
         with store.recording_failure():
-            write_json_atomic(store.path / planning.PLAN_FILE, _estimate(plan, p, store).to_dict())
+            _write_plan(plan, p, store, log)
             sessions = _run_models(plan, store, models, p.model_list, p.ref_spec, tasks, log)
             scores, summary = _finish_run(store, p.run_id, p.model_list, tasks, sessions, judge, p.judge_name)
     finally:
@@ -424,6 +424,17 @@ def _judge_facts(spec: JudgeSpec, judge: Any, name: str) -> planning.JudgeFacts:
         prices=spec.prices,
         cached=cached if spec.cache else None,
     )
+
+
+def _write_plan(plan: RunPlan, p: Prepared, store: RunStore, log: Callable[[str], None]) -> None:
+    """``plan.json``: what the run is about to do, for the planned-against-actual table. The plan is a report, not
+    part of the results: a planner that fails says so and the run goes on."""
+    try:
+        estimate = _estimate(plan, p, store)
+    except Exception as e:  # noqa: BLE001
+        log(f"no {planning.PLAN_FILE}: the planner failed ({type(e).__name__}: {e}); the run goes on")
+        return
+    write_json_atomic(store.path / planning.PLAN_FILE, estimate.to_dict())
 
 
 def _no_backend() -> Backend:
