@@ -234,7 +234,7 @@ class JudgeClient:
     @property
     def usage(self) -> dict[str, Any]:
         """Totals over this client's life: items, requests (HTTP attempts), retries, cache hits, failures,
-        prompt and completion tokens of real requests, and cost in USD (None without a price table)."""
+        prompt and completion tokens of real requests, and cost in USD (None when nothing prices the model)."""
         with self._lock:
             return {**self._counts, "cost_usd": self._cost}
 

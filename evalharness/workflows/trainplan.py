@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from evalharness.core.prompts import load_prompts
@@ -134,6 +133,5 @@ def render_train_plan(plan: TrainPlan) -> str:
 
 def single_plan(cfg: TrainConfig) -> TrainPlan:
     """One run from options (``train --algorithm ... --data ...``)."""
-    data = str(Path(cfg.data)) if not cfg.data.startswith("hf:") else cfg.data
-    run = run_plan(cfg, count_examples(cfg, data))
+    run = run_plan(cfg, count_examples(cfg, cfg.data))
     return TrainPlan(run.name, [run], notes=["one process; sequence tokens are at most max_length each"])
