@@ -516,7 +516,7 @@ def run_(
     _quiet_libraries()
     extra = [model_option(m) for m in model or []]
     if dry_run:
-        _print_plan(spec, results_dir, json_out, extra)
+        _print_plan(spec, results_dir, json_out, extra, rejudge)
         return
     res = run_spec(
         spec,
@@ -551,11 +551,17 @@ def plan_(
     _print_plan(spec, results_dir, json_out, [])
 
 
-def _print_plan(spec: Path, results_dir: Path | None, json_out: bool, extra: list[ModelSpec]) -> None:
+def _print_plan(
+    spec: Path, results_dir: Path | None, json_out: bool, extra: list[ModelSpec], rejudge: str | None = None
+) -> None:
     from evalharness.pipeline.plan import render
-    from evalharness.pipeline.runner import plan_from_spec, plan_run
+    from evalharness.pipeline.runner import REJUDGE, plan_from_spec, plan_run
 
-    plan = plan_run(plan_from_spec(spec, results_dir=results_dir, progress=False, extra_models=extra), log=_err)
+    if rejudge is not None and rejudge not in REJUDGE:
+        raise InputError(f"must be one of {', '.join(REJUDGE)}, got {rejudge!r}", field="--rejudge")
+    run_plan = plan_from_spec(spec, results_dir=results_dir, progress=False, extra_models=extra)
+    run_plan.rejudge = rejudge
+    plan = plan_run(run_plan, log=_err)
     typer.echo(json.dumps(plan.to_dict(), indent=2) if json_out else render(plan))
 
 

@@ -142,6 +142,7 @@ def test_partly_done_run_counts_only_the_rest(tmp_path: Path, server: Any) -> No
     spec = spec_file(tmp_path, server.url)
     for text in FAILING:  # MT-Bench: one question's turn 2; Arena-Hard: both games of one question
         server.on(text, Fault.http(500))
+    server.on("Now tell them where lunch will be.", "no rating given")  # MT-Bench question 4, turn 2: unparsed
     run_spec(spec, results_dir=results, progress=False)
     plan = plan_of(spec, results)
     rows = by_task(plan)
@@ -149,6 +150,9 @@ def test_partly_done_run_counts_only_the_rest(tmp_path: Path, server: Any) -> No
         assert rows[("mt_bench", m)].requests == 1 and rows[("arena_hard", m)].requests == 2
         assert rows[("alpaca_eval", m)].requests == 0 and rows[("mt_bench", m)].generations == 0
     assert plan.totals()["requests"] == 9 and plan.totals()["generations"] == 0
+    rerun = plan_from_spec(spec, results_dir=results, progress=False)
+    rerun.rejudge = "unparsed"  # as run --rejudge unparsed asks: the unparsed turn too
+    assert {r.model: r.requests for r in plan_run(rerun).rows if r.task == "mt_bench"} == dict.fromkeys(MODELS, 2)
 
 
 def test_cached_judgments_are_not_counted_as_requests(tmp_path: Path, server: Any) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,9 @@ def missing_generations(session: Session, tasks: Sequence[Task]) -> dict[str, tu
     return todo
 
 
-def missing_judgments(task: Task, session: Session, stored: Mapping[str, str], again: set[str]) -> list[Pending]:
+def missing_judgments(
+    task: Task, session: Session, stored: Mapping[str, str], again: AbstractSet[str]
+) -> list[Pending]:
     """The task's judgments with no stored verdict, or one whose status is in ``again`` (failures: 'error')."""
     return [p for p in task.judgments(session) if stored.get(p.key, "error") in again]
 
@@ -337,13 +340,22 @@ class JudgeFacts:
 
 
 def plan_task(
-    task: Task, session: Session, stored: Mapping[str, str], judge: JudgeFacts, outputs: dict[str, float], gens: int
+    task: Task,
+    session: Session,
+    stored: Mapping[str, str],
+    judge: JudgeFacts,
+    outputs: dict[str, float],
+    gens: int,
+    again: AbstractSet[str] = frozenset({"error"}),
 ) -> TaskModelPlan:
-    """One task and model: its missing judgments, the requests they send, and their tokens, cost and time."""
-    todo = missing_judgments(task, session, stored, {"error"})
-    requests = [r for p in todo if (r := chat_request(p)) is not None]
-    hits = judge.cached(requests) if judge.cached is not None and requests else [False] * len(requests)
-    send = [r for r, hit in zip(requests, hits) if not hit]
+    """One task and model: its missing judgments (``again``: the stored statuses asked again, as ``--rejudge``
+    asks them, past the response cache), the requests they send, and their tokens, cost and time."""
+    todo = missing_judgments(task, session, stored, again)
+    asked = [(p, r) for p in todo if (r := chat_request(p)) is not None]
+    fresh = [r for p, r in asked if stored.get(p.key, "error") == "error"]
+    hits = iter(judge.cached(fresh) if judge.cached is not None and fresh else [False] * len(fresh))
+    requests = [r for _, r in asked]
+    send = [r for p, r in asked if stored.get(p.key, "error") != "error" or not next(hits)]
     module = module_of(task)
     prompt = sum(judge.count(r) for r in send)
     output = sum(output_tokens(module, r, outputs, judge.local) for r in send)
@@ -395,6 +407,7 @@ def estimate(
     run_id: str,
     root: Path | None,
     budget: dict[str, Any] | None = None,
+    again: AbstractSet[str] = frozenset({"error"}),
 ) -> RunEstimate:
     """The plan of one run: ``sessions`` hold each model's stored generations (they get placeholders for the
     missing ones), ``store`` is the run folder when it exists already (its verdicts count as done)."""
@@ -406,7 +419,7 @@ def estimate(
         gens = fill_missing(session, tasks)
         for task in tasks:
             stored = {v.key: v.status for v in store.verdicts(task.name, name)} if store is not None else {}
-            rows.append(plan_task(task, session, stored, judge, outputs, gens[task.name]))
+            rows.append(plan_task(task, session, stored, judge, outputs, gens[task.name], again))
     models = list(sessions)
     first = sessions[models[0]]
     comparisons = [c for t in tasks for c in compare_plan(t, models, units(t, first), earlier.get(module_of(t)))]

@@ -398,7 +398,14 @@ def _estimate(plan: RunPlan, p: Prepared, store: RunStore | None) -> planning.Ru
         facts = _judge_facts(spec, p.judge, p.judge_name)
     budget = {k: getattr(spec, k, None) for k in ("max_cost", "max_requests")}
     root = Path(plan.results_dir) if plan.results_dir else None
-    return planning.estimate(p.tasks, sessions, store, facts, run_id=p.run_id, root=root, budget=budget)
+    return planning.estimate(
+        p.tasks, sessions, store, facts, run_id=p.run_id, root=root, budget=budget, again=asked_again(plan.rejudge)
+    )
+
+
+def asked_again(rejudge: str | None) -> set[str]:
+    """The stored verdict statuses a run asks again: failures always, and those ``rejudge`` names."""
+    return {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
 
 
 def _judge_facts(spec: JudgeSpec, judge: Any, name: str) -> planning.JudgeFacts:
@@ -627,7 +634,7 @@ def _judge_missing(
 ) -> None:
     """Every task's judgments that have no stored verdict, or only a failed one (failures are retried), and with
     ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins)."""
-    again = {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
+    again = asked_again(rejudge)
     for task in tasks:
         stored = {v.key: v.status for v in store.verdicts(task.name, session.name)}
         todo: list[Pending] = planning.missing_judgments(task, session, stored, again)
