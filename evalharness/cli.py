@@ -18,6 +18,7 @@ from evalharness.core.records import MAX_SKIPPED_SHARE, check_max_skipped
 
 if TYPE_CHECKING:
     from evalharness.analysis.compare import Entry
+    from evalharness.pipeline.runner import ModelSpec
     from evalharness.training.config import TrainConfig
 
 app = typer.Typer(
@@ -226,6 +227,7 @@ def show(
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         print_scores(scores, title=f"{summary.get('task', '')} — run {store.run_id}")
+        _print_side_by_side(store.path, False)
 
 
 @app.command()
@@ -340,6 +342,7 @@ def train_(
     ] = None,
     results_dir: _RESULTS = None,
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the training plan and stop")] = False,
     **options: object,
 ) -> None:
     """Train checkpoints: a sweep spec, or one run from options. Finished runs are skipped; killed ones resume."""
@@ -350,6 +353,11 @@ def train_(
         from evalharness.workflows.sweep import load_train_spec, run_sweep
 
         sweep, runs = load_train_spec(spec)
+        if dry_run:
+            from evalharness.workflows.trainplan import render_train_plan, sweep_plan
+
+            typer.echo(render_train_plan(sweep_plan(sweep, runs)))
+            return
         if options.get("report_to") is not None:
             sweep.report_to = _trackers(str(options["report_to"]))  # type: ignore[assignment]
         _err(f"{sweep.name}: {len(runs)} runs: {', '.join(r.name for r in runs)}")
@@ -366,6 +374,11 @@ def train_(
     from evalharness.training.trainer import default_run_name, train
 
     cfg = _config_from_options(options)
+    if dry_run:
+        from evalharness.workflows.trainplan import render_train_plan, single_plan
+
+        typer.echo(render_train_plan(single_plan(cfg)))
+        return
     if results_dir and not cfg.output_dir:  # the results root is passed down, not set in the environment
         cfg.output_dir = str(results_dir / "train" / (cfg.run_name or default_run_name(cfg)))
     trained = train(cfg, log=_err)
@@ -508,6 +521,7 @@ def run_(
     max_skipped: _MAX_SKIPPED = MAX_SKIPPED_SHARE,
     sequential_gate: _SEQUENTIAL_GATE = None,
     gate_margin: _GATE_MARGIN = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (evalharness plan) and stop")] = False,
 ) -> None:
     """Run models through the tasks of a spec (rewards, KL, AlpacaEval 2, Arena-Hard, MT-Bench) into one run.
     Exit 0 when every task is measured, 3 when a task's judging failed (see --max-skipped), 2 on bad input,
@@ -517,6 +531,9 @@ def run_(
 
     _quiet_libraries()
     extra = [model_option(m) for m in model or []]
+    if dry_run:
+        _print_plan(spec, results_dir, json_out, extra, rejudge)
+        return
     from evalharness.analysis.sequential import LiveGate
 
     gate = None
@@ -543,7 +560,42 @@ def run_(
     from evalharness.analysis.compare import report_to_trackers
 
     report_to_trackers(res.report_to, res.path, log=_err)  # after the table: a tracker failure must not hide it
+    _print_side_by_side(res.path, json_out)
     check_judging(res.path, max_skipped, log=_err)
+
+
+@app.command("plan")
+def plan_(
+    spec: Annotated[Path, typer.Argument(help="run spec YAML")],
+    results_dir: _RESULTS = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Before anything is sent: per task and model the generations and judge requests still missing, their
+    tokens, cost and time, and the minimum detectable difference of each comparison. Sends and writes nothing."""
+    _quiet_libraries()
+    _print_plan(spec, results_dir, json_out, [])
+
+
+def _print_plan(
+    spec: Path, results_dir: Path | None, json_out: bool, extra: list[ModelSpec], rejudge: str | None = None
+) -> None:
+    from evalharness.pipeline.plan import render
+    from evalharness.pipeline.runner import REJUDGE, plan_from_spec, plan_run
+
+    if rejudge is not None and rejudge not in REJUDGE:
+        raise InputError(f"must be one of {', '.join(REJUDGE)}, got {rejudge!r}", field="--rejudge")
+    run_plan = plan_from_spec(spec, results_dir=results_dir, progress=False, extra_models=extra)
+    run_plan.rejudge = rejudge
+    plan = plan_run(run_plan, log=_err)
+    typer.echo(json.dumps(plan.to_dict(), indent=2) if json_out else render(plan))
+
+
+def _print_side_by_side(path: Path, json_out: bool) -> None:
+    from evalharness.pipeline.plan import side_by_side
+
+    text = side_by_side(path)
+    if text:
+        (_err if json_out else typer.echo)(text)
 
 
 _RUNS = Annotated[list[str], typer.Argument(help="runs (id or folder: all their models), RUN:MODEL, or MODEL")]

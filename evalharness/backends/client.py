@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -42,6 +43,7 @@ __all__ = [
     "JudgeClient",
     "ResponseCache",
     "cache_key",
+    "cached_keys",
     "parse_retry_after",
     "run_sync",
 ]
@@ -61,7 +63,8 @@ class ClientConfig:
 
     ``api_key_env`` names the environment variable holding the key (None for local servers): the
     secret itself never enters config, manifests or cache. ``prices`` maps a model to USD per 1M
-    (prompt, completion) tokens; without it cost is not computed.
+    (prompt, completion) tokens, laid over the shipped table (``evalharness.core.prices``); a model
+    priced by neither has no cost (None, never zero).
     """
 
     base_url: str
@@ -129,6 +132,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def cached_keys(keys: Sequence[str], cache_dir: str | Path | None = None) -> set[str]:
+    """The keys among ``keys`` that the response cache holds, read without writing anything (a plan counts
+    them before a run); none when there is no cache file yet."""
+    path = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "responses"
+    path = path / "chat.sqlite"
+    if not keys or not path.is_file():
+        return set()
+    found: set[str] = set()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                found |= {k for (k,) in db.execute(f"SELECT key FROM responses WHERE key IN ({marks})", chunk)}
+    except sqlite3.Error:
+        return set()
+    return found
 
 
 class ResponseCache:
@@ -205,7 +227,7 @@ class JudgeClient:
             self._cache = ResponseCache(folder / "chat.sqlite")
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._cost: float | None = 0.0 if config.prices or price_of(config.model) else None
+        self._cost: float | None = 0.0 if price_of(config.model, config.prices) is not None else None
         self._unpriced: set[str] = set()
         self._rng = random.Random()  # jitter only; never affects an output
 
@@ -217,7 +239,7 @@ class JudgeClient:
     @property
     def usage(self) -> dict[str, Any]:
         """Totals over this client's life: items, requests (HTTP attempts), retries, cache hits, failures,
-        prompt and completion tokens of real requests, and cost in USD (None without a price table)."""
+        prompt and completion tokens of real requests, and cost in USD (None when nothing prices the model)."""
         with self._lock:
             return {**self._counts, "cost_usd": self._cost}
 
@@ -374,12 +396,13 @@ class JudgeClient:
         self._count(prompt_tokens=prompt, completion_tokens=completion)
         cost = cost_usd(model, prompt, completion, self.config.prices, batch=batch)
         with self._lock:
-            if cost is None:
-                if model not in self._unpriced and self.config.prices is not None:
+            if cost is None:  # a partial sum is not the cost: unknown from here on
+                if model not in self._unpriced:
                     self._unpriced.add(model)
-                    log.warning("no price for model %s: its tokens are not in cost_usd", model)
-                return
-            self._cost = (self._cost or 0.0) + cost
+                    log.warning("no price for model %s: cost_usd is unknown (judge: prices: sets one)", model)
+                self._cost = None
+            elif self._cost is not None:
+                self._cost += cost
 
     def _count(self, **deltas: int) -> None:
         with self._lock:

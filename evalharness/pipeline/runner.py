@@ -25,21 +25,22 @@ from evalharness.backends.base import Backend
 from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, evict, resolve, resolve_dtype
+from evalharness.core.paths import results_root
 from evalharness.core.records import (
     MAX_SKIPPED_SHARE,
     SCHEMA_VERSION,
     GenRecord,
-    GenRequest,
     Score,
     Verdict,
     check_max_skipped,
     content_hash,
 )
+from evalharness.pipeline import plan as planning
 from evalharness.pipeline.budget import Budget
 from evalharness.pipeline.preflight import check_judge, preflight
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.pipeline.stops import JudgeOrder, JudgingProgress, StopCheck, first_stop, mark_scores, record_stop
-from evalharness.store import RunStore
+from evalharness.store import RunStore, write_json_atomic
 from evalharness.tasks import controls
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
 from evalharness.tasks.ensemble import Panel
@@ -333,13 +334,31 @@ def _setup_tasks(plan: RunPlan, env: RunEnv, ref_spec: str | None, log: Callable
     return tasks
 
 
-def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
-    """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity."""
+@dataclass
+class Prepared:
+    """A run set up and checked before its folder opens: what ``run`` executes and ``plan_run`` estimates."""
+
+    models: Any  # the run's _Models: refs resolved once, backends built on first use
+    model_list: list[ModelSpec]
+    ref_spec: str | None
+    ref_name: str | None
+    judge: Any
+    judge_name: str
+    env: RunEnv
+    tasks: list[Task]
+    identity: dict[str, Any]
+    run_id: str
+    panel: Panel | None = None  # a list of judges (tasks.ensemble)
+
+
+def prepare(plan: RunPlan, log: Callable[[str], None] = lambda _: None, judge_cache: bool = True) -> Prepared:
+    """Resolve the models, set up every task (a bad input fails here), run the preflight checks and name the run;
+    nothing is written. ``judge_cache=False``: judges that open no response cache for writing (a plan's)."""
     trackers.check(plan.report_to)
     _add_null_control(plan)
     models = _Models(plan)
     model_list, ref_spec, ref_name = _plan_models(plan, models)
-    panel, (judge, judge_name) = _judges(plan)
+    panel, (judge, judge_name) = _judges(plan, cache=judge_cache)
     env = RunEnv(
         generation=plan.generation,
         out_dir=Path("."),
@@ -354,36 +373,124 @@ def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult
     tasks = _setup_tasks(plan, env, ref_spec, log)
     tasks = panel.expand(tasks) if panel else tasks
     _log_preflight(plan, log)
-    budget = None if plan.chat_judge or isinstance(plan.judge, list) else Budget.of(plan.judge, judge)
     identity = _run_identity(plan, models, model_list, ref_spec, judge, judge_name, tasks)
     run_id = plan.run_id or f"{plan.name}-{content_hash(identity, length=10)}"
-    manifest = _run_manifest(plan, models, run_id, identity, model_list, ref_spec, ref_name, judge, judge_name, tasks)
-    store = RunStore.open(run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
+    return Prepared(models, model_list, ref_spec, ref_name, judge, judge_name, env, tasks, identity, run_id, panel)
+
+
+def run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> RunResult:
+    """Run every task of ``plan`` over every model into one run folder; resume a run with the same identity.
+    The plan of what is left (``plan.json``) is written first, for ``plan.side_by_side`` after the run."""
+    p = prepare(plan, log)
+    models, tasks, judge, panel = p.models, p.tasks, p.judge, p.panel
+    budget = None if plan.chat_judge or isinstance(plan.judge, list) else Budget.of(plan.judge, judge)
+    manifest = _run_manifest(
+        plan, models, p.run_id, p.identity, p.model_list, p.ref_spec, p.ref_name, judge, p.judge_name, tasks
+    )
+    store = RunStore.open(p.run_id, manifest, Path(plan.results_dir) if plan.results_dir else None)
     for t in tasks:  # a panel's per-judge copies hold their own env
         t.env.out_dir = store.path
-    log(f"run {run_id}: {store.path}")
+    log(f"run {p.run_id}: {store.path}")
     if isinstance(plan.judge, JudgeSpec) and plan.judge.batch and not plan.chat_judge and judge is not None:
         judge.config.batch_dir = store.path / "batches"  # a killed run polls its batches again, never resends
     try:
         with store.recording_failure():
+            _write_plan(plan, p, store, log)
             if budget is not None:
                 budget.open(store.path)
-            sessions = _run_models(plan, store, models, model_list, ref_spec, tasks, log, budget)
+            sessions = _run_models(plan, store, models, p.model_list, p.ref_spec, tasks, log, budget)
             scores, summary = _finish_run(
-                store, run_id, model_list, tasks, sessions, judge, judge_name, panel, "longest" in plan.controls
+                store, p.run_id, p.model_list, tasks, sessions, judge, p.judge_name, panel, "longest" in plan.controls
             )
     finally:
         models.close()
     return RunResult(store.path, scores, summary, list(plan.report_to))
 
 
-def _judges(plan: RunPlan) -> tuple[Panel | None, tuple[Any, str]]:
+def _judges(plan: RunPlan, cache: bool = True) -> tuple[Panel | None, tuple[Any, str]]:
     """The run's chat judge and its name; with a list of judges, the panel too (the first judge stands for the
-    panel where one judge is asked for: its protocol; the name is the ensemble's)."""
+    panel where one judge is asked for: its protocol; the name is the ensemble's). ``cache=False``: judges
+    that open no response cache for writing (a plan's)."""
+    if plan.chat_judge is not None:
+        return None, plan.chat_judge
+    specs = plan.judge if isinstance(plan.judge, list) else [plan.judge] if plan.judge else []
+    specs = specs if cache else [j.model_copy(update={"cache": False}) for j in specs]
     if isinstance(plan.judge, list):
-        panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in plan.judge])
-        return panel, plan.chat_judge or (panel.judges[0][0], panel.name)
-    return None, plan.chat_judge or (make_judge(plan.judge, plan.progress) if plan.judge else (None, ""))
+        panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in specs])
+        return panel, (panel.judges[0][0], panel.name)
+    return None, make_judge(specs[0], plan.progress and cache) if specs else (None, "")
+
+
+def plan_run(plan: RunPlan, log: Callable[[str], None] = lambda _: None) -> planning.RunEstimate:
+    """What ``run(plan)`` would still do and cost, with nothing sent and nothing written: the run folder of the
+    same identity, if there is one, is read for what is done; the response cache is read, never opened for writing."""
+    p = prepare(plan, log, judge_cache=False)
+    root = Path(plan.results_dir) if plan.results_dir else results_root()
+    folder = root / p.run_id
+    store = RunStore(folder) if (folder / "manifest.json").is_file() else None
+    return _estimate(plan, p, store)
+
+
+def _estimate(plan: RunPlan, p: Prepared, store: RunStore | None) -> planning.RunEstimate:
+    """The plan of a prepared run, from the records in ``store`` (None: nothing done yet)."""
+    sessions = {
+        m.name: Session(m.name, p.models.identity(m.ref), _no_backend, store.generations(m.name) if store else [])
+        for m in p.model_list
+    }
+    spec = plan.judge if plan.chat_judge is None and not isinstance(plan.judge, list) else None
+    facts = planning.JudgeFacts(name=p.judge_name or None)  # an ensemble: requests counted, cost unknown
+    if spec is not None:
+        facts = _judge_facts(spec, p.judge, p.judge_name)
+    budget = {k: getattr(spec, k, None) for k in ("max_cost", "max_requests")}
+    root = Path(plan.results_dir) if plan.results_dir else None
+    return planning.estimate(
+        p.tasks, sessions, store, facts, run_id=p.run_id, root=root, budget=budget, again=asked_again(plan.rejudge)
+    )
+
+
+def asked_again(rejudge: str | None) -> set[str]:
+    """The stored verdict statuses a run asks again: failures always, and those ``rejudge`` names."""
+    return {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
+
+
+def _judge_facts(spec: JudgeSpec, judge: Any, name: str) -> planning.JudgeFacts:
+    """The plan's view of the spec's judge: price, concurrency, the token counter and the cache lookup."""
+    if spec.type == "local":
+        from transformers import AutoTokenizer
+
+        ref = judge.ref.base if judge.ref.base is not None else judge.ref
+        counter = planning.tokenizer_counter(AutoTokenizer.from_pretrained(str(ref.path)))
+        return planning.JudgeFacts(name=name, model=spec.model, local=True, count=counter)
+    from evalharness.backends.client import cached_keys
+
+    def cached(requests: list[Any]) -> list[bool]:
+        keys = [judge.key(r) for r in requests]
+        held = cached_keys(keys, judge.config.cache_dir)
+        return [k in held for k in keys]
+
+    return planning.JudgeFacts(
+        name=name,
+        model=spec.model,
+        concurrency=spec.concurrency,
+        batch=bool(getattr(spec, "batch", False)),
+        prices=spec.prices,
+        cached=cached if spec.cache else None,
+    )
+
+
+def _write_plan(plan: RunPlan, p: Prepared, store: RunStore, log: Callable[[str], None]) -> None:
+    """``plan.json``: what the run is about to do, for the planned-against-actual table. The plan is a report, not
+    part of the results: a planner that fails says so and the run goes on."""
+    try:
+        estimate = _estimate(plan, p, store)
+    except Exception as e:  # noqa: BLE001
+        log(f"no {planning.PLAN_FILE}: the planner failed ({type(e).__name__}: {e}); the run goes on")
+        return
+    write_json_atomic(store.path / planning.PLAN_FILE, estimate.to_dict())
+
+
+def _no_backend() -> Backend:
+    raise EvalHarnessError("a plan loads no model")
 
 
 def _log_preflight(plan: RunPlan, log: Callable[[str], None]) -> None:
@@ -532,14 +639,9 @@ def _generate_missing(
 ) -> None:
     """Every task's missing samples, round after round until no task asks for a new one."""
     while True:
-        todo: dict[str, GenRequest] = {}  # one request per distinct sample set; tasks asking alike share it
-        for task in tasks:
-            for req in task.requests(session):
-                if any(session.answer(req, si) is None for si in range(req.params.n)):
-                    todo.setdefault(session.key(req, 0), req)
-        if not todo:
+        reqs = [req for _, req in planning.missing_generations(session, tasks).values()]
+        if not reqs:
             return
-        reqs = list(todo.values())
         log(f"{session.name}: generating {sum(r.params.n for r in reqs)} samples for {len(reqs)} prompts")
         bar = _bar(len(reqs), session.name, progress)
         new_ok = 0
@@ -593,11 +695,11 @@ def _judge_missing(
     """Every task's judgments that have no stored verdict, or only a failed one (failures are retried), and with
     ``rejudge`` the stored ones of those statuses, asked again past the response cache (the newer verdict wins).
     ``stops`` are asked after each chunk; the first reason ends the task's judging for this model (stops.py)."""
-    again = {"error", *REJUDGE[rejudge]} if rejudge else {"error"}
+    again = asked_again(rejudge)
     for task in tasks:
         record_stop(store, task.name, session.name, None)  # judging it again: a former early stop is undone
         stored = {v.key: v.status for v in store.verdicts(task.name, session.name)}
-        todo: list[Pending] = [p for p in task.judgments(session) if stored.get(p.key, "error") in again]
+        todo: list[Pending] = planning.missing_judgments(task, session, stored, again)
         if not todo:
             continue
         redo = [p for p in todo if stored.get(p.key) in again - {"error"}]
