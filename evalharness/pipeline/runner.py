@@ -36,6 +36,7 @@ from evalharness.core.records import (
     content_hash,
 )
 from evalharness.pipeline.preflight import preflight
+from evalharness.pipeline.rejudge import judge_repeats, run_reliability_scores
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
 from evalharness.tasks.base import GenerationSettings, Pending, RunEnv, Session, Task, TaskSpec, task_class
@@ -405,6 +406,13 @@ def _run_manifest(
             "name": judge_name,
             "id": getattr(judge, "model_id", None),
             "protocol": getattr(judge, "protocol", None),
+            # where today's judge is asked again (a drift check across runs): the variable's name, never the key
+            **(
+                {"type": "openai", "model": plan.judge.model, "base_url": plan.judge.base_url}
+                | {"api_key_env": plan.judge.api_key_env}
+                if plan.judge is not None and plan.judge.type == "openai" and not plan.chat_judge
+                else {}
+            ),
         }
         if judge
         else None,
@@ -430,6 +438,7 @@ def _run_models(
         sessions[m.name] = session
         _generate_missing(store, session, tasks, plan.chunk_size, plan.progress, log)
         _judge_missing(store, session, tasks, log, plan.rejudge, plan.progress)
+        judge_repeats(store, session, tasks, log)  # a task's rejudge: {fraction, times}: repeatability
         session.release()
         models.release(m.ref, keep)
     return sessions
@@ -449,6 +458,7 @@ def _finish_run(
     for task in tasks:
         for m in model_list:
             scores += task.aggregate(sessions[m.name], store.verdicts(task.name, m.name))
+            scores += run_reliability_scores(store, sessions[m.name], task)
     usage = getattr(judge, "usage", None)
     if usage is not None:
         store.update_manifest(judge_usage=usage)

@@ -301,7 +301,7 @@ def display_of(module: str) -> Display:
 
 
 # Modules of the tasks package that hold shared machinery, not a task.
-NOT_TASKS = ("base", "prompted", "paired", "benchdata")
+NOT_TASKS = ("base", "prompted", "paired", "benchdata", "reliability")
 
 
 def known_tasks() -> list[str]:

@@ -24,6 +24,7 @@ from evalharness.store import write_json_atomic
 from evalharness.tasks import benchdata
 from evalharness.tasks.alpaca_eval import metric as ae
 from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, file_name, stored_answers
+from evalharness.tasks.reliability import Rejudge
 
 TASK = "alpaca_eval"
 
@@ -47,6 +48,7 @@ class Config:
     judge_top_logprobs: int = 5
     swap_seed: int = ae.SWAP_SEED
     task_version: str = "2"
+    rejudge: Rejudge | None = None  # repeatability: a seeded subsample judged again (tasks.reliability)
 
 
 class AlpacaEvalTask(Task):

@@ -1,0 +1,80 @@
+"""Repeat judgments for repeatability (a task's ``rejudge: {fraction, times, seed}``), and the run's judge
+reliability Scores (``evalharness.tasks.reliability``).
+
+A seeded subsample of the judged items is asked again ``times`` times through the task's own ``judge`` (its
+template, its parser, the run's JudgeClient): new requests past the response cache (``refresh``), each under
+its own cache key (a repeat index no endpoint sees), so the cache neither answers a repeat nor loses the
+primary response. Repeat verdicts go to the run store under ``<task>#rejudge``; a resumed run skips the scored
+ones and asks the failed ones again, as it does for primary judgments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from evalharness.core.records import Score
+from evalharness.store import RunStore
+from evalharness.tasks.base import Pending, Session, Task
+from evalharness.tasks.reliability import ScoreKeys, chosen, reliability_scores, repeat_payload, repeat_task
+
+CHUNK = 64
+
+
+def repeat_pending(task: Task, session: Session, store: RunStore) -> list[Pending]:
+    """The repeat judgments of ``task`` still to make for this model: every repeat of each chosen item's scored
+    or unparsed primary judgment that has no scored repeat verdict yet."""
+    spec = getattr(task.cfg, "rejudge", None)
+    if spec is None or task.env.judge is None:
+        return []
+    primary = {v.key: v.status for v in store.verdicts(task.name, session.name)}
+    stored = {v.key: v.status for v in store.verdicts(repeat_task(task.name), session.name)}
+    out = []
+    for p in task.judgments(session):
+        if primary.get(p.key, "error") == "error" or not chosen(p.item_id, spec.fraction, spec.seed):
+            continue
+        for k in range(1, spec.times + 1):
+            key, payload = f"{p.key}#r{k}", repeat_payload(p.payload, k)
+            if payload is not None and stored.get(key, "error") == "error":
+                out.append(Pending(key, p.item_id, payload, p.sample_index))
+    return out
+
+
+def judge_repeats(store: RunStore, session: Session, tasks: list[Task], log: Callable[[str], None]) -> None:
+    """Ask every task's missing repeat judgments for one model, past the response cache, and store them."""
+    for task in tasks:
+        todo = repeat_pending(task, session, store)
+        if not todo:
+            continue
+        log(f"{session.name}: {task.name}: {len(todo)} repeat judgments (rejudge; never from the cache)")
+        bad = 0
+        try:
+            task.env.refresh = True
+            for i in range(0, len(todo), CHUNK):
+                chunk = todo[i : i + CHUNK]
+                verdicts = task.judge(session, chunk)
+                for p, v in zip(chunk, verdicts):
+                    v.task, v.model, v.key = repeat_task(task.name), session.name, p.key
+                store.add_verdicts(verdicts)
+                bad += sum(v.status == "error" for v in verdicts)
+        finally:
+            task.env.refresh = False
+        if bad:
+            log(f"{session.name}: {task.name}: {bad} repeat judgments failed; asked again on the next run")
+
+
+def run_reliability_scores(store: RunStore, session: Session, task: Task) -> list[Score]:
+    """The judge reliability Scores of one task and model of a run (none for a task without a chat judge)."""
+    if not task.needs_judge or task.env.judge is None:
+        return []
+    current = {p.key for p in task.judgments(session)}
+    verdicts = [v for v in store.verdicts(task.name, session.name) if v.key in current]
+    repeats = store.verdicts(repeat_task(task.name), session.name)
+    judge_version = next((v.judge_version for v in verdicts if v.judge_version), "")
+    keys = ScoreKeys(
+        task.name,
+        session.name,
+        str(getattr(task, "task_version", task.VERSION)),
+        task.env.judge_name,
+        judge_version,
+    )
+    return reliability_scores(type(task).__module__, keys, verdicts, repeats)
