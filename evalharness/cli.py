@@ -583,6 +583,10 @@ def regress(
         int | None, typer.Option(help="bootstrap rounds (default: Arena-Hard 1000, AlpacaEval LC 200)")
     ] = None,
     results_dir: _RESULTS = None,
+    drift_check: Annotated[
+        bool, typer.Option(help="across runs of an API judge, ask today's judge again about a subsample (drift)")
+    ] = True,
+    drift_sample: Annotated[int, typer.Option(help="items of the older run asked again in the drift check")] = 50,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
     MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
@@ -608,15 +612,25 @@ def regress(
         log=_err,
         max_skipped=MAX_SKIPPED_SHARE if max_skipped is None else max_skipped,
     )
+    drifts = []
+    if drift_check:  # a significant judge drift turns PASS / FAIL into INCONCLUSIVE (workflows.drift)
+        from evalharness.workflows.drift import apply_drift, drift_checks
+
+        drifts = drift_checks(pair[0], pair[1], [r["task"] for r in rows], sample=drift_sample, log=_err)
+        apply_drift(rows, drifts)
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
+        for d in drifts:
+            typer.echo(d.line())
         for r in rows:
             if "delta" not in r:
                 typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
                 continue
             g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
             extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
+            if r.get("inconclusive_reason"):
+                extra = f" (judge drift; without it {r['verdict_without_drift']})"
             typer.echo(
                 f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
                 f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "

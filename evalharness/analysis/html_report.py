@@ -574,3 +574,9 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, render_html(data, title=f"evalharness report: {', '.join(refs)}"))
     return out
+
+
+# Public names for the judge-drift check (workflows.drift), which rebuilds a stored run's task and session as the
+# report's viewer does, to ask today's judge about the same answers.
+rebuild_task = _rebuild_task
+stored_session = _session

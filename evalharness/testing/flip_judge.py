@@ -9,8 +9,9 @@ probability ``p`` (a seeded draw per request, so repeated identical requests are
 - AlpacaEval: the true verdict prefers the output shown as ``m`` (probability 0.8); a flip prefers ``M``.
 
 Two independent judgments of one item then agree with probability (1 - p)^2 + p^2, and, with the true
-verdicts balanced, Cohen's kappa of two judgments is (1 - 2p)^2. ``prefer_policy`` shifts Arena-Hard's truth
-towards the policy (a judge whose behaviour changed). With ``concurrency: 1`` the draws are deterministic.
+verdicts balanced, Cohen's kappa of two judgments is (1 - 2p)^2. ``bias`` changes Arena-Hard's truth (a judge whose
+behaviour changed): with probability ``bias`` > 0 the policy wins on an odd question too, with probability
+``-bias`` > 0 it loses on an even one. With ``concurrency: 1`` the draws are deterministic.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ class FlipJudge:
     """A seeded responder whose verdict flips with probability ``p`` (see the module docstring)."""
 
     def __init__(
-        self, p: float, *, seed: int = 0, baseline_mark: str = "BASELINE", prefer_policy: float = 0.0
+        self, p: float, *, seed: int = 0, baseline_mark: str = "BASELINE", bias: float = 0.0
     ) -> None:
-        self.p, self.baseline_mark, self.prefer_policy = p, baseline_mark, prefer_policy
+        self.p, self.baseline_mark, self.bias = p, baseline_mark, bias
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = 0
@@ -49,7 +50,9 @@ class FlipJudge:
         flip, u = self._flip()
         if "Assistant A" in text:
             found = _QUESTION.search(text)
-            policy_better = (int(found.group(1)) % 2 == 0 if found else True) or u < self.prefer_policy
+            policy_better = int(found.group(1)) % 2 == 0 if found else True
+            if u < abs(self.bias):
+                policy_better = self.bias > 0
             answer_a = _ANSWER_A.search(text)
             a_is_baseline = answer_a is not None and self.baseline_mark in answer_a.group(1)
             a_wins = policy_better != a_is_baseline
