@@ -621,22 +621,27 @@ def regress(
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
-        for d in drifts:
-            typer.echo(d.line())
-        for r in rows:
-            if "delta" not in r:
-                typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
-                continue
-            g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
-            extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
-            if r.get("inconclusive_reason"):
-                extra = f" (judge drift; without it {r['verdict_without_drift']})"
-            typer.echo(
-                f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
-                f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
-                f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}"
-            )
+        _print_gate(rows, drifts)
     raise typer.Exit(gate_exit(rows, strict=strict))
+
+
+def _print_gate(rows: list[dict], drifts: list) -> None:
+    """The gate's text output: the judge-drift lines, then one line per metric."""
+    for d in drifts:
+        typer.echo(d.line())
+    for r in rows:
+        if "delta" not in r:
+            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
+            continue
+        g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
+        extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
+        if r.get("inconclusive_reason"):
+            extra = f" (judge drift; without it {r['verdict_without_drift']})"
+        typer.echo(
+            f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
+            f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
+            f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}"
+        )
 
 
 def _margins(items: list[str]) -> dict[str, float]:

@@ -185,7 +185,7 @@ def test_warm_cache_rejudge_reaches_server(tmp_path: Path) -> None:
 def test_show_and_json_carry_reliability(flip_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     from test_gate import cli
 
-    res, tmp = flip_run["res"], flip_run["tmp"]
+    res = flip_run["res"]
     code, out, _ = cli(capsys, "show", res.path, "--json")
     assert code == 0
     metrics = {s["metric"] for s in json.loads(out)["scores"]}

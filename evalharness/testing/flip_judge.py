@@ -32,9 +32,7 @@ _ANSWER_A = re.compile(r"<\|The Start of Assistant A's Answer\|>\n(.*?)\n<\|The 
 class FlipJudge:
     """A seeded responder whose verdict flips with probability ``p`` (see the module docstring)."""
 
-    def __init__(
-        self, p: float, *, seed: int = 0, baseline_mark: str = "BASELINE", bias: float = 0.0
-    ) -> None:
+    def __init__(self, p: float, *, seed: int = 0, baseline_mark: str = "BASELINE", bias: float = 0.0) -> None:
         self.p, self.baseline_mark, self.bias = p, baseline_mark, bias
         self._rng = random.Random(seed)
         self._lock = threading.Lock()

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, cast
 
 from evalharness.analysis.compare import ALPHA, Entry, stored_task
 from evalharness.analysis.html_report import rebuild_task, stored_session
@@ -151,30 +151,32 @@ def _subsample(pending: list[Pending], sample: int, seed: int) -> list[Pending]:
 
 def _estimate(chosen: list[Pending], old: dict[str, Any], model: str) -> tuple[int, float | None]:
     """Prompt tokens (4 characters a token) and the estimated cost of asking ``chosen`` once."""
-    prompt = sum(len(json.dumps(_asks(p.payload).messages)) / 4 for p in chosen)  # type: ignore[union-attr]
-    completion = sum(len(str(old[p.key].raw or "")) / 4 for p in chosen)
+    asked = [_asks(p.payload) for p in chosen]
+    prompt = sum(len(json.dumps(r.messages)) for r in asked if r is not None) / 4
+    completion = sum(len(str(old[p.key].raw or "")) for p in chosen) / 4
     return int(prompt), cost_usd(model, prompt, completion)
 
 
 def _check_task(older: Entry, task_name: str, sample: int, seed: int, log: Callable[[str], None]) -> Drift:
     store, model = older.store, older.model
-    head = {"task": task_name, "run": store.run_id, "model": model}
+    skip = Drift(task=task_name, status="not checked", run=store.run_id, model=model)
     endpoint = _endpoint(store.manifest())
     if isinstance(endpoint, str):
-        return Drift(**head, status="not checked", reason=endpoint)
+        return replace(skip, reason=endpoint)
     base_url, judge_model, key_env = endpoint
     module, task = rebuild_task(store, task_name)
     if task is None:
-        return Drift(**head, status="not checked", reason="the task's items could not be rebuilt from the run")
+        return replace(skip, reason="the task's items could not be rebuilt from the run")
     old = {v.key: v for v in store.verdicts(task_name, model) if v.status == "ok"}
     session = stored_session(store, model, store.generations(model))
     client = JudgeClient(ClientConfig(base_url=base_url, model=judge_model, api_key_env=key_env, cache=False))
-    task.env.judge = client
+    task.env.judge = cast(Any, client)
     pending = [p for p in task.judgments(session) if p.key in old and _asks(p.payload) is not None]
     chosen = _subsample(pending, sample, seed)
     judge = f"{judge_model}@{base_url}"
+    skip.judge = judge
     if len({p.item_id for p in chosen}) < 2:
-        return Drift(**head, judge=judge, status="not checked", reason="fewer than 2 judged items to ask again")
+        return replace(skip, reason="fewer than 2 judged items to ask again")
     tokens, cost = _estimate(chosen, old, judge_model)
     log(
         f"judge drift check {task_name}: asking {judge} again about {len(chosen)} judgments of "
@@ -184,13 +186,13 @@ def _check_task(older: Entry, task_name: str, sample: int, seed: int, log: Calla
     try:
         check_endpoint(base_url, judge_model, api_key_env=key_env)
     except EvalHarnessError as e:
-        return Drift(**head, judge=judge, status="not checked", reason=f"nothing sent: {e}")
+        return replace(skip, reason=f"nothing sent: {e}")
     try:
         new = task.judge(session, chosen)
     finally:
         client.close()
-    return _compare(Drift(**head, judge=judge, status="checked", requests=len(chosen), est_cost_usd=cost),
-                    module, chosen, old, new)
+    checked = replace(skip, status="checked", requests=len(chosen), est_cost_usd=cost)
+    return _compare(checked, module, chosen, old, new)
 
 
 def _compare(drift: Drift, module: str, chosen: list[Pending], old: dict[str, Any], new: list[Any]) -> Drift:

@@ -24,8 +24,8 @@ from evalharness.core.records import GenRequest, Score, Verdict, content_hash
 from evalharness.judges.local import choice_probabilities
 from evalharness.store import write_jsonl_atomic
 from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, data_file, file_name
-from evalharness.tasks.reliability import Rejudge
 from evalharness.tasks.mt_bench import metric as mt
+from evalharness.tasks.reliability import Rejudge
 
 TASK = "mt_bench"
 DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py: a category outside temperature_config
