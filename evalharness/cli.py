@@ -550,6 +550,10 @@ def compare(
         log=_err,
     )
     typer.echo(render(table, fmt), nl=False)
+    if fmt in ("table", "markdown"):  # the judge's own figures, never in a model metric's column
+        from evalharness.analysis.reliability import reliability_section
+
+        typer.echo(reliability_section(table.rows, fmt), nl=False)
 
 
 @app.command()

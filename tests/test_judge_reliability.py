@@ -230,3 +230,21 @@ def test_bad_rejudge_option_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         run_spec(spec, results_dir=tmp_path / "r", progress=False)
     assert "rejudge" in str(e.value) and "bad.yaml" in str(e.value)
+
+
+def test_compare_shows_judge_section_not_columns(flip_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from test_gate import cli
+
+    from evalharness import trackers
+
+    res = flip_run["res"]
+    code, out, _ = cli(capsys, "compare", res.path, "--format", "markdown")
+    assert code == 0
+    table, _, section = out.partition("**Judge reliability**")
+    assert "position" not in table and "Arena-Hard %" in table  # the model table has no judge figure column
+    pc = by_metric(res.scores)["position_consistency"]
+    row = next(line for line in section.splitlines() if line.startswith("| a |"))
+    assert f"{pc.value:.2f} [{pc.ci_low:.2f}, {pc.ci_high:.2f}] n=200" in row and "judge-x" in row
+    # the trackers get them as every other score
+    sent = {r["metric"]: r for r in trackers.score_rows(res.scores) if r["task"] == "arena_hard"}
+    assert sent["position_consistency"]["value"] == pc.value and sent["repeat_kappa"]["n"] == 200
