@@ -674,13 +674,15 @@ def history(
     ] = MAX_SKIPPED_SHARE,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     results_dir: _RESULTS = None,
+    drift_check: Annotated[
+        bool, typer.Option(help="a drop across runs of an API judge: check the judge's drift")
+    ] = True,
+    drift_sample: Annotated[int, typer.Option(help="items of the older run asked again in the drift check")] = 50,
 ) -> None:
     """Every indexed score of a lineage over training step and time; drops from the previous point tested.
     Incomparable scores (task version, judge, baseline, decoding) are separate series; points that are not
     measurements are marked with their reason and not tested."""
     from evalharness.analysis.compare import history as query
-    from evalharness.analysis.compare import mark_drops
-    from evalharness.analysis.plot import plot_history
     from evalharness.analysis.text import render_grid
 
     check_max_skipped(max_skipped)
@@ -690,19 +692,7 @@ def history(
     series: dict[str, list[dict]] = {}
     for p in points:
         series.setdefault(p["series"], []).append(p)
-    used: set[str] = set()
-    for name, pts in series.items():
-        mark_drops(pts, higher_is_better=pts[-1]["higher_is_better"])
-        if plot is not None:
-            stem = f"{plot.name}-{pts[0]['task']}-{pts[0]['metric']}"
-            stem += f"-{sum(u.startswith(stem) for u in used) + 1}" if stem in used else ""
-            used.add(stem)
-            out = plot if len(series) == 1 else plot.with_name(stem)
-            files = plot_history(pts, out, title=name)
-            for f in files:
-                _err(f"trend plot: {f}")
-            if not files:
-                _err(f"no trend plot for {name}: no measured point")
+    _mark_series(series, plot, drift_sample if drift_check else None)
     training = _training_of(points, results_dir)
     for p in points:  # a checkpoint's point carries its training run's own logged metrics at that step
         row = next((r for r in training.get(p["model"].split("@")[0], []) if r["step"] == p["step"]), None)
@@ -721,6 +711,30 @@ def history(
         )
     for run, rows in training.items():
         _print_training(run, rows, {p["step"] for p in points if p["model"].split("@")[0] == run})
+
+
+def _mark_series(series: dict[str, list[dict]], plot: Path | None, drift_sample: int | None) -> None:
+    """Each series' drops (with a drift check of a drop across runs unless ``drift_sample`` is None), and its plot."""
+    from evalharness.analysis.compare import mark_drops
+    from evalharness.analysis.plot import plot_history
+
+    used: set[str] = set()
+    for name, pts in series.items():
+        mark_drops(pts, higher_is_better=pts[-1]["higher_is_better"])
+        if drift_sample is not None:
+            from evalharness.workflows.drift import history_drift
+
+            history_drift(pts, sample=drift_sample, log=_err)
+        if plot is not None:
+            stem = f"{plot.name}-{pts[0]['task']}-{pts[0]['metric']}"
+            stem += f"-{sum(u.startswith(stem) for u in used) + 1}" if stem in used else ""
+            used.add(stem)
+            out = plot if len(series) == 1 else plot.with_name(stem)
+            files = plot_history(pts, out, title=name)
+            for f in files:
+                _err(f"trend plot: {f}")
+            if not files:
+                _err(f"no trend plot for {name}: no measured point")
 
 
 def _print_training(run: str, rows: list[dict], steps: set[int]) -> None:
@@ -754,6 +768,8 @@ def _history_row(p: dict) -> list[str]:
     g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731  (None: not computed)
     ci = f"[{g(p['ci_low'])}, {g(p['ci_high'])}]" if p["ci_low"] is not None else ""
     mark = f"DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
+    if p.get("drop_without_drift"):
+        mark = f"INCONCLUSIVE: a drop, but the judge drifted (shift {p['judge_drift']['shift']:+.3g})"
     if p.get("not_measured"):
         mark = f"NOT MEASURED: {p['not_measured']}"
     return [p["model"], str(p["step"] if p["step"] is not None else "—"), g(p["value"]), ci, p["run"], mark]

@@ -127,3 +127,23 @@ def test_one_run_needs_no_drift_check(steady: dict[str, Any], capsys: pytest.Cap
                        "--metrics", "arena_hard/score", "--rounds", "50", "--results-dir", steady["results"], "--json")
     assert code == 0 and "judge_drift" not in json.loads(out)[0] and steady["judge"].requests == before
     assert not math.isnan(json.loads(out)[0]["delta"])
+
+
+def test_history_drop_with_drift_is_inconclusive(drifted: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("history", "--model", "a", "--task", "arena_hard", "--metric", "score", "--results-dir",
+            drifted["results"], "--json")
+    code, out, _ = cli(capsys, *args, "--no-drift-check")
+    plain = json.loads(out)
+    assert code == 0 and [bool(p.get("drop")) for p in plain] == [False, True]
+    code, out, _ = cli(capsys, *args, "--drift-sample", "20")
+    checked = json.loads(out)
+    assert code == 0 and checked[1]["drop"] is False and checked[1]["drop_without_drift"] is True
+    assert checked[1]["judge_drift"]["significant"] and checked[1]["judge_drift"]["n_items"] == 20
+    code, out, _ = cli(capsys, *args[:-1])
+    assert "INCONCLUSIVE: a drop, but the judge drifted" in out
+
+
+def test_history_steady_judge_keeps_no_drop(steady: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "history", "--model", "a", "--task", "arena_hard", "--metric", "score",
+                       "--results-dir", steady["results"], "--json")
+    assert code == 0 and not any(p.get("drop") for p in json.loads(out))

@@ -853,6 +853,7 @@ def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = 
                 "drop_p": None if p != p else p,
                 "paired": paired,
                 "delta_prev": delta,
+                "prev": (prev["path"], prev["model"]),  # the point tested against (a drift check asks its run)
             }
         )
 

@@ -219,3 +219,29 @@ def _compare(drift: Drift, module: str, chosen: list[Pending], old: dict[str, An
     drift.p_value = stats.t_p_value(mean, se, n - 1)
     drift.flip_rate, drift.flip_ci_low, drift.flip_ci_high, _ = share_by_item(flips)
     return drift
+
+
+def history_drift(
+    points: list[dict[str, Any]], *, sample: int = DEFAULT_SAMPLE, seed: int = 0, log: Callable[[str], None]
+) -> None:
+    """``history``: for each drop (``compare.mark_drops``) from a point of another run, the drift check of its task
+    (``judge_drift``); a significant drift makes the drop inconclusive (``drop`` False, ``drop_without_drift``)."""
+    from pathlib import Path
+
+    from evalharness.analysis.compare import run_entries
+    from evalharness.store import RunStore
+
+    for p in points:
+        prev = p.get("prev")
+        if not p.get("drop") or prev is None or Path(prev[0]).resolve() == Path(p["path"]).resolve():
+            continue
+        try:
+            older = run_entries(RunStore(Path(prev[0])), [prev[1]])[0]
+            newer = run_entries(RunStore(Path(p["path"])), [p["model"]])[0]
+        except EvalHarnessError as e:
+            log(f"judge drift not checked for {p['model']} {p['task']}: {e}")
+            continue
+        for d in drift_checks(older, newer, [p["task"]], sample=sample, seed=seed, log=log):
+            p["judge_drift"] = d.to_dict()
+            if d.significant:
+                p["drop"], p["drop_without_drift"] = False, True
