@@ -248,3 +248,15 @@ def test_compare_shows_judge_section_not_columns(flip_run: dict[str, Any], capsy
     # the trackers get them as every other score
     sent = {r["metric"]: r for r in trackers.score_rows(res.scores) if r["task"] == "arena_hard"}
     assert sent["position_consistency"]["value"] == pc.value and sent["repeat_kappa"]["n"] == 200
+
+
+def test_html_report_data_has_judge_section(flip_run: dict[str, Any]) -> None:
+    from evalharness.analysis.html_report import report_data
+
+    res = flip_run["res"]
+    data = report_data([str(res.path)])
+    (row,) = data["judge_reliability"]
+    pc = by_metric(res.scores)["position_consistency"]
+    assert row["task"] == "arena_hard" and row["position_consistency"] == [pc.value, pc.ci_low, pc.ci_high, 200]
+    metrics = [c["metric"] for c in data["table"]["columns"]]
+    assert "score" in metrics and not set(metrics) & set(rel.RELIABILITY_METRICS)

@@ -39,6 +39,7 @@ from evalharness.analysis.compare import (
     stored_task,
 )
 from evalharness.analysis.plot import NOT_REWARDS, plot_history
+from evalharness.analysis.reliability import reliability_data
 from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.records import GenRecord, Verdict
@@ -474,6 +475,7 @@ def report_data(
             for n in items
         },
         "provenance": _provenance(entries),
+        "judge_reliability": reliability_data(entries),  # the judge's own figures (analysis.reliability)
     }
 
 
