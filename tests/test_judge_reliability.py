@@ -260,3 +260,40 @@ def test_html_report_data_has_judge_section(flip_run: dict[str, Any]) -> None:
     assert row["task"] == "arena_hard" and row["position_consistency"] == [pc.value, pc.ci_low, pc.ci_high, 200]
     metrics = [c["metric"] for c in data["table"]["columns"]]
     assert "score" in metrics and not set(metrics) & set(rel.RELIABILITY_METRICS)
+
+
+def test_alpaca_both_orders_position_consistency(tmp_path: Path) -> None:
+    """AlpacaEval with both_orders: a judge that prefers the output shown first (unless it flips, probability p)
+    agrees with itself across the two orders only when exactly one of the two judgments flips: 2p(1 - p). The
+    official order's win rate is unchanged by the option."""
+    n = 150
+    ev = [{"instruction": f"Instruction {i}: write about {i}.", "dataset": "demo"} for i in range(n)]
+    base = [{"instruction": e["instruction"], "output": f"BASELINE {i}", "generator": "base"} for i, e in enumerate(ev)]
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "no-lc").mkdir()
+    results = {}
+    for both in (False, True):
+        judge = FlipJudge(P, seed=4)
+        with FakeOpenAI(judge) as server:
+            spec = tmp_path / f"ae{both}.yaml"
+            spec.write_text(f"""\
+name: ae-{str(both).lower()}
+models: [a]
+backend: fake
+generation: {{max_new_tokens: 8, n: 1}}
+judge: {{type: openai, model: judge-x, base_url: "{server.url}", max_retries: 0, concurrency: 1, cache: false}}
+tasks:
+  alpaca_eval: {{eval_set: {tmp_path}/ev.json, baseline: {tmp_path}/base.json, lc_support_dir: {tmp_path}/no-lc,
+                 both_orders: {str(both).lower()}}}
+""")
+            results[both] = run_spec(spec, results_dir=tmp_path / "r", progress=False)
+            assert judge.requests == (2 * n if both else n)
+    rs = by_metric(results[True].scores)
+    pc = rs["position_consistency"]
+    assert pc.n == n and pc.ci_low <= 2 * P * (1 - P) <= pc.ci_high, pc
+    assert "position_consistency" not in by_metric(results[False].scores)
+    win = {b: next(s for s in results[b].scores if s.metric == "win_rate") for b in (False, True)}
+    assert win[True].n == win[False].n == n and win[True].value == win[False].value  # the official order only
+    other = RunStore(results[True].path).verdicts("alpaca_eval#swapped", "a")
+    assert len(other) == n and {v.order for v in other} == {"AB", "BA"}

@@ -15,7 +15,14 @@ from collections.abc import Callable
 from evalharness.core.records import Score
 from evalharness.store import RunStore
 from evalharness.tasks.base import Pending, Session, Task
-from evalharness.tasks.reliability import ScoreKeys, chosen, reliability_scores, repeat_payload, repeat_task
+from evalharness.tasks.reliability import (
+    ScoreKeys,
+    chosen,
+    reliability_scores,
+    repeat_payload,
+    repeat_task,
+    swapped_task,
+)
 
 CHUNK = 64
 
@@ -39,27 +46,52 @@ def repeat_pending(task: Task, session: Session, store: RunStore) -> list[Pendin
     return out
 
 
+def other_order_pending(task: Task, session: Session, store: RunStore) -> list[Pending]:
+    """A task's judgments in the other order (AlpacaEval ``both_orders``) that have no scored verdict yet."""
+    other = getattr(task, "other_order", None)
+    if other is None or task.env.judge is None:
+        return []
+    stored = {v.key: v.status for v in store.verdicts(swapped_task(task.name), session.name)}
+    return [p for p in other(session) if stored.get(p.key, "error") == "error"]
+
+
 def judge_repeats(store: RunStore, session: Session, tasks: list[Task], log: Callable[[str], None]) -> None:
-    """Ask every task's missing repeat judgments for one model, past the response cache, and store them."""
+    """Ask every task's missing repeat judgments (past the response cache) and other-order judgments for one
+    model, and store them apart from the task's own verdicts."""
     for task in tasks:
-        todo = repeat_pending(task, session, store)
-        if not todo:
-            continue
-        log(f"{session.name}: {task.name}: {len(todo)} repeat judgments (rejudge; never from the cache)")
-        bad = 0
-        try:
-            task.env.refresh = True
-            for i in range(0, len(todo), CHUNK):
-                chunk = todo[i : i + CHUNK]
-                verdicts = task.judge(session, chunk)
-                for p, v in zip(chunk, verdicts):
-                    v.task, v.model, v.key = repeat_task(task.name), session.name, p.key
-                store.add_verdicts(verdicts)
-                bad += sum(v.status == "error" for v in verdicts)
-        finally:
-            task.env.refresh = False
-        if bad:
-            log(f"{session.name}: {task.name}: {bad} repeat judgments failed; asked again on the next run")
+        for name, todo, what, refresh in (
+            (repeat_task(task.name), repeat_pending(task, session, store), "repeat (never from the cache)", True),
+            (swapped_task(task.name), other_order_pending(task, session, store), "other-order", False),
+        ):
+            if todo:
+                log(f"{session.name}: {task.name}: {len(todo)} {what} judgments")
+                _judge_into(store, session, task, name, todo, refresh, log)
+
+
+def _judge_into(
+    store: RunStore,
+    session: Session,
+    task: Task,
+    name: str,
+    todo: list[Pending],
+    refresh: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Judge ``todo`` with the task's own judge and store the verdicts under task name ``name``."""
+    bad = 0
+    try:
+        task.env.refresh = refresh
+        for i in range(0, len(todo), CHUNK):
+            chunk = todo[i : i + CHUNK]
+            verdicts = task.judge(session, chunk)
+            for p, v in zip(chunk, verdicts):
+                v.task, v.model, v.key = name, session.name, p.key
+            store.add_verdicts(verdicts)
+            bad += sum(v.status == "error" for v in verdicts)
+    finally:
+        task.env.refresh = False
+    if bad:
+        log(f"{session.name}: {task.name}: {bad} of these judgments failed; asked again on the next run")
 
 
 def run_reliability_scores(store: RunStore, session: Session, task: Task) -> list[Score]:
@@ -69,6 +101,7 @@ def run_reliability_scores(store: RunStore, session: Session, task: Task) -> lis
     current = {p.key for p in task.judgments(session)}
     verdicts = [v for v in store.verdicts(task.name, session.name) if v.key in current]
     repeats = store.verdicts(repeat_task(task.name), session.name)
+    swapped = store.verdicts(swapped_task(task.name), session.name)
     judge_version = next((v.judge_version for v in verdicts if v.judge_version), "")
     keys = ScoreKeys(
         task.name,
@@ -77,4 +110,4 @@ def run_reliability_scores(store: RunStore, session: Session, task: Task) -> lis
         task.env.judge_name,
         judge_version,
     )
-    return reliability_scores(type(task).__module__, keys, verdicts, repeats)
+    return reliability_scores(type(task).__module__, keys, verdicts, repeats, swapped=swapped)

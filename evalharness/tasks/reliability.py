@@ -5,8 +5,11 @@ the index and the trackers carry them) with no direction (``higher_is_better`` N
 never gates them unless asked by name, and ``compare`` shows them in their own section, never in a column
 beside a model metric.
 
-- **position consistency** (Arena-Hard): the share of questions whose two games (the baseline as A, then
-  as B) give the same verdict once the swap is undone, on the policy's win / tie / loss.
+- **position consistency**: the share of items whose verdict is the same in both orders once the swap is
+  undone. Arena-Hard: its two games (the baseline as A, then as B), on the policy's win / tie / loss.
+  AlpacaEval with ``both_orders: true``: the official seeded order and the other one, on which output won; the
+  other order's verdicts are stored under ``<task>#swapped`` and the win rates stay the official order's.
+  MT-Bench grades one answer at a time: no order to swap.
 - **repeatability** (a task's ``rejudge: {fraction, times, seed}``): a seeded subsample of the judged items is
   judged ``times`` more times, with new requests that the response cache never answers; the repeat verdicts
   are stored under ``<task>#rejudge`` so the task's own numbers are untouched. Reported as agreement with the
@@ -34,6 +37,7 @@ from evalharness.core import stats
 from evalharness.core.records import Score, Verdict, content_hash
 
 REPEAT_SUFFIX = "#rejudge"  # repeat verdicts are stored under the task's name plus this
+SWAPPED_SUFFIX = "#swapped"  # other-order verdicts (both_orders) likewise
 RELIABILITY_METRICS = (
     "position_consistency",
     "repeat_agreement",
@@ -62,6 +66,11 @@ class Rejudge:
 def repeat_task(name: str) -> str:
     """The task name the repeat verdicts of task ``name`` are stored under."""
     return name + REPEAT_SUFFIX
+
+
+def swapped_task(name: str) -> str:
+    """The task name the other-order verdicts of task ``name`` (AlpacaEval ``both_orders``) are stored under."""
+    return name + SWAPPED_SUFFIX
 
 
 # ---------------------------------------------------------------- what a verdict's category is, per benchmark
@@ -175,14 +184,14 @@ def position_pairs(verdicts: Sequence[Verdict]) -> tuple[list[tuple[str, float, 
 
 
 def repeat_pairs(
-    primary: Sequence[Verdict], repeats: Sequence[Verdict], category: Callable[[float], float]
+    primary: Sequence[Verdict], repeats: Sequence[Verdict], category: Callable[[float], float], *, sep: str = "#r"
 ) -> tuple[list[tuple[str, float, float]], int]:
-    """(item, primary category, repeat category) for each scored repeat of a scored primary verdict, and the
-    number of repeats that failed or did not parse."""
+    """(item, primary category, repeat category) for each scored repeat (key ``PRIMARY{sep}...``) of a scored
+    primary verdict, and the number of repeats that failed or did not parse."""
     first = {v.key: v for v in primary if v.status == "ok"}
     pairs, bad = [], 0
     for r in repeats:
-        base = first.get(r.key.rsplit("#r", 1)[0])
+        base = first.get(r.key.rsplit(sep, 1)[0])
         if base is None:
             continue
         if r.status != "ok":
@@ -223,7 +232,13 @@ def _score(keys: ScoreKeys, metric: str, value: float, lo: float, hi: float, n: 
 
 
 def reliability_scores(
-    module: str, keys: ScoreKeys, verdicts: Sequence[Verdict], repeats: Sequence[Verdict], *, seed: int = 0
+    module: str,
+    keys: ScoreKeys,
+    verdicts: Sequence[Verdict],
+    repeats: Sequence[Verdict],
+    *,
+    swapped: Sequence[Verdict] = (),
+    seed: int = 0,
 ) -> list[Score]:
     """The judge-reliability Scores of one LLM-judged task and model from its current verdicts and its stored
     repeat verdicts; [] for a task that is not LLM-judged or has no verdict."""
@@ -239,6 +254,10 @@ def reliability_scores(
         pairs, missing = position_pairs(verdicts)
         share = share_by_item([(item, a == b) for item, a, b in pairs])
         out.append(_score(keys, "position_consistency", *share, n_skipped=missing, orders="AB,BA"))
+    elif swapped:  # both_orders: the official order's verdict against the other order's, both un-swapped
+        pairs, missing = repeat_pairs(verdicts, swapped, category, sep="~swap")
+        share = share_by_item([(item, a == b) for item, a, b in pairs])
+        out.append(_score(keys, "position_consistency", *share, n_skipped=missing, orders="official,other"))
     if repeats:
         pairs, bad = repeat_pairs(verdicts, repeats, category)
         agree = share_by_item([(item, a == b) for item, a, b in pairs])
