@@ -153,8 +153,7 @@ def test_rejudge_bypasses_warm_cache_and_keeps_primary(flip_run: dict[str, Any],
     before = {v.key: v.value for v in store.verdicts("arena_hard", "a")}
     judge = FlipJudge(P, seed=99)
     with FakeOpenAI(judge) as server:
-        # the same run (same identity: resumed), new URL only in the spec: a new run; use the old spec's server
-        # address is gone, so a fresh run with times 2 on the shared response cache
+        # a new run (a new endpoint URL) on the shared response cache, then the same spec again (resumed)
         spec = arena_spec(tmp, "flip2", server.url, 200, "{fraction: 0.25, times: 2, seed: 0}", cache=True)
         run_spec(spec, results_dir=tmp / "results", progress=False)
         first = judge.requests
@@ -172,12 +171,17 @@ def test_warm_cache_rejudge_reaches_server(tmp_path: Path) -> None:
     sends every repeat."""
     judge = FlipJudge(P, seed=5)
     with FakeOpenAI(judge) as server:
-        run_spec(arena_spec(tmp_path, "warm1", server.url, 20, cache=True), results_dir=tmp_path / "r",
-                 progress=False)
+        first = run_spec(arena_spec(tmp_path, "warm1", server.url, 20, cache=True), results_dir=tmp_path / "r",
+                         progress=False)
         assert judge.requests == 40
+        # rejudge is not part of the run's identity: the finished run is resumed and only the repeats are sent
+        again = run_spec(arena_spec(tmp_path, "warm1", server.url, 20, "{fraction: 1.0, times: 1}", cache=True),
+                         results_dir=tmp_path / "r", progress=False)
+        assert again.path == first.path and judge.requests == 40 + 40
+        assert "repeat_agreement" in by_metric(again.scores)
         res = run_spec(arena_spec(tmp_path, "warm2", server.url, 20, "{fraction: 1.0, times: 2}", cache=True),
                        results_dir=tmp_path / "r", progress=False)
-        assert judge.requests == 40 + 80  # primaries cached, 2 x 2 games x 20 repeats sent
+        assert judge.requests == 80 + 80  # primaries cached, 2 x 2 games x 20 repeats sent (repeat 1 too)
     first = {v.key: v.value for v in RunStore(tmp_path / "r" / RunStore(res.path).run_id).verdicts("arena_hard", "a")}
     assert len(first) == 40
 

@@ -100,7 +100,15 @@ def run_reliability_scores(store: RunStore, session: Session, task: Task) -> lis
         return []
     current = {p.key for p in task.judgments(session)}
     verdicts = [v for v in store.verdicts(task.name, session.name) if v.key in current]
-    repeats = store.verdicts(repeat_task(task.name), session.name)
+    spec = getattr(task.cfg, "rejudge", None)
+    repeats = []
+    if spec is not None:  # the current subsample's repeats only (another rejudge earlier leaves its own stored)
+        wanted = {f"{v.key}#r{k}" for v in verdicts for k in range(1, spec.times + 1)}
+        repeats = [
+            r
+            for r in store.verdicts(repeat_task(task.name), session.name)
+            if r.key in wanted and chosen(r.item_id, spec.fraction, spec.seed)
+        ]
     swapped = store.verdicts(swapped_task(task.name), session.name)
     judge_version = next((v.judge_version for v in verdicts if v.judge_version), "")
     keys = ScoreKeys(

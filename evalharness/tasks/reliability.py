@@ -46,6 +46,8 @@ RELIABILITY_METRICS = (
     "error_rate",
 )
 KAPPA_ROUNDS = 1000
+# Task options that add judgments of the judge (never a model number): not part of a run's identity.
+JUDGE_CHECKS = ("rejudge", "both_orders")
 
 
 @dataclass(frozen=True)
