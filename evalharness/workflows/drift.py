@@ -31,7 +31,7 @@ from evalharness.core.errors import EvalHarnessError
 from evalharness.core.prices import cost_usd
 from evalharness.core.records import MAX_SKIPPED_SHARE, content_hash
 from evalharness.tasks.base import Pending
-from evalharness.tasks.reliability import kind_of, share_by_item
+from evalharness.tasks.reliability import RELIABILITY_METRICS, kind_of, share_by_item
 
 DEFAULT_SAMPLE = 50
 
@@ -234,6 +234,8 @@ def history_drift(
     for p in points:
         prev = p.get("prev")
         if not p.get("drop") or prev is None or Path(prev[0]).resolve() == Path(p["path"]).resolve():
+            continue
+        if p["metric"] in RELIABILITY_METRICS:  # the judge's own figure: its change is the question itself
             continue
         try:
             older = run_entries(RunStore(Path(prev[0])), [prev[1]])[0]
