@@ -224,7 +224,12 @@ tasks:
     b = [v.value for v in rep]
     assert rs["repeat_kappa"].value == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"), abs=1e-12)
     assert rs["repeat_kappa"].extra["weights"] == "quadratic"
-    assert rs["repeat_agreement"].n == len({v.item_id.split(":")[0] for v in rep}) or rs["repeat_agreement"].n
+    # a question's two turns and three repeats are one cluster: n counts questions
+    assert rs["repeat_agreement"].n == rs["repeat_kappa"].n == len({v.item_id.split(":")[0] for v in rep}) == 4
+    per_q: dict[str, list[bool]] = {}
+    for v, x in zip(rep, a):
+        per_q.setdefault(v.item_id.split(":")[0], []).append(round(v.value) == round(x))
+    assert rs["repeat_agreement"].value == pytest.approx(np.mean([np.mean(f) for f in per_q.values()]))
 
 
 def test_bad_rejudge_option_names_the_field(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ ones and asks the failed ones again, as it does for primary judgments.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from evalharness.core.records import Score
 from evalharness.store import RunStore
-from evalharness.tasks.base import Pending, Session, Task
+from evalharness.tasks.base import Pending, Session, Task, display_of
 from evalharness.tasks.reliability import (
     ScoreKeys,
     chosen,
@@ -118,4 +119,9 @@ def run_reliability_scores(store: RunStore, session: Session, task: Task) -> lis
         task.env.judge_name,
         judge_version,
     )
+    unit_of = display_of(type(task).__module__.removesuffix(".task").rsplit(".", 1)[-1]).unit_of
+    if unit_of is not None:  # the unit is the question: MT-Bench's two turns are one cluster
+        verdicts, repeats, swapped = (
+            [replace(v, item_id=unit_of(v.item_id)) for v in vs] for vs in (verdicts, repeats, swapped)
+        )
     return reliability_scores(type(task).__module__, keys, verdicts, repeats, swapped=swapped)

@@ -30,7 +30,7 @@ from evalharness.core import stats
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.prices import cost_usd
 from evalharness.core.records import MAX_SKIPPED_SHARE, content_hash
-from evalharness.tasks.base import Pending
+from evalharness.tasks.base import Pending, display_of
 from evalharness.tasks.reliability import RELIABILITY_METRICS, kind_of, share_by_item
 
 DEFAULT_SAMPLE = 50
@@ -200,6 +200,7 @@ def _compare(drift: Drift, module: str, chosen: list[Pending], old: dict[str, An
     found = kind_of(module)
     assert found is not None  # drift_checks checks only LLM-judged tasks
     category = found[1]
+    unit_of = display_of(module).unit_of or (lambda item: item)  # MT-Bench: a question's turns are one cluster
     diffs, items, flips = [], [], []
     for p, v in zip(chosen, new):
         if v.status != "ok":
@@ -207,8 +208,8 @@ def _compare(drift: Drift, module: str, chosen: list[Pending], old: dict[str, An
             continue
         before = float(old[p.key].value)
         diffs.append(float(v.value) - before)
-        items.append(p.item_id)
-        flips.append((p.item_id, category(float(v.value)) != category(before)))
+        items.append(unit_of(p.item_id))
+        flips.append((items[-1], category(float(v.value)) != category(before)))
     drift.n_judgments, drift.n_items = len(diffs), len(set(items))
     if drift.n_failed > MAX_SKIPPED_SHARE * len(chosen) or drift.n_items < 2:
         drift.status = "not checked"
