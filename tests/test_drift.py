@@ -53,8 +53,21 @@ def steady(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def regress(capsys: pytest.CaptureFixture[str], runs: dict[str, Any], *extra: str) -> tuple[int, Any, str]:
-    code, out, err = cli(capsys, "regress", "--baseline", f"{runs['old']}:a", "--candidate", f"{runs['new']}:a",
-                         "--metrics", "arena_hard/score", "--rounds", "50", "--results-dir", runs["results"], *extra)
+    code, out, err = cli(
+        capsys,
+        "regress",
+        "--baseline",
+        f"{runs['old']}:a",
+        "--candidate",
+        f"{runs['new']}:a",
+        "--metrics",
+        "arena_hard/score",
+        "--rounds",
+        "50",
+        "--results-dir",
+        runs["results"],
+        *extra,
+    )
     return code, out, err
 
 
@@ -123,15 +136,38 @@ def test_gone_endpoint_sends_nothing(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_one_run_needs_no_drift_check(steady: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     before = steady["judge"].requests
-    code, out, _ = cli(capsys, "regress", "--baseline", f"{steady['old']}:a", "--candidate", f"{steady['old']}:a",
-                       "--metrics", "arena_hard/score", "--rounds", "50", "--results-dir", steady["results"], "--json")
+    code, out, _ = cli(
+        capsys,
+        "regress",
+        "--baseline",
+        f"{steady['old']}:a",
+        "--candidate",
+        f"{steady['old']}:a",
+        "--metrics",
+        "arena_hard/score",
+        "--rounds",
+        "50",
+        "--results-dir",
+        steady["results"],
+        "--json",
+    )
     assert code == 0 and "judge_drift" not in json.loads(out)[0] and steady["judge"].requests == before
     assert not math.isnan(json.loads(out)[0]["delta"])
 
 
 def test_history_drop_with_drift_is_inconclusive(drifted: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    args = ("history", "--model", "a", "--task", "arena_hard", "--metric", "score", "--results-dir",
-            drifted["results"], "--json")
+    args = (
+        "history",
+        "--model",
+        "a",
+        "--task",
+        "arena_hard",
+        "--metric",
+        "score",
+        "--results-dir",
+        drifted["results"],
+        "--json",
+    )
     code, out, _ = cli(capsys, *args, "--no-drift-check")
     plain = json.loads(out)
     assert code == 0 and [bool(p.get("drop")) for p in plain] == [False, True]
@@ -144,6 +180,17 @@ def test_history_drop_with_drift_is_inconclusive(drifted: dict[str, Any], capsys
 
 
 def test_history_steady_judge_keeps_no_drop(steady: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "history", "--model", "a", "--task", "arena_hard", "--metric", "score",
-                       "--results-dir", steady["results"], "--json")
+    code, out, _ = cli(
+        capsys,
+        "history",
+        "--model",
+        "a",
+        "--task",
+        "arena_hard",
+        "--metric",
+        "score",
+        "--results-dir",
+        steady["results"],
+        "--json",
+    )
     assert code == 0 and not any(p.get("drop") for p in json.loads(out))

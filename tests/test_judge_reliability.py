@@ -38,17 +38,31 @@ def arena_data(tmp: Path, n: int) -> dict[str, str]:
     for i in range(n):
         prompt = f"Question {i}: say something about the number {i}."
         questions.append({"uid": f"q{i:03d}", "category": "arena-hard-v0.1", "prompt": prompt})
-        rows.append({"uid": f"q{i:03d}", "model": "base", "messages": [
-            {"role": "user", "content": prompt}, {"role": "assistant", "content": {"answer": f"BASELINE {i}"}}]})
+        rows.append(
+            {
+                "uid": f"q{i:03d}",
+                "model": "base",
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": {"answer": f"BASELINE {i}"}},
+                ],
+            }
+        )
     (answers / "base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    return {"data_dir": str(tmp / "data"), "questions": str(tmp / "q.jsonl"), "baseline": "base",
-            "judge_config": str(DEMO / "arena_hard/config/judge_config.v0.1-legacy.yaml"),
-            "bootstrap_rounds": "10", "style_tokenizer": "whitespace"}
+    return {
+        "data_dir": str(tmp / "data"),
+        "questions": str(tmp / "q.jsonl"),
+        "baseline": "base",
+        "judge_config": str(DEMO / "arena_hard/config/judge_config.v0.1-legacy.yaml"),
+        "bootstrap_rounds": "10",
+        "style_tokenizer": "whitespace",
+    }
 
 
-def arena_spec(tmp: Path, name: str, url: str, n: int, rejudge: str = "", cache: bool = False,
-               model: str = "a") -> Path:
+def arena_spec(
+    tmp: Path, name: str, url: str, n: int, rejudge: str = "", cache: bool = False, model: str = "a"
+) -> Path:
     opts = ", ".join(f"{k}: {v}" for k, v in arena_data(tmp, n).items()) + (f", rejudge: {rejudge}" if rejudge else "")
     spec = tmp / f"{name}.yaml"
     spec.write_text(f"""\
@@ -76,7 +90,8 @@ def test_kappa_matches_sklearn() -> None:
     r1 = rng.integers(1, 11, 300).astype(float)
     r2 = np.clip(r1 + rng.integers(-2, 3, 300), 1, 10).astype(float)
     assert rel.cohen_kappa(r1, r2, weights="quadratic") == pytest.approx(
-        cohen_kappa_score(r1, r2, weights="quadratic"), abs=1e-12)
+        cohen_kappa_score(r1, r2, weights="quadratic"), abs=1e-12
+    )
 
 
 def test_wilson_share_by_hand() -> None:
@@ -111,8 +126,11 @@ def flip_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("flip")
     judge = FlipJudge(P, seed=3)
     with FakeOpenAI(judge) as server:
-        res = run_spec(arena_spec(tmp, "flip", server.url, 200, "{fraction: 1.0, times: 1, seed: 0}", cache=True),
-                       results_dir=tmp / "results", progress=False)
+        res = run_spec(
+            arena_spec(tmp, "flip", server.url, 200, "{fraction: 1.0, times: 1, seed: 0}", cache=True),
+            results_dir=tmp / "results",
+            progress=False,
+        )
     return {"res": res, "judge": judge, "tmp": tmp}
 
 
@@ -171,16 +189,23 @@ def test_warm_cache_rejudge_reaches_server(tmp_path: Path) -> None:
     sends every repeat."""
     judge = FlipJudge(P, seed=5)
     with FakeOpenAI(judge) as server:
-        first = run_spec(arena_spec(tmp_path, "warm1", server.url, 20, cache=True), results_dir=tmp_path / "r",
-                         progress=False)
+        first = run_spec(
+            arena_spec(tmp_path, "warm1", server.url, 20, cache=True), results_dir=tmp_path / "r", progress=False
+        )
         assert judge.requests == 40
         # rejudge is not part of the run's identity: the finished run is resumed and only the repeats are sent
-        again = run_spec(arena_spec(tmp_path, "warm1", server.url, 20, "{fraction: 1.0, times: 1}", cache=True),
-                         results_dir=tmp_path / "r", progress=False)
+        again = run_spec(
+            arena_spec(tmp_path, "warm1", server.url, 20, "{fraction: 1.0, times: 1}", cache=True),
+            results_dir=tmp_path / "r",
+            progress=False,
+        )
         assert again.path == first.path and judge.requests == 40 + 40
         assert "repeat_agreement" in by_metric(again.scores)
-        res = run_spec(arena_spec(tmp_path, "warm2", server.url, 20, "{fraction: 1.0, times: 2}", cache=True),
-                       results_dir=tmp_path / "r", progress=False)
+        res = run_spec(
+            arena_spec(tmp_path, "warm2", server.url, 20, "{fraction: 1.0, times: 2}", cache=True),
+            results_dir=tmp_path / "r",
+            progress=False,
+        )
         assert judge.requests == 80 + 80  # primaries cached, 2 x 2 games x 20 repeats sent (repeat 1 too)
     first = {v.key: v.value for v in RunStore(tmp_path / "r" / RunStore(res.path).run_id).verdicts("arena_hard", "a")}
     assert len(first) == 40
