@@ -627,6 +627,10 @@ def compare(
         log=_err,
     )
     typer.echo(render(table, fmt), nl=False)
+    if fmt in ("table", "markdown"):  # the judge's own figures, never in a model metric's column
+        from evalharness.analysis.reliability import reliability_section
+
+        typer.echo(reliability_section(table.rows, fmt), nl=False)
 
 
 @app.command()
@@ -680,6 +684,10 @@ def regress(
     seed: Annotated[int, typer.Option(help="--sequential: the seed of the item order")] = 0,
     replays: _REPLAYS = 1,
     results_dir: _RESULTS = None,
+    drift_check: Annotated[
+        bool, typer.Option(help="across runs of an API judge, ask today's judge again about a subsample (drift)")
+    ] = True,
+    drift_sample: Annotated[int, typer.Option(help="items of the older run asked again in the drift check")] = 50,
 ) -> None:
     """Gate a candidate against a baseline: FAIL (significantly worse, Holm), PASS, INCONCLUSIVE (MDE), or NOT
     MEASURED (nothing scored, too many failed judgments, or one side lacks the metric). Exit 0 on PASS and
@@ -702,23 +710,38 @@ def regress(
         log=_err,
         max_skipped=MAX_SKIPPED_SHARE if max_skipped is None else max_skipped,
     )
+    drifts = []
+    if drift_check:  # a significant judge drift turns PASS / FAIL into INCONCLUSIVE (workflows.drift)
+        from evalharness.workflows.drift import apply_drift, drift_checks
+
+        drifts = drift_checks(pair[0], pair[1], [r["task"] for r in rows], sample=drift_sample, log=_err)
+        apply_drift(rows, drifts)
     if json_out:
         typer.echo(json.dumps(rows, indent=2, default=str))
     elif sequential:
         typer.echo("\n".join(sequential_line(r) for r in rows))
     else:
-        for r in rows:
-            if "delta" not in r:
-                typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
-                continue
-            g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
-            extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
-            typer.echo(
-                f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
-                f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
-                f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}"
-            )
+        _print_gate(rows, drifts)
     raise typer.Exit(gate_exit(rows, strict=strict))
+
+
+def _print_gate(rows: list[dict], drifts: list) -> None:
+    """The gate's text output: the judge-drift lines, then one line per metric."""
+    for d in drifts:
+        typer.echo(d.line())
+    for r in rows:
+        if "delta" not in r:
+            typer.echo(f"{r['verdict']:12s} {r['task']}/{r['metric']}: {r['reason']}")
+            continue
+        g = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731  (None: undefined, e.g. one item)
+        extra = f" (MDE {g(r['mde'], '.3g')})" if r["verdict"] == "INCONCLUSIVE" else ""
+        if r.get("inconclusive_reason"):
+            extra = f" (judge drift; without it {r['verdict_without_drift']})"
+        typer.echo(
+            f"{r['verdict']:12s} {r['task']}/{r['metric']}: Δ {g(r['delta'], '+.4g')} "
+            f"[{g(r['delta_ci_low'], '+.4g')}, {g(r['delta_ci_high'], '+.4g')}], p(drop) Holm "
+            f"{g(r['p_holm'], '.3g')}, n={r['n_paired']}{extra}"
+        )
 
 
 def _margins(items: list[str]) -> dict[str, float]:
@@ -747,13 +770,15 @@ def history(
     ] = MAX_SKIPPED_SHARE,
     json_out: Annotated[bool, typer.Option("--json")] = False,
     results_dir: _RESULTS = None,
+    drift_check: Annotated[
+        bool, typer.Option(help="a drop across runs of an API judge: check the judge's drift")
+    ] = True,
+    drift_sample: Annotated[int, typer.Option(help="items of the older run asked again in the drift check")] = 50,
 ) -> None:
     """Every indexed score of a lineage over training step and time; drops from the previous point tested.
     Incomparable scores (task version, judge, baseline, decoding) are separate series; points that are not
     measurements are marked with their reason and not tested."""
     from evalharness.analysis.compare import history as query
-    from evalharness.analysis.compare import mark_drops
-    from evalharness.analysis.plot import plot_history
     from evalharness.analysis.text import render_grid
 
     check_max_skipped(max_skipped)
@@ -763,19 +788,7 @@ def history(
     series: dict[str, list[dict]] = {}
     for p in points:
         series.setdefault(p["series"], []).append(p)
-    used: set[str] = set()
-    for name, pts in series.items():
-        mark_drops(pts, higher_is_better=pts[-1]["higher_is_better"])
-        if plot is not None:
-            stem = f"{plot.name}-{pts[0]['task']}-{pts[0]['metric']}"
-            stem += f"-{sum(u.startswith(stem) for u in used) + 1}" if stem in used else ""
-            used.add(stem)
-            out = plot if len(series) == 1 else plot.with_name(stem)
-            files = plot_history(pts, out, title=name)
-            for f in files:
-                _err(f"trend plot: {f}")
-            if not files:
-                _err(f"no trend plot for {name}: no measured point")
+    _mark_series(series, plot, drift_sample if drift_check else None)
     training = _training_of(points, results_dir)
     for p in points:  # a checkpoint's point carries its training run's own logged metrics at that step
         row = next((r for r in training.get(p["model"].split("@")[0], []) if r["step"] == p["step"]), None)
@@ -794,6 +807,30 @@ def history(
         )
     for run, rows in training.items():
         _print_training(run, rows, {p["step"] for p in points if p["model"].split("@")[0] == run})
+
+
+def _mark_series(series: dict[str, list[dict]], plot: Path | None, drift_sample: int | None) -> None:
+    """Each series' drops (with a drift check of a drop across runs unless ``drift_sample`` is None), and its plot."""
+    from evalharness.analysis.compare import mark_drops
+    from evalharness.analysis.plot import plot_history
+
+    used: set[str] = set()
+    for name, pts in series.items():
+        mark_drops(pts, higher_is_better=pts[-1]["higher_is_better"])
+        if drift_sample is not None:
+            from evalharness.workflows.drift import history_drift
+
+            history_drift(pts, sample=drift_sample, log=_err)
+        if plot is not None:
+            stem = f"{plot.name}-{pts[0]['task']}-{pts[0]['metric']}"
+            stem += f"-{sum(u.startswith(stem) for u in used) + 1}" if stem in used else ""
+            used.add(stem)
+            out = plot if len(series) == 1 else plot.with_name(stem)
+            files = plot_history(pts, out, title=name)
+            for f in files:
+                _err(f"trend plot: {f}")
+            if not files:
+                _err(f"no trend plot for {name}: no measured point")
 
 
 def _print_training(run: str, rows: list[dict], steps: set[int]) -> None:
@@ -827,6 +864,8 @@ def _history_row(p: dict) -> list[str]:
     g = lambda x: "—" if x is None else format(x, ".4g")  # noqa: E731  (None: not computed)
     ci = f"[{g(p['ci_low'])}, {g(p['ci_high'])}]" if p["ci_low"] is not None else ""
     mark = f"DROP p={p['drop_p']:.3g}{' (paired)' if p.get('paired') else ''}" if p.get("drop") else ""
+    if p.get("drop_without_drift"):
+        mark = f"INCONCLUSIVE: a drop, but the judge drifted (shift {p['judge_drift']['shift']:+.3g})"
     if p.get("not_measured"):
         mark = f"NOT MEASURED: {p['not_measured']}"
     return [p["model"], str(p["step"] if p["step"] is not None else "—"), g(p["value"]), ci, p["run"], mark]

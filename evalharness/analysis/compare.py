@@ -40,6 +40,7 @@ from evalharness.store import (
     unfinished_runs_of,
 )
 from evalharness.tasks.base import ModelRecords, display_of
+from evalharness.tasks.reliability import RELIABILITY_METRICS
 
 ALPHA = 0.05
 # Shown unless asked for (--metrics): secondary numbers of a task, there in `show` and --format json.
@@ -51,6 +52,7 @@ SECONDARY = {
     "avg_length",
     *(f"contingency_{c}" for c in ("ww", "wl", "lw", "ll")),
     *(f"reward_margin_q{q}" for q in (10, 25, 50, 75, 90)),
+    *RELIABILITY_METRICS,  # the judge's, not the model's: compare shows them in their own section
 }
 # Schema-1 eval runs named the task after the prompt file; their metrics name the task module.
 _V1_MODULES = {"sentiment": "sentiment", "toxicity": "toxicity", "kl": "kl", "kl_k3": "kl", "length": "sentiment"}
@@ -199,6 +201,8 @@ def stored_task(store: RunStore, task: str, metric: str | None = None) -> tuple[
 def paired_cell(column: Column, a: Entry, b: Entry, *, rounds: int | None = None, seed: int = 0) -> Any:
     """The paired difference a - b on one column, by the task's own ``paired`` function. ``rounds`` None
     leaves each bootstrap at its task's default (Arena-Hard 1000, AlpacaEval LC 200: a GLM refit per round)."""
+    if column.metric in RELIABILITY_METRICS:
+        raise ValueError(f"{column.metric} describes the judge: no paired test between models")
     module, task_a, config_a = stored_task(a.store, column.task, column.metric)
     _, task_b, config_b = stored_task(b.store, column.task, column.metric)
     fn = getattr(importlib.import_module(f"evalharness.tasks.{module}"), "paired", None)
@@ -851,6 +855,7 @@ def mark_drops(points: list[dict[str, Any]], *, higher_is_better: bool | None = 
                 "drop_p": None if p != p else p,
                 "paired": paired,
                 "delta_prev": delta,
+                "prev": (prev["path"], prev["model"]),  # the point tested against (a drift check asks its run)
             }
         )
 

@@ -39,6 +39,7 @@ from evalharness.analysis.compare import (
     stored_task,
 )
 from evalharness.analysis.plot import NOT_REWARDS, plot_history
+from evalharness.analysis.reliability import reliability_data
 from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError
 from evalharness.core.records import GenRecord, Verdict
@@ -474,6 +475,7 @@ def report_data(
             for n in items
         },
         "provenance": _provenance(entries),
+        "judge_reliability": reliability_data(entries),  # the judge's own figures (analysis.reliability)
     }
 
 
@@ -574,3 +576,9 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, render_html(data, title=f"evalharness report: {', '.join(refs)}"))
     return out
+
+
+# Public names for the judge-drift check (workflows.drift), which rebuilds a stored run's task and session as the
+# report's viewer does, to ask today's judge about the same answers.
+rebuild_task = _rebuild_task
+stored_session = _session

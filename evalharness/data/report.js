@@ -109,6 +109,25 @@
   ctable.appendChild(cbody);
   csec.appendChild(ctable);
 
+  // ------------------------------------------------------------ the judge's own reliability (never a model metric)
+  if ((DATA.judge_reliability || []).length) {
+    const rsec = section("Judge reliability", "judge-reliability");
+    const metrics = [["position_consistency", "position consistency"], ["repeat_agreement", "repeat agreement"],
+      ["repeat_kappa", "repeat κ"], ["parse_failure_rate", "unparsed"], ["error_rate", "failed"]];
+    const rtable = el("table.counts");
+    rtable.appendChild(el("thead", el("tr", [el("th", "model"), el("th", "task"), el("th", "judge")]
+      .concat(metrics.map(([, label]) => el("th", label))))));
+    const rbody = el("tbody");
+    DATA.judge_reliability.forEach((r) => {
+      const cells = metrics.map(([m]) => el("td.num", r[m] && r[m][0] !== null
+        ? fmt(r[m][0]) + " [" + fmt(r[m][1]) + ", " + fmt(r[m][2]) + "] n=" + r[m][3] : "—"));
+      rbody.appendChild(el("tr", [el("td", r.model), el("td", r.task), el("td", r.judge)].concat(cells)));
+    });
+    rtable.appendChild(rbody);
+    rsec.appendChild(rtable);
+    rsec.appendChild(el("p.note", "Describes the judge, not the model (never gated); 95% CIs over items."));
+  }
+
   // ------------------------------------------------------------ per-prompt viewer
   const vsec = section("Per-prompt viewer", "viewer");
   const taskNames = Object.keys(DATA.tasks);

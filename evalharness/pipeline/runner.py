@@ -38,6 +38,7 @@ from evalharness.core.records import (
 from evalharness.pipeline import plan as planning
 from evalharness.pipeline.budget import Budget
 from evalharness.pipeline.preflight import check_judge, preflight
+from evalharness.pipeline.rejudge import judge_repeats, run_reliability_scores
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.pipeline.stops import JudgeOrder, JudgingProgress, StopCheck, first_stop, mark_scores, record_stop
 from evalharness.store import RunStore, write_json_atomic
@@ -559,6 +560,13 @@ def _run_manifest(
             "name": judge_name,
             "id": getattr(judge, "model_id", None),
             "protocol": getattr(judge, "protocol", None),
+            # where today's judge is asked again (a drift check across runs): the variable's name, never the key
+            **(
+                {"type": "openai", "model": plan.judge.model, "base_url": plan.judge.base_url}
+                | {"api_key_env": plan.judge.api_key_env}
+                if isinstance(plan.judge, JudgeSpec) and plan.judge.type == "openai" and not plan.chat_judge
+                else {}
+            ),
         }
         if judge
         else None,
@@ -586,6 +594,7 @@ def _run_models(
         mine = controls.judged_only(m.name, tasks)
         _generate_missing(store, session, mine, plan.chunk_size, plan.progress, log)
         _judge_missing(store, session, mine, log, plan.rejudge, plan.progress, plan.stops, plan.judge_order, budget)
+        judge_repeats(store, session, mine, log)  # a task's rejudge: {fraction, times}: repeatability
         session.release()
         models.release(m.ref, keep)
     return sessions
@@ -611,6 +620,7 @@ def _finish_run(
                 verdicts = store.verdicts(task.name, m.name)
                 own = task.aggregate(sessions[m.name], verdicts)
                 scores += own + (controls.length_scores(task, sessions[m.name], verdicts, own) if longest else [])
+                scores += run_reliability_scores(store, sessions[m.name], task)
     if panel:
         scores += [s for m in model_list for s in panel.aggregate(m.name, scores, store.verdicts)]
     mark_scores(store, scores)

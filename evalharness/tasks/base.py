@@ -31,6 +31,7 @@ from evalharness.core.decoding import Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.records import GenRecord, GenRequest, Score, Verdict, content_hash
 from evalharness.tasks import benchdata
+from evalharness.tasks.reliability import JUDGE_CHECKS
 
 
 def data_file(data_dir: str | None, rel: str, fetch_name: str) -> Path:
@@ -182,6 +183,8 @@ class Task:
     def identity(self) -> dict[str, Any]:
         """What goes into the run id: the config, the decoding and the version."""
         cfg = asdict(self.cfg) if hasattr(self.cfg, "__dataclass_fields__") else dict(self.cfg)
+        for name in JUDGE_CHECKS:  # extra judgments beside the run's numbers: adding them resumes the run
+            cfg.pop(name, None)
         return {
             "module": type(self).__module__.removesuffix(".task"),
             "version": self.VERSION,
@@ -301,7 +304,7 @@ def display_of(module: str) -> Display:
 
 
 # Modules of the tasks package that hold shared machinery, not a task.
-NOT_TASKS = ("base", "prompted", "paired", "benchdata", "ensemble", "controls")
+NOT_TASKS = ("base", "prompted", "paired", "benchdata", "ensemble", "controls", "reliability")
 
 
 def known_tasks() -> list[str]:

@@ -24,6 +24,7 @@ from evalharness.store import write_json_atomic
 from evalharness.tasks import benchdata
 from evalharness.tasks.alpaca_eval import metric as ae
 from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, file_name, stored_answers
+from evalharness.tasks.reliability import Rejudge
 
 TASK = "alpaca_eval"
 
@@ -47,6 +48,9 @@ class Config:
     judge_top_logprobs: int = 5
     swap_seed: int = ae.SWAP_SEED
     task_version: str = "2"
+    rejudge: Rejudge | None = None  # repeatability: a seeded subsample judged again (tasks.reliability)
+    # Also judge each item in the other order (position consistency); the scores stay the official order's.
+    both_orders: bool = False
 
 
 class AlpacaEvalTask(Task):
@@ -124,11 +128,29 @@ class AlpacaEvalTask(Task):
             out.append(Pending(key, _key(ins), (ins, request)))
         return out
 
+    def other_order(self, session: Session) -> list[Pending]:
+        """With ``both_orders``: each asked judgment again with the two outputs shown the other way round (keys
+        ``KEY~swap``), for position consistency; the run stores them apart from the official verdicts."""
+        if not self.cfg.both_orders:
+            return []
+        outputs = {it["instruction"]: (o, it["baseline"]) for it, o in zip(self.items, self.outputs(session))}
+        out = []
+        for p in self.judgments(session):
+            ins, request = p.payload
+            if request is None:
+                continue
+            output, baseline = outputs[ins]
+            swapped = not ae.is_swapped(ins, self.cfg.swap_seed)
+            shown = (output, baseline) if swapped else (baseline, output)
+            messages = ae.render_judge_prompt(ins, *shown, config_dir=self.cfg.judge_config_dir)
+            out.append(Pending(f"{p.key}~swap", p.item_id, (ins, replace(request, messages=messages), True)))
+        return out
+
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
         version = self._judge_version()
         done: dict[str, Verdict] = {}
         for p in pending:
-            ins, request = p.payload
+            ins, request = p.payload[:2]
             if request is None:  # the official records a tie without asking the judge
                 done[p.key] = Verdict(
                     p.item_id,
@@ -142,10 +164,16 @@ class AlpacaEvalTask(Task):
                 )
         asked = [Pending(p.key, p.item_id, p.payload[1]) for p in pending if p.key not in done]
         instruction = {p.key: p.payload[0] for p in pending}
+        other = {p.key for p in pending if p.payload[2:] == (True,)}  # other_order's judgments
 
         def parse(p: Pending, result: ChatResult) -> Verdict:
             ins = instruction[p.key]
             v = ae.verdict_from_completion(p.item_id, ins, raw_completion(result), seed=self.cfg.swap_seed)
+            if p.key in other:  # shown the other way round: undo that swap instead
+                swapped = v.order == "AB"
+                value = ae.unswap_preference(ae.preference_from_completion(v.raw), swapped)
+                v = replace(v, value=value, status="ok" if value is not None else "unparsed")
+                v.order = "BA" if swapped else "AB"
             return replace(v, judge_id=self.env.judge_name, judge_version=version, key=p.key)
 
         for p, v in zip(asked, self.chat_verdicts(asked, parse)):

@@ -25,6 +25,7 @@ from evalharness.core.records import GenRequest, Score, Verdict, content_hash
 from evalharness.store import write_jsonl_atomic
 from evalharness.tasks.arena_hard import metric as ah
 from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, data_file, file_name, stored_answers
+from evalharness.tasks.reliability import Rejudge
 
 TASK = "arena_hard"
 BENCHES = {"v0.1": "arena-hard-v0.1", "v2.0": "arena-hard-v2.0"}
@@ -61,6 +62,7 @@ class Config:
     style_control: bool = False
     style_tokenizer: str = "o200k_base"  # tiktoken encoding for token_len (add_markdown_info.py); or "whitespace"
     seed: int = ah.OFFICIAL_SEED  # bootstrap seed
+    rejudge: Rejudge | None = None  # repeatability: a seeded subsample judged again (tasks.reliability)
 
 
 class ArenaHardTask(Task):

@@ -25,6 +25,7 @@ from evalharness.judges.local import choice_probabilities
 from evalharness.store import write_jsonl_atomic
 from evalharness.tasks.base import Display, ModelRecords, Pending, Session, Task, data_file, file_name
 from evalharness.tasks.mt_bench import metric as mt
+from evalharness.tasks.reliability import Rejudge
 
 TASK = "mt_bench"
 DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py: a category outside temperature_config
@@ -43,6 +44,7 @@ class Config:
     judge_prompts: str | None = None  # None: judge_prompts.jsonl of the data
     reference_answers: str | None = None  # None: reference_answer/gpt-4.jsonl (the official GPT-4 references)
     judge_max_tokens: int = 2048  # common.run_judge_single
+    rejudge: Rejudge | None = None  # repeatability: a seeded subsample judged again (tasks.reliability)
 
 
 class MTBenchTask(Task):
