@@ -35,6 +35,7 @@ from evalharness.core.records import (
     check_max_skipped,
     content_hash,
 )
+from evalharness.pipeline import presets
 from evalharness.pipeline.preflight import preflight
 from evalharness.pipeline.spec import JudgeSpec
 from evalharness.store import RunStore
@@ -175,7 +176,7 @@ def make_judge(spec: JudgeSpec, progress: bool) -> tuple[Any, str]:
                 cache=spec.cache,
             )
         )
-        name = spec.model
+        name = presets.judge_name(spec.model, spec.preset)  # a preset's numbers never share a column with others'
     return judge, name + (" (demo judge)" if spec.demo else "")
 
 

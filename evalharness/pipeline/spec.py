@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 from evalharness.core import decoding
 from evalharness.core.errors import InputError, read_utf8
 from evalharness.core.records import temperature_task
+from evalharness.pipeline import presets
 from evalharness.trackers import ReportTo
 
 
@@ -114,6 +115,17 @@ class JudgeSpec(Strict):
     cache: bool = True  # the response cache ($EVALHARNESS_CACHE/responses); failures are never cached
     demo: bool = False  # label every score as coming from a demo judge
     dtype: str = "float32"  # local judges
+    preset: str | None = None  # an official judge by name (pipeline/presets.py): model, endpoint, key, task settings
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        try:
+            return presets.judge_fields(data)
+        except InputError as e:
+            raise ValueError(e.reason) from None
 
 
 def _inside_results(name: str | None) -> str | None:
@@ -241,7 +253,11 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
             spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
             for m in spec.models
         ]
-    return spec, parse_tasks(spec.tasks, path, lines, ("tasks",))
+    try:
+        tasks = presets.apply(spec.judge.preset if spec.judge else None, spec.tasks)
+    except InputError as e:
+        raise InputError(e.reason, **where(*(e.field or "tasks").split("."))) from None
+    return spec, parse_tasks(tasks, path, lines, ("tasks",))
 
 
 def parse_tasks(

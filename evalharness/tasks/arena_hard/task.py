@@ -55,6 +55,7 @@ class Config:
     judge_config: str | None = None  # None: the version's official config (JUDGE_FILES)
     judge_settings: str | None = None  # JUDGE_SETTINGS JSON, for a config without system_prompt
     judge_max_tokens: int | None = None  # None: the config's (4096 v0.1, 16000 v2.0)
+    judge_temperature: float | None = None  # None: the config's (0.0)
     bootstrap_rounds: int = 100
     bootstrap_unit: Literal["battle", "question"] = "battle"
     ci_level: float | None = None  # None: the version's official interval
@@ -128,7 +129,7 @@ class ArenaHardTask(Task):
                 request = ChatRequest(
                     id=key,
                     messages=ah.render_judge_messages(q["prompt"], a, b, jc),
-                    temperature=jc.temperature or 0.0,
+                    temperature=self._temperature(jc),
                     max_tokens=self.cfg.judge_max_tokens or jc.max_tokens or 4096,
                     template_version=_version(jc),
                     choices=LABEL_CHOICES,
@@ -184,8 +185,11 @@ class ArenaHardTask(Task):
     def _judge_version(self, category: str) -> str:
         jc = self.judge_cfgs[category]
         return self.judge_version(
-            _version(jc), jc.temperature, self.cfg.judge_max_tokens or jc.max_tokens, f"parser:{self.rule}"
+            _version(jc), self._temperature(jc), self.cfg.judge_max_tokens or jc.max_tokens, f"parser:{self.rule}"
         )
+
+    def _temperature(self, jc: ah.JudgeConfig) -> float:
+        return self.cfg.judge_temperature if self.cfg.judge_temperature is not None else jc.temperature or 0.0
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         """Official-format answer and judgment files, then per category the one metric function on the battles."""
