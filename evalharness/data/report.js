@@ -248,6 +248,10 @@
     item.answers.forEach((a) => {
       col.appendChild(el("div.answer-head", a.request + (a.sample ? " sample " + a.sample : "") + " — " +
         a.text.length + " characters, " + a.n_tokens + " tokens, finish: " + a.finish));
+      if (a.thinking !== null && a.thinking !== undefined) {  // a reasoning policy's trace, folded away
+        col.appendChild(el("details.thinking", [el("summary", "thinking (" + (a.n_thinking_tokens === null ?
+          "tokens not counted" : a.n_thinking_tokens + " tokens") + ", not judged)"), el("pre.thinking", a.thinking)]));
+      }
       col.appendChild(el("pre.answer", a.text));
     });
     if (!item.answers.length) col.appendChild(el("p.missing", "Answer not stored (failed generation or imported outputs)."));

@@ -22,7 +22,7 @@ from typing import Any
 from evalharness import trackers
 from evalharness.backends import backend_options, capabilities, get_backend, scoring_backends
 from evalharness.backends.base import Backend
-from evalharness.core import provenance
+from evalharness.core import provenance, reasoning
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, evict, resolve, resolve_dtype
 from evalharness.core.records import (
@@ -495,17 +495,22 @@ def _generate_missing(
                 for si in range(r.params.n):
                     g = next(it)
                     failed = g.finish_reason == "error"
+                    part = reasoning.split(g.text, g.meta.get("reasoning"))  # judges see the answer only
+                    n_tokens = len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0))
+                    counts = reasoning.token_counts(n_tokens, part, reasoning.counter(session.backend))
                     records.append(
                         GenRecord(
                             key=session.key(r, si),
                             model=session.name,
                             item_id=r.id,
                             sample_index=si,
-                            text=g.text,
+                            text=part.answer,
                             status="error" if failed else "ok",
                             token_ids=g.token_ids,
                             prompt_ids=g.prompt_ids,
-                            n_tokens=len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0)),
+                            n_tokens=n_tokens,
+                            thinking=part.thinking,
+                            n_thinking_tokens=counts["n_thinking_tokens"],
                             finish_reason=g.finish_reason,
                             error=g.error,
                             params=r.params.to_dict(),
