@@ -132,3 +132,16 @@ def test_a_preset_run_sends_the_official_settings(
     scores = [s for s in run.scores if s.task == "arena_hard"]
     assert scores and {s.judge_id for s in scores} == {"gemini-2.5-pro-preview-03-25 (preset arena_hard_v2_gemini2.5)"}
     assert all(s.task_version.startswith("arena-hard-v2.0") for s in scores)
+
+
+def test_a_sweeps_eval_takes_the_preset_too(tmp_path: Path) -> None:
+    from evalharness.workflows.sweep import load_train_spec
+
+    text = (DEMO.parent / "demo_pipeline.yaml").read_text(encoding="utf-8")
+    local = "  judge: {type: local, model: smollm2-135m-instruct, demo: true}\n"
+    assert local in text
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(text.replace(local, "  judge: {preset: arena_hard_v2_gpt4.1}\n"))
+    with pytest.raises(InputError, match="is for arena_hard, not alpaca_eval") as e:
+        load_train_spec(spec)
+    assert e.value.field == "eval.tasks.alpaca_eval" and e.value.line == text.splitlines().index("    alpaca_eval:") + 1
