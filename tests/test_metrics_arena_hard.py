@@ -32,7 +32,8 @@ def test_parse_verdict_rules() -> None:
     assert ah.parse_verdict("Assistant B wins [[A<<B]]") == "B>>A"  # v2 alias, canonical form
     assert ah.parse_verdict("[[A>B]] ... [[AB]]") is None  # v2.0: the last match is no label (official: KeyError)
     assert ah.parse_verdict("[[A>B]] ... [[AB]]", rule="last") == "A>B"  # "last" skips non-labels
-    assert ah.parse_verdict("My final verdict is [B>A]") is None
+    assert ah.parse_verdict("My final verdict is [B>A]") == "B>A"  # v2.0's config holds the [X] fallback
+    assert ah.parse_verdict("My final verdict is [B>A]", patterns=(ah.LABEL_PATTERN,)) is None
     assert ah.parse_verdict("My final verdict is [B>A]", patterns=(ah.LABEL_PATTERN, r"\[([AB<>=]+)\]")) == "B>A"
     assert ah.parse_verdict("no verdict at all") is None
 

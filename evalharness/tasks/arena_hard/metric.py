@@ -75,12 +75,16 @@ def official_rule(bench: str) -> str:
     return "v0.1" if bench in ("v0.1", "arena-hard-v0.1") else "v2.0"
 
 
-def parse_verdict(judgment_text: str, patterns: Sequence[str] = (LABEL_PATTERN,), rule: str = "v2.0") -> str | None:
-    """The verdict label in ``judgment_text`` under ``rule`` (canonical form, e.g. ``"B>>A"``), or None if unparsed."""
+def parse_verdict(judgment_text: str, patterns: Sequence[str] | None = None, rule: str = "v2.0") -> str | None:
+    """The verdict label in ``judgment_text`` under ``rule`` (canonical form, e.g. ``"B>>A"``), or None if unparsed.
+
+    ``patterns``: the judge config's regexes (None: those of the rule's official config, RULE_PATTERNS).
+    """
     if rule not in VERDICT_RULES:
         raise InputError(
             f"unknown Arena-Hard verdict rule '{rule}' (one of {', '.join(VERDICT_RULES)})", field="parser"
         )
+    patterns = RULE_PATTERNS[rule] if patterns is None else patterns
     text = judgment_text if rule == "v0.1" else judgment_text.upper()
     for pattern in patterns:
         matches = [m for m in re.findall(pattern, text) if m != ""]
@@ -151,7 +155,7 @@ def load_judgments(
                 if isinstance(text, dict):  # v2 files store {"answer": judge text, ...}
                     text = text.get("answer") or ""
                 row_rule = rule or official_rule(str(row.get("category") or "arena-hard-v0.1"))
-                raw = parse_verdict(str(text), RULE_PATTERNS[row_rule], row_rule) if reparse else game.get("score")
+                raw = parse_verdict(str(text), rule=row_rule) if reparse else game.get("score")
                 label = _CANONICAL.get(raw.strip()) if isinstance(raw, str) else None
                 meta = {
                     "model": model,
