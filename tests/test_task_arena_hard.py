@@ -75,7 +75,7 @@ def test_scores_faults_official_file_and_resume(tmp_path: Path, benchdata: Path,
               (1, 1): "[[A>B]]", (1, 2): "[[A=B]]",                       # policy: 0, 0.5
               (2, 1): "I cannot decide between them.", (2, 2): "[[B>A]]",  # unparsed (not scored), 0
               (3, 1): Fault.http(400),                                   # a failed call (not scored)
-              (3, 2): "At first [[B>>A]], but on reflection: [[A>>B]]"}  # the last label counts: 1 x3
+              (3, 2): "At first B looked better, but on reflection: [[A>>B]]"}  # one label (v0.1): 1 x3
     cfg = arena_hard.Config(data_dir=str(benchdata / "arena_hard"), limit=4)
     policy = RecordingBackend()
     cache = tmp_path / "judge-cache"  # one server throughout, so its URL (part of the cache key) stays the same

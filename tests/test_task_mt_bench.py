@@ -64,7 +64,7 @@ def questions(benchdata: Path) -> dict[int, dict[str, Any]]:
 
 def test_turns_ratings_faults_official_file_and_resume(tmp_path: Path, benchdata: Path, questions: Any) -> None:
     script = {(81, 1): "Good. Rating: [[8]]", (81, 2): "Rating: [[6]]",
-              (111, 1): "Rating: [[3]]. On reflection the answer is right. Rating: [[5]]",  # the last [[N]]
+              (111, 1): "Rating: [[3]]. On reflection the answer is right. Rating: [[5]]",  # FastChat: the first [[N]]
               (111, 2): "Rating: 7/10",  # no [[N]]: unparsed, not scored
               (145, 1): Fault.http(400),  # a failed call: not scored
               (145, 2): "[[9]]"}
@@ -76,8 +76,8 @@ def test_turns_ratings_faults_official_file_and_resume(tmp_path: Path, benchdata
         bodies = server.received
         assert server.requests == 6
 
-    # Means over parsed rows: turn 1 (8, 5), turn 2 (6, 9), overall the mean of all four rows.
-    assert (scores["score"].value, scores["turn1"].value, scores["turn2"].value) == (7.0, 6.5, 7.5)
+    # Means over parsed rows: turn 1 (8, 3), turn 2 (6, 9), overall the mean of all four rows.
+    assert (scores["score"].value, scores["turn1"].value, scores["turn2"].value) == (6.5, 5.5, 7.5)
     overall = scores["score"]
     assert (overall.n, overall.n_skipped, overall.extra["n_unparsed"], overall.extra["n_error"]) == (4, 2, 1, 1)
     assert (overall.task, overall.model, overall.judge_id, overall.baseline, overall.higher_is_better) == \
@@ -102,7 +102,7 @@ def test_turns_ratings_faults_official_file_and_resume(tmp_path: Path, benchdata
     assert (by_turn[(111, 2)].status, by_turn[(111, 2)].value, by_turn[(111, 2)].raw) == \
         ("unparsed", None, "Rating: 7/10")
     assert by_turn[(145, 1)].status == "error" and "400" in by_turn[(145, 1)].error
-    assert (by_turn[(111, 1)].value, by_turn[(111, 1)].meta["category"]) == (5.0, "math")
+    assert (by_turn[(111, 1)].value, by_turn[(111, 1)].meta["category"]) == (3.0, "math")
 
     # Answers: category temperatures, max_new_tokens from the run, turn 2 sees the model's own turn 1.
     gens = {g.item_id: g for g in store.generations(POLICY)}
@@ -135,10 +135,10 @@ def test_turns_ratings_faults_official_file_and_resume(tmp_path: Path, benchdata
     for reparse in (False, True):
         official = mt.metrics_from_file(judgment, reparse=reparse)["models"][POLICY]
         assert (official["score"], official["turn1"], official["turn2"], official["n"], official["n_unparsed"]) == \
-            (7.0, 6.5, 7.5, 4, 2)
+            (6.5, 5.5, 7.5, 4, 2)
     rows = {(r["question_id"], r["turn"]): r for r in jsonl(judgment)}
     assert (rows[(145, 1)]["judgment"], rows[(145, 1)]["score"]) == ("$ERROR$", -1)
-    assert rows[(111, 1)]["judge"] == [JUDGE, "single-math-v1"] and rows[(111, 1)]["score"] == 5.0
+    assert rows[(111, 1)]["judge"] == [JUDGE, "single-math-v1"] and rows[(111, 1)]["score"] == 3.0
     answers = jsonl(store.path / "mt_bench/model_answer" / f"{POLICY}.jsonl")
     assert answers[1]["choices"][0]["turns"] == [gens["111:t1"].text, gens["111:t2"].text]
 
@@ -152,8 +152,8 @@ def test_turns_ratings_faults_official_file_and_resume(tmp_path: Path, benchdata
         assert server.requests == 1 and judge.usage["cache_hits"] == 0
     assert resumed.path == store.path
     assert len(policy.requests) == n_generated == 6
-    assert scores["turn1"].value == pytest.approx(17 / 3)
-    assert scores["score"].value == pytest.approx(32 / 5)
+    assert scores["turn1"].value == pytest.approx(15 / 3)
+    assert scores["score"].value == pytest.approx(30 / 5)
     assert (scores["score"].n, scores["score"].n_skipped) == (5, 1)
 
 

@@ -205,6 +205,8 @@ def _answer(g: GenRecord, request_id: str, sample: int) -> dict[str, Any]:
         "text": g.text,
         "n_tokens": g.n_tokens,
         "finish": g.finish_reason,
+        "thinking": g.thinking,  # a reasoning policy's trace: shown folded, never judged
+        "n_thinking_tokens": g.n_thinking_tokens,
     }
 
 

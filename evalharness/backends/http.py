@@ -73,6 +73,7 @@ class ChatResult:
     attempts: int = 0
     key: str = ""
     choice_logprobs: dict[str, float] | None = None  # label -> log-prob, from a label-space judge
+    reasoning: str | None = None  # the first choice's separate reasoning field (reasoning_content / reasoning)
 
 
 class ProviderError(Exception):
@@ -270,6 +271,8 @@ def parse_completion(request_id: str, completion: Any) -> ChatResult:
         choices = sorted(choices, key=lambda c: c.get("index") or 0)
         texts = [(c.get("message") or {}).get("content") or "" for c in choices]
         first = choices[0]
+        message = first.get("message") or {}
+        reasoning = message.get("reasoning_content") or message.get("reasoning")  # vLLM, DeepSeek; OpenRouter
         top: list[TokenAlternatives] | None = None
         sampled: TokenAlternatives | None = None
         content = (first.get("logprobs") or {}).get("content")
@@ -295,4 +298,5 @@ def parse_completion(request_id: str, completion: Any) -> ChatResult:
         top_logprobs=top,
         token_logprobs=sampled,
         usage=usage,
+        reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
     )

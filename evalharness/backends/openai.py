@@ -84,7 +84,12 @@ class OpenAIBackend:
                         None,
                         None,
                         res.finish_reason or "stop",
-                        meta={"usage": res.usage, "n_tokens": n_tokens, "n_tokens_from": source},
+                        meta={
+                            "usage": res.usage,
+                            "n_tokens": n_tokens,
+                            "n_tokens_from": source,
+                            **({"reasoning": res.reasoning} if res.reasoning else {}),
+                        },
                     )
                 )
             else:

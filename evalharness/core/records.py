@@ -121,6 +121,9 @@ class GenRecord(Record):
     error: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     model_id: str = ""
+    # A reasoning policy's thinking (core.reasoning.split), kept here; ``text`` is the answer the judges see.
+    thinking: str | None = None
+    n_thinking_tokens: int | None = 0  # of n_tokens; None: unknown (no tokenizer to split the count)
 
 
 @dataclass

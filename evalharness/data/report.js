@@ -266,7 +266,13 @@
     if (!item) { col.appendChild(el("p.missing", "No answer or judgment for this item.")); return col; }
     item.answers.forEach((a) => {
       col.appendChild(el("div.answer-head", a.request + (a.sample ? " sample " + a.sample : "") + " — " +
-        a.text.length + " characters, " + a.n_tokens + " tokens, finish: " + a.finish));
+        a.text.length + " characters, " + (a.thinking != null && a.n_thinking_tokens != null ? (a.n_tokens -
+        a.n_thinking_tokens) + " answer tokens + " + a.n_thinking_tokens + " thinking" : a.n_tokens + " tokens") +
+        ", finish: " + a.finish));
+      if (a.thinking !== null && a.thinking !== undefined) {  // a reasoning policy's trace, folded away
+        col.appendChild(el("details.thinking", [el("summary", "thinking (" + (a.n_thinking_tokens === null ?
+          "tokens not counted" : a.n_thinking_tokens + " tokens") + ", not judged)"), el("pre.thinking", a.thinking)]));
+      }
       col.appendChild(el("pre.answer", a.text));
     });
     if (!item.answers.length) col.appendChild(el("p.missing", "Answer not stored (failed generation or imported outputs)."));

@@ -49,7 +49,12 @@ def check_judge(judge: JudgeSpec | None, *, probe: bool = True) -> list[str]:
     if judge is None or judge.type != "openai":
         return []
     if judge.api_key_env:
-        _key(judge.api_key_env, "judge.api_key_env")
+        try:
+            _key(judge.api_key_env, "judge.api_key_env")
+        except InputError as e:
+            if judge.preset is None:
+                raise
+            raise InputError(f"judge preset '{judge.preset}': {e.reason}; nothing was sent", field=e.field) from None
     if not judge.base_url:
         raise InputError("an openai judge needs base_url", field="judge.base_url")
     if not probe:

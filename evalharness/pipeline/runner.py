@@ -22,7 +22,7 @@ from typing import Any
 from evalharness import trackers
 from evalharness.backends import backend_options, capabilities, get_backend, scoring_backends
 from evalharness.backends.base import Backend
-from evalharness.core import provenance
+from evalharness.core import provenance, reasoning
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, evict, resolve, resolve_dtype
 from evalharness.core.paths import results_root
@@ -36,6 +36,7 @@ from evalharness.core.records import (
     content_hash,
 )
 from evalharness.pipeline import plan as planning
+from evalharness.pipeline import presets
 from evalharness.pipeline.budget import Budget
 from evalharness.pipeline.preflight import check_judge, preflight
 from evalharness.pipeline.rejudge import judge_repeats, run_reliability_scores
@@ -191,7 +192,7 @@ def make_judge(spec: JudgeSpec, progress: bool) -> tuple[Any, str]:
                 batch_window=spec.batch_completion_window,
             )
         )
-        name = spec.model
+        name = presets.judge_name(spec.model, spec.preset)  # a preset's numbers never share a column with others'
     return judge, name + (" (demo judge)" if spec.demo else "")
 
 
@@ -664,17 +665,22 @@ def _generate_missing(
                 for si in range(r.params.n):
                     g = next(it)
                     failed = g.finish_reason == "error"
+                    part = reasoning.split(g.text, g.meta.get("reasoning"))  # judges see the answer only
+                    n_tokens = len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0))
+                    counts = reasoning.token_counts(n_tokens, part, reasoning.counter(session.backend))
                     records.append(
                         GenRecord(
                             key=session.key(r, si),
                             model=session.name,
                             item_id=r.id,
                             sample_index=si,
-                            text=g.text,
+                            text=part.answer,
                             status="error" if failed else "ok",
                             token_ids=g.token_ids,
                             prompt_ids=g.prompt_ids,
-                            n_tokens=len(g.token_ids) if g.token_ids is not None else int(g.meta.get("n_tokens", 0)),
+                            n_tokens=n_tokens,
+                            thinking=part.thinking,
+                            n_thinking_tokens=counts["n_thinking_tokens"],
                             finish_reason=g.finish_reason,
                             error=g.error,
                             params=r.params.to_dict(),

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict
 from evalharness.core import decoding
 from evalharness.core.errors import InputError, read_utf8
 from evalharness.core.records import temperature_task
+from evalharness.pipeline import presets
 from evalharness.trackers import ReportTo
 
 
@@ -116,6 +117,7 @@ class JudgeSpec(Strict):
     cache: bool = True  # the response cache ($EVALHARNESS_CACHE/responses); failures are never cached
     demo: bool = False  # label every score as coming from a demo judge
     dtype: str = "float32"  # local judges
+    preset: str | None = None  # an official judge by name (pipeline/presets.py): model, endpoint, key, task settings
     # The run's judge budget, across its resumes (pipeline.budget, docs/budget.md): USD and HTTP requests.
     max_cost: float | None = pydantic.Field(None, gt=0)
     max_requests: int | None = pydantic.Field(None, gt=0)
@@ -123,6 +125,16 @@ class JudgeSpec(Strict):
     batch: bool = False
     batch_poll_s: float = pydantic.Field(30.0, gt=0)
     batch_completion_window: str = "24h"
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        try:
+            return presets.judge_fields(data)
+        except InputError as e:
+            raise ValueError(e.reason) from None
 
     @pydantic.model_validator(mode="after")
     def _endpoint_only(self) -> JudgeSpec:
@@ -291,7 +303,13 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
             spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
             for m in spec.models
         ]
-    return spec, parse_tasks(spec.tasks, path, lines, ("tasks",))
+    try:  # each judge's preset in turn: an ensemble whose presets set a task option two ways is refused
+        tasks = spec.tasks
+        for j in judges:
+            tasks = presets.apply(j.preset, tasks)
+    except InputError as e:
+        raise InputError(e.reason, **where(*(e.field or "tasks").split("."))) from None
+    return spec, parse_tasks(tasks, path, lines, ("tasks",))
 
 
 def parse_tasks(

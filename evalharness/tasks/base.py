@@ -21,12 +21,13 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from evalharness.backends.base import Backend
 from evalharness.backends.http import ChatRequest, ChatResult
+from evalharness.core import reasoning
 from evalharness.core.decoding import Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.records import GenRecord, GenRequest, Score, Verdict, content_hash
@@ -230,7 +231,7 @@ class Task:
                     )
                 )
             else:
-                out.append(parse(p, res))
+                out.append(_parse_answer(p, res, parse))
         return out
 
     def judge_version(self, *parts: Any) -> str:
@@ -347,3 +348,16 @@ class TaskSpec:
     config: Any
     generation: GenerationSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_answer(p: Pending, res: ChatResult, parse: Callable[[Pending, ChatResult], Verdict]) -> Verdict:
+    """A judge that reasons before its verdict is parsed on its final answer; its whole reply stays in ``raw``."""
+    part = reasoning.split(res.text or "", res.reasoning)
+    if part.thinking is None:
+        return parse(p, res)
+    v = parse(p, replace(res, text=part.answer))
+    if v.raw == part.answer:
+        v.raw = res.text
+    if res.reasoning:
+        v.meta = {**v.meta, "judge_reasoning": res.reasoning}
+    return v

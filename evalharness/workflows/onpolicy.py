@@ -203,11 +203,10 @@ _PAIRWISE_PROMPT = (
 
 
 def parse_pairwise(text: str) -> str | None:
-    """The LAST [[A]], [[B]] or [[C]] in a judgment (the last-verdict rule our MT-Bench parser uses), else None."""
-    import re
+    """FastChat's pairwise rule (mt_bench.metric.parse_pair: [[A]], else [[B]], else [[C]]) as "A", "B" or "C"."""
+    from evalharness.tasks.mt_bench.metric import parse_pair
 
-    found = re.findall(r"\[\[([ABC])\]\]", text or "")
-    return found[-1] if found else None
+    return {"A": "A", "B": "B", "tie": "C", None: None}[parse_pair(text or "")]
 
 
 def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[list[float | None], dict[str, Any]]:
@@ -226,7 +225,7 @@ def chat_scores(cfg: PairsConfig, items: list[Any], gens: list[Any]) -> tuple[li
     client, name = make_judge(JudgeSpec(**(cfg.chat_judge or {})), False)
     question = {it.id: it.messages[-1][1] if it.messages else str(it.prompt) for it in items}
     template = _RATING_PROMPT if cfg.rank == "rating" else _PAIRWISE_PROMPT
-    version = hashlib.sha256(template.encode()).hexdigest()[:12]
+    version = hashlib.sha256(f"{template}|parser:fastchat".encode()).hexdigest()[:12]  # the rule is in the version
     ask = partial(_chat_request, version=version)
     counts = {"ok": 0, "failed": 0, "unparsed": 0}
 

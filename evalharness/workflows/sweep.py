@@ -36,6 +36,7 @@ from evalharness import trackers
 from evalharness.core.decoding import PAIRS, Decoding
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.paths import results_root
+from evalharness.pipeline import presets
 from evalharness.pipeline.spec import (
     JudgeSpec,
     Strict,
@@ -159,6 +160,10 @@ def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
         if ev.prompts:
             ev.prompts = spec_path(path, ev.prompts)
         if ev.tasks:
+            try:  # a judge preset's task settings, as a run spec gets them (pipeline/presets.py)
+                ev.tasks = presets.apply(ev.judge.preset if ev.judge else None, ev.tasks)
+            except InputError as e:
+                raise InputError(e.reason, **where("eval", *(e.field or "tasks").split("."))) from None
             parse_tasks(ev.tasks, path, lines, ("eval", "tasks"))  # every error named before anything trains
             ev.tasks = {
                 name: {k: spec_path(path, v) if isinstance(v, str) else v for k, v in (o or {}).items()}

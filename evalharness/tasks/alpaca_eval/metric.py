@@ -217,29 +217,44 @@ def judge_config(config_dir: str | Path | None = None) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text(encoding="utf-8"))[ANNOTATOR])
 
 
-def render_judge_prompt(
-    instruction: str, output_1: str, output_2: str, *, config_dir: str | Path | None = None
-) -> list[dict[str, str]]:
-    """The chat messages the official judge sends for this pair, in the order given.
+# How the filled ChatML text becomes messages; enters the judge version. "official": utils.prompt_to_chatml
+# (tatsu-lab/alpaca_eval@cd543a14, src/alpaca_eval/utils.py l.601-653): a ``system name=X`` line is role
+# ``system`` with ``name`` X (utils._string_to_dict, l.656-661), as an output holding such a line gets it.
+CHATML_RULE = "official"
 
-    The template is read from the installed alpaca-eval package (or ``config_dir``). Each placeholder
-    is replaced once, in template order, as utils.make_prompts does; the ChatML text is then split as
-    utils.prompt_to_chatml does (its ``system name=...`` roles are not used by this template).
-    Apply :func:`is_swapped` first to reproduce the order the official showed.
-    """
-    root = _evaluators_dir(config_dir)
-    text = (root / judge_config(root)["prompt_template"]).read_text(encoding="utf-8")
-    values = {"instruction": instruction, "output_1": output_1, "output_2": output_2}
-    for key in dict.fromkeys(re.findall(_PLACEHOLDER, text)):
-        text = text.replace("{" + key + "}", str(values[key]), 1)
+
+def chatml_to_messages(text: str) -> list[dict[str, str]]:
+    """Messages from ChatML text as utils.prompt_to_chatml splits it (``system k=v ...`` roles become params)."""
     text = text.strip()
     if not (text.startswith("<|im_start|>") and text.endswith("<|im_end|>")):
         raise EvalHarnessError("judge template is not ChatML (<|im_start|> ... <|im_end|>)")
     messages = []
     for part in text.split("<|im_start|>")[1:]:
         role, _, rest = part.partition("\n")
-        messages.append({"role": role.strip(), "content": rest.split("<|im_end|>", 1)[0].strip()})
+        role = role.strip()
+        params: dict[str, str] = {}
+        if role.startswith("system") and role != "system":
+            params = {kv.split("=", 1)[0]: kv.split("=", 1)[1] for kv in role.split("system", 1)[-1].split(" ") if kv}
+            role = "system"
+        messages.append({"role": role, "content": rest.split("<|im_end|>", 1)[0].strip(), **params})
     return messages
+
+
+def render_judge_prompt(
+    instruction: str, output_1: str, output_2: str, *, config_dir: str | Path | None = None
+) -> list[dict[str, str]]:
+    """The chat messages the official judge sends for this pair, in the order given.
+
+    The template is read from the installed alpaca-eval package (or ``config_dir``). Each placeholder
+    is replaced once, in template order, as utils.make_prompts does; the ChatML text is then split by
+    :func:`chatml_to_messages`. Apply :func:`is_swapped` first to reproduce the order the official showed.
+    """
+    root = _evaluators_dir(config_dir)
+    text = (root / judge_config(root)["prompt_template"]).read_text(encoding="utf-8")
+    values = {"instruction": instruction, "output_1": output_1, "output_2": output_2}
+    for key in dict.fromkeys(re.findall(_PLACEHOLDER, text)):
+        text = text.replace("{" + key + "}", str(values[key]), 1)
+    return chatml_to_messages(text)
 
 
 # ---------------------------------------------------------------- raw win rates

@@ -186,7 +186,12 @@ class AlpacaEvalTask(Task):
     def _judge_version(self) -> str:
         cfg = self.cfg
         return self.judge_version(
-            self.template, cfg.judge_temperature, cfg.judge_max_tokens, cfg.judge_top_logprobs, cfg.swap_seed
+            self.template,
+            cfg.judge_temperature,
+            cfg.judge_max_tokens,
+            cfg.judge_top_logprobs,
+            cfg.swap_seed,
+            f"chatml:{ae.CHATML_RULE}",
         )
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:

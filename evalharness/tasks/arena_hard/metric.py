@@ -52,20 +52,69 @@ STYLE_FEATURES = ("length", "headers", "lists", "bold")
 _WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 
 
-def parse_verdict(judgment_text: str, patterns: Sequence[str] = (LABEL_PATTERN,)) -> str | None:
-    """The LAST verdict label in ``judgment_text`` (canonical form, e.g. ``"B>>A"``), or None if unparsed.
+# Verdict rules, by name (the name enters the judge version: two rules never share a column). Each version's
+# default is its official rule; "last" (the last label of the first pattern that finds one) is an option.
+# "v0.1": the leaderboard's legacy gen_judgment.get_score (lmarena/arena-hard-auto@3071ef95, gen_judgment.py
+#   l.22-32): each pattern on the text as written; no match -> None; one distinct match -> it; two or more
+#   distinct -> None. Its show_result.get_battles_from_row (l.31-45) scores only the five canonical labels
+#   (anything else weighs 0) and drops the one game. Not transcribed: its second judge call ("continue your
+#   judgment ...") after a reply with no label; here such a game stays unparsed.
+# "v2.0": HEAD's gen_judgment.get_score (lmarena/arena-hard-auto@196f6b82, gen_judgment.py l.21-31): patterns
+#   in order (the config's [[X]] then [X]) on the upper-cased text; the LAST non-empty match of the first
+#   pattern that finds one. show_result.load_judgments (l.31-32) then drops the whole question (both games)
+#   when either game has no score; a match that is not a label (e.g. [[AB]]) is a KeyError there, unparsed here.
+VERDICT_RULES = ("v0.1", "v2.0", "last")
+LEGACY_LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
+LABEL_PATTERN_SINGLE = r"\[([AB<>=]+)\]"  # config/arena-hard-v2.0.yaml regex_patterns[1]
+# The patterns each rule's official config holds (v0.1 judge_config.yaml regex_pattern; v2.0 regex_patterns).
+RULE_PATTERNS = {"v0.1": (LABEL_PATTERN,), "v2.0": (LABEL_PATTERN, LABEL_PATTERN_SINGLE), "last": (LABEL_PATTERN,)}
 
-    Patterns are tried in order as v2 ``gen_judgment.get_score`` does (``[[X]]`` then, if a config
-    lists it, ``[X]``) on the upper-cased text. v0.1 returned None when two different labels appeared;
-    we take the last, because judges restate the label list before their final verdict. Bracketed
-    strings that are not labels (``[[AB]]``) are skipped rather than ending the search.
+
+def official_rule(bench: str) -> str:
+    """The official verdict rule of a version, bench or category: v0.1 for "v0.1" / "arena-hard-v0.1", else v2.0."""
+    return "v0.1" if bench in ("v0.1", "arena-hard-v0.1") else "v2.0"
+
+
+def parse_verdict(judgment_text: str, patterns: Sequence[str] | None = None, rule: str = "v2.0") -> str | None:
+    """The verdict label in ``judgment_text`` under ``rule`` (canonical form, e.g. ``"B>>A"``), or None if unparsed.
+
+    ``patterns``: the judge config's regexes (None: those of the rule's official config, RULE_PATTERNS).
     """
-    text = judgment_text.upper()
+    if rule not in VERDICT_RULES:
+        raise InputError(
+            f"unknown Arena-Hard verdict rule '{rule}' (one of {', '.join(VERDICT_RULES)})", field="parser"
+        )
+    patterns = RULE_PATTERNS[rule] if patterns is None else patterns
+    text = judgment_text if rule == "v0.1" else judgment_text.upper()
     for pattern in patterns:
-        labels = [m.strip() for m in re.findall(pattern, text) if m.strip() in LABELS]
-        if labels:
-            return _CANONICAL[labels[-1]]
+        matches = [m for m in re.findall(pattern, text) if m != ""]
+        if rule == "last":
+            matches = [m.strip() for m in matches if m.strip() in LABELS]
+        if not matches:
+            continue
+        if rule == "v0.1":
+            label = matches[0].strip("\n") if len(set(matches)) == 1 else None
+            return label if label in LEGACY_LABELS else None
+        return _CANONICAL.get(matches[-1].strip("\n" if rule == "v2.0" else None))
     return None
+
+
+def whole_questions(verdicts: Sequence[Verdict]) -> set[tuple[str, str, str]]:
+    """(model, question, baseline) whose two games both parsed: v2.0 show_result scores only these."""
+    games: dict[tuple[str, str, str], list[bool]] = {}
+    for v in verdicts:
+        games.setdefault((v.meta["model"], v.item_id, v.meta["baseline"]), []).append(v.status == "ok")
+    return {key for key, ok in games.items() if len(ok) == 2 and all(ok)}
+
+
+def scored(verdicts: Sequence[Verdict], *, whole_question: bool = False) -> list[Verdict]:
+    """The games that become battles: parsed ones, and with ``whole_question`` only those of a fully parsed question."""
+    keep = whole_questions(verdicts) if whole_question else None
+    return [
+        v
+        for v in verdicts
+        if v.status == "ok" and (keep is None or (v.meta["model"], v.item_id, v.meta["baseline"]) in keep)
+    ]
 
 
 def _field(row: dict[str, Any], names: tuple[str, ...], path: Path, line: int) -> Any:
@@ -75,12 +124,17 @@ def _field(row: dict[str, Any], names: tuple[str, ...], path: Path, line: int) -
     raise InputError("missing field", path=str(path), line=line, field=names[0])
 
 
-def load_judgments(path: str | Path, *, baseline: str = DEFAULT_BASELINE, reparse: bool = False) -> list[Verdict]:
+def load_judgments(
+    path: str | Path, *, baseline: str = DEFAULT_BASELINE, reparse: bool = False, rule: str | None = None
+) -> list[Verdict]:
     """One Verdict per game from official judgment JSONL (``model_judgment/<judge>/<model>.jsonl``) or a folder.
 
     Official convention (gen_judgment.py): game 1 shows the baseline as A, game 2 swaps (model as A).
     ``value`` is the judged model's score (1 win, 0.5 tie, 0 loss); a game whose stored ``score`` (or,
-    with ``reparse``, whose ``judgment`` text) holds no label is ``unparsed`` and never scored.
+    with ``reparse``, whose ``judgment`` text read under ``rule``) holds no label is ``unparsed`` and never
+    scored. ``rule`` None: the official rule of the row's version, told by its ``category`` (absent or
+    ``arena-hard-v0.1``: v0.1; a v2.0 category such as ``hard_prompt``: v2.0).
+    Each verdict's ``meta["rule"]`` says which rule its file calls for.
     """
     path = Path(path)
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
@@ -100,7 +154,8 @@ def load_judgments(path: str | Path, *, baseline: str = DEFAULT_BASELINE, repars
                 text = game.get("judgment") or ""
                 if isinstance(text, dict):  # v2 files store {"answer": judge text, ...}
                     text = text.get("answer") or ""
-                raw = parse_verdict(str(text)) if reparse else game.get("score")
+                row_rule = rule or official_rule(str(row.get("category") or "arena-hard-v0.1"))
+                raw = parse_verdict(str(text), rule=row_rule) if reparse else game.get("score")
                 label = _CANONICAL.get(raw.strip()) if isinstance(raw, str) else None
                 meta = {
                     "model": model,
@@ -108,6 +163,7 @@ def load_judgments(path: str | Path, *, baseline: str = DEFAULT_BASELINE, repars
                     "game": g + 1,
                     "label": label,
                     "decisive": label is not None and LABELS[label][1],
+                    "rule": row_rule,
                 }
                 value = None
                 if label is not None:  # the model is A only in game 2
@@ -127,15 +183,16 @@ def load_judgments(path: str | Path, *, baseline: str = DEFAULT_BASELINE, repars
     return verdicts
 
 
-def battles_from_verdicts(verdicts: Sequence[Verdict], *, weight: int = DECISIVE_WEIGHT) -> pd.DataFrame:
+def battles_from_verdicts(
+    verdicts: Sequence[Verdict], *, weight: int = DECISIVE_WEIGHT, whole_question: bool = False
+) -> pd.DataFrame:
     """Battle rows (question_id, model_a=baseline, model_b=model, winner) as show_result.py builds them.
 
-    A decisive game is repeated ``weight`` times; unparsed games contribute no row.
+    A decisive game is repeated ``weight`` times; unparsed games contribute no row, and with ``whole_question``
+    (v2.0) neither does the other game of their question.
     """
     rows = []
-    for v in verdicts:
-        if v.status != "ok":
-            continue
+    for v in scored(verdicts, whole_question=whole_question):
         winner = {1.0: "model_b", 0.0: "model_a", 0.5: "tie"}[float(v.value)]  # type: ignore[arg-type]
         rows += [(v.item_id, v.meta["baseline"], v.meta["model"], winner)] * (weight if v.meta["decisive"] else 1)
     return pd.DataFrame(rows, columns=["question_id", "model_a", "model_b", "winner"])
@@ -395,8 +452,12 @@ def metrics_from_file(
     ci_level: float = 0.95,
     judge: str | None = None,
     bench: str = "arena-hard-v0.1",
+    rule: str | None = None,
 ) -> dict[str, Any]:
     """Arena-Hard scores from a battles JSONL, a judgment JSONL, or a judgment folder.
+
+    ``rule`` (VERDICT_RULES; None: the official rule of the rows' format) reads verdicts and, for v2.0,
+    drops a question with an unparsed game.
 
     Per model: ``score`` = 100 * win_rate(BT Elo) vs the baseline and its percentile bootstrap CI
     (Elo percentiles mapped through win_rate, as show_result.py does), Elo, battle and game counts.
@@ -406,11 +467,12 @@ def metrics_from_file(
     path = Path(path)
     counts: dict[str, tuple[int, int] | None]
     if path.is_dir() or is_judgment_file(path):
-        verdicts = load_judgments(path, baseline=baseline or DEFAULT_BASELINE, reparse=reparse)
+        verdicts = load_judgments(path, baseline=baseline or DEFAULT_BASELINE, reparse=reparse, rule=rule)
         baseline = baseline or _recorded_baseline(verdicts, path)
-        battles = battles_from_verdicts(verdicts, weight=weight)
+        whole = bool(verdicts) and all(v.meta["rule"] == "v2.0" for v in verdicts)
+        battles = battles_from_verdicts(verdicts, weight=weight, whole_question=whole)
         judge = judge or next((v.judge_id for v in verdicts if v.judge_id), None)
-        counts = verdict_counts(verdicts)
+        counts = verdict_counts(verdicts, whole_question=whole)
     else:
         baseline = baseline or DEFAULT_BASELINE
         battles = load_battles(path)
@@ -449,13 +511,14 @@ def _recorded_baseline(verdicts: Sequence[Verdict], path: Path) -> str:
     return bases[0] if bases else DEFAULT_BASELINE
 
 
-def verdict_counts(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, int] | None]:
-    """model -> (games, games without a parsed verdict): unparsed and failed games both count as unparsed,
-    as the official judgment file has them."""
+def verdict_counts(verdicts: Sequence[Verdict], *, whole_question: bool = False) -> dict[str, tuple[int, int] | None]:
+    """model -> (games, games not scored): unparsed and failed games both count as unparsed, as the official
+    judgment file has them; with ``whole_question`` (v2.0) so does the parsed partner of such a game."""
     counts: dict[str, tuple[int, int] | None] = {}
+    kept = {id(v) for v in scored(verdicts, whole_question=whole_question)}
     for v in verdicts:
         n, bad = counts.get(v.meta["model"]) or (0, 0)
-        counts[v.meta["model"]] = (n + 1, bad + (v.status != "ok"))
+        counts[v.meta["model"]] = (n + 1, bad + (id(v) not in kept))
     return counts
 
 

@@ -3,7 +3,7 @@
 As lmarena/arena-hard-auto does it (gen_judgment.py, show_result.py; data and judge settings at the
 commit pinned in benchdata): game 1 shows the baseline as assistant A and game 2 swaps; the judge
 gets the official system prompt and template at the config's temperature and max_tokens; the verdict
-is the last ``[[label]]``; a decisive ``>>`` counts as three battles. Scoring reuses
+is read by the version's official rule (``ah.VERDICT_RULES``; v2.0 drops a question with an unparsed game); a decisive ``>>`` counts as three battles. Scoring reuses
 ``evalharness.tasks.arena_hard.metric``. Records go to the run store (resumable); an official-format copy
 (``model_answer/<model>.jsonl``, ``model_judgment/<judge>/<model>.jsonl``) is written under
 ``<run>/arena_hard/<bench>/`` for arena-hard-auto's own tools and ``evalharness metrics arena-hard``.
@@ -56,6 +56,7 @@ class Config:
     judge_config: str | None = None  # None: the version's official config (JUDGE_FILES)
     judge_settings: str | None = None  # JUDGE_SETTINGS JSON, for a config without system_prompt
     judge_max_tokens: int | None = None  # None: the config's (4096 v0.1, 16000 v2.0)
+    judge_temperature: float | None = None  # None: the config's (0.0)
     bootstrap_rounds: int = 100
     bootstrap_unit: Literal["battle", "question"] = "battle"
     ci_level: float | None = None  # None: the version's official interval
@@ -63,6 +64,7 @@ class Config:
     style_tokenizer: str = "o200k_base"  # tiktoken encoding for token_len (add_markdown_info.py); or "whitespace"
     seed: int = ah.OFFICIAL_SEED  # bootstrap seed
     rejudge: Rejudge | None = None  # repeatability: a seeded subsample judged again (tasks.reliability)
+    parser: Literal["v0.1", "v2.0", "last"] | None = None  # ah.VERDICT_RULES; None: the version's official rule
 
 
 class ArenaHardTask(Task):
@@ -82,6 +84,7 @@ class ArenaHardTask(Task):
     def setup(self) -> None:
         cfg = self.cfg
         self.bench = bench = BENCHES[cfg.version]
+        self.rule = cfg.parser or ah.official_rule(cfg.version)
         self.questions, complete = _questions(cfg, bench)
         self.judge_cfgs = {c: _judge_config(cfg, c) for c in dict.fromkeys(q["category"] for q in self.questions)}
         self.baselines = {c: cfg.baseline or jc.baseline or ah.DEFAULT_BASELINE for c, jc in self.judge_cfgs.items()}
@@ -128,7 +131,7 @@ class ArenaHardTask(Task):
                 request = ChatRequest(
                     id=key,
                     messages=ah.render_judge_messages(q["prompt"], a, b, jc),
-                    temperature=jc.temperature or 0.0,
+                    temperature=self._temperature(jc),
                     max_tokens=self.cfg.judge_max_tokens or jc.max_tokens or 4096,
                     template_version=_version(jc),
                     choices=LABEL_CHOICES,
@@ -144,7 +147,7 @@ class ArenaHardTask(Task):
 
         def parse(p: Pending, res: ChatResult) -> Verdict:
             i = info[p.key]
-            label = ah.parse_verdict(res.text or "", i["patterns"])
+            label = ah.parse_verdict(res.text or "", i["patterns"], self.rule)
             value, decisive = None, False
             if label is not None:  # LABELS: canonical label -> (assistant A's score, decisive)
                 score_a, decisive = ah.LABELS[label]
@@ -183,7 +186,12 @@ class ArenaHardTask(Task):
 
     def _judge_version(self, category: str) -> str:
         jc = self.judge_cfgs[category]
-        return self.judge_version(_version(jc), jc.temperature, self.cfg.judge_max_tokens or jc.max_tokens)
+        return self.judge_version(
+            _version(jc), self._temperature(jc), self.cfg.judge_max_tokens or jc.max_tokens, f"parser:{self.rule}"
+        )
+
+    def _temperature(self, jc: ah.JudgeConfig) -> float:
+        return self.cfg.judge_temperature if self.cfg.judge_temperature is not None else jc.temperature or 0.0
 
     def aggregate(self, session: Session, verdicts: list[Verdict]) -> list[Score]:
         """Official-format answer and judgment files, then per category the one metric function on the battles."""
@@ -205,7 +213,7 @@ class ArenaHardTask(Task):
         for category, base in self.baselines.items():
             mine = [v for v in verdicts if v.meta["category"] == category]
             label = self.bench if category == self.bench else f"{self.bench}/{category}"
-            counts = ah.verdict_counts(mine) or {session.name: (0, 0)}
+            counts = ah.verdict_counts(mine, whole_question=self.rule == "v2.0") or {session.name: (0, 0)}
             own = counts[session.name]
             assert own is not None  # verdict_counts never stores None
             missing = 2 * n_questions[category] - own[0]
@@ -241,7 +249,7 @@ class ArenaHardTask(Task):
         ci_level = cfg.ci_level or DEFAULT_CI_LEVEL[cfg.version]
         variant: Literal["v0.1", "v2"] = "v0.1" if cfg.version == "v0.1" else "v2"
         bootstrap = {"rounds": cfg.bootstrap_rounds, "seed": cfg.seed, "unit": cfg.bootstrap_unit, "ci_level": ci_level}
-        battles = ah.battles_from_verdicts(mine)
+        battles = ah.battles_from_verdicts(mine, whole_question=self.rule == "v2.0")
         if battles.empty:
             own = counts[model]
             assert own is not None  # verdict_counts never stores None

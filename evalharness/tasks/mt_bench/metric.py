@@ -37,19 +37,31 @@ TEMPERATURE_CONFIG = {
 }
 
 
-def parse_rating(text: str, *, fallback_single_brackets: bool = False) -> float | None:
-    """The LAST ``[[N]]`` rating in a judgment (decimals allowed), or None when there is none.
+# Verdict rules, by name: the name enters the judge version, so two rules never share a column.
+# "official": FastChat common.run_judge_single (lm-sys/FastChat@0e6d3e4b, fastchat/llm_judge/common.py
+# l.175-183): the FIRST ``[[N]]`` (re.search), else the first ``[N]``. On real GPT-4 judgments the first is
+# the rating ("a revised answer would earn [[10]]" comes after it). "last": the last ``[[N]]``, no ``[N]``
+# fallback (stricter: code such as ``array[0]`` is never read as a 0); an option, never the default.
+RATING_RULES = ("official", "last")
+# common.run_judge_pair, output_format "[[A]]" (same commit, l.282-290): the first of [[A]], [[B]], [[C]]
+# found in that order of checking, not in text order.
+PAIR_LABELS = (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie"))
 
-    FastChat takes the FIRST ``[[N]]`` and, failing that, the first ``[N]``. We take the last (a judge
-    that restates or revises its rating ends with the final one) and drop the ``[N]`` fallback by default:
-    in real judgments it reads code such as ``array[0]`` as a rating of 0. ``fallback_single_brackets``
-    restores it (still taking the last match).
-    """
-    for pattern in (RATING_PATTERN, RATING_PATTERN_BACKUP) if fallback_single_brackets else (RATING_PATTERN,):
-        matches = re.findall(pattern, text)
-        if matches:
-            return float(matches[-1])
-    return None
+
+def parse_rating(text: str, rule: str = "official") -> float | None:
+    """The judge's 1-10 rating under ``rule`` (see RATING_RULES), or None when there is none."""
+    if rule == "official":
+        match = re.search(RATING_PATTERN, text) or re.search(RATING_PATTERN_BACKUP, text)
+        return float(match.group(1)) if match else None
+    if rule == "last":
+        matches = re.findall(RATING_PATTERN, text)
+        return float(matches[-1]) if matches else None
+    raise InputError(f"unknown MT-Bench verdict rule '{rule}' (one of {', '.join(RATING_RULES)})", field="parser")
+
+
+def parse_pair(text: str) -> str | None:
+    """FastChat's pairwise winner: "A", "B" or "tie" (the first of [[A]], [[B]], [[C]] present), or None."""
+    return next((winner for label, winner in PAIR_LABELS if label in text), None)
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -62,11 +74,11 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from iter_jsonl(path)
 
 
-def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
+def load_judgments(path: str | Path, *, reparse: bool = False, rule: str = "official") -> list[Verdict]:
     """One Verdict per judgment row of ``model_judgment/<judge>_single.jsonl`` (or a .tsv, or a folder).
 
     A stored score of -1 is ``unparsed``. With ``reparse`` the rating is re-read from the ``judgment``
-    text by ``parse_rating`` (last ``[[N]]``) instead of trusting the stored first-match score.
+    text by ``parse_rating`` under ``rule`` instead of trusting the stored (FastChat first-match) score.
     """
     path = Path(path)
     files = sorted([*path.glob("*.jsonl"), *path.glob("*.tsv")]) if path.is_dir() else [path]
@@ -87,7 +99,7 @@ def load_judgments(path: str | Path, *, reparse: bool = False) -> list[Verdict]:
             if reparse:
                 if not isinstance(row.get("judgment"), str):
                     raise InputError("reparse needs the judgment text", field="judgment", **where)
-                rating = parse_rating(row["judgment"])
+                rating = parse_rating(row["judgment"], rule)
             else:
                 try:
                     rating = float(row["score"])
@@ -154,9 +166,11 @@ def aggregate(
     return out
 
 
-def metrics_from_file(path: str | Path, *, model: str | None = None, reparse: bool = False) -> dict[str, Any]:
+def metrics_from_file(
+    path: str | Path, *, model: str | None = None, reparse: bool = False, rule: str = "official"
+) -> dict[str, Any]:
     """MT-Bench scores per model from an official judgment file (JSONL or derived TSV) or a folder of them."""
-    verdicts = load_judgments(path, reparse=reparse)
+    verdicts = load_judgments(path, reparse=reparse, rule=rule)
     if not verdicts:  # an empty file is a mistake, not a model with no scores (as Arena-Hard and AlpacaEval say)
         raise InputError("no judgments in the file (empty)", path=str(path))
     judges = sorted({(v.judge_id, v.judge_version) for v in verdicts})
@@ -168,6 +182,7 @@ def metrics_from_file(path: str | Path, *, model: str | None = None, reparse: bo
         "judge": judges[0][0] if judges else "",
         "judge_prompts": [j[1] for j in judges],
         "reparsed": reparse,
+        **({"rule": rule} if reparse else {}),
         "models": models,
     }
 
@@ -255,7 +270,10 @@ def render_judge_messages(
 
 def format_report(metrics: Mapping[str, Any]) -> str:
     """A plain-text table for the CLI."""
-    lines = [f"MT-Bench, judge {metrics['judge'] or '?'}" + (" (re-parsed: last [[N]])" if metrics["reparsed"] else "")]
+    lines = [
+        f"MT-Bench, judge {metrics['judge'] or '?'}"
+        + (f" (re-parsed: rule {metrics.get('rule', 'official')})" if metrics["reparsed"] else "")
+    ]
     for m, r in sorted(metrics["models"].items(), key=lambda kv: -(kv[1]["score"] or 0)):
         fmt = lambda x: "  n/a" if x is None else f"{x:5.2f}"  # noqa: E731
         lines.append(

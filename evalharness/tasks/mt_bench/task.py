@@ -4,7 +4,7 @@ As lm-sys/FastChat ``fastchat/llm_judge`` does it: answers are generated turn by
 turn seeing the model's own first answer (gen_model_answer.py), at the category's temperature
 (``temperature_config``); the judge (gen_judgment.py, common.run_judge_single: temperature 0,
 max_tokens 2048) grades each turn with the official prompts, reference-guided for math, reasoning
-and coding and multi-turn for turn 2; the rating is the last ``[[N]]``. Scoring reuses
+and coding and multi-turn for turn 2; the rating is FastChat's (the first ``[[N]]``, else the first ``[N]``). Scoring reuses
 ``evalharness.tasks.mt_bench.metric``. Records go to the run store (resumable); an official-format copy
 (``model_answer/<model>.jsonl``, ``model_judgment/<judge>_single.jsonl``) is written under
 ``<run>/mt_bench/`` for FastChat's ``show_result.py`` and ``evalharness metrics mt-bench``.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from evalharness.backends.http import ChatRequest, ChatResult
 from evalharness.core.errors import InputError
@@ -45,6 +45,9 @@ class Config:
     reference_answers: str | None = None  # None: reference_answer/gpt-4.jsonl (the official GPT-4 references)
     judge_max_tokens: int = 2048  # common.run_judge_single
     rejudge: Rejudge | None = None  # repeatability: a seeded subsample judged again (tasks.reliability)
+    parser: Literal["official", "last"] = (
+        "official"  # mt.RATING_RULES: FastChat's first [[N]] (else [N]), or "last" (stricter)
+    )
 
 
 class MTBenchTask(Task):
@@ -160,6 +163,7 @@ class MTBenchTask(Task):
             sorted((k, v.get("system_prompt"), v.get("prompt_template")) for k, v in self.prompts.items()),
             self.cfg.judge_max_tokens,
             self.ref_model,
+            f"parser:{self.cfg.parser}",
         )
 
     def judge(self, session: Session, pending: list[Pending]) -> list[Verdict]:
@@ -173,7 +177,7 @@ class MTBenchTask(Task):
                 rating: float | None = sum(p_ * (RATING_CHOICES.index(c) + 1) for c, p_ in probs.items())
                 meta["rating_probabilities"] = probs
             else:
-                rating = mt.parse_rating(res.text or "")
+                rating = mt.parse_rating(res.text or "", self.cfg.parser)
             return Verdict(
                 p.item_id,
                 self.env.judge_name,
