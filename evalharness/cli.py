@@ -536,9 +536,16 @@ def compare(
     ] = None,
     seed: int = 0,
     results_dir: _RESULTS = None,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=ROW,ROW (repeat), or a YAML file: group rows into methods (default: manifests)"),
+    ] = None,
+    method_against: Annotated[str | None, typer.Option(help="the reference method (default: every pair)")] = None,
 ) -> None:
-    """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against."""
-    from evalharness.analysis.compare import build_table, render, resolve
+    """The SimPO-paper table: a row per model, value [95% CI] per (task, metric), paired Δ to --against; then a
+    row per method (checkpoints across training seeds) with its mean over seeds and method differences."""
+    from evalharness.analysis.compare import build_table, resolve
+    from evalharness.analysis.methods import build_methods, parse_groups, render_compare
 
     table = build_table(
         resolve(refs, results_dir),
@@ -549,7 +556,8 @@ def compare(
         metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
         log=_err,
     )
-    typer.echo(render(table, fmt), nl=False)
+    found = build_methods(table, groups=parse_groups(methods) if methods else None, against=method_against)
+    typer.echo(render_compare(table, found, fmt), nl=False)
 
 
 @app.command()

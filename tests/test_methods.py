@@ -1,0 +1,253 @@
+"""Method-level comparison across training seeds (issue 20, point 1).
+
+Runs are built through the real store (test_compare's ``sentiment_run``), their checkpoints described by
+manifests as training writes them. The estimator is checked against the classical two-way ANOVA expected
+mean squares computed in plain Python with scipy's t, and its coverage by simulation against the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats as st
+from test_compare import cli, sentiment_run
+
+from evalharness.analysis.compare import build_table, resolve
+from evalharness.analysis.methods import UNSUPPORTED, build_methods, parse_groups, render_methods
+from evalharness.core.errors import InputError
+from evalharness.core.method_stats import method_difference, method_mean
+from evalharness.core.stats import holm
+
+
+# ---------------------------------------------------------------- the estimator, by an independent route
+def anova_by_hand(y: list[list[float]]) -> tuple[float, float, float]:
+    """Grand mean, its variance and Satterthwaite df from the two-way ANOVA mean squares (Searle, Casella and
+    McCulloch, ch. 4): Var(grand mean) = (MS_seed + MS_prompt - MS_res) / (S n), loops in plain Python."""
+    S, n = len(y), len(y[0])
+    g = sum(map(sum, y)) / (S * n)
+    row = [sum(r) / n for r in y]
+    col = [sum(y[s][i] for s in range(S)) / S for i in range(n)]
+    ms_s = n * sum((r - g) ** 2 for r in row) / (S - 1)
+    ms_p = S * sum((c - g) ** 2 for c in col) / (n - 1)
+    ms_r = sum((y[s][i] - row[s] - col[i] + g) ** 2 for s in range(S) for i in range(n)) / ((S - 1) * (n - 1))
+    var = (ms_s + ms_p - ms_r) / (S * n)
+    df = (ms_s + ms_p - ms_r) ** 2 / (ms_s**2 / (S - 1) + ms_p**2 / (n - 1) + ms_r**2 / ((S - 1) * (n - 1)))
+    return g, var, df
+
+
+def test_method_mean_matches_the_anova_route_and_scipy_t() -> None:
+    y = [[0.61, 0.35, 0.80, 0.52, 0.47], [0.70, 0.41, 0.86, 0.55, 0.60], [0.58, 0.30, 0.77, 0.49, 0.42]]
+    g, var, df = anova_by_hand(y)
+    r = method_mean(np.array(y))
+    half = st.t.ppf(0.975, df) * math.sqrt(var)
+    assert float(r.estimate) == pytest.approx(g, abs=1e-12)
+    assert float(r.se) == pytest.approx(math.sqrt(var), rel=1e-10) and float(r.df) == pytest.approx(df, rel=1e-10)
+    assert (float(r.ci_low), float(r.ci_high)) == pytest.approx((g - half, g + half), rel=1e-10)
+    assert float(r.p_value) == pytest.approx(2 * st.t.sf(g / math.sqrt(var), df), rel=1e-10)
+
+
+def test_method_difference_matches_a_hand_computation() -> None:
+    """Seed means' variances per method, the per-prompt differences' variance, minus each residual MS / (S n)."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 1, (3, 8)) + rng.normal(0, 1, (3, 1))
+    b = rng.normal(0.5, 1, (2, 8)) + rng.normal(0, 1, (2, 1))
+    va = np.var([r.mean() for r in a], ddof=1) / 3
+    vb = np.var([r.mean() for r in b], ddof=1) / 2
+    vd = np.var(a.mean(0) - b.mean(0), ddof=1) / 8
+    ra = anova_by_hand(a.tolist())
+    rb = anova_by_hand(b.tolist())
+    # MS_res / (S n) from the ANOVA route: (ms_s + ms_p - var S n) ... recomputed directly here
+    res = [
+        sum((x[s][i] - x[s].mean() - x[:, i].mean() + x.mean()) ** 2 for s in range(len(x)) for i in range(8))
+        / ((len(x) - 1) * 7)
+        / (len(x) * 8)
+        for x in (a, b)
+    ]
+    var = max(va + vb + vd - res[0] - res[1], va + vb, vd)
+    terms = [(va, 2), (vb, 1), (vd, 7), (res[0], 14), (res[1], 7)]
+    df = (va + vb + vd - res[0] - res[1]) ** 2 / sum(v**2 / d for v, d in terms)
+    r = method_difference(a, b)
+    delta = a.mean() - b.mean()
+    assert float(r.estimate) == pytest.approx(delta, abs=1e-12) and float(r.se) ** 2 == pytest.approx(var, rel=1e-10)
+    if var == va + vb + vd - res[0] - res[1]:
+        assert float(r.df) == pytest.approx(max(df, 1.0), rel=1e-10)
+    assert float(r.p_value) == pytest.approx(2 * st.t.sf(abs(delta) / math.sqrt(var), float(r.df)), rel=1e-10)
+    assert ra[0] == pytest.approx(a.mean()) and rb[0] == pytest.approx(b.mean())
+
+
+# ---------------------------------------------------------------- coverage by simulation
+def simulate(seeds: int, *, experiments: int = 2000, prompts: int = 300, seed: int = 0) -> dict[str, float]:
+    """Coverage of the true method mean and true method difference (seed SD 1.5, prompt SD 20, method x prompt
+    SD 5, residual SD 15, true difference 2: an AlpacaEval-like percent scale) by the method CI and by the
+    checkpoint-level paired t CI of seed 0 alone."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 20, (experiments, 1, prompts))
+
+    def method(mu: float) -> np.ndarray:
+        return (
+            mu
+            + rng.normal(0, 1.5, (experiments, seeds, 1))
+            + shared
+            + rng.normal(0, 5, (experiments, 1, prompts))
+            + rng.normal(0, 15, (experiments, seeds, prompts))
+        )
+
+    a, b = method(52.0), method(50.0)
+    m, d = method_mean(a), method_difference(a, b)
+    one = a[:, 0, :] - b[:, 0, :]
+    half = st.t.ppf(0.975, prompts - 1) * one.std(-1, ddof=1) / math.sqrt(prompts)
+    x = a[:, 0, :]
+    half_x = st.t.ppf(0.975, prompts - 1) * x.std(-1, ddof=1) / math.sqrt(prompts)
+    return {
+        "method_mean": float(np.mean((m.ci_low <= 52) & (52 <= m.ci_high))),
+        "method_diff": float(np.mean((d.ci_low <= 2) & (2 <= d.ci_high))),
+        "checkpoint_mean": float(np.mean(np.abs(x.mean(-1) - 52) <= half_x)),
+        "checkpoint_diff": float(np.mean(np.abs(one.mean(-1) - 2) <= half)),
+    }
+
+
+def test_method_ci_covers_at_its_nominal_rate_where_the_checkpoint_ci_does_not() -> None:
+    cov = simulate(3)
+    assert cov["method_mean"] >= 0.93 and cov["method_diff"] >= 0.93
+    assert cov["checkpoint_diff"] < 0.80 and cov["checkpoint_mean"] < 0.88
+
+
+# ---------------------------------------------------------------- grouping from manifests, through the store
+def _checkpoint(root: Path, algorithm: str, seed: int, step: int = 8, **hp: Any) -> dict[str, Any]:
+    run = f"{algorithm}-" + "".join(f"{k}{v}" for k, v in hp.items()) + f"-s{seed}"
+    ck = root / "ckpts" / run / f"checkpoint-{step}"
+    ck.mkdir(parents=True)
+    (ck / "evalharness_manifest.json").write_text(
+        json.dumps(
+            {
+                "algorithm": algorithm,
+                "step": step,
+                "run_name": run,
+                "base_model": "sft",
+                "hparams": hp,
+                "data": {"hash": "d1"},
+                "train_config": {"algorithm": algorithm, "seed": seed, "lr": 1e-5, "hparams": hp},
+            }
+        )
+    )
+    return {"name": f"{run}@{step}", "spec": str(ck), "path": str(ck)}
+
+
+TWO = (("dpo", 0.0, {"beta": 0.1}), ("simpo", 0.1, {"gamma": 0.5}))
+
+
+def sweep_run(root: Path, seeds: list[int], *, algos: Any = TWO, seed_sd: float = 0.02, prompts: int = 30) -> Path:
+    """sft and each (algorithm, true shift, hyperparameters) of ``algos`` with ``seeds``, one shared prompt set."""
+    rng = np.random.default_rng(7)
+    level = rng.uniform(0.2, 0.8, prompts)
+    models = [{"name": "sft", "spec": "sft"}]
+    values = {"sft": {f"p{i}": [level[i]] for i in range(prompts)}}
+    for algo, shift, hp in algos:
+        for s in seeds:
+            m = _checkpoint(root, algo, s, **hp)
+            models.append(m)
+            off = shift + rng.normal(0, seed_sd)
+            values[m["name"]] = {f"p{i}": list(level[i] + off + rng.normal(0, 0.05, 2)) for i in range(prompts)}
+    return sentiment_run(root / "results", "sweep-eval", values, models=models)
+
+
+def test_grouping_from_manifests_and_the_stats_from_the_files(tmp_path: Path) -> None:
+    path = sweep_run(tmp_path, [0, 1, 2])
+    table = build_table(resolve([str(path)]), against="sft")
+    mt = build_methods(table)
+    assert mt is not None and mt.supported
+    assert [(m.name, m.seeds) for m in mt.methods] == [("dpo-beta0.1@8", [0, 1, 2]), ("simpo-gamma0.5@8", [0, 1, 2])]
+    # the per-prompt sample means, read back from the verdict files, give the same estimate
+    y = {}
+    for m in mt.methods:
+        y[m.name] = []
+        for i in m.rows:
+            rows = (
+                [json.loads(x) for x in (path / "verdicts.jsonl").read_text().splitlines()]
+                if (path / "verdicts.jsonl").exists()
+                else None
+            )
+            per: dict[str, list[float]] = {}
+            for v in table.rows[i].store.verdicts("sentiment", table.rows[i].model):
+                per.setdefault(v.item_id, []).append(v.value)
+            y[m.name].append([np.mean(per[f"p{k}"]) for k in range(30)])
+            del rows
+    g, var, df = anova_by_hand(y["dpo-beta0.1@8"])
+    cell = mt.cells[(0, 0)]
+    assert cell.result is not None and float(cell.result.estimate) == pytest.approx(g, abs=1e-12)
+    assert float(cell.result.se) ** 2 == pytest.approx(max(var, 0), rel=1e-9) or float(cell.result.df) >= 1
+    (c,) = mt.comparisons
+    assert (mt.methods[c.a].name, mt.methods[c.b].name) == ("simpo-gamma0.5@8", "dpo-beta0.1@8")
+    ref = method_difference(np.array(y["simpo-gamma0.5@8"]), np.array(y["dpo-beta0.1@8"]))
+    assert c.result is not None and float(c.result.estimate) == pytest.approx(float(ref.estimate), abs=1e-12)
+    assert c.significant and c.p_holm == pytest.approx(float(ref.p_value))
+    text = render_methods(mt)
+    assert "simpo-gamma0.5@8 vs dpo-beta0.1@8 on sentiment: simpo-gamma0.5@8 is better" in text
+    assert UNSUPPORTED not in text
+
+
+def test_one_seed_says_unsupported_in_text_and_json(tmp_path: Path) -> None:
+    path = sweep_run(tmp_path, [0])
+    p = cli("compare", path, "--against", "sft", "--results-dir", tmp_path / "results")
+    assert p.returncode == 0, p.stderr
+    assert UNSUPPORTED in p.stdout and "is better" not in p.stdout
+    assert "simpo-gamma0.5-s0@8" in p.stdout  # the checkpoint-level rows are there
+    p = cli("compare", path, "--against", "sft", "--format", "json", "--results-dir", tmp_path / "results")
+    out = json.loads(p.stdout)
+    assert out["methods"]["supported"] is False and out["methods"]["message"] == UNSUPPORTED
+    assert out["methods"]["comparisons"] == [] and out["methods"]["verdicts"] == [f"method-level: {UNSUPPORTED}"]
+    assert {(m["method"], m["n_seeds"], m["mean"], m["why_not"]) for m in out["methods"]["methods"]} == {
+        (name, 1, None, "seed variance unknown") for name in ("dpo-beta0.1@8", "simpo-gamma0.5@8")
+    }
+    assert {r["model"] for r in out["rows"]} >= {"dpo-beta0.1-s0@8", "simpo-gamma0.5-s0@8"}
+
+
+def test_three_seeds_through_the_cli_with_holm_by_hand(tmp_path: Path) -> None:
+    path = sweep_run(tmp_path, [0, 1, 2], algos=(*TWO, ("ipo", 0.02, {"tau": 0.1})))
+    p = cli("compare", path, "--against", "sft", "--format", "json", "--results-dir", tmp_path / "results")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)["methods"]
+    comps = out["comparisons"]
+    assert [(c["method"], c["against"]) for c in comps] == [
+        ("simpo-gamma0.5@8", "dpo-beta0.1@8"),
+        ("ipo-tau0.1@8", "dpo-beta0.1@8"),
+        ("ipo-tau0.1@8", "simpo-gamma0.5@8"),
+    ]
+    ps = [c["p_value"] for c in comps if c["p_value"] is not None]
+    m = len(ps)
+    order = sorted(range(m), key=lambda k: ps[k])
+    hand = [0.0] * m
+    running = 0.0
+    for rank, k in enumerate(order):  # Holm step-down by hand
+        running = max(running, min(1.0, (m - rank) * ps[k]))
+        hand[k] = running
+    got = [c["p_holm"] for c in comps if c["p_value"] is not None]
+    assert got == pytest.approx(hand) and got == pytest.approx(holm(ps))
+    assert len(out["verdicts"]) == 3 and all(" vs " in v and "Holm p" in v for v in out["verdicts"])
+    text = cli("compare", path, "--against", "sft", "--results-dir", tmp_path / "results").stdout
+    assert "method mean sentiment" in text and "Δ method sentiment" in text
+
+
+def test_explicit_grouping_and_bad_input(tmp_path: Path) -> None:
+    path = sweep_run(tmp_path, [0, 1])
+    table = build_table(resolve([str(path)]))
+    groups = parse_groups(["A=dpo-beta0.1-s0@8,dpo-beta0.1-s1@8", "B=simpo-gamma0.5-s0@8,simpo-gamma0.5-s1@8"])
+    mt = build_methods(table, groups=groups, against="A")
+    assert mt is not None and [m.name for m in mt.methods] == ["A", "B"] and mt.comparisons[0].a == 1
+    yaml_file = tmp_path / "methods.yaml"
+    yaml_file.write_text("A: [dpo-beta0.1-s0@8, dpo-beta0.1-s1@8]\nB: [simpo-gamma0.5-s0@8]\n")
+    assert parse_groups([str(yaml_file)]) == {
+        "A": ["dpo-beta0.1-s0@8", "dpo-beta0.1-s1@8"],
+        "B": ["simpo-gamma0.5-s0@8"],
+    }
+    with pytest.raises(InputError, match="--methods"):
+        parse_groups(["A"])
+    with pytest.raises(InputError, match="names 0 rows"):
+        build_methods(table, groups={"A": ["nope"]})
+    p = cli("compare", path, "--methods", "A=nope", "--results-dir", tmp_path / "results")
+    assert p.returncode == 2 and "nope" in p.stderr and "Traceback" not in p.stderr
