@@ -236,6 +236,7 @@ def quickstart(
     results_dir: _RESULTS = None,
     seed: int = 0,
     task: Annotated[str, typer.Option(help="sentiment (higher is better) or toxicity (lower is better)")] = "sentiment",
+    seeds: Annotated[int, typer.Option(help="training seeds per algorithm (2+: method rows with seed variance)")] = 1,
 ) -> None:
     """The main job: DPO vs SimPO on the bundled SmolLM2 with on-policy sentiment pairs; table + frontier plot.
     --task toxicity: DPO vs ODPO on rant openings, pairs and verdict by lower toxicity."""
@@ -243,7 +244,12 @@ def quickstart(
 
     _quiet_libraries()
     res = run(
-        algorithms=algorithms, seed=seed, task=task, results_dir=str(results_dir) if results_dir else None, log=_err
+        algorithms=algorithms,
+        seed=seed,
+        seeds=seeds,
+        task=task,
+        results_dir=str(results_dir) if results_dir else None,
+        log=_err,
     )
     typer.echo(f"quickstart: SmolLM2-135M-Instruct, {task} control, held-out prompts")
     _print_sweep(res)
@@ -256,6 +262,10 @@ def _print_sweep(res: object) -> None:
         typer.echo(render(res.comparison))  # type: ignore[attr-defined]
     if getattr(res, "verdict", None):
         typer.echo(verdict_line(res.verdict))  # type: ignore[attr-defined]
+    if getattr(res, "methods", None) is not None:
+        from evalharness.analysis.methods import render_methods
+
+        typer.echo(render_methods(res.methods), nl=False)  # type: ignore[attr-defined]
     for p in getattr(res, "plots", []):
         typer.echo(f"frontier plot: {p}")
     if getattr(res, "report", None) is not None:

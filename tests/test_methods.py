@@ -251,3 +251,66 @@ def test_explicit_grouping_and_bad_input(tmp_path: Path) -> None:
         build_methods(table, groups={"A": ["nope"]})
     p = cli("compare", path, "--methods", "A=nope", "--results-dir", tmp_path / "results")
     assert p.returncode == 2 and "nope" in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------- sweeps with seeds end in method rows
+def _seed_sweep(tmp_path: Path, base: Path | str, seeds: list[int], steps: int = 2) -> Path:
+    words = [
+        "write a short review",
+        "review the movie",
+        "write about the story",
+        "continue this review",
+        "the acting",
+        "the music",
+        "the ending",
+        "the director",
+    ]
+    prompts = [{"id": f"q{i}", "messages": [{"role": "user", "content": w}]} for i, w in enumerate(words)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    spec = tmp_path / f"seeds{len(seeds)}.yaml"
+    spec.write_text(f"""\
+name: seed-sweep-{len(seeds)}
+base: {base}
+data:
+  on_policy: {{prompts: ./prompts.jsonl, judge: sentiment, k: 4, max_new_tokens: 8}}
+train: {{learning_rate: 1.0e-2, max_steps: {steps}, batch_size: 2, save_every: {steps}, warmup_ratio: 0.0}}
+algorithms:
+  dpo: {{beta: 0.1}}
+  simpo: {{gamma: 0.5}}
+seeds: {seeds}
+eval: {{prompts: ./prompts.jsonl, judges: [sentiment, kl], max_new_tokens: 8, checkpoints: final}}
+""")
+    return spec
+
+
+def _check_sweep(spec_path: Path, results: Path, seeds: int) -> None:
+    from evalharness.workflows.sweep import load_train_spec, run_sweep
+
+    spec, runs = load_train_spec(spec_path)
+    res = run_sweep(spec, runs, results_dir=results, progress=False)
+    mt = res.methods
+    assert mt is not None and [len(m.rows) for m in mt.methods] == [seeds, seeds]
+    assert [m.algorithm for m in mt.methods] == ["dpo", "simpo"]
+    saved = json.loads((res.path / "comparison.json").read_text())["methods"]
+    text = render_methods(mt)
+    if seeds == 1:
+        assert not mt.supported and saved["message"] == UNSUPPORTED and UNSUPPORTED in text
+        return
+    assert mt.supported and saved["comparisons"] and all(m["ci_low"] is not None for m in saved["methods"])
+    verdict = [v for v in saved["verdicts"] if " on sentiment:" in v]
+    assert len(verdict) == 1 and verdict[0].startswith("simpo-gamma0.5@") and " vs dpo-beta0.1@" in verdict[0]
+    assert ("is better" in verdict[0]) or ("no significant difference" in verdict[0] and "MDE" in verdict[0])
+
+
+@pytest.mark.slow  # two sweeps: 45 s on the shared 2-core machine
+def test_a_tiny_sweep_with_three_seeds_ends_in_method_rows(tmp_path: Path, tiny_model: Path) -> None:
+    _check_sweep(_seed_sweep(tmp_path, tiny_model, [0, 1, 2]), tmp_path / "results", 3)
+    _check_sweep(_seed_sweep(tmp_path, tiny_model, [0]), tmp_path / "results", 1)
+
+
+@pytest.mark.slow
+def test_bundled_sweep_dpo_vs_simpo_three_seeds_then_one(tmp_path: Path) -> None:
+    """The issue's "done": 3 seeds of DPO and SimPO on the bundled model end in method rows with a verdict;
+    with one seed the same sweep says the method-level claim is unsupported."""
+    _check_sweep(_seed_sweep(tmp_path, "smollm2-135m-instruct", [0, 1, 2], steps=2), tmp_path / "results", 3)
+    _check_sweep(_seed_sweep(tmp_path, "smollm2-135m-instruct", [0], steps=2), tmp_path / "results", 1)
