@@ -303,3 +303,25 @@ def test_bundled_sweep_dpo_vs_simpo_three_seeds_then_one(tmp_path: Path) -> None
     with one seed the same sweep says the method-level claim is unsupported."""
     _check_sweep(_seed_sweep(tmp_path, "smollm2-135m-instruct", [0, 1, 2], steps=2), tmp_path / "results", 3)
     _check_sweep(_seed_sweep(tmp_path, "smollm2-135m-instruct", [0], steps=2), tmp_path / "results", 1)
+
+
+def test_report_and_tracker_rows_carry_the_method_section(tmp_path: Path) -> None:
+    """The HTML report's data and the trackers' ``methods`` table are the same section as compare's."""
+    from evalharness.analysis.html_report import report_data
+    from evalharness.analysis.methods import method_records, method_rows
+
+    path = sweep_run(tmp_path, [0, 1, 2])
+    data = report_data([str(path)], against="sft", results_dir=tmp_path / "results")
+    table = build_table(resolve([str(path)]), against="sft")
+    mt = build_methods(table)
+    assert mt is not None
+    text = render_methods(mt)
+    means, diffs = data["methods"]["means"], data["methods"]["differences"]
+    assert [r[0] for r in means["body"]] == ["dpo-beta0.1@8", "simpo-gamma0.5@8"] and means["body"][0][3] in text
+    assert diffs["body"][0][0] == "simpo-gamma0.5@8 − dpo-beta0.1@8" and diffs["body"][0][1] in text
+    assert data["methods"]["lines"][0] in text and "checkpoint" not in means["head"][3]
+    rows = method_rows(mt)
+    recs = method_records(mt)
+    assert [r["kind"] for r in rows] == ["mean", "mean", "difference"]
+    assert rows[2]["value"] == recs["comparisons"][0]["delta"] and rows[0]["value"] == recs["methods"][0]["mean"]
+    assert len({tuple(r) for r in rows}) == 1  # one set of keys: a tracker table

@@ -360,16 +360,16 @@ def _delta_text(c: MethodComparison, d: int) -> str:
     return text + ("*" if c.significant else f" (MDE {_num(c.mde, d)})")
 
 
-def render_methods(mt: MethodTable, fmt: str = "table") -> str:
-    """The method section: a row per method (mean over seeds, its CI), a row per comparison (Δ, CI, p, Holm
-    star or MDE), then the verdicts. Its columns are method columns only."""
+def method_grids(mt: MethodTable) -> dict[str, Any]:
+    """The method section as text cells: ``means`` and ``differences`` (each ``head`` and ``body``; differences
+    None without a test) and the verdict and note ``lines``. The terminal, markdown and HTML report show these."""
     head = ["method", "algorithm", "seeds"] + [f"method mean {c.label}" for c in mt.columns]
     body = [
         [m.name, m.algorithm, str(len(m.rows))]
         + [_mean_text(mt.cells.get((k, j)), _digits(c)) for j, c in enumerate(mt.columns)]
         for k, m in enumerate(mt.methods)
     ]
-    out = render_grid(head, body, fmt=fmt, left=3, title="methods (across training seeds)")
+    diffs = None
     if mt.comparisons:
         by_pair: dict[tuple[int, int], dict[int, MethodComparison]] = defaultdict(dict)
         for c in mt.comparisons:
@@ -379,9 +379,29 @@ def render_methods(mt: MethodTable, fmt: str = "table") -> str:
             + [_delta_text(cs[j], _digits(c)) if j in cs else "—" for j, c in enumerate(mt.columns)]
             for (a, b), cs in by_pair.items()
         ]
-        out += render_grid(["method difference"] + [f"Δ method {c.label}" for c in mt.columns], rows, fmt=fmt)
-    lines = [*verdicts(mt), *mt.notes]
-    return out + ("\n" if fmt == "markdown" else "") + "".join(f"{line}\n" for line in lines)
+        diffs = {"head": ["method difference"] + [f"Δ method {c.label}" for c in mt.columns], "body": rows}
+    return {"means": {"head": head, "body": body}, "differences": diffs, "lines": [*verdicts(mt), *mt.notes]}
+
+
+def render_methods(mt: MethodTable, fmt: str = "table") -> str:
+    """The method section: a row per method (mean over seeds, its CI), a row per comparison (Δ, CI, p, Holm
+    star or MDE), then the verdicts. Its columns are method columns only."""
+    grids = method_grids(mt)
+    out = render_grid(**grids["means"], fmt=fmt, left=3, title="methods (across training seeds)")
+    if grids["differences"]:
+        out += render_grid(**grids["differences"], fmt=fmt)
+    return out + ("\n" if fmt == "markdown" else "") + "".join(f"{line}\n" for line in grids["lines"])
+
+
+def method_rows(mt: MethodTable) -> list[dict[str, Any]]:
+    """The method section as one flat table for the trackers: a row per method mean and per method difference."""
+    recs = method_records(mt)
+    means = [{"kind": "mean", "against": None, "value": r.pop("mean"), **r} for r in recs["methods"]]
+    for r in means:
+        r["seeds"] = ",".join(map(str, r["seeds"]))
+    diffs = [{"kind": "difference", "value": r.pop("delta"), **r} for r in recs["comparisons"]]
+    keys = list(dict.fromkeys(k for r in means + diffs for k in r))
+    return [{k: r.get(k) for k in keys} for r in means + diffs]
 
 
 def method_records(mt: MethodTable) -> dict[str, Any]:

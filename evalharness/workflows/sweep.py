@@ -249,6 +249,7 @@ def run_sweep(
     _write_sweep_json(spec, sweep_dir, data, prompts, done, result)
     if result.eval_runs:
         from evalharness.analysis.compare import report_to_trackers
+        from evalharness.analysis.methods import method_rows
 
         report_to_trackers(
             spec.report_to,
@@ -258,6 +259,7 @@ def run_sweep(
             against="sft",
             group=spec.name,
             log=log,
+            methods=method_rows(result.methods) if result.methods is not None else None,
         )
     return result
 
