@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 from test_compare import cli, sentiment_run
+from test_html_report import _open, browser  # noqa: F401  (the headless Chromium fixture)
 
 from evalharness.analysis.compare import build_table, resolve
 from evalharness.analysis.methods import UNSUPPORTED, build_methods, parse_groups, render_methods
@@ -325,3 +326,26 @@ def test_report_and_tracker_rows_carry_the_method_section(tmp_path: Path) -> Non
     assert [r["kind"] for r in rows] == ["mean", "mean", "difference"]
     assert rows[2]["value"] == recs["comparisons"][0]["delta"] and rows[0]["value"] == recs["methods"][0]["mean"]
     assert len({tuple(r) for r in rows}) == 1  # one set of keys: a tracker table
+
+
+def test_the_report_page_shows_the_method_section(tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    """In headless Chromium: the page draws the method means, the difference and the verdict, as text."""
+    from selenium.webdriver.common.by import By
+
+    from evalharness.analysis.html_report import write_report
+
+    path = sweep_run(tmp_path, [0, 1, 2])
+    out = write_report([str(path)], tmp_path / "r.html", against="sft", results_dir=tmp_path / "results")
+    _open(browser, {"out": out})
+    section = browser.find_element(By.ID, "methods")
+    rows = [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in section.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
+    mt = build_methods(build_table(resolve([str(path)]), against="sft"))
+    assert mt is not None
+    text = render_methods(mt)
+    assert [r[0] for r in rows] == ["dpo-beta0.1@8", "simpo-gamma0.5@8", "simpo-gamma0.5@8 − dpo-beta0.1@8"]
+    assert all(cell in text for r in rows for cell in r[1:])
+    assert "simpo-gamma0.5@8 is better" in section.text
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
