@@ -357,7 +357,7 @@ def _delta_text(c: MethodComparison, d: int) -> str:
     text = (
         f"{_num(r.estimate, d, True)} [{_num(r.ci_low, d, True)}, {_num(r.ci_high, d, True)}] p={_p(float(r.p_value))}"
     )
-    return text + ("*" if c.significant else f" (MDE {_num(c.mde, d)})")
+    return text + ("*" if c.significant else f" (MDE {_num(c.mde, d)})") + f" df={float(r.df):.1f}"
 
 
 def method_grids(mt: MethodTable) -> dict[str, Any]:
