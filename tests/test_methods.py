@@ -241,6 +241,13 @@ def test_explicit_grouping_and_bad_input(tmp_path: Path) -> None:
         build_methods(table, groups={"A": ["nope"]})
     p = cli("compare", path, "--methods", "A=nope", "--results-dir", tmp_path / "results")
     assert p.returncode == 2 and "nope" in p.stderr and "Traceback" not in p.stderr
+    # two seeds against one: the one-seed side has no interval and the pair is not compared
+    mixed = build_methods(table, groups={"A": ["dpo-beta0.1-s0@8", "dpo-beta0.1-s1@8"], "B": ["simpo-gamma0.5-s0@8"]})
+    assert mixed is not None and mixed.supported and mixed.cells[(1, 0)].result is None
+    assert mixed.cells[(0, 0)].result is not None
+    assert render_methods(mixed).count("not compared (seed variance unknown)") == 1
+    with pytest.raises(InputError, match="--method-against"):
+        build_methods(build_table(resolve([str(path) + ":sft"])), against="A")
 
 
 # ---------------------------------------------------------------- sweeps with seeds end in method rows

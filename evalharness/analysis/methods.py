@@ -25,7 +25,7 @@ import numpy as np
 
 from evalharness.analysis.compare import ALPHA, Column, Entry, Table, render, stored_task
 from evalharness.analysis.text import render_grid
-from evalharness.core.errors import InputError
+from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.method_stats import SeedPromptResult, method_difference, method_mean
 from evalharness.core.stats import holm, mde_t
 from evalharness.tasks.base import ModelRecords, display_of
@@ -174,7 +174,7 @@ def group_explicit(table: Table, groups: dict[str, list[str]]) -> list[Method]:
             rows.append(hits[0])
             taken[hits[0]] = name
         algos = {table.rows[i].algorithm for i in rows}
-        seeds = [table.rows[i].info.get("train_config", {}).get("seed", table.rows[i].label) for i in rows]
+        seeds = [(table.rows[i].info.get("train_config") or {}).get("seed", table.rows[i].label) for i in rows]
         out.append(Method(name, algos.pop() if len(algos) == 1 else "mixed", rows, seeds))
     return out
 
@@ -239,6 +239,10 @@ def build_methods(
     None when no row is a trained checkpoint and no grouping is given."""
     methods, notes = (group_explicit(table, groups), []) if groups else group_by_manifest(table)
     if not methods:
+        if against is not None:
+            raise InputError(
+                f"{against!r}: no row is a trained checkpoint, so there is no method", field="--method-against"
+            )
         return None
     names = [m.name for m in methods]
     if against is not None and against not in names:
@@ -273,7 +277,7 @@ def _all_values(table: Table, methods: list[Method], notes: list[str]) -> dict[t
                 continue
             try:
                 out[(m, j)] = [unit_values(table, i, j) for i in method.rows]
-            except (ValueError, KeyError) as e:
+            except (ValueError, KeyError, OSError, EvalHarnessError) as e:
                 notes.append(f"{method.name}, {col.label}: no method-level estimate: {e}")
     return out
 
