@@ -356,3 +356,15 @@ def test_the_report_page_shows_the_method_section(tmp_path: Path, browser: Any) 
     assert all(cell in text for r in rows for cell in r[1:])
     assert "simpo-gamma0.5@8 is better" in section.text
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_quickstart_seeds_make_one_run_per_algorithm_and_seed(tmp_path: Path) -> None:
+    from evalharness.workflows.quickstart import quickstart_spec
+    from evalharness.workflows.sweep import expand
+
+    spec = quickstart_spec(tmp_path, seed=5, seeds=3)
+    assert spec.seeds == [5, 6, 7]
+    names = [r.name for r in expand(spec)]
+    assert len(names) == 6 and {n.rsplit("-", 1)[1] for n in names} == {"s5", "s6", "s7"}
+    with pytest.raises(InputError, match="--seeds"):
+        quickstart_spec(tmp_path, seeds=0)
