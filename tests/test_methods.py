@@ -78,6 +78,15 @@ def test_method_difference_matches_a_hand_computation() -> None:
     assert float(r.p_value) == pytest.approx(2 * st.t.sf(abs(delta) / math.sqrt(var), float(r.df)), rel=1e-10)
 
 
+def test_no_variation_gives_a_zero_width_interval_not_nan() -> None:
+    """Every response at the token cap (a constant length): CI [x, x], p 1 for equal methods, 0 otherwise
+    (as ``stats.t_p_value`` for a zero SE), never NaN (which the bundled sweep once wrote as null)."""
+    y = np.full((3, 8), 8.0)
+    m, same, apart = method_mean(y), method_difference(y, y), method_difference(y + 1, y)
+    assert (float(m.ci_low), float(m.ci_high), float(m.df)) == (8.0, 8.0, 1.0)
+    assert (float(same.p_value), float(apart.p_value), float(apart.ci_low)) == (1.0, 0.0, 1.0)
+
+
 # ---------------------------------------------------------------- coverage by simulation
 def _coverage_script() -> Any:
     """benchmarks/method_coverage.py, whose figures docs/methods.md prints: the test runs the same simulation."""

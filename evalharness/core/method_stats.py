@@ -73,7 +73,9 @@ def _finish(
 ) -> SeedPromptResult:
     """Combine variance terms (value, df): sum(pos) - sum(neg), floored; Satterthwaite df; t interval and p."""
     raw = sum(v for v, _ in pos) - sum(v for v, _ in neg)
-    sat = raw**2 / sum(v**2 / d for v, d in pos + neg)
+    spread = sum(v**2 / d for v, d in pos + neg)
+    with np.errstate(divide="ignore", invalid="ignore"):  # no variation at all (every length at the cap): 0/0
+        sat = np.where(spread > 0, raw**2 / np.where(spread > 0, spread, 1.0), 1.0)
     (fa, dfa), (fb, dfb) = floors
     floor_v, floor_df = np.maximum(fa, fb), np.where(fa >= fb, dfa, dfb)
     use_floor = raw < floor_v
