@@ -90,6 +90,8 @@ def method_identity(entry: Entry) -> tuple[str, str, Any] | None:
         return None
     config = dict(info.get("train_config") or {})
     seed = config.pop("seed", None)
+    if seed is None:  # a manifest without its training config: each training run is its own seed
+        seed = str(info.get("run_name") or entry.label)
     what = {
         "algorithm": info["algorithm"],
         "hparams": entry.setting,
