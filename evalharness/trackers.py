@@ -379,6 +379,7 @@ def report_evaluation(
     figures: Sequence[Path] = (),
     group: str | None = None,
     log: Log = lambda _: None,
+    methods: list[dict[str, Any]] | None = None,
 ) -> None:
     """Send a finished evaluation run to the trackers: its manifest and scores, the comparison table's rows
     (``comparison``, as ``compare.records`` gives them) and ``figures``. A sink: the callers build tables and
@@ -406,6 +407,8 @@ def report_evaluation(
         t.log_table("scores", rows)
         if comparison is not None:
             t.log_table("comparison", comparison)
+        if methods:  # analysis.methods.method_rows: method means and differences across training seeds
+            t.log_table("methods", methods)
         for p in figures:
             t.log_artifact(Path(p), "figures")
     if t.failed:

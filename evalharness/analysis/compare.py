@@ -885,9 +885,11 @@ def report_to_trackers(
     against: str | None = None,
     group: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    methods: list[dict[str, Any]] | None = None,
 ) -> None:
     """Send a finished run to the trackers with its comparison table (``table``, else built from the run, paired
-    against ``against`` or the run's reference model when it is a row) and trend figures (into ``RUN/figures``)."""
+    against ``against`` or the run's reference model when it is a row), trend figures (into ``RUN/figures``) and
+    ``methods`` (``methods.method_rows``)."""
     from evalharness import trackers
     from evalharness.analysis.plot import trend_figures
 
@@ -899,4 +901,6 @@ def report_to_trackers(
         ref = against or store.manifest().get("reference")
         table = build_table(entries, against=ref if any(ref == e.label for e in entries) else None, allow_mixed=True)
     plots = list(figures) + trend_figures(table, run_path / "figures")
-    trackers.report_evaluation(names, run_path, comparison=records(table), figures=plots, group=group, log=log)
+    trackers.report_evaluation(
+        names, run_path, comparison=records(table), figures=plots, group=group, log=log, methods=methods
+    )

@@ -38,6 +38,7 @@ from evalharness.analysis.compare import (
     resolve,
     stored_task,
 )
+from evalharness.analysis.methods import build_methods, method_grids
 from evalharness.analysis.plot import NOT_REWARDS, plot_history
 from evalharness.analysis.reliability import reliability_data
 from evalharness.core import provenance
@@ -465,6 +466,7 @@ def report_data(
         "default_a": against_row,
         "default_b": default_b,
         "table": _table_data(table),
+        "methods": method_grids(mt) if (mt := build_methods(table)) is not None else None,
         "figures": figs,
         "figure_notes": fig_notes,
         "tasks": {

@@ -152,9 +152,17 @@ def mde_paired_t(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) 
     """
     if n < 2 or math.isnan(sd):
         return math.nan
-    if sd == 0:
+    return mde_t(sd / math.sqrt(n), n - 1, alpha=alpha, power=power)
+
+
+def mde_t(se: float, df: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect of a two-sided t test with standard error ``se`` and ``df`` degrees of
+    freedom (fractional for a Satterthwaite df): delta = nc * se where the noncentral t(df, nc) passes
+    the critical value with probability ``power``, both tails counted. NaN for df < 1; 0 when se is 0."""
+    if math.isnan(se) or math.isnan(df) or df < 1:
+        return math.nan
+    if se == 0:
         return 0.0
-    df = n - 1
     crit = float(_st.t.ppf(1 - alpha / 2, df))
 
     def achieved(nc: float) -> float:
@@ -164,8 +172,7 @@ def mde_paired_t(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) 
     hi = crit + float(_st.norm.ppf(power)) + 1.0
     while achieved(hi) < 0:
         hi *= 2
-    nc = _brentq(achieved, 0.0, hi, xtol=1e-12)
-    return nc * sd / math.sqrt(n)
+    return _brentq(achieved, 0.0, hi, xtol=1e-12) * se
 
 
 def mde_normal(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:

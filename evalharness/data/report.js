@@ -74,6 +74,20 @@
       (b.beats_sft ? "beats the reference" : "does NOT clearly beat the reference")));
   }
 
+  // ------------------------------------------------------------ methods across training seeds (analysis.methods)
+  function grid(g) {
+    const gt = el("table.comparison");
+    gt.appendChild(el("thead", el("tr", g.head.map((h) => el("th", h)))));
+    gt.appendChild(el("tbody", g.body.map((r) => el("tr", r.map((c, k) => el(k ? "td.num" : "td", c))))));
+    return el("div.scroll", gt);
+  }
+  if (DATA.methods) {
+    const msec = section("Methods (across training seeds)", "methods");
+    msec.appendChild(grid(DATA.methods.means));
+    if (DATA.methods.differences) msec.appendChild(grid(DATA.methods.differences));
+    DATA.methods.lines.forEach((n) => msec.appendChild(el("p.note", n)));
+  }
+
   // ------------------------------------------------------------ figures
   const fsec = section("Figures", "figures");
   const IMG = /^data:image\/(svg\+xml|png);base64,[A-Za-z0-9+/=]+$/;

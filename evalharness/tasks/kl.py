@@ -14,7 +14,7 @@ from typing import Any
 from evalharness.core.records import Generation, Score, Verdict
 from evalharness.judges.kl import KL_JUDGE_VERSION, check_same_tokenizer, kl_verdicts
 from evalharness.tasks.base import Display, ModelRecords, Pending, Session
-from evalharness.tasks.prompted import PromptSetTask, paired_samples
+from evalharness.tasks.prompted import PromptSetTask, paired_samples, prompt_means
 
 
 @dataclass
@@ -75,9 +75,18 @@ class KLTask(PromptSetTask):
         return out
 
 
+def _value(metric: str) -> Any:
+    return (lambda v: v.meta.get("k3")) if metric == "kl_k3" else (lambda v: v.value)
+
+
 def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """Per-prompt difference of the sample means of k1 (``kl``) or k3 (``kl_k3``)."""
-    return paired_samples(a, b, (lambda v: v.meta.get("k3")) if metric == "kl_k3" else (lambda v: v.value))
+    return paired_samples(a, b, _value(metric))
+
+
+def unit_values(metric: str, records: ModelRecords) -> dict[str, float]:
+    """Per-prompt sample means of k1 or k3: the method-level statistics' per-item values."""
+    return prompt_means(records, _value(metric))
 
 
 DISPLAY = Display(labels={"kl": "KL (nats)", "kl_k3": "KL k3 (nats)"}, digits=1)

@@ -113,6 +113,11 @@ def per_prompt(records: ModelRecords, value: Any = lambda v: v.value) -> dict[st
     return out
 
 
+def prompt_means(records: ModelRecords, value: Any = lambda v: v.value) -> dict[str, float]:
+    """prompt id -> the mean of its ok samples' values: the unit a prompt-set score averages over."""
+    return {k: sum(v) / len(v) for k, v in per_prompt(records, value).items() if v}
+
+
 def paired_samples(a: ModelRecords, b: ModelRecords, value: Any = lambda v: v.value) -> Any:
     """Per-prompt difference of sample means, paired t over prompts (evalharness.tasks.paired)."""
     from evalharness.tasks.paired import sample_means_paired

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from evalharness.core.records import Generation, Score, Verdict
 from evalharness.judges import get_judge
 from evalharness.tasks.base import ModelRecords, Pending, Session
-from evalharness.tasks.prompted import PromptSetTask, paired_samples
+from evalharness.tasks.prompted import PromptSetTask, paired_samples, prompt_means
 
 
 @dataclass
@@ -67,11 +67,19 @@ class RewardTask(PromptSetTask):
         return [reward, length]
 
 
+def _value(metric: str) -> Any:
+    """A verdict's number for ``metric``: the reward, or the response's length in tokens."""
+    return (lambda v: v.meta.get("n_tokens")) if metric == "length" else (lambda v: v.value)
+
+
 def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     """The reward: per-prompt difference of sample means; ``length``: the same over response tokens."""
-    if metric == "length":
-        return paired_samples(a, b, lambda v: v.meta.get("n_tokens"))
-    return paired_samples(a, b)
+    return paired_samples(a, b, _value(metric))
+
+
+def unit_values(metric: str, records: ModelRecords) -> dict[str, float]:
+    """Per-prompt sample means (the score is their mean): the method-level statistics' per-item values."""
+    return prompt_means(records, _value(metric))
 
 
 TASK_CLASS = RewardTask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evalharness.tasks.reward import RewardTask, paired
+from evalharness.tasks.reward import RewardTask, paired, unit_values
 
 
 @dataclass
@@ -19,4 +19,4 @@ class SentimentTask(RewardTask):
 
 TASK_CLASS = SentimentTask
 
-__all__ = ["TASK_CLASS", "Config", "paired"]  # paired: the reward task's comparison, found by task name
+__all__ = ["TASK_CLASS", "Config", "paired", "unit_values"]  # the reward task's, found by task name

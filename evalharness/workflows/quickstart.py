@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evalharness.core.errors import EvalHarnessError
+from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.paths import results_root
 from evalharness.core.prompts import write_prompts
 from evalharness.data.movie_reviews import movie_review_split
@@ -49,9 +49,14 @@ QUICK_TASKS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], str, str]] =
 }
 
 
-def quickstart_spec(root: Path, algorithms: str | None = None, seed: int = 0, task: str = "sentiment") -> TrainSpec:
+def quickstart_spec(
+    root: Path, algorithms: str | None = None, seed: int = 0, task: str = "sentiment", seeds: int = 1
+) -> TrainSpec:
     """The quickstart as a sweep spec (``benchmarks/sentiment_frontier.yaml`` and ``toxicity_frontier.yaml``
-    are the same in YAML); ``algorithms`` None is the task's pair (dpo,simpo; dpo,odpo for toxicity)."""
+    are the same in YAML); ``algorithms`` None is the task's pair (dpo,simpo; dpo,odpo for toxicity);
+    ``seeds`` training seeds per algorithm (seed, seed + 1, ...), for method-level rows."""
+    if seeds < 1:
+        raise InputError(f"{seeds}: at least one training seed", field="--seeds")
     if task not in QUICK_TASKS:
         raise EvalHarnessError(f"unknown quickstart task '{task}'; choose from {', '.join(QUICK_TASKS)}")
     split, stem, default = QUICK_TASKS[task]
@@ -73,7 +78,7 @@ def quickstart_spec(root: Path, algorithms: str | None = None, seed: int = 0, ta
         ),
         train=TRAIN,
         algorithms=chosen,
-        seeds=[seed],
+        seeds=[seed + k for k in range(seeds)],
         eval=EvalSpec(prompts=str(heldout), judges=[task, "kl"], max_new_tokens=40, seed=seed),
     )
 
@@ -83,11 +88,12 @@ def quickstart(
     algorithms: str | None = None,
     seed: int = 0,
     task: str = "sentiment",
+    seeds: int = 1,
     results_dir: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> SweepResult:
     """Run the sentiment- (or toxicity-) control sweep on the bundled model; resumes where a previous run stopped."""
     root = Path(results_dir) if results_dir else results_root()
-    spec = quickstart_spec(root, algorithms, seed, task)
+    spec = quickstart_spec(root, algorithms, seed, task, seeds)
     return run_sweep(spec, expand(spec), results_dir=root, progress=progress, log=log)

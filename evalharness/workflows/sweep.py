@@ -123,6 +123,7 @@ class SweepResult:
     plots: list[Path]
     comparison: Any = None  # the compare.Table itself (rendered by the CLI)
     report: Path | None = None  # report.html beside the frontier plot (evalharness.analysis.html_report)
+    methods: Any = None  # analysis.methods.MethodTable: the checkpoints grouped across seeds (None: no trained rows)
 
 
 def load_train_spec(path: str | Path) -> tuple[TrainSpec, list[PlannedRun]]:
@@ -254,6 +255,7 @@ def run_sweep(
     _write_sweep_json(spec, sweep_dir, data, prompts, done, result)
     if result.eval_runs:
         from evalharness.analysis.compare import report_to_trackers
+        from evalharness.analysis.methods import method_rows
 
         report_to_trackers(
             spec.report_to,
@@ -263,6 +265,7 @@ def run_sweep(
             against="sft",
             group=spec.name,
             log=log,
+            methods=method_rows(result.methods) if result.methods is not None else None,
         )
     return result
 
@@ -343,6 +346,7 @@ def evaluate_sweep(
     loaded once, each checkpoint loaded once), then the comparison table and the frontier plot."""
     from evalharness.analysis.compare import best_checkpoint, build_table, records, run_entries
     from evalharness.analysis.html_report import write_report
+    from evalharness.analysis.methods import build_methods, method_records
     from evalharness.analysis.plot import frontier
     from evalharness.pipeline.runner import ModelSpec, RunPlan, run
 
@@ -375,10 +379,14 @@ def evaluate_sweep(
     shown = [metric] + [m for m in ("kl", "length") if any(s.metric == m for s in res.scores)]
     result.comparison = build_table(run_entries(RunStore(res.path)), against="sft", metrics=shown)
     result.table, result.verdict = records(result.comparison), best_checkpoint(result.comparison, metric)
+    result.methods = build_methods(result.comparison)
     if any(s.metric == "kl" for s in res.scores):
         result.plots, _ = frontier([res.path], result.path / "frontier", reward_metric=metric)
     result.report = write_report([str(res.path)], result.path / "report.html", against="sft", results_dir=root)
-    write_json_atomic(result.path / "comparison.json", {"table": result.table, "verdict": result.verdict})
+    methods = method_records(result.methods) if result.methods is not None else None
+    write_json_atomic(
+        result.path / "comparison.json", {"table": result.table, "verdict": result.verdict, "methods": methods}
+    )
 
 
 def eval_setup(spec: TrainSpec) -> tuple[list[Any], Decoding, dict[str, Any]]:

@@ -324,6 +324,17 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, *, rounds: int | None 
     raise ValueError(f"no paired test for alpaca_eval {metric}")
 
 
+def unit_values(metric: str, records: ModelRecords) -> dict[str, float]:
+    """Per-instruction win (``win_rate``) or discrete win (``discrete_win_rate``) in percent: the method-level
+    per-item values. The LC win rate is a GLM refit and has none."""
+    from evalharness.tasks.alpaca_eval.paired_stats import alpaca_wins
+
+    kinds = {"win_rate": 0, "discrete_win_rate": 1}
+    if metric not in kinds:
+        raise ValueError(f"alpaca_eval {metric} is a refit over all instructions: it has no per-item values")
+    return {k: 100 * v for k, v in alpaca_wins(annotations_of(records))[kinds[metric]].items()}
+
+
 # Per-item scores as the policy's win % (preference 1..2); a crossing of 50 is a flipped verdict.
 DISPLAY = Display(
     labels={"length_controlled_winrate": "AlpacaEval 2 LC %", "win_rate": "AlpacaEval 2 WR %"},

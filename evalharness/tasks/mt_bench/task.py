@@ -249,6 +249,16 @@ def paired(metric: str, a: ModelRecords, b: ModelRecords, **_: Any) -> Any:
     return mt_bench_paired(mt_bench_scores(a.verdicts(), a.model), mt_bench_scores(b.verdicts(), b.model), turn=turn)
 
 
+def unit_values(metric: str, records: ModelRecords) -> dict[str, float]:
+    """Per-question rating: the mean over its turns (``score``), or one turn's: the method-level per-item values."""
+    from evalharness.core.stats import cluster_means
+    from evalharness.tasks.mt_bench.paired_stats import mt_bench_scores
+
+    turn = {"score": None, "turn1": 1, "turn2": 2}[metric]
+    ratings = {k: v for k, v in mt_bench_scores(records.verdicts(), records.model).items() if turn in (None, k[1])}
+    return {str(q): v for q, v in cluster_means(list(ratings.values()), [q for q, _ in ratings]).items()}
+
+
 # Each turn is judged (item id "QID:TURN"); items are paired on the question.
 DISPLAY = Display(labels={"score": "MT-Bench"}, digits=2, unit_of=lambda item: item.split(":", 1)[0])
 
