@@ -145,3 +145,33 @@ def test_a_sweeps_eval_takes_the_preset_too(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is for arena_hard, not alpaca_eval") as e:
         load_train_spec(spec)
     assert e.value.field == "eval.tasks.alpaca_eval" and e.value.line == text.splitlines().index("    alpaca_eval:") + 1
+
+
+def test_the_official_two_judge_ensemble_by_presets(
+    tmp_path: Path, benchdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arena-Hard v2.0's two official judges as one ensemble: each judge keeps its own preset's temperature and
+    token limit (GPT-4.1 at 0.0 / 16000, Gemini-2.5 at 1.0 / 32000), the settings they share go to the task, and a
+    task that sets one of the split settings itself is refused."""
+    monkeypatch.setenv("EVALHARNESS_TEST_KEY", "sk-test")
+    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+    with FakeOpenAI(benchmark_judge) as server:
+        judges = ", ".join(
+            f'{{preset: {p}, base_url: "{server.url}", api_key_env: EVALHARNESS_TEST_KEY}}'
+            for p in ("arena_hard_v2_gpt4.1", "arena_hard_v2_gemini2.5")
+        )
+        spec = _spec(
+            tmp_path,
+            f"[{judges}]\nensemble: arena_hard_v2",
+            f"  arena_hard: {{data_dir: {benchdata}, limit: 1, bootstrap_rounds: 0}}\n",
+        )
+        run = run_spec(spec, results_dir=tmp_path / "results", progress=False)
+        bodies = server.received
+    sent = sorted((b["model"], b["temperature"], b["max_tokens"]) for b in bodies)
+    assert sent == [("gemini-2.5-pro-preview-03-25", 1.0, 32000)] * 2 + [("gpt-4.1", 0.0, 16000)] * 2
+    judged = {s.judge_id for s in run.scores if s.task.startswith("arena_hard")}
+    assert any(j.startswith("ensemble(arena_hard_v2") for j in judged), judged
+    bad = _spec(tmp_path, f"[{judges}]\nensemble: arena_hard_v2", "  arena_hard: {judge_temperature: 0.0}\n")
+    with pytest.raises(InputError, match="set judge_temperature differently per judge") as e:
+        load_spec(bad)
+    assert e.value.field == "tasks.arena_hard.judge_temperature"

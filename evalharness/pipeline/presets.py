@@ -110,7 +110,49 @@ def judge_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def apply(preset_name: str | None, tasks: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Any] | None]:
+def own_settings(preset_names: list[str | None]) -> list[dict[str, dict[str, Any]]]:
+    """For a list of judges: per judge, the task settings its preset gives a value no other judge's preset gives
+    (task module -> settings), e.g. Arena-Hard v2.0's GPT-4.1 at temperature 0 and Gemini-2.5 at 1. These
+    stay each judge's own (``tasks.ensemble.Panel`` applies them to that judge's copy of the task); the
+    settings all the presets agree on go into the task itself (``apply``)."""
+    found = [get(n) if n else None for n in preset_names]
+    out: list[dict[str, dict[str, Any]]] = []
+    for preset in found:
+        mine: dict[str, dict[str, Any]] = {}
+        for module, settings in (preset.tasks if preset else {}).items():
+            split = differing(found, module)
+            if any(k in split for k in settings):
+                mine[module] = {k: v for k, v in settings.items() if k in split}
+        out.append(mine)
+    return out
+
+
+def differing(found: list[Preset | None], module: str) -> set[str]:
+    """The settings of task ``module`` that the presets ``found`` set to different values."""
+    values: dict[str, set[str]] = {}
+    for preset in found:
+        for key, value in ((preset.tasks.get(module) or {}) if preset else {}).items():
+            values.setdefault(key, set()).add(repr(value))
+    return {k for k, v in values.items() if len(v) > 1}
+
+
+def apply_all(
+    preset_names: list[str | None], tasks: Mapping[str, Mapping[str, Any] | None]
+) -> dict[str, dict[str, Any] | None]:
+    """``apply`` for each judge's preset in turn, leaving out the settings the presets set differently (those
+    are each judge's own: ``own_settings``); a task that sets one of those itself is an error."""
+    found = [get(n) for n in preset_names if n]
+    out: dict[str, dict[str, Any] | None] = dict(tasks)  # type: ignore[arg-type]
+    for name in preset_names:
+        out = apply(name, out, skip=lambda module: differing(list(found), module))
+    return out
+
+
+def apply(
+    preset_name: str | None,
+    tasks: Mapping[str, Mapping[str, Any] | None],
+    skip: Any = lambda module: set(),
+) -> dict[str, dict[str, Any] | None]:
     """Each task's options with the preset's settings for its module merged in.
 
     A task that gives one of those settings another value is an error (field named): the preset would not be
@@ -135,13 +177,19 @@ def apply(preset_name: str | None, tasks: Mapping[str, Mapping[str, Any] | None]
                     field=f"tasks.{name}",
                 )
             continue
+        split = skip(module)
         for key, value in settings.items():
+            if key in split and key in (options or {}):
+                raise InputError(
+                    f"the ensemble's presets set {key} differently per judge; leave it out of the task",
+                    field=f"tasks.{name}.{key}",
+                )
             if key in (options or {}) and (options or {})[key] != value:
                 raise InputError(
                     f"judge preset '{preset.name}' sets {key}: {value!r} (from {preset.source})",
                     field=f"tasks.{name}.{key}",
                 )
-        out[name] = {**(options or {}), **settings}
+        out[name] = {**(options or {}), **{k: v for k, v in settings.items() if k not in split}}
     return out
 
 

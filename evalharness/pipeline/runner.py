@@ -418,7 +418,11 @@ def _judges(plan: RunPlan, cache: bool = True) -> tuple[Panel | None, tuple[Any,
     specs = plan.judge if isinstance(plan.judge, list) else [plan.judge] if plan.judge else []
     specs = specs if cache else [j.model_copy(update={"cache": False}) for j in specs]
     if isinstance(plan.judge, list):
-        panel = Panel(plan.ensemble or "", [make_judge(j, plan.progress) for j in specs])
+        panel = Panel(
+            plan.ensemble or "",
+            [make_judge(j, plan.progress) for j in specs],
+            presets.own_settings([j.preset for j in specs]),
+        )
         return panel, (panel.judges[0][0], panel.name)
     return None, make_judge(specs[0], plan.progress and cache) if specs else (None, "")
 

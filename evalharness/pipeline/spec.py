@@ -303,10 +303,8 @@ def load_spec(path: str | Path) -> tuple[RunSpec, list[Any]]:
             spec_path(path, m) if isinstance(m, str) else ModelEntry(name=m.name, ref=spec_path(path, m.ref))
             for m in spec.models
         ]
-    try:  # each judge's preset in turn: an ensemble whose presets set a task option two ways is refused
-        tasks = spec.tasks
-        for j in judges:
-            tasks = presets.apply(j.preset, tasks)
+    try:  # each judge's preset in turn; what an ensemble's presets set differently stays each judge's own
+        tasks = presets.apply_all([j.preset for j in judges], spec.tasks)
     except InputError as e:
         raise InputError(e.reason, **where(*(e.field or "tasks").split("."))) from None
     return spec, parse_tasks(tasks, path, lines, ("tasks",))

@@ -45,6 +45,7 @@ from evalharness.core import stats
 from evalharness.core.errors import InputError
 from evalharness.core.records import Score, Verdict, content_hash
 from evalharness.tasks.base import Task, display_of, file_name
+from evalharness.tasks.reliability import RELIABILITY_METRICS
 
 Rule = Literal["mean", "vote", "arena_hard_v2"]
 RULES: tuple[str, ...] = ("mean", "vote", "arena_hard_v2")
@@ -164,6 +165,8 @@ class Panel:
 
     rule: str
     judges: list[tuple[Any, str]]  # (chat judge, its name)
+    # per judge: task module -> the Config values that judge's own preset sets (pipeline.presets.own_settings)
+    settings: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     groups: dict[str, list[Task]] = field(default_factory=dict)  # task name -> its per-judge copies
 
     def __post_init__(self) -> None:
@@ -188,9 +191,12 @@ class Panel:
                     field="ensemble",
                 )
             copies = []
-            for judge, name in self.judges:
+            for i, (judge, name) in enumerate(self.judges):
                 t = copy.copy(task)
                 t.name, t.env = judged_name(task.name, name), replace(task.env, judge=judge, judge_name=name)
+                own = self.settings[i].get(_module(task)) if i < len(self.settings) else None
+                if own:  # e.g. Arena-Hard v2.0's Gemini judge at its own temperature
+                    t.cfg = replace(task.cfg, **own)
                 copies.append(t)
             self.groups[task.name] = copies
             out += copies
@@ -203,7 +209,12 @@ class Panel:
         out: list[Score] = []
         for task_name, copies in self.groups.items():
             per_judge = {t.env.judge_name: verdicts_of(t.name, model) for t in copies}
-            own = {t.env.judge_name: [s for s in scores if s.task == t.name and s.model == model] for t in copies}
+            own = {  # the task's own scores; its judge's reliability figures describe the judge, not the answers
+                t.env.judge_name: [
+                    s for s in scores if s.task == t.name and s.model == model and s.metric not in RELIABILITY_METRICS
+                ]
+                for t in copies
+            }
             first = own[copies[0].env.judge_name]
             if not first:
                 continue
