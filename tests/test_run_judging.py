@@ -144,7 +144,9 @@ def test_model_option_adds_a_checkpoint_found_by_regress_and_history(tmp_path: P
 
 
 def test_ctrl_c_prints_the_command_that_resumes(tmp_path: Path) -> None:
-    with FakeOpenAI(responder=_judge, latency_s=0.3) as server:
+    # 1.5 s a reply, 4 at a time: the signal sent at the 2nd request lands while judging, even on a busy machine
+    # (at 0.3 s the whole judging took under a second and a loaded machine's poll could miss it)
+    with FakeOpenAI(responder=_judge, latency_s=1.5) as server:
         spec = spec_of(tmp_path, server.url, "  mt_bench:\n" + MT)
         env = {**os.environ, "EVALHARNESS_RESULTS": str(tmp_path / "results"),
                "EVALHARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}

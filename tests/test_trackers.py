@@ -203,7 +203,7 @@ def test_evaluation_scores_table_and_figures(sweep, tmp_path):
     assert run.data.params["run_id"] == store.run_id and run.data.params["reference"] == "sft"
 
     ids = run.info.run_id
-    assert {a.path for a in sweep.client.list_artifacts(ids)} == {"comparison.json", "scores.json", "figures"}
+    assert {a.path for a in sweep.client.list_artifacts(ids)} == {"comparison.json", "scores.json", "methods.json", "figures"}
     figures = {Path(a.path).name for a in sweep.client.list_artifacts(ids, "figures")}
     assert {"frontier.png", "frontier.svg", "trend-sentiment-sentiment.png", "trend-kl-kl.svg"} <= figures
     table = json.loads(Path(sweep.client.download_artifacts(ids, "comparison.json", str(tmp_path))).read_text())
