@@ -245,7 +245,7 @@ class Earlier:
 
     sigma: float | None  # pooled SD of per-unit paired differences (each model against the run's first)
     source: str
-    output_tokens: float | None  # mean judge output, approximated like prompts (chars / 4)
+    output_tokens: float | None  # mean judge output: chars / 4 scaled by the run's reported tokens (reported_ratio)
     run: str = ""
 
 
@@ -293,19 +293,35 @@ def earlier_runs(modules: set[str], root: Path | None, judge_name: str | None) -
             for name, info in (manifest.get("tasks") or {}).items():
                 module = str((info or {}).get("module", "")).rsplit(".", 1)[-1]
                 if module in modules and module not in found:
-                    got = _earlier_task(RunStore(Path(run["path"])), name, module, models, run["run_id"])
+                    ratio = reported_ratio(RunStore(Path(run["path"])), manifest)
+                    got = _earlier_task(RunStore(Path(run["path"])), name, module, models, run["run_id"], ratio)
                     if got is not None:
                         found[module] = got
     return found
 
 
-def _earlier_task(store: RunStore, task: str, module: str, models: list[str], run_id: str) -> Earlier | None:
+def reported_ratio(store: RunStore, manifest: dict[str, Any]) -> float:
+    """The judge's reported completion tokens over the chars / 4 count of the run's stored replies: the factor
+    that turns an earlier reply's length into the judge's own token count (1 when the run recorded no usage).
+    Short replies (a verdict label) count several times chars / 4; long ones about chars / 4."""
+    usage = manifest.get("judge_usage")
+    reported = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    try:
+        approx = sum(len(v.raw) / CHARS_PER_TOKEN for v in store.verdicts() if v.status == "ok" and v.raw)
+    except Exception:  # noqa: BLE001 - a damaged earlier run gives no estimate, never a failed plan
+        return 1.0
+    return float(reported) / approx if isinstance(reported, (int, float)) and reported > 0 and approx > 0 else 1.0
+
+
+def _earlier_task(
+    store: RunStore, task: str, module: str, models: list[str], run_id: str, ratio: float = 1.0
+) -> Earlier | None:
     try:
         verdicts = store.verdicts(task)
     except Exception:  # noqa: BLE001 - a damaged earlier run gives no estimate, never a failed plan
         return None
     sigma = paired_sigma(verdicts, module, models)
-    outs = [len(v.raw) / CHARS_PER_TOKEN for v in verdicts if v.status == "ok" and v.raw]
+    outs = [ratio * len(v.raw) / CHARS_PER_TOKEN for v in verdicts if v.status == "ok" and v.raw]
     if sigma is None and not outs:
         return None
     source = f"run {run_id}, task {task}" + (f", {sigma[1]} paired units" if sigma else "")
