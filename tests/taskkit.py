@@ -10,6 +10,7 @@ from evalharness.core.records import GenRequest, Generation, Score
 from evalharness.pipeline.runner import ModelSpec, RunPlan, run
 from evalharness.store import RunStore
 from evalharness.tasks.base import GenerationSettings, TaskSpec
+from evalharness.tasks.reliability import RELIABILITY_METRICS
 
 POLICY = "fake-policy"
 
@@ -29,9 +30,10 @@ class RecordingBackend(FakeBackend):
 def run_task(tmp_path: Path, module: str, cfg: Any, policy: Any, judge: Any, judge_name: str = "judge",
              **generation: Any) -> tuple[list[Score], RunStore]:
     """``cfg`` of task ``module`` over one model (``policy``, named POLICY) with ``judge``, through
-    ``evalharness.pipeline.runner.run`` into ``tmp_path/results``; the same arguments resume the same run."""
+    ``evalharness.pipeline.runner.run`` into ``tmp_path/results``; the same arguments resume the same run.
+    The task's own scores: the judge's reliability figures the run adds are tests/test_judge_reliability.py's."""
     plan = RunPlan(name="t", models=[ModelSpec(POLICY, POLICY)], tasks=[TaskSpec(module, module, cfg)], backend="fake",
                    backends={POLICY: policy}, chat_judge=(judge, judge_name) if judge is not None else None,
                    generation=GenerationSettings(**generation), results_dir=tmp_path / "results", progress=False)
     res = run(plan)
-    return res.scores, RunStore(res.path)
+    return [s for s in res.scores if s.metric not in RELIABILITY_METRICS], RunStore(res.path)
