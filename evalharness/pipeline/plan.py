@@ -290,36 +290,40 @@ def earlier_runs(modules: set[str], root: Path | None, judge_name: str | None) -
             if same_judge and (manifest.get("judge") or {}).get("name") != judge_name:
                 continue
             models = [str(m.get("name")) for m in manifest.get("models", []) if isinstance(m, dict)]
-            for name, info in (manifest.get("tasks") or {}).items():
-                module = str((info or {}).get("module", "")).rsplit(".", 1)[-1]
-                if module in modules and module not in found:
-                    ratio = reported_ratio(RunStore(Path(run["path"])), manifest)
-                    got = _earlier_task(RunStore(Path(run["path"])), name, module, models, run["run_id"], ratio)
-                    if got is not None:
-                        found[module] = got
+            wanted = {
+                name: module
+                for name, info in (manifest.get("tasks") or {}).items()
+                if (module := str((info or {}).get("module", "")).rsplit(".", 1)[-1]) in modules and module not in found
+            }
+            if not wanted:
+                continue
+            try:  # the run's verdicts, read once for all its tasks
+                verdicts = RunStore(Path(run["path"])).verdicts()
+            except Exception:  # noqa: BLE001 - a damaged earlier run gives no estimate, never a failed plan
+                continue
+            ratio = reported_ratio(verdicts, manifest)
+            for name, module in wanted.items():
+                mine = [v for v in verdicts if v.task == name]
+                got = _earlier_task(mine, name, module, models, run["run_id"], ratio)
+                if got is not None and module not in found:
+                    found[module] = got
     return found
 
 
-def reported_ratio(store: RunStore, manifest: dict[str, Any]) -> float:
+def reported_ratio(verdicts: list[Verdict], manifest: dict[str, Any]) -> float:
     """The judge's reported completion tokens over the chars / 4 count of the run's stored replies: the factor
     that turns an earlier reply's length into the judge's own token count (1 when the run recorded no usage).
     Short replies (a verdict label) count several times chars / 4; long ones about chars / 4."""
     usage = manifest.get("judge_usage")
     reported = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    try:
-        approx = sum(len(v.raw) / CHARS_PER_TOKEN for v in store.verdicts() if v.status == "ok" and v.raw)
-    except Exception:  # noqa: BLE001 - a damaged earlier run gives no estimate, never a failed plan
-        return 1.0
+    approx = sum(len(v.raw) / CHARS_PER_TOKEN for v in verdicts if v.status == "ok" and v.raw)
     return float(reported) / approx if isinstance(reported, (int, float)) and reported > 0 and approx > 0 else 1.0
 
 
 def _earlier_task(
-    store: RunStore, task: str, module: str, models: list[str], run_id: str, ratio: float = 1.0
+    verdicts: list[Verdict], task: str, module: str, models: list[str], run_id: str, ratio: float = 1.0
 ) -> Earlier | None:
-    try:
-        verdicts = store.verdicts(task)
-    except Exception:  # noqa: BLE001 - a damaged earlier run gives no estimate, never a failed plan
-        return None
+    """What task ``task``'s stored ``verdicts`` of an earlier run say: sigma and the mean judge output."""
     sigma = paired_sigma(verdicts, module, models)
     outs = [ratio * len(v.raw) / CHARS_PER_TOKEN for v in verdicts if v.status == "ok" and v.raw]
     if sigma is None and not outs:
