@@ -96,13 +96,30 @@ def test_stop_strings_and_finish_reasons(tiny_model):
     assert math.isfinite(free[0].logprob)
 
 
-def test_dtype_auto_resolves_to_a_concrete_dtype(tiny_model):
+def test_dtype_auto_resolves_to_a_concrete_dtype(tiny_model, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from evalharness.core import models
     from evalharness.core.errors import EvalHarnessError
     from evalharness.core.models import resolve_dtype
     assert resolve_dtype("float32") == "float32"
-    assert resolve_dtype("auto") in ("float32", "bfloat16")
     with pytest.raises(EvalHarnessError, match="unknown dtype"):
         resolve_dtype("fp8")
+    assert resolve_dtype("auto") == "float32"  # the suite pins auto (conftest); the rule itself:
+    monkeypatch.delenv("EVALHARNESS_AUTO_DTYPE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    real = Path.read_text
+    for flags, want in (("fpu avx2 fma", "float32"), ("fpu avx512f avx512_bf16", "bfloat16"),
+                        ("fpu amx_bf16 amx_tile", "bfloat16")):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, f=flags, **k: f"flags\t: {f}\n"
+                            if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
+        assert models.has_bf16_units() is (want == "bfloat16") and resolve_dtype("auto") == want
+    monkeypatch.setattr(Path, "read_text", real)
+    monkeypatch.setenv("EVALHARNESS_AUTO_DTYPE", "bfloat16")
+    assert resolve_dtype("auto") == "bfloat16" and resolve_dtype("float32") == "float32"
+    monkeypatch.setenv("EVALHARNESS_AUTO_DTYPE", "fp16")
+    with pytest.raises(EvalHarnessError, match="EVALHARNESS_AUTO_DTYPE must be float32 or bfloat16"):
+        resolve_dtype("auto")
     b = HFBackend(str(tiny_model), dtype="bfloat16")
     assert b.model.dtype == torch.bfloat16
     g = b.generate(_reqs(SamplingParams(0.0, 1.0, 4)))[0]

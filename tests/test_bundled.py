@@ -37,10 +37,14 @@ def test_same_model_kl_zero(tmp_path):
 
 
 @pytest.mark.timeout(2400)  # the whole main job: about 12 minutes on 2 cores
-def test_quickstart_dpo_and_simpo_beat_sft(tmp_path):
-    """The main job as a user runs it: the best checkpoint's reward beats SFT's by more than the 95% CI."""
+def test_quickstart_dpo_and_simpo_beat_sft(tmp_path, monkeypatch):
+    """The main job as a user runs it (in the precision this machine's auto gives): the best checkpoint's reward
+    beats SFT's by more than the 95% CI."""
     import subprocess
     import sys
+
+    from evalharness.core.models import has_bf16_units
+    monkeypatch.delenv("EVALHARNESS_AUTO_DTYPE")
     p = subprocess.run([sys.executable, "-m", "evalharness.cli", "quickstart", "--results-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=2300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -58,6 +62,9 @@ def test_quickstart_dpo_and_simpo_beat_sft(tmp_path):
     at = {(r["model"], r["metric"]): r for r in table}
     assert at[("sft", "kl")]["value"] == 0.0 and at[("sft", "sentiment")]["n"] == 64
     assert all(r["value"] > 0 for r in table if r["metric"] == "kl" and r["model"] != "sft")
+    dtype = "bfloat16" if has_bf16_units() else "float32"  # what auto resolves to here, recorded where it ran
+    runs = list((tmp_path / "train" / "quickstart-sentiment").glob("*/train_manifest.json"))
+    assert len(runs) == 2 and all(json.loads(m.read_text())["identity"]["dtype"] == dtype for m in runs)
 
 
 def test_bundled_scoring_matches_generation():

@@ -105,7 +105,8 @@ def test_train_old_flags_parse_to_the_same_config(tmp_path, tiny_model):
     want = TrainConfig(algorithm="cdpo", base=str(tiny_model), data=str(pairs), reference=str(tiny_model),
                        hparams={"beta": 0.2, "label_smoothing": 0.1}, learning_rate=1e-4, epochs=2.0, max_steps=1,
                        batch_size=2, grad_accum=2, schedule="linear", warmup_ratio=0.2, save_every=1, max_length=64,
-                       max_prompt_length=32, seed=7, lora=True, lora_r=4, lora_alpha=8)
+                       max_prompt_length=32, seed=7, lora=True, lora_r=4, lora_alpha=8,
+                       dtype="float32")  # the default, auto, as the run records it resolved (the suite pins float32)
     got = _identity(out)
     assert {k: got[k] for k in want.identity() if k != "hparams"} == \
         {k: v for k, v in want.identity().items() if k != "hparams"}

@@ -181,6 +181,21 @@ def test_bf16_mixed_precision_keeps_fp32_weights(base, pairs, tmp_path):
     assert math.isfinite(res.metrics[-1]["loss"])
 
 
+def test_default_dtype_is_auto_and_the_manifest_records_the_resolved_one(base, pairs, tmp_path, monkeypatch):
+    """auto (the default) is mixed precision where the hardware has bf16 units, float32 elsewhere; the run's
+    identity holds what it resolved to, so the same run on the same machine resumes, and a run resolved differently
+    is another run."""
+    from evalharness.training.loop import make_plan
+    assert TrainConfig(algorithm="dpo", base=str(base), data=str(pairs)).dtype == "auto"
+    assert make_plan(cfg(base, pairs, tmp_path / "a")).ident["dtype"] == "float32"
+    monkeypatch.setenv("EVALHARNESS_AUTO_DTYPE", "bfloat16")
+    plan = make_plan(cfg(base, pairs, tmp_path / "a"))
+    assert plan.ident["dtype"] == plan.cfg.dtype == "bfloat16"
+    res = train(cfg(base, pairs, tmp_path / "a", max_steps=1))
+    man = json.loads((tmp_path / "a" / "train_manifest.json").read_text())
+    assert man["identity"]["dtype"] == "bfloat16" and math.isfinite(res.metrics[0]["loss"])
+
+
 def test_two_processes_data_parallel_match_one_process(base, pairs, tmp_path):
     """`torchrun`/`accelerate launch` with 2 processes (gloo on CPU): each takes half of every step's batch and
     DDP averages gradients, so losses match one process with the whole batch."""

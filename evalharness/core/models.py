@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,15 +163,26 @@ def resolve_dtype(dtype: str) -> str:
         raise EvalHarnessError(f"unknown dtype '{dtype}'; one of {', '.join(DTYPES)}")
     if dtype != "auto":
         return dtype
+    forced = os.environ.get("EVALHARNESS_AUTO_DTYPE")  # what auto means on this machine, when set
+    if forced:
+        if forced not in ("float32", "bfloat16"):
+            raise EvalHarnessError(f"EVALHARNESS_AUTO_DTYPE must be float32 or bfloat16, got '{forced}'")
+        return forced
+    return "bfloat16" if has_bf16_units() else "float32"
+
+
+def has_bf16_units() -> bool:
+    """A CUDA GPU that supports bf16, or a CPU with AMX-BF16 or AVX512-BF16 (without them bf16 matmuls are
+    emulated: well over 100x slower than fp32 on an AVX2-only CPU)."""
     import torch
 
     if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return bool(torch.cuda.is_bf16_supported())
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return "float32"
-    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 _loaded: dict[tuple[str, str, str], tuple[Any, Any]] = {}

@@ -50,7 +50,11 @@ class TrainConfig:
     max_prompt_length: int = _opt(256, "prompts are cut from the left beyond this")
     seed: int = _opt(0, "data order, LoRA initialisation, sampling")
     save_every: int = _opt(0, "steps between checkpoints; 0 = final only")
-    dtype: str = _opt("float32", "float32, or bfloat16 = mixed precision (fp32 master weights, bf16 autocast)")
+    dtype: str = _opt(
+        "auto",
+        "auto (bfloat16 where the hardware has bf16 units, else float32), float32, or bfloat16 = mixed precision "
+        "(fp32 master weights, bf16 autocast); the manifest records the resolved one",
+    )
     lora: bool = _opt(False, "train a LoRA adapter instead of all weights")
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha")

@@ -21,14 +21,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from evalharness import trackers
 from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError, InputError
-from evalharness.core.models import ModelRef, load_fresh, resolve
+from evalharness.core.models import ModelRef, load_fresh, resolve, resolve_dtype
 from evalharness.core.paths import atomic_dir, results_root, write_atomic
 from evalharness.core.prompts import file_hash, load_prompts
 from evalharness.store import (
@@ -78,8 +78,8 @@ def check_config(cfg: TrainConfig) -> None:
     """Reject a config that cannot train, before anything is loaded."""
     if cfg.schedule not in ("cosine", "linear", "constant"):
         raise EvalHarnessError(f"schedule must be cosine, linear or constant, got '{cfg.schedule}'")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise EvalHarnessError(f"training dtype must be float32 or bfloat16 (mixed precision), got '{cfg.dtype}'")
+    if cfg.dtype not in ("auto", "float32", "bfloat16"):
+        raise EvalHarnessError(f"training dtype must be auto, float32 or bfloat16 (mixed precision), got '{cfg.dtype}'")
     for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
         if getattr(cfg, name) < 1:
             raise EvalHarnessError(f"{name} must be >= 1")
@@ -141,6 +141,7 @@ class Plan:
 def make_plan(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> Plan:
     """The run's plan; ``extra`` (PPO's reward judge) joins its identity and manifests."""
     check_config(cfg)
+    cfg = replace(cfg, dtype=resolve_dtype(cfg.dtype))  # identity and manifests carry the dtype actually used
     spec = get_spec(cfg.algorithm)
     hparams = asdict(make_config(cfg.algorithm, **cfg.hparams))
     if spec.online:  # prompts, hashed as a file (PPO samples its own responses)

@@ -18,7 +18,7 @@ from typing import Any
 
 from evalharness.core.decoding import PAIRS, Decoding
 from evalharness.core.errors import EvalHarnessError
-from evalharness.core.models import ModelRef, resolve
+from evalharness.core.models import ModelRef, resolve, resolve_dtype
 from evalharness.core.prompts import load_prompts, render
 from evalharness.core.records import GenRequest
 from evalharness.judges import CLASSIFIER_JUDGES, get_judge
@@ -42,7 +42,7 @@ class PairsConfig:
     max_new_tokens: int = PAIRS.max_new_tokens
     seed: int = PAIRS.seed
     min_gap: float = 0.0  # best - worst must exceed this, else the prompt is a tie and dropped
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 where the hardware has bf16 units, else float32 (resolved before hashing)
     batch_size: int | str = "auto"  # "auto": sized from a memory budget (evalharness.backends.hf)
     backend: str = "hf"  # or vllm (samples rendered to the same token ids)
     # How samples are ranked: "score" (the text judge above), or a chat judge (chat_judge: JudgeSpec fields):
@@ -167,6 +167,7 @@ def pairs_file(cfg: PairsConfig, path: str | Path, log: Callable[[str], None] = 
     meta = path.with_name(path.name + ".meta.json")
     ident = {
         **{k: v for k, v in asdict(cfg).items() if k != "batch_size"},  # batching changes no sample
+        "dtype": resolve_dtype(cfg.dtype),  # auto as resolved here: pairs sampled in another precision are rebuilt
         "prompts_hash": file_hash(cfg.prompts),
         "model_revision": resolve(cfg.model).revision,
     }

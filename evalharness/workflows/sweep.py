@@ -91,7 +91,7 @@ class EvalSpec(Strict):
     n: int = decoding_field("n", PAIRS)
     seed: int = PAIRS.seed
     checkpoints: str = "all"  # all | final
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 where the hardware has bf16 units, else float32 (the run records which)
     batch_size: int | None = pydantic.Field(default=None, ge=1)  # None: sized from a memory budget
 
 
