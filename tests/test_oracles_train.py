@@ -10,9 +10,11 @@ or score changes the number.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -233,3 +235,155 @@ def test_bf16_mixed_precision_follows_the_fp32_losses_within_the_rounding_bound(
     for k in (1, 2):
         assert abs(bf16[k] - fp32[k]) <= bound + 0.1 * abs(fp32[k] - fp32[0]), (k, fp32, bf16, bound)
     assert fp32[2] < fp32[0] and bf16[2] < bf16[0]  # both learn
+
+
+# -- PPO: the first updates, recomputed from the logged rollouts ------------------------------------------------------
+
+PPO_PROMPTS = ["the movie was", "the plot", "i really", "the acting", "write a review", "the music was", "it is",
+               "the cast"]
+# Non-default values wherever a default would hide a term: gamma < 1 and lam < 1 apart (a swapped pair changes
+# GAE), a large kl_coef (the KL term is a sizeable part of every reward), a missing-EOS penalty, vf_coef != 1.
+PPO_HP = {"reward": "sentiment", "response_length": 5, "temperature": 0.7, "num_ppo_epochs": 1, "num_mini_batches": 1,
+          "kl_coef": 0.3, "gamma": 0.9, "lam": 0.7, "vf_coef": 0.4, "missing_eos_penalty": 0.25}
+
+
+def _token_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> list[float]:
+    """log pi(y_t | x, y_<t) of each response token, from logits / temperature of one unpadded forward pass."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0].double() / temperature
+    lp = torch.log_softmax(logits, -1)
+    return [float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(response)]  # position j predicts token j + 1
+
+
+def _critic_values(body, head: dict, prompt: list[int], response: list[int]) -> list[float]:
+    """V at each response token: the scalar head on the body's last hidden state at the position before it."""
+    with torch.no_grad():
+        h = body(torch.tensor([prompt + response])).last_hidden_state[0].double()
+    v = h @ head["weight"].double()[0] + head["bias"].double()[0]
+    return [float(v[len(prompt) - 1 + i]) for i in range(len(response))]
+
+
+@functools.cache
+def _vader() -> Any:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    return SentimentIntensityAnalyzer()
+
+
+def _ppo_expected(rollout: dict, policy_dir: Path, reference_dir: Path, critic: tuple | None, kl_coef: float) -> dict:
+    """Ziegler et al. / TRL's PPO on this rollout batch, written out per row on unpadded token lists: every input
+    recomputed here (log-probs of the policy that sampled, of the reference; values of the critic, V = 0 for the
+    zeroed head; VADER scores), then per-token reward, GAE, returns and whitened advantages, and the first
+    minibatch's losses (ratio 1 and V = V_old, as the update starts at the rollout's weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    pol = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32).eval()
+    T, gamma, lam = PPO_HP["temperature"], PPO_HP["gamma"], PPO_HP["lam"]
+    rows = []
+    for i, (p, r) in enumerate(zip(rollout["prompt_ids"], rollout["response_ids"])):
+        assert p == tok(PPO_PROMPTS[rollout["prompt_index"][i]])["input_ids"]
+        assert 1 <= len(r) <= PPO_HP["response_length"]
+        eos = r[-1] == tok.eos_token_id
+        assert rollout["eos"][i] == eos and (eos or len(r) == PPO_HP["response_length"])
+        text = tok.decode(r, skip_special_tokens=True)  # what the judge reads: the response text, EOS dropped
+        score = (_vader().polarity_scores(text)["compound"] + 1) / 2 - (0 if eos else PPO_HP["missing_eos_penalty"])
+        lp, ref_lp = _token_logprobs(pol, p, r, T), _token_logprobs(ref, p, r, T)
+        v = [0.0] * len(r) if critic is None else _critic_values(*critic, p, r)
+        kl = [a - b for a, b in zip(lp, ref_lp)]  # k1
+        rew = [-kl_coef * k for k in kl]
+        rew[-1] += score  # the score at the last response token (EOS when produced)
+        adv, last = [0.0] * len(r), 0.0
+        for t in reversed(range(len(r))):  # GAE, V = 0 after the last token
+            nxt = v[t + 1] if t + 1 < len(r) else 0.0
+            last = rew[t] + gamma * nxt - v[t] + gamma * lam * last
+            adv[t] = last
+        rows.append({"eos": eos, "score": score, "lp": lp, "ref_lp": ref_lp, "v": v, "kl": kl, "rew": rew,
+                     "adv": adv, "ret": [a + b for a, b in zip(adv, v)]})
+    flat = [a for row in rows for a in row["adv"]]
+    n = len(flat)
+    mean = sum(flat) / n
+    var = sum((a - mean) ** 2 for a in flat) / (n - 1)  # unbiased, TRL's masked_whiten
+    for row in rows:
+        row["wadv"] = [(a - mean) / math.sqrt(var + 1e-8) for a in row["adv"]]
+    N = len(rows)
+    seq_kl = sum(sum(row["kl"]) for row in rows) / N
+    score = sum(row["score"] for row in rows) / N
+    # the clipped surrogate at ratio 1: max(-A, -A clip(1)) = -A; the clipped value loss at V = V_old: (V - R)^2
+    pg = sum(-a for row in rows for a in row["wadv"]) / n
+    vf = 0.5 * sum((v - R) ** 2 for row in rows for v, R in zip(row["v"], row["ret"])) / n
+    logged = {"objective/kl": seq_kl, "objective/scores": score, "objective/non_score_reward": -kl_coef * seq_kl,
+              "objective/rlhf_reward": score - kl_coef * seq_kl, "loss/policy_avg": pg, "loss/value_avg": vf,
+              "loss": pg + PPO_HP["vf_coef"] * vf,
+              "objective/entropy": -sum(a for row in rows for a in row["lp"]) / N,
+              "val/num_eos_tokens": sum(row["eos"] for row in rows), "val/response_length": n / N}
+    return {"rows": rows, "logged": logged}
+
+
+def _right_aligned(t: torch.Tensor, i: int, n: int) -> list[float]:
+    return t[i, t.shape[1] - n:].double().tolist()
+
+
+def _check_ppo_step(rollout: dict, row: dict, want: dict) -> None:
+    """The rollout file's per-token tensors and the step's logged metrics against the recomputation."""
+    close = {"rel": 1e-5, "abs": 1e-6}
+    mask = rollout["mask"]
+    for i, w in enumerate(want["rows"]):
+        n = len(w["lp"])
+        assert mask[i].sum() == n and bool(mask[i, -n:].all())
+        assert float(rollout["scores"][i]) == pytest.approx(w["score"], rel=1e-6)
+        for key, mine in (("logprobs", "lp"), ("ref_logprobs", "ref_lp"), ("values", "v"), ("kl", "kl"),
+                          ("rewards", "rew"), ("returns", "ret"), ("advantages", "wadv")):
+            assert _right_aligned(rollout[key], i, n) == pytest.approx(w[mine], **close), key
+    for key, value in want["logged"].items():
+        assert row[key] == pytest.approx(value, **close), key
+    assert row["val/clipfrac_avg"] == 0 and row["policy/clipfrac_avg"] == 0
+    assert row["val/ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ppo_first_updates_are_the_papers_formulas(models, tmp_path):
+    """PPO's logged rollouts (``log_rollouts``) and its first two updates' metrics against Ziegler et al./TRL's PPO
+    recomputed here without evalharness code. Step 1: the log-probs of plain forward passes of the policy and the
+    reference, V = 0 (the critic's head is zeroed), VADER scores with the missing-EOS penalty, then per-token
+    reward -kl_coef * (log pi - log pi_ref) plus the score at the last token, GAE (gamma, lam), returns, whitened
+    advantages, and the first (only) minibatch's losses, which start at the rollout's weights: ratio 1, so the
+    policy loss is -mean(whitened A), ~0, and the value loss 0.5 mean((V - R)^2). Step 2 again, from the step-1
+    checkpoint: its actor (the policy that sampled step 2) and its critic (critic.safetensors, loaded into a plain
+    LlamaModel and a linear head), so V != 0 and GAE's value terms count."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+    policy, reference = models
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PPO_PROMPTS)))
+    out = tmp_path / "ppo"
+    res = train(TrainConfig(algorithm="ppo", base=str(policy), reference=str(reference), data=str(prompts),
+                            hparams=PPO_HP, batch_size=len(PPO_PROMPTS), max_steps=2, learning_rate=3e-2,
+                            warmup_ratio=0.0, schedule="constant", save_every=1, save_optimizer=False,
+                            log_rollouts=2, output_dir=str(out)))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2] and logged[0]["loss"] == res.metrics[0]["loss"]
+    assert sorted(p.name for p in (out / "rollouts").iterdir()) == ["step-000001.pt", "step-000002.pt"]
+    r1 = torch.load(out / "rollouts" / "step-000001.pt", weights_only=True)
+    r2 = torch.load(out / "rollouts" / "step-000002.pt", weights_only=True)
+    assert r1["step"] == 1 and r1["kl_coef"] == PPO_HP["kl_coef"] and r2["kl_coef"] == PPO_HP["kl_coef"]
+
+    want1 = _ppo_expected(r1, policy, reference, None, PPO_HP["kl_coef"])
+    _check_ppo_step(r1, logged[0], want1)
+    # the batch has responses with and without EOS, and the KL part of the reward is not negligible
+    assert 0 < want1["logged"]["val/num_eos_tokens"] < len(PPO_PROMPTS)
+    assert abs(want1["logged"]["objective/non_score_reward"]) > 0.05
+    assert want1["logged"]["loss/value_avg"] > 0.01
+
+    # A run keeps the critic of its newest checkpoint only: the same run stopped after step 1 gives step 1's critic
+    # (the same numbers: its actor is bitwise the two-step run's checkpoint-1).
+    ck = tmp_path / "ppo1" / "checkpoint-1"
+    train(TrainConfig(algorithm="ppo", base=str(policy), reference=str(reference), data=str(prompts),
+                      hparams=PPO_HP, batch_size=len(PPO_PROMPTS), max_steps=1, learning_rate=3e-2,
+                      warmup_ratio=0.0, schedule="constant", save_optimizer=False, output_dir=str(ck.parent)))
+    assert (ck / "model.safetensors").read_bytes() == (out / "checkpoint-1" / "model.safetensors").read_bytes()
+    saved = load_file(str(ck / "training_state" / "critic.safetensors"))
+    body = AutoModel.from_pretrained(policy, dtype=torch.float32).eval()  # the SFT body's architecture
+    body.load_state_dict({k.removeprefix("body."): v for k, v in saved.items() if k.startswith("body.")})
+    head = {"weight": saved["head.weight"], "bias": saved["head.bias"]}
+    want2 = _ppo_expected(r2, ck, reference, (body, head), PPO_HP["kl_coef"])
+    assert max(abs(v) for row in want2["rows"] for v in row["v"]) > 0.01  # the critic has moved: V counts in GAE
+    _check_ppo_step(r2, logged[1], want2)

@@ -77,6 +77,9 @@ class TrainConfig:
         factory=list,
         help="experiment trackers, comma list: wandb, mlflow, or none (default: the spec's report_to, else none)",
     )
+    # PPO only: each of the first N steps' rollout batch (token ids, old/reference log-probs, values, scores, masks,
+    # and the rewards, advantages and returns computed from them) to OUTPUT_DIR/rollouts/step-NNNNNN.pt.
+    log_rollouts: int = _opt(0, "PPO: save the rollouts of the first N steps to OUT/rollouts/; 0 = off")
 
     def identity(self) -> dict[str, Any]:
         """The fields that make the run what it is (a finished run with the same identity is not trained again)."""
@@ -86,7 +89,7 @@ class TrainConfig:
         return d
 
 
-BOOKKEEPING = ("run_name", "output_dir", "log_every", "save_optimizer", "fsdp", "report_to")
+BOOKKEEPING = ("run_name", "output_dir", "log_every", "save_optimizer", "fsdp", "report_to", "log_rollouts")
 
 
 @dataclass

@@ -18,6 +18,9 @@ One training step is one rollout batch:
    accumulation and data parallelism give the gradient of one big minibatch.
 5. The adaptive KL controller (if on) moves kl_coef toward ``target_kl``.
 
+With ``log_rollouts`` N (a bookkeeping field of TrainConfig), steps 1..N also save their rollout batch, with the
+rewards, advantages and returns computed from it, to ``rollouts/step-NNNNNN.pt`` in the run folder (``write_rollouts``).
+
 Tensors are ``[batch, tokens]`` with responses right-aligned (left padding, as everywhere in evalharness), so every
 row's last response token is the last column; the public functions only assume each row's mask is contiguous.
 
@@ -325,6 +328,42 @@ def _buffer(rows: list[_Rollout]) -> dict[str, Any]:
     return {**t, "mask": mask, "ok": ok, "scores": scores}
 
 
+def write_rollouts(
+    out: Path,
+    step: int,
+    idx: list[int],
+    kl_coef: float,
+    rows: list[_Rollout],
+    buf: dict[str, Any],
+    derived: dict[str, Tensor],
+) -> Path:
+    """Save one step's rollout batch (``log_rollouts``) to ``out/rollouts/step-NNNNNN.pt`` (``torch.load`` with
+    ``weights_only=True`` reads it): per row the data index of its prompt, prompt and response token ids (EOS
+    included when produced), whether it ended in EOS and its score (missing-EOS penalty applied; NaN where the
+    judgment failed); as right-aligned ``[rows, tokens]`` float tensors the old (rollout) and reference log-probs,
+    the values, the mask, and ``derived`` (per-token KL, its reward part, the reward GAE sees, the whitened
+    advantages, the returns); and the step's kl_coef."""
+    import torch
+
+    data = {
+        "step": step,
+        "kl_coef": kl_coef,
+        "prompt_index": list(idx),
+        "prompt_ids": [r.prompt_ids for r in rows],
+        "response_ids": [r.response_ids for r in rows],
+        "eos": [r.eos for r in rows],
+        "scores": torch.tensor([float("nan") if r.score is None else r.score for r in rows]),
+        **{k: buf[k] for k in ("logprobs", "ref_logprobs", "values", "mask")},
+        **{k: v.detach().cpu() for k, v in derived.items()},
+    }
+    path = out / "rollouts" / f"step-{step:06d}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return path
+
+
 # -- the steps --------------------------------------------------------------------------------------------------
 
 CRITIC = "critic.safetensors"  # in training_state/: the critic's trainable weights (body + head, or adapter + head)
@@ -504,7 +543,10 @@ class _PPOSteps:
         buf = _buffer(rows)
         if not bool(buf["ok"].any()):
             raise EvalHarnessError(f"step {step}: every judgment of the batch failed ({len(rows)} responses)")
-        kl, non_score, adv, returns = self.advantages(buf)
+        kl, non_score, rewards, adv, returns = self.advantages(buf)
+        if step <= self.plan.cfg.log_rollouts and self.accel.is_main_process:
+            extra = {"kl": kl, "non_score_reward": non_score, "rewards": rewards, "advantages": adv, "returns": returns}
+            write_rollouts(self.plan.out, step, idx, self.kl_coef, rows, buf, extra)
         stats, grad_norm = self.update(rows, buf, adv, returns)
         lr = self.sched.get_last_lr()[0]
         self.sched.step()
@@ -544,8 +586,8 @@ class _PPOSteps:
         self.model.train()
         return gather_object(rows) if self.accel.num_processes > 1 else rows
 
-    def advantages(self, buf: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-token KL, the KL part of the reward, whitened GAE advantages and the returns."""
+    def advantages(self, buf: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per-token KL, the KL part of the reward, the reward GAE sees, whitened GAE advantages and the returns."""
         import torch
 
         hp, mask = self.hp, buf["mask"]
@@ -558,7 +600,7 @@ class _PPOSteps:
                 rewards = whiten(rewards, mask, shift_mean=False)
             adv, returns = gae(rewards, buf["values"], mask, gamma=hp.gamma, lam=hp.lam)
             adv = whiten(adv, mask) if int(mask.sum()) >= 2 else adv
-        return kl, non_score, adv, returns
+        return kl, non_score, rewards, adv, returns
 
     def update(
         self, rows: list[_Rollout], buf: dict[str, Any], adv: Tensor, returns: Tensor
