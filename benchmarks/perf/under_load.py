@@ -7,6 +7,8 @@ Settings, each in a fresh process (OpenMP reads its environment once):
   threads=2            torch's default here (one thread per core)
   threads=2 passive    OMP_WAIT_POLICY=PASSIVE: threads that wait at a barrier sleep instead of spinning
   threads=1            one thread
+  fitted               the default: ``evalharness.core.threads.fit()`` before each unit sets the threads to the
+                       cores other processes left free over the last unit
 Each setting runs idle, then with ``python -c "while True: pass"`` beside it (not niced: the scheduler's fair share
 gives that process a core's worth of time). Reported: median seconds per unit of work, and beside / idle, and
 beside / (threads=2 idle), the figure a user feels.
@@ -25,15 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-SETTINGS = {"threads=2": {"OMP_NUM_THREADS": "2"},
-            "threads=2 passive": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
-            "threads=1": {"OMP_NUM_THREADS": "1"}}
+SETTINGS = {"threads=2": {"OMP_NUM_THREADS": "2", "EVALHARNESS_THREADS": "2"},
+            "threads=2 passive": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "EVALHARNESS_THREADS": "2"},
+            "threads=1": {"OMP_NUM_THREADS": "1", "EVALHARNESS_THREADS": "1"},
+            "fitted": {"OMP_NUM_THREADS": "2"}}  # evalharness.core.threads.fit() before each unit (the default)
 
 
 def worker(kind: str, reps: int) -> list[float]:
     import torch
 
     from evalharness.backends.hf import HFBackend
+    from evalharness.core import threads
     from evalharness.core.records import GenRequest, SamplingParams
 
     backend = HFBackend("smollm2-135m-instruct", dtype="float32", batch_size=32)
@@ -44,6 +48,7 @@ def worker(kind: str, reps: int) -> list[float]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
         ids = torch.randint(0, model.config.vocab_size, (16, 80))
         for _ in range(reps + 1):
+            threads.fit()
             t = time.perf_counter()
             out = model(input_ids=ids, labels=ids)
             out.loss.backward()

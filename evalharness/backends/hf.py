@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from evalharness.backends.base import request_prompt_ids
+from evalharness.core import threads
 from evalharness.core.models import ModelRef, load, resolve, resolve_dtype
 from evalharness.core.prompts import PromptItem, render
 from evalharness.core.records import Generation, GenRequest, SamplingParams, ScoreRequest, SeqLogprobs
@@ -112,6 +113,7 @@ class HFBackend:
             size = self._gen_batch(len(group[0][2]) + params.max_new_tokens)
             batches += [(params, group[i : i + size]) for i in range(0, len(group), size)]
         for params, batch in _progress(batches, self.progress, "generate"):
+            threads.fit()
             seeds = [sample_seed(params.seed, requests[ri].id, si) for ri, si, _ in batch]
             for (ri, si, ids), (toks, lps, finish, tops) in zip(
                 batch, self._decode([j[2] for j in batch], params, seeds)
@@ -185,6 +187,7 @@ class HFBackend:
         size = self._score_batch(max((len(r.response_ids) for r in requests), default=1)) if requests else 1
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         for chunk in _progress(chunks, self.progress, "score"):
+            threads.fit()
             for i, res in zip(chunk, self._score([requests[i] for i in chunk])):
                 out[i] = res
         return [out[i] for i in range(len(requests))]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from evalharness import trackers
-from evalharness.core import provenance
+from evalharness.core import provenance, threads
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, load_fresh, resolve, resolve_dtype
 from evalharness.core.paths import atomic_dir, results_root, write_atomic
@@ -282,17 +282,13 @@ def drive(
     since_save: list[dict[str, Any]] = []
     t_start = time.perf_counter() - course.elapsed_s
     for step in range(course.start + 1, total + 1):
+        threads.fit()  # the cores other processes leave free (the same numbers at any thread count)
         t0 = time.perf_counter()
         row = steps.step(step, course.stream[(step - 1) * G : step * G])
         fault("after_optimizer", step, rank)
         dt = time.perf_counter() - t0
-        row.update(
-            step=step,
-            epoch=step / course.steps_per_epoch,
-            step_time_s=dt,
-            **{course.rate_key: G / dt},
-            elapsed_s=time.perf_counter() - t_start,
-        )
+        row.update(step=step, epoch=step / course.steps_per_epoch, step_time_s=dt, **{course.rate_key: G / dt})
+        row["elapsed_s"] = time.perf_counter() - t_start
         history.append(row)
         since_save.append(row)
         if accel.is_main_process and (step % cfg.log_every == 0 or step == total):
