@@ -168,27 +168,8 @@ class VLLMBackend:
         return request_prompt_ids(self.tokenizer, req)
 
     def sampling(self, params: SamplingParams, seed: int | None) -> dict[str, Any]:
-        """vLLM sampling parameters (the same names in ``SamplingParams`` and the completions JSON).
-
-        top_k 0 / min_p 0 / repetition_penalty 1: the plain temperature + top-p sampler of the hf
-        backend; the server also ignores the checkpoint's generation_config defaults. The stop ids are
-        the hf backend's EOS set; the server's text is not used (we decode the ids as hf does).
-        """
-        out: dict[str, Any] = {
-            "n": 1,
-            "max_tokens": params.max_new_tokens,
-            "temperature": float(params.temperature),
-            "top_p": float(params.top_p) if not params.greedy else 1.0,
-            "top_k": 0,
-            "min_p": 0.0,
-            "repetition_penalty": 1.0,
-            "stop": list(params.stop),
-            "stop_token_ids": sorted(self.eos_ids),
-            "logprobs": params.top_logprobs or 0,
-        }
-        if seed is not None:
-            out["seed"] = seed
-        return out
+        """vLLM sampling parameters for ``params`` and this checkpoint's EOS ids (``sampling_params``)."""
+        return sampling_params(params, seed, self.eos_ids)
 
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
         jobs: list[tuple[int, int, list[int], dict[str, Any]]] = []
@@ -416,7 +397,7 @@ class _ServerEngine(_Engine):
                         body = await post_json(session, self.url + "/completions", payload)
                     except ProviderError as exc:
                         raise EvalHarnessError(f"vLLM server request failed: {exc}\n{self.server.log_tail()}") from None
-                return body["choices"][0]
+                return first_choice(body)
 
             return list(await asyncio.gather(*(one(p) for p in payloads)))
 
@@ -427,42 +408,93 @@ class _ServerEngine(_Engine):
         return run_sync(self._post_all(payloads)) if payloads else []
 
     def complete(self, jobs: list[tuple[list[int], dict[str, Any]]]) -> list[dict[str, Any]]:
-        payloads = [
-            {
-                "model": self.model_name,
-                "prompt": ids,
-                "return_token_ids": True,
-                "return_tokens_as_token_ids": True,
-                **sp,
-            }
-            for ids, sp in jobs
-        ]
-        results = []
-        for choice in self._request(payloads):
-            lp = choice.get("logprobs") or {}
-            tops = [
-                sorted(((_token_id(k), v) for k, v in (step or {}).items()), key=lambda kv: -kv[1])
-                for step in (lp.get("top_logprobs") or [])
-            ]
-            results.append(
-                {
-                    "token_ids": choice["token_ids"],
-                    "token_logprobs": lp.get("token_logprobs") or [],
-                    "top": tops,
-                    "finish_reason": choice["finish_reason"],
-                }
-            )
-        return results
+        payloads = [completion_payload(self.model_name, ids, sp) for ids, sp in jobs]
+        return [parse_completion(choice) for choice in self._request(payloads)]
 
     def prompt_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
-        payloads = [{"model": self.model_name, "prompt": ids, **_SCORE} for ids in seqs]
-        return [
-            [0.0] + [float(step[str(t)]["logprob"]) for t, step in zip(ids[1:], choice["prompt_logprobs"][1:])]
-            for ids, choice in zip(seqs, self._request(payloads))
-        ]
+        payloads = [scoring_payload(self.model_name, ids) for ids in seqs]
+        return [parse_prompt_logprobs(ids, choice) for ids, choice in zip(seqs, self._request(payloads))]
 
     def close(self) -> None:
         self.server.stop()
+
+
+# -- the /v1/completions wire format (tests/vllm_standin.py speaks it; tests/data/vllm_recorded holds real replies)
+def sampling_params(params: SamplingParams, seed: int | None, eos_ids: set[int]) -> dict[str, Any]:
+    """vLLM sampling parameters (the same names in ``SamplingParams`` and the completions JSON).
+
+    top_k 0 / min_p 0 / repetition_penalty 1: the plain temperature + top-p sampler of the hf
+    backend; the server also ignores the checkpoint's generation_config defaults. The stop ids are
+    the hf backend's EOS set; the server's text is not used (we decode the ids as hf does).
+    """
+    out: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": params.max_new_tokens,
+        "temperature": float(params.temperature),
+        "top_p": float(params.top_p) if not params.greedy else 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "stop": list(params.stop),
+        "stop_token_ids": sorted(eos_ids),
+        "logprobs": params.top_logprobs or 0,
+    }
+    if seed is not None:
+        out["seed"] = seed
+    return out
+
+
+def completion_payload(model: str, ids: list[int], sampling: dict[str, Any]) -> dict[str, Any]:
+    """The /v1/completions body that generates from token ids ``ids``: the reply carries the sampled ids
+    (``token_ids``) and names tokens by id ('token_id:123') in its log-probs."""
+    return {"model": model, "prompt": ids, "return_token_ids": True, "return_tokens_as_token_ids": True, **sampling}
+
+
+def scoring_payload(model: str, ids: list[int]) -> dict[str, Any]:
+    """The /v1/completions body whose reply holds the prompt log-probs of ``ids`` (one token is generated)."""
+    return {"model": model, "prompt": ids, **_SCORE}
+
+
+def first_choice(body: Any) -> dict[str, Any]:
+    """The one choice of a completions reply; a reply of another shape is an error that says so."""
+    try:
+        choice = body["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise EvalHarnessError(f"vLLM server reply has no choices: {str(body)[:300]}") from None
+    if not isinstance(choice, dict):
+        raise EvalHarnessError(f"vLLM server reply's choice is not an object: {str(choice)[:300]}")
+    return choice
+
+
+def parse_completion(choice: dict[str, Any]) -> dict[str, Any]:
+    """A generation choice as the engines return it: token_ids, token_logprobs, top, finish_reason."""
+    try:
+        lp = choice.get("logprobs") or {}
+        tops = [
+            sorted(((_token_id(k), float(v)) for k, v in (step or {}).items()), key=lambda kv: -kv[1])
+            for step in (lp.get("top_logprobs") or [])
+        ]
+        ids = [int(t) for t in choice["token_ids"]]
+        lps = [float(x) for x in (lp.get("token_logprobs") or [])]
+        finish = str(choice["finish_reason"])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise EvalHarnessError(f"vLLM completion not in the expected format ({exc!r}): {str(choice)[:300]}") from None
+    if lp and len(lps) != len(ids):
+        raise EvalHarnessError(f"vLLM completion has {len(ids)} token ids but {len(lps)} log-probs")
+    return {"token_ids": ids, "token_logprobs": lps, "top": tops, "finish_reason": finish}
+
+
+def parse_prompt_logprobs(ids: list[int], choice: dict[str, Any]) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= 1 from a choice's ``prompt_logprobs`` (vLLM: None for the first
+    token, then per position a dict keyed by the token id as a string); index 0 is a 0.0 placeholder."""
+    steps = choice.get("prompt_logprobs")
+    if not isinstance(steps, list) or len(steps) != len(ids):
+        got = len(steps) if isinstance(steps, list) else type(steps).__name__
+        raise EvalHarnessError(f"vLLM reply has prompt log-probs for {got} positions, not the {len(ids)} sent")
+    try:
+        return [0.0] + [float(step[str(t)]["logprob"]) for t, step in zip(ids[1:], steps[1:])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EvalHarnessError(f"vLLM prompt log-probs not in the expected format ({exc!r})") from None
 
 
 def _token_id(key: str) -> int:
