@@ -178,6 +178,8 @@ def main() -> None:
     ap.add_argument("results_dir", nargs="?", help="a quickstart's --results-dir (with --run: where to run it)")
     ap.add_argument("--run", action="store_true", help="run the quickstart first")
     ap.add_argument("--beside-load", action="store_true", help="with --run: a busy single-threaded process beside it")
+    ap.add_argument("--peak-gflops", type=float, help="the fp32 peak to use instead of measuring it now (a peak "
+                    "measured while other work runs is too low)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quickstart_profile.json"))
     args = ap.parse_args()
     if not args.run and not args.results_dir:
@@ -188,7 +190,7 @@ def main() -> None:
     from evalharness.core.models import has_bf16_units
 
     prof = profile(root)
-    peaks = {"float32": matmul_peak("float32")}
+    peaks = {"float32": args.peak_gflops or matmul_peak("float32")}
     if has_bf16_units():
         peaks["bfloat16"] = matmul_peak("bfloat16")
     import torch
@@ -196,7 +198,7 @@ def main() -> None:
     print(f"quickstart in {root}: {prof['total_s'] / 60:.1f} min; torch threads {torch.get_num_threads()}; "
           f"matmul peak " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items())
           + ("" if "bfloat16" in peaks else " (no bf16 units: bf16 is emulated here)"))
-    print(f"{'phase':<18} {'time':>7} {'share':>6} {'GFLOP':>8} {'floor':>7}  dtype     note")
+    print(f"{'phase':<18} {'time':>7} {'share':>6} {'GFLOP':>8} {'GFLOP/s':>8} {'floor':>7}  dtype     note")
     for p in prof["phases"]:
         peak = peaks.get(p["dtype"])
         p["floor_s"] = p["gflop"] / peak if peak else None
@@ -204,7 +206,8 @@ def main() -> None:
         floor = f"{p['floor_s']:.0f}s" if p["floor_s"] else "-"
         share = f"{p['share_of_floor']:.2f}" if p["share_of_floor"] else "-"
         print(f"{p['phase']:<18} {int(p['seconds'] // 60)}:{int(p['seconds'] % 60):02d}".ljust(26)
-              + f" {share:>6} {p['gflop']:>8.0f} {floor:>7}  {p['dtype']:<9} {p['note']}")
+              + f" {share:>6} {p['gflop']:>8.0f} {p['gflop'] / max(p['seconds'], 1e-9):>8.1f} {floor:>7}  "
+              f"{p['dtype']:<9} {p['note']}")
     floor_total = sum(p["floor_s"] or 0 for p in prof["phases"])
     print(f"{'whole job':<18} {int(prof['total_s'] // 60)}:{int(prof['total_s'] % 60):02d}   "
           f"{floor_total / prof['total_s']:.2f} floor {floor_total / 60:.1f} min")
