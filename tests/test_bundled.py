@@ -36,7 +36,7 @@ def test_same_model_kl_zero(tmp_path):
     assert len(gens) == 8 and all(g["text"] for g in gens)
 
 
-@pytest.mark.timeout(2400)  # the whole main job: about 12 minutes on 2 cores
+@pytest.mark.timeout(3300)  # the whole main job: 12-35 minutes on 2 cores (35 on 2026-12-07's slower AVX2 machine)
 def test_quickstart_dpo_and_simpo_beat_sft(tmp_path, monkeypatch):
     """The main job as a user runs it (in the precision this machine's auto gives): the best checkpoint's reward
     beats SFT's by more than the 95% CI."""
@@ -46,7 +46,7 @@ def test_quickstart_dpo_and_simpo_beat_sft(tmp_path, monkeypatch):
     from evalharness.core.models import has_bf16_units
     monkeypatch.delenv("EVALHARNESS_AUTO_DTYPE")
     p = subprocess.run([sys.executable, "-m", "evalharness.cli", "quickstart", "--results-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=2300)
+                       capture_output=True, text=True, timeout=3200)
     assert p.returncode == 0, p.stderr[-3000:]
     sweep = tmp_path / "train" / "quickstart-sentiment"
     assert "frontier plot:" in p.stdout and "beats SFT" in p.stdout
