@@ -3,8 +3,8 @@
 Every torch op on the CPU splits its work evenly over its threads and waits for the slowest. When another process
 takes one of two cores, the thread that shares that core runs at half speed and every op waits for it: measured
 here, a DPO step or a decoding batch with two threads beside one busy process is slower than with one thread
-(``benchmarks/perf/under_load.py``). ``fit()`` is called between units of work (a training step, a generation or
-scoring batch): from the CPU time the machine and this process used since the last call (``/proc/stat`` and
+(``benchmarks/perf/under_load.py``). ``fit()`` is called between generation and scoring batches of the hf backend
+(not between training steps: PPO's kill-and-resume tests, exact to 1e-6, failed under load with it there): from the CPU time the machine and this process used since the last call (``/proc/stat`` and
 ``/proc/self/stat``, no sampling delay) it sees how many cores others kept busy, and sets torch's threads to the
 cores left, between 1 and the thread count torch started with (``OMP_NUM_THREADS`` or one per core).
 ``EVALHARNESS_THREADS=N`` fixes the count instead (``0``: leave torch alone).

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from evalharness import trackers
-from evalharness.core import provenance, threads
+from evalharness.core import provenance
 from evalharness.core.errors import EvalHarnessError, InputError
 from evalharness.core.models import ModelRef, load_fresh, resolve, resolve_dtype
 from evalharness.core.paths import atomic_dir, results_root, write_atomic
@@ -282,7 +282,6 @@ def drive(
     since_save: list[dict[str, Any]] = []
     t_start = time.perf_counter() - course.elapsed_s
     for step in range(course.start + 1, total + 1):
-        threads.fit()  # the cores other processes leave free (the same numbers at any thread count)
         t0 = time.perf_counter()
         row = steps.step(step, course.stream[(step - 1) * G : step * G])
         fault("after_optimizer", step, rank)
