@@ -3,10 +3,11 @@
 Every torch op on the CPU splits its work evenly over its threads and waits for the slowest. When another process
 takes one of two cores, the thread that shares that core runs at half speed and every op waits for it: measured
 here, a DPO step or a decoding batch with two threads beside one busy process is slower than with one thread
-(``benchmarks/perf/under_load.py``). ``fit()`` is called between generation and scoring batches of the hf backend
-(not between training steps: PPO's kill-and-resume tests, exact to 1e-6, failed under load with it there): from the CPU time the machine and this process used since the last call (``/proc/stat`` and
-``/proc/self/stat``, no sampling delay) it sees how many cores others kept busy, and sets torch's threads to the
-cores left, between 1 and the thread count torch started with (``OMP_NUM_THREADS`` or one per core).
+(``benchmarks/perf/under_load.py``). ``fit()`` is called between generation and scoring batches of the hf
+backend (not between training steps: PPO's kill-and-resume tests, exact to 1e-6, failed under load with it
+there). From the CPU time the machine and this process used since the last call (``/proc/stat`` and
+``os.times()``, no sampling delay) it sees how many cores others kept busy, and sets torch's threads to the cores
+left, between 1 and the thread count torch started with (``OMP_NUM_THREADS`` or one per core).
 ``EVALHARNESS_THREADS=N`` fixes the count instead (``0``: leave torch alone).
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import os
 import time
+
+from evalharness.core.errors import EvalHarnessError
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _MIN_WINDOW_S = 1.0  # shorter windows are noise: keep the last decision
@@ -55,6 +58,8 @@ def fit() -> int | None:
     import torch
 
     if fixed is not None:
+        if not fixed.isdigit():
+            raise EvalHarnessError(f"EVALHARNESS_THREADS must be a whole number >= 0, got '{fixed}'")
         n = int(fixed)
         if n > 0 and torch.get_num_threads() != n:
             torch.set_num_threads(n)
