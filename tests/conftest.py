@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,21 @@ def _fp32_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     # numbers are fp32 ones, so auto means float32 here whatever the machine; a test that checks what users get
     # (the bundled quickstart) or the auto rule itself deletes this.
     monkeypatch.setenv("EVALHARNESS_AUTO_DTYPE", "float32")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged() -> Iterator[None]:
+    # In-process training is compared with killed-and-resumed subprocess runs to 1e-6; a test that left torch's
+    # thread count changed would move the last bits of every later in-process run (it did: three PPO resume tests
+    # failed in CI after an evaluation fitted its threads). The count is restored and the test that changed it fails.
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch's thread count at {after} (it was {before})")
 
 
 @pytest.fixture(scope="session", autouse=True)

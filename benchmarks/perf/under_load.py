@@ -7,8 +7,8 @@ Settings, each in a fresh process (OpenMP reads its environment once):
   threads=2            torch's default here (one thread per core)
   threads=2 passive    OMP_WAIT_POLICY=PASSIVE: threads that wait at a barrier sleep instead of spinning
   threads=1            one thread
-  fitted               the default: ``evalharness.core.threads.fit()`` before each unit sets the threads to the
-                       cores other processes left free over the last unit
+  fitted               EVALHARNESS_THREADS=fit (opt-in): ``evalharness.core.threads.fit()`` before each unit
+                       sets the threads to the cores other processes left free over the last unit
 Each setting runs idle, then with ``python -c "while True: pass"`` beside it (not niced: the scheduler's fair share
 gives that process a core's worth of time). Reported: median seconds per unit of work, and beside / idle, and
 beside / (threads=2 idle), the figure a user feels.
@@ -30,7 +30,7 @@ from pathlib import Path
 SETTINGS = {"threads=2": {"OMP_NUM_THREADS": "2", "EVALHARNESS_THREADS": "2"},
             "threads=2 passive": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "EVALHARNESS_THREADS": "2"},
             "threads=1": {"OMP_NUM_THREADS": "1", "EVALHARNESS_THREADS": "1"},
-            "fitted": {"OMP_NUM_THREADS": "2"}}  # evalharness.core.threads.fit() before each unit (the default)
+            "fitted": {"OMP_NUM_THREADS": "2", "EVALHARNESS_THREADS": "fit"}}  # threads.fit() before each unit
 
 
 def worker(kind: str, reps: int) -> list[float]:

@@ -8,6 +8,7 @@ change when the batch around it changes, which keeps resumed runs and caches coh
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -51,15 +52,19 @@ class HFBackend:
             progress,
         )
         self.memory_budget = memory_budget_gb * 2**30
+        self.fit_threads = True  # threads fitted to the free cores per batch (core/threads.py)
         self._set_stop_ids()
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, model_id: str, *, batch_size: int = 16) -> HFBackend:
-        """A backend over a model already in memory, e.g. a trainer's policy sampling its rollouts (PPO)."""
+        """A backend over a model already in memory, e.g. a trainer's policy sampling its rollouts (PPO).
+
+        Its threads are never fitted to the machine's load: a training run must not depend on it."""
         self = cls.__new__(cls)
         self.ref, self.model, self.tokenizer, self.model_id = None, model, tokenizer, model_id  # type: ignore[assignment]
         self.dtype, self.batch_size, self.score_batch_size, self.progress = "float32", batch_size, batch_size, False
         self.memory_budget = 2.0 * 2**30
+        self.fit_threads = False
         self._set_stop_ids()
         return self
 
@@ -99,6 +104,9 @@ class HFBackend:
     def _prompt_ids(self, req: GenRequest) -> list[int]:
         return request_prompt_ids(self.tokenizer, req)
 
+    def _threads(self) -> AbstractContextManager[int | None]:
+        return threads.fitted() if self.fit_threads else nullcontext()
+
     # -- generation -------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[Generation]:
         jobs: dict[SamplingParams, list[tuple[int, int, list[int]]]] = {}
@@ -113,11 +121,10 @@ class HFBackend:
             size = self._gen_batch(len(group[0][2]) + params.max_new_tokens)
             batches += [(params, group[i : i + size]) for i in range(0, len(group), size)]
         for params, batch in _progress(batches, self.progress, "generate"):
-            threads.fit()
             seeds = [sample_seed(params.seed, requests[ri].id, si) for ri, si, _ in batch]
-            for (ri, si, ids), (toks, lps, finish, tops) in zip(
-                batch, self._decode([j[2] for j in batch], params, seeds)
-            ):
+            with self._threads():
+                decoded = self._decode([j[2] for j in batch], params, seeds)
+            for (ri, si, ids), (toks, lps, finish, tops) in zip(batch, decoded):
                 text = self.tokenizer.decode(toks, skip_special_tokens=True)
                 for s in params.stop:
                     if s in text:
@@ -187,8 +194,9 @@ class HFBackend:
         size = self._score_batch(max((len(r.response_ids) for r in requests), default=1)) if requests else 1
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         for chunk in _progress(chunks, self.progress, "score"):
-            threads.fit()
-            for i, res in zip(chunk, self._score([requests[i] for i in chunk])):
+            with self._threads():
+                scored = self._score([requests[i] for i in chunk])
+            for i, res in zip(chunk, scored):
                 out[i] = res
         return [out[i] for i in range(len(requests))]
 
