@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import ctrl_c_default
 
 from evalharness.core.prompts import write_prompts
 from evalharness.store import indexed_runs, read_jsonl, run_state
@@ -52,13 +53,7 @@ def _child(tmp_path: Path, model: Path, ref: Path, results: Path, pause: float) 
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, "-c", CHILD, str(model), str(ref), str(_prompts(tmp_path)),
                              str(results), str(pause)], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_ctrl_c_default)
-
-
-def _ctrl_c_default() -> None:
-    """A child started from a background job inherits SIGINT ignored, and Python then installs no
-    KeyboardInterrupt handler: give the child the default, as a terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_default)
 
 
 def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:

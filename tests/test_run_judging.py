@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import ctrl_c_default
 from taskkit import RecordingBackend, run_task
 from test_runner import _judge, _spec
 
@@ -151,7 +152,8 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path: Path) -> None:
         env = {**os.environ, "EVALHARNESS_RESULTS": str(tmp_path / "results"),
                "EVALHARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-m", "evalharness", "run", str(spec), "--max-skipped", "0.05"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=ctrl_c_default)
         deadline = time.monotonic() + 120
         while server.requests < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import ctrl_c_default
 
 from evalharness.backends import get_backend
 from evalharness.backends import vllm as vb
@@ -97,8 +98,7 @@ def test_no_server_outlives_the_harness(tmp_path, sig):
     """Ctrl-C runs atexit; SIGTERM and SIGKILL skip it, and the server's watchdog sees its pipe close."""
     harness = subprocess.Popen([sys.executable, str(_harness_script(tmp_path))], stdout=subprocess.PIPE,
                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               # as from a terminal: a background job's children inherit SIGINT ignored
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=ctrl_c_default)
     pgid = int(harness.stdout.readline())
     assert vb.group_members(pgid)
     harness.send_signal(sig)
